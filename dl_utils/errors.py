@@ -1,0 +1,67 @@
+"""One exception hierarchy for everything dl_utils raises on purpose.
+
+Callers (CLI, notebooks, widget) catch :class:`DlUtilsError` and show its message; every message
+names the file, frame, row or field at fault and says what to do, so a user never has to read a
+library traceback to fix their input.
+"""
+
+from __future__ import annotations
+
+
+class DlUtilsError(Exception):
+    """Base class: an expected failure with a message meant for the user."""
+
+
+class InputError(DlUtilsError, ValueError):
+    """The user's input (a file, a value, an option) cannot be used as given."""
+
+
+class MediaError(InputError):
+    """A video, image, folder or pattern cannot be opened or decoded."""
+
+
+class FrameIndexError(MediaError, IndexError):
+    """A frame index or frame number lies outside the source."""
+
+
+class MaskError(InputError):
+    """A mask, RLE or polygon is malformed or does not fit the frame it belongs to."""
+
+
+class ClassTableError(InputError):
+    """A class table (.csv / .xlsx) is malformed; the message names the row."""
+
+
+class FormatError(InputError):
+    """An annotation file (CVAT XML, COCO JSON, PNG masks) is malformed or unsupported."""
+
+
+class StoreError(DlUtilsError):
+    """The annotation store cannot be opened or written (version, lock, corruption)."""
+
+
+class StoreVersionError(StoreError):
+    """The store was written by a newer dl_utils schema than this one understands."""
+
+
+class ModelError(DlUtilsError):
+    """A model or its weights cannot be found, downloaded or loaded."""
+
+
+class CvatError(DlUtilsError):
+    """The CVAT server refused a request or does not match the local data."""
+
+
+__all__ = [
+    "DlUtilsError",
+    "InputError",
+    "MediaError",
+    "FrameIndexError",
+    "MaskError",
+    "ClassTableError",
+    "FormatError",
+    "StoreError",
+    "StoreVersionError",
+    "ModelError",
+    "CvatError",
+]

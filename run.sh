@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# dl_utils launcher.
+#   ./run.sh            start JupyterLab on notebooks/ (local virtual environment, created on first use)
+#   ./run.sh test [ARGS] install the test dependencies into .venv and run the whole test suite
+#   ./run.sh --dry-run  print what would run
+#   ./run.sh shell      a shell with the environment activated
+# Re-running reuses what is installed: .venv is rebuilt only when setup.cfg or the extras change.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+VENV="${DL_UTILS_VENV:-$ROOT/.venv}"
+PORT="${DL_UTILS_PORT:-8888}"
+HOST="${DL_UTILS_HOST:-127.0.0.1}"
+DRY_RUN=0
+
+say() { printf '[run.sh] %s\n' "$*" >&2; }
+
+find_python() {
+  local py
+  for py in "${PYTHON:-}" python3.12 python3.11 python3; do
+    [ -n "$py" ] || continue
+    if command -v "$py" >/dev/null 2>&1 &&
+      "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+      command -v "$py"
+      return 0
+    fi
+  done
+  say "error: Python >= 3.11 is needed; install it or set PYTHON=/path/to/python3.11"
+  return 1
+}
+
+# ensure_env EXTRAS: create .venv if needed and install dl_utils[EXTRAS] unless already installed
+# for the same setup.cfg (a stamp file records the hash).
+ensure_env() {
+  local extras="$1" stamp want
+  if [ "$DRY_RUN" = 1 ]; then
+    say "would ensure $VENV with dl-utils[$extras]"
+    return 0
+  fi
+  if [ ! -x "$VENV/bin/python" ]; then
+    local py
+    py="$(find_python)"
+    say "creating virtual environment $VENV with $py"
+    "$py" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+  fi
+  want="$(cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)-$extras"
+  stamp="$VENV/.dl_utils-$extras.stamp"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
+  say "installing dl-utils[$extras] into $VENV"
+  "$VENV/bin/python" -m pip install -q -e ".[$extras]"
+  echo "$want" >"$stamp"
+}
+
+run() {
+  if [ "$DRY_RUN" = 1 ]; then
+    printf '%q ' "$@"
+    printf '\n'
+    return 0
+  fi
+  exec "$@"
+}
+
+cmd_lab() {
+  ensure_env jupyter
+  local token="${DL_UTILS_TOKEN:-}"
+  if [ -z "$token" ]; then
+    token="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+  fi
+  say "JupyterLab on http://$HOST:$PORT/lab?token=<token> (token in .run/lab.url, readable by you only)"
+  if [ "$DRY_RUN" = 0 ]; then
+    mkdir -p .run
+    (umask 077 && printf 'http://%s:%s/lab?token=%s\n' "$HOST" "$PORT" "$token" >.run/lab.url)
+    echo $$ >.run/lab.pid
+  fi
+  JUPYTER_TOKEN="$token" run "$VENV/bin/jupyter" lab --no-browser --ip "$HOST" --port "$PORT" \
+    --ServerApp.root_dir="$ROOT/notebooks"
+}
+
+cmd_test() {
+  ensure_env test
+  run "$VENV/bin/python" -m pytest "$@"
+}
+
+main() {
+  local args=()
+  for a in "$@"; do
+    if [ "$a" = "--dry-run" ]; then DRY_RUN=1; else args+=("$a"); fi
+  done
+  set -- "${args[@]+"${args[@]}"}"
+  local sub="${1:-lab}"
+  [ $# -gt 0 ] && shift
+  case "$sub" in
+    lab) cmd_lab "$@" ;;
+    test) cmd_test "$@" ;;
+    shell) ensure_env test && run bash --rcfile <(echo "source '$VENV/bin/activate'") -i ;;
+    -h | --help | help) sed -n '2,8p' "$0" ;;
+    *)
+      say "unknown command '$sub' (use: lab, test, shell, --dry-run)"
+      exit 2
+      ;;
+  esac
+}
+
+main "$@"
