@@ -1,5 +1,6 @@
 """Mask and geometry tools: RLE codecs (CVAT, COCO), polygons, boxes, IoU, overlays, contact sheets."""
 
+from .colors import color_for_index, palette
 from .rle import (
     decode_cvat_rle,
     decode_cvat_rle_array,
@@ -8,6 +9,8 @@ from .rle import (
 )
 
 __all__ = [
+    "color_for_index",
+    "palette",
     "encode_cvat_rle",
     "decode_cvat_rle",
     "encode_cvat_rle_array",
