@@ -122,7 +122,7 @@ def box_from_mask(mask: np.ndarray) -> Box | None:
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return None
-    cols = np.flatnonzero(mask.any(axis=0))
+    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))  # only the rows that matter
     return (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
 
 
@@ -156,7 +156,9 @@ class Instance:
                     f"object {self.object_id}: mask has shape {m.shape}, expected (height, width)"
                 )
             self.mask = m if m.dtype == np.bool_ else m.astype(bool)
-        if self.box is None and self.mask is not None:
+        # remembered so the store can reuse the box instead of scanning the mask again
+        self._box_from_mask = self.box is None and self.mask is not None
+        if self._box_from_mask:
             self.box = box_from_mask(self.mask)
         if self.box is not None:
             self.box = tuple(float(v) for v in self.box)  # type: ignore[assignment]

@@ -47,12 +47,20 @@ def encode_cvat_rle(mask: np.ndarray) -> list[int]:
     return runs.tolist() + [x1, y1, x2, y2]
 
 
-def encode_cvat_rle_array(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def encode_cvat_rle_array(
+    mask: np.ndarray, box: "Sequence[float] | None" = None
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """Like :func:`encode_cvat_rle` but returns ``(runs as uint32 array, (x1, y1, x2, y2))``.
 
     The store keeps masks in this form (raw uint32 runs): no Python list is built on the hot path.
+    ``box`` may pass the mask's tight box ``(x1, y1, x2, y2)`` (exclusive right/bottom, as
+    :func:`dl_utils.annotations.box_from_mask` gives) when the caller already knows it, saving a scan.
     """
     m = _as_bool_mask(mask)
+    if box is not None:
+        x1, y1, x2, y2 = (int(v) for v in box)
+        runs = _runs(m[y1:y2, x1:x2].ravel()).astype(np.uint32)
+        return runs, (x1, y1, x2 - 1, y2 - 1)
     rows = np.flatnonzero(m.any(axis=1))
     if rows.size == 0:
         return np.array([1], dtype=np.uint32), (0, 0, 0, 0)
