@@ -76,8 +76,11 @@ cmd_lab() {
     (umask 077 && printf 'http://%s:%s/lab?token=%s\n' "$HOST" "$PORT" "$token" >.run/lab.url)
     echo $$ >.run/lab.pid
   fi
+  local extra=()
+  # containers and CI machines often run as root; JupyterLab refuses that unless told
+  [ "$(id -u)" = 0 ] && extra+=(--allow-root)
   JUPYTER_TOKEN="$token" run "$VENV/bin/jupyter" lab --no-browser --ip "$HOST" --port "$PORT" \
-    --ServerApp.root_dir="$ROOT/notebooks"
+    --ServerApp.root_dir="$ROOT/notebooks" "${extra[@]+"${extra[@]}"}"
 }
 
 cmd_test() {

@@ -1,0 +1,193 @@
+"""``dl-utils``: the command line, a thin driver over the library modules.
+
+Each subcommand imports its module only when it runs, so ``dl-utils --help`` stays instant and the
+frame/format commands work without the model extras installed. Errors the user can fix
+(:class:`dl_utils.errors.DlUtilsError`) end the process with one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import DlUtilsError, InputError
+
+EXPORT_FORMATS = ("cvat-video", "cvat-images", "coco", "png-masks")
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# ---------------------------------------------------------------- frames
+def cmd_frames_info(args: argparse.Namespace) -> int:
+    from .video_utils import probe
+
+    info = probe(args.source)
+    if args.json:
+        _print_json(info)
+    else:
+        width = max(len(k) for k in info)
+        for k, v in info.items():
+            print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def cmd_frames_split(args: argparse.Namespace) -> int:
+    from .video_utils import split_video
+
+    if (args.seconds is None) == (args.parts is None):
+        raise InputError("give exactly one of --seconds N or --parts N")
+    parts = split_video(args.video, args.out, seconds=args.seconds, parts=args.parts)
+    for p in parts:
+        print(p)
+    return 0
+
+
+# ---------------------------------------------------------------- import / export / store
+def cmd_import(args: argparse.Namespace) -> int:
+    from .formats import import_file
+    from .store import AnnotationStore
+
+    out = Path(args.out)
+    if out.exists() and not (args.overwrite or args.append):
+        raise InputError(
+            f"{out} already exists; pass --append to add to it or --overwrite to replace it"
+        )
+    created = not (out.exists() and args.append)
+    store = AnnotationStore.create(out, overwrite=args.overwrite) if created else AnnotationStore.open(out)
+    try:
+        with store:
+            import_file(args.file, store, format=args.format)
+            s = store.summary()
+    except BaseException:
+        if created:  # a half-imported new store would only block the re-run; the source file is intact
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(out) + suffix).unlink(missing_ok=True)
+        raise
+    print(f"imported {args.file} -> {out}: {s['objects']} objects, {s['instances']} instances"
+          f" on {s['frames']} frames")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .formats import export_store
+    from .store import AnnotationStore
+
+    opts = {}
+    if args.shape:
+        opts["shape"] = args.shape
+    with AnnotationStore.open(args.store, readonly=True) as store:
+        written = export_store(store, args.format, args.out, **opts)
+    print(f"exported {args.store} as {args.format} -> {written if written else args.out}")
+    return 0
+
+
+def cmd_store_info(args: argparse.Namespace) -> int:
+    from .store import AnnotationStore
+
+    with AnnotationStore.open(args.store, readonly=True) as store:
+        info = store.summary()
+        info["progress"] = store.progress()
+        info["runs"] = store.runs()
+    _print_json(info)
+    return 0
+
+
+def cmd_classes_check(args: argparse.Namespace) -> int:
+    from .classes import ClassTable
+
+    table = ClassTable.load(args.file)
+    for c in table:
+        sup = f"  (superclass {c.superclass})" if c.superclass else ""
+        print(f"{c.id:>4}  {c.name:<24} {c.color}{sup}")
+    print(f"{len(table)} classes OK")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dl-utils",
+        description="Pre-annotate images and videos (SAM2, GroundingDINO) and hand the result to CVAT.",
+    )
+    p.add_argument("--version", action="version", version=f"dl-utils {__version__}")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    frames = sub.add_parser("frames", help="inspect and split videos and image sequences")
+    fsub = frames.add_subparsers(dest="frames_command", metavar="SUBCOMMAND", required=True)
+    info = fsub.add_parser("info", help="frame count, fps, size, codec of a video or image set")
+    info.add_argument("source", help="video file, image folder, glob, printf pattern or image")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(func=cmd_frames_info)
+    split = fsub.add_parser("split", help="split a video into parts without re-encoding")
+    split.add_argument("video")
+    split.add_argument("--seconds", type=float, help="part duration in seconds")
+    split.add_argument("--parts", type=int, help="number of parts instead of a duration")
+    split.add_argument("--out", required=True, help="output folder")
+    split.set_defaults(func=cmd_frames_split)
+
+    imp = sub.add_parser("import", help="read CVAT XML (video or images) or COCO JSON into a store")
+    imp.add_argument("file")
+    imp.add_argument("--out", required=True, help="annotation store (.sqlite) to write")
+    imp.add_argument("--format", default="auto", choices=("auto", "cvat", "coco"))
+    g = imp.add_mutually_exclusive_group()
+    g.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    g.add_argument("--append", action="store_true", help="add to an existing store")
+    imp.set_defaults(func=cmd_import)
+
+    exp = sub.add_parser("export", help="write a store as CVAT XML, COCO JSON or PNG masks")
+    exp.add_argument("store")
+    exp.add_argument("--format", required=True, choices=EXPORT_FORMATS)
+    exp.add_argument("--out", required=True, help="output file (XML/JSON) or folder (png-masks)")
+    exp.add_argument("--shape", choices=("mask", "polygon", "box"),
+                     help="geometry to write (default: each instance's own)")
+    exp.set_defaults(func=cmd_export)
+
+    store = sub.add_parser("store", help="inspect an annotation store")
+    ssub = store.add_subparsers(dest="store_command", metavar="SUBCOMMAND", required=True)
+    sinfo = ssub.add_parser("info", help="objects, frames, progress per object, runs")
+    sinfo.add_argument("store")
+    sinfo.set_defaults(func=cmd_store_info)
+
+    classes = sub.add_parser("classes", help="class tables (.csv / .xlsx)")
+    csub = classes.add_subparsers(dest="classes_command", metavar="SUBCOMMAND", required=True)
+    check = csub.add_parser("check", help="validate a class table and list its classes")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_classes_check)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except DlUtilsError as e:
+        if args.debug:
+            raise
+        print(f"dl-utils: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dl-utils: interrupted; what was written so far is kept", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not bad input: still one line unless --debug
+        if args.debug or os.environ.get("DL_UTILS_DEBUG"):
+            raise
+        print(
+            f"dl-utils: internal error: {type(e).__name__}: {e} (run with --debug for the traceback,"
+            " and please report it)",
+            file=sys.stderr,
+        )
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
