@@ -1,0 +1,534 @@
+"""SAM2 model registry, weights download and checksum bookkeeping.
+
+Kept free of torch so ``dl-utils models list`` / ``download`` work on a machine without the model
+extras: this module only knows names, URLs, files and hashes. Building a network from a checkpoint is
+:mod:`dl_utils.sam2_loader`'s job.
+
+A checkpoint can come from three places, resolved by :func:`resolve_checkpoint`:
+
+* a local file path;
+* a registry name (``sam2.1_hiera_tiny``, alias ``tiny``...): the file of that name in
+  :func:`models_dir`, fetched from the official URL by :func:`download`;
+* a Hugging Face model id (``facebook/sam2.1-hiera-tiny``): fetched with ``huggingface_hub`` into the same
+  folder (same file name as the official download, so either route fills the same slot).
+
+Integrity: :func:`download` checks the byte count (the registry's or the server's); the first
+successful *strict* load records the file's sha256 in ``<file>.sha256`` (``sha256sum -c`` format) and
+every later load checks it, so a file that changed on disk is caught before it silently gives bad masks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError, ModelError
+
+OFFICIAL_BASE_21 = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+OFFICIAL_BASE_20 = "https://dl.fbaipublicfiles.com/segment_anything_2/072824/"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """One downloadable SAM2 checkpoint and the config it belongs to."""
+
+    name: str
+    family: str = "sam2"
+    config: str  # hydra config name inside the installed ``sam2`` package
+    url: str
+    filename: str
+    # Exact byte count when known. The official server publishes no checksums and the sizes could not
+    # be confirmed offline, so these are None and the download is checked against the server's own
+    # Content-Length / Content-Range total instead (plus the strict load and the recorded sha256).
+    size_bytes: int | None = None
+    approx_mb: int = 0  # for ``models list`` only
+    hf_id: str | None = None
+    description: str = ""
+
+
+def _spec(version: str, size: str, short: str, mb: int, desc: str) -> ModelSpec:
+    stem = f"{'sam2.1' if version == '2.1' else 'sam2'}_hiera_{size}"
+    cfg_dir = "sam2.1" if version == "2.1" else "sam2"
+    base = OFFICIAL_BASE_21 if version == "2.1" else OFFICIAL_BASE_20
+    hf_size = size.replace("_", "-")
+    return ModelSpec(
+        name=stem,
+        config=f"configs/{cfg_dir}/{stem.replace('_' + size, '_' + short)}.yaml",
+        url=base + stem + ".pt",
+        filename=stem + ".pt",
+        approx_mb=mb,
+        hf_id=f"facebook/{'sam2.1' if version == '2.1' else 'sam2'}-hiera-{hf_size}",
+        description=desc,
+    )
+
+
+_SIZES = [
+    ("tiny", "t", 149, "fastest; ~39M params, good for CPU and quick pre-annotation"),
+    ("small", "s", 176, "~46M params, a little better than tiny at similar speed"),
+    ("base_plus", "b+", 309, "~81M params, the usual GPU default"),
+    ("large", "l", 857, "~224M params, best masks, needs a GPU"),
+]
+
+MODELS: dict[str, ModelSpec] = {}
+for _ver, _tag in (("2.1", "SAM 2.1"), ("2.0", "SAM 2")):
+    for _size, _short, _mb, _desc in _SIZES:
+        _s = _spec(_ver, _size, _short, _mb, f"{_tag} {_size.replace('_plus', '+')}: {_desc}")
+        MODELS[_s.name] = _s
+
+#: Short names; they always mean SAM 2.1 (the better release of the same sizes).
+ALIASES: dict[str, str] = {
+    "tiny": "sam2.1_hiera_tiny",
+    "t": "sam2.1_hiera_tiny",
+    "small": "sam2.1_hiera_small",
+    "s": "sam2.1_hiera_small",
+    "base+": "sam2.1_hiera_base_plus",
+    "base_plus": "sam2.1_hiera_base_plus",
+    "b+": "sam2.1_hiera_base_plus",
+    "large": "sam2.1_hiera_large",
+    "l": "sam2.1_hiera_large",
+}
+
+DEFAULT_MODEL = "sam2.1_hiera_tiny"
+_HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def models_dir() -> Path:
+    """Where registry checkpoints live: ``$DL_UTILS_MODELS`` or ``~/.cache/dl_utils/models``."""
+    env = os.environ.get("DL_UTILS_MODELS")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "dl_utils" / "models"
+
+
+def find_spec(name: str) -> ModelSpec | None:
+    """The spec for a registry name, alias or known Hugging Face id; None when unknown."""
+    key = name.strip()
+    key = ALIASES.get(key.lower(), key)
+    if key in MODELS:
+        return MODELS[key]
+    for spec in MODELS.values():
+        if spec.hf_id == key or spec.config == key or spec.filename == key:
+            return spec
+    return None
+
+
+def get_spec(name: str) -> ModelSpec:
+    """Like :func:`find_spec` but raises :class:`ModelError` listing the known names."""
+    spec = find_spec(name)
+    if spec is None:
+        raise ModelError(
+            f"unknown SAM2 model {name!r}; use one of {', '.join(MODELS)} (or the aliases "
+            f"{', '.join(ALIASES)}), a Hugging Face id such as facebook/sam2.1-hiera-tiny, "
+            "or pass a checkpoint file"
+        )
+    return spec
+
+
+def checkpoint_path(name: str) -> Path:
+    """Where the registry checkpoint ``name`` is (or will be after download)."""
+    return models_dir() / get_spec(name).filename
+
+
+# ----------------------------------------------------------------------------- checksums
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _sha_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def recorded_sha256(path: str | os.PathLike[str]) -> str | None:
+    """The digest recorded next to ``path`` by :func:`record_sha256`, or None."""
+    p = _sha_path(Path(path))
+    try:
+        text = p.read_text().strip()
+    except OSError:
+        return None
+    digest = text.split()[0].lower() if text else ""
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ModelError(
+            f"{p} is not a sha256 record (expected '<64 hex digits>  {Path(path).name}'); "
+            "delete it and the next load records a fresh one"
+        )
+    return digest
+
+
+def record_sha256(path: str | os.PathLike[str], digest: str | None = None) -> str | None:
+    """Write ``<file>.sha256`` (sha256sum format). Returns the digest, None if the folder is read-only."""
+    path = Path(path)
+    digest = digest or sha256_file(path)
+    try:
+        tmp = _sha_path(path).with_suffix(".sha256.tmp")
+        tmp.write_text(f"{digest}  {path.name}\n")
+        os.replace(tmp, _sha_path(path))
+    except OSError:
+        return None  # a read-only folder (a shared cache, a mounted volume): nothing to record into
+    return digest
+
+
+def check_sha256(path: str | os.PathLike[str], *, name: str | None = None) -> str | None:
+    """Check ``path`` against its recorded digest; return the digest, or None when none is recorded.
+
+    Raises :class:`ModelError` saying how to recover when the file changed since it was recorded.
+    """
+    path = Path(path)
+    want = recorded_sha256(path)
+    if want is None:
+        return None
+    got = sha256_file(path)
+    if got != want:
+        how = (
+            f"run `dl-utils models download {name} --force`"
+            if name
+            else "download it again"
+        )
+        raise ModelError(
+            f"checkpoint {path} changed since it was first loaded (sha256 {got[:12]}..., recorded "
+            f"{want[:12]}... in {_sha_path(path).name}): the file is corrupted or was replaced; {how}, "
+            f"or delete {_sha_path(path)} if you replaced the file on purpose"
+        )
+    return got
+
+
+# ----------------------------------------------------------------------------- listing
+def _human(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def list_models() -> list[dict[str, Any]]:
+    """One row per registry model: what it is, whether its weights are here, whether verified."""
+    rows = []
+    aliases: dict[str, list[str]] = {}
+    for a, n in ALIASES.items():
+        aliases.setdefault(n, []).append(a)
+    d = models_dir()
+    for spec in MODELS.values():
+        path = d / spec.filename
+        present = path.is_file()
+        try:
+            sha = recorded_sha256(path) if present else None
+        except ModelError:
+            sha = None
+        rows.append(
+            {
+                "name": spec.name,
+                "aliases": aliases.get(spec.name, []),
+                "size": _human(path.stat().st_size) if present else f"~{spec.approx_mb} MB",
+                "downloaded": present,
+                "partial": path.with_name(path.name + ".part").is_file(),
+                "verified": sha is not None,
+                "sha256": sha,
+                "path": str(path),
+                "url": spec.url,
+                "hf_id": spec.hf_id,
+                "config": spec.config,
+                "description": spec.description,
+            }
+        )
+    return rows
+
+
+def format_model_table(rows: list[dict[str, Any]] | None = None) -> str:
+    """``dl-utils models list`` output: a plain fixed-width table plus where the files live."""
+    rows = list_models() if rows is None else rows
+    head = ("name", "aliases", "size", "status")
+    body = []
+    for r in rows:
+        status = (
+            ("verified" if r["verified"] else "downloaded")
+            if r["downloaded"]
+            else ("partial" if r["partial"] else "-")
+        )
+        body.append((r["name"], ",".join(r["aliases"]), r["size"], status))
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head, *body]]
+    lines.append(f"\nfolder: {models_dir()}  (set DL_UTILS_MODELS to change)")
+    lines.append("get one: dl-utils models download NAME   (verified = sha256 recorded at first load)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- download
+def _manual_hint(spec: ModelSpec, dest: Path) -> str:
+    return f"download {spec.url} by hand and save it as {dest}"
+
+
+def download(
+    name: str,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    url: str | None = None,
+    source: str = "official",
+    timeout: float = 60.0,
+    chunk_size: int = 1 << 20,
+) -> Path:
+    """Fetch a checkpoint into :func:`models_dir` and return its path.
+
+    ``name`` is a registry name, an alias or a Hugging Face id. ``source="hf"`` takes a registry
+    model from its Hugging Face mirror instead of the official URL; ``url`` overrides the address
+    (a mirror). An interrupted download leaves ``<file>.part``; the next call resumes it with an HTTP
+    ``Range`` request. The byte count is checked before the file takes its final name (atomic rename),
+    so the final name never holds a partial file.
+    """
+    if source not in ("official", "hf"):
+        raise InputError(f"download source {source!r}: use 'official' or 'hf'")
+    text = name.strip()
+    spec = find_spec(text)
+    if spec is None:
+        if not _HF_ID.match(text):
+            get_spec(text)  # raises the "unknown model" error listing the known names
+        return _download_hf(text, None, force=force)
+    dest = models_dir() / spec.filename
+    if dest.is_file() and not force:
+        if spec.size_bytes is not None and dest.stat().st_size != spec.size_bytes:
+            raise ModelError(
+                f"{dest} has {dest.stat().st_size} bytes, expected {spec.size_bytes}; "
+                f"run `dl-utils models download {spec.name} --force` to fetch it again"
+            )
+        return dest
+    if url is None and (source == "hf" or text == spec.hf_id):
+        return _download_hf(spec.hf_id, spec, force=force)  # type: ignore[arg-type]
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelError(
+            f"cannot create the models folder {dest.parent} ({e}); set DL_UTILS_MODELS to a writable folder"
+        ) from None
+    part = dest.with_name(dest.name + ".part")
+    if force:
+        part.unlink(missing_ok=True)
+    _http_download(url or spec.url, part, spec=spec, dest=dest, progress=progress, timeout=timeout,
+                   chunk_size=chunk_size)
+    sha = _sha_path(dest)
+    sha.unlink(missing_ok=True)  # a new file: its digest is recorded again at the first strict load
+    os.replace(part, dest)
+    return dest
+
+
+_download_checkpoint = download  # resolve_checkpoint's ``download`` flag shadows the function
+
+
+def _http_download(
+    url: str,
+    part: Path,
+    *,
+    spec: ModelSpec,
+    dest: Path,
+    progress: bool,
+    timeout: float,
+    chunk_size: int,
+) -> None:
+    """Resume/stream ``url`` into ``part`` until it holds exactly the expected number of bytes.
+
+    Hand-written on urllib rather than a download library because the contract (resume with
+    ``Range``, refuse a size mismatch, never leave a partial file under the final name) is short and
+    the registry must work with the standard library alone.
+    """
+    from tqdm.auto import tqdm
+
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": "dl_utils-model-download"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    hint = _manual_hint(spec, dest)
+    try:
+        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # the part already holds every byte the server has
+            total = _total_from_content_range(e.headers.get("Content-Range"))
+            if total is not None and total == have and spec.size_bytes in (None, have):
+                return
+            part.unlink(missing_ok=True)
+            raise ModelError(
+                f"the partial download {part} does not fit the file on the server; it was deleted, "
+                f"run `dl-utils models download {spec.name}` again"
+            ) from None
+        raise ModelError(f"downloading {url} failed: HTTP {e.code} {e.reason}; {hint}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        reason = getattr(e, "reason", e)
+        raise ModelError(
+            f"cannot download {url} ({reason}): no network or the server is unreachable; "
+            f"{hint}, or retry `dl-utils models download {spec.name}` (it resumes)"
+        ) from None
+    with resp:
+        if have and resp.status == 206:
+            start = _start_from_content_range(resp.headers.get("Content-Range"))
+            total = _total_from_content_range(resp.headers.get("Content-Range"))
+            if start != have:
+                part.unlink(missing_ok=True)
+                raise ModelError(
+                    f"the server resumed {url} at byte {start}, not {have}; the partial file was "
+                    f"deleted, run `dl-utils models download {spec.name}` again"
+                )
+            mode = "ab"
+        else:  # 200: the server sent the whole file (it ignored or we sent no Range)
+            have = 0
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            mode = "wb"
+        expected = spec.size_bytes if spec.size_bytes is not None else total
+        if spec.size_bytes is not None and total is not None and total != spec.size_bytes:
+            raise ModelError(
+                f"{url} has {total} bytes but {spec.name} should have {spec.size_bytes}; the server "
+                f"holds a different file, {hint} after checking it"
+            )
+        bar = tqdm(
+            total=expected, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=dest.name, disable=None if progress else True,
+        )
+        try:
+            with open(part, mode) as f, bar:
+                while True:
+                    block = resp.read(chunk_size)
+                    if not block:
+                        break
+                    f.write(block)
+                    bar.update(len(block))
+        except (OSError, http.client.HTTPException) as e:
+            raise ModelError(
+                f"the download of {url} was interrupted after {part.stat().st_size} bytes ({e}); "
+                f"run `dl-utils models download {spec.name}` again to resume"
+            ) from None
+    got = part.stat().st_size
+    if expected is not None and got != expected:
+        if got > expected:
+            part.unlink(missing_ok=True)
+            raise ModelError(
+                f"{url} sent {got} bytes, more than the expected {expected}; the file was deleted, "
+                f"{hint}"
+            )
+        raise ModelError(
+            f"the download of {url} stopped at {got} of {expected} bytes; run "
+            f"`dl-utils models download {spec.name}` again to resume"
+        )
+
+
+def _start_from_content_range(value: str | None) -> int | None:
+    m = re.match(r"bytes (\d+)-\d+/(\d+|\*)", value or "")
+    return int(m.group(1)) if m else None
+
+
+def _total_from_content_range(value: str | None) -> int | None:
+    m = re.match(r"bytes (?:\d+-\d+|\*)/(\d+)", value or "")
+    return int(m.group(1)) if m else None
+
+
+def _hf_filename(repo_id: str, spec: ModelSpec | None) -> str:
+    if spec is not None:
+        return spec.filename
+    # facebook/sam2.1-hiera-tiny -> sam2.1_hiera_tiny.pt (the layout of the official HF repos)
+    return repo_id.split("/", 1)[1].replace("-", "_") + ".pt"
+
+
+def _download_hf(repo_id: str, spec: ModelSpec | None, *, force: bool, local_only: bool = False) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise ModelError(
+            f"fetching {repo_id} from Hugging Face needs huggingface_hub: pip install huggingface_hub "
+            f"(or download the checkpoint yourself and pass --checkpoint FILE)"
+        ) from None
+    filename = _hf_filename(repo_id, spec)
+    dest_dir = models_dir()
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        path = Path(
+            hf_hub_download(
+                repo_id=repo_id,
+                filename=filename,
+                local_dir=dest_dir,
+                force_download=force,
+                local_files_only=local_only,
+            )
+        )
+    except Exception as e:  # huggingface_hub raises many types (offline, 404, auth, disk)
+        if local_only:
+            raise ModelError(
+                f"SAM2 weights {filename} for {repo_id} not found in {dest_dir}; run "
+                f"`dl-utils models download {repo_id}` (or pass --checkpoint FILE)"
+            ) from None
+        raise ModelError(
+            f"cannot fetch {filename} from Hugging Face repo {repo_id} ({type(e).__name__}: {e}); "
+            f"check the id and the network, or download the file by hand into {dest_dir}"
+        ) from None
+    if force:
+        _sha_path(path).unlink(missing_ok=True)
+    return path
+
+
+# ----------------------------------------------------------------------------- resolution
+def resolve_checkpoint(name_or_path: str | os.PathLike[str], *, download: bool = False) -> Path:
+    """Turn a file path, registry name/alias or Hugging Face id into an existing checkpoint file.
+
+    With ``download=True`` a missing registry / HF checkpoint is fetched; otherwise a missing one
+    raises :class:`ModelError` naming the file, the folder and the command that gets it.
+    """
+    if isinstance(name_or_path, os.PathLike):
+        p = Path(name_or_path)
+        if p.is_file():
+            return p
+        raise ModelError(f"checkpoint file {p} does not exist; check the path (or pass a model name)")
+    text = str(name_or_path).strip()
+    p = Path(text).expanduser()
+    if p.is_file():
+        return p
+    if p.is_dir():
+        raise ModelError(f"checkpoint {p} is a folder; pass the .pt file inside it")
+    spec = find_spec(text)
+    is_hf = spec is None and _HF_ID.match(text) is not None and not text.endswith((".pt", ".pth"))
+    if spec is None and not is_hf:
+        if text.endswith((".pt", ".pth", ".ckpt", ".bin")) or os.sep in text:
+            raise ModelError(f"checkpoint file {p} does not exist; check the path (or pass a model name)")
+        get_spec(text)  # unknown name -> ModelError listing the known ones
+    if spec is not None:
+        dest = models_dir() / spec.filename
+        if dest.is_file():
+            return dest
+        if download:
+            return _download_checkpoint(text)
+        part = dest.with_name(dest.name + ".part")
+        extra = f" (a partial download {part.name} is there; the command resumes it)" if part.exists() else ""
+        raise ModelError(
+            f"SAM2 weights {spec.filename} not found in {dest.parent}{extra}; run "
+            f"`dl-utils models download {spec.name}` (or pass --checkpoint FILE)"
+        )
+    # an unregistered Hugging Face id: the local cache first, the network only when allowed
+    if download:
+        return _download_hf(text, None, force=False)
+    return _download_hf(text, None, force=False, local_only=True)
+
+
+__all__ = [
+    "ALIASES",
+    "DEFAULT_MODEL",
+    "MODELS",
+    "ModelSpec",
+    "check_sha256",
+    "checkpoint_path",
+    "download",
+    "find_spec",
+    "format_model_table",
+    "get_spec",
+    "list_models",
+    "models_dir",
+    "record_sha256",
+    "recorded_sha256",
+    "resolve_checkpoint",
+    "sha256_file",
+]
