@@ -45,14 +45,46 @@ ensure_env() {
     "$py" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
   fi
-  want="$(cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)-$extras"
+  want="$( (cat setup.cfg pyproject.toml; echo "$(torch_spec)") | sha256sum | cut -c1-16)-$extras"
   stamp="$VENV/.dl_utils-$extras.stamp"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return 0
   fi
+  ensure_sam2
   say "installing dl-utils[$extras] into $VENV"
   "$VENV/bin/python" -m pip install -q -e ".[$extras]"
   echo "$want" >"$stamp"
+}
+
+# The torch/torchvision pair to install when none is present. PyPI's newest torch is a multi-GB CUDA
+# build that also runs on the CPU; the pinned pairs are ones whose torchvision imports beside it.
+# Override with DL_UTILS_TORCH="torch==X torchvision==Y" (e.g. a CPU wheel index pair).
+torch_spec() {
+  if [ -n "${DL_UTILS_TORCH:-}" ]; then
+    echo "$DL_UTILS_TORCH"
+  elif [ "$(uname -m)" = aarch64 ]; then
+    echo "torch==2.9.1 torchvision==0.24.1"
+  else
+    echo "torch==2.14.1 torchvision==0.29.1"
+  fi
+}
+
+# sam2 cannot be installed as a plain dependency: its setup.py imports torch (so it must come after
+# torch, without build isolation) and compiles a CUDA extension unless SAM2_BUILD_CUDA=0. The
+# extension only speeds up hole filling in masks; sam2 runs without it, so we skip it unless a CUDA
+# compiler is present and the user asks for it (SAM2_BUILD_CUDA=1).
+ensure_sam2() {
+  local py="$VENV/bin/python"
+  if ! "$py" -c 'import torch, torchvision' >/dev/null 2>&1; then
+    say "installing $(torch_spec) into $VENV (large: CUDA build, runs on CPU too)"
+    # shellcheck disable=SC2046  # the spec is a list of requirement words
+    "$py" -m pip install -q $(torch_spec)
+  fi
+  if ! "$py" -c 'import sam2' >/dev/null 2>&1; then
+    say "installing sam2 (SAM2_BUILD_CUDA=${SAM2_BUILD_CUDA:-0}, no build isolation)"
+    "$py" -m pip install -q setuptools wheel
+    SAM2_BUILD_CUDA="${SAM2_BUILD_CUDA:-0}" "$py" -m pip install -q --no-build-isolation "sam2==1.1.0"
+  fi
 }
 
 run() {
@@ -65,7 +97,7 @@ run() {
 }
 
 cmd_lab() {
-  ensure_env jupyter
+  ensure_env "jupyter,sam2,cvat"
   local token="${DL_UTILS_TOKEN:-}"
   if [ -z "$token" ]; then
     token="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"

@@ -110,6 +110,41 @@ def cmd_classes_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- models
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from .models import format_model_table, list_models
+
+    if args.json:
+        _print_json(list_models())
+    else:
+        print(format_model_table())
+    return 0
+
+
+def cmd_models_download(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from .models import download
+
+    path = download(args.name, force=args.force, url=args.url, source=args.source)
+    print(path)
+    if args.no_verify:
+        return 0
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("sam2") is None:
+        print("(torch/sam2 not installed: the strict load check runs at first use)", file=sys.stderr)
+        return 0
+    from .models import find_spec
+    from .sam2_loader import verify_checkpoint
+
+    spec = find_spec(args.name)
+    if spec is None:  # a Hugging Face id of a model outside the registry: its config is unknown here
+        print("(not in the registry: pass --model when loading it to pick the config)", file=sys.stderr)
+        return 0
+    digest = verify_checkpoint(spec.name, path)
+    print(f"strict load OK, sha256 {digest}")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -155,6 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
     sinfo = ssub.add_parser("info", help="objects, frames, progress per object, runs")
     sinfo.add_argument("store")
     sinfo.set_defaults(func=cmd_store_info)
+
+    models = sub.add_parser("models", help="list and download SAM2 checkpoints")
+    msub = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND", required=True)
+    mlist = msub.add_parser("list", help="known models, sizes, and which are downloaded")
+    mlist.add_argument("--json", action="store_true", help="print JSON")
+    mlist.set_defaults(func=cmd_models_list)
+    mdl = msub.add_parser("download", help="fetch a checkpoint (resumable, size-checked, strict load)")
+    mdl.add_argument("name", help="registry name or alias (see 'models list') or a Hugging Face id")
+    mdl.add_argument("--force", action="store_true", help="download again even if present")
+    mdl.add_argument("--from", dest="source", default="official", choices=("official", "hf"),
+                     help="official URL (default) or the Hugging Face mirror")
+    mdl.add_argument("--url", help="download from this address instead (a mirror)")
+    mdl.add_argument("--no-verify", action="store_true", help="skip the strict load check")
+    mdl.set_defaults(func=cmd_models_download)
 
     classes = sub.add_parser("classes", help="class tables (.csv / .xlsx)")
     csub = classes.add_subparsers(dest="classes_command", metavar="SUBCOMMAND", required=True)

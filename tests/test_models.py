@@ -452,3 +452,57 @@ def test_bad_checkpoint_files(tmp_path):
         build_sam2_model("tiny", checkpoint=other, image_size=256, device="cpu")
     with pytest.raises(ModelError, match="checkpoint file .*missing.pt does not exist"):
         build_sam2_model("tiny", checkpoint=tmp_path / "missing.pt", image_size=256, device="cpu")
+
+
+# ----------------------------------------------------------------------------- command line
+def test_cli_models_list_and_download(server, _models_dir, capsys):
+    """``dl-utils models list`` / ``models download NAME``: the commands issue 4 names."""
+    import json
+
+    from dl_utils.cli import main
+
+    assert main(["models", "list"]) == 0
+    table = capsys.readouterr().out
+    assert "sam2.1_hiera_tiny" in table and "sam2_hiera_large" in table and str(_models_dir) in table
+    assert main(["models", "download", "tiny", "--url", server.url, "--no-verify"]) == 0
+    dest = Path(capsys.readouterr().out.strip())
+    assert dest == _models_dir / "sam2.1_hiera_tiny.pt" and dest.read_bytes() == BLOB
+    assert main(["models", "list", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["sam2.1_hiera_tiny"]["downloaded"] and not rows["sam2.1_hiera_small"]["downloaded"]
+
+
+@requires_sam2
+def test_cli_models_download_rejects_a_file_that_is_not_a_checkpoint(server, _models_dir, capsys):
+    """The strict load after download reports a bad file at once, in one line, exit code 1."""
+    from dl_utils.cli import main
+
+    assert main(["models", "download", "tiny", "--url", server.url]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dl-utils: error: ") and "sam2.1_hiera_tiny.pt" in err[0]
+
+
+@requires_sam2
+def test_cli_models_download_verifies_a_good_checkpoint(tiny_checkpoint, _models_dir, capsys):
+    """A real (random-weight) checkpoint served over HTTP downloads, strict-loads and records sha256."""
+    from dl_utils.cli import main
+
+    s = _Server(Path(tiny_checkpoint).read_bytes())
+    try:
+        assert main(["models", "download", "tiny", "--url", s.url]) == 0
+    finally:
+        s.close()
+    out = capsys.readouterr().out
+    digest = hashlib.sha256(Path(tiny_checkpoint).read_bytes()).hexdigest()
+    assert f"strict load OK, sha256 {digest}" in out
+    assert models.recorded_sha256(_models_dir / "sam2.1_hiera_tiny.pt") == digest
+
+
+def test_cli_models_download_unknown_name_one_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "dl_utils", "models", "download", "no-such-model"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no-such-model" in lines[0] and "sam2.1_hiera_tiny" in lines[0]
