@@ -1,0 +1,136 @@
+"""Offline exports and imports: CVAT XML (video, images 1.1), COCO instances JSON, PNG masks.
+
+Formats are sinks: they read and write the annotation store only (never an engine), so they work on
+a machine without torch or a GPU. Entry points (used by ``dl-utils export`` / ``dl-utils import``):
+
+* :func:`export_store` ``(store, fmt, out, **opts) -> Path``
+* :func:`import_file` ``(path, store, format="auto") -> dict``
+* :func:`detect_format` ``(path) -> "cvat" | "coco"``
+"""
+
+from __future__ import annotations
+
+import os
+import xml.parsers.expat
+from pathlib import Path
+from typing import Any
+
+from ..errors import FormatError, InputError
+from .coco import export_coco, import_coco
+from .cvat_xml import export_cvat, import_cvat
+from .png_masks import export_png_masks
+
+EXPORT_FORMATS = ("cvat-video", "cvat-images", "coco", "png-masks")
+IMPORT_FORMATS = ("auto", "cvat", "coco")
+
+
+def export_store(store: Any, fmt: str, out: str | os.PathLike, **opts: Any) -> Path:
+    """Write ``store`` as ``fmt`` to ``out`` (a file, or a folder for ``png-masks``); returns the path.
+
+    Options: ``shape=None|"mask"|"polygon"|"box"`` (geometry to write; None = each instance's own;
+    ignored by png-masks), ``objects=[ids]``, ``start=``/``stop=`` (source frames, stop inclusive),
+    ``include_empty=True`` (COCO images / CVAT ``<image>`` for frames without shapes), and for
+    png-masks ``sequence="media"|"visible"``, ``index=True``. Parent folders are created.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise InputError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
+    shape = opts.get("shape")
+    if shape is not None and shape not in ("mask", "polygon", "box"):
+        raise InputError(f"shape={shape!r}: use None (each instance's own), 'mask', 'polygon' or 'box'")
+    allowed = {"shape", "objects", "start", "stop", "include_empty"}
+    if fmt == "png-masks":
+        allowed = {"shape", "objects", "start", "stop", "sequence", "index"}
+    unknown = sorted(set(opts) - allowed)
+    if unknown:
+        raise InputError(f"export option(s) {unknown} do not apply to {fmt}; use {sorted(allowed)}")
+    if fmt == "cvat-video":
+        return export_cvat(store, out, video=True, **opts)
+    if fmt == "cvat-images":
+        return export_cvat(store, out, video=False, **opts)
+    if fmt == "coco":
+        return export_coco(store, out, **opts)
+    return export_png_masks(store, out, **opts)
+
+
+class _Root(Exception):
+    pass
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """``"cvat"`` for XML whose root is ``<annotations>``, ``"coco"`` for a JSON object.
+
+    Decided by content, not by file name: the first non-blank character tells XML from JSON, and for
+    XML only the root element is parsed.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise FormatError(f"{p} is a folder; import reads one CVAT XML or COCO JSON file")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError as e:
+        raise FormatError(f"cannot read {p}: {e.strerror or e}") from None
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text.startswith(b"<"):
+        parser = xml.parsers.expat.ParserCreate()
+        root: list[str] = []
+
+        def start(tag: str, attrs: dict) -> None:
+            root.append(tag)
+            raise _Root
+
+        parser.StartElementHandler = start
+        try:
+            parser.Parse(head, False)
+        except _Root:
+            pass
+        except xml.parsers.expat.ExpatError as e:
+            raise FormatError(
+                f"{p.name} line {e.lineno}, column {e.offset + 1}: XML syntax error"
+                f" ({xml.parsers.expat.ErrorString(e.code)}); re-export the file"
+            ) from None
+        if root and root[0] == "annotations":
+            return "cvat"
+        raise FormatError(
+            f"{p.name} is XML but its root element is <{root[0] if root else '?'}>, not <annotations>;"
+            " only CVAT 1.1 XML (for video or for images) can be imported"
+        )
+    if text.startswith(b"{"):
+        return "coco"
+    if text.startswith(b"["):
+        raise FormatError(f"{p.name} is a JSON list; a COCO file is an object with 'images' and 'annotations'")
+    raise FormatError(
+        f"cannot tell the format of {p.name}: it is neither XML (CVAT, root <annotations>) nor"
+        " JSON (COCO); give a CVAT XML or a COCO instances JSON file"
+    )
+
+
+def import_file(path: str | os.PathLike, store: Any, format: str = "auto") -> dict[str, Any]:
+    """Read a CVAT XML or COCO JSON file into ``store``; returns a summary dict.
+
+    A new store (no media) takes the file's media description and labels; a store that has media
+    must match the file's frame size, and the file's frames must be part of it.
+    """
+    if format not in IMPORT_FORMATS:
+        raise InputError(f"unknown import format {format!r}; use one of {', '.join(IMPORT_FORMATS)}")
+    p = Path(path)
+    if not p.is_file():
+        raise FormatError(f"{p} does not exist or is not a file; check the path")
+    fmt = detect_format(p) if format == "auto" else format
+    if fmt == "cvat":
+        return import_cvat(p, store)
+    return import_coco(p, store)
+
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "IMPORT_FORMATS",
+    "export_store",
+    "import_file",
+    "detect_format",
+    "export_cvat",
+    "import_cvat",
+    "export_coco",
+    "import_coco",
+    "export_png_masks",
+]

@@ -1,0 +1,377 @@
+"""Shared pieces of the format sinks: geometry conversion, shape merging, media and label helpers.
+
+Every exporter turns store instances into one of three geometries (mask, polygon rings, box) and every
+importer turns file shapes back into :class:`~dl_utils.annotations.Instance` objects; doing both here
+keeps the rules (holes, multi-ring polygons, boxes) identical across CVAT XML and COCO.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..annotations import (
+    Instance,
+    Instances,
+    Label,
+    MediaInfo,
+    ObjectInfo,
+    ShapeType,
+    Source,
+    box_from_mask,
+)
+from ..cv_utils import box_to_mask, color_for_index, mask_to_polygons, polygons_to_mask
+from ..errors import FormatError, InputError
+
+#: Frames written per ``store.write_frames`` transaction on import (bounded memory, few commits).
+WRITE_BATCH = 64
+
+
+def progress(iterable: Iterable, *, total: int | None = None, desc: str = ""):
+    """A tqdm bar on a terminal, silent elsewhere (``disable=None``)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=None, leave=False)
+
+
+# ---------------------------------------------------------------------------------------- export
+@dataclass
+class Geometry:
+    """One instance as written to a file: exactly one of ``mask``, ``rings``, ``box`` is set."""
+
+    kind: ShapeType
+    mask: np.ndarray | None = None
+    rings: list[list[float]] | None = None
+    box: tuple[float, float, float, float] | None = None
+
+
+def instance_mask(inst: Instance, height: int, width: int) -> np.ndarray:
+    """Full-frame mask of any instance (polygons and boxes rasterised)."""
+    if inst.mask is not None:
+        return inst.mask
+    if inst.polygon:
+        return polygons_to_mask(inst.polygon, height, width)
+    if inst.box is not None:
+        return box_to_mask(inst.box, height, width)
+    return np.zeros((height, width), dtype=bool)
+
+
+def box_ring(box: Sequence[float]) -> list[float]:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return [x1, y1, x2, y1, x2, y2, x1, y2]
+
+
+def to_geometry(
+    inst: Instance, height: int, width: int, shape: "ShapeType | str | None" = None
+) -> Geometry | None:
+    """The geometry to write for ``inst``: its own shape, or ``shape`` when given; ``None`` if empty."""
+    if inst.is_empty:
+        return None
+    target = ShapeType(shape) if shape else (inst.shape or ShapeType.MASK)
+    if target is ShapeType.MASK:
+        m = instance_mask(inst, height, width)
+        return Geometry(ShapeType.MASK, mask=m) if m.any() else None
+    if target is ShapeType.POLYGON:
+        if inst.polygon:
+            rings = [list(map(float, r)) for r in inst.polygon]
+        elif inst.mask is not None:
+            rings = mask_to_polygons(inst.mask)  # holes filled: CVAT/COCO polygons have none
+        elif inst.box is not None:
+            rings = [box_ring(inst.box)]
+        else:
+            rings = []
+        return Geometry(ShapeType.POLYGON, rings=rings) if rings else None
+    box = inst.box
+    if box is None and inst.mask is not None:
+        box = box_from_mask(inst.mask)
+    if box is None:
+        return None
+    return Geometry(ShapeType.BOX, box=tuple(float(v) for v in box))  # type: ignore[arg-type]
+
+
+def require_media(store: Any) -> MediaInfo:
+    media = store.media
+    if media is None:
+        raise InputError(
+            f"{store.path} has no media info (size, frame numbers); set it with"
+            " store.set_media(source.media_info()) before exporting"
+        )
+    return media
+
+
+def select_frames(media: MediaInfo, start: int | None, stop: int | None) -> list[int]:
+    """Media frames in ``[start, stop]`` (source frame numbers, ``stop`` inclusive)."""
+    frames = [
+        f for f in media.frames if (start is None or f >= start) and (stop is None or f <= stop)
+    ]
+    if not frames:
+        raise InputError(
+            f"no frame of {media.name!r} lies in start={start}, stop={stop} (the media has frames"
+            f" {media.frames[0]}..{media.frames[-1]} step {media.step}); widen the range"
+            if media.frames
+            else f"media {media.name!r} has no frames; nothing to export"
+        )
+    return frames
+
+
+def sub_media(media: MediaInfo, frames: list[int]) -> MediaInfo:
+    """The media restricted to ``frames`` (an export of a frame range describes only that range)."""
+    if frames == list(media.frames):
+        return media
+    names = None
+    if media.frame_names is not None:
+        names = [media.frame_name(f) for f in frames]
+    step = media.step
+    if len(frames) > 1:
+        diffs = {b - a for a, b in zip(frames, frames[1:])}
+        step = diffs.pop() if len(diffs) == 1 else media.step
+    return MediaInfo(
+        name=media.name, width=media.width, height=media.height, frames=list(frames), fps=media.fps,
+        start=frames[0], stop=frames[-1], step=step, frame_names=names, path=media.path,
+    )
+
+
+def select_objects(store: Any, objects: Iterable[int] | None) -> list[ObjectInfo]:
+    all_objs = store.objects()
+    if objects is None:
+        return all_objs
+    wanted = {int(o) for o in objects}
+    known = {o.id for o in all_objs}
+    missing = sorted(wanted - known)
+    if missing:
+        raise InputError(
+            f"object id(s) {missing} are not in {store.path}; known ids: {sorted(known)}"
+        )
+    return [o for o in all_objs if o.id in wanted]
+
+
+def export_labels(store: Any, objects: Sequence[ObjectInfo]) -> list[Label]:
+    """The store's labels plus any object label missing from them, each with a colour."""
+    labels = list(store.labels())
+    names = {lb.name for lb in labels}
+    for o in objects:
+        if o.label not in names:
+            labels.append(Label(o.label))
+            names.add(o.label)
+    return [
+        lb if lb.color else Label(lb.name, color_for_index(i), lb.id, lb.superclass, lb.type, lb.attributes)
+        for i, lb in enumerate(labels)
+    ]
+
+
+def iter_store_frames(
+    store: Any, frames: list[int], objects: Sequence[ObjectInfo], *, desc: str
+) -> Iterator[tuple[int, Instances]]:
+    """``(frame, instances)`` for every frame in ``frames`` (empty ``Instances`` where none)."""
+    ids = [o.id for o in objects]
+    have = iter(store.iter_frames(start=frames[0], stop=frames[-1], objects=ids))
+    wanted = set(frames)
+    stored: dict[int, Instances] = {}
+    nxt = next(have, None)
+    for f in progress(frames, desc=desc):
+        while nxt is not None and nxt[0] <= f:
+            if nxt[0] == f:
+                stored[f] = nxt[1]
+            elif nxt[0] not in wanted:
+                pass  # a stored frame that is not part of the media: not exportable, skipped
+            nxt = next(have, None)
+        yield f, stored.pop(f, Instances([], frame=f))
+
+
+def source_of(sources: Iterable[Source]) -> Source:
+    """One source for a group of instances (a CVAT track): the common one, else ``semi-auto``."""
+    s = set(sources)
+    if len(s) == 1:
+        return s.pop()
+    return Source.SEMI_AUTO if s else Source.MANUAL
+
+
+def parse_source(value: Any) -> Source:
+    """CVAT/COCO source strings to ours; CVAT's ``file`` and ``consensus`` count as ``manual``."""
+    try:
+        return Source(str(value).strip().lower())
+    except ValueError:
+        return Source.MANUAL
+
+
+def write_atomic(out: Path, data: bytes | str) -> None:
+    """Write via a temporary file and rename, so an interrupted export leaves no half file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    mode = "wb" if isinstance(data, bytes) else "w"
+    with open(tmp, mode, **({} if isinstance(data, bytes) else {"encoding": "utf-8"})) as f:
+        f.write(data)
+    os.replace(tmp, out)
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of a label (Nuke and shells dislike spaces and slashes)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "object"
+
+
+# ---------------------------------------------------------------------------------------- import
+@dataclass
+class ParsedShape:
+    """One shape read from a file, before it becomes an :class:`Instance`.
+
+    ``data`` is the raw geometry: CVAT RLE points (mask), rings (polygon), ``(x1, y1, x2, y2)`` (box),
+    or a COCO RLE dict (``coco_rle``); decoded only when its frame is written, so a long file never
+    holds decoded masks for more than one batch of frames.
+    """
+
+    kind: str  # "mask" (CVAT points), "coco_rle", "polygon", "box"
+    data: Any
+    source: Source = Source.MANUAL
+    keyframe: bool = False
+    score: float | None = None
+    where: str = ""
+
+
+@dataclass
+class ObjectKey:
+    key: tuple
+    label: str
+    preferred_id: int | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+def assign_object_ids(keys: Sequence[ObjectKey], existing: Iterable[int]) -> dict[tuple, int]:
+    """Ids for the objects of a file: the preferred ones (CVAT group, COCO track_id) when free."""
+    taken = set(existing)
+    out: dict[tuple, int] = {}
+    for k in keys:
+        p = k.preferred_id
+        if p is not None and p >= 0 and p not in taken:
+            out[k.key] = p
+            taken.add(p)
+    nxt = max(taken, default=0) + 1
+    for k in keys:
+        if k.key not in out:
+            out[k.key] = nxt
+            taken.add(nxt)
+            nxt += 1
+    return out
+
+
+def build_instance(
+    object_id: int, shapes: Sequence[ParsedShape], height: int, width: int, decode
+) -> Instance:
+    """One instance from the shapes of one object on one frame.
+
+    One shape maps directly. Several (a multi-ring polygon written as several CVAT polygons of one
+    group, or pieces drawn separately): all polygons -> one polygon instance with every ring; any
+    other mix -> the union of their masks as a mask instance.
+    """
+    first = shapes[0]
+    keyframe = any(s.keyframe for s in shapes)
+    scores = [s.score for s in shapes if s.score is not None]
+    score = max(scores) if scores else None
+    common = dict(object_id=object_id, source=first.source, keyframe=keyframe, score=score)
+    if len(shapes) == 1 and first.kind == "box":
+        return Instance(box=first.data, shape=ShapeType.BOX, **common)
+    if all(s.kind == "polygon" for s in shapes):
+        rings = [r for s in shapes for r in s.data]
+        return Instance(
+            mask=polygons_to_mask(rings, height, width), polygon=rings, shape=ShapeType.POLYGON,
+            **common,
+        )
+    mask = np.zeros((height, width), dtype=bool)
+    for s in shapes:
+        if s.kind == "box":
+            mask |= box_to_mask(s.data, height, width)
+        elif s.kind == "polygon":
+            mask |= polygons_to_mask(s.data, height, width)
+        else:
+            mask |= decode(s)
+    return Instance(mask=mask, shape=ShapeType.MASK, **common)
+
+
+def merge_labels(store: Any, file_labels: Sequence[Label], used: Iterable[str]) -> list[str]:
+    """Give the store the file's labels (kept as they are when it already has them); returns new names."""
+    current = list(store.labels())
+    names = {lb.name for lb in current}
+    added: list[Label] = []
+    for lb in file_labels:
+        if lb.name not in names:
+            added.append(lb)
+            names.add(lb.name)
+    for name in used:
+        if name not in names:
+            added.append(Label(name))
+            names.add(name)
+    if added:
+        store.set_labels(current + added)
+    return [lb.name for lb in added]
+
+
+def check_store_media(store: Any, media: MediaInfo, where: str) -> MediaInfo:
+    """Use ``media`` for a new store; for a store that has media, check the file fits it."""
+    mine = store.media
+    if mine is None:
+        store.set_media(media)
+        return media
+    if (mine.width, mine.height) != (media.width, media.height):
+        raise FormatError(
+            f"{where}: frames are {media.width}x{media.height} but {store.path} was made for"
+            f" {mine.name!r} at {mine.width}x{mine.height}; import into a new store (--out)"
+        )
+    extra = sorted(set(media.frames) - set(mine.frames))
+    if extra:
+        raise FormatError(
+            f"{where}: frame(s) {extra[:5]}{'...' if len(extra) > 5 else ''} are not part of"
+            f" {mine.name!r} in {store.path} (start={mine.start}, step={mine.step},"
+            f" {len(mine.frames)} frames); import into a new store (--out)"
+        )
+    return mine
+
+
+def write_objects(
+    store: Any,
+    keys: Sequence[ObjectKey],
+    frames: dict[int, dict[tuple, list[ParsedShape]]],
+    media: MediaInfo,
+    decode,
+    *,
+    desc: str,
+) -> dict[str, Any]:
+    """Create the objects and write every frame's instances in batched transactions."""
+    ids = assign_object_ids(keys, (o.id for o in store.objects()))
+    for k in keys:
+        store.add_object(k.label, id=ids[k.key], attributes=k.attributes or None)
+    h, w = media.height, media.width
+    batch: list[tuple[int, list[Instance]]] = []
+    n_inst = 0
+    for f in progress(sorted(frames), desc=desc):
+        insts = [
+            build_instance(ids[key], shapes, h, w, decode) for key, shapes in frames[f].items()
+        ]
+        n_inst += len(insts)
+        batch.append((f, insts))
+        if len(batch) >= WRITE_BATCH:
+            store.write_frames(batch)
+            batch = []
+    if batch:
+        store.write_frames(batch)
+    return {"objects": len(keys), "instances": n_inst, "frames": len(frames),
+            "object_ids": sorted(ids.values())}
+
+
+def media_from_frames(
+    name: str, width: int, height: int, frames: list[int], names: dict[int, str] | None
+) -> MediaInfo:
+    """A MediaInfo for a set of frame numbers (start, step from their spacing)."""
+    frames = sorted(set(frames))
+    diffs = {b - a for a, b in zip(frames, frames[1:])}
+    step = diffs.pop() if len(diffs) == 1 else 1
+    frame_names = None
+    if names and any(names.get(f, f"frame_{f:06d}") != f"frame_{f:06d}" for f in frames):
+        frame_names = [names.get(f, f"frame_{f:06d}") for f in frames]
+    return MediaInfo(
+        name=name, width=width, height=height, frames=frames, start=frames[0] if frames else 0,
+        stop=frames[-1] if frames else None, step=step, frame_names=frame_names,
+    )

@@ -1,0 +1,318 @@
+"""COCO instances JSON: export from and import into an annotation store.
+
+Export: one ``image`` per media frame (``id`` from 1, ``file_name`` = the frame's name, plus
+``"frame"``: its source frame number), one ``category`` per label, one ``annotation`` per visible
+instance. Masks are compressed RLE (``counts`` as str, exactly what ``pycocotools.mask.encode``
+gives), polygons are lists of rings, boxes have ``segmentation: []`` and only a ``bbox``.
+``iscrowd`` is 0 everywhere: these are single objects, and pycocotools (``annToMask``), datumaro and
+detectron2 read an RLE segmentation whatever ``iscrowd`` says, while ``iscrowd: 1`` would make
+training and evaluation code ignore the object. ``attributes.track_id`` keeps the object id, and
+``info.dl_utils.media`` the media description, so an import rebuilds the same store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..annotations import Label, MediaInfo, ShapeType, box_from_mask
+from ..cv_utils import coco_rle_area, decode_coco_rle, encode_coco_rle, polygons_to_mask
+from ..errors import FormatError, InputError, MaskError
+from ._common import (
+    ObjectKey,
+    ParsedShape,
+    check_store_media,
+    export_labels,
+    iter_store_frames,
+    media_from_frames,
+    merge_labels,
+    parse_source,
+    require_media,
+    select_frames,
+    select_objects,
+    sub_media,
+    to_geometry,
+    write_atomic,
+    write_objects,
+)
+
+
+# ================================================================================ export
+def _category_ids(labels: list[Label]) -> dict[str, int]:
+    """Label ids when they are all set, positive and unique (a class table's ids), else 1..N."""
+    ids = [lb.id for lb in labels]
+    if all(i is not None and i > 0 for i in ids) and len(set(ids)) == len(ids):
+        return {lb.name: int(lb.id) for lb in labels}  # type: ignore[arg-type]
+    return {lb.name: k + 1 for k, lb in enumerate(labels)}
+
+
+def export_coco(
+    store: Any,
+    out: str | os.PathLike,
+    *,
+    shape: "ShapeType | str | None" = None,
+    objects: Iterable[int] | None = None,
+    start: int | None = None,
+    stop: int | None = None,
+    include_empty: bool = True,
+) -> Path:
+    """Write the store as a COCO instances JSON file (see the module doc for the mapping)."""
+    out = Path(out)
+    media_full = require_media(store)
+    frames = select_frames(media_full, start, stop)
+    media = sub_media(media_full, frames)
+    objs = select_objects(store, objects)
+    labels = export_labels(store, objs)
+    cat = _category_ids(labels)
+    label_of = {o.id: o.label for o in objs}
+    h, w = media.height, media.width
+
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
+    for f, insts in iter_store_frames(store, frames, objs, desc="coco"):
+        geoms = [(i, to_geometry(i, h, w, shape)) for i in insts]
+        geoms = [(i, g) for i, g in geoms if g is not None]
+        if not geoms and not include_empty:
+            continue
+        image_id = len(images) + 1
+        images.append({"id": image_id, "file_name": media.frame_name(f), "width": w, "height": h,
+                       "frame": f})
+        for inst, g in geoms:
+            if g.kind is ShapeType.MASK:
+                seg: Any = encode_coco_rle(g.mask)  # type: ignore[arg-type]
+                area: float = int(np.count_nonzero(g.mask))
+                box = box_from_mask(g.mask)  # type: ignore[arg-type]
+            elif g.kind is ShapeType.POLYGON:
+                seg = [[round(float(v), 2) for v in r] for r in g.rings]  # type: ignore[union-attr]
+                own = inst.polygon and inst.mask is not None and shape in (None, ShapeType.POLYGON, "polygon")
+                m = inst.mask if own else polygons_to_mask(g.rings, h, w)  # type: ignore[arg-type]
+                area = int(np.count_nonzero(m))
+                xs = [v for r in seg for v in r[0::2]]
+                ys = [v for r in seg for v in r[1::2]]
+                box = (min(xs), min(ys), max(xs), max(ys))
+            else:
+                seg = []
+                box = g.box
+                area = float(max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1]))  # type: ignore[index]
+            x1, y1, x2, y2 = (float(v) for v in box)  # type: ignore[union-attr]
+            ann: dict[str, Any] = {
+                "id": len(anns) + 1,
+                "image_id": image_id,
+                "category_id": cat[label_of[inst.object_id]],
+                "segmentation": seg,
+                "area": area,
+                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                "iscrowd": 0,
+                "attributes": {"track_id": inst.object_id, "source": inst.source.value,
+                               "occluded": False, "keyframe": bool(inst.keyframe)},
+            }
+            if inst.score is not None:
+                ann["score"] = float(inst.score)
+            anns.append(ann)
+
+    doc = OrderedDict(
+        info={
+            "description": f"{media.name} (dl_utils export)",
+            "version": "1.0",
+            "date_created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "dl_utils": {"media": media.to_dict()},
+        },
+        licenses=[],
+        categories=[{"id": cat[lb.name], "name": lb.name, "supercategory": lb.superclass or "",
+                     "color": lb.color}  # not COCO; tools ignore it, our import keeps the colour
+                    for lb in labels],
+        images=images,
+        annotations=anns,
+    )
+    write_atomic(out, json.dumps(doc, separators=(",", ":")))
+    return out
+
+
+# ================================================================================ import
+def _load_json(path: Path) -> Any:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise FormatError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise FormatError(
+            f"{path.name} line {e.lineno}, column {e.colno}: JSON syntax error ({e.msg}); the file is"
+            " truncated or not JSON: fix it or re-export it"
+        ) from None
+    except UnicodeDecodeError:
+        raise FormatError(f"{path.name} is not UTF-8 text; a COCO file is JSON") from None
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def import_coco(path: str | os.PathLike, store: Any) -> dict[str, Any]:
+    """Read a COCO instances JSON into ``store``.
+
+    RLE (compressed or uncompressed), polygon and bbox-only annotations; objects by
+    ``attributes.track_id`` when present (one object per annotation otherwise); frames by the
+    images' ``frame`` field, else in image-id order from 0.
+    """
+    path = Path(path)
+    name = path.name
+    doc = _load_json(path)
+    if not isinstance(doc, dict):
+        raise FormatError(f"{name}: the top level is a {type(doc).__name__}, not a COCO object")
+    for key in ("images", "annotations", "categories"):
+        if key not in doc:
+            raise FormatError(
+                f"{name}: missing key {key!r}; a COCO instances file has 'images', 'annotations'"
+                " and 'categories'"
+            )
+        if not isinstance(doc[key], list):
+            raise FormatError(f"{name}: {key!r} is a {type(doc[key]).__name__}, not a list")
+
+    # categories -> labels
+    cats: dict[int, str] = {}
+    file_labels: list[Label] = []
+    for k, c in enumerate(doc["categories"]):
+        if not isinstance(c, dict) or "id" not in c or "name" not in c:
+            raise FormatError(f"{name}: categories[{k}] needs 'id' and 'name'")
+        if c["name"] in {lb.name for lb in file_labels}:
+            raise FormatError(f"{name}: category name {c['name']!r} appears twice; names must be unique")
+        cats[c["id"]] = str(c["name"])
+        cid = c["id"] if isinstance(c["id"], int) else None
+        try:
+            color = c.get("color") if isinstance(c.get("color"), str) else None
+            file_labels.append(Label(str(c["name"]), color, id=cid,
+                                     superclass=c.get("supercategory") or None))
+        except InputError as e:
+            raise FormatError(f"{name}: categories[{k}]: {e}") from None
+
+    # images -> frames
+    imgs: dict[Any, tuple[int, int, int, str]] = {}
+    has_frame = all(isinstance(im, dict) and isinstance(im.get("frame"), int) for im in doc["images"])
+    ordered = sorted(
+        enumerate(doc["images"]),
+        key=lambda t: (t[1].get("id") if isinstance(t[1], dict) and isinstance(t[1].get("id"), int) else 0, t[0]),
+    )
+    for pos, (k, im) in enumerate(ordered):
+        if not isinstance(im, dict):
+            raise FormatError(f"{name}: images[{k}] is not an object")
+        for key in ("id", "width", "height"):
+            if key not in im:
+                raise FormatError(f"{name}: images[{k}] has no {key!r}; add it or re-export the file")
+        if not (isinstance(im["width"], int) and isinstance(im["height"], int)) or im["width"] <= 0 or im["height"] <= 0:
+            raise FormatError(f"{name}: images[{k}] width/height {im['width']!r}x{im['height']!r} are not positive integers")
+        if im["id"] in imgs:
+            raise FormatError(f"{name}: image id {im['id']!r} appears twice")
+        frame = im["frame"] if has_frame else pos
+        imgs[im["id"]] = (frame, im["width"], im["height"], str(im.get("file_name") or f"frame_{frame:06d}"))
+    sizes = {(w, h) for (_, w, h, _) in imgs.values()}
+    if len(sizes) > 1:
+        raise FormatError(
+            f"{name}: images have different sizes {sorted(sizes)[:4]}; a store holds one frame size,"
+            " so split the file by image size and import each part into its own store"
+        )
+    frames_by_image = {i: v[0] for i, v in imgs.items()}
+    if len(set(frames_by_image.values())) != len(frames_by_image):
+        raise FormatError(f"{name}: two images have the same 'frame' number; frames must be unique")
+
+    media: MediaInfo | None = None
+    meta = doc.get("info", {}).get("dl_utils", {}).get("media") if isinstance(doc.get("info"), dict) else None
+    if isinstance(meta, dict):
+        try:
+            media = MediaInfo.from_dict(meta)
+        except (TypeError, ValueError) as e:
+            raise FormatError(f"{name}: info.dl_utils.media is not a valid media description ({e})") from None
+        bad = sorted(set(frames_by_image.values()) - set(media.frames))
+        if bad or (sizes and sizes != {(media.width, media.height)}):
+            media = None  # edited file: trust the images instead
+    if media is None:
+        if not sizes:
+            raise FormatError(f"{name}: no images, so the frame size is unknown; nothing to import")
+        w, h = next(iter(sizes))
+        names = {v[0]: v[3] for v in imgs.values()}
+        stem = str(doc["info"].get("description") or path.stem) if isinstance(doc.get("info"), dict) else path.stem
+        media = media_from_frames(stem, w, h, list(frames_by_image.values()), names)
+
+    # annotations -> shapes
+    keys: "OrderedDict[tuple, ObjectKey]" = OrderedDict()
+    by_frame: dict[int, dict[tuple, list[ParsedShape]]] = {}
+    for k, a in enumerate(doc["annotations"]):
+        where = f"annotation #{k}" + (f" (id {a.get('id')})" if isinstance(a, dict) and "id" in a else "")
+        if not isinstance(a, dict):
+            raise FormatError(f"{name}: {where} is not an object")
+        for key in ("image_id", "category_id"):
+            if key not in a:
+                raise FormatError(f"{name}: {where} has no {key!r}; add it or re-export the file")
+        if a["image_id"] not in imgs:
+            raise FormatError(f"{name}: {where} names image_id {a['image_id']!r}, which is not in 'images'")
+        if a["category_id"] not in cats:
+            raise FormatError(
+                f"{name}: {where} names category_id {a['category_id']!r}, which is not in 'categories'"
+                f" (ids {sorted(cats)}); add the category or fix the id"
+            )
+        frame, iw, ih, _ = imgs[a["image_id"]]
+        label = cats[a["category_id"]]
+        attrs = a.get("attributes") if isinstance(a.get("attributes"), dict) else {}
+        seg = a.get("segmentation")
+        where = f"{where} on image {a['image_id']}"
+        if isinstance(seg, dict):
+            try:
+                if isinstance(seg.get("size"), list) and [int(v) for v in seg["size"]] != [ih, iw]:
+                    raise MaskError(f"its RLE size {seg['size']} differs from the image's [{ih}, {iw}]")
+                coco_rle_area(seg if "size" in seg else {**seg, "size": [ih, iw]})  # validates the RLE
+            except (MaskError, TypeError, ValueError) as e:
+                raise FormatError(f"{name}: {where}: {e}") from None
+            shape = ParsedShape("coco_rle", seg if "size" in seg else {**seg, "size": [ih, iw]}, where=where)
+        elif isinstance(seg, list) and seg and seg != [[]]:
+            rings = seg if all(isinstance(r, list) for r in seg) else [seg]
+            for r in rings:
+                if len(r) < 6 or len(r) % 2 or not all(_num(v) for v in r):
+                    raise FormatError(
+                        f"{name}: {where}: a polygon ring has {len(r)} values; it needs an even"
+                        " number (x, y pairs), at least 6, all numbers"
+                    )
+            shape = ParsedShape("polygon", [[float(v) for v in r] for r in rings], where=where)
+        else:
+            bbox = a.get("bbox")
+            if not (isinstance(bbox, list) and len(bbox) == 4 and all(_num(v) for v in bbox)):
+                raise FormatError(
+                    f"{name}: {where} has no segmentation and no valid 'bbox' [x, y, w, h]"
+                )
+            x, y, bw, bh = (float(v) for v in bbox)
+            shape = ParsedShape("box", (x, y, x + bw, y + bh), where=where)
+        shape.source = parse_source(attrs.get("source", "manual"))
+        shape.keyframe = bool(attrs.get("keyframe", False))
+        if _num(a.get("score")):
+            shape.score = float(a["score"])
+        tid = attrs.get("track_id")
+        if isinstance(tid, int) and not isinstance(tid, bool):
+            okey: tuple = ("t", tid, label)
+            pref = tid
+        else:
+            okey = ("a", k)
+            pref = None
+        if okey not in keys:
+            keys[okey] = ObjectKey(okey, label, pref)
+        by_frame.setdefault(frame, {}).setdefault(okey, []).append(shape)
+
+    media = check_store_media(store, media, name)
+    merge_labels(store, file_labels, OrderedDict.fromkeys(k.label for k in keys.values()))
+
+    def decode(s: ParsedShape) -> np.ndarray:
+        try:
+            return decode_coco_rle(s.data, media.height, media.width)
+        except MaskError as e:
+            raise FormatError(f"{name}: {s.where}: {e}") from None
+
+    summary = write_objects(store, list(keys.values()), by_frame, media, decode, desc=f"import {name}")
+    summary.update(format="coco", file=str(path), media=media.name,
+                   labels=[lb.name for lb in store.labels()], skipped={})
+    return summary
