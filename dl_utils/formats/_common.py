@@ -375,3 +375,25 @@ def media_from_frames(
         name=name, width=width, height=height, frames=frames, start=frames[0] if frames else 0,
         stop=frames[-1] if frames else None, step=step, frame_names=frame_names,
     )
+
+
+@dataclass
+class ExportSelection:
+    """What an exporter writes: the full media, the chosen frames/media slice, objects and labels."""
+
+    media_full: MediaInfo
+    frames: list[int]
+    media: MediaInfo
+    objects: list[ObjectInfo]
+    labels: list[Label]
+
+
+def select_export(
+    store: Any, objects: Iterable[int] | None, start: int | None, stop: int | None
+) -> ExportSelection:
+    """The frame range and objects every exporter starts from, checked the same way for all."""
+    media_full = require_media(store)
+    frames = select_frames(media_full, start, stop)
+    objs = select_objects(store, objects)
+    return ExportSelection(media_full, frames, sub_media(media_full, frames), objs,
+                           export_labels(store, objs))

@@ -25,18 +25,14 @@ from ..annotations import Label, MediaInfo, ShapeType, box_from_mask
 from ..cv_utils import coco_rle_area, decode_coco_rle, encode_coco_rle, polygons_to_mask
 from ..errors import FormatError, InputError, MaskError
 from ._common import (
+    select_export,
     ObjectKey,
     ParsedShape,
     check_store_media,
-    export_labels,
     iter_store_frames,
     media_from_frames,
     merge_labels,
     parse_source,
-    require_media,
-    select_frames,
-    select_objects,
-    sub_media,
     to_geometry,
     write_atomic,
     write_objects,
@@ -64,11 +60,8 @@ def export_coco(
 ) -> Path:
     """Write the store as a COCO instances JSON file (see the module doc for the mapping)."""
     out = Path(out)
-    media_full = require_media(store)
-    frames = select_frames(media_full, start, stop)
-    media = sub_media(media_full, frames)
-    objs = select_objects(store, objects)
-    labels = export_labels(store, objs)
+    sel = select_export(store, objects, start, stop)
+    frames, media, objs, labels = sel.frames, sel.media, sel.objects, sel.labels
     cat = _category_ids(labels)
     label_of = {o.id: o.label for o in objs}
     h, w = media.height, media.width

@@ -38,20 +38,16 @@ from ..annotations import Label, MediaInfo, ObjectInfo, ShapeType
 from ..cv_utils import decode_cvat_rle, encode_cvat_rle
 from ..errors import FormatError, MaskError
 from ._common import (
+    select_export,
     Geometry,
     ObjectKey,
     ParsedShape,
     check_store_media,
-    export_labels,
     iter_store_frames,
     merge_labels,
     media_from_frames,
     parse_source,
-    require_media,
-    select_frames,
-    select_objects,
     source_of,
-    sub_media,
     to_geometry,
     write_objects,
 )
@@ -187,11 +183,10 @@ def export_cvat(
 ) -> Path:
     """Write the store as CVAT for video 1.1 (``video=True``) or CVAT for images 1.1 XML."""
     out = Path(out)
-    media_full = require_media(store)
-    frames = select_frames(media_full, start, stop)
-    media = sub_media(media_full, frames)
-    objs = select_objects(store, objects)
-    labels = export_labels(store, objs)
+    sel = select_export(store, objects, start, stop)
+    media_full, frames, media, objs, labels = (
+        sel.media_full, sel.frames, sel.media, sel.objects, sel.labels
+    )
     label_of = {o.id: o.label for o in objs}
     groups = _group_ids(objs)
     h, w = media.height, media.width
