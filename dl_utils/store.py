@@ -252,6 +252,8 @@ class AnnotationStore:
     def set_meta(self, key: str, value: Any) -> None:
         with self._write() as c:
             c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, _dumps(value)))
+        if key == "media":
+            self._media_loaded = False
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
@@ -436,7 +438,11 @@ class AnnotationStore:
         run_id: int | None = None,
     ) -> None:
         """Write several frames in one transaction (imports use it; engines write per frame)."""
-        self._media_cache = self.media
+        if not self._media_loaded:
+            # parsed once per connection, not per write: the media record holds every frame
+            # number, so re-reading it would make each write cost grow with video length
+            self._media_cache = self.media
+            self._media_loaded = True
         now = time.time()
         rows: list[tuple] = []
         frames_seen: list[tuple[int, list[int]]] = []
@@ -635,6 +641,7 @@ class AnnotationStore:
         }
 
     _media_cache: MediaInfo | None = None
+    _media_loaded: bool = False
 
 
 __all__ = ["AnnotationStore", "SCHEMA_VERSION"]

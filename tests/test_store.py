@@ -258,3 +258,15 @@ def test_sigkill_mid_write_keeps_every_committed_frame_and_no_partial_one(tmp_pa
             # the killed runs are still marked running: the resumable work
             assert all(r["status"] == "running" for r in st.runs())
     assert len(committed) > 20
+
+
+def test_mask_size_check_follows_set_media(tmp_path):
+    """The media record is cached per connection for write speed; set_media must refresh it."""
+    s = AnnotationStore.create(tmp_path / "m.sqlite", MediaInfo(name="a", width=8, height=6, frames=[0, 1]))
+    o = s.add_object("car")
+    s.write_frame(0, [Instance(o.id, mask=np.ones((6, 8), bool))])
+    s.set_media(MediaInfo(name="a", width=10, height=4, frames=[0, 1]))
+    with pytest.raises(MaskError):
+        s.write_frame(1, [Instance(o.id, mask=np.ones((6, 8), bool))])
+    s.write_frame(1, [Instance(o.id, mask=np.ones((4, 10), bool))])
+    assert s.read_frame(1)[0].mask.shape == (4, 10)
