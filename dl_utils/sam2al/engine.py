@@ -1,0 +1,82 @@
+"""A view of upstream's ``SAM2VideoPredictor``: shared weights, the CPU dtype fix, IoU capture."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from ..errors import InputError
+from ..sam2_loader import require_sam2
+
+
+@functools.cache
+def _guard_cls():
+    import torch
+
+    class _MemoryDtypeGuard(torch.nn.Module):
+        """Feeds memory attention memories in the dtype of the current frame's features.
+
+        Upstream stores spatial memories as bfloat16 (``_run_single_frame_inference``); when a frame's
+        memory holds no float32 object pointer (a conditioning frame only "in the future": objects
+        prompted on different frames, or reverse tracking, sam2 issues #308/#577), ``torch.cat``
+        keeps bfloat16 and the float32 linear layers fail on CPU. Where upstream works, ``torch.cat``
+        already promoted the memory to float32 and this cast changes nothing (bf16 -> fp32 is exact).
+        """
+
+        def __init__(self, inner: torch.nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, curr, memory, curr_pos=None, memory_pos=None, num_obj_ptr_tokens=0):
+            want = (curr[0] if isinstance(curr, (list, tuple)) else curr).dtype
+            if memory.dtype != want:
+                memory = memory.to(want)
+            if memory_pos is not None and memory_pos.dtype != want:
+                memory_pos = memory_pos.to(want)
+            return self.inner(curr=curr, memory=memory, curr_pos=curr_pos, memory_pos=memory_pos,
+                              num_obj_ptr_tokens=num_obj_ptr_tokens)
+
+    return _MemoryDtypeGuard
+
+
+class _EngineMixin:
+    """Keeps the predicted IoU of the last decoded frame (upstream's ``track_step`` drops it)."""
+
+    dl_last_iou: Any = None
+
+    def _track_step(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        current_out, sam_outputs, high_res, pix_feat = super()._track_step(*args, **kwargs)  # type: ignore[misc]
+        # sam_outputs[2]: (B, 3) for multimask (the kept mask is the argmax), (B, 1) otherwise;
+        # for a mask prompt used as output upstream sets it to 1
+        self.dl_last_iou = sam_outputs[2].detach().float().max(dim=-1).values
+        return current_out, sam_outputs, high_res, pix_feat
+
+
+@functools.cache
+def _engine_cls(base: type) -> type:
+    return type(f"DlUtils{base.__name__}", (_EngineMixin, base), {})
+
+
+def make_engine(sam_model: Any) -> Any:
+    """A view of a ``SAM2VideoPredictor`` sharing its weights, with the dtype guard and IoU capture.
+
+    Built as a new instance of a subclass whose ``__dict__`` is a copy of the model's: parameters,
+    buffers and submodules are the same objects (no copy), but swapping ``memory_attention`` for the
+    guard, or setting attributes, never changes the model the caller passed (tests compare against
+    raw upstream on that very model).
+    """
+    require_sam2()
+    from sam2.sam2_video_predictor import SAM2VideoPredictor
+
+    if not isinstance(sam_model, SAM2VideoPredictor):
+        raise InputError(
+            f"sam_model is a {type(sam_model).__name__}, not a SAM2VideoPredictor; build it with "
+            "dl_utils.sam2_loader.build_sam2_model(name, video=True) or leave sam_model out"
+        )
+    cls = _engine_cls(type(sam_model))
+    eng = cls.__new__(cls)
+    eng.__dict__.update(sam_model.__dict__)
+    eng._modules = dict(sam_model._modules)
+    inner = sam_model._modules["memory_attention"]
+    eng._modules["memory_attention"] = _guard_cls()(inner)
+    return eng

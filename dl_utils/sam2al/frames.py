@@ -1,0 +1,132 @@
+"""Frames on demand: what SAM2's ``inference_state["images"]`` indexes, decoded when asked for."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import FrameIndexError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from ..video_utils import FrameSource
+
+# SAM2's own normalisation (sam2.utils.misc.load_video_frames defaults)
+IMG_MEAN = (0.485, 0.456, 0.406)
+IMG_STD = (0.229, 0.224, 0.225)
+
+
+class LazyFrames:
+    """Stand-in for the ``(N, 3, S, S)`` tensor upstream's ``init_state`` loads up front.
+
+    ``frames[i]`` decodes kept frame ``i`` of a :class:`~dl_utils.video_utils.FrameSource`, resizes
+    it to ``S x S`` with PIL's default filter and normalises it with SAM2's mean/std, the same
+    operations in the same order and precision as ``sam2.utils.misc._load_img_as_tensor`` +
+    ``load_video_frames_from_jpg_images``, so a frame read here equals upstream's bit for bit.
+
+    Resized ``uint8`` frames are kept in an LRU of ``cache_frames`` entries. Walking forwards, the
+    next frame is decoded in a background thread while SAM2 works on the current one (``prefetch``);
+    walking backwards (``i`` right after ``i + 1``) reads the ``chunk`` frames ending at ``i`` in
+    ascending order, so a backward pass costs one seek per chunk instead of one per frame.
+    """
+
+    def __init__(self, source: FrameSource, image_size: int, device: Any = "cpu", *,
+                 cache_frames: int = 16, chunk: int = 16, prefetch: bool = True):
+        import torch
+
+        self.source = source
+        self.image_size = int(image_size)
+        self.device = torch.device(device)
+        self.cache_frames = max(1, int(cache_frames))
+        self.chunk = max(1, min(int(chunk), self.cache_frames))
+        self.prefetch = bool(prefetch)
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._mean = torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None, None]
+        self._std = torch.tensor(IMG_STD, dtype=torch.float32)[:, None, None]
+        self._last: int | None = None
+        self._lock = threading.RLock()  # callers may index from several threads
+        self._src_lock = threading.Lock()  # a FrameSource decoder is not thread-safe
+        self._pool: Any = None
+        self._pending: dict[int, Any] = {}
+        self.decoded = 0  # frames decoded so far (tests and benchmarks read it)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _decode(self, i: int) -> np.ndarray:
+        from PIL import Image
+
+        with self._src_lock:
+            rgb = self.source[i]
+        # exactly upstream's `np.array(Image.open(p).convert("RGB").resize((S, S)))`
+        return np.array(Image.fromarray(rgb).convert("RGB").resize((self.image_size, self.image_size)))
+
+    def _put(self, i: int, arr: np.ndarray) -> None:
+        self._cache[i] = arr
+        self.decoded += 1
+        while len(self._cache) > self.cache_frames:
+            self._cache.popitem(last=False)
+
+    def _take(self, i: int) -> None:
+        fut = self._pending.pop(i, None)
+        self._put(i, fut.result() if fut is not None else self._decode(i))
+
+    def _schedule(self, j: int) -> None:
+        for k in [k for k, f in self._pending.items() if f.done() and k != j]:
+            del self._pending[k]  # prefetched but never asked for (the access pattern changed)
+        if j >= len(self) or j in self._cache or j in self._pending or self._pending:
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="dl_utils-frames")
+        self._pending[j] = self._pool.submit(self._decode, j)
+
+    def resized(self, i: int) -> np.ndarray:
+        """Kept frame ``i`` resized to ``S x S`` RGB ``uint8`` (cached)."""
+        i = int(i)
+        with self._lock:
+            backward = self._last is not None and i == self._last - 1
+            if i not in self._cache:
+                if backward and self.chunk > 1:
+                    for j in range(max(0, i - self.chunk + 1), i + 1):  # ascending: one seek
+                        if j not in self._cache:
+                            self._take(j)
+                else:
+                    self._take(i)
+            self._cache.move_to_end(i)
+            self._last = i
+            arr = self._cache[i]
+            if self.prefetch and not backward:
+                self._schedule(i + 1)
+            return arr
+
+    def close(self) -> None:
+        """Stop the prefetch thread (frames decode again on demand)."""
+        with self._lock:
+            for fut in self._pending.values():
+                fut.cancel()
+            self._pending.clear()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        import torch
+
+        n = len(self)
+        i = int(i)
+        if not 0 <= i < n:
+            raise FrameIndexError(f"{self.source.name}: frame index {i} is outside 0..{n - 1}")
+        arr = self.resized(i) / 255.0  # float64, as upstream
+        img = torch.from_numpy(arr).permute(2, 0, 1).to(torch.float32).contiguous()
+        img -= self._mean
+        img /= self._std
+        return img.to(self.device)
+
+    def cache_info(self) -> dict[str, int]:
+        return {"cached": len(self._cache), "max": self.cache_frames, "decoded": self.decoded}

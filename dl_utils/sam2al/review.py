@@ -1,0 +1,73 @@
+"""Per-frame quality signals from the store: frames worth a human look."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..annotations import Source
+from ..errors import InputError
+from ..store import AnnotationStore
+
+
+@dataclass
+class ReviewItem:
+    """A frame worth a human look for one object, and why."""
+
+    frame: int
+    object_id: int
+    reasons: list[str]
+    iou: float | None = None
+    object_score: float | None = None
+    area: int | None = None
+
+
+def review_frames(
+    store: AnnotationStore,
+    *,
+    min_iou: float = 0.5,
+    area_change: float = 0.5,
+    objects: Iterable[int] | None = None,
+    start: int | None = None,
+    stop: int | None = None,
+) -> list[ReviewItem]:
+    """Frames where a mask is doubtful: low predicted IoU, object lost/appeared, area jump.
+
+    Works from the store alone (scores and the ``object_score``/``area`` an engine records in
+    ``prompts``), so it also reviews a run made by an earlier process. The area jump compares each
+    frame with the previous processed frame of the same object: flagged when the larger area is more
+    than ``1 + area_change`` times the smaller.
+    """
+    if not 0 <= float(min_iou) <= 1 or float(area_change) <= 0:
+        raise InputError(f"min_iou={min_iou!r}, area_change={area_change!r}: use 0 <= min_iou <= 1 and area_change > 0")
+    ids = [o.id for o in store.objects()] if objects is None else [int(o) for o in objects]
+    out: list[ReviewItem] = []
+    for oid in ids:
+        prev: tuple[int, int] | None = None  # (frame, area)
+        for frame, inst in store.read_object(oid, decode=False).items():
+            if (start is not None and frame < start) or (stop is not None and frame > stop):
+                continue
+            p = inst.prompts or {}
+            area = p.get("area")
+            if area is None:
+                area = 0 if inst.is_empty else store.read_frame(frame).by_object()[oid].area
+            area = int(area)
+            reasons = []
+            if area > 0 and inst.score is not None and inst.source != Source.MANUAL and inst.score < min_iou:
+                reasons.append(f"low predicted IoU {inst.score:.2f} < {min_iou:g}")
+            if prev is not None:
+                pf, pa = prev
+                if pa > 0 and area == 0:
+                    reasons.append(f"object lost (visible on frame {pf})")
+                elif pa == 0 and area > 0:
+                    reasons.append(f"object appeared (not visible on frame {pf})")
+                elif pa > 0 and area > 0:
+                    ratio = max(pa, area) / min(pa, area)
+                    if ratio > 1 + area_change:
+                        reasons.append(f"area changed x{ratio:.2f} vs frame {pf} ({pa} -> {area} px)")
+            if reasons:
+                os_ = p.get("object_score")
+                out.append(ReviewItem(frame, oid, reasons, inst.score, None if os_ is None else float(os_), area))
+            prev = (frame, area)
+    out.sort(key=lambda r: (r.frame, r.object_id))
+    return out

@@ -1,0 +1,662 @@
+"""``VideoSession``: prompts, propagation into the store, corrections, cancel and resume."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..annotations import Instance, Instances, Source
+from ..errors import DlUtilsError, FrameIndexError, InputError, MaskError
+from ..models import DEFAULT_MODEL
+from ..sam2_loader import (
+    autocast_context,
+    build_sam2_model,
+    require_sam2,
+    resolve_dtype,
+)
+from ..samal import MASK_LOGIT_BIAS, MASK_LOGIT_SCALE, _parse_box, _parse_points
+from ..store import AnnotationStore
+from .engine import make_engine
+from .frames import LazyFrames
+from .review import ReviewItem, review_frames
+
+DIRECTIONS = ("forward", "backward", "both")
+
+
+@dataclass
+class _Plan:
+    """One object's run in one pass: frame indices ``begin -> end`` (in pass order), which to write."""
+
+    begin: int
+    end: int
+    write: set[int] = field(default_factory=set)
+
+
+def _as_oid(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 0:
+        raise InputError(f"object id {value!r} is not an integer >= 0; use the id of the object to segment")
+    return int(value)
+
+
+class VideoSession:
+    """Interactive SAM2 over one video (or image sequence) and one annotation store.
+
+    ``source``: a :class:`~dl_utils.video_utils.FrameSource` or anything ``open_frames`` takes.
+    ``store``: an :class:`~dl_utils.store.AnnotationStore` (or a path, opened or created); a store
+    without media gets the source's, one with media must match it. Frames in every method are
+    **source frame numbers**. The network comes from ``sam_model`` (an already built
+    ``SAM2VideoPredictor``, shared, never modified) or is built from ``model``/``checkpoint``/
+    ``image_size``/``device``. ``trim_memory`` drops what memory attention can no longer read;
+    ``resume_warmup``: when a pass resumes after frames already in the store, at most this many frames
+    before the first missing one are recomputed to rebuild SAM2's memory (``None``: recompute from the
+    locked frame, exact but slower).
+
+    Opening a session on a store that holds keyframes (prompts from an earlier session, or manual
+    keyframes imported from CVAT) re-applies them as locked frames, so ``propagate`` continues.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        store: Any,
+        *,
+        model: str = DEFAULT_MODEL,
+        checkpoint: Any = None,
+        image_size: int | None = None,
+        device: Any = None,
+        dtype: Any = None,
+        sam_model: Any = None,
+        trim_memory: bool = True,
+        offload_video_to_cpu: bool = False,
+        frame_cache: int = 16,
+        resume_warmup: int | None = 16,
+        download: bool = False,
+    ):
+        require_sam2()
+        import torch
+
+        from ..video_utils import FrameSource, open_frames
+
+        self.source = source if isinstance(source, FrameSource) else open_frames(source)
+        media = self.source.media_info()
+        if isinstance(store, AnnotationStore):
+            self.store = store
+            if store.media is None:
+                store.set_media(media)
+            else:
+                store.check_media(media)
+        elif isinstance(store, (str, os.PathLike)):
+            self.store = AnnotationStore.open_or_create(store, media)
+        else:
+            raise InputError(f"store must be an AnnotationStore or a path, got {type(store).__name__}")
+        if sam_model is None:
+            sam_model = build_sam2_model(
+                model, checkpoint, image_size=image_size, device=device, video=True, download=download
+            )
+        elif checkpoint is not None or device is not None or (image_size is not None and image_size != sam_model.image_size):
+            raise InputError(
+                "checkpoint=, device= and image_size= only apply when the network is built here; "
+                "build sam_model with them (dl_utils.sam2_loader.build_sam2_model(..., video=True))"
+            )
+        if resume_warmup is not None and int(resume_warmup) < 0:
+            raise InputError(f"resume_warmup={resume_warmup!r}: use a number of frames >= 0 or None")
+        self.engine = make_engine(sam_model)
+        self.model_name: str = getattr(sam_model, "dl_utils_name", type(sam_model).__name__)
+        self.device = self.engine.device
+        self.dtype = resolve_dtype(self.device, dtype)
+        self.trim_memory = bool(trim_memory)
+        self.resume_warmup = None if resume_warmup is None else int(resume_warmup)
+        self.width, self.height = media.width, media.height
+        self._numbers = list(media.frames)
+        self._cancel = threading.Event()
+        self._locked: dict[int, set[int]] = {}  # object id -> locked frame indices
+        self.peak_memory_frames = 0  # most non-conditioning outputs held at once (all objects)
+        frames_dev = torch.device("cpu") if offload_video_to_cpu else self.device
+        self.frames = LazyFrames(self.source, self.engine.image_size, frames_dev, cache_frames=frame_cache)
+        self.state = self._init_state(offload_video_to_cpu)
+        self._restore_keyframes()
+
+    # ------------------------------------------------------------------ state
+    def _init_state(self, offload_video_to_cpu: bool) -> dict[str, Any]:
+        """Upstream's ``init_state`` without loading the video (and without its frame-0 warm-up)."""
+        dev = self.device
+        return {
+            "images": self.frames,
+            "num_frames": len(self.frames),
+            "offload_video_to_cpu": offload_video_to_cpu,
+            "offload_state_to_cpu": False,
+            "video_height": self.height,
+            "video_width": self.width,
+            "device": dev,
+            "storage_device": dev,
+            "point_inputs_per_obj": {},
+            "mask_inputs_per_obj": {},
+            "cached_features": {},
+            "constants": {},
+            "obj_id_to_idx": OrderedDict(),
+            "obj_idx_to_id": OrderedDict(),
+            "obj_ids": [],
+            "output_dict_per_obj": {},
+            "temp_output_dict_per_obj": {},
+            "frames_tracked_per_obj": {},
+        }
+
+    def _ctx(self):
+        import contextlib
+
+        import torch
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(autocast_context(self.device, self.dtype))
+        return stack
+
+    def _index(self, frame: Any, oid: int | None = None) -> int:
+        try:
+            return self.source.index_of(frame)
+        except (FrameIndexError, InputError) as e:
+            who = f"object {oid}: " if oid is not None else ""
+            raise FrameIndexError(f"{who}{e}") from None
+
+    def frame_number(self, index: int) -> int:
+        return self._numbers[index]
+
+    @property
+    def object_ids(self) -> list[int]:
+        """Objects SAM2 tracks in this session (those with at least one locked frame)."""
+        return [int(o) for o in self.state["obj_ids"]]
+
+    def locked_frames(self, object_id: int | None = None) -> dict[int, list[int]] | list[int]:
+        """Locked (conditioning) frames, as source frame numbers, per object or for one object."""
+        if object_id is not None:
+            oid = _as_oid(object_id)
+            return [self._numbers[i] for i in sorted(self._locked.get(oid, ()))]
+        return {oid: [self._numbers[i] for i in sorted(s)] for oid, s in sorted(self._locked.items())}
+
+    def memory_info(self) -> dict[str, int]:
+        """What SAM2's state holds now: per-object outputs and cached frames (memory is flat if bounded)."""
+        cond = non_cond = 0
+        for d in self.state["output_dict_per_obj"].values():
+            cond += len(d["cond_frame_outputs"])
+            non_cond += len(d["non_cond_frame_outputs"])
+        info = {"cond_outputs": cond, "non_cond_outputs": non_cond,
+                "cached_features": len(self.state["cached_features"])}
+        info.update(self.frames.cache_info())
+        return info
+
+    def result(self, frame: int) -> Instances:
+        """The store's instances of a frame (empty ``Instances`` when nothing was computed there)."""
+        self._index(frame)
+        return self.store.read_frame(int(frame))
+
+    # ------------------------------------------------------------------ objects
+    def _ensure_object(self, oid: int, label: str | None) -> None:
+        known = {o.id: o for o in self.store.objects()}
+        if oid in known:
+            if label is not None and known[oid].label != label:
+                raise InputError(
+                    f"object {oid} is a {known[oid].label!r} in {self.store.path}, not a {label!r}; "
+                    "leave label out or use another object id"
+                )
+            return
+        if label is None or not str(label).strip():
+            ids = ", ".join(map(str, sorted(known))) or "none yet"
+            raise InputError(
+                f"unknown object id {oid}: it is not in {self.store.path} (known: {ids}); pass "
+                "label='<class name>' to create it"
+            )
+        self.store.add_object(str(label), id=oid)
+
+    def remove_object(self, object_id: int, *, keep_results: bool = False) -> None:
+        """Stop tracking an object; its instances and the object leave the store unless ``keep_results``."""
+        oid = _as_oid(object_id)
+        if oid not in self._locked and oid not in {o.id for o in self.store.objects()}:
+            raise InputError(f"unknown object id {oid}: nothing to remove")
+        with self._ctx():
+            self.engine.remove_object(self.state, oid, strict=False, need_output=False)
+        self._locked.pop(oid, None)
+        if not keep_results:
+            self.store.delete_object(oid)
+
+    # ------------------------------------------------------------------ prompts
+    def add_points(
+        self,
+        frame: int,
+        object_id: int,
+        points: Any,
+        labels: Any = None,
+        *,
+        label: str | None = None,
+        box: Any = None,
+    ) -> Instance:
+        """Clicks on ``frame`` for an object: ``[[x, y, 1|0], ...]`` or ``points=[[x, y]]`` + ``labels``.
+
+        Replaces the object's earlier clicks on that frame (send all of them each time); the previous
+        mask of the object on that frame, if any, is fed back as SAM2 does for refinement. The frame
+        becomes locked; the instance is written to the store at once (semi-auto, keyframe, prompts
+        recorded) and returned. ``label`` creates the object when the id is new.
+        """
+        oid = _as_oid(object_id)
+        if labels is not None and points is not None:
+            p = np.asarray(points, dtype=np.float64)
+            lab = np.asarray(labels, dtype=np.float64).reshape(-1)
+            if p.ndim != 2 or p.shape[1] != 2 or len(lab) != len(p):
+                raise InputError(
+                    f"object {oid}, frame {frame}: {len(p)} points with {len(lab)} labels; give "
+                    "points=[[x, y], ...] and one label (1 object, 0 background) per point"
+                )
+            points = np.concatenate([p, lab[:, None]], axis=1)
+        return self._add_prompt(frame, oid, points=points, box=box, label=label)
+
+    def add_box(self, frame: int, object_id: int, box: Any, *, points: Any = None,
+                label: str | None = None) -> Instance:
+        """A box ``(x1, y1, x2, y2)`` in source pixels (optionally with clicks) on ``frame``."""
+        oid = _as_oid(object_id)
+        if box is None:
+            raise InputError(f"object {oid}, frame {frame}: box is None; give (x1, y1, x2, y2)")
+        return self._add_prompt(frame, oid, points=points, box=box, label=label)
+
+    def add_mask(self, frame: int, object_id: int, mask: Any, *, label: str | None = None) -> Instance:
+        """A drawn mask (bool, source size) on ``frame``: locked, stored as given (manual)."""
+        import torch
+
+        oid = _as_oid(object_id)
+        idx = self._index(frame, oid)
+        m = np.asarray(mask)
+        if m.ndim != 2 or m.shape != (self.height, self.width):
+            raise MaskError(
+                f"object {oid}, frame {frame}: mask has shape {m.shape}, the frame is "
+                f"{self.width}x{self.height}; give a bool mask of shape ({self.height}, {self.width})"
+            )
+        m = m.astype(bool)
+        self._ensure_object(oid, label)
+        with self._ctx():
+            # upstream's add_new_mask preprocessing
+            t = torch.tensor(m, dtype=torch.bool)[None, None].float().to(self.device)
+            s = self.engine.image_size
+            if t.shape[-2:] != (s, s):
+                t = torch.nn.functional.interpolate(t, size=(s, s), align_corners=False, mode="bilinear",
+                                                    antialias=True)
+                t = (t >= 0.5).float()
+            out, _ = self._run_prompt(idx, oid, None, t, None)
+        inst = Instance(oid, mask=m, score=None, source=Source.MANUAL, keyframe=True,
+                        prompts={"mask": "given", "model": self.model_name,
+                                 "object_score": _score(out), "area": int(m.sum())})
+        self._after_prompt(idx, oid, inst)
+        return inst
+
+    def _add_prompt(self, frame: int, oid: int, *, points: Any, box: Any, label: str | None,
+                    refine: bool = True, write: bool = True) -> Instance:
+        import torch
+
+        idx = self._index(frame, oid)
+        hw = (self.height, self.width)
+        try:
+            pts = _parse_points(points, oid, hw)
+            bx = None if box is None else _parse_box(box, oid, hw)
+        except InputError as e:
+            raise InputError(f"frame {frame}, {e}") from None
+        if pts is None and bx is None:
+            raise InputError(
+                f"frame {frame}, object {oid}: empty prompt; give points=[[x, y, 1]] and/or "
+                "box=(x1, y1, x2, y2) in source pixels"
+            )
+        if write:
+            self._ensure_object(oid, label)
+        with self._ctx():
+            # the tensors upstream's add_new_points_or_box builds, op for op
+            if pts is None:
+                p = torch.zeros(0, 2, dtype=torch.float32)
+                lab = torch.zeros(0, dtype=torch.int32)
+            else:
+                p = torch.tensor(pts[0].tolist(), dtype=torch.float32)
+                lab = torch.tensor(pts[1].tolist(), dtype=torch.int32)
+            p, lab = p.unsqueeze(0), lab.unsqueeze(0)
+            if bx is not None:
+                b = torch.tensor(bx.tolist(), dtype=torch.float32).reshape(1, 2, 2)
+                p = torch.cat([b, p], dim=1)
+                lab = torch.cat([torch.tensor([2, 3], dtype=torch.int32).reshape(1, 2), lab], dim=1)
+            p = p / torch.tensor([self.width, self.height]).to(p.device)
+            p = p * self.engine.image_size
+            point_inputs = {"point_coords": p.to(self.device), "point_labels": lab.to(self.device)}
+            prev, refined = self._prev_logits(idx, oid, frame) if refine else (None, False)
+            out, iou = self._run_prompt(idx, oid, point_inputs, None, prev)
+            mask = self._video_masks([out["pred_masks"]])[0]
+        prompts: dict[str, Any] = {}
+        if pts is not None:
+            prompts["points"] = [[float(x), float(y), int(v)] for (x, y), v in zip(pts[0], pts[1])]
+        if bx is not None:
+            prompts["box"] = [float(v) for v in bx]
+        if refined:
+            prompts["refined"] = True
+        prompts.update(model=self.model_name, object_score=_score(out), area=int(mask.sum()))
+        inst = Instance(oid, mask=mask, score=float(iou), source=Source.SEMI_AUTO, prompts=prompts,
+                        keyframe=True)
+        if write:
+            self._after_prompt(idx, oid, inst)
+        return inst
+
+    def _prev_logits(self, idx: int, oid: int, frame: int):
+        """Logits to refine: this session's output on the frame, else the store's mask as logits."""
+        import torch
+
+        obj_idx = self.state["obj_id_to_idx"].get(oid)
+        if obj_idx is not None:
+            for d in (self.state["temp_output_dict_per_obj"][obj_idx], self.state["output_dict_per_obj"][obj_idx]):
+                prev = d["cond_frame_outputs"].get(idx)
+                if prev is not None and prev["pred_masks"] is not None:
+                    return torch.clamp(prev["pred_masks"].to(self.device), -32.0, 32.0), True
+        inst = self.store.read_frame(frame).by_object().get(oid)
+        if inst is None or inst.mask is None or inst.is_empty:
+            return None, False
+        import cv2
+
+        low = self.engine.image_size // 4
+        # SAM2Base._use_mask_as_output's scale/bias, on the mask squashed to the model's square input
+        small = cv2.resize(inst.mask.astype(np.float32), (low, low), interpolation=cv2.INTER_AREA)
+        logits = small * MASK_LOGIT_SCALE + MASK_LOGIT_BIAS
+        return torch.from_numpy(logits)[None, None].to(self.device), True
+
+    def _run_prompt(self, idx: int, oid: int, point_inputs: Any, mask_inputs: Any, prev: Any):
+        """Upstream's add_new_points_or_box / add_new_mask core, always as an initial conditioning frame.
+
+        A prompt never reads SAM2's memory (``is_init_cond_frame=True``), so its result does not
+        depend on what trimming kept; it is stored as a conditioning output (locked frame).
+        """
+        eng, st = self.engine, self.state
+        obj_idx = eng._obj_id_to_idx(st, oid)
+        if point_inputs is not None:
+            st["point_inputs_per_obj"][obj_idx][idx] = point_inputs
+            st["mask_inputs_per_obj"][obj_idx].pop(idx, None)
+        else:
+            st["mask_inputs_per_obj"][obj_idx][idx] = mask_inputs
+            st["point_inputs_per_obj"][obj_idx].pop(idx, None)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*cannot import name '_C'.*")
+            warnings.filterwarnings("ignore", message=".*Skipping the post-processing.*")
+            out, _ = eng._run_single_frame_inference(
+                inference_state=st, output_dict=st["output_dict_per_obj"][obj_idx], frame_idx=idx,
+                batch_size=1, is_init_cond_frame=True, point_inputs=point_inputs, mask_inputs=mask_inputs,
+                reverse=False, run_mem_encoder=False, prev_sam_mask_logits=prev,
+            )
+        st["temp_output_dict_per_obj"][obj_idx]["cond_frame_outputs"][idx] = out
+        st["output_dict_per_obj"][obj_idx]["cond_frame_outputs"].pop(idx, None)
+        st["output_dict_per_obj"][obj_idx]["non_cond_frame_outputs"].pop(idx, None)
+        return out, float(eng.dl_last_iou[0])
+
+    def _after_prompt(self, idx: int, oid: int, inst: Instance) -> None:
+        """Lock the frame, store the instance, delete the results that depended on the old frame."""
+        locked = self._locked.setdefault(oid, set())
+        locked.add(idx)
+        frame = self._numbers[idx]
+        nxt = min((i for i in locked if i > idx), default=len(self._numbers))
+        prv = max((i for i in locked if i < idx), default=-1)
+        stale = []
+        for f, old in self.store.read_object(oid, decode=False).items():
+            d = (old.prompts or {}).get("direction")
+            if old.keyframe or old.source != Source.AUTO or d is None:
+                continue
+            try:
+                i = self.source.index_of(f)
+            except DlUtilsError:
+                continue
+            if (d == "forward" and idx < i < nxt) or (d == "backward" and prv < i < idx):
+                stale.append(f)
+        self.store.write_frame(frame, [inst])
+        if stale:
+            self.store.delete_instances(object_id=oid, frames=stale)
+
+    def _restore_keyframes(self) -> None:
+        """Re-apply the keyframes of an existing store as locked frames (resume)."""
+        kept = []
+        for obj in self.store.objects():  # one query per object, not per frame
+            kept += [(f, obj.id) for f, inst in self.store.read_object(obj.id, decode=False).items()
+                     if inst.keyframe]
+        for frame, oid in sorted(kept):
+            try:
+                idx = self.source.index_of(frame)
+            except DlUtilsError:
+                continue
+            inst = self.store.read_frame(frame).by_object()[oid]
+            p = inst.prompts or {}
+            if ("points" in p or "box" in p) and inst.source == Source.SEMI_AUTO:
+                pts = p.get("points")
+                self._add_prompt(frame, oid, points=pts, box=p.get("box"), label=None,
+                                 refine=bool(p.get("refined")), write=False)
+            elif inst.mask is not None:
+                self._replay_mask(idx, oid, inst.mask)
+            else:
+                continue
+            self._locked.setdefault(oid, set()).add(idx)
+
+    def _replay_mask(self, idx: int, oid: int, mask: np.ndarray) -> None:
+        import torch
+
+        with self._ctx():
+            t = torch.tensor(mask, dtype=torch.bool)[None, None].float().to(self.device)
+            s = self.engine.image_size
+            if t.shape[-2:] != (s, s):
+                t = torch.nn.functional.interpolate(t, size=(s, s), align_corners=False, mode="bilinear",
+                                                    antialias=True)
+                t = (t >= 0.5).float()
+            self._run_prompt(idx, oid, None, t, None)
+
+    # ------------------------------------------------------------------ propagation
+    def cancel(self) -> None:
+        """Stop the running ``propagate`` after the current frame (thread-safe; what is written stays)."""
+        self._cancel.set()
+
+    def _video_masks(self, pred_masks: Sequence[Any]) -> np.ndarray:
+        """Low-res logits -> bool masks at source size, as upstream's ``_get_orig_video_res_output``."""
+        import torch
+
+        x = torch.cat([m.to(self.device) for m in pred_masks], dim=0)
+        x = torch.nn.functional.interpolate(x.float(), size=(self.height, self.width), mode="bilinear",
+                                            align_corners=False)
+        return (x[:, 0] > 0.0).cpu().numpy()
+
+    def _range(self, start: Any, stop: Any) -> tuple[int, int]:
+        lo = 0 if start is None else self._index(start)
+        hi = len(self._numbers) - 1 if stop is None else self._index(stop)
+        if lo > hi:
+            raise InputError(f"start={start} is after stop={stop}; give start <= stop (source frame numbers)")
+        return lo, hi
+
+    def _plan(self, reverse: bool, lo: int, hi: int) -> dict[int, _Plan]:
+        plans: dict[int, _Plan] = {}
+        for oid in self.object_ids:
+            locked = sorted(self._locked.get(oid, ()))
+            if not locked:
+                continue
+            done = set()
+            for f in self.store.frames_done(oid):
+                try:
+                    done.add(self.source.index_of(f))
+                except DlUtilsError:
+                    pass
+            if not reverse:
+                cand = range(max(lo, locked[0] + 1), hi + 1)
+            else:
+                cand = range(min(hi, locked[-1] - 1), lo - 1, -1)
+            missing = [i for i in cand if i not in done and i not in self._locked[oid]]
+            if not missing:
+                continue
+            first = missing[0]
+            if not reverse:
+                anchor = max(i for i in locked if i < first)
+                gap = first - anchor
+                begin = anchor if self.resume_warmup is None or gap <= self.resume_warmup + 1 else first - self.resume_warmup
+            else:
+                anchor = min(i for i in locked if i > first)
+                gap = anchor - first
+                begin = anchor if self.resume_warmup is None or gap <= self.resume_warmup + 1 else first + self.resume_warmup
+            plans[oid] = _Plan(begin, missing[-1], set(missing))
+        return plans
+
+    def _oldest_needed(self, g: int, reverse: bool) -> int:
+        """The farthest frame behind ``g`` whose non-conditioning output SAM2 reads when tracking ``g``.
+
+        Mirrors the frame choices of ``SAM2Base._prepare_memory_conditioned_features``: the previous
+        frame, ``num_maskmem - 2`` more frames every ``memory_temporal_stride_for_eval`` frames, and
+        ``min(num_frames, max_obj_ptrs_in_encoder) - 1`` object pointers. All of these move with ``g``,
+        so once ``g`` is processed, frames behind ``_oldest_needed(g + 1)`` are never read again.
+        """
+        eng = self.engine
+        r = 1 if eng.training else eng.memory_temporal_stride_for_eval
+        reads = [g + 1 if reverse else g - 1]
+        for t_rel in range(2, eng.num_maskmem):
+            if not reverse:
+                reads.append(((g - 2) // r) * r - (t_rel - 2) * r)
+            else:
+                reads.append(-(-(g + 2) // r) * r + (t_rel - 2) * r)
+        if eng.use_obj_ptrs_in_encoder:
+            n = min(self.state["num_frames"], eng.max_obj_ptrs_in_encoder)
+            if n > 1:
+                reads.append(g + (n - 1) if reverse else g - (n - 1))
+        return max(reads) if reverse else min(reads)
+
+    def _trim(self, non_cond: dict[int, Any], f: int, reverse: bool) -> None:
+        keep = self._oldest_needed(f - 1 if reverse else f + 1, reverse)
+        for t in [t for t in non_cond if (t > keep if reverse else t < keep)]:
+            del non_cond[t]
+
+    def propagate(
+        self,
+        direction: str = "forward",
+        start: int | None = None,
+        stop: int | None = None,
+        callback: Callable[[int, Instances], Any] | None = None,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """Track every object over ``start..stop`` (source frames, inclusive), writing each frame as produced.
+
+        ``forward`` fills each object's missing frames after its first locked frame, ``backward``
+        those before its last locked frame, ``both`` forward then backward (so frames before an
+        object's first prompt are filled too). Frames already in the store are not recomputed (resume,
+        corrections); locked frames keep their prompt's result. ``callback(frame, instances)`` gets
+        each written frame (it may call :meth:`cancel`). Returns a summary dict; the run is recorded
+        in the store (``done``, ``cancelled`` on cancel or Ctrl-C, ``failed`` on an error).
+        """
+        if direction not in DIRECTIONS:
+            raise InputError(f"direction={direction!r}: use one of {', '.join(DIRECTIONS)}")
+        lo, hi = self._range(start, stop)
+        if not self.object_ids:
+            raise InputError("no prompts yet: add points, a box or a mask for an object on some frame first")
+        passes = {"forward": [False], "backward": [True], "both": [False, True]}[direction]
+        self._cancel.clear()
+        t0 = time.perf_counter()
+        params = {"direction": direction, "start": self._numbers[lo], "stop": self._numbers[hi],
+                  "model": self.model_name, "objects": self.object_ids}
+        run_id = self.store.begin_run("propagate", params)
+        stats = {"frames_written": 0, "instances_written": 0, "frames_computed": 0}
+        status = "failed"
+        try:
+            with self._ctx():
+                self.engine.propagate_in_video_preflight(self.state)
+                for reverse in passes:
+                    self._pass(reverse, lo, hi, callback, progress, run_id, stats)
+                    if self._cancel.is_set():
+                        break
+            status = "cancelled" if self._cancel.is_set() else "done"
+        except KeyboardInterrupt:
+            status = "cancelled"
+            raise
+        finally:
+            self.store.finish_run(run_id, status)
+        return {"run_id": run_id, "status": status, "direction": direction,
+                "start": self._numbers[lo], "stop": self._numbers[hi], "objects": self.object_ids,
+                **stats, "seconds": round(time.perf_counter() - t0, 3)}
+
+    def _pass(self, reverse: bool, lo: int, hi: int, callback, progress: bool, run_id: int,
+              stats: dict[str, int]) -> None:
+        from tqdm.auto import tqdm
+
+        eng, st = self.engine, self.state
+        plans = self._plan(reverse, lo, hi)
+        if not plans:
+            return
+        # each pass starts from the locked frames' memory alone: nothing a previous pass (possibly
+        # trimmed) left behind is read, so trimmed and untrimmed sessions give the same masks
+        for oid in plans:
+            st["output_dict_per_obj"][st["obj_id_to_idx"][oid]]["non_cond_frame_outputs"].clear()
+        step = -1 if reverse else 1
+        first = max(p.begin for p in plans.values()) if reverse else min(p.begin for p in plans.values())
+        last = min(p.end for p in plans.values()) if reverse else max(p.end for p in plans.values())
+        order = range(first, last + step, step)
+        name = "backward" if reverse else "forward"
+        bar = tqdm(order, desc=f"propagate {name}", unit="frame", disable=None if progress else True)
+        try:
+            for f in bar:
+                if self._cancel.is_set():
+                    break
+                active = [oid for oid, p in plans.items()
+                          if (p.end <= f <= p.begin if reverse else p.begin <= f <= p.end)]
+                written_ids, outs, ious = [], [], []
+                for oid in active:
+                    obj_idx = st["obj_id_to_idx"][oid]
+                    od = st["output_dict_per_obj"][obj_idx]
+                    if f in od["cond_frame_outputs"]:
+                        continue  # a locked frame: its prompt's output is used as is
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings("ignore", message=".*cannot import name '_C'.*")
+                        warnings.filterwarnings("ignore", message=".*Skipping the post-processing.*")
+                        out, _ = eng._run_single_frame_inference(
+                            inference_state=st, output_dict=od, frame_idx=f, batch_size=1,
+                            is_init_cond_frame=False, point_inputs=None, mask_inputs=None,
+                            reverse=reverse, run_mem_encoder=True,
+                        )
+                    od["non_cond_frame_outputs"][f] = out
+                    stats["frames_computed"] += 1
+                    if f in plans[oid].write:
+                        written_ids.append(oid)
+                        outs.append(out)
+                        ious.append(float(eng.dl_last_iou[0]))
+                    if self.trim_memory:
+                        self._trim(od["non_cond_frame_outputs"], f, reverse)
+                held = sum(len(d["non_cond_frame_outputs"]) for d in st["output_dict_per_obj"].values())
+                self.peak_memory_frames = max(self.peak_memory_frames, held)
+                if not written_ids:
+                    continue
+                masks = self._video_masks([o["pred_masks"] for o in outs])
+                insts = []
+                for oid, out, iou, m in zip(written_ids, outs, ious, masks):
+                    area = int(m.sum())
+                    insts.append(Instance(
+                        oid, mask=m, score=iou if area else None, source=Source.AUTO,
+                        prompts={"model": self.model_name, "direction": name,
+                                 "object_score": _score(out), "area": area},
+                    ))
+                frame = self._numbers[f]
+                self.store.write_frame(frame, insts, run_id=run_id)
+                stats["frames_written"] += 1
+                stats["instances_written"] += len(insts)
+                if callback is not None:
+                    callback(frame, Instances(insts, frame=frame))
+        finally:
+            bar.close()
+            if self.trim_memory:  # the next pass starts from the locked frames: nothing here is read again
+                for d in st["output_dict_per_obj"].values():
+                    d["non_cond_frame_outputs"].clear()
+
+    # ------------------------------------------------------------------ review
+    def review_frames(self, *, min_iou: float = 0.5, area_change: float = 0.5,
+                      objects: Iterable[int] | None = None) -> list[ReviewItem]:
+        """Frames worth a human look (see :func:`review_frames`)."""
+        return review_frames(self.store, min_iou=min_iou, area_change=area_change, objects=objects)
+
+    def close(self) -> None:
+        self.state["cached_features"].clear()
+        self.frames.close()
+        self.source.close()
+
+
+def _score(out: dict[str, Any]) -> float:
+    return float(out["object_score_logits"].float().reshape(-1)[0])
