@@ -145,6 +145,13 @@ def cmd_models_download(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- segment (SAM2 video)
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .sam2al import run_segment_cli
+
+    return run_segment_cli(args)
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -204,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     mdl.add_argument("--url", help="download from this address instead (a mirror)")
     mdl.add_argument("--no-verify", action="store_true", help="skip the strict load check")
     mdl.set_defaults(func=cmd_models_download)
+
+    from .sam2al import add_segment_arguments  # torch-free: only the option list
+
+    seg = sub.add_parser(
+        "segment",
+        help="SAM2: masks from PROMPTS.json propagated through a video into a store (resumes)",
+    )
+    add_segment_arguments(seg)
+    seg.set_defaults(func=cmd_segment)
 
     classes = sub.add_parser("classes", help="class tables (.csv / .xlsx)")
     csub = classes.add_subparsers(dest="classes_command", metavar="SUBCOMMAND", required=True)

@@ -239,3 +239,45 @@ def test_internal_error_is_one_line_exit_2(monkeypatch, capsys):
     assert cli.main(["store", "info", "x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "RuntimeError: kaput" in err[0] and "--debug" in err[0]
+
+
+# ---------------------------------------------------------------- segment (SAM2 video)
+def test_segment_command_end_to_end(bedroom_mp4, tmp_path):
+    """``dl-utils segment`` in a real subprocess: checkpoint file, reduced size, resume, bad prompts."""
+    from tests.sam2_fixtures import HAVE_SAM2, SKIP_REASON, build_tiny
+
+    if not HAVE_SAM2:
+        pytest.skip(SKIP_REASON)
+    import torch
+
+    from dl_utils.video_utils import open_frames, write_video
+
+    clip = write_video(tmp_path / "clip.mp4", open_frames(bedroom_mp4, stop=5, resize=(320, 180)),
+                       fps=30, preset="ultrafast")
+    ckpt = tmp_path / "tiny_random.pt"
+    torch.save({"model": build_tiny(video=True).state_dict()}, ckpt)
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps([
+        {"frame": 2, "object": 1, "label": "bed", "points": [[150, 120, 1], [20, 20, 0]]},
+        {"frame": 2, "object": 2, "label": "lamp", "box": [40, 30, 120, 110]},
+    ]))
+    store = tmp_path / "seg.sqlite"
+    args = ["segment", str(clip), "--out", str(store), "--prompts", str(prompts), "--direction", "both",
+            "--checkpoint", str(ckpt), "--image-size", "256", "--device", "cpu"]
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    # the prompted frame is written when the prompt is applied; propagation fills the other five
+    assert summary["objects"] == [1, 2] and summary["frames_written"] == 5
+    with AnnotationStore.open(store, readonly=True) as st:
+        assert st.frames() == list(range(6))
+        assert {o.label for o in st.objects()} == {"bed", "lamp"}
+        for f in range(6):
+            insts = st.read_frame(f)
+            assert sorted(insts.object_ids.tolist()) == [1, 2]
+            assert all(i.mask.shape == (180, 320) for i in insts)
+    again = run_cli(*args)  # a store that already holds results resumes: nothing to recompute
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["frames_written"] == 0
+    prompts.write_text(json.dumps([{"frame": 99, "object": 1, "label": "bed", "points": [[1, 1, 1]]}]))
+    assert_one_line_error(run_cli(*args), "frame 99")
