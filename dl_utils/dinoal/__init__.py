@@ -1,0 +1,83 @@
+"""GroundingDINO text prompts → labelled boxes (two backends) → SAM2 masks → annotation store.
+
+Import what you need from here; torch, groundingdino and transformers are imported only when a
+backend is built or boxes are suppressed, so this package imports without the model extras.
+See docs/dinoal.md.
+"""
+
+from .backends import (
+    MAX_TEXT_LEN,
+    Backend,
+    GroundingDinoBackend,
+    TransformersBackend,
+    build_groundingdino,
+    load_groundingdino_weights,
+    verify_groundingdino,
+)
+from .detections import (
+    Detections,
+    cap,
+    clip_boxes,
+    drop_cut_boxes,
+    nms,
+    shift,
+    tile_grid,
+)
+from .detector import BACKENDS, Detector, GroundedDetector, load_detector
+from .pipeline import (
+    add_detect_arguments,
+    add_detection_objects,
+    detect_frames,
+    ensure_labels,
+    run_detect,
+    run_detect_cli,
+    segment_detections,
+    store_detections,
+)
+from .prompts import (
+    ON_UNKNOWN,
+    LabelMapper,
+    PhraseLabel,
+    Prompt,
+    UnknownPhraseWarning,
+    parse_prompt,
+    phrase_index_of_tokens,
+    phrase_scores,
+)
+
+__all__ = [
+    "BACKENDS",
+    "MAX_TEXT_LEN",
+    "ON_UNKNOWN",
+    "Backend",
+    "Detections",
+    "Detector",
+    "GroundedDetector",
+    "GroundingDinoBackend",
+    "LabelMapper",
+    "PhraseLabel",
+    "Prompt",
+    "TransformersBackend",
+    "UnknownPhraseWarning",
+    "add_detect_arguments",
+    "add_detection_objects",
+    "build_groundingdino",
+    "cap",
+    "clip_boxes",
+    "detect_frames",
+    "drop_cut_boxes",
+    "ensure_labels",
+    "load_detector",
+    "load_groundingdino_weights",
+    "nms",
+    "parse_prompt",
+    "phrase_index_of_tokens",
+    "phrase_scores",
+    "run_detect",
+    "run_detect_cli",
+    "segment_detections",
+    "shift",
+    "store_detections",
+    "tile_grid",
+    "verify_groundingdino",
+]
