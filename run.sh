@@ -51,6 +51,7 @@ ensure_env() {
     return 0
   fi
   ensure_sam2
+  ensure_dino
   say "installing dl-utils[$extras] into $VENV"
   "$VENV/bin/python" -m pip install -q -e ".[$extras]"
   echo "$want" >"$stamp"
@@ -96,8 +97,20 @@ run() {
   exec "$@"
 }
 
+# groundingdino-py and supervision declare opencv-python, whose cv2 would overwrite the headless
+# build the project uses (no GUI libraries in containers); install them without their declared
+# dependencies and let the `dino` extra bring the real ones (transformers 4.57.x: groundingdino-py
+# 0.4.0 breaks with transformers 5).
+ensure_dino() {
+  local py="$VENV/bin/python"
+  if ! "$py" -c 'import groundingdino, supervision' >/dev/null 2>&1; then
+    say "installing groundingdino-py 0.4.0 and supervision 0.6.0 (--no-deps, keeps opencv headless)"
+    "$py" -m pip install -q --no-deps "groundingdino-py==0.4.0" "supervision==0.6.0"
+  fi
+}
+
 cmd_lab() {
-  ensure_env "jupyter,sam2,cvat"
+  ensure_env "jupyter,sam2,dino,cvat"
   local token="${DL_UTILS_TOKEN:-}"
   if [ -z "$token" ]; then
     token="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"

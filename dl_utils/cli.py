@@ -112,17 +112,45 @@ def cmd_classes_check(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- models
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from .models import format_model_table, list_models
+    from .dino_models import list_dino_models
+    from .models import find_spec, format_model_table, list_models
 
+    dino = list_dino_models()
+    for r in dino:  # `models download tiny` means SAM2's tiny: show only the aliases that reach DINO
+        r["aliases"] = [a for a in r["aliases"] if find_spec(a) is None]
+    rows = list_models() + dino
     if args.json:
-        _print_json(list_models())
+        _print_json(rows)
     else:
-        print(format_model_table())
+        print(format_model_table(rows))
     return 0
 
 
-def cmd_models_download(args: argparse.Namespace) -> int:
+def _have(*modules: str) -> bool:
     import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+def cmd_models_download(args: argparse.Namespace) -> int:
+    from .dino_models import download_dino, find_dino_spec
+    from .models import find_spec
+
+    # SAM2 names win over the GroundingDINO registry's short aliases ("tiny", "base")
+    dino = find_dino_spec(args.name) if find_spec(args.name) is None else None
+    if dino is not None:
+        path = download_dino(args.name, force=args.force, url=args.url, source=args.source)
+        print(path)
+        if args.no_verify or dino.family != "groundingdino":
+            return 0
+        if not _have("torch", "groundingdino"):
+            print("(torch/groundingdino not installed: the strict load check runs at first use)",
+                  file=sys.stderr)
+            return 0
+        from .dinoal import verify_groundingdino
+
+        print(f"strict load OK, sha256 {verify_groundingdino(path)}")
+        return 0
 
     from .models import download
 
@@ -130,10 +158,9 @@ def cmd_models_download(args: argparse.Namespace) -> int:
     print(path)
     if args.no_verify:
         return 0
-    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("sam2") is None:
+    if not _have("torch", "sam2"):
         print("(torch/sam2 not installed: the strict load check runs at first use)", file=sys.stderr)
         return 0
-    from .models import find_spec
     from .sam2_loader import verify_checkpoint
 
     spec = find_spec(args.name)
@@ -150,6 +177,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .sam2al import run_segment_cli
 
     return run_segment_cli(args)
+
+
+# ---------------------------------------------------------------- detect (GroundingDINO)
+def cmd_detect(args: argparse.Namespace) -> int:
+    from .dinoal import run_detect_cli
+
+    return run_detect_cli(args)
 
 
 # ---------------------------------------------------------------- parser
@@ -204,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     mlist.add_argument("--json", action="store_true", help="print JSON")
     mlist.set_defaults(func=cmd_models_list)
     mdl = msub.add_parser("download", help="fetch a checkpoint (resumable, size-checked, strict load)")
-    mdl.add_argument("name", help="registry name or alias (see 'models list') or a Hugging Face id")
+    mdl.add_argument("name", help="registry name or alias (see 'models list': SAM2 and GroundingDINO)"
+                     " or a Hugging Face id")
     mdl.add_argument("--force", action="store_true", help="download again even if present")
     mdl.add_argument("--from", dest="source", default="official", choices=("official", "hf"),
                      help="official URL (default) or the Hugging Face mirror")
@@ -212,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     mdl.add_argument("--no-verify", action="store_true", help="skip the strict load check")
     mdl.set_defaults(func=cmd_models_download)
 
-    from .sam2al import add_segment_arguments  # torch-free: only the option list
+    from .dinoal import add_detect_arguments  # torch-free: only the option lists
+    from .sam2al import add_segment_arguments
 
     seg = sub.add_parser(
         "segment",
@@ -220,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_segment_arguments(seg)
     seg.set_defaults(func=cmd_segment)
+
+    det = sub.add_parser(
+        "detect",
+        help="GroundingDINO: text prompt -> labelled boxes (and SAM2 masks with --segment) into a store",
+    )
+    add_detect_arguments(det)
+    det.set_defaults(func=cmd_detect)
 
     classes = sub.add_parser("classes", help="class tables (.csv / .xlsx)")
     csub = classes.add_subparsers(dest="classes_command", metavar="SUBCOMMAND", required=True)

@@ -228,6 +228,7 @@ def list_models() -> list[dict[str, Any]]:
         rows.append(
             {
                 "name": spec.name,
+                "family": spec.family,
                 "aliases": aliases.get(spec.name, []),
                 "size": _human(path.stat().st_size) if present else f"~{spec.approx_mb} MB",
                 "downloaded": present,
@@ -247,7 +248,7 @@ def list_models() -> list[dict[str, Any]]:
 def format_model_table(rows: list[dict[str, Any]] | None = None) -> str:
     """``dl-utils models list`` output: a plain fixed-width table plus where the files live."""
     rows = list_models() if rows is None else rows
-    head = ("name", "aliases", "size", "status")
+    head = ("name", "family", "aliases", "size", "status")
     body = []
     for r in rows:
         status = (
@@ -255,8 +256,8 @@ def format_model_table(rows: list[dict[str, Any]] | None = None) -> str:
             if r["downloaded"]
             else ("partial" if r["partial"] else "-")
         )
-        body.append((r["name"], ",".join(r["aliases"]), r["size"], status))
-    widths = [max(len(x[i]) for x in [head, *body]) for i in range(4)]
+        body.append((r["name"], r.get("family", "sam2"), ",".join(r["aliases"]), r["size"], status))
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head, *body]]
     lines.append(f"\nfolder: {models_dir()}  (set DL_UTILS_MODELS to change)")
     lines.append("get one: dl-utils models download NAME   (verified = sha256 recorded at first load)")

@@ -45,8 +45,12 @@ def _norm_label(label: Any) -> str | None:
 
 
 @dataclass
-class Detections:
-    """What a detector found on one frame: boxes, scores, labels and (optionally) masks.
+class Candidates:
+    """What a detector found on one frame, as the matcher sees it: boxes, scores, labels, masks.
+
+    Not a second detection type: :meth:`coerce` takes ``dl_utils.dinoal.Detections`` (or a
+    supervision ``Detections``, or dicts) as they are; this only adds the optional masks a
+    detector does not have and the validation the matcher relies on.
 
     ``masks`` is ``None`` (boxes only) or one entry per detection, each a full-frame bool mask or
     ``None`` for a detection without one; a detection without a mask is matched by box IoU.
@@ -103,7 +107,7 @@ class Detections:
         return None if self.masks is None else self.masks[i]
 
     @classmethod
-    def coerce(cls, obj: Any) -> Detections:
+    def coerce(cls, obj: Any) -> Candidates:
         """Accept this class, a detector's result object, a mapping, or a list of per-detection dicts.
 
         Attribute / key names tried, in order: boxes ``boxes`` | ``xyxy`` | ``box``; scores
@@ -112,7 +116,7 @@ class Detections:
         A list may also hold :class:`~dl_utils.annotations.Instance` objects with a ``label`` in
         ``prompts``.
         """
-        if isinstance(obj, Detections):
+        if isinstance(obj, Candidates):
             return obj
         if obj is None:
             return cls(np.zeros((0, 4)), np.zeros(0), [])
@@ -143,7 +147,7 @@ class Detections:
             items = list(obj)
         except TypeError:
             raise InputError(
-                f"detections of type {type(obj).__name__} are not understood; give a Detections, an "
+                f"detections of type {type(obj).__name__} are not understood; give a Candidates, an "
                 "object or dict with boxes/scores/labels, or a list of dicts with box/score/label"
             ) from None
         boxes, scores, labels, masks = [], [], [], []
@@ -695,7 +699,7 @@ class TrackManager:
 
     @staticmethod
     def _iou_matrix(
-        masks: list[np.ndarray | None], boxes: list[Box], dets: Detections, cols: list[int]
+        masks: list[np.ndarray | None], boxes: list[Box], dets: Candidates, cols: list[int]
     ) -> np.ndarray:
         """IoU of each (mask or box) geometry against detections ``cols``: mask IoU where both sides
         have a mask, box IoU otherwise."""
@@ -768,7 +772,7 @@ class TrackManager:
 
         ``tracked`` maps each live object id to its mask on this frame (an ``Instance`` works too);
         ``None``, an empty mask or a missing id mean "not visible". Masks of ended ids are ignored.
-        ``detections`` is anything :meth:`Detections.coerce` accepts, or ``None`` on a frame where the
+        ``detections`` is anything :meth:`Candidates.coerce` accepts, or ``None`` on a frame where the
         detector did not run (an empty list means it ran and found nothing).
         """
         frame = int(frame)
@@ -778,7 +782,7 @@ class TrackManager:
                 " (backward-propagated frames of new objects need not be fed)"
             )
         tracked_m = self._coerce_tracked(tracked, frame)
-        dets = None if detections is None else Detections.coerce(detections)
+        dets = None if detections is None else Candidates.coerce(detections)
         keyframe = dets is not None
         shape = None
         for oid, m in tracked_m.items():
@@ -883,7 +887,7 @@ class TrackManager:
     def _match(
         self,
         frame: int,
-        dets: Detections,
+        dets: Candidates,
         live: list[Track],
         visible: dict[int, tuple[np.ndarray, Box]],
         dec: Decision,
@@ -975,7 +979,7 @@ class TrackManager:
         return matched
 
     def _revive(
-        self, frame: int, dets: Detections, lost: list[Track], cols: list[int]
+        self, frame: int, dets: Candidates, lost: list[Track], cols: list[int]
     ) -> list[tuple[int, int, float]]:
         """Optimal pairing of lost tracks with leftover detections: overlap first, then proximity."""
         last = self._iou_matrix([t.mask for t in lost], [t.box for t in lost], dets, cols)  # type: ignore[misc]
@@ -1000,7 +1004,7 @@ class TrackManager:
 
 __all__ = [
     "Decision",
-    "Detections",
+    "Candidates",
     "Ended",
     "KeyframePolicy",
     "Match",

@@ -13,7 +13,7 @@ from dl_utils.cv_utils import box_iou
 from dl_utils.errors import InputError, MaskError
 from dl_utils.tracking import (
     Decision,
-    Detections,
+    Candidates,
     KeyframePolicy,
     TrackManager,
     TrackStatus,
@@ -81,7 +81,7 @@ class Sim:
                 vis = [(n, m, lab) for n, (m, lab) in sc.items() if m is not None]
                 vis = self.order(vis)
                 names = [n for n, _, _ in vis]
-                dets = Detections(
+                dets = Candidates(
                     np.array([box_from_mask(m) for _, m, _ in vis]).reshape(-1, 4),
                     np.array([self.scores.get(n, 0.9) for n in names]),
                     [lab for _, _, lab in vis],
@@ -287,17 +287,17 @@ def test_revival_needs_overlap_or_an_unambiguous_candidate():
     mgr.add_track("car", 0, mask=disc(20, 20))
     mgr.update(1, {1: None})  # lost
     # two car detections equally far (16 px, 1.0 diagonals of the 12x12 box would be ~18 px)
-    d = mgr.update(2, {1: None}, Detections([[30, 14, 42, 26], [-2, 14, 10, 26]], [0.9, 0.9], ["car", "car"]))
+    d = mgr.update(2, {1: None}, Candidates([[30, 14, 42, 26], [-2, 14, 10, 26]], [0.9, 0.9], ["car", "car"]))
     assert not d.revived and [n.object_id for n in d.new] == [2, 3]
     mgr = TrackManager(max_gap=20, motion_window=0)
     mgr.add_track("car", 0, mask=disc(20, 20))
     mgr.update(1, {1: None})
-    d = mgr.update(2, {1: None}, Detections([[30, 14, 42, 26]], [0.9], ["car"]))
+    d = mgr.update(2, {1: None}, Candidates([[30, 14, 42, 26]], [0.9], ["car"]))
     assert [(r.object_id, r.det, r.iou) for r in d.revived] == [(1, 0, 0.0)]
     # too far: > revive_distance diagonals
     mgr = TrackManager(max_gap=20, motion_window=0)
     mgr.add_track("car", 0, mask=disc(20, 20))
-    d = mgr.update(2, {1: None}, Detections([[45, 14, 57, 26]], [0.9], ["car"]))
+    d = mgr.update(2, {1: None}, Candidates([[45, 14, 57, 26]], [0.9], ["car"]))
     assert not d.revived and [n.object_id for n in d.new] == [2]
 
 
@@ -306,7 +306,7 @@ def test_revival_needs_overlap_or_an_unambiguous_candidate():
 
 def test_label_gating():
     car = rect(10, 10, 30, 30)
-    person = Detections([[10, 10, 30, 30]], [0.9], ["person"])
+    person = Candidates([[10, 10, 30, 30]], [0.9], ["person"])
     mgr = TrackManager()
     mgr.add_track("car", 0, mask=car)
     d = mgr.update(1, {1: car}, person)
@@ -321,14 +321,14 @@ def test_label_gating():
     # compatible(): superclass-style equivalence under strict labels
     mgr = TrackManager(compatible=lambda a, b: {a, b} <= {"car", "truck"})
     mgr.add_track("car", 0, mask=car)
-    assert mgr.update(1, {1: car}, Detections([[10, 10, 30, 30]], [0.9], ["truck"])).matches[0].object_id == 1
+    assert mgr.update(1, {1: car}, Candidates([[10, 10, 30, 30]], [0.9], ["truck"])).matches[0].object_id == 1
     assert not mgr.update(2, {1: car}, person).matches
     # labels compare case-insensitively; a track without a label takes any
     mgr = TrackManager()
     mgr.add_track(None, 0, mask=car)
     mgr.add_track("Person", 0, mask=rect(40, 40, 60, 60))
     d = mgr.update(1, {1: car, 2: rect(40, 40, 60, 60)},
-                   Detections([[40, 40, 60, 60], [10, 10, 30, 30]], [0.9, 0.9], ["person", "dog"]))
+                   Candidates([[40, 40, 60, 60], [10, 10, 30, 30]], [0.9, 0.9], ["person", "dog"]))
     assert d.assignments == {0: 2, 1: 1}
 
 
@@ -338,7 +338,7 @@ def test_label_beats_overlap_under_strict_labels():
     mgr.add_track("car", 0, mask=rect(10, 10, 30, 30))
     mgr.add_track("person", 0, mask=rect(22, 10, 42, 30))
     tracked = {1: rect(10, 10, 30, 30), 2: rect(22, 10, 42, 30)}
-    dets = Detections([[14, 10, 34, 30], [4, 10, 24, 30]], [0.9, 0.9], ["person", "car"])
+    dets = Candidates([[14, 10, 34, 30], [4, 10, 24, 30]], [0.9, 0.9], ["person", "car"])
     ious = box_iou([[10, 10, 30, 30]], dets.boxes)[0]
     assert ious[0] > ious[1]
     d = mgr.update(1, tracked, dets)
@@ -368,7 +368,7 @@ def test_iou_threshold_edges():
     for box, matched, reanchored in cases:
         mgr = TrackManager(iou_threshold=0.3, re_anchor_below=0.6, duplicate_iou=1.0)
         mgr.add_track("car", 0, mask=track)
-        d = mgr.update(1, {1: track}, Detections([box], [0.9], ["car"]))
+        d = mgr.update(1, {1: track}, Candidates([box], [0.9], ["car"]))
         exp_iou = box_iou([[10, 10, 20, 20]], [box])[0, 0]
         assert bool(d.matches) is matched, box
         if matched:
@@ -387,18 +387,18 @@ def test_area_jump_reanchors():
     for f in range(1, 6):
         mgr.update(f, {1: rect(10, 10, 20, 20)})
     big = rect(10, 10, 30, 20)  # 200 px: x2 the median of 100
-    d = mgr.update(6, {1: big}, Detections([[10, 10, 30, 20]], [0.9], ["car"]))
+    d = mgr.update(6, {1: big}, Candidates([[10, 10, 30, 20]], [0.9], ["car"]))
     assert d.matches[0].iou == 1.0 and len(d.reanchors) == 1 and "area 200" in d.reanchors[0].reasons[0]
     assert d.changed and not mgr.update(7, {1: big}).changed
     mgr = TrackManager(area_change=1.5)
     mgr.add_track("car", 0, mask=rect(10, 10, 20, 20))
-    d = mgr.update(1, {1: big}, Detections([[10, 10, 30, 20]], [0.9], ["car"]))
+    d = mgr.update(1, {1: big}, Candidates([[10, 10, 30, 20]], [0.9], ["car"]))
     assert d.matches and not d.reanchors
 
 
 def test_new_object_min_score_and_duplicates():
     mgr = TrackManager(new_object_min_score=0.5, duplicate_iou=0.5)
-    dets = Detections(
+    dets = Candidates(
         [[0, 0, 10, 10], [1, 0, 11, 10], [30, 30, 40, 40], [50, 50, 60, 60]],
         [0.6, 0.8, 0.4, 0.9],
         ["car"] * 4,
@@ -410,7 +410,7 @@ def test_new_object_min_score_and_duplicates():
     assert "duplicate of detection 1" in d.skipped[0].reason and "new_object_min_score" in d.skipped[1].reason
     # continuing needs no minimum score
     d = mgr.update(1, {1: rect(1, 0, 11, 10), 2: rect(50, 50, 60, 60)},
-                   Detections([[1, 0, 11, 10]], [0.1], ["car"]))
+                   Candidates([[1, 0, 11, 10]], [0.1], ["car"]))
     assert [m.object_id for m in d.matches] == [1] and d.unconfirmed == [2]
 
 
@@ -421,7 +421,7 @@ def test_assignment_is_optimal_where_greedy_fails():
     # IoU(A,1)=0.667 is the single best pair; greedy takes it and leaves B and det 2 unmatched
     # (B-2 do not touch). Optimal: A-2 (0.333) + B-1 (0.429) = 0.762.
     A, B = rect(10, 0, 20, 10), rect(16, 0, 26, 10)
-    dets = Detections([[12, 0, 22, 10], [5, 0, 15, 10]], [0.9, 0.9], ["car", "car"])
+    dets = Candidates([[12, 0, 22, 10], [5, 0, 15, 10]], [0.9, 0.9], ["car", "car"])
     iou = box_iou([[10, 0, 20, 10], [16, 0, 26, 10]], dets.boxes)
     assert iou[0, 0] > max(iou[0, 1], iou[1, 0]) and iou[1, 1] == 0
     mgr = TrackManager(iou_threshold=0.3)
@@ -472,7 +472,7 @@ def test_assignment_matches_brute_force(rng):
         tracked = {}
         for i, b in enumerate(tboxes):
             tracked[mgr.add_track(tl[i], 0, mask=rect(*b)).id] = rect(*b)
-        d = mgr.update(1, tracked, Detections(np.array(dboxes, float), np.full(m, 0.9), dl))
+        d = mgr.update(1, tracked, Candidates(np.array(dboxes, float), np.full(m, 0.9), dl))
         iou = box_iou(np.array(tboxes, float), np.array(dboxes, float))
         ok = (iou >= 0.2) & (np.array(tl)[:, None] == np.array(dl)[None, :])
         best = _brute_force_best(iou, ok)
@@ -489,11 +489,11 @@ def test_assignment_matches_brute_force(rng):
 
 def test_ids_are_never_reused():
     mgr = TrackManager(max_gap=0, first_id=5)
-    d = mgr.update(0, {}, Detections([[0, 0, 10, 10]], [0.9], ["car"]))
+    d = mgr.update(0, {}, Candidates([[0, 0, 10, 10]], [0.9], ["car"]))
     assert [n.object_id for n in d.new] == [5]
     d = mgr.update(1, {5: None})
     assert [e.object_id for e in d.ended] == [5] and mgr.track(5).end_frame == 0
-    d = mgr.update(2, {5: rect(0, 0, 10, 10)}, Detections([[0, 0, 10, 10]], [0.9], ["car"]))  # ended: ignored
+    d = mgr.update(2, {5: rect(0, 0, 10, 10)}, Candidates([[0, 0, 10, 10]], [0.9], ["car"]))  # ended: ignored
     assert [n.object_id for n in d.new] == [6] and not d.matches
     mgr.add_track("bus", 3, object_id=20)
     assert mgr.next_id == 21
@@ -504,7 +504,7 @@ def test_ids_are_never_reused():
 def test_max_missed_ends_tracks_the_detector_no_longer_supports():
     mgr = TrackManager(max_missed=2)
     m = disc(30, 30)
-    mgr.update(0, {}, Detections([box_from_mask(m)], [0.9], ["car"]))
+    mgr.update(0, {}, Candidates([box_from_mask(m)], [0.9], ["car"]))
     for f in range(1, 40):
         d = mgr.update(f, {1: m}, [] if f % 10 == 0 else None)  # detector runs, finds nothing
         if f in (10, 20):
@@ -515,7 +515,7 @@ def test_max_missed_ends_tracks_the_detector_no_longer_supports():
     assert mgr.track(1).missed == 3 and mgr.live() == []
     # default: the tracker is trusted
     mgr = TrackManager()
-    mgr.update(0, {}, Detections([box_from_mask(m)], [0.9], ["car"]))
+    mgr.update(0, {}, Candidates([box_from_mask(m)], [0.9], ["car"]))
     for f in range(1, 100):
         d = mgr.update(f, {1: m}, [] if f % 10 == 0 else None)
         assert not d.ended
@@ -607,7 +607,7 @@ def test_manager_marks_policy_on_keyframes():
 
 def test_detections_coerce_variants():
     m = rect(0, 0, 10, 10)
-    ref = Detections([[0, 0, 10, 10]], [0.8], ["car"], [m])
+    ref = Candidates([[0, 0, 10, 10]], [0.8], ["car"], [m])
     sv = SimpleNamespace(xyxy=np.array([[0, 0, 10, 10]]), confidence=np.array([0.8]), mask=m[None],
                          data={"class_name": np.array(["car"])})
     for obj in (
@@ -617,23 +617,23 @@ def test_detections_coerce_variants():
         sv,
         SimpleNamespace(boxes=[[0, 0, 10, 10]], scores=[0.8], phrases=["car"], masks=[m]),
     ):
-        d = Detections.coerce(obj)
+        d = Candidates.coerce(obj)
         assert d.boxes.tolist() == [[0, 0, 10, 10]] and d.scores.tolist() == [0.8] and d.labels == ["car"]
         assert np.array_equal(d.mask(0), m)
-    assert len(Detections.coerce([])) == 0
-    inst = Detections.coerce([Instance(3, mask=m, score=0.7, prompts={"label": "bus"})])
+    assert len(Candidates.coerce([])) == 0
+    inst = Candidates.coerce([Instance(3, mask=m, score=0.7, prompts={"label": "bus"})])
     assert inst.boxes.tolist() == [[0, 0, 10, 10]] and inst.scores.tolist() == [0.7] and inst.labels == ["bus"]
-    assert Detections.coerce({"boxes": [[0, 0, 1, 1]]}).labels == [None]
+    assert Candidates.coerce({"boxes": [[0, 0, 1, 1]]}).labels == [None]
     with pytest.raises(InputError, match="3 scores for 1 boxes"):
-        Detections([[0, 0, 1, 1]], [1, 1, 1], ["a"])
+        Candidates([[0, 0, 1, 1]], [1, 1, 1], ["a"])
     with pytest.raises(InputError, match="shape"):
-        Detections([[0, 0, 1]], [1], ["a"])
+        Candidates([[0, 0, 1]], [1], ["a"])
     with pytest.raises(InputError, match="NaN"):
-        Detections([[0, 0, np.nan, 1]], [1], ["a"])
+        Candidates([[0, 0, np.nan, 1]], [1], ["a"])
     with pytest.raises(InputError, match="no box"):
-        Detections.coerce([{"score": 1}])
+        Candidates.coerce([{"score": 1}])
     with pytest.raises(InputError, match="not understood"):
-        Detections.coerce(3)
+        Candidates.coerce(3)
 
 
 def test_update_errors():
@@ -645,9 +645,9 @@ def test_update_errors():
         mgr.update(6, {9: None})
     mgr.add_track("car", 6, mask=rect(0, 0, 4, 4))
     with pytest.raises(MaskError, match="detection 1 mask is 8x8"):
-        mgr.update(7, {}, Detections([[0, 0, 4, 4]] * 2, [1, 1], ["car"] * 2, [np.ones((6, 6)), np.ones((8, 8))]))
+        mgr.update(7, {}, Candidates([[0, 0, 4, 4]] * 2, [1, 1], ["car"] * 2, [np.ones((6, 6)), np.ones((8, 8))]))
     with pytest.raises(MaskError, match="detection 0 mask is 8x8"):
-        mgr.update(7, {1: rect(0, 0, 4, 4)}, Detections([[0, 0, 4, 4]], [1], ["car"], [np.ones((8, 8), bool)]))
+        mgr.update(7, {1: rect(0, 0, 4, 4)}, Candidates([[0, 0, 4, 4]], [1], ["car"], [np.ones((8, 8), bool)]))
     with pytest.raises(MaskError, match="shape"):
         mgr.update(8, {1: np.ones((2, 2, 2), bool)})
     for kw in ({"iou_threshold": 0}, {"iou_threshold": 1.5}, {"max_gap": -1}, {"area_change": 0},
@@ -656,3 +656,17 @@ def test_update_errors():
             TrackManager(**kw)
     with pytest.raises(InputError, match="not tracked"):
         mgr.track(99)
+
+
+def test_matcher_takes_the_detector_type_as_it_is():
+    """``dinoal.Detections`` feeds ``TrackManager.update`` directly: one detection type in the project."""
+    from dl_utils.dinoal import Detections
+    from dl_utils.tracking import Candidates, TrackManager
+
+    dets = Detections(boxes=[[10, 10, 30, 30], [40, 40, 60, 60]], scores=[0.9, 0.8],
+                      phrases=["car", "person"], labels=["car", "person"])
+    c = Candidates.coerce(dets)
+    assert np.array_equal(c.boxes, [[10, 10, 30, 30], [40, 40, 60, 60]]) and c.labels == ["car", "person"]
+    mgr = TrackManager()
+    dec = mgr.update(0, {}, dets)
+    assert [n.label for n in dec.new] == ["car", "person"] and [n.object_id for n in dec.new] == [1, 2]
