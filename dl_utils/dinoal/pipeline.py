@@ -18,6 +18,7 @@ from ..annotations import Instances, Label, ObjectInfo
 from ..cv_utils.colors import palette
 from ..errors import InputError
 from .detections import Detections
+from ..models import DEFAULT_MODEL as DEFAULT_SAM2
 from .detector import BACKENDS, Detector
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -174,7 +175,9 @@ def add_detect_arguments(parser: Any) -> None:
     parser.add_argument("source", help="image, image folder, glob, pattern or video")
     parser.add_argument("--text", required=True, help='what to find, e.g. "car. person. traffic light"')
     parser.add_argument("--out", required=True, help="annotation store (.sqlite); added to when it exists")
-    parser.add_argument("--every", type=int, default=1, help="detect on every N-th frame (default 1)")
+    parser.add_argument("--every", type=int, default=None,
+                        help="detect on every N-th frame (default: 1 for images, 20 for tracked video; "
+                             "tracking also re-detects early when SAM2's quality drops)")
     parser.add_argument("--backend", choices=BACKENDS, default="groundingdino")
     parser.add_argument("--model", default=None,
                         help="groundingdino: .pth file, registry name or URL; transformers: save_pretrained "
@@ -187,6 +190,17 @@ def add_detect_arguments(parser: Any) -> None:
     parser.add_argument("--text-encoder", default=None, dest="text_encoder",
                         help="groundingdino backend: local BERT folder (default: bert-base-uncased in the "
                              "models folder)")
+    parser.add_argument("--no-track", action="store_false", dest="track",
+                        help="video: independent detections per keyframe instead of tracked objects with "
+                             "stable ids (with --segment: SAM2 propagation between keyframes)")
+    parser.add_argument("--max-gap", type=int, default=30, dest="max_gap",
+                        help="tracked video: frames an object may stay unseen and keep its id (default 30)")
+    parser.add_argument("--sam-model", default=None, dest="sam_model",
+                        help="--segment: SAM2 model name (default sam2.1_hiera_tiny)")
+    parser.add_argument("--sam-checkpoint", default=None, dest="sam_checkpoint",
+                        help="--segment: SAM2 checkpoint file {'model': state_dict}")
+    parser.add_argument("--image-size", type=int, default=None, dest="image_size",
+                        help="--segment: SAM2 input size override (tests and benchmarks)")
 
 
 def run_detect(
@@ -194,7 +208,7 @@ def run_detect(
     out: Any,
     text: str,
     *,
-    every: int = 1,
+    every: int | None = None,
     backend: str = "groundingdino",
     model: Any = None,
     box_threshold: float = 0.35,
@@ -203,14 +217,23 @@ def run_detect(
     classes: Any = None,
     device: Any = None,
     text_encoder: Any = None,
+    track: bool = True,
+    max_gap: int = 30,
+    sam_model: str | None = None,
+    sam_checkpoint: Any = None,
+    image_size: int | None = None,
     detector: Detector | None = None,
     segmenter: ImageSegmenter | None = None,
+    sam_video_model: Any = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Detect (and optionally segment) every ``every``-th frame into a store; return a summary.
+    """Detect (and optionally segment) into a store; return a summary.
 
-    Each box becomes a new object on its frame (no identity across frames: the video tracker links
-    them). ``detector``/``segmenter`` may be given pre-built (tests, notebooks).
+    Images (and videos with ``track=False``): every ``every``-th frame on its own, each box a new
+    object. Videos with ``track=True`` (the default): objects keep stable ids through the video —
+    with ``segment`` SAM2 tracks masks between keyframes (:class:`~dl_utils.dinoal.video.GroundedVideoTracker`),
+    without it keyframe boxes are linked (:func:`~dl_utils.dinoal.video.track_boxes`).
+    ``detector``/``segmenter``/``sam_video_model`` may be given pre-built (tests, notebooks).
     """
     from ..classes import ClassTable
     from ..store import AnnotationStore
@@ -220,31 +243,57 @@ def run_detect(
 
     prompt = parse_prompt(text)  # an empty prompt fails before any model is loaded
     table = ClassTable.load(classes) if isinstance(classes, (str, bytes)) or hasattr(classes, "__fspath__") else classes
+    src = open_frames(source)
+    tracked = bool(track) and src.kind == "video"
+    every = int(every) if every is not None else (20 if tracked else 1)
+    if every < 1:
+        src.close()
+        raise InputError(f"every={every!r}: use 1 (every frame) or more")
+    media = src.media_info()
     if detector is None:
         detector = load_detector(backend, model, text_encoder=text_encoder, device=device, classes=table,
                                  box_threshold=box_threshold, text_threshold=text_threshold)
-    if segment and segmenter is None:
+    if segment and segmenter is None and not tracked:
         from ..samal import ImageSegmenter
 
-        segmenter = ImageSegmenter(device=device)
+        segmenter = ImageSegmenter(model=sam_model or DEFAULT_SAM2, checkpoint=sam_checkpoint,
+                                   image_size=image_size, device=device)
     t0 = time.perf_counter()
-    with open_frames(source) as full:
-        media = full.media_info()
     store = AnnotationStore.open_or_create(out, media)  # an existing store must be for this media
     n_frames = n_dets = 0
+    extra: dict[str, Any] = {}
     try:
         if table is not None:
             ensure_labels(store, [], table)
         run = store.begin_run("detect", {"text": prompt.caption, "backend": getattr(detector, "name", "?"),
-                                         "every": int(every), "segment": bool(segment)})
+                                         "every": every, "segment": bool(segment), "track": tracked})
         status = "failed"
         try:
-            for frame, image, dets in detect_frames(source, detector, every, prompt=prompt, with_images=True,
-                                                    progress=progress):
-                store_detections(store, frame, image, dets, segmenter=segmenter, classes=table, run_id=run,
-                                 model=getattr(detector, "name", None))
-                n_frames += 1
-                n_dets += len(dets)
+            if tracked and segment:
+                from ..sam2al import VideoSession
+                from .video import GroundedVideoTracker
+
+                if sam_video_model is not None:
+                    session = VideoSession(src, store, sam_model=sam_video_model)
+                else:
+                    session = VideoSession(src, store, model=sam_model or DEFAULT_SAM2,
+                                           checkpoint=sam_checkpoint, image_size=image_size, device=device)
+                extra = GroundedVideoTracker(session, detector, prompt, every=every, max_gap=max_gap).run(
+                    progress=progress)
+                n_frames, n_dets = len(extra["keyframes"]), extra["detections"]
+            elif tracked:
+                from .video import track_boxes
+
+                extra = track_boxes(src, store, detector, prompt, every=every, progress=progress,
+                                    run_id=run, max_gap=max_gap)
+                n_frames, n_dets = len(extra["keyframes"]), extra["detections"]
+            else:
+                for frame, image, dets in detect_frames(src, detector, every, prompt=prompt,
+                                                        with_images=True, progress=progress):
+                    store_detections(store, frame, image, dets, segmenter=segmenter, classes=table,
+                                     run_id=run, model=getattr(detector, "name", None))
+                    n_frames += 1
+                    n_dets += len(dets)
             status = "done"
         except KeyboardInterrupt:
             status = "cancelled"
@@ -257,10 +306,16 @@ def run_detect(
             "detections": n_dets,
             "objects": len(store.objects()),
             "segmented": bool(segment),
+            "tracked": tracked,
+            "every": every,
             "seconds": round(time.perf_counter() - t0, 2),
         }
+        if tracked:
+            summary["keyframes"] = extra.get("keyframes", [])
+            summary["ended"] = extra.get("ended", [])
     finally:
         store.close()
+        src.close()
     return summary
 
 
@@ -268,7 +323,9 @@ def run_detect_cli(args: Any) -> int:
     """Run ``dl-utils detect`` from parsed arguments; prints the summary as JSON."""
     s = run_detect(args.source, args.out, args.text, every=args.every, backend=args.backend, model=args.model,
                    box_threshold=args.box_threshold, text_threshold=args.text_threshold, segment=args.segment,
-                   classes=args.classes, device=args.device, text_encoder=args.text_encoder)
+                   classes=args.classes, device=args.device, text_encoder=args.text_encoder,
+                   track=args.track, max_gap=args.max_gap, sam_model=args.sam_model,
+                   sam_checkpoint=args.sam_checkpoint, image_size=args.image_size)
     print(json.dumps(s, indent=2))
     return 0
 

@@ -1,0 +1,270 @@
+"""Text prompt → tracked objects through a video: GroundingDINO on keyframes, SAM2 between them.
+
+Grounded-SAM-2 re-detects every 20 frames, matches by a fixed IoU and does not keep ids. Here:
+
+* the detector runs on the first frame, every ``every`` frames, and whenever SAM2's quality signals
+  drop (``tracking.KeyframePolicy``: low predicted IoU or object score, an area jump, a lost object);
+* detections are matched to the tracked masks on that frame by optimal assignment on mask IoU
+  (``tracking.TrackManager``); unmatched detections become new objects with fresh ids, prompted on the
+  keyframe and propagated forward *and* backward (down to the previous keyframe, where the detector
+  did not see them); a drifting match re-anchors its track with the detection box; an object lost by
+  SAM2 and found again within ``max_gap`` frames gets its old id back and its gap is re-tracked
+  backward; an object without support for longer ends (CVAT's ``outside`` after its last frame);
+* everything is written to the store frame by frame by the SAM2 session, so Ctrl-C keeps the work.
+
+The SAM2 pass is never restarted on a keyframe that changes nothing: the detector runs inside the
+propagation callback, and only a decision that needs new prompts stops the pass (then it resumes
+from that frame with SAM2's usual warm-up).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from ..annotations import Instance, Instances, Source
+from ..errors import InputError
+from ..tracking import KeyframePolicy, TrackManager
+from .detections import Detections
+
+
+def _tracked_masks(instances: Instances) -> dict[int, Any]:
+    """{object id: mask or None} as the matcher wants it (an empty mask means not visible)."""
+    out: dict[int, Any] = {}
+    for inst in instances:
+        out[inst.object_id] = inst.mask if inst.mask is not None and inst.mask.any() else None
+    return out
+
+
+def _quality(instances: Instances) -> dict[int, Instance]:
+    return {inst.object_id: inst for inst in instances}
+
+
+class GroundedVideoTracker:
+    """Detector + SAM2 session + track manager over one video; see the module docstring.
+
+    ``session`` is a :class:`dl_utils.sam2al.VideoSession` on the video and store (build it with the
+    SAM2 model you want); ``detector`` anything with ``detect(image, prompt) -> Detections``.
+    ``manager`` defaults to a :class:`~dl_utils.tracking.TrackManager` whose ids start after the
+    store's highest object id and whose keyframe policy re-detects every ``every`` frames.
+    """
+
+    def __init__(
+        self,
+        session: Any,
+        detector: Any,
+        prompt: Any = None,
+        *,
+        every: int = 20,
+        manager: TrackManager | None = None,
+        **manager_options: Any,
+    ):
+        if int(every) < 1:
+            raise InputError(f"every={every!r}: use 1 (every frame) or more")
+        self.session = session
+        self.store = session.store
+        self.source = session.source
+        self.detector = detector
+        self.prompt = prompt
+        if manager is None:
+            known = [o.id for o in self.store.objects()]
+            first_id = max(known, default=0) + 1
+            # frame counts in the manager are differences of source frame numbers
+            step = max(1, int(self.source.media_info().step or 1))
+            policy = KeyframePolicy(every=int(every) * step)
+            manager = TrackManager(first_id=first_id, policy=policy, **manager_options)
+        self.manager = manager
+        self.keyframes: list[int] = []
+        self.detections = 0
+        self._pending = None  # (frame, Decision) waiting to be applied after the pass stops
+
+    # ------------------------------------------------------------------ detection
+    def _detect(self, frame: int) -> Detections:
+        image = self.source[self.source.index_of(frame)]
+        dets = self.detector.detect(image, self.prompt)
+        self.keyframes.append(frame)
+        self.detections += len(dets)
+        return dets
+
+    def _apply(self, frame: int, decision: Any, dets: Detections) -> list[tuple[int, int]]:
+        """Turn a decision into SAM2 prompts; return the (object, down-to frame) backward jobs."""
+        s = self.session
+        back: list[tuple[int, int]] = []
+        for e in decision.ended:
+            if e.object_id in s.object_ids:
+                s.remove_object(e.object_id, keep_results=True)
+            # frames after the last visible one were tracked as empty: drop them so the export
+            # writes `outside` right after the last frame the object was seen
+            self.store.delete_instances(object_id=e.object_id, start=e.last_frame + 1)
+        for r in decision.reanchors:
+            s.add_box(frame, r.object_id, r.box)
+        for r in decision.revived:
+            # re-track the gap backward from the re-detection: drop the empty frames SAM2 wrote there
+            lo = r.back_to if r.back_to is not None else frame
+            if lo < frame:
+                self.store.delete_instances(object_id=r.object_id, start=lo, stop=frame - 1)
+            s.add_box(frame, r.object_id, r.box)
+            back.append((r.object_id, lo))
+        first = self.source.frame_numbers[0]
+        for n in decision.new:
+            s.add_box(frame, n.object_id, n.box, label=n.label or "object")
+            back.append((n.object_id, first if n.back_to is None else n.back_to))
+        return back
+
+    # ------------------------------------------------------------------ run
+    def run(
+        self,
+        *,
+        start: int | None = None,
+        stop: int | None = None,
+        callback: Callable[[int, Instances], Any] | None = None,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """Detect, track and match over ``start..stop`` (source frames, inclusive); return a summary."""
+        t0 = time.perf_counter()
+        numbers = list(self.source.frame_numbers)
+        lo = numbers[0] if start is None else int(start)
+        hi = numbers[-1] if stop is None else int(stop)
+        if lo > hi:
+            raise InputError(f"start={start} is after stop={stop}; give start <= stop (source frame numbers)")
+        span = [n for n in numbers if lo <= n <= hi]
+        if not span:
+            raise InputError(f"no source frame lies in {lo}..{hi}; check start/stop against the video")
+        s = self.session
+        mgr = self.manager
+        passes = 0
+
+        # 1. find the first objects: detect every `every` frames until something is there
+        frame = None
+        for n in span:
+            if not mgr.should_redetect(n, None):
+                continue
+            dets = self._detect(n)
+            dec = mgr.update(n, {}, dets)
+            if dec.new:
+                frame = n
+                passes += self._backward(n, self._apply(n, dec, dets), lo, progress)
+                break
+        if frame is None:
+            return self._summary(t0, passes, "no objects found")
+
+        # 2. forward passes; a keyframe that needs new prompts stops the pass, the prompts are
+        #    applied, new/revived objects are tracked backward, and the forward pass resumes
+        def on_frame(f: int, insts: Instances) -> None:
+            if callback is not None:
+                callback(f, insts)
+            if self._pending is not None:
+                return
+            tracked = _tracked_masks(s.result(f))
+            dets = self._detect(f) if mgr.should_redetect(f, _quality(insts)) else None
+            dec = mgr.update(f, tracked, dets)
+            if dec.changed:  # new prompts needed, or an object ended (also between keyframes)
+                self._pending = (f, dec, dets)
+                s.cancel()
+
+        status = "done"
+        while True:
+            self._pending = None
+            if not s.object_ids:
+                break
+            r = s.propagate("forward", start=frame, stop=hi, callback=on_frame, progress=progress)
+            passes += 1
+            if self._pending is None:
+                status = r["status"]
+                break
+            frame, dec, dets = self._pending
+            passes += self._backward(frame, self._apply(frame, dec, dets), lo, progress)
+            self._pending = None
+        return self._summary(t0, passes, status)
+
+    def _backward(self, frame: int, jobs: list[tuple[int, int]], lo: int, progress: bool) -> int:
+        """One backward pass down to the lowest frame any new/revived object needs (others are done)."""
+        down = [d for _, d in jobs if d < frame]
+        if not down:
+            return 0
+        self.session.propagate("backward", start=max(min(down), lo), stop=frame, progress=progress)
+        return 1
+
+    def _summary(self, t0: float, passes: int, status: str) -> dict[str, Any]:
+        tracks = self.manager.tracks
+        return {
+            "status": status,
+            "keyframes": list(self.keyframes),
+            "detections": self.detections,
+            "objects": sorted(t.id for t in tracks),
+            "ended": sorted(t.id for t in tracks if t.status.value == "ended"),
+            "passes": passes,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+
+
+def track_boxes(
+    source: Any,
+    store: Any,
+    detector: Any,
+    prompt: Any = None,
+    *,
+    every: int = 20,
+    manager: TrackManager | None = None,
+    start: int | None = None,
+    stop: int | None = None,
+    progress: bool = True,
+    run_id: int | None = None,
+    **manager_options: Any,
+) -> dict[str, Any]:
+    """Boxes only (no SAM2): detect every ``every`` frames and link the boxes into stable ids.
+
+    Between keyframes an object is assumed where it was last detected, so this suits slow scenes
+    and sparse keyframes for CVAT box tracks (CVAT interpolates between them); use
+    :class:`GroundedVideoTracker` for masks.
+    """
+    from tqdm.auto import tqdm
+
+    from ..cv_utils import box_to_mask
+
+    media = source.media_info()
+    h, w = media.height, media.width
+    if manager is None:
+        first_id = max((o.id for o in store.objects()), default=0) + 1
+        manager = TrackManager(first_id=first_id, **manager_options)
+    keep = [n for n in source.frame_numbers
+            if (start is None or n >= start) and (stop is None or n <= stop)]
+    keys = keep[:: int(every)]
+    last: dict[int, tuple] = {}
+    n_dets = 0
+    for f in tqdm(keys, desc="detect", unit="keyframe", disable=None if progress else True):
+        dets = detector.detect(source[source.index_of(f)], prompt)
+        n_dets += len(dets)
+        tracked = {oid: box_to_mask(box, h, w) for oid, box in last.items()}
+        dec = manager.update(f, tracked, dets)
+        insts = []
+        for m in dec.matches:
+            last[m.object_id] = tuple(float(v) for v in dets.boxes[m.det])
+            insts.append((m.object_id, m.det))
+        for r in list(dec.reanchors) + list(dec.revived):
+            last[r.object_id] = tuple(float(v) for v in dets.boxes[r.det])
+            insts.append((r.object_id, r.det))
+        for nobj in dec.new:
+            store.add_object(nobj.label or "object", id=nobj.object_id)
+            last[nobj.object_id] = tuple(float(v) for v in dets.boxes[nobj.det])
+            insts.append((nobj.object_id, nobj.det))
+        for e in dec.ended:
+            last.pop(e.object_id, None)
+        rows = [
+            Instance(oid, box=tuple(float(v) for v in dets.boxes[j]), score=float(dets.scores[j]),
+                     source=Source.AUTO, keyframe=True,
+                     prompts={"text": getattr(dets, "prompt", ""), "label": dets.labels[j]})
+            for oid, j in sorted(set(insts))
+        ]
+        store.write_frame(f, rows, run_id=run_id)
+    return {
+        "keyframes": keys,
+        "detections": n_dets,
+        "objects": sorted(t.id for t in manager.tracks),
+        "ended": sorted(t.id for t in manager.tracks if t.status.value == "ended"),
+    }
+
+
+__all__ = ["GroundedVideoTracker", "track_boxes"]
