@@ -22,7 +22,6 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-import numpy as np
 
 from ..annotations import Instance, Instances, Source
 from ..errors import InputError
