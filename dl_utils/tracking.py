@@ -539,6 +539,9 @@ class TrackManager:
     * ``duplicate_iou``: an unmatched detection overlapping a visible track (any label) or a stronger
       new detection by this much is a duplicate, not a new object.
     * ``motion_window``: frames of history used for the constant-velocity prediction (0: none).
+    * ``max_objects``: most tracks alive at once (``None``: no cap). It bounds the tracker's memory
+      and time (SAM2's cost grows with every object); past it, the weakest new detections are skipped
+      until a track ends.
     * ``first_id``: the first id handed out; ids are never reused.
     * ``policy``: the :class:`KeyframePolicy` behind :meth:`should_redetect` (``every`` builds one).
     """
@@ -560,6 +563,7 @@ class TrackManager:
         mismatch_weight: float = 0.5,
         compatible: Callable[[str, str], bool] | None = None,
         motion_window: int = 10,
+        max_objects: int | None = None,
         first_id: int = 1,
         every: int | None = 20,
         policy: KeyframePolicy | None = None,
@@ -599,6 +603,9 @@ class TrackManager:
         if int(motion_window) < 0:
             raise InputError(f"motion_window={motion_window!r}: use >= 0 frames")
         self.motion_window = int(motion_window)
+        if max_objects is not None and int(max_objects) < 1:
+            raise InputError(f"max_objects={max_objects!r}: use >= 1 tracks or None (no cap)")
+        self.max_objects = None if max_objects is None else int(max_objects)
         if int(first_id) < 0:
             raise InputError(f"first_id={first_id!r}: object ids are integers >= 0")
         self._next_id = int(first_id)
@@ -970,6 +977,12 @@ class TrackManager:
             for j, why in sorted(drop.items()):
                 dec.skipped.append(Skipped(j, why))
             cand = [j for j in cand if j not in drop]
+        if self.max_objects is not None:
+            room = max(0, self.max_objects - len(live))
+            cand.sort(key=lambda j: (-dets.scores[j], j))
+            for j in cand[room:]:
+                dec.skipped.append(Skipped(j, f"max_objects={self.max_objects} tracks are alive"))
+            cand = sorted(cand[:room])
         for j in cand:
             oid = self._next_id
             self._next_id += 1

@@ -414,6 +414,25 @@ def test_new_object_min_score_and_duplicates():
     assert [m.object_id for m in d.matches] == [1] and d.unconfirmed == [2]
 
 
+def test_max_objects_keeps_the_strongest_new_detections_until_a_track_ends():
+    mgr = TrackManager(max_objects=2, max_gap=0)
+    boxes = [[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]]
+    d = mgr.update(0, {}, Candidates(boxes, [0.5, 0.9, 0.7], ["car"] * 3))
+    assert [(n.object_id, n.det) for n in d.new] == [(1, 1), (2, 2)]
+    assert [s.det for s in d.skipped] == [0] and "max_objects=2" in d.skipped[0].reason
+    # both tracks visible and matched: still no room for the third
+    seen = {1: rect(20, 20, 30, 30), 2: rect(40, 40, 50, 50)}
+    d = mgr.update(1, seen, Candidates(boxes, [0.5, 0.9, 0.7], ["car"] * 3))
+    assert not d.new and [s.det for s in d.skipped] == [0]
+    # object 2 is lost and ends (max_gap=0): the next keyframe has room again
+    d = mgr.update(2, {1: seen[1]}, Candidates(boxes[:2], [0.5, 0.9], ["car"] * 2))
+    assert [e.object_id for e in d.ended] == [2] and [s.det for s in d.skipped] == [0]
+    d = mgr.update(3, {1: seen[1]}, Candidates(boxes[:2], [0.5, 0.9], ["car"] * 2))
+    assert [(n.object_id, n.det) for n in d.new] == [(3, 0)]
+    with pytest.raises(InputError, match="max_objects"):
+        TrackManager(max_objects=0)
+
+
 # ============================================================================ optimal assignment
 
 

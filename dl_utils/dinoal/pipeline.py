@@ -195,6 +195,9 @@ def add_detect_arguments(parser: Any) -> None:
                              "stable ids (with --segment: SAM2 propagation between keyframes)")
     parser.add_argument("--max-gap", type=int, default=30, dest="max_gap",
                         help="tracked video: frames an object may stay unseen and keep its id (default 30)")
+    parser.add_argument("--max-objects", type=int, default=None, dest="max_objects",
+                        help="tracked video: most objects tracked at once (bounds memory and time; "
+                             "default: no cap)")
     parser.add_argument("--sam-model", default=None, dest="sam_model",
                         help="--segment: SAM2 model name (default sam2.1_hiera_tiny)")
     parser.add_argument("--sam-checkpoint", default=None, dest="sam_checkpoint",
@@ -219,6 +222,7 @@ def run_detect(
     text_encoder: Any = None,
     track: bool = True,
     max_gap: int = 30,
+    max_objects: int | None = None,
     sam_model: str | None = None,
     sam_checkpoint: Any = None,
     image_size: int | None = None,
@@ -278,14 +282,15 @@ def run_detect(
                 else:
                     session = VideoSession(src, store, model=sam_model or DEFAULT_SAM2,
                                            checkpoint=sam_checkpoint, image_size=image_size, device=device)
-                extra = GroundedVideoTracker(session, detector, prompt, every=every, max_gap=max_gap).run(
+                extra = GroundedVideoTracker(session, detector, prompt, every=every, max_gap=max_gap,
+                                             max_objects=max_objects).run(
                     progress=progress)
                 n_frames, n_dets = len(extra["keyframes"]), extra["detections"]
             elif tracked:
                 from .video import track_boxes
 
                 extra = track_boxes(src, store, detector, prompt, every=every, progress=progress,
-                                    run_id=run, max_gap=max_gap)
+                                    run_id=run, max_gap=max_gap, max_objects=max_objects)
                 n_frames, n_dets = len(extra["keyframes"]), extra["detections"]
             else:
                 for frame, image, dets in detect_frames(src, detector, every, prompt=prompt,
@@ -324,7 +329,8 @@ def run_detect_cli(args: Any) -> int:
     s = run_detect(args.source, args.out, args.text, every=args.every, backend=args.backend, model=args.model,
                    box_threshold=args.box_threshold, text_threshold=args.text_threshold, segment=args.segment,
                    classes=args.classes, device=args.device, text_encoder=args.text_encoder,
-                   track=args.track, max_gap=args.max_gap, sam_model=args.sam_model,
+                   track=args.track, max_gap=args.max_gap,
+                   max_objects=getattr(args, "max_objects", None), sam_model=args.sam_model,
                    sam_checkpoint=args.sam_checkpoint, image_size=args.image_size)
     print(json.dumps(s, indent=2))
     return 0
