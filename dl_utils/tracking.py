@@ -687,6 +687,14 @@ class TrackManager:
             return None, b  # type: ignore[return-value]
         return None, None
 
+    def resume_after(self, keyframe: int | None) -> None:
+        """Continue an earlier run whose last keyframe was ``keyframe``: the keyframe grid goes on
+        from there and new objects are tracked back to it, as in one uninterrupted run."""
+        if keyframe is None:
+            return
+        self.policy.mark(int(keyframe))
+        self._last_keyframe = int(keyframe)
+
     # ------------------------------------------------------------------ policy
     def should_redetect(self, frame: int, quality: Mapping[int, Any] | None = None) -> bool:
         """Ask :attr:`policy` whether ``frame`` is a keyframe (see :class:`KeyframePolicy`)."""

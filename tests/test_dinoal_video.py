@@ -86,6 +86,9 @@ class PerfectSession:
     def object_ids(self) -> list[int]:
         return sorted(self.locked)
 
+    def locked_frames(self, object_id: int) -> list[int]:
+        return sorted(self.locked.get(object_id, ()))
+
     def _mask(self, oid: int, f: int) -> np.ndarray:
         name = self.bound[oid]
         boxes = self.truth.objects[name][1]
@@ -203,6 +206,58 @@ def test_nothing_found_at_first_then_objects_appear(tmp_path):
 def test_no_objects_at_all(tmp_path):
     store, sess, det, s = run(tmp_path, Truth({}), n=30)
     assert s["status"] == "no objects found" and s["objects"] == [] and det.calls == [0, 10, 20]
+
+
+def test_clicked_objects_are_taken_over_not_duplicated(tmp_path):
+    """An object clicked before the text run keeps its id; the detector's matches go to it."""
+    truth = Truth({"a": ("car", moving(2, range(60))), "b": ("person", moving(40, range(25, 60), dx=0.1, y=30))})
+    src = FakeSource(60)
+    store = AnnotationStore.create(tmp_path / "c.sqlite", src.media_info())
+    sess = PerfectSession(src, store, truth)
+    sess.add_box(0, 7, truth.objects["a"][1][0], label="car")  # the user's click
+    s = GroundedVideoTracker(sess, FakeDetector(truth, src), "car. person.", every=10).run(progress=False)
+    assert s["objects"] == [7, 8] and s["ended"] == []
+    assert {o.id: o.label for o in store.objects()} == {7: "car", 8: "person"}
+    assert visible_frames(store, 7) == list(range(60))
+    assert visible_frames(store, 8) == list(range(25, 60))
+
+
+class Stop(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path):
+    """Ctrl-C at frame 45, then a new session on the same store: ids, ends and frames as one clean run."""
+    truth = Truth({"a": ("car", moving(2, range(100))), "b": ("car", moving(40, range(0, 31), dx=0.1, y=30)),
+                   "c": ("person", moving(20, range(55, 100), dx=0.1, y=34))})
+    (tmp_path / "clean").mkdir()
+    clean, *_ = run(tmp_path / "clean", truth, max_gap=5)
+    src = FakeSource(100)
+    store = AnnotationStore.create(tmp_path / "r.sqlite", src.media_info())
+    sess = PerfectSession(src, store, truth)
+
+    def stop_at(f, insts):
+        if f == 45:
+            raise Stop
+
+    with pytest.raises(Stop):
+        GroundedVideoTracker(sess, FakeDetector(truth, src), "car. person.", every=10,
+                             max_gap=5).run(callback=stop_at, progress=False)
+    assert max(store.frames()) == 45 and store.get_meta("dinoal.ended") == {"2": 30}
+    # what a new VideoSession does on an existing store: re-apply each object's keyframes
+    sess2 = PerfectSession(src, store, truth)
+    for oid in sorted({o.id for o in store.objects()}):
+        for f, inst in sorted(store.read_object(oid).items()):
+            if inst.keyframe:
+                sess2.add_box(f, oid, truth.objects[{1: "a", 2: "b"}[oid]][1][f])
+    assert sess2.object_ids == [1, 2]
+    s = GroundedVideoTracker(sess2, FakeDetector(truth, src), "car. person.", every=10,
+                             max_gap=5).run(progress=False)
+    assert ("remove", 2) in sess2.calls  # ended before the interruption: not brought back
+    assert s["objects"] == [1, 3]
+    for oid in (1, 2, 3):
+        assert visible_frames(store, oid) == visible_frames(clean, oid), oid
+        assert sorted(store.read_object(oid)) == sorted(clean.read_object(oid)), oid
 
 
 def test_boxes_only_tracking_links_ids_across_keyframes(tmp_path):

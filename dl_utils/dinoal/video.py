@@ -28,6 +28,11 @@ from ..errors import InputError
 from ..tracking import KeyframePolicy, TrackManager
 from .detections import Detections
 
+#: store meta key: {object id: last visible frame} of the objects a tracker ended
+ENDED_KEY = "dinoal.ended"
+#: store meta key: the frames the detector ran on (a resumed run keeps their grid)
+KEYFRAMES_KEY = "dinoal.keyframes"
+
 
 def _tracked_masks(instances: Instances) -> dict[int, Any]:
     """{object id: mask or None} as the matcher wants it (an empty mask means not visible)."""
@@ -84,6 +89,7 @@ class GroundedVideoTracker:
         image = self.source[self.source.index_of(frame)]
         dets = self.detector.detect(image, self.prompt)
         self.keyframes.append(frame)
+        self.store.set_meta(KEYFRAMES_KEY, sorted(set(self.store.get_meta(KEYFRAMES_KEY) or []) | {int(frame)}))
         self.detections += len(dets)
         return dets
 
@@ -94,6 +100,10 @@ class GroundedVideoTracker:
         for e in decision.ended:
             if e.object_id in s.object_ids:
                 s.remove_object(e.object_id, keep_results=True)
+            # remembered in the store: a resumed run must not bring an ended object back
+            ended = dict(self.store.get_meta(ENDED_KEY) or {})
+            ended[str(e.object_id)] = e.last_frame
+            self.store.set_meta(ENDED_KEY, ended)
             # frames after the last visible one were tracked as empty: drop them so the export
             # writes `outside` right after the last frame the object was seen
             self.store.delete_instances(object_id=e.object_id, start=e.last_frame + 1)
@@ -135,9 +145,18 @@ class GroundedVideoTracker:
         mgr = self.manager
         passes = 0
 
+        # 0. objects the session already tracks (clicked ones, or an interrupted run being resumed):
+        #    the manager takes them over and the forward pass starts where their results stop
+        frame = self._adopt(span)
+        if frame is not None:
+            # the resume frame was written but maybe not seen by the tracker (stopped in between)
+            self._pending = None
+            self._observe(frame, s.result(frame))
+            if self._pending is not None:
+                f, dec, dets = self._pending
+                passes += self._backward(f, self._apply(f, dec, dets), lo, progress)
         # 1. find the first objects: detect every `every` frames until something is there
-        frame = None
-        for n in span:
+        for n in span if frame is None else ():
             if not mgr.should_redetect(n, None):
                 continue
             dets = self._detect(n)
@@ -154,14 +173,7 @@ class GroundedVideoTracker:
         def on_frame(f: int, insts: Instances) -> None:
             if callback is not None:
                 callback(f, insts)
-            if self._pending is not None:
-                return
-            tracked = _tracked_masks(s.result(f))
-            dets = self._detect(f) if mgr.should_redetect(f, _quality(insts)) else None
-            dec = mgr.update(f, tracked, dets)
-            if dec.changed:  # new prompts needed, or an object ended (also between keyframes)
-                self._pending = (f, dec, dets)
-                s.cancel()
+            self._observe(f, insts)
 
         status = "done"
         while True:
@@ -177,6 +189,51 @@ class GroundedVideoTracker:
             passes += self._backward(frame, self._apply(frame, dec, dets), lo, progress)
             self._pending = None
         return self._summary(t0, passes, status)
+
+    def _observe(self, f: int, insts: Instances) -> None:
+        """One frame of the forward pass: detect if it is a keyframe, decide, stop the pass if needed."""
+        if self._pending is not None:
+            return
+        tracked = _tracked_masks(self.session.result(f))
+        mgr = self.manager
+        dets = self._detect(f) if mgr.should_redetect(f, _quality(insts)) else None
+        dec = mgr.update(f, tracked, dets)
+        if dec.changed:  # new prompts needed, or an object ended (also between keyframes)
+            self._pending = (f, dec, dets)
+            self.session.cancel()
+
+    def _adopt(self, span: list[int]) -> int | None:
+        """Register the session's objects with the manager; the frame to resume from, or None.
+
+        Objects that ended in an earlier run (store meta ``dinoal.ended``) are dropped from the
+        session again. The resume frame is the earliest, over the objects, of the last frame each
+        has a result on (its prompt's frame at least): frames already in the store are not recomputed.
+        """
+        s, mgr = self.session, self.manager
+        ended = {int(k) for k in (self.store.get_meta(ENDED_KEY) or {})}
+        for oid in [o for o in s.object_ids if o in ended]:
+            s.remove_object(oid, keep_results=True)
+        todo = [o for o in s.object_ids if o not in mgr]
+        if not todo:
+            return None
+        labels = {o.id: o.label for o in self.store.objects()}
+        inside = set(span)
+        last: dict[int, int] = {}
+        for oid in todo:
+            done = [f for f in self.store.frames_done(oid) if f in inside]
+            locked = [f for f in s.locked_frames(oid) if f in inside]
+            if done or locked:
+                last[oid] = max(done + locked)
+        if not last:
+            return None
+        resume = min(last.values())
+        mgr.resume_after(max((k for k in self.store.get_meta(KEYFRAMES_KEY) or [] if k <= resume), default=None))
+        for oid in todo:
+            at = min(last.get(oid, resume), resume)
+            inst = self.store.read_frame(at).by_object().get(oid)
+            mask = inst.mask if inst is not None and inst.mask is not None and inst.mask.any() else None
+            mgr.add_track(labels.get(oid), at, object_id=oid, mask=mask)
+        return resume
 
     def _backward(self, frame: int, jobs: list[tuple[int, int]], lo: int, progress: bool) -> int:
         """One backward pass down to the lowest frame any new/revived object needs (others are done)."""
