@@ -187,6 +187,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- parser
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from .annotate import run_annotate_cli
+
+    return run_annotate_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dl-utils",
@@ -263,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_detect_arguments(det)
     det.set_defaults(func=cmd_detect)
+
+    from .annotate import add_annotate_arguments
+
+    ann = sub.add_parser(
+        "annotate",
+        help="clicks and/or a text prompt -> tracked masks in a store (resumable), optionally pushed to CVAT",
+    )
+    add_annotate_arguments(ann)
+    ann.set_defaults(func=cmd_annotate)
 
     classes = sub.add_parser("classes", help="class tables (.csv / .xlsx)")
     csub = classes.add_subparsers(dest="classes_command", metavar="SUBCOMMAND", required=True)

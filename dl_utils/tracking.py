@@ -621,6 +621,11 @@ class TrackManager:
         return self._next_id
 
     @property
+    def frame(self) -> int | None:
+        """The last frame fed to :meth:`update` (``None`` before the first)."""
+        return self._frame
+
+    @property
     def tracks(self) -> list[Track]:
         """Every track, ended ones included, by id."""
         return [self._tracks[k] for k in sorted(self._tracks)]

@@ -122,9 +122,12 @@ class PerfectSession:
     def cancel(self):
         self._cancel.set()
 
-    def propagate(self, direction="forward", start=None, stop=None, callback=None, progress=True):
+    def propagate(self, direction="forward", start=None, stop=None, callback=None, progress=True, objects=None):
         self._cancel.clear()
         self.calls.append((direction, start, stop))
+        if direction == "both":
+            self.propagate("forward", start, stop, callback, progress, objects)
+            return self.propagate("backward", start, stop, callback, progress, objects)
         nums = self.source.frame_numbers
         lo = nums[0] if start is None else start
         hi = nums[-1] if stop is None else stop
@@ -134,6 +137,8 @@ class PerfectSession:
                 return {"status": "cancelled"}
             insts = []
             for oid, locked in self.locked.items():
+                if objects is not None and oid not in objects:
+                    continue
                 ok = f > min(locked) if direction == "forward" else f < max(locked)
                 if ok and f not in self.store.frames_done(oid):
                     insts.append(Instance(oid, mask=self._mask(oid, f), source=Source.AUTO, score=0.9))
@@ -220,6 +225,22 @@ def test_clicked_objects_are_taken_over_not_duplicated(tmp_path):
     assert {o.id: o.label for o in store.objects()} == {7: "car", 8: "person"}
     assert visible_frames(store, 7) == list(range(60))
     assert visible_frames(store, 8) == list(range(25, 60))
+
+
+def test_object_clicked_mid_video_and_propagated_first_is_not_detected_twice(tmp_path):
+    """annotate's order: the click on frame 30 is propagated both ways, then the text run adopts it."""
+    truth = Truth({"a": ("car", moving(2, range(60))), "b": ("person", moving(40, range(25, 60), dx=0.1, y=30))})
+    src = FakeSource(60)
+    store = AnnotationStore.create(tmp_path / "m.sqlite", src.media_info())
+    sess = PerfectSession(src, store, truth)
+    sess.add_box(30, 7, truth.objects["a"][1][30], label="car")
+    sess.propagate("both", objects=[7])
+    assert visible_frames(store, 7) == list(range(60))
+    det = FakeDetector(truth, src)
+    s = GroundedVideoTracker(sess, det, "car. person.", every=10).run(progress=False)
+    assert s["objects"] == [7, 8] and s["keyframes"][:6] == [0, 10, 20, 30, 40, 50]
+    assert {o.id: o.label for o in store.objects()} == {7: "car", 8: "person"}
+    assert visible_frames(store, 8) == list(range(25, 60)) and min(store.read_object(8)) == 20
 
 
 class Stop(Exception):

@@ -361,6 +361,19 @@ def test_correction_recomputes_only_up_to_next_locked_frame(tiny_sam2_video, sho
     assert written == [5, 4, 3, 2, 1, 0]
 
 
+def test_propagate_only_some_objects(tiny_sam2_video, short_clip, raw_short, tmp_path):
+    """``objects=`` restricts a pass; SAM2 tracks objects independently, so masks equal a lone run's."""
+    ses = session(short_clip, tmp_path / "only.sqlite", tiny_sam2_video)
+    ses.add_points(0, 1, P1["points"], label="bed")
+    ses.add_points(0, 2, P2["points"], label="lamp")
+    s = ses.propagate(objects=[1], progress=False)
+    assert s["instances_written"] == SHORT - 1
+    assert ses.store.frames_done(2) == [0] and ses.store.frames_done(1) == list(range(SHORT))
+    assert_same(ses.store, raw_short, range(SHORT), (1,))
+    with pytest.raises(InputError, match=r"objects \[7\] have no prompts"):
+        ses.propagate(objects=[7], progress=False)
+
+
 def test_remove_object(tiny_sam2_video, short_clip, tmp_path):
     ses = session(short_clip, tmp_path / "rm.sqlite", tiny_sam2_video)
     ses.add_points(0, 1, P1["points"], label="bed")

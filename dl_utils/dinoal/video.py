@@ -83,6 +83,7 @@ class GroundedVideoTracker:
         self.keyframes: list[int] = []
         self.detections = 0
         self._pending = None  # (frame, Decision) waiting to be applied after the pass stops
+        self._deferred: dict[int, int] = {}  # clicked object id -> frame it joins the manager
 
     # ------------------------------------------------------------------ detection
     def _detect(self, frame: int) -> Detections:
@@ -157,11 +158,13 @@ class GroundedVideoTracker:
                 passes += self._backward(f, self._apply(f, dec, dets), lo, progress)
         # 1. find the first objects: detect every `every` frames until something is there
         for n in span if frame is None else ():
-            if not mgr.should_redetect(n, None):
+            joined = self._join(n)
+            key = mgr.should_redetect(n, None)
+            if not key and not joined:
                 continue
-            dets = self._detect(n)
-            dec = mgr.update(n, {}, dets)
-            if dec.new:
+            dets = self._detect(n) if key else None
+            dec = mgr.update(n, self._tracked(n), dets)
+            if dec.new or mgr.live():
                 frame = n
                 passes += self._backward(n, self._apply(n, dec, dets), lo, progress)
                 break
@@ -182,6 +185,15 @@ class GroundedVideoTracker:
                 break
             r = s.propagate("forward", start=frame, stop=hi, callback=on_frame, progress=progress)
             passes += 1
+            if self._pending is None and r["status"] == "done":
+                # frames the pass did not write (already in the store: clicked objects propagated
+                # before, a resumed run) still get their keyframes, as they are
+                for f in span:
+                    if mgr.frame is not None and f <= mgr.frame:
+                        continue
+                    self._observe(f, s.result(f))
+                    if self._pending is not None:
+                        break
             if self._pending is None:
                 status = r["status"]
                 break
@@ -194,13 +206,28 @@ class GroundedVideoTracker:
         """One frame of the forward pass: detect if it is a keyframe, decide, stop the pass if needed."""
         if self._pending is not None:
             return
-        tracked = _tracked_masks(self.session.result(f))
+        self._join(f)
         mgr = self.manager
         dets = self._detect(f) if mgr.should_redetect(f, _quality(insts)) else None
-        dec = mgr.update(f, tracked, dets)
+        dec = mgr.update(f, self._tracked(f), dets)
         if dec.changed:  # new prompts needed, or an object ended (also between keyframes)
             self._pending = (f, dec, dets)
             self.session.cancel()
+
+    def _tracked(self, f: int) -> dict[int, Any]:
+        """The session's masks on ``f`` for the objects the manager knows."""
+        return {k: v for k, v in _tracked_masks(self.session.result(f)).items() if k in self.manager}
+
+    def _join(self, f: int) -> bool:
+        """Register the deferred (clicked) objects whose first result is on or before ``f``."""
+        due = [oid for oid, first in self._deferred.items() if first <= f]
+        labels = {o.id: o.label for o in self.store.objects()} if due else {}
+        for oid in due:
+            del self._deferred[oid]
+            inst = self.session.result(f).by_object().get(oid)
+            mask = inst.mask if inst is not None and inst.mask is not None and inst.mask.any() else None
+            self.manager.add_track(labels.get(oid), f, object_id=oid, mask=mask)
+        return bool(due)
 
     def _adopt(self, span: list[int]) -> int | None:
         """Register the session's objects with the manager; the frame to resume from, or None.
@@ -218,13 +245,19 @@ class GroundedVideoTracker:
             return None
         labels = {o.id: o.label for o in self.store.objects()}
         inside = set(span)
+        first: dict[int, int] = {}
         last: dict[int, int] = {}
         for oid in todo:
-            done = [f for f in self.store.frames_done(oid) if f in inside]
-            locked = [f for f in s.locked_frames(oid) if f in inside]
-            if done or locked:
-                last[oid] = max(done + locked)
+            have = [f for f in self.store.frames_done(oid) if f in inside]
+            have += [f for f in s.locked_frames(oid) if f in inside]
+            if have:
+                first[oid], last[oid] = min(have), max(have)
         if not last:
+            return None
+        if not self.store.get_meta(KEYFRAMES_KEY):
+            # a fresh text run over clicked objects: detect from the start; each clicked object
+            # joins the manager on the first frame it has a result on
+            self._deferred = dict(first)
             return None
         resume = min(last.values())
         mgr.resume_after(max((k for k in self.store.get_meta(KEYFRAMES_KEY) or [] if k <= resume), default=None))

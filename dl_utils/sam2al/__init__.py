@@ -25,7 +25,7 @@ See docs/sam2al.md for the session model and the parity method. Modules: ``frame
 from .engine import make_engine
 from .frames import IMG_MEAN, IMG_STD, LazyFrames
 from .review import ReviewItem, review_frames
-from .segment import add_segment_arguments, load_prompts, run_segment, run_segment_cli
+from .segment import add_segment_arguments, apply_prompts, load_prompts, run_segment, run_segment_cli
 from .session import DIRECTIONS, VideoSession
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "ReviewItem",
     "VideoSession",
     "add_segment_arguments",
+    "apply_prompts",
     "load_prompts",
     "make_engine",
     "review_frames",

@@ -112,6 +112,34 @@ def _same_prompt(stored: Instance | None, entry: dict[str, Any]) -> bool:
     return p.get("points") == entry["points"] and p.get("box") == entry["box"]
 
 
+def apply_prompts(session: VideoSession, prompts: list[dict[str, Any]], where: Any = "prompts") -> int:
+    """Apply :func:`load_prompts` entries to a session; entries already in its store are skipped.
+
+    Returns how many were applied (0 on a resumed run). Errors name ``where`` and the entry.
+    """
+    src, store = session.source, session.store
+    applied = 0
+    for i, e in enumerate(prompts):
+        try:
+            src.index_of(e["frame"])
+        except DlUtilsError:
+            raise FrameIndexError(
+                f"{where}: entry {i}: frame {e['frame']} is not in {src.name} (kept frames "
+                f"{src.start}..{src.stop}, step {src.step}); fix the entry's 'frame'"
+            ) from None
+        if _same_prompt(store.read_frame(e["frame"]).by_object().get(e["object"]), e):
+            continue
+        try:
+            if e["box"] is not None:
+                session.add_box(e["frame"], e["object"], e["box"], points=e["points"], label=e["label"])
+            else:
+                session.add_points(e["frame"], e["object"], e["points"], label=e["label"])
+        except InputError as err:
+            raise type(err)(f"{where}: entry {i}: {err}") from None
+        applied += 1
+    return applied
+
+
 def run_segment(
     source: Any,
     store_path: str | os.PathLike[str],
@@ -144,26 +172,7 @@ def run_segment(
         session = VideoSession(src, store, model=model, checkpoint=checkpoint, image_size=image_size,
                                device=device, sam_model=sam_model)
         resumed = bool(session.object_ids)
-        applied = 0
-        for i, e in enumerate(prompts):
-            try:
-                idx = src.index_of(e["frame"])
-            except DlUtilsError:
-                raise FrameIndexError(
-                    f"{prompts_path}: entry {i}: frame {e['frame']} is not in {src.name} (kept frames "
-                    f"{src.start}..{src.stop}, step {src.step}); fix the entry's 'frame'"
-                ) from None
-            del idx
-            if _same_prompt(store.read_frame(e["frame"]).by_object().get(e["object"]), e):
-                continue
-            try:
-                if e["box"] is not None:
-                    session.add_box(e["frame"], e["object"], e["box"], points=e["points"], label=e["label"])
-                else:
-                    session.add_points(e["frame"], e["object"], e["points"], label=e["label"])
-            except InputError as err:
-                raise type(err)(f"{prompts_path}: entry {i}: {err}") from None
-            applied += 1
+        applied = apply_prompts(session, prompts, prompts_path)
         summary = session.propagate(direction, start, stop, progress=progress)
         summary.update(prompts_applied=applied, resumed=resumed, store=str(store.path),
                        seconds_total=round(time.perf_counter() - t0, 3))

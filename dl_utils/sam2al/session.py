@@ -535,8 +535,9 @@ class VideoSession:
         stop: int | None = None,
         callback: Callable[[int, Instances], Any] | None = None,
         progress: bool = True,
+        objects: Iterable[int] | None = None,
     ) -> dict[str, Any]:
-        """Track every object over ``start..stop`` (source frames, inclusive), writing each frame as produced.
+        """Track every object (or just ``objects``) over ``start..stop`` (source frames, inclusive), writing each frame as produced.
 
         ``forward`` fills each object's missing frames after its first locked frame, ``backward``
         those before its last locked frame, ``both`` forward then backward (so frames before an
@@ -550,11 +551,17 @@ class VideoSession:
         lo, hi = self._range(start, stop)
         if not self.object_ids:
             raise InputError("no prompts yet: add points, a box or a mask for an object on some frame first")
+        only = None
+        if objects is not None:
+            only = {_as_oid(o) for o in objects}
+            unknown = sorted(only - set(self.object_ids))
+            if unknown:
+                raise InputError(f"objects {unknown} have no prompts in this session; known: {self.object_ids}")
         passes = {"forward": [False], "backward": [True], "both": [False, True]}[direction]
         self._cancel.clear()
         t0 = time.perf_counter()
         params = {"direction": direction, "start": self._numbers[lo], "stop": self._numbers[hi],
-                  "model": self.model_name, "objects": self.object_ids}
+                  "model": self.model_name, "objects": sorted(only) if only is not None else self.object_ids}
         run_id = self.store.begin_run("propagate", params)
         stats = {"frames_written": 0, "instances_written": 0, "frames_computed": 0}
         status = "failed"
@@ -562,7 +569,7 @@ class VideoSession:
             with self._ctx():
                 self.engine.propagate_in_video_preflight(self.state)
                 for reverse in passes:
-                    self._pass(reverse, lo, hi, callback, progress, run_id, stats)
+                    self._pass(reverse, lo, hi, callback, progress, run_id, stats, only)
                     if self._cancel.is_set():
                         break
             status = "cancelled" if self._cancel.is_set() else "done"
@@ -576,11 +583,13 @@ class VideoSession:
                 **stats, "seconds": round(time.perf_counter() - t0, 3)}
 
     def _pass(self, reverse: bool, lo: int, hi: int, callback, progress: bool, run_id: int,
-              stats: dict[str, int]) -> None:
+              stats: dict[str, int], only: set[int] | None = None) -> None:
         from tqdm.auto import tqdm
 
         eng, st = self.engine, self.state
         plans = self._plan(reverse, lo, hi)
+        if only is not None:
+            plans = {oid: p for oid, p in plans.items() if oid in only}
         if not plans:
             return
         # each pass starts from the locked frames' memory alone: nothing a previous pass (possibly

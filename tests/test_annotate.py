@@ -1,0 +1,188 @@
+"""``dl-utils annotate``: clicks + text on a video, resumable; image folders; bad input.
+
+Real tiny SAM2 (random weights); the detector is a fixed stand-in so object ids can be asserted.
+Masks are checked by parity with the engines called directly, never by how they look.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dl_utils.annotate import STEPS_KEY, run_annotate
+from dl_utils.dinoal import Detections
+from dl_utils.errors import InputError
+from dl_utils.store import AnnotationStore
+from tests.sam2_fixtures import requires_sam2, tiny_sam2, tiny_sam2_video  # noqa: F401  (fixtures)
+
+N = 8
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    from dl_utils.video_utils import open_frames, write_video
+
+    from tests.conftest import shared_file
+
+    bedroom_mp4 = shared_file("bedroom.mp4")
+    out = tmp_path_factory.mktemp("annotate") / "clip.mp4"
+    return Path(write_video(out, open_frames(bedroom_mp4, stop=N - 1, resize=(160, 90)), fps=30,
+                            preset="ultrafast"))
+
+
+class Fixed:
+    """A detector that sees a 'lamp' on every frame and a 'bed' from frame 4 on."""
+
+    name = "fixed"
+
+    def __init__(self):
+        self.calls = 0
+
+    def detect(self, image, prompt=None):
+        self.calls += 1
+        rows = [([100, 5, 150, 40], "lamp")]
+        if self.frame_of(image) >= 4:
+            rows.append(([10, 40, 90, 88], "bed"))
+        return Detections(boxes=[b for b, _ in rows], scores=[0.8] * len(rows), phrases=[p for _, p in rows],
+                          labels=[p for _, p in rows])
+
+    frames: dict = {}
+
+    def frame_of(self, image) -> int:
+        return self.frames[image.tobytes()[:4096]]
+
+
+def prompts_file(tmp_path, entries) -> Path:
+    p = tmp_path / "clicks.json"
+    p.write_text(json.dumps(entries))
+    return p
+
+
+CLICK = [{"frame": 2, "object": 1, "label": "chair", "points": [[40, 60, 1], [120, 20, 0]]}]
+
+
+def fixed_detector(clip) -> Fixed:
+    from dl_utils.video_utils import open_frames
+
+    det = Fixed()
+    det.frames = {img.tobytes()[:4096]: i for i, img in enumerate(open_frames(clip))}
+    return det
+
+
+@requires_sam2
+def test_points_only_equals_dl_utils_segment(tiny_sam2_video, clip, tmp_path):  # noqa: F811
+    from dl_utils.sam2al import run_segment
+
+    pts = prompts_file(tmp_path, CLICK)
+    s = run_annotate(clip, tmp_path / "a.sqlite", points=pts, sam_video_model=tiny_sam2_video, progress=False)
+    assert s["points"] == {"applied": 1, "objects": [1], "frames_written": N - 1} and "text" not in s
+    run_segment(clip, tmp_path / "ref.sqlite", pts, direction="both", sam_model=tiny_sam2_video, progress=False)
+    a, ref = AnnotationStore.open(tmp_path / "a.sqlite"), AnnotationStore.open(tmp_path / "ref.sqlite")
+    assert a.frames() == ref.frames() == list(range(N))
+    for f in range(N):
+        assert np.array_equal(a.read_frame(f).by_object()[1].mask, ref.read_frame(f).by_object()[1].mask), f
+    assert a.get_meta(STEPS_KEY)["points"]["status"] == "done"
+
+
+@requires_sam2
+def test_clicks_and_text_then_rerun_does_nothing(tiny_sam2_video, clip, tmp_path):  # noqa: F811
+    pts = prompts_file(tmp_path, CLICK)
+    out = tmp_path / "ct.sqlite"
+    det = fixed_detector(clip)
+    s = run_annotate(clip, out, text="lamp. bed", points=pts, every=2, detector=det,
+                     sam_video_model=tiny_sam2_video, progress=False)
+    assert s["text"]["status"] == "done"
+    st = AnnotationStore.open(out)
+    labels = {o.id: o.label for o in st.objects()}
+    assert labels[1] == "chair"  # the click keeps its id and label
+    assert sorted(labels.values()).count("lamp") >= 1 and "bed" in labels.values()
+    bed = [k for k, v in labels.items() if v == "bed"]
+    assert bed and min(bed) > 1
+    assert st.frames() == list(range(N))
+    assert all(1 in st.read_frame(f).by_object() for f in range(N))
+    steps = st.get_meta(STEPS_KEY)
+    assert steps["text"]["status"] == "done" and steps["text"]["prompt"] == "lamp. bed."
+    before = {f: {k: v.mask.copy() for k, v in st.read_frame(f).by_object().items() if v.mask is not None}
+              for f in range(N)}
+    st.close()
+    calls = det.calls
+    again = run_annotate(clip, out, text="lamp. bed", points=pts, every=2, detector=det,
+                         sam_video_model=tiny_sam2_video, progress=False)
+    assert again["resumed"] and again["points"]["applied"] == 0 and again["points"]["frames_written"] == 0
+    assert again["text"]["status"] == "already done" and det.calls == calls
+    st = AnnotationStore.open(out)
+    for f in range(N):
+        now = {k: v.mask for k, v in st.read_frame(f).by_object().items() if v.mask is not None}
+        assert now.keys() == before[f].keys() and all(np.array_equal(now[k], before[f][k]) for k in now)
+    with pytest.raises(InputError, match="was annotated with the text"):
+        run_annotate(clip, out, text="car", detector=det, sam_video_model=tiny_sam2_video, progress=False)
+
+
+class Squares:
+    """Detects every white square as a 'box'."""
+
+    name = "squares"
+
+    def detect(self, image, prompt=None):
+        import cv2
+
+        _, _, stats, _ = cv2.connectedComponentsWithStats((image[..., 0] > 200).astype(np.uint8))
+        boxes = [[x, y, x + w, y + h] for x, y, w, h, a in stats[1:] if a >= 30]
+        return Detections(boxes=np.array(boxes, float).reshape(-1, 4), scores=[0.9] * len(boxes),
+                          phrases=["box"] * len(boxes), labels=["box"] * len(boxes))
+
+
+@requires_sam2
+def test_image_folder_clicks_and_text(tiny_sam2, tmp_path):  # noqa: F811
+    from PIL import Image
+
+    from dl_utils.samal import ImageSegmenter
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    images = []
+    for i in range(3):
+        img = np.zeros((64, 96, 3), np.uint8)
+        img[10 + i:30 + i, 20:44] = 255
+        Image.fromarray(img).save(folder / f"im_{i}.png")
+        images.append(img)
+    pts = prompts_file(tmp_path, [{"frame": 1, "object": 9, "label": "spot", "points": [[70, 50, 1]]}])
+    seg = ImageSegmenter(tiny_sam2)
+    s = run_annotate(folder, tmp_path / "i.sqlite", text="box", points=pts, detector=Squares(), segmenter=seg,
+                     progress=False)
+    assert s["points"] == {"applied": 1} and s["text"] == {"status": "done", "detections": 3, "images": 3}
+    st = AnnotationStore.open(tmp_path / "i.sqlite")
+    ref = ImageSegmenter(tiny_sam2)
+    ref.set_image(images[1])
+    want = ref.predict([[70, 50, 1]], object_id=9).mask
+    assert np.array_equal(st.read_frame(1).by_object()[9].mask, want)
+    assert {o.label for o in st.objects()} == {"spot", "box"}
+    for f in range(3):
+        boxes = [i for i in st.read_frame(f) if i.object_id != 9]
+        assert len(boxes) == 1 and boxes[0].mask is not None and boxes[0].score is not None
+    st.close()
+    again = run_annotate(folder, tmp_path / "i.sqlite", text="box", points=pts, detector=Squares(),
+                         segmenter=seg, progress=False)
+    assert again["points"] == {"applied": 0} and again["text"]["images"] == 3 and again["text"]["detections"] == 0
+
+
+def test_bad_input(tmp_path, bedroom_mp4):
+    with pytest.raises(InputError, match="nothing to annotate"):
+        run_annotate(bedroom_mp4, tmp_path / "x.sqlite")
+    with pytest.raises(InputError, match="names no object"):
+        run_annotate(bedroom_mp4, tmp_path / "x.sqlite", text="  ")
+    with pytest.raises(InputError, match="does not exist"):
+        run_annotate(bedroom_mp4, tmp_path / "x.sqlite", points=tmp_path / "none.json")
+    assert not (tmp_path / "x.sqlite").exists()  # nothing created before the input is valid
+
+
+def test_cli_wiring():
+    from dl_utils.cli import build_parser
+
+    a = build_parser().parse_args(["annotate", "v.mp4", "--text", "car. person", "--out", "s.sqlite",
+                                   "--points", "p.json", "--cvat-task", "7", "--every", "10"])
+    assert (a.source, a.text, a.out, a.points, a.cvat_task, a.every, a.direction) == (
+        "v.mp4", "car. person", "s.sqlite", "p.json", 7, 10, "both")
