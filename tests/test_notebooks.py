@@ -40,3 +40,40 @@ def test_00_frames_store_exports(tmp_path):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
                for o in outputs)
+
+
+def test_02_text_prompt(tmp_path, monkeypatch):
+    """Random-weight models chosen by DL_UTILS_NB_TEST; asserts on the store the notebook leaves."""
+    from tests.dino_fixtures import HAVE_TF, SKIP_TF, make_hf_model_dir
+    from tests.sam2_fixtures import HAVE_SAM2, SKIP_REASON
+
+    if not (HAVE_TF and HAVE_SAM2):
+        pytest.skip(SKIP_TF if not HAVE_TF else SKIP_REASON)
+    from dl_utils.store import AnnotationStore
+
+    monkeypatch.setenv("DL_UTILS_NB_TEST", "1")
+    monkeypatch.setenv("DL_UTILS_NB_DINO", str(make_hf_model_dir(tmp_path / "gd")))
+    nb = run_notebook("02_text_prompt.ipynb", tmp_path)
+    work = tmp_path / "repo" / "notebooks" / "work" / "02_text_prompt"
+    with AnnotationStore.open(work / "text.sqlite", readonly=True) as st:
+        objects = st.objects()
+        assert objects and {o.label for o in objects} <= {"person", "dog", "cat"}
+        assert st.frames() == list(range(12))  # every frame of the range tracked
+        keyframes = st.get_meta("dinoal.keyframes")
+        assert keyframes[0] == 0 and {4, 8} <= set(keyframes)
+    assert (work / "annotations.xml").is_file() and (work / "coco.json").is_file()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert sum(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs) == 2
+
+
+def test_notebooks_in_git_carry_no_outputs():
+    """Outputs are stripped in git (they could hold secrets, paths, large images)."""
+    names = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+    assert {"00_frames_store_exports.ipynb", "02_text_prompt.ipynb"} <= set(names)
+    for name in names:
+        nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+        nbformat.validate(nb)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, name
