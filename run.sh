@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # dl_utils launcher.
-#   ./run.sh            start JupyterLab on notebooks/ (local virtual environment, created on first use)
-#   ./run.sh test [ARGS] install the test dependencies into .venv and run the whole test suite
-#   ./run.sh --dry-run  print what would run
-#   ./run.sh shell      a shell with the environment activated
+#   ./run.sh            start JupyterLab on notebooks/: in the GPU container when Docker and the NVIDIA
+#                       runtime are present (dockerPreAnnotation/), else from the local virtual environment
+#                       (.venv, created on first use). DL_UTILS_MODE=local|docker overrides the choice.
+#   ./run.sh test [ARGS] install the test dependencies into .venv and run the test suite (always local)
+#   ./run.sh shell      a shell with the local environment activated
+#   ./run.sh --dry-run  print what would run (combine with the commands above)
+# JupyterLab is on 127.0.0.1 (DL_UTILS_HOST to change) port 8888 (DL_UTILS_PORT) with a token; the URL with
+# the token is in .run/lab.url (readable by you only). ./stop.sh stops whichever mode runs.
 # Re-running reuses what is installed: .venv is rebuilt only when setup.cfg or the extras change.
 set -euo pipefail
 
@@ -12,6 +16,7 @@ cd "$ROOT"
 VENV="${DL_UTILS_VENV:-$ROOT/.venv}"
 PORT="${DL_UTILS_PORT:-8888}"
 HOST="${DL_UTILS_HOST:-127.0.0.1}"
+RUN_DIR="${DL_UTILS_RUN_DIR:-$ROOT/.run}"
 DRY_RUN=0
 
 say() { printf '[run.sh] %s\n' "$*" >&2; }
@@ -45,7 +50,7 @@ ensure_env() {
     "$py" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
   fi
-  want="$( (cat setup.cfg pyproject.toml; echo "$(torch_spec)") | sha256sum | cut -c1-16)-$extras"
+  want="$( (cat setup.cfg pyproject.toml; torch_spec) | sha256sum | cut -c1-16)-$extras"
   stamp="$VENV/.dl_utils-$extras.stamp"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return 0
@@ -109,17 +114,49 @@ ensure_dino() {
   fi
 }
 
+# docker_gpu: Docker answers and has the NVIDIA runtime (registered with the daemon, or its CLI tools
+# installed: `--gpus all` needs one of them).
+docker_gpu() {
+  local docker="${DOCKER:-docker}" runtimes
+  command -v "$docker" >/dev/null 2>&1 || return 1
+  runtimes="$("$docker" info --format '{{json .Runtimes}}' 2>/dev/null)" || return 1
+  case "$runtimes" in *nvidia*) return 0 ;; esac
+  command -v nvidia-container-cli >/dev/null 2>&1 || command -v nvidia-ctk >/dev/null 2>&1
+}
+
+lab_mode() {
+  case "${DL_UTILS_MODE:-auto}" in
+    local | docker) echo "$DL_UTILS_MODE" ;;
+    auto) if docker_gpu; then echo docker; else echo local; fi ;;
+    *)
+      say "error: DL_UTILS_MODE must be local, docker or auto, not '$DL_UTILS_MODE'"
+      return 2
+      ;;
+  esac
+}
+
 cmd_lab() {
+  local mode
+  mode="$(lab_mode)"
+  if [ "$mode" = docker ]; then
+    say "mode: docker (GPU container dockerPreAnnotation/; DL_UTILS_MODE=local for the local environment)"
+    local flags=()
+    [ "$DRY_RUN" = 1 ] && flags+=(--dry-run)
+    # run.sh of the container writes .run/lab.url, .run/mode and .run/container for ./stop.sh
+    exec "$ROOT/dockerPreAnnotation/run.sh" "${flags[@]+"${flags[@]}"}" "$@"
+  fi
+  say "mode: local ($VENV)"
   ensure_env "jupyter,sam2,dino,cvat"
   local token="${DL_UTILS_TOKEN:-}"
   if [ -z "$token" ]; then
     token="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
   fi
-  say "JupyterLab on http://$HOST:$PORT/lab?token=<token> (token in .run/lab.url, readable by you only)"
+  say "JupyterLab on http://$HOST:$PORT/lab?token=<token> (token in $RUN_DIR/lab.url, readable by you only)"
   if [ "$DRY_RUN" = 0 ]; then
-    mkdir -p .run
-    (umask 077 && printf 'http://%s:%s/lab?token=%s\n' "$HOST" "$PORT" "$token" >.run/lab.url)
-    echo $$ >.run/lab.pid
+    mkdir -p "$RUN_DIR"
+    (umask 077 && printf 'http://%s:%s/lab?token=%s\n' "$HOST" "$PORT" "$token" >"$RUN_DIR/lab.url")
+    echo $$ >"$RUN_DIR/lab.pid"
+    echo local >"$RUN_DIR/mode"
   fi
   local extra=()
   # containers and CI machines often run as root; JupyterLab refuses that unless told
@@ -128,8 +165,24 @@ cmd_lab() {
     --ServerApp.root_dir="$ROOT/notebooks" "${extra[@]+"${extra[@]}"}"
 }
 
+# ensure_browser: the real-browser test drives Debian's chromium through Playwright (Playwright cannot
+# download its own browsers here); install it with apt when we may, else that one test skips.
+ensure_browser() {
+  command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing chromium (apt) for the browser test"
+    if [ "$DRY_RUN" = 0 ]; then
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ||
+        say "warning: chromium could not be installed; the browser test will skip"
+    fi
+  else
+    say "note: no chromium and no root apt-get; the browser test will skip (apt-get install chromium)"
+  fi
+}
+
 cmd_test() {
   ensure_env test
+  ensure_browser
   run "$VENV/bin/python" -m pytest "$@"
 }
 
@@ -145,7 +198,7 @@ main() {
     lab) cmd_lab "$@" ;;
     test) cmd_test "$@" ;;
     shell) ensure_env test && run bash --rcfile <(echo "source '$VENV/bin/activate'") -i ;;
-    -h | --help | help) sed -n '2,8p' "$0" ;;
+    -h | --help | help) sed -n '2,12p' "$0" ;;
     *)
       say "unknown command '$sub' (use: lab, test, shell, --dry-run)"
       exit 2
