@@ -361,6 +361,21 @@ def test_correction_recomputes_only_up_to_next_locked_frame(tiny_sam2_video, sho
     assert written == [5, 4, 3, 2, 1, 0]
 
 
+def test_clear_prompts_undoes_a_keyframe_exactly(tiny_sam2_video, short_clip, raw_short, tmp_path):
+    ses = session(short_clip, tmp_path / "clear.sqlite", tiny_sam2_video)
+    ses.add_points(0, 1, P1["points"], label="bed")
+    ses.add_points(5, 1, [[300, 200, 1]])
+    ses.propagate(progress=False)
+    ses.clear_prompts(5, 1)
+    assert ses.locked_frames(1) == [0] and ses.store.frames_done(1) == [0]
+    ses.propagate(progress=False)  # recomputed from frame 0 alone: as if frame 5 was never clicked
+    assert_same(ses.store, raw_short, range(SHORT), (1,))
+    with pytest.raises(InputError, match="no prompt on frame 3"):
+        ses.clear_prompts(3, 1)
+    ses.clear_prompts(0, 1)  # the last keyframe: the object leaves SAM2, its results go, the object stays
+    assert ses.object_ids == [] and ses.store.frames_done(1) == [] and [o.id for o in ses.store.objects()] == [1]
+
+
 def test_propagate_only_some_objects(tiny_sam2_video, short_clip, raw_short, tmp_path):
     """``objects=`` restricts a pass; SAM2 tracks objects independently, so masks equal a lone run's."""
     ses = session(short_clip, tmp_path / "only.sqlite", tiny_sam2_video)

@@ -392,11 +392,34 @@ class VideoSession:
         st["output_dict_per_obj"][obj_idx]["non_cond_frame_outputs"].pop(idx, None)
         return out, float(eng.dl_last_iou[0])
 
-    def _after_prompt(self, idx: int, oid: int, inst: Instance) -> None:
-        """Lock the frame, store the instance, delete the results that depended on the old frame."""
-        locked = self._locked.setdefault(oid, set())
-        locked.add(idx)
-        frame = self._numbers[idx]
+    def clear_prompts(self, frame: int, object_id: int) -> None:
+        """Undo an object's prompts on ``frame``: the frame is no longer locked and every propagated
+        result of the object goes (SAM2 attends to all conditioning frames, so each one was computed
+        with this frame in memory); the next ``propagate`` recomputes the object from its remaining
+        locked frames, exactly as if ``frame`` had never been prompted. When it was the object's only
+        locked frame, the object leaves SAM2's state with all its results; it stays in the store (its
+        label, colour) for new prompts."""
+        oid = _as_oid(object_id)
+        idx = self._index(frame, oid)
+        locked = self._locked.get(oid, set())
+        if idx not in locked:
+            have = [self._numbers[i] for i in sorted(locked)]
+            raise InputError(f"object {oid} has no prompt on frame {frame}; its prompted frames: {have or 'none'}")
+        if locked == {idx}:
+            with self._ctx():
+                self.engine.remove_object(self.state, oid, strict=False, need_output=False)
+            self._locked.pop(oid, None)
+            self.store.delete_instances(object_id=oid)
+            return
+        with self._ctx():
+            self.engine.clear_all_prompts_in_frame(self.state, idx, oid, need_output=False)
+        locked.discard(idx)
+        kept = {self._numbers[i] for i in locked}
+        self.store.delete_instances(object_id=oid, frames=[f for f in self.store.frames_done(oid) if f not in kept])
+
+    def _dependents(self, idx: int, oid: int) -> list[int]:
+        """Stored propagated frames of ``oid`` computed from locked frame ``idx`` (up to the neighbours)."""
+        locked = self._locked.get(oid, set())
         nxt = min((i for i in locked if i > idx), default=len(self._numbers))
         prv = max((i for i in locked if i < idx), default=-1)
         stale = []
@@ -410,6 +433,13 @@ class VideoSession:
                 continue
             if (d == "forward" and idx < i < nxt) or (d == "backward" and prv < i < idx):
                 stale.append(f)
+        return stale
+
+    def _after_prompt(self, idx: int, oid: int, inst: Instance) -> None:
+        """Lock the frame, store the instance, delete the results that depended on the old frame."""
+        self._locked.setdefault(oid, set()).add(idx)
+        frame = self._numbers[idx]
+        stale = self._dependents(idx, oid)
         self.store.write_frame(frame, [inst])
         if stale:
             self.store.delete_instances(object_id=oid, frames=stale)
