@@ -1,0 +1,509 @@
+"""dl_utils.ipy_utils: exact display <-> source mapping, event -> prompt translation, SAM2 parity of a
+click, rendered pixels, undo/redo, background propagation with cancel, and the bad-input messages.
+
+The annotator is driven through ``handle_event`` with the dicts ipyevents sends, so no browser is
+needed; the background job's messages are drained on the test thread (``Annotator.wait``), exactly
+as the kernel's event loop would drain them.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import types
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from dl_utils.errors import CvatError
+from dl_utils.ipy_utils import (
+    History,
+    PromptBook,
+    View,
+    drag_box,
+    pan,
+    sample_indices,
+    to_source,
+    zoom_at,
+)
+from dl_utils.ipy_utils.history import OBJECT, Action
+from tests.sam2_fixtures import requires_sam2, tiny_sam2, tiny_sam2_video  # noqa: F401  (fixtures)
+
+pytest.importorskip("ipycanvas")
+pytest.importorskip("ipyevents")
+
+SCALES = [0.25, 0.5, 1.0, 1.5, 2.0]
+
+
+# ----------------------------------------------------------------------------- geometry
+def _exact_pixel(v: float, k: Fraction, origin: Fraction) -> int:
+    """floor(v / k + origin) in exact rational arithmetic: the footprint definition itself."""
+    q = Fraction(v) / k + origin
+    return q.numerator // q.denominator
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("zoom,x0,y0", [(1.0, 0.0, 0.0), (2.0, 10.0, 3.5), (3.0, 0.25, 17.0)])
+def test_to_source_matches_exact_footprints(scale, zoom, x0, y0, rng):
+    w, h = 97, 61
+    view = View(w, h, scale, zoom, x0, y0)
+    k = Fraction(scale) * Fraction(zoom)
+    cw, ch = view.canvas_size
+    # random points, every footprint edge, and points just inside/outside the edges
+    xs = list(rng.uniform(0, cw, 300)) + [float((i - Fraction(x0)) * k) for i in range(w)]
+    ys = list(rng.uniform(0, ch, 300)) + [float((j - Fraction(y0)) * k) for j in range(h)]
+    for x, y in zip(xs, ys):
+        i, j = _exact_pixel(x, k, Fraction(x0)), _exact_pixel(y, k, Fraction(y0))
+        got = to_source(view, x, y)
+        if 0 <= i < w and 0 <= j < h:
+            assert got == (i, j), (x, y)
+            # the display point really lies in the footprint of the pixel it maps to
+            assert (i - Fraction(x0)) * k <= Fraction(x) < (i + 1 - Fraction(x0)) * k
+        else:
+            assert got is None
+    # rendering samples each canvas pixel's centre with the same mapping
+    rows, cols = sample_indices(view)
+    for d in range(0, cw, 7):
+        p = to_source(view, d + 0.5, 0.5)
+        assert cols[d] == (p[0] if p is not None else -1)
+    for d in range(0, ch, 5):
+        p = to_source(view, 0.5, d + 0.5)
+        assert rows[d] == (p[1] if p is not None else -1)
+
+
+def test_canvas_size_and_examples():
+    v = View(960, 540, 0.5)
+    assert v.canvas_size == (480, 270)
+    assert to_source(v, 0, 0) == (0, 0)
+    assert to_source(v, 0.49, 0.49) == (0, 0)
+    assert to_source(v, 0.5, 0.5) == (1, 1)  # scale 0.5: each display px holds two source px
+    assert to_source(View(10, 10, 2.0), 3.99, 2.0) == (1, 1)
+    assert to_source(View(10, 10, 1.5), 3.0, 1.49) == (2, 0)  # 3.0 is the left edge of pixel 2
+    assert to_source(v, 480, 10) is None
+
+
+def test_zoom_keeps_point_under_pointer_and_clamps():
+    v = View(200, 100, 1.0)
+    z = zoom_at(v, 2.0, 50, 40)
+    assert z.zoom == 2.0
+    assert to_source(z, 50, 40) == to_source(v, 50, 40)
+    far = pan(zoom_at(v, 4.0, 100, 50), -1000, -1000)  # the window may not leave the frame
+    assert far.x0 == 200 - 200 / 4 and far.y0 == 100 - 100 / 4
+    assert pan(far, 5000, 5000).x0 == 0
+    assert zoom_at(z, 0.1, 10, 10).zoom == 1.0 and zoom_at(z, 0.1, 10, 10).x0 == 0
+
+
+def test_drag_box_covers_touched_pixels():
+    v = View(100, 100, 0.5)
+    assert drag_box(v, (10.2, 20.7), (4.0, 30.0)) == (8, 41, 21, 61)
+
+
+# ----------------------------------------------------------------------------- history
+def test_history_undo_redo_and_branch():
+    h = History(limit=3)
+    acts = [Action(OBJECT, i, i - 1, i, f"a{i}") for i in range(4)]
+    for a in acts:
+        h.push(a)
+    assert len(h) == 3  # limit drops the oldest
+    assert h.undo() is acts[3] and h.undo() is acts[2]
+    assert h.can_redo and h.redo() is acts[2]
+    h.push(Action(OBJECT, 9, 0, 1))  # a new edit drops the redo branch
+    assert not h.can_redo and h.redo() is None
+    assert h.undo().target == 9 and h.undo() is acts[2] and h.undo() is acts[1] and h.undo() is None
+
+
+def test_prompt_book():
+    b = PromptBook()
+    p = b.with_point(1, 5, 10, 20, True)
+    assert b.get(1, 5) == {"points": [], "box": None}  # not stored until applied
+    b.set(1, 5, p)
+    p2 = b.with_box(1, 5, (1, 2, 3, 4))
+    assert p2 == {"points": [[10, 20, 1]], "box": [1, 2, 3, 4]}
+    b.set(1, 5, p2)
+    assert b.frames(1) == [5] and b.objects() == [1]
+    assert b.drop_object(1) == {5: p2} and b.objects() == []
+
+
+# ----------------------------------------------------------------------------- events (no model)
+class _Recorder:
+    """Stands in for the SAM2 engine: records prompts, returns a box-shaped mask."""
+
+    can_propagate = False
+
+    def __init__(self, store, h, w):
+        self.store, self.h, self.w, self.calls = store, h, w, []
+
+    def prompt(self, frame, oid, prompt):
+        from dl_utils.annotations import Instance
+
+        self.calls.append((frame, oid, prompt))
+        m = np.zeros((self.h, self.w), bool)
+        x, y = prompt["points"][-1][:2] if prompt["points"] else prompt["box"][:2]
+        m[max(0, y - 5):y + 6, max(0, x - 5):x + 6] = True
+        inst = Instance(oid, mask=m, keyframe=True, source="semi-auto")
+        self.store.write_frame(frame, [inst])
+        return inst
+
+    def clear(self, frame, oid):
+        self.calls.append((frame, oid, None))
+        self.store.delete_instances(object_id=oid, frames=[frame])
+
+    def remove(self, oid):
+        pass
+
+
+def _ev(kind, x, y, button=0, shift=False, **kw):
+    return {"type": kind, "relativeX": x, "relativeY": y, "button": button, "shiftKey": shift, **kw}
+
+
+def _click(a, x, y, button=0, shift=False, end=None):
+    a.handle_event(_ev("mousedown", x, y, button, shift))
+    ex, ey = end if end is not None else (x, y)
+    a.handle_event(_ev("mousemove", ex, ey, button, shift))
+    a.handle_event(_ev("mouseup", ex, ey, button, shift))
+
+
+@pytest.fixture
+def plain(bedroom_mp4, tmp_path):
+    from dl_utils.ipy_utils import Annotator
+    from dl_utils.video_utils import open_frames
+
+    a = Annotator(open_frames(bedroom_mp4, stop=3), tmp_path / "s.dlstore", max_size=(480, 270))
+    a.engine = _Recorder(a.store, 540, 960)
+    return a
+
+
+def test_events_to_prompts(plain):
+    a = plain
+    assert a.view.scale == 0.5 and a.view.canvas_size == (480, 270)
+    _click(a, 100.3, 50.7)  # left click: positive point at the source pixel under it
+    f, oid, p = a.engine.calls[-1]
+    assert (f, p["points"]) == (0, [[200, 101, 1]]) and oid == a.selected == 1
+    _click(a, 10, 10, button=2)  # right click: negative
+    assert a.engine.calls[-1][2]["points"][-1] == [20, 20, 0]
+    _click(a, 11, 10, shift=True)  # shift-click: negative
+    assert a.engine.calls[-1][2]["points"][-1] == [22, 20, 0]
+    _click(a, 40, 40, end=(42, 43))  # a tiny drag (< 4 px) is a click at the press point
+    p = a.engine.calls[-1][2]
+    assert p["points"][-1] == [80, 80, 1] and p["box"] is None
+    _click(a, 40, 40, end=(60.2, 30))  # a drag is a box over every touched pixel; clicks are kept
+    p = a.engine.calls[-1][2]
+    assert p["box"] == [80, 60, 121, 81] and len(p["points"]) == 4
+    a.handle_event({"type": "contextmenu", "relativeX": 1, "relativeY": 1})
+    assert len(a.engine.calls) == 5
+    # a CSS-scaled canvas: positions are rescaled to canvas pixels
+    a.handle_event(_ev("mousedown", 50, 25, boundingRectWidth=240, boundingRectHeight=135))
+    a.handle_event(_ev("mouseup", 50, 25, boundingRectWidth=240, boundingRectHeight=135))
+    assert a.engine.calls[-1][2]["points"][-1] == [200, 100, 1]
+
+
+def test_keys_objects_and_undo(plain):
+    a = plain
+    a.handle_event({"type": "keydown", "key": "n"})
+    a.handle_event({"type": "keydown", "key": "n"})
+    assert [o.id for o in a.objects()] == [1, 2] and a.selected == 2
+    assert a.objects()[0].color != a.objects()[1].color
+    a.handle_event({"type": "keydown", "key": "1"})
+    assert a.selected == 1
+    a.rename(1, "left lamp")
+    a.set_label(1, "lamp")
+    assert a.store.get_object(1).attributes == {"name": "left lamp"} and a.store.get_object(1).label == "lamp"
+    assert a.w_objects.options[0] == ("1: left lamp [lamp]", 1)
+    a.handle_event({"type": "keydown", "key": "z"})  # undo the relabel
+    assert a.store.get_object(1).label == "object"
+    a.handle_event({"type": "keydown", "key": "z", "ctrlKey": True, "shiftKey": True})  # redo
+    assert a.store.get_object(1).label == "lamp"
+    _click(a, 100, 50)
+    assert 1 in a.instances(0).by_object()
+    a.handle_event({"type": "keydown", "key": "Delete"})
+    assert 1 not in {o.id for o in a.objects()} and a.instances(0).by_object() == {}
+    a.undo()  # the object, its mask and its prompt come back
+    assert a.store.get_object(1).label == "lamp" and 1 in a.instances(0).by_object()
+    assert a.prompts.get(1, 0)["points"] == [[200, 100, 1]]
+    a.handle_event({"type": "keydown", "key": "ArrowRight"})
+    assert a.frame == 1 and a.w_slider.value == 1
+    a.handle_event({"type": "keydown", "key": "h"})
+    assert a.w_help_box.selected_index == 0
+    a.handle_event({"type": "keydown", "key": "7"})  # no 7th object: a message, nothing raised
+    assert "no object 7" in a.status
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_video_and_click_before_model(tmp_path, bedroom_mp4):
+    from dl_utils.ipy_utils import Annotator
+
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video at all")
+    a = Annotator(bad, tmp_path / "s.dlstore")
+    assert a.messages[-1][0] == "error" and "broken.mp4" in a.status
+    assert a.source is None
+    _click(a, 5, 5)  # nothing open: no exception, a message
+    a.open(bedroom_mp4, tmp_path / "s2.dlstore")  # the widget stays usable
+    assert a.source is not None and "opened bedroom.mp4" in a.status
+    _click(a, 5, 5)
+    assert a.messages[-1][0] == "error" and "no SAM2 model loaded" in a.status
+    assert a.store.count_instances() == 0
+    a.propagate("forward")
+    assert "no SAM2 model" in a.status
+
+
+def test_push_dry_run_confirm_and_unreachable(plain, monkeypatch):
+    a = plain
+    a.push()
+    assert "no CVAT task" in a.status
+    calls = []
+
+    def fake_push(store, conn, task_id, dry_run=False):
+        calls.append(dry_run)
+        if conn == "down":
+            raise CvatError("cannot reach http://127.0.0.1:1: connection refused; check the host")
+        return f"task {task_id}: 3 created (dry_run={dry_run})"
+
+    monkeypatch.setitem(sys.modules, "dl_utils.cvat", types.SimpleNamespace(push=fake_push))
+    a.cvat = ("conn", 7)
+    a.confirm_push()
+    assert "press 'push to CVAT' first" in a.status and calls == []
+    a.push()
+    a.wait()
+    assert calls == [True] and "dry run" in a.status and a.w_confirm.layout.display is None
+    a.confirm_push()
+    a.wait()
+    assert calls == [True, False] and "pushed to CVAT" in a.status
+    a.cvat = ("down", 7)
+    _click(a, 100, 50)
+    a.push()
+    a.wait()
+    assert a.messages[-1][0] == "error" and "connection refused" in a.status
+    assert len(a.instances(0)) == 1  # results kept
+    _click(a, 120, 50)  # still usable
+    assert a.messages[-1][0] == "info"
+
+
+# ----------------------------------------------------------------------------- SAM2
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    from PIL import Image
+
+    from dl_utils.video_utils import open_frames
+    from tests.conftest import shared_file
+
+    out = tmp_path_factory.mktemp("ipyclip")
+    for i, img in enumerate(open_frames(shared_file("bedroom.mp4"), stop=7)):
+        Image.fromarray(img).save(out / f"{i:05d}.jpg", quality=90)
+    return out
+
+
+def _session(clip, path, model):
+    from dl_utils.sam2al import VideoSession
+
+    return VideoSession(clip, path, sam_model=model)
+
+
+@requires_sam2
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_click_parity_render_undo(clip, tmp_path, tiny_sam2_video):
+    from dl_utils.ipy_utils import Annotator
+
+    a = Annotator(_session(clip, tmp_path / "a.dlstore", tiny_sam2_video), max_size=(480, 270))
+    assert a.view.scale == 0.5
+    a.new_object("chair")
+    _click(a, 201.4, 150.9)
+    x, y = to_source(a.view, 201.4, 150.9)
+    assert a.prompts.get(1, 0)["points"] == [[x, y, 1]]
+    got = a.store.read_frame(0).by_object()[1]
+
+    ref = _session(clip, tmp_path / "b.dlstore", tiny_sam2_video)
+    want = ref.add_points(0, 1, [[x, y, 1]], label="chair")
+    assert np.array_equal(got.mask, want.mask) and got.mask.any()
+    assert np.array_equal(ref.store.read_frame(0).by_object()[1].mask, got.mask)
+
+    # rendered pixels inside the mask (away from the contour) take the blend of the object colour
+    import cv2
+
+    rgb = a.rendered()
+    base = a._base_frame()
+    dm = np.ascontiguousarray(a.instances()[0].mask[sample_indices(a.view)[0]][:, sample_indices(a.view)[1]])
+    # 3 px away from the contour (the frame edge counts as outside: contours run along it)
+    inner = cv2.erode(dm.astype(np.uint8), np.ones((7, 7), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                      borderValue=0).astype(bool)
+    assert inner.any()
+    col = np.array([int(a.store.get_object(1).color[i:i + 2], 16) for i in (1, 3, 5)], np.float32)
+    blend = np.rint(base[inner].astype(np.float32) * np.float32(1 - a.alpha) + np.float32(a.alpha) * col)
+    assert np.array_equal(rgb[inner], blend.astype(np.uint8))
+    far = ~cv2.dilate(dm.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+    assert far.any() and np.array_equal(rgb[far], base[far])  # away from the object: the frame
+
+    # a second click refines; undo restores the first result exactly, redo the second
+    _click(a, 120, 60, button=2)
+    second = a.store.read_frame(0).by_object()[1].mask.copy()
+    a.undo()
+    assert a.prompts.get(1, 0)["points"] == [[x, y, 1]]
+    a.undo()  # the first click: no prompt, no mask
+    assert a.store.read_frame(0).by_object() == {} and 1 not in a.session.object_ids
+    a.redo()
+    assert np.array_equal(a.store.read_frame(0).by_object()[1].mask, want.mask)
+    a.redo()
+    assert a.prompts.get(1, 0)["points"] == [[x, y, 1], [240, 120, 0]]
+    assert a.store.read_frame(0).by_object()[1].mask.shape == second.shape
+
+
+@requires_sam2
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_propagate_background_cancel_keeps_frames(clip, tmp_path, tiny_sam2_video, monkeypatch):
+    from dl_utils.ipy_utils import Annotator
+
+    s = _session(clip, tmp_path / "p.dlstore", tiny_sam2_video)
+    a = Annotator(s)
+    a.click(300, 200)
+    reached, go = threading.Event(), threading.Event()
+    real = s.propagate
+    handler_threads = set()
+    real_on = a._on_worker
+
+    def on_worker(*args):
+        handler_threads.add(threading.current_thread())
+        return real_on(*args)
+
+    a.worker.handler = on_worker
+
+    def gated(direction, callback=None, progress=True, **kw):
+        n = [0]
+
+        def cb(f, insts):
+            callback(f, insts)
+            n[0] += 1
+            if n[0] == 2:
+                reached.set()
+                go.wait(30)  # hold the job here until the test pressed Esc
+        return real(direction, callback=cb, progress=progress, **kw)
+
+    monkeypatch.setattr(s, "propagate", gated)
+    a.handle_event({"type": "keydown", "key": "f"})
+    assert a.worker.busy and "running in the background" in a.status
+    assert reached.wait(60)
+    _click(a, 10, 10)  # a click while the job runs is refused with a message
+    assert "cannot add a prompt while propagate forward runs" in a.status
+    a.handle_event({"type": "keydown", "key": "Escape"})
+    go.set()
+    assert a.wait(60)
+    assert "cancelled" in a.status and "2 frames written so far are kept" in a.status
+    assert a.store.frames() == [0, 1, 2]  # the prompt frame and the two written frames
+    assert a.store.runs()[-1]["status"] == "cancelled"
+    assert handler_threads == {threading.current_thread()}  # widgets only touched on the drain thread
+    # resume: the rest is filled, live updates reach the shown frame
+    monkeypatch.setattr(s, "propagate", real)
+    a.show(5)
+    a.propagate("forward")
+    assert a.wait(120)
+    assert a.store.frames() == list(range(8)) and "finished" in a.status
+    assert 1 in a.instances(5).by_object()
+
+
+@requires_sam2
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_image_folder_click_parity_and_detect(tmp_path, tiny_sam2):
+    """Image folders go through samal's ImageSegmenter; Detect runs the dinoal pipeline in the background."""
+    from PIL import Image
+
+    from dl_utils.dinoal.detections import Detections
+    from dl_utils.ipy_utils import Annotator
+    from dl_utils.samal import ImageSegmenter
+    from tests.sam2_fixtures import test_image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(test_image(120, 160, seed=i)).save(folder / f"img{i}.png")
+
+    class StubDetector:
+        name = "stub"
+
+        def detect(self, image, prompt):
+            return Detections(boxes=[[10, 20, 70, 90]], scores=[0.9], phrases=["car"])
+
+    a = Annotator(folder, tmp_path / "i.dlstore", sam_model=tiny_sam2, detector=StubDetector())
+    assert a.view.scale == 1.0 and a.engine is not None and not a.engine.can_propagate
+    _click(a, 40.5, 30.2)
+    got = a.store.read_frame(0).by_object()[1]
+    ref = ImageSegmenter(tiny_sam2)
+    ref.set_image(test_image(120, 160, seed=0))
+    want = ref.predict([[40, 30, 1]], object_id=1, refine=False)
+    assert np.array_equal(got.mask, want.mask) and got.keyframe
+    a.propagate("forward")
+    assert "propagation needs a video" in a.status
+    a.w_text.value = "car"
+    a.w_detect.click()
+    assert a.wait(60) and "detect finished" in a.status
+    objs = a.objects()
+    assert [o.label for o in objs] == ["object", "car"]
+    det = a.store.read_frame(0).by_object()[objs[1].id]
+    assert det.mask is not None and det.mask.shape == (120, 160)
+
+
+def test_worker_drains_on_the_kernel_thread():
+    """In a real ipykernel, job messages are applied on the kernel's main thread, with no cell running."""
+    pytest.importorskip("ipykernel")
+    jc = pytest.importorskip("jupyter_client.manager")
+    import time
+
+    km, kc = jc.start_new_kernel(kernel_name="python3")
+
+    def run(code):
+        msg_id = kc.execute(code)
+        out = []
+        while True:
+            m = kc.get_iopub_msg(timeout=60)
+            if m["parent_header"].get("msg_id") != msg_id:
+                continue
+            if m["msg_type"] == "stream":
+                out.append(m["content"]["text"])
+            if m["msg_type"] == "error":
+                out.append("\n".join(m["content"]["traceback"]))
+            if m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
+                return "".join(out)
+
+    try:
+        out = run(
+            "import sys, threading, time\n"
+            f"sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent.parent)!r})\n"
+            "from dl_utils.ipy_utils.worker import Worker, kernel_scheduler\n"
+            "got = []\n"
+            "w = Worker(lambda n, k, p: got.append((k, p, threading.current_thread() is threading.main_thread())),"
+            " kernel_scheduler())\n"
+            "print(w.schedule is not None)\n"
+            "def job(emit, cancelled):\n"
+            "    for i in range(3):\n"
+            "        time.sleep(0.02); emit('frame', i)\n"
+            "    return 'ok'\n"
+            "w.start('t', job)\n"
+        )
+        assert out.strip() == "True"
+        time.sleep(1.0)  # the kernel is idle: only its event loop can apply the messages
+        out = run("print(got)")
+        assert out.strip() == ("[('frame', 0, True), ('frame', 1, True), ('frame', 2, True),"
+                               " ('done', 'ok', True)]")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+@requires_sam2
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_correction_repropagates_what_it_affects(clip, tmp_path, tiny_sam2_video):
+    from dl_utils.ipy_utils import Annotator
+
+    a = Annotator(_session(clip, tmp_path / "c.dlstore", tiny_sam2_video))
+    a.click(300, 200)
+    a.propagate("forward")
+    assert a.wait(120) and a.store.frames() == list(range(8))
+    before = {f: a.store.read_frame(f).by_object()[1].mask for f in range(8)}
+    a.w_auto.value = True
+    a.show(4)
+    a.click(100, 100, positive=False)  # a correction on frame 4: frames 5..7 depended on frame 0 only
+    assert a.wait(120) and a.store.frames() == list(range(8))
+    run = a.store.runs()[-1]
+    assert run["status"] == "done" and run["params"]["direction"] == "both"
+    assert all(np.array_equal(a.store.read_frame(f).by_object()[1].mask, before[f]) for f in range(4))
+    # exactly the stale frames after the correction (5, 6, 7) were recomputed by that run
+    assert "propagate both finished: 3 frames written" in a.status
