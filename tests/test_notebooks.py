@@ -70,10 +70,36 @@ def test_02_text_prompt(tmp_path, monkeypatch):
 def test_notebooks_in_git_carry_no_outputs():
     """Outputs are stripped in git (they could hold secrets, paths, large images)."""
     names = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
-    assert {"00_frames_store_exports.ipynb", "02_text_prompt.ipynb"} <= set(names)
+    assert {"00_frames_store_exports.ipynb", "01_click_to_masks.ipynb", "02_text_prompt.ipynb"} <= set(names)
     for name in names:
         nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
         nbformat.validate(nb)
         for cell in nb.cells:
             if cell.cell_type == "code":
                 assert cell.outputs == [] and cell.execution_count is None, name
+
+
+def test_01_click_to_masks(tmp_path, monkeypatch):
+    """The widget driven from code in a real kernel; asserts on the store and files it leaves."""
+    from tests.sam2_fixtures import HAVE_SAM2, SKIP_REASON
+
+    if not HAVE_SAM2:
+        pytest.skip(SKIP_REASON)
+    pytest.importorskip("ipycanvas")
+    from dl_utils.store import AnnotationStore
+
+    monkeypatch.setenv("DL_UTILS_NB_TEST", "1")
+    nb = run_notebook("01_click_to_masks.ipynb", tmp_path)
+    work = tmp_path / "repo" / "notebooks" / "work" / "01_click_to_masks"
+    with AnnotationStore.open(work / "clicks.sqlite", readonly=True) as st:
+        assert [(o.id, o.label) for o in st.objects()] == [(1, "bed")]
+        assert st.frames() == list(range(8)) and st.frames_done(1) == list(range(8))
+        key = st.read_frame(0).by_object()[1]
+        assert key.keyframe and key.prompts["points"] == [[480, 400, 1], [150, 80, 0]]
+    assert (work / "annotations.xml").is_file() and (work / "coco.json").is_file()
+    assert any((work / "masks").rglob("*.png"))
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert sum(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs) == 2
+    # the widget itself was displayed (a widget view in the outputs)
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
