@@ -361,6 +361,28 @@ def test_correction_recomputes_only_up_to_next_locked_frame(tiny_sam2_video, sho
     assert written == [5, 4, 3, 2, 1, 0]
 
 
+def test_take_corrections_from_the_store_equals_add_mask(tiny_sam2_video, short_clip, tmp_path):
+    """A mask written into the store by someone else (a CVAT pull) re-propagates like add_mask."""
+    fix = np.zeros((H, W), bool)
+    fix[200:400, 300:700] = True
+    ref = session(short_clip, tmp_path / "ref.sqlite", tiny_sam2_video)
+    ref.add_points(0, 1, P1["points"], label="bed")
+    ref.propagate(progress=False)
+    ref.add_mask(4, 1, fix)
+    ref.propagate(progress=False)
+    ses = session(short_clip, tmp_path / "pulled.sqlite", tiny_sam2_video)
+    ses.add_points(0, 1, P1["points"], label="bed")
+    ses.propagate(progress=False)
+    pulled = Instance(1, mask=fix, source=Source.MANUAL, keyframe=True, prompts={"cvat": {"task": 3}})
+    ses.store.write_frame(4, [pulled])  # what dl_utils.cvat.pull does
+    assert ses.take_corrections([(4, 1), (4, 1)]) == 1
+    assert ses.locked_frames(1) == [0, 4] and ses.store.frames_done(1) == [0, 1, 2, 3, 4]
+    assert ses.store.read_frame(4).by_object()[1].prompts == {"cvat": {"task": 3}}
+    ses.propagate(progress=False)
+    for f in range(SHORT):
+        assert np.array_equal(ses.result(f).by_object()[1].mask, ref.result(f).by_object()[1].mask), f
+
+
 def test_clear_prompts_undoes_a_keyframe_exactly(tiny_sam2_video, short_clip, raw_short, tmp_path):
     ses = session(short_clip, tmp_path / "clear.sqlite", tiny_sam2_video)
     ses.add_points(0, 1, P1["points"], label="bed")

@@ -392,6 +392,27 @@ class VideoSession:
         st["output_dict_per_obj"][obj_idx]["non_cond_frame_outputs"].pop(idx, None)
         return out, float(eng.dl_last_iou[0])
 
+    def take_corrections(self, corrections: Iterable[tuple[int, int]]) -> int:
+        """Treat instances someone else wrote into the store (a CVAT pull, an import) as corrections.
+
+        ``corrections`` are ``(frame, object_id)`` pairs (``PullReport.corrections``). Each non-empty
+        mask becomes a locked frame as with :meth:`add_mask` (kept exactly as stored), so the results
+        it makes stale are dropped and the next :meth:`propagate` recomputes them. Empty instances
+        (the object was deleted there) stay as they are. Returns how many frames were locked.
+        """
+        n = 0
+        labels = {o.id: o.label for o in self.store.objects()}
+        for frame, oid in sorted({(int(f), _as_oid(o)) for f, o in corrections}):
+            inst = self.store.read_frame(frame).by_object().get(oid)
+            if inst is None or inst.mask is None or not inst.mask.any():
+                continue
+            kept = inst
+            self.add_mask(frame, oid, inst.mask, label=labels.get(oid))
+            # add_mask records the mask as manual; keep what the store had (source, CVAT marker)
+            self.store.write_frame(frame, [kept.replace(keyframe=True)])
+            n += 1
+        return n
+
     def clear_prompts(self, frame: int, object_id: int) -> None:
         """Undo an object's prompts on ``frame``: the frame is no longer locked and every propagated
         result of the object goes (SAM2 attends to all conditioning frames, so each one was computed
