@@ -279,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_annotate_arguments(ann)
     ann.set_defaults(func=cmd_annotate)
 
+    from .cvat.cli import add_cvat_arguments  # cvat-sdk is imported only when a cvat command runs
+
+    add_cvat_arguments(sub)
+
     classes = sub.add_parser("classes", help="class tables (.csv / .xlsx)")
     csub = classes.add_subparsers(dest="classes_command", metavar="SUBCOMMAND", required=True)
     check = csub.add_parser("check", help="validate a class table and list its classes")

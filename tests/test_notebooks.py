@@ -5,9 +5,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT, SHARED_DATA
+from tests.cvat_standin.fixtures import cvat_server  # noqa: F401  (fixture)
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -70,7 +72,8 @@ def test_02_text_prompt(tmp_path, monkeypatch):
 def test_notebooks_in_git_carry_no_outputs():
     """Outputs are stripped in git (they could hold secrets, paths, large images)."""
     names = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
-    assert {"00_frames_store_exports.ipynb", "01_click_to_masks.ipynb", "02_text_prompt.ipynb"} <= set(names)
+    assert {"00_frames_store_exports.ipynb", "01_click_to_masks.ipynb", "02_text_prompt.ipynb",
+            "03_cvat_round_trip.ipynb"} <= set(names)
     for name in names:
         nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
         nbformat.validate(nb)
@@ -103,3 +106,42 @@ def test_01_click_to_masks(tmp_path, monkeypatch):
     assert sum(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs) == 2
     # the widget itself was displayed (a widget view in the outputs)
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
+
+
+def test_03_cvat_round_trip(tmp_path, monkeypatch, cvat_server):
+    """Against the CVAT stand-in: asserts on the server's state and the store; no secret in any output."""
+    import json
+
+    from tests.sam2_fixtures import HAVE_SAM2, SKIP_REASON
+
+    if not HAVE_SAM2:
+        pytest.skip(SKIP_REASON)
+    from dl_utils.cv_utils import decode_cvat_rle
+    from dl_utils.store import AnnotationStore
+
+    monkeypatch.setenv("DL_UTILS_NB_TEST", "1")
+    monkeypatch.setenv("CVAT_HOST", cvat_server.url)
+    monkeypatch.setenv("CVAT_ACCESS_TOKEN", cvat_server.token)
+    nb = run_notebook("03_cvat_round_trip.ipynb", tmp_path)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert cvat_server.token not in json.dumps(outputs)
+    assert cvat_server.token not in json.dumps(nb)
+    work = tmp_path / "repo" / "notebooks" / "work" / "03_cvat_round_trip"
+    tasks = list(cvat_server.state.tasks.values())
+    assert len(tasks) == 1
+    task_id = tasks[0]["id"]
+    shapes = [s for j, a in cvat_server.state.annotations.items()
+              if cvat_server.state.jobs[j]["task_id"] == task_id for s in a.shapes.values()]
+    assert {s["type"] for s in shapes} == {"mask"} and {s["group"] for s in shapes} == {1, 2}
+    assert len(shapes) == 2 * 8  # two objects on every frame of the clip, nothing duplicated by the re-push
+    fixed = next(s for s in shapes if s["frame"] == 3 and s["group"] == 1)
+    assert fixed["source"] == "manual"  # the annotator's shape was left alone by the second push
+    with AnnotationStore.open(work / "round_trip.sqlite", readonly=True) as st:
+        inst = st.read_frame(3).by_object()[1]
+        assert inst.keyframe and inst.mask[250:500, 250:750].all() and inst.mask.sum() == 250 * 500
+        assert np.array_equal(decode_cvat_rle(fixed["points"], *inst.mask.shape), inst.mask)
+        # every other shape on the server is the store's mask, bit for bit
+        for s in shapes:
+            m = st.read_frame(s["frame"]).by_object()[s["group"]].mask
+            assert np.array_equal(decode_cvat_rle(s["points"], *m.shape), m), (s["frame"], s["group"])

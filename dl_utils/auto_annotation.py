@@ -1,0 +1,148 @@
+"""GroundingDINO + SAM2 as a cvat-sdk auto-annotation function (CVAT's ``DetectionFunction``).
+
+Run it on an image task from the command line::
+
+    cvat-cli --server-host https://app.cvat.ai task auto-annotate 42 \\
+        --function-module dl_utils.auto_annotation \\
+        -p text=str:"car. person. traffic light" -p shape=str:mask
+
+or from Python with cvat-sdk's own driver::
+
+    from cvat_sdk.auto_annotation import annotate_task
+    from dl_utils import auto_annotation
+    annotate_task(conn.client, 42, auto_annotation.create(text="car. person"))
+
+Parameters of :func:`create` (``-p name=type:value``): ``text`` (the prompt; its phrases are the
+labels, matched by name to the task's labels), ``classes`` (a class table: labels and synonyms
+from it instead), ``shape`` (``mask``, default, or ``rectangle`` to skip SAM2), ``backend``,
+``model`` (detector weights), ``sam2`` (SAM2 model name), ``device``, ``box_threshold``,
+``text_threshold``. cvat-sdk passes ``conf_threshold`` (detections below it are dropped) and
+``conv_mask_to_poly`` (masks are sent as polygons) through the context.
+
+The heavy engines (torch, GroundingDINO, SAM2) are imported only when :func:`create` builds them,
+so importing this module, or the rest of :mod:`dl_utils.cvat`, needs none of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .cv_utils import encode_cvat_rle, mask_to_polygons
+from .errors import InputError
+
+SHAPES = ("mask", "rectangle")
+
+
+class GroundedSamFunction:
+    """A cvat-sdk detection function: text-prompted boxes (GroundingDINO), masks from SAM2.
+
+    ``detector`` follows :class:`dl_utils.dinoal.Detector` (``detect(image, prompt)`` →
+    ``Detections``); ``segmenter`` follows :class:`dl_utils.samal.ImageSegmenter` (used through
+    :func:`dl_utils.dinoal.segment_detections`), and may be ``None`` for ``shape="rectangle"``.
+    ``labels`` are the label names the function declares (the detector's output labels).
+    """
+
+    def __init__(self, detector: Any, segmenter: Any = None, *, labels: Sequence[str],
+                 prompt: Any = None, shape: str = "mask"):
+        if shape not in SHAPES:
+            raise InputError(f"shape {shape!r}: use one of {', '.join(SHAPES)}")
+        if shape == "mask" and segmenter is None:
+            raise InputError("shape='mask' needs a SAM2 segmenter; pass one or use shape='rectangle'")
+        names = [str(n) for n in labels]
+        if not names or len(set(names)) != len(names):
+            raise InputError(f"labels {names!r}: give at least one label, each once")
+        self.detector = detector
+        self.segmenter = segmenter
+        self.prompt = prompt
+        self.shape = shape
+        self.labels = names
+        self._ids = {n: i for i, n in enumerate(names)}
+
+    @property
+    def spec(self) -> Any:
+        import cvat_sdk.auto_annotation as cvataa
+
+        return cvataa.DetectionFunctionSpec(
+            labels=[cvataa.label_spec(n, i, type=self.shape) for n, i in self._ids.items()]
+        )
+
+    def detect(self, context: Any, image: Any) -> list[Any]:
+        import cvat_sdk.auto_annotation as cvataa
+
+        arr = np.asarray(image.convert("RGB"))
+        dets = self.detector.detect(arr, self.prompt)
+        thr = getattr(context, "conf_threshold", None)
+        keep = [k for k in range(len(dets))
+                if dets.labels[k] in self._ids and (thr is None or float(dets.scores[k]) >= thr)]
+        if not keep:
+            return []
+        dets = dets[np.asarray(keep)] if hasattr(dets, "__getitem__") else dets
+        out: list[Any] = []
+        if self.shape == "rectangle":
+            for k in range(len(dets)):
+                box = [float(v) for v in dets.boxes[k]]
+                out.append(cvataa.rectangle(self._ids[dets.labels[k]], box))
+            return out
+        from .dinoal.pipeline import segment_detections
+
+        insts = segment_detections(self.segmenter, arr, dets)
+        to_poly = bool(getattr(context, "conv_mask_to_poly", False))
+        for k, inst in enumerate(insts):
+            if inst.mask is None or not inst.mask.any():
+                continue
+            lid = self._ids[dets.labels[k]]
+            if to_poly:
+                for ring in mask_to_polygons(inst.mask):
+                    out.append(cvataa.polygon(lid, [float(v) for v in ring]))
+            else:
+                out.append(cvataa.mask(lid, encode_cvat_rle(inst.mask)))
+        return out
+
+
+def create(
+    text: str | None = None,
+    *,
+    classes: str | None = None,
+    shape: str = "mask",
+    backend: str = "groundingdino",
+    model: str | None = None,
+    sam2: str | None = None,
+    device: str | None = None,
+    box_threshold: float | None = None,
+    text_threshold: float | None = None,
+) -> GroundedSamFunction:
+    """Build the function for cvat-cli's ``--function-module`` (see the module doc)."""
+    from .dinoal import load_detector, parse_prompt
+
+    if text is None and classes is None:
+        raise InputError('give the objects to find: -p text=str:"car. person" (or -p classes=str:TABLE.xlsx)')
+    options: dict[str, Any] = {}
+    if box_threshold is not None:
+        options["box_threshold"] = float(box_threshold)
+    if text_threshold is not None:
+        options["text_threshold"] = float(text_threshold)
+    table = None
+    if classes is not None:
+        from .classes import ClassTable
+
+        table = ClassTable.load(classes)
+        options["classes"] = table
+    detector = load_detector(backend, model, device=device, **options)
+    prompt = detector.resolve_prompt(text) if hasattr(detector, "resolve_prompt") else parse_prompt(text)
+    if table is not None:
+        labels = list(table.leaves()) if text is None else list(dict.fromkeys(
+            (table.resolve(p).name if table.resolve(p) else p) for p in prompt.phrases))
+    else:
+        labels = list(prompt.phrases)
+    segmenter = None
+    if shape == "mask":
+        from .models import DEFAULT_MODEL
+        from .samal import ImageSegmenter
+
+        segmenter = ImageSegmenter(sam2 or DEFAULT_MODEL, device=device)
+    return GroundedSamFunction(detector, segmenter, labels=labels, prompt=prompt, shape=shape)
+
+
+__all__ = ["GroundedSamFunction", "SHAPES", "create"]

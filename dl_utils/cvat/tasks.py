@@ -1,0 +1,305 @@
+"""CVAT tasks: create one from local, server or cloud files with the store's frame numbering; read an
+existing task's data meta and refuse a store that does not match it.
+
+CVAT's frame ``i`` of a task is source frame ``start_frame + i * step`` (``stop_frame`` inclusive),
+exactly the store's numbering (:class:`~dl_utils.annotations.MediaInfo`), so a task is created with
+the store's ``start``/``stop``/``step`` and every push or pull converts with
+:meth:`MediaInfo.task_index` and ``media.frames[i]``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Sequence
+
+from ..annotations import MediaInfo
+from ..errors import InputError
+from .connection import CvatConnection, cvat_error
+from .labels import labels_of
+
+#: Job types annotations are pushed to (ground-truth and consensus jobs are someone else's work).
+ANNOTATION_JOB_TYPES = ("annotation", None, "")
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """One job of a task: its id and its task-relative frame range (inclusive)."""
+
+    id: int
+    start: int
+    stop: int
+    type: str | None = "annotation"
+
+
+@dataclass
+class TaskInfo:
+    """A task as the sinks need it: its id, name, project, media (numbering, size) and jobs."""
+
+    id: int
+    name: str
+    media: MediaInfo
+    jobs: list[JobInfo]
+    project_id: int | None = None
+    mode: str | None = None
+    widths: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def size(self) -> int:
+        return len(self.media.frames)
+
+    @property
+    def is_video(self) -> bool:
+        return self.mode == "interpolation" or self.media.frame_names is None
+
+    def job_of(self) -> list[int]:
+        """Job id for every task frame index: the first annotation job whose range holds it.
+
+        With job overlap a frame belongs to two jobs; giving it to the first keeps every shape on
+        the server once (CVAT's task export merges overlapping jobs anyway).
+        """
+        out = [-1] * self.size
+        for job in sorted(self.jobs, key=lambda j: (j.start, j.id)):
+            for i in range(max(0, job.start), min(self.size - 1, job.stop) + 1):
+                if out[i] == -1:
+                    out[i] = job.id
+        return out
+
+
+def _step_of(frame_filter: str | None, where: str) -> int:
+    ff = (frame_filter or "").strip()
+    if not ff:
+        return 1
+    m = re.fullmatch(r"step\s*=\s*(\d+)", ff)
+    if not m or int(m.group(1)) < 1:
+        raise cvat_error(f"{where}: frame filter {ff!r} is not 'step=N'; dl_utils handles only steps")
+    return int(m.group(1))
+
+
+def read_task(conn: CvatConnection, task_id: int) -> TaskInfo:
+    """The task's data meta (numbering, frame size, names) and its annotation jobs."""
+    task_id = int(task_id)
+    where = f"task {task_id}"
+    task = conn.request("GET", f"/api/tasks/{task_id}", what=f"reading {where}") or {}
+    meta = conn.request("GET", f"/api/tasks/{task_id}/data/meta", what=f"reading the data meta of {where}")
+    if not meta or not meta.get("size"):
+        raise cvat_error(f"{where} has no data yet (size 0); upload its images or video first, or"
+                         " create it with `dl-utils cvat create-task`")
+    size = int(meta["size"])
+    start = int(meta.get("start_frame") or 0)
+    step = _step_of(meta.get("frame_filter"), where)
+    stop = meta.get("stop_frame")
+    frames_meta = meta.get("frames") or []
+    if not frames_meta:
+        raise cvat_error(f"{where}: the data meta lists no frame sizes; is the task data ready?")
+    sizes = tuple((int(f["width"]), int(f["height"])) for f in frames_meta)
+    mode = task.get("mode")
+    names = None
+    if len(frames_meta) == size and mode != "interpolation":
+        names = [str(f.get("name") or f"frame_{start + i * step:06d}") for i, f in enumerate(frames_meta)]
+    w, h = sizes[0]
+    media = MediaInfo(
+        name=str(task.get("name") or where), width=w, height=h,
+        frames=[start + i * step for i in range(size)], start=start,
+        stop=int(stop) if stop is not None else start + (size - 1) * step, step=step,
+        frame_names=names,
+    )
+    jobs = []
+    for j in conn.get_paginated("/api/jobs", {"task_id": task_id}, what=f"listing the jobs of {where}"):
+        if j.get("type") not in ANNOTATION_JOB_TYPES:
+            continue
+        jobs.append(JobInfo(int(j["id"]), int(j.get("start_frame", 0)),
+                            int(j.get("stop_frame", size - 1)), j.get("type")))
+    if not jobs:
+        raise cvat_error(f"{where} has no annotation job; check the task in CVAT")
+    return TaskInfo(id=task_id, name=media.name, media=media, jobs=jobs,
+                    project_id=task.get("project_id"), mode=mode, widths=tuple(sorted(set(sizes))))
+
+
+def check_task_media(store_media: MediaInfo, task: TaskInfo, store_name: str = "the store") -> None:
+    """Raise :class:`CvatError` naming both sides when the store's frames are not the task's."""
+    tm = task.media
+    problems = []
+    if len(store_media.frames) != len(tm.frames):
+        problems.append(f"{len(store_media.frames)} frames in {store_name} but {len(tm.frames)} in"
+                        f" task {task.id}")
+    if list(store_media.frames) != list(tm.frames):
+        problems.append(
+            f"numbering start={store_media.frames[0] if store_media.frames else None}"
+            f" step={store_media.step} in {store_name} but start={tm.start} step={tm.step} in task"
+            f" {task.id}"
+        )
+    bad_sizes = [s for s in task.widths if s != (store_media.width, store_media.height)]
+    if bad_sizes:
+        problems.append(f"frame size {store_media.width}x{store_media.height} in {store_name} but"
+                        f" {bad_sizes[0][0]}x{bad_sizes[0][1]} in task {task.id}")
+    if (not problems and store_media.frame_names is not None and tm.frame_names is not None):
+        mine = [PurePosixPath(n).name for n in store_media.frame_names]
+        theirs = [PurePosixPath(n).name for n in tm.frame_names]
+        diff = [i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b]
+        if diff:
+            i = diff[0]
+            problems.append(f"{len(diff)} image name(s) differ, first task frame {i}: {mine[i]!r} in"
+                            f" {store_name} but {theirs[i]!r} in task {task.id}")
+    if problems:
+        raise cvat_error(
+            f"task {task.id} ({tm.name!r}) does not match {store_name} ({store_media.name!r}): "
+            + "; ".join(problems)
+            + ". Use the task made for this media (or create one with `dl-utils cvat create-task`),"
+            " or a store made with the task's frame range"
+        )
+
+
+def _resource_kind(resource: str) -> Any:
+    from cvat_sdk.core.proxies.tasks import ResourceType
+
+    kinds = {"local": ResourceType.LOCAL, "share": ResourceType.SHARE, "server": ResourceType.SHARE,
+             "cloud": ResourceType.SHARE, "remote": ResourceType.REMOTE}
+    if resource not in kinds:
+        raise InputError(f"resource {resource!r}: use local, share (server files), cloud or remote")
+    return kinds[resource]
+
+
+def files_for_media(media: MediaInfo) -> list[Path]:
+    """The local files to upload for a store's media: the video, or every image of its source.
+
+    All images are uploaded (not just the kept ones) so that ``start``/``step`` number them exactly
+    as the source does.
+    """
+    if not media.path:
+        raise InputError(f"media {media.name!r} has no path; give the files to upload (files=/--files)")
+    p = Path(media.path)
+    if media.frame_names is None:
+        if not p.is_file():
+            raise InputError(f"video {p} of media {media.name!r} does not exist; give files=/--files")
+        return [p]
+    from ..video_utils import open_frames
+
+    src = open_frames(p)
+    try:
+        return list(src.files)  # type: ignore[attr-defined]
+    finally:
+        src.close()
+
+
+def create_task(
+    conn: CvatConnection,
+    name: str,
+    files: Sequence[str | os.PathLike] | None = None,
+    *,
+    media: MediaInfo | None = None,
+    labels: Any = None,
+    project_id: int | None = None,
+    resource: str = "local",
+    cloud_storage_id: int | None = None,
+    start: int | None = None,
+    stop: int | None = None,
+    step: int | None = None,
+    segment_size: int | None = None,
+    overlap: int | None = None,
+    image_quality: int = 95,
+    sorting_method: str | None = None,
+    use_cache: bool = True,
+    poll_interval: float = 2.0,
+    dry_run: bool = False,
+) -> TaskInfo | dict[str, Any]:
+    """Create a task whose frame ``i`` is source frame ``start + i * step``.
+
+    ``media`` (a store's :class:`MediaInfo`) gives the numbering and, when ``files`` is not given,
+    the files. ``resource``: ``local`` (upload), ``share`` (paths on the server's share), ``cloud``
+    (paths in cloud storage ``cloud_storage_id``) or ``remote`` (URLs). After the upload the task's
+    data meta is read back and compared with ``media``. ``dry_run`` returns the plan only.
+    """
+    if media is not None:
+        start = media.start if start is None else start
+        stop = (media.frames[-1] if media.frames else media.stop) if stop is None else stop
+        step = media.step if step is None else step
+    start, step = int(start or 0), int(step or 1)
+    if step < 1 or start < 0:
+        raise InputError(f"start={start}, step={step}: start must be >= 0 and step >= 1")
+    if files is None:
+        if media is None or resource != "local":
+            raise InputError("give the files to put in the task (files=/--files), or a store whose"
+                             " media has a path")
+        files = files_for_media(media)
+    files = [os.fspath(f) for f in files]
+    if not files:
+        raise InputError("no files given for the task")
+    if resource == "local":
+        missing = [f for f in files if not Path(f).is_file()]
+        if missing:
+            raise InputError(f"{len(missing)} file(s) do not exist, first {missing[0]}; check the paths")
+    if resource == "cloud" and cloud_storage_id is None:
+        raise InputError("resource='cloud' needs cloud_storage_id (--cloud-storage ID)")
+    label_specs = []
+    if project_id is None:
+        for i, lb in enumerate(labels_of(labels) if labels is not None else []):
+            from ..cv_utils.colors import color_for_index
+
+            label_specs.append({"name": lb.name, "color": lb.color or color_for_index(i),
+                                "type": lb.type or "any", "attributes": []})
+        if not label_specs:
+            raise InputError("a task outside a project needs labels: give labels= (a class table or"
+                             " store) or project_id=")
+    images = len(files) > 1 or (media is not None and media.frame_names is not None)
+    params: dict[str, Any] = {"image_quality": int(image_quality), "start_frame": start,
+                              "use_cache": bool(use_cache)}
+    if stop is not None:
+        params["stop_frame"] = int(stop)
+    if step > 1:
+        params["frame_step"] = step
+    if sorting_method or images:
+        params["sorting_method"] = sorting_method or "predefined"  # keep the source's order
+    if cloud_storage_id is not None:
+        params["cloud_storage_id"] = int(cloud_storage_id)
+    spec: dict[str, Any] = {"name": name}
+    if project_id is not None:
+        spec["project_id"] = int(project_id)
+    else:
+        spec["labels"] = label_specs
+    if segment_size:
+        spec["segment_size"] = int(segment_size)
+    if overlap is not None:
+        spec["overlap"] = int(overlap)
+    plan = {"task": spec, "data": params, "files": len(files), "first_file": files[0],
+            "resource": resource}
+    if dry_run:
+        return plan
+
+    from cvat_sdk import models
+
+    client = conn.client
+    task = conn.call(client.tasks.create, models.TaskWriteRequest(**spec),
+                     what=f"creating task {name!r}", idempotent=False)
+    try:
+        conn.call(task.upload_data, files, resource_type=_resource_kind(resource), params=params,
+                  wait_for_completion=True, status_check_period=poll_interval,
+                  what=f"uploading {len(files)} file(s) to task {task.id}", idempotent=False)
+    except Exception as e:
+        raise cvat_error(f"{e}; task {task.id} was created without its data: delete it in CVAT (or"
+                         " with cvat-cli task delete) before trying again") from None
+    info = read_task(conn, task.id)
+    if media is not None:
+        check_task_media(media, info, f"media {media.name!r}")
+    return info
+
+
+def create_task_for_store(conn: CvatConnection, store: Any, **kwargs: Any) -> TaskInfo | dict[str, Any]:
+    """:func:`create_task` with the store's media, labels and name, remembering the task id."""
+    from ..formats._common import require_media
+
+    media = require_media(store)
+    kwargs.setdefault("labels", None if kwargs.get("project_id") else store)
+    name = kwargs.pop("name", None) or media.name
+    res = create_task(conn, name, kwargs.pop("files", None), media=media, **kwargs)
+    if isinstance(res, TaskInfo):
+        tasks = dict(store.get_meta("cvat.tasks", {}) or {})
+        tasks[conn.host] = sorted(set(tasks.get(conn.host, [])) | {res.id})
+        store.set_meta("cvat.tasks", tasks)
+    return res
+
+
+__all__ = ["JobInfo", "TaskInfo", "check_task_media", "create_task", "create_task_for_store",
+           "files_for_media", "read_task"]

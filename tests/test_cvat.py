@@ -1,0 +1,659 @@
+"""dl_utils.cvat against the stand-in CVAT server through the real cvat-sdk, plus offline pieces.
+
+Server tests use the ``cvat_server`` fixture of tests/cvat_standin (state, fault injection, request
+log). Offline tests cover what needs no server: credentials, redaction, retry delays, the wire
+hashes, the push plan's numbering.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from contextlib import redirect_stderr
+
+import numpy as np
+import pytest
+
+from dl_utils.annotations import Instance, Label, MediaInfo, ShapeType, Source
+from dl_utils.cv_utils import encode_cvat_rle
+from dl_utils.errors import CvatError, InputError
+from dl_utils.store import AnnotationStore
+from dl_utils.cvat import connection as cconn
+from dl_utils.cvat._wire import shape_hash, shape_payload, track_hash, track_payload, track_shape
+from dl_utils.cvat.connection import RetryPolicy, normalize_host, redact, resolve_credentials
+from dl_utils.cvat.push import plan_units
+from dl_utils.cvat.tasks import JobInfo, TaskInfo, check_task_media
+
+H, W = 48, 64
+FRAMES = list(range(3, 3 + 2 * 12, 2))  # start 3, step 2: 12 frames -> task frames 0..11
+
+
+def blob(rng: np.random.Generator, cx: float, cy: float, r: float) -> np.ndarray:
+    y, x = np.mgrid[0:H, 0:W]
+    ang = np.arctan2(y - cy, x - cx)
+    k = rng.uniform(0.1, 0.3, size=3)
+    rad = r * (1 + k[0] * np.sin(3 * ang + k[1] * 10) + k[2] * np.cos(5 * ang))
+    return np.hypot(x - cx, y - cy) <= rad
+
+
+def make_store(path, rng, *, frames=FRAMES, n_obj=3, gap=(4, 5)) -> tuple[AnnotationStore, dict]:
+    """Objects 1..n_obj with irregular masks (holes on some frames), object 2 absent on ``gap``."""
+    media = MediaInfo(name="clip.mp4", width=W, height=H, frames=list(frames), start=frames[0],
+                      stop=frames[-1], step=frames[1] - frames[0] if len(frames) > 1 else 1)
+    st = AnnotationStore.create(path, media)
+    st.set_labels([Label("car", "#ff0000"), Label("person", "#00ff00")])
+    exp: dict[tuple[int, int], np.ndarray] = {}
+    for o in range(1, n_obj + 1):
+        st.add_object("car" if o % 2 else "person", id=o)
+    for k, f in enumerate(frames):
+        insts = []
+        for o in range(1, n_obj + 1):
+            if o == 2 and k in gap:
+                insts.append(Instance(o, mask=np.zeros((H, W), bool)))
+                continue
+            m = blob(rng, 10 + 2 * k + 12 * (o - 1) % 40, 12 + 8 * o % 30, 5 + o)
+            if k % 3 == 0:
+                m &= ~blob(rng, 10 + 2 * k + 12 * (o - 1) % 40, 12 + 8 * o % 30, 1.5)
+            src = Source.SEMI_AUTO if (o == 1 and k == 0) else Source.AUTO
+            insts.append(Instance(o, mask=m, score=0.5 + k / 100, source=src))
+            exp[(f, o)] = m
+        st.write_frame(f, insts)
+    return st, exp
+
+
+# ======================================================================================= offline
+class TestCredentials:
+    def test_arguments_env_and_token_wins(self):
+        env = {"CVAT_HOST": "cvat.example.com:8080/", "CVAT_ACCESS_TOKEN": "tok-env-123456",
+               "CVAT_USERNAME": "ann", "CVAT_PASSWORD": "pw-secret-999", "CVAT_ORG": "team"}
+        c = resolve_credentials(env=env, prompt=False)
+        assert (c.host, c.token, c.user, c.password, c.org) == (
+            "http://cvat.example.com:8080", "tok-env-123456", None, None, "team")
+        c2 = resolve_credentials("https://h.io", user="bob", password="pw-arg-4242", org="",
+                                 env=env, prompt=False)
+        assert (c2.host, c2.token, c2.user, c2.password, c2.org) == (
+            "https://h.io", None, "bob", "pw-arg-4242", "")
+        env2 = {k: v for k, v in env.items() if k != "CVAT_ACCESS_TOKEN"}
+        c3 = resolve_credentials(env=env2, prompt=False)
+        assert (c3.user, c3.password) == ("ann", "pw-secret-999")
+        for secret in ("tok-env-123456", "pw-secret-999", "pw-arg-4242"):
+            assert secret not in repr(c) + repr(c2) + repr(c3)
+
+    def test_prompt_and_no_prompt(self):
+        asked = []
+
+        def fake_getpass(msg):
+            asked.append(msg)
+            return "prompted-token-777"
+
+        c = resolve_credentials("h.io", env={}, prompt=True, getpass_fn=fake_getpass)
+        assert c.token == "prompted-token-777" and len(asked) == 1 and "h.io" in asked[0]
+        c = resolve_credentials("h.io", user="ann", env={}, prompt=True, getpass_fn=lambda m: "pw-typed-1")
+        assert (c.user, c.password) == ("ann", "pw-typed-1")
+        with pytest.raises(CvatError, match="CVAT_ACCESS_TOKEN"):
+            resolve_credentials("h.io", env={}, prompt=False)
+        with pytest.raises(CvatError, match="CVAT_HOST"):
+            resolve_credentials(env={}, prompt=False)
+
+    def test_host_rules(self):
+        assert normalize_host("https://cvat.io/") == "https://cvat.io"
+        assert normalize_host("localhost:8080") == "http://localhost:8080"
+        with pytest.raises(InputError, match="user name or password"):
+            normalize_host("https://me:hunter2-pass@cvat.io")
+        assert "hunter2-pass" not in redact("x hunter2-pass y")
+        with pytest.raises(InputError, match="http"):
+            normalize_host("ftp://cvat.io")
+
+    def test_redact_messages_and_logs(self, caplog):
+        resolve_credentials("h.io", token="tok-abcdef-SECRET", env={}, prompt=False)
+        assert redact("Bearer tok-abcdef-SECRET failed") == "Bearer *** failed"
+        with caplog.at_level(logging.INFO, logger="dl_utils.cvat"):
+            logging.getLogger("dl_utils.cvat").info("header %s", "tok-abcdef-SECRET")
+        assert "tok-abcdef-SECRET" not in caplog.text and "***" in caplog.text
+        assert "tok-abcdef-SECRET" not in str(cconn.cvat_error("got tok-abcdef-SECRET"))
+
+
+def test_retry_policy_delays():
+    p = RetryPolicy(retries=4, base_delay=0.5, max_delay=3.0, max_retry_after=10)
+    assert [p.delay(a) for a in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert p.delay(0, retry_after=7) == 7 and p.delay(3, retry_after=99) == 10
+    assert cconn._parse_retry_after("2") == 2.0
+    assert cconn._parse_retry_after(None) is None
+    assert 0 <= cconn._parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") <= 1
+
+
+def test_hashes_survive_server_float_formatting():
+    """What we send and what a server returns (floats, ids, missing optional fields) hash alike."""
+    pts = encode_cvat_rle(blob(np.random.default_rng(0), 30, 20, 8))
+    sent = shape_payload("mask", 4, 7, 3, "auto", pts, 0.93)
+    back = dict(sent, id=99, points=[float(v) for v in pts], score=1.0, group=3, elements=[])
+    assert shape_hash(sent) == shape_hash(back)
+    assert shape_hash(sent) != shape_hash(dict(back, points=[float(v) for v in pts[:-1]] + [pts[-1] + 1]))
+    assert shape_hash(sent) != shape_hash(dict(back, source="manual"))
+    tr = track_payload(2, 5, 1, "auto", [track_shape("polygon", 2, [1.5, 2, 3, 4, 5, 6]),
+                                         track_shape("polygon", 3, [1.5, 2, 3, 4, 5, 6], outside=True)])
+    tb = dict(tr, id=5, shapes=[dict(s, id=i) for i, s in enumerate(reversed(tr["shapes"]))])
+    assert track_hash(tr) == track_hash(tb)
+
+
+def test_plan_numbering_jobs_and_groups(tmp_path, rng):
+    """Store frames 3,5,7.. become task frames 0,1,2..; shapes go to the job holding the frame."""
+    st, exp = make_store(tmp_path / "s.sqlite", rng)
+    task = TaskInfo(1, "clip", st.media, [JobInfo(10, 0, 5), JobInfo(11, 6, 11)], mode="interpolation")
+    units, skipped = plan_units(st, task, {"car": 1, "person": 2}, host="h", shape="mask")
+    assert skipped == 0 and len(units) == len(exp)
+    for (f, o), m in exp.items():
+        d = json.loads(units[f"m:{f}:{o}"].body)
+        i = FRAMES.index(f)
+        assert d["frame"] == i and d["group"] == o and d["points"] == encode_cvat_rle(m)
+        assert units[f"m:{f}:{o}"].job == (10 if i <= 5 else 11)
+        assert d["source"] == ("semi-auto" if (o, i) == (1, 0) else "auto")
+    boxes, _ = plan_units(st, task, {"car": 1, "person": 2}, host="h", shape="box")
+    # object 2 is missing on task frames 4, 5: its job-10 track ends with outside at 4, and job 11's
+    tr = json.loads(boxes["tb:2:0:10"].body)
+    assert [(s["frame"], s["outside"]) for s in tr["shapes"]] == [(0, False), (1, False), (2, False),
+                                                                   (3, False), (4, True)]
+    assert json.loads(boxes["tb:2:0:11"].body)["shapes"][0]["frame"] == 6
+    st.close()
+
+
+def test_check_task_media_names_both_sides(rng, tmp_path):
+    st, _ = make_store(tmp_path / "s.sqlite", rng)
+    other = MediaInfo(name="task", width=W, height=H, frames=list(range(0, 12)), start=0, stop=11, step=1)
+    task = TaskInfo(5, "task", other, [JobInfo(1, 0, 11)], widths=((W, H),))
+    with pytest.raises(CvatError, match=r"start=3 step=2 in .* but start=0 step=1 in task 5"):
+        check_task_media(st.media, task, "job.sqlite")
+    small = MediaInfo(name="task", width=W, height=H, frames=FRAMES[:5], start=3, stop=11, step=2)
+    with pytest.raises(CvatError, match="12 frames in job.sqlite but 5 in task 5"):
+        check_task_media(st.media, TaskInfo(5, "t", small, [JobInfo(1, 0, 4)], widths=((W, H),)),
+                         "job.sqlite")
+    same = MediaInfo(name="task", width=W, height=H, frames=FRAMES, start=3, stop=FRAMES[-1], step=2)
+    with pytest.raises(CvatError, match=r"frame size 64x48 in job.sqlite but 32x24"):
+        check_task_media(st.media, TaskInfo(5, "t", same, [JobInfo(1, 0, 11)], widths=((32, 24),)),
+                         "job.sqlite")
+    check_task_media(st.media, TaskInfo(5, "t", same, [JobInfo(1, 0, 11)], widths=((W, H),)))
+    st.close()
+
+
+def test_cli_parser_has_every_command_with_dry_run():
+    import argparse
+
+    from dl_utils.cvat.cli import add_cvat_arguments
+
+    p = argparse.ArgumentParser()
+    add_cvat_arguments(p.add_subparsers(dest="command"))
+    for argv in (["cvat", "labels", "--task", "3", "--classes", "c.csv", "--dry-run"],
+                 ["cvat", "create-task", "s.sqlite", "--dry-run"],
+                 ["cvat", "push", "s.sqlite", "--task", "3", "--shape", "polygon", "--dry-run"],
+                 ["cvat", "pull", "s.sqlite", "--task", "3", "--dry-run"]):
+        a = p.parse_args(argv)
+        assert a.dry_run and callable(a.func)
+    with pytest.raises(SystemExit), redirect_stderr(io.StringIO()):
+        p.parse_args(["cvat", "push", "s.sqlite", "--task", "3", "--token", "x"])  # no token option
+
+
+def test_package_imports_no_engine():
+    import subprocess
+    import sys
+
+    code = ("import sys, dl_utils.cvat, dl_utils.cvat.cli, dl_utils.auto_annotation;"
+            "bad=[m for m in sys.modules if m.split('.')[0] in ('torch','sam2','groundingdino')"
+            " or m.startswith(('dl_utils.samal','dl_utils.sam2al','dl_utils.dinoal'))];print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# ======================================================================================= server
+# The stand-in's fixture and its API (tests/cvat_standin, written alongside this module).
+from tests.cvat_standin.fixtures import cvat_server  # noqa: E402,F401
+
+from dl_utils.cvat import connect, create_task_for_store, pull, push, read_task, sync_labels  # noqa: E402
+from dl_utils.cvat.push import push_state  # noqa: E402
+
+SECRET = "tok-Very-Secret-0123456789"
+
+
+class Sleeps(list):
+    """A fake sleep: records the waits instead of waiting."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+def token_of(server) -> str:
+    return server.token
+
+
+def fail_at(server, k: int, kind: str, **kw) -> None:
+    """Make the server's k-th request (0-based, counted from now) fail as ``kind``."""
+    getattr(server.faults, {"500": "fail_at", "drop": "drop_at", "429": "rate_limit_at"}[kind])(k, **kw)
+
+
+def n_requests(server) -> int:
+    return len(server.log)
+
+
+def patches(server, since: int = 0) -> list:
+    return [e for e in server.log[since:] if e.method == "PATCH" and "annotations" in e.path]
+
+
+def conn_for(server, *, retries: int = 3, sleep=None):
+    from dl_utils.cvat import RetryPolicy
+
+    return connect(server.url, token=token_of(server), prompt=False,
+                   retry=RetryPolicy(retries=retries, base_delay=0.0),
+                   sleep=sleep if sleep is not None else Sleeps())
+
+
+def write_clip(path, n: int) -> str:
+    from dl_utils.video_utils import write_video
+
+    from tests.conftest import synthetic_frame
+
+    write_video(path, (synthetic_frame(i, H, W) for i in range(n)), fps=25, crf=30, preset="ultrafast")
+    return str(path)
+
+
+@pytest.fixture
+def job(tmp_path, rng, cvat_server):
+    """A store (frames 3..25 step 2, 3 objects) and a task made for it (two jobs of 6 frames)."""
+    video = write_clip(tmp_path / "clip.mp4", 27)
+    st, exp = make_store(tmp_path / "job.sqlite", rng)
+    st.set_media(MediaInfo(**{**st.media.to_dict(), "path": video}))
+    conn = conn_for(cvat_server)
+    task = create_task_for_store(conn, st, segment_size=6, poll_interval=0.01)
+    yield st, exp, conn, task
+    conn.close()
+    st.close()
+
+
+def server_annotations(conn, task_id: int) -> list:
+    """Everything on the task, ids removed and sorted: what 'identical' means between two runs."""
+    out = []
+    for j in read_task(conn, task_id).jobs:
+        data = conn.request("GET", f"/api/jobs/{j.id}/annotations", what="test read")
+        for s in data["shapes"]:
+            out.append(json.dumps({k: v for k, v in s.items() if k not in ("id",)}, sort_keys=True))
+        for t in data["tracks"]:
+            t = dict(t, shapes=[{k: v for k, v in s.items() if k != "id"} for s in t["shapes"]])
+            out.append(json.dumps({k: v for k, v in t.items() if k != "id"}, sort_keys=True))
+    return sorted(out)
+
+
+def test_task_numbering_with_step(job, cvat_server):
+    st, exp, conn, task = job
+    assert (task.media.start, task.media.step, len(task.media.frames)) == (3, 2, 12)
+    assert task.media.frames == FRAMES and len(task.jobs) == 2
+    assert st.get_meta("cvat.tasks") == {conn.host: [task.id]}
+    other = MediaInfo(name="x", width=W, height=H, frames=list(range(12)), start=0, stop=11, step=1)
+    st2 = AnnotationStore.create(st.path.parent / "other.sqlite", other)
+    with pytest.raises(CvatError, match=rf"start=0 step=1 in .* but start=3 step=2 in task {task.id}"):
+        push(st2, conn, task.id)
+    st2.close()
+
+
+def test_push_pull_exact_round_trip(job, tmp_path):
+    st, exp, conn, task = job
+    rep = push(st, conn, task.id)
+    assert (rep.created, rep.updated, rep.deleted) == (len(exp), 0, 0)
+    back = AnnotationStore.create(tmp_path / "back.sqlite")
+    prep = pull(back, conn, task.id)
+    assert prep.foreign == len(exp) and prep.instances == len(exp)
+    assert back.media.frames == FRAMES
+    got = {}
+    for f, insts in back.iter_frames():
+        for inst in insts:
+            got[(f, inst.object_id)] = inst
+    assert set(got) == set(exp)  # object ids come back from the groups, frames as source numbers
+    for key, m in exp.items():
+        assert np.array_equal(got[key].mask, m), key
+        assert got[key].source is (Source.SEMI_AUTO if key == (3, 1) else Source.AUTO)
+    assert {o.id: o.label for o in back.objects()} == {1: "car", 2: "person", 3: "car"}
+    back.close()
+
+
+@pytest.mark.parametrize("shape", ["polygon", "box"])
+def test_tracks_round_trip(job, tmp_path, shape):
+    from dl_utils.formats._common import to_geometry
+
+    st, exp, conn, task = job
+    push(st, conn, task.id, shape=shape)
+    tracks = []
+    for j in task.jobs:
+        tracks += conn.request("GET", f"/api/jobs/{j.id}/annotations", what="t")["tracks"]
+    t2 = [t for t in tracks if t["group"] == 2 and t["frame"] < 6][0]  # object 2 leaves on frames 4, 5
+    assert [(s["frame"], s["outside"]) for s in t2["shapes"]][-2:] == [(3, False), (4, True)]
+    back = AnnotationStore.create(tmp_path / "back.sqlite")
+    pull(back, conn, task.id)
+    for (f, o), m in exp.items():
+        inst = back.read_frame(f).by_object()[o]
+        g = to_geometry(Instance(o, mask=m), H, W, shape)
+        if shape == "box":
+            assert inst.box == g.box and inst.shape is ShapeType.BOX
+        else:
+            assert inst.polygon == g.rings and inst.shape is ShapeType.POLYGON
+    back.close()
+
+
+def test_repush_sends_only_what_changed(job, cvat_server):
+    st, exp, conn, task = job
+    first = push(st, conn, task.id, max_request_bytes=4096)
+    assert first.created == len(exp)
+    before = server_annotations(conn, task.id)
+    mark = n_requests(cvat_server)
+    again = push(st, conn, task.id)
+    assert (again.created, again.updated, again.deleted, again.unchanged) == (0, 0, 0, len(exp))
+    assert patches(cvat_server, mark) == [] and server_annotations(conn, task.id) == before
+    # change one mask, drop another, add a new object on one frame
+    f = FRAMES[7]
+    m = exp[(f, 1)].copy()
+    m[0:3, 0:3] = True
+    st.write_frame(f, [Instance(1, mask=m), Instance(3, mask=np.zeros((H, W), bool))])
+    st.add_object("person", id=9)
+    st.write_frame(FRAMES[0], [Instance(9, mask=exp[(FRAMES[0], 1)])])
+    mark = n_requests(cvat_server)
+    rep = push(st, conn, task.id)
+    assert (rep.created, rep.updated, rep.deleted, rep.unchanged) == (1, 1, 1, len(exp) - 2)
+    sent = patches(cvat_server, mark)
+    assert [e.query.get("action") if isinstance(e.query, dict) else e.query for e in sent]  # 3 kinds
+    assert len(sent) == 3
+    assert sum(e.bytes for e in sent) < first.bytes_sent / 5
+    back = AnnotationStore.create(st.path.parent / "b2.sqlite")
+    pull(back, conn, task.id)
+    assert np.array_equal(back.read_frame(f).by_object()[1].mask, m)
+    assert 3 not in back.read_frame(f).by_object()
+    assert np.array_equal(back.read_frame(FRAMES[0]).by_object()[9].mask, exp[(FRAMES[0], 1)])
+    back.close()
+
+
+def test_people_s_shapes_are_never_touched(job, cvat_server):
+    st, exp, conn, task = job
+    push(st, conn, task.id)
+    state = push_state(st, conn.host, task.id)["units"]
+    j0 = task.jobs[0].id
+    car = [lb for lb in conn.get_paginated("/api/labels", {"task_id": task.id}, what="l")
+           if lb["name"] == "car"][0]["id"]
+    human_mask = np.zeros((H, W), bool)
+    human_mask[30:40, 5:20] = True
+    drawn = conn.request("PATCH", f"/api/jobs/{j0}/annotations", query={"action": "create"},
+                         body={"version": 0, "tags": [], "tracks": [], "shapes": [
+                             {"type": "mask", "frame": 1, "label_id": car, "group": 0, "source": "manual",
+                              "points": encode_cvat_rle(human_mask), "occluded": False, "z_order": 0,
+                              "rotation": 0.0, "outside": False, "attributes": []}]},
+                         what="a person draws")["shapes"][0]
+    ours = conn.request("GET", f"/api/jobs/{j0}/annotations", what="read")["shapes"]
+    by_id = {s["id"]: s for s in ours}
+    edited = dict(by_id[state[f"m:{FRAMES[2]}:1"][2]])
+    edited_mask = exp[(FRAMES[2], 1)].copy()
+    edited_mask[:, :10] = False
+    edited.update(points=encode_cvat_rle(edited_mask), source="manual")
+    conn.request("PATCH", f"/api/jobs/{j0}/annotations", query={"action": "update"},
+                 body={"version": 0, "tags": [], "tracks": [], "shapes": [edited]}, what="a person edits")
+    gone = by_id[state[f"m:{FRAMES[3]}:3"][2]]
+    conn.request("PATCH", f"/api/jobs/{j0}/annotations", query={"action": "delete"},
+                 body={"version": 0, "tags": [], "tracks": [], "shapes": [gone]}, what="a person deletes")
+    # the model runs again and changes every mask of the first job's frames
+    for f in FRAMES[:6]:
+        st.write_frame(f, [Instance(o, mask=np.roll(exp[(f, o)], 1, axis=0)) for o in (1, 3)])
+    rep = push(st, conn, task.id)
+    assert sorted(rep.held) == sorted([f"m:{FRAMES[2]}:1", f"m:{FRAMES[3]}:3"])
+    now = {s["id"]: s for s in conn.request("GET", f"/api/jobs/{j0}/annotations", what="r")["shapes"]}
+    assert now[drawn["id"]] == drawn  # untouched
+    assert now[edited["id"]]["points"] == [float(v) for v in edited["points"]] or \
+        now[edited["id"]]["points"] == edited["points"]
+    assert gone["id"] not in now and not any(
+        s["frame"] == 3 and s["group"] == 3 for s in now.values())  # not brought back
+    # pull: the person's work becomes manual instances; a push afterwards sends none of it back
+    prep = pull(st, conn, task.id)
+    assert (prep.edited, prep.deleted) == (1, 1) and prep.foreign == 1
+    inst = st.read_frame(FRAMES[2]).by_object()[1]
+    assert inst.source is Source.MANUAL and inst.keyframe and np.array_equal(inst.mask, edited_mask)
+    assert st.read_frame(FRAMES[3]).by_object()[3].is_empty
+    new_obj = [o for o in st.objects() if o.id not in (1, 2, 3)]
+    assert len(new_obj) == 1 and np.array_equal(
+        st.read_frame(FRAMES[1]).by_object()[new_obj[0].id].mask, human_mask)
+    mark = n_requests(cvat_server)
+    rep = push(st, conn, task.id)
+    assert (rep.created, rep.updated, rep.deleted) == (0, 0, 0) and patches(cvat_server, mark) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["500", "drop"])
+def test_interrupted_push_at_every_request_ends_like_a_clean_one(job, cvat_server, tmp_path, kind):
+    """A fault at request k of a push (no retries: the push fails), then the same push again."""
+    import shutil
+
+    st, exp, conn, task = job
+    template = tmp_path / "template.sqlite"
+    st.close()
+    shutil.copy(st.path, template)
+    for suffix in ("-wal", "-shm"):
+        if (tmp_path / ("job.sqlite" + suffix)).exists():
+            shutil.copy(tmp_path / ("job.sqlite" + suffix), tmp_path / ("template.sqlite" + suffix))
+
+    def fresh_store(name: str) -> AnnotationStore:
+        p = tmp_path / name
+        shutil.copy(template, p)
+        return AnnotationStore.open(p)
+
+    def clear() -> None:
+        conn.request("DELETE", f"/api/tasks/{task.id}/annotations", what="clear")
+
+    small = 3000  # several PATCH batches per push
+    s0 = fresh_store("clean.sqlite")
+    mark = n_requests(cvat_server)
+    push(s0, conn, task.id, max_request_bytes=small)
+    n = n_requests(cvat_server) - mark
+    clean = server_annotations(conn, task.id)
+    assert len(patches(cvat_server, mark)) >= 3 and n >= 8
+    s0.close()
+    for k in range(n):
+        clear()
+        s = fresh_store(f"k{k}.sqlite")
+        c0 = conn_for(cvat_server, retries=0)
+        fail_at(cvat_server, k, kind)
+        with pytest.raises(CvatError):
+            push(s, c0, task.id, max_request_bytes=small)
+        cvat_server.faults.clear()
+        rep = push(s, conn, task.id, max_request_bytes=small)
+        assert server_annotations(conn, task.id) == clean, f"fault {kind} at request {k}"
+        mark = n_requests(cvat_server)
+        again = push(s, conn, task.id, max_request_bytes=small)
+        assert (again.created, again.updated, again.deleted) == (0, 0, 0), k
+        assert patches(cvat_server, mark) == []
+        assert rep.created + rep.adopted <= len(exp)
+        c0.close()
+        s.close()
+
+
+@pytest.mark.parametrize("kind", ["500", "drop", "429"])
+def test_retries_finish_the_push(job, cvat_server, kind):
+    st, exp, conn, task = job
+    sleeps = Sleeps()
+    c = conn_for(cvat_server, retries=2, sleep=sleeps)
+    mark = n_requests(cvat_server)
+    n_before_patch = 6  # task, meta, jobs, task (labels), labels, job annotations...: a PATCH soon after
+    for k in (1, n_before_patch + 2):
+        fail_at(cvat_server, k, kind)
+    rep = push(st, c, task.id, max_request_bytes=3000)
+    n_push = n_requests(cvat_server) - mark
+    assert rep.created == len(exp) and rep.retries == 2
+    if kind == "429":
+        assert sleeps == [1.0, 1.0]  # Retry-After honoured
+    else:
+        assert sleeps == [0.0, 0.0]
+    assert len(server_annotations(conn, task.id)) == len(exp)
+    assert n_push == rep.requests
+    c.close()
+
+
+def test_no_secret_in_any_output(tmp_path, rng, cvat_server, capsys, caplog, monkeypatch):
+    """Token in the environment; run every CLI command; the token appears nowhere."""
+    from dl_utils.cli import build_parser  # noqa: F401 - the lead wires `cvat` in; test our parser
+    import argparse
+
+    from dl_utils.cvat.cli import add_cvat_arguments
+
+    token = token_of(cvat_server)
+    monkeypatch.setenv("CVAT_HOST", cvat_server.url)
+    monkeypatch.setenv("CVAT_ACCESS_TOKEN", token)
+    video = write_clip(tmp_path / "clip.mp4", 27)
+    st, _ = make_store(tmp_path / "job.sqlite", rng)
+    st.set_media(MediaInfo(**{**st.media.to_dict(), "path": video}))
+    st.close()
+    p = argparse.ArgumentParser()
+    add_cvat_arguments(p.add_subparsers(dest="command"))
+    caplog.set_level(logging.DEBUG)
+
+    def run(*argv: str) -> str:
+        a = p.parse_args(["cvat", *argv])
+        assert a.func(a) == 0
+        return capsys.readouterr().out
+
+    out = run("create-task", str(tmp_path / "job.sqlite"), "--dry-run")
+    assert "would create task" in out
+    out = run("create-task", str(tmp_path / "job.sqlite"), "--json")
+    task_id = json.loads(out)["task"]
+    out += run("labels", "--task", str(task_id), "--store", str(tmp_path / "job.sqlite"), "--dry-run")
+    mark = n_requests(cvat_server)
+    out += run("push", str(tmp_path / "job.sqlite"), "--task", str(task_id), "--dry-run")
+    assert "would send" in out and patches(cvat_server, mark) == []
+    out += run("push", str(tmp_path / "job.sqlite"), "--task", str(task_id))
+    out += run("pull", str(tmp_path / "new.sqlite"), "--task", str(task_id))
+    errors = []
+    monkeypatch.setenv("CVAT_ACCESS_TOKEN", token + "-wrong")
+    with pytest.raises(CvatError) as ei:
+        run("push", str(tmp_path / "job.sqlite"), "--task", str(task_id))
+    errors.append(str(ei.value))
+    assert "401" in errors[0] or "credentials" in errors[0]
+    with AnnotationStore.open(tmp_path / "job.sqlite") as s:
+        meta = json.dumps({k: s.get_meta(k) for k in ("cvat.tasks", f"cvat.push:{cvat_server.url}:task:{task_id}")})
+    assert str(task_id) in meta
+    conn = conn_for(cvat_server)
+    text = "\n".join([out, capsys.readouterr().err, caplog.text, meta, repr(conn), *errors])
+    conn.close()
+    for secret in (token, token + "-wrong"):
+        assert secret not in text
+    raw = (tmp_path / "job.sqlite").read_bytes() + (tmp_path / "new.sqlite").read_bytes()
+    assert token.encode() not in raw
+
+
+def test_label_sync_and_conflicts(cvat_server, tmp_path):
+    conn = conn_for(cvat_server)
+    proj = conn.request("POST", "/api/projects", body={"name": "p", "labels": [
+        {"name": "car", "color": "#ff0000", "type": "any", "attributes": []},
+        {"name": "person", "color": "#00ff00", "type": "rectangle", "attributes": []}]}, what="project")
+    mark = n_requests(cvat_server)
+    wanted = [Label("car", "#123456"), Label("person", type="mask"), Label("dog", "#0000ff", type="mask")]
+    dry = sync_labels(conn, wanted, project_id=proj["id"], dry_run=True)
+    assert dry.created == ["dog"] and not [e for e in cvat_server.log[mark:] if e.method != "GET"]
+    res = sync_labels(conn, wanted, project_id=proj["id"])
+    assert res.created == ["dog"] and res.existing == ["car", "person"]
+    assert res.conflicts == ["label 'person' is of type 'rectangle' in CVAT but 'mask' here"]
+    assert res.color_differs and "car" in res.color_differs[0]
+    labels = {lb["name"]: lb for lb in conn.get_paginated("/api/labels", {"project_id": proj["id"]}, what="l")}
+    assert (labels["dog"]["color"], labels["dog"]["type"]) == ("#0000ff", "mask")
+    assert labels["person"]["type"] == "rectangle"  # left as it was
+    assert res.mapping == {n: labels[n]["id"] for n in ("car", "person", "dog")}
+    with pytest.raises(CvatError, match="'person' is of type 'rectangle'"):
+        res.check()
+    again = sync_labels(conn, wanted, project_id=proj["id"])
+    assert again.created == []
+    conn.close()
+
+
+def test_server_version_refused(cvat_server, monkeypatch):
+    from dl_utils.cvat.connection import CvatConnection
+
+    monkeypatch.setattr(CvatConnection, "request", lambda self, *a, **k: {"version": "2.1.0"})
+    with pytest.raises(CvatError, match="runs CVAT 2.1.0, which dl_utils does not support"):
+        conn_for(cvat_server)
+    monkeypatch.setattr(CvatConnection, "request", lambda self, *a, **k: {"version": "3.0.1"})
+    with pytest.raises(CvatError, match="does not support"):
+        conn_for(cvat_server)
+
+
+# ------------------------------------------------------------------------------- auto_annotation
+class SquaresBackend:
+    """GroundingDINO stand-in: every white square is a detection of the prompt's first phrase."""
+
+    name = "squares"
+    device = "cpu"
+
+    def infer(self, images, prompt, *, box_threshold, text_threshold):
+        import cv2
+
+        from dl_utils.dinoal import Detections
+
+        out = []
+        for im in images:
+            _, _, stats, _ = cv2.connectedComponentsWithStats((im[..., 0] > 200).astype(np.uint8))
+            boxes = [[x, y, x + w, y + h] for x, y, w, h, a in stats[1:] if a >= 30]
+            ps = np.zeros((len(boxes), len(prompt)), np.float32)
+            ps[:, 0] = 0.9
+            out.append(Detections(np.array(boxes, float).reshape(-1, 4), np.full(len(boxes), 0.9),
+                                  phrases=[prompt.phrases[0]] * len(boxes), phrase_scores=ps,
+                                  prompt=prompt.caption, image_size=im.shape[:2]))
+        return out
+
+
+class DiskSegmenter:
+    """SAM2 stand-in: the disc inscribed in each box (ImageSegmenter's predict_boxes interface)."""
+
+    def set_image(self, image, key=None, *, frame=None):
+        self.hw = image.shape[:2]
+        self.frame = frame
+        return True
+
+    def predict_boxes(self, boxes, object_ids=None, scores=None, *, batch_size=64):
+        from dl_utils.annotations import Instances
+
+        h, w = self.hw
+        y, x = np.mgrid[0:h, 0:w]
+        out = []
+        for oid, (x1, y1, x2, y2) in zip(object_ids, np.asarray(boxes)):
+            m = np.hypot(x - (x1 + x2) / 2, y - (y1 + y2) / 2) <= min(x2 - x1, y2 - y1) / 2
+            out.append(Instance(oid, mask=m, score=0.8, prompts={}))
+        return Instances(out, frame=self.frame)
+
+
+def test_auto_annotation_with_cvat_sdk_driver(cvat_server, tmp_path):
+    from PIL import Image
+    from cvat_sdk.auto_annotation import annotate_task
+
+    from dl_utils.cv_utils import decode_cvat_rle
+    from dl_utils.auto_annotation import GroundedSamFunction
+    from dl_utils.dinoal import GroundedDetector
+    from dl_utils.cvat.tasks import create_task
+
+    files, expected = [], []
+    seg = DiskSegmenter()
+    for i in range(3):
+        img = np.zeros((H, W, 3), np.uint8)
+        boxes = [(5 + 3 * i, 6, 19 + 3 * i, 20), (35, 20 + i, 55, 40 + i)]
+        for x1, y1, x2, y2 in boxes:
+            img[y1:y2, x1:x2] = 255
+        p = tmp_path / f"img_{i}.png"
+        Image.fromarray(img).save(p)
+        files.append(p)
+        seg.set_image(img)
+        expected.append(sorted(encode_cvat_rle(inst.mask) for inst in seg.predict_boxes(boxes, [1, 2])))
+    conn = conn_for(cvat_server)
+    task = create_task(conn, "images", files, labels=[Label("car"), Label("person")], poll_interval=0.01)
+    fn = GroundedSamFunction(GroundedDetector(SquaresBackend(), prompt="car. person"), DiskSegmenter(),
+                             labels=["car", "person"], prompt="car. person")
+    annotate_task(conn.client, task.id, fn)
+    data = conn.request("GET", f"/api/tasks/{task.id}/annotations", what="read")
+    car = [lb["id"] for lb in conn.get_paginated("/api/labels", {"task_id": task.id}, what="l")
+           if lb["name"] == "car"][0]
+    for i in range(3):
+        shapes = [s for s in data["shapes"] if s["frame"] == i]
+        assert all(s["type"] == "mask" and s["label_id"] == car and s["source"] == "auto" for s in shapes)
+        got = sorted(encode_cvat_rle(decode_cvat_rle(s["points"], H, W)) for s in shapes)
+        assert got == expected[i]
+    # conv_mask_to_poly: the driver asks for polygons
+    annotate_task(conn.client, task.id, fn, clear_existing=True, conv_mask_to_poly=True)
+    data = conn.request("GET", f"/api/tasks/{task.id}/annotations", what="read")
+    assert {s["type"] for s in data["shapes"]} == {"polygon"} and len(data["shapes"]) == 6
+    conn.close()
