@@ -16,6 +16,7 @@ from dl_utils.annotate import STEPS_KEY, run_annotate
 from dl_utils.dinoal import Detections
 from dl_utils.errors import InputError
 from dl_utils.store import AnnotationStore
+from tests.cvat_standin.fixtures import cvat_server  # noqa: F401  (fixture)
 from tests.sam2_fixtures import requires_sam2, tiny_sam2, tiny_sam2_video  # noqa: F401  (fixtures)
 
 N = 8
@@ -186,3 +187,29 @@ def test_cli_wiring():
                                    "--points", "p.json", "--cvat-task", "7", "--every", "10"])
     assert (a.source, a.text, a.out, a.points, a.cvat_task, a.every, a.direction) == (
         "v.mp4", "car. person", "s.sqlite", "p.json", 7, 10, "both")
+
+
+@requires_sam2
+def test_cvat_task_push_from_the_environment(tiny_sam2_video, clip, tmp_path, monkeypatch, cvat_server):  # noqa: F811
+    """--cvat-task: credentials from CVAT_* variables; a re-run pushes nothing new."""
+    from dl_utils.annotations import MediaInfo
+    from dl_utils.cvat import connect, create_task_for_store
+
+    pts = prompts_file(tmp_path, CLICK)
+    out = tmp_path / "c.sqlite"
+    run_annotate(clip, out, points=pts, sam_video_model=tiny_sam2_video, progress=False)
+    with AnnotationStore.open(out) as st:
+        st.set_media(MediaInfo(**{**st.media.to_dict(), "path": str(clip)}))
+        conn = connect(cvat_server.url, token=cvat_server.token, prompt=False)
+        task = create_task_for_store(conn, st, poll_interval=0.01)
+        conn.close()
+    monkeypatch.setenv("CVAT_HOST", cvat_server.url)
+    monkeypatch.setenv("CVAT_ACCESS_TOKEN", cvat_server.token)
+    s = run_annotate(clip, out, points=pts, cvat_task=task.id, sam_video_model=tiny_sam2_video, progress=False)
+    assert s["cvat"]["created"] == N and s["points"]["frames_written"] == 0
+    shapes = [sh for a in cvat_server.state.annotations.values() for sh in a.shapes.values()]
+    assert sorted(sh["frame"] for sh in shapes) == list(range(N)) and {sh["group"] for sh in shapes} == {1}
+    again = run_annotate(clip, out, points=pts, cvat_task=task.id, sam_video_model=tiny_sam2_video,
+                         progress=False)
+    assert (again["cvat"]["created"], again["cvat"]["updated"], again["cvat"]["deleted"]) == (0, 0, 0)
+    assert cvat_server.token not in json.dumps(s) + json.dumps(again)
