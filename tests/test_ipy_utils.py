@@ -100,6 +100,55 @@ def test_drag_box_covers_touched_pixels():
 
 
 # ----------------------------------------------------------------------------- history
+def test_overlay_region_is_the_drawn_part_of_the_layer(rng):
+    """The widget sends only the drawn region; placed on a clear layer it is the whole overlay."""
+    import cv2
+
+    from dl_utils.annotations import Instance
+    from dl_utils.ipy_utils.render import display_mask, overlay_region, overlay_rgba
+    from dl_utils.ipy_utils.geometry import View, sample_indices
+
+    h, w = 90, 160
+    a = np.zeros((h, w), bool)
+    a[20:40, 30:70] = True
+    b = np.zeros((h, w), bool)
+    b[50:60, 100:150] = True
+    insts = [Instance(1, mask=a), Instance(2, mask=b)]
+    colors = {1: "#ff0000", 2: "#00ff00"}
+    for view in (View(w, h), View(w, h, scale=0.5), View(w, h, zoom=2.0, x0=10, y0=5)):
+        full = overlay_rgba(insts, view, colors=colors, selected=2)
+        region, (x, y) = overlay_region(insts, view, colors=colors, selected=2)
+        assert full[y:y + region.shape[0], x:x + region.shape[1]].tolist() == region.tolist()
+        outside = full.copy()
+        outside[y:y + region.shape[0], x:x + region.shape[1]] = 0
+        assert not outside.any()
+        # reference: every object filled and outlined on the whole layer
+        ref = np.zeros_like(full)
+        for oid in (1, 2):
+            ys, xs = sample_indices(view)
+            m = (a if oid == 1 else b)[np.clip(ys, 0, None)[:, None], np.clip(xs, 0, None)[None, :]]
+            m &= (ys >= 0)[:, None] & (xs >= 0)[None, :]
+            assert np.array_equal(display_mask(a if oid == 1 else b, view), m)  # the 1:1 fast path too
+            col = (255, 0, 0) if oid == 1 else (0, 255, 0)
+            ref[m] = (*col, round(0.45 * 255))
+            cs, _ = cv2.findContours(m.view(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(ref, cs, -1, (*col, 255), 3 if oid == 2 else 1, cv2.LINE_8)
+        assert np.array_equal(full, ref)
+    region, at = overlay_region([Instance(1, mask=np.zeros((h, w), bool))], View(w, h))
+    assert region.shape == (1, 1, 4) and not region.any() and at == (0, 0)
+    # what the widget sends: a palette PNG that decodes (as a browser does) to the same RGBA
+    import io
+
+    from PIL import Image
+
+    from dl_utils.ipy_utils.render import encode_indexed_png, overlay_indexed
+
+    idx, palette, at = overlay_indexed(insts, View(w, h), colors=colors, selected=2)
+    rgba, at2 = overlay_region(insts, View(w, h), colors=colors, selected=2)
+    decoded = np.asarray(Image.open(io.BytesIO(encode_indexed_png(idx, palette))).convert("RGBA"))
+    assert at == at2 and np.array_equal(decoded, rgba)
+
+
 def test_history_undo_redo_and_branch():
     h = History(limit=3)
     acts = [Action(OBJECT, i, i - 1, i, f"a{i}") for i in range(4)]

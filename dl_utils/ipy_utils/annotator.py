@@ -28,7 +28,7 @@ from ..cv_utils import palette
 from ..errors import DlUtilsError, InputError, MediaError
 from . import geometry as geo
 from .history import OBJECT, PROMPT, Action, History, PromptBook, is_empty
-from .render import display_frame, encode_jpeg, encode_png, overlay_rgba, render
+from .render import display_frame, encode_indexed_png, encode_jpeg, overlay_indexed, render
 from .worker import Worker, kernel_scheduler
 
 log = logging.getLogger("dl_utils.ipy_utils")
@@ -773,17 +773,21 @@ class Annotator:
                       alpha=self.alpha, contour_only=self.contour_only, selected=self.selected,
                       show_labels=self.show_labels, base=self._base_frame())
 
-    def _put(self, layer: int, data: bytes, fallback: np.ndarray) -> None:
-        """Send an encoded image to a canvas layer; ipycanvas' own path re-encodes (JPEG 75 / slow PNG)."""
+    def _put(self, layer: int, data: bytes, fallback: Any, at: tuple[int, int] = (0, 0)) -> None:
+        """Send an encoded image to a canvas layer at ``at``; the rest of the layer is cleared.
+
+        ipycanvas' own path re-encodes (JPEG 75 / slow PNG), hence the draw command with our bytes.
+        """
         c = self.canvas[layer]
         try:
             from ipycanvas.canvas import COMMANDS
 
             c.clear()
-            c._canvas_manager.send_draw_command(c, COMMANDS["putImageData"], [0, 0], [data])
+            c._canvas_manager.send_draw_command(c, COMMANDS["putImageData"], [int(at[0]), int(at[1])], [data])
         except Exception:  # a newer ipycanvas: use the public (slower) call
             log.debug("ipycanvas fast path unavailable", exc_info=True)
-            c.put_image_data(fallback, 0, 0)
+            c.clear()
+            c.put_image_data(fallback() if callable(fallback) else fallback, int(at[0]), int(at[1]))
 
     def _draw_frame(self) -> None:
         if not self.has_widgets or self._image is None:
@@ -794,9 +798,11 @@ class Annotator:
     def _draw_overlay(self) -> None:
         if not self.has_widgets or self._image is None or self.view is None:
             return
-        rgba = overlay_rgba(self.instances(), self.view, colors=self._colors(), alpha=self.alpha,
-                            contour_only=self.contour_only, selected=self.selected)
-        self._put(1, encode_png(rgba), rgba)
+        # only the part where something is drawn is built and sent (the rest of the layer is clear),
+        # as a palette PNG: a quarter of the bytes to fill and encode of an RGBA layer
+        idx, palette, at = overlay_indexed(self.instances(), self.view, colors=self._colors(), alpha=self.alpha,
+                                           contour_only=self.contour_only, selected=self.selected)
+        self._put(1, encode_indexed_png(idx, palette), lambda: np.asarray(palette, np.uint8)[idx], at)
         self._draw_prompts()
 
     def _draw_prompts(self) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..annotations import Instance
 from ..cv_utils import color_for_index, draw_overlay
+from ..errors import InputError
 from .geometry import View, sample_indices
 
 
@@ -34,8 +35,15 @@ def display_frame(image: np.ndarray, view: View, *, smooth: bool = True) -> np.n
     return np.ascontiguousarray(out)
 
 
+def is_identity(view: View) -> bool:
+    """True when canvas pixel (x, y) is source pixel (x, y) (1:1, no zoom, no pan)."""
+    return view.k == 1.0 and view.x0 == 0 and view.y0 == 0 and view.canvas_size == (view.width, view.height)
+
+
 def display_mask(mask: np.ndarray, view: View) -> np.ndarray:
     """A source-size bool mask mapped to the canvas (a display pixel is set iff its source pixel is)."""
+    if is_identity(view):  # the common 1:1 case: no gather (a view, not a copy; callers only read it)
+        return mask
     ys, xs = sample_indices(view)
     out = mask[np.clip(ys, 0, None)[:, None], np.clip(xs, 0, None)[None, :]]
     out &= (ys >= 0)[:, None]
@@ -109,22 +117,98 @@ def overlay_rgba(
     composite equals :func:`render` within one grey level.
     """
     cw, ch = view.canvas_size
+    region, (x, y) = overlay_region(instances, view, colors=colors, alpha=alpha, contour_only=contour_only,
+                                    selected=selected)
     out = np.zeros((ch, cw, 4), np.uint8)
+    out[y:y + region.shape[0], x:x + region.shape[1]] = region
+    return out
+
+
+def overlay_region(
+    instances: Iterable[Instance],
+    view: View,
+    *,
+    colors: Mapping[int, str] | None = None,
+    alpha: float = 0.45,
+    contour_only: bool = False,
+    selected: int | None = None,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`overlay_rgba` cropped to where something is drawn: ``(rgba, (x, y))`` of its top-left.
+
+    Everything outside the region is transparent, so the widget sends just this part. An empty
+    overlay is a 1x1 transparent region.
+    """
+    idx, palette, at = overlay_indexed(instances, view, colors=colors, alpha=alpha, contour_only=contour_only,
+                                       selected=selected)
+    return np.asarray(palette, np.uint8).reshape(-1, 4)[idx], at
+
+
+#: most objects :func:`overlay_indexed` draws on one frame (two palette entries each, 0 = clear)
+MAX_INDEXED_OBJECTS = 127
+
+
+def overlay_indexed(
+    instances: Iterable[Instance],
+    view: View,
+    *,
+    colors: Mapping[int, str] | None = None,
+    alpha: float = 0.45,
+    contour_only: bool = False,
+    selected: int | None = None,
+) -> tuple[np.ndarray, list[tuple[int, int, int, int]], tuple[int, int]]:
+    """The overlay as a palette image: ``(indices uint8, palette RGBA, (x, y))``, cropped as
+    :func:`overlay_region`.
+
+    Index 0 is transparent, ``2k + 1`` / ``2k + 2`` the fill / contour of the k-th object drawn. One
+    byte per pixel makes filling, contouring and PNG-encoding about four times cheaper than RGBA,
+    which is most of what a click costs besides SAM2 (docs/benchmarks.md).
+    """
+    cw, ch = view.canvas_size
     colors = colors or {}
     a = round(float(alpha) * 255)
     items = [i for i in instances if not i.is_empty and i.mask is not None]
     items.sort(key=lambda i: i.object_id == selected)
+    shown = []
+    x1, y1, x2, y2 = cw, ch, 0, 0
     for inst in items:
         m = display_mask(inst.mask, view)
-        if not m.any():
+        rows = np.flatnonzero(m.any(axis=1))
+        if rows.size == 0:
             continue
-        r, g, b = (int((colors.get(inst.object_id) or color_for_index(inst.object_id))[k:k + 2], 16)
-                   for k in (1, 3, 5))
+        cols = np.flatnonzero(m.any(axis=0))
+        pad = 3 if inst.object_id == selected else 1  # contours are drawn centred on the edge
+        x1, y1 = min(x1, max(0, int(cols[0]) - pad)), min(y1, max(0, int(rows[0]) - pad))
+        x2, y2 = max(x2, min(cw, int(cols[-1]) + 1 + pad)), max(y2, min(ch, int(rows[-1]) + 1 + pad))
+        shown.append((inst.object_id, m))
+    palette: list[tuple[int, int, int, int]] = [(0, 0, 0, 0)]
+    if not shown:
+        return np.zeros((1, 1), np.uint8), palette, (0, 0)
+    if len(shown) > MAX_INDEXED_OBJECTS:
+        raise InputError(f"{len(shown)} objects on one frame; the overlay draws at most {MAX_INDEXED_OBJECTS}")
+    out = np.zeros((y2 - y1, x2 - x1), np.uint8)
+    for k, (oid, m) in enumerate(shown):
+        sub = m[y1:y2, x1:x2]
+        r, g, b = (int((colors.get(oid) or color_for_index(oid))[j:j + 2], 16) for j in (1, 3, 5))
+        palette += [(r, g, b, a), (r, g, b, 255)]
         if not contour_only and a > 0:
-            out[m] = (r, g, b, a)
-        cs, _ = cv2.findContours(m.view(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(out, cs, -1, (r, g, b, 255), 3 if inst.object_id == selected else 1, cv2.LINE_8)
-    return out
+            out[sub] = 2 * k + 1
+        cs, _ = cv2.findContours(sub.view(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, cs, -1, 2 * k + 2, 3 if oid == selected else 1, cv2.LINE_8)
+    return out, palette, (x1, y1)
+
+
+def encode_indexed_png(indices: np.ndarray, palette: Iterable[tuple[int, int, int, int]], level: int = 1) -> bytes:
+    """A palette PNG with per-entry alpha (tRNS), through Pillow (OpenCV writes no palette PNGs)."""
+    import io
+
+    from PIL import Image
+
+    pal = [tuple(int(v) for v in c) for c in palette]
+    im = Image.fromarray(np.ascontiguousarray(indices, np.uint8), "P")
+    im.putpalette([v for c in pal for v in c[:3]])
+    f = io.BytesIO()
+    im.save(f, "PNG", compress_level=level, transparency=bytes(c[3] for c in pal))
+    return f.getvalue()
 
 
 def encode_png(rgba: np.ndarray, level: int = 1) -> bytes:
@@ -140,4 +224,5 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
     return buf.tobytes()
 
 
-__all__ += ["encode_jpeg", "encode_png", "overlay_rgba"]
+__all__ += ["MAX_INDEXED_OBJECTS", "encode_indexed_png", "encode_jpeg", "encode_png", "is_identity",
+            "overlay_indexed", "overlay_region", "overlay_rgba"]
