@@ -218,7 +218,7 @@ def plain(bedroom_mp4, tmp_path):
     from dl_utils.ipy_utils import Annotator
     from dl_utils.video_utils import open_frames
 
-    a = Annotator(open_frames(bedroom_mp4, stop=3), tmp_path / "s.dlstore", max_size=(480, 270))
+    a = Annotator(open_frames(bedroom_mp4, stop=3), tmp_path / "s.sqlite", max_size=(480, 270))
     a.engine = _Recorder(a.store, 540, 960)
     return a
 
@@ -284,11 +284,11 @@ def test_bad_video_and_click_before_model(tmp_path, bedroom_mp4):
 
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"not a video at all")
-    a = Annotator(bad, tmp_path / "s.dlstore")
+    a = Annotator(bad, tmp_path / "s.sqlite")
     assert a.messages[-1][0] == "error" and "broken.mp4" in a.status
     assert a.source is None
     _click(a, 5, 5)  # nothing open: no exception, a message
-    a.open(bedroom_mp4, tmp_path / "s2.dlstore")  # the widget stays usable
+    a.open(bedroom_mp4, tmp_path / "s2.sqlite")  # the widget stays usable
     assert a.source is not None and "opened bedroom.mp4" in a.status
     _click(a, 5, 5)
     assert a.messages[-1][0] == "error" and "no SAM2 model loaded" in a.status
@@ -354,7 +354,7 @@ def _session(clip, path, model):
 def test_click_parity_render_undo(clip, tmp_path, tiny_sam2_video):
     from dl_utils.ipy_utils import Annotator
 
-    a = Annotator(_session(clip, tmp_path / "a.dlstore", tiny_sam2_video), max_size=(480, 270))
+    a = Annotator(_session(clip, tmp_path / "a.sqlite", tiny_sam2_video), max_size=(480, 270))
     assert a.view.scale == 0.5
     a.new_object("chair")
     _click(a, 201.4, 150.9)
@@ -362,7 +362,7 @@ def test_click_parity_render_undo(clip, tmp_path, tiny_sam2_video):
     assert a.prompts.get(1, 0)["points"] == [[x, y, 1]]
     got = a.store.read_frame(0).by_object()[1]
 
-    ref = _session(clip, tmp_path / "b.dlstore", tiny_sam2_video)
+    ref = _session(clip, tmp_path / "b.sqlite", tiny_sam2_video)
     want = ref.add_points(0, 1, [[x, y, 1]], label="chair")
     assert np.array_equal(got.mask, want.mask) and got.mask.any()
     assert np.array_equal(ref.store.read_frame(0).by_object()[1].mask, got.mask)
@@ -402,7 +402,7 @@ def test_click_parity_render_undo(clip, tmp_path, tiny_sam2_video):
 def test_propagate_background_cancel_keeps_frames(clip, tmp_path, tiny_sam2_video, monkeypatch):
     from dl_utils.ipy_utils import Annotator
 
-    s = _session(clip, tmp_path / "p.dlstore", tiny_sam2_video)
+    s = _session(clip, tmp_path / "p.sqlite", tiny_sam2_video)
     a = Annotator(s)
     a.click(300, 200)
     reached, go = threading.Event(), threading.Event()
@@ -471,7 +471,7 @@ def test_image_folder_click_parity_and_detect(tmp_path, tiny_sam2):
         def detect(self, image, prompt):
             return Detections(boxes=[[10, 20, 70, 90]], scores=[0.9], phrases=["car"])
 
-    a = Annotator(folder, tmp_path / "i.dlstore", sam_model=tiny_sam2, detector=StubDetector())
+    a = Annotator(folder, tmp_path / "i.sqlite", sam_model=tiny_sam2, detector=StubDetector())
     assert a.view.scale == 1.0 and a.engine is not None and not a.engine.can_propagate
     _click(a, 40.5, 30.2)
     got = a.store.read_frame(0).by_object()[1]
@@ -542,7 +542,7 @@ def test_worker_drains_on_the_kernel_thread():
 def test_correction_repropagates_what_it_affects(clip, tmp_path, tiny_sam2_video):
     from dl_utils.ipy_utils import Annotator
 
-    a = Annotator(_session(clip, tmp_path / "c.dlstore", tiny_sam2_video))
+    a = Annotator(_session(clip, tmp_path / "c.sqlite", tiny_sam2_video))
     a.click(300, 200)
     a.propagate("forward")
     assert a.wait(120) and a.store.frames() == list(range(8))

@@ -248,7 +248,7 @@ class Annotator:
             elif store is not None:
                 st = AnnotationStore.open_or_create(store, media)
             else:
-                path = Path(tempfile.mkdtemp(prefix="dl_utils_annotator_")) / "annotations.dlstore"
+                path = Path(tempfile.mkdtemp(prefix="dl_utils_annotator_")) / "annotations.sqlite"
                 st = AnnotationStore.create(path, media)
         self.source, self.store, self.session = source, st, session
         self.engine = _VideoEngine(session) if session is not None else None
