@@ -35,16 +35,9 @@ RUN_DIR="${DL_UTILS_RUN_DIR:-$ROOT/.run}"
 DRY_RUN=0
 REBUILD=0
 
-say() { printf '[docker/run.sh] %s\n' "$*" >&2; }
-
-run() {
-  if [ "$DRY_RUN" = 1 ]; then
-    printf '%q ' "$@"
-    printf '\n'
-  else
-    "$@"
-  fi
-}
+SCRIPT=docker/run.sh
+# shellcheck source=dockerPreAnnotation/lib.sh
+. "$ROOT/dockerPreAnnotation/lib.sh"
 
 for a in "$@"; do
   case "$a" in
@@ -55,29 +48,17 @@ for a in "$@"; do
   esac
 done
 
-uid="$(id -u)"
-gid="$(id -g)"
-if [ "$uid" = 0 ]; then uid=1000 gid=1000; fi
+image_uid_gid
+build_if_missing "$IMAGE" "$REBUILD" "$ROOT/docker/Dockerfile" \
+  --build-arg "DL_UTILS_SUBDIR=$SUBDIR" --build-arg "USER_UID=$uid" --build-arg "USER_GID=$gid" \
+  --build-arg "DL_UTILS_VERSION=$VERSION" "$ROOT"
 
-if [ "$DRY_RUN" = 1 ]; then
-  echo "# build (only when $IMAGE is missing, or with --rebuild)"
-elif [ "$REBUILD" = 0 ] && "$DOCKER" image inspect "$IMAGE" >/dev/null 2>&1; then
-  BUILT=1
-fi
-if [ "${BUILT:-0}" = 0 ]; then
-  [ "$DRY_RUN" = 1 ] || say "building $IMAGE (first time: compiles SAM2's CUDA extension, takes minutes)"
-  run "$DOCKER" build -f "$ROOT/docker/Dockerfile" -t "$IMAGE" \
-    --build-arg "DL_UTILS_SUBDIR=$SUBDIR" --build-arg "USER_UID=$uid" --build-arg "USER_GID=$gid" \
-    --build-arg "DL_UTILS_VERSION=$VERSION" "$ROOT"
-fi
-
-if [ "$DRY_RUN" = 0 ] && [ -n "$("$DOCKER" ps -q --filter "name=^${NAME}\$")" ]; then
+if [ "$DRY_RUN" = 0 ] && container_running "$NAME"; then
   say "container $NAME is already running; stop it with docker/stop.sh first"
   exit 1
 fi
 
-token="${DL_UTILS_TOKEN:-}"
-[ -n "$token" ] || token="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+token="$(new_token)"
 url="http://$HOST:$PORT/lab?token=$token"
 [ "$DRY_RUN" = 1 ] || mkdir -p "$RUN_DIR"
 

@@ -11,24 +11,18 @@ NAME="${DL_UTILS_CONTAINER:-}"
 if [ -z "$NAME" ] && [ -f "$RUN_DIR/workspace.container" ]; then NAME="$(cat "$RUN_DIR/workspace.container")"; fi
 NAME="${NAME:-dl-utils-workspace}"
 DRY_RUN=0
+SCRIPT=docker/stop.sh
+# shellcheck source=dockerPreAnnotation/lib.sh
+. "$ROOT/dockerPreAnnotation/lib.sh"
 
 for a in "$@"; do
   case "$a" in
     --dry-run) DRY_RUN=1 ;;
     -h | --help) sed -n '2,4p' "$0"; exit 0 ;;
-    *) echo "[docker/stop.sh] unknown argument '$a' (use --dry-run)" >&2; exit 2 ;;
+    *) say "unknown argument '$a' (use --dry-run)"; exit 2 ;;
   esac
 done
 
-if [ "$DRY_RUN" = 1 ]; then
-  printf '%q ' "$DOCKER" stop "$NAME"
-  printf '\n'
-  exit 0
-fi
-if [ -n "$("$DOCKER" ps -q --filter "name=^${NAME}\$")" ]; then
-  "$DOCKER" stop "$NAME" >/dev/null
-  echo "stopped container $NAME"
-else
-  echo "nothing to stop: container $NAME is not running"
-fi
+stop_container "$NAME"
+[ "$DRY_RUN" = 1 ] && exit 0
 rm -f "$RUN_DIR/workspace.url" "$RUN_DIR/workspace.container"

@@ -11,26 +11,20 @@ NAME="${DL_UTILS_CONTAINER:-}"
 if [ -z "$NAME" ] && [ -f "$RUN_DIR/container" ]; then NAME="$(cat "$RUN_DIR/container")"; fi
 NAME="${NAME:-dl-utils-preannotation}"
 DRY_RUN=0
+SCRIPT=dockerPreAnnotation/stop.sh
+# shellcheck source=dockerPreAnnotation/lib.sh
+. "$ROOT/dockerPreAnnotation/lib.sh"
 
 for a in "$@"; do
   case "$a" in
     --dry-run) DRY_RUN=1 ;;
     -h | --help) sed -n '2,4p' "$0"; exit 0 ;;
-    *) echo "[dockerPreAnnotation/stop.sh] unknown argument '$a' (use --dry-run)" >&2; exit 2 ;;
+    *) say "unknown argument '$a' (use --dry-run)"; exit 2 ;;
   esac
 done
 
-if [ "$DRY_RUN" = 1 ]; then
-  printf '%q ' "$DOCKER" stop "$NAME"
-  printf '\n'
-  exit 0
-fi
-if [ -n "$("$DOCKER" ps -q --filter "name=^${NAME}\$")" ]; then
-  "$DOCKER" stop "$NAME" >/dev/null
-  echo "stopped container $NAME"
-else
-  echo "nothing to stop: container $NAME is not running"
-fi
+stop_container "$NAME"
+[ "$DRY_RUN" = 1 ] && exit 0
 # the records are the container's unless the top-level ./run.sh started the local JupyterLab since
 if [ "$(cat "$RUN_DIR/mode" 2>/dev/null || true)" != local ]; then
   rm -f "$RUN_DIR/lab.url" "$RUN_DIR/mode" "$RUN_DIR/container"

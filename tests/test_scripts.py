@@ -45,6 +45,8 @@ def test_every_script_and_dockerfile_is_found():
     dockerfiles = {p.relative_to(ROOT).as_posix() for p in DOCKERFILES}
     assert dockerfiles >= {"docker/Dockerfile", "dockerPreAnnotation/Dockerfile"}
     for p in SCRIPTS:
+        if p.name == "lib.sh":  # sourced by the others, never run
+            continue
         assert os.access(p, os.X_OK), f"{p} is not executable (chmod +x)"
 
 
@@ -294,6 +296,8 @@ def test_workspace_scripts(tmp_path):
     shutil.copy(ROOT / "dl_utils" / "__init__.py", sub / "dl_utils" / "__init__.py")
     for name in ("run.sh", "stop.sh"):
         shutil.copy2(ROOT / "docker" / name, sub / "docker" / name)
+    (sub / "dockerPreAnnotation").mkdir()
+    shutil.copy2(ROOT / "dockerPreAnnotation" / "lib.sh", sub / "dockerPreAnnotation" / "lib.sh")
     e = Env(tmp_path, DL_UTILS_PARENT=str(proj))
     build, run = commands(e.run("docker/run.sh", "--dry-run", root=sub).stdout)
     assert option(build, "-f") == [f"{sub}/docker/Dockerfile"] and build[-1] == str(sub)
