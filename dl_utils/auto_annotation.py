@@ -15,8 +15,9 @@ or from Python with cvat-sdk's own driver::
 Parameters of :func:`create` (``-p name=type:value``): ``text`` (the prompt; its phrases are the
 labels, matched by name to the task's labels), ``classes`` (a class table: labels and synonyms
 from it instead), ``shape`` (``mask``, default, or ``rectangle`` to skip SAM2), ``backend``,
-``model`` (detector weights), ``sam2`` (SAM2 model name), ``device``, ``box_threshold``,
-``text_threshold``. cvat-sdk passes ``conf_threshold`` (detections below it are dropped) and
+``model`` (detector weights: file, folder, registry name or hub id), ``text_encoder`` (groundingdino
+backend: a local BERT folder), ``sam2`` (SAM2 model name), ``sam2_checkpoint`` (a checkpoint file for
+it), ``image_size`` (SAM2 input size override), ``device``, ``box_threshold``, ``text_threshold``. cvat-sdk passes ``conf_threshold`` (detections below it are dropped) and
 ``conv_mask_to_poly`` (masks are sent as polygons) through the context.
 
 The heavy engines (torch, GroundingDINO, SAM2) are imported only when :func:`create` builds them,
@@ -71,7 +72,7 @@ class GroundedSamFunction:
     def detect(self, context: Any, image: Any) -> list[Any]:
         import cvat_sdk.auto_annotation as cvataa
 
-        arr = np.asarray(image.convert("RGB"))
+        arr = np.array(image.convert("RGB"))  # a writable copy (torch warns on read-only arrays)
         dets = self.detector.detect(arr, self.prompt)
         thr = getattr(context, "conf_threshold", None)
         keep = [k for k in range(len(dets))
@@ -109,6 +110,9 @@ def create(
     backend: str = "groundingdino",
     model: str | None = None,
     sam2: str | None = None,
+    sam2_checkpoint: str | None = None,
+    image_size: int | None = None,
+    text_encoder: str | None = None,
     device: str | None = None,
     box_threshold: float | None = None,
     text_threshold: float | None = None,
@@ -129,7 +133,7 @@ def create(
 
         table = ClassTable.load(classes)
         options["classes"] = table
-    detector = load_detector(backend, model, device=device, **options)
+    detector = load_detector(backend, model, text_encoder=text_encoder, device=device, **options)
     prompt = detector.resolve_prompt(text) if hasattr(detector, "resolve_prompt") else parse_prompt(text)
     if table is not None:
         labels = list(table.leaves()) if text is None else list(dict.fromkeys(
@@ -141,7 +145,7 @@ def create(
         from .models import DEFAULT_MODEL
         from .samal import ImageSegmenter
 
-        segmenter = ImageSegmenter(sam2 or DEFAULT_MODEL, device=device)
+        segmenter = ImageSegmenter(sam2 or DEFAULT_MODEL, sam2_checkpoint, image_size=image_size, device=device)
     return GroundedSamFunction(detector, segmenter, labels=labels, prompt=prompt, shape=shape)
 
 

@@ -207,6 +207,8 @@ def test_package_imports_no_engine():
 # ======================================================================================= server
 # The stand-in's fixture and its API (tests/cvat_standin, written alongside this module).
 from tests.cvat_standin.fixtures import cvat_server  # noqa: E402,F401
+from tests.dino_fixtures import hf_model_dir, requires_tf  # noqa: E402,F401  (fixture)
+from tests.sam2_fixtures import requires_sam2, tiny_sam2  # noqa: E402,F401  (fixture)
 
 from dl_utils.cvat import connect, create_task_for_store, pull, push, read_task, sync_labels  # noqa: E402
 from dl_utils.cvat.push import push_state  # noqa: E402
@@ -656,4 +658,60 @@ def test_auto_annotation_with_cvat_sdk_driver(cvat_server, tmp_path):
     annotate_task(conn.client, task.id, fn, clear_existing=True, conv_mask_to_poly=True)
     data = conn.request("GET", f"/api/tasks/{task.id}/annotations", what="read")
     assert {s["type"] for s in data["shapes"]} == {"polygon"} and len(data["shapes"]) == 6
+    conn.close()
+
+
+@requires_sam2
+@requires_tf
+def test_cvat_cli_auto_annotate_runs_our_module(cvat_server, tmp_path, hf_model_dir, tiny_sam2):  # noqa: F811
+    """``cvat-cli task auto-annotate --function-module dl_utils.auto_annotation``: the real cvat-cli,
+    real (random-weight) models from files; the server gets exactly what the function returns here."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+    from PIL import Image
+
+    from dl_utils.auto_annotation import create
+    from dl_utils.cv_utils import decode_cvat_rle
+    from dl_utils.cvat.tasks import create_task
+    from tests.dino_fixtures import scene
+
+    cli = Path(sys.executable).parent / "cvat-cli"
+    if not cli.exists():
+        pytest.skip("cvat-cli is not installed (pip install cvat-cli)")
+    ckpt = tmp_path / "sam.pt"
+    torch.save({"model": tiny_sam2.state_dict()}, ckpt)
+    files = []
+    for i in range(2):
+        p = tmp_path / f"im_{i}.png"
+        Image.fromarray(scene(240, 320, seed=i)).save(p)
+        files.append(p)
+    conn = conn_for(cvat_server)
+    task = create_task(conn, "auto", files, labels=[Label("car"), Label("person")], poll_interval=0.01)
+    params = dict(text="car. person", backend="transformers", model=str(hf_model_dir),
+                  sam2_checkpoint=str(ckpt), image_size=256, device="cpu", box_threshold=0.6)
+    host, port = cvat_server.url.rsplit(":", 1)
+    args = [str(cli), "--server-host", host, "--server-port", port, "task", "auto-annotate", str(task.id),
+            "--function-module", "dl_utils.auto_annotation"]
+    for k, v in params.items():
+        args += ["-p", f"{k}={'int' if isinstance(v, int) else 'float' if isinstance(v, float) else 'str'}:{v}"]
+    env = dict(os.environ, CVAT_ACCESS_TOKEN=cvat_server.token)
+    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert cvat_server.token not in r.stdout + r.stderr
+    fn = create(**params)
+    labels = {lb["id"]: lb["name"] for lb in conn.get_paginated("/api/labels", {"task_id": task.id}, what="l")}
+    data = conn.request("GET", f"/api/tasks/{task.id}/annotations", what="read")
+    total = 0
+    for i, p in enumerate(files):
+        want = sorted((fn.labels[s.label_id], tuple(s.points)) for s in fn.detect(None, Image.open(p)))
+        got = sorted((labels[s["label_id"]], tuple(s["points"])) for s in data["shapes"] if s["frame"] == i)
+        assert got == want, i
+        total += len(got)
+        for _, pts in got:
+            assert decode_cvat_rle(list(pts), 240, 320).any()
+    assert total > 0  # the random detector's threshold leaves some boxes
     conn.close()
