@@ -17,6 +17,7 @@ from dl_utils.dinoal import Detections
 from dl_utils.errors import InputError
 from dl_utils.store import AnnotationStore
 from tests.cvat_standin.fixtures import cvat_server  # noqa: F401  (fixture)
+from tests.dino_fixtures import hf_model_dir  # noqa: F401  (fixture)
 from tests.sam2_fixtures import requires_sam2, tiny_sam2, tiny_sam2_video  # noqa: F401  (fixtures)
 
 N = 8
@@ -213,3 +214,40 @@ def test_cvat_task_push_from_the_environment(tiny_sam2_video, clip, tmp_path, mo
                          progress=False)
     assert (again["cvat"]["created"], again["cvat"]["updated"], again["cvat"]["deleted"]) == (0, 0, 0)
     assert cvat_server.token not in json.dumps(s) + json.dumps(again)
+
+
+@requires_sam2
+def test_annotate_command_end_to_end(tiny_sam2_video, clip, tmp_path, hf_model_dir):  # noqa: F811
+    """``dl-utils annotate VIDEO --text ... --points FILE --out STORE``: models from files, a real
+    process; the clicked object keeps its id, the run resumes to a no-op."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    ckpt = tmp_path / "sam.pt"
+    torch.save({"model": tiny_sam2_video.state_dict()}, ckpt)
+    pts = prompts_file(tmp_path, CLICK)
+    out = tmp_path / "cli.sqlite"
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "dl_utils", "annotate", str(clip), "--text", "sedan. pedestrian",
+           "--points", str(pts), "--out", str(out), "--backend", "transformers", "--model", str(hf_model_dir),
+           "--box-threshold", "0.75", "--sam-checkpoint", str(ckpt), "--image-size", "256", "--every", "3",
+           "--device", "cpu"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads(proc.stdout)
+    assert s["points"]["applied"] == 1 and s["text"]["status"] in ("done", "no objects found")
+    with AnnotationStore.open(out, readonly=True) as st:
+        labels = {o.id: o.label for o in st.objects()}
+        assert labels[1] == "chair" and set(labels.values()) <= {"chair", "sedan", "pedestrian"}
+        assert st.frames_done(1) == list(range(N))
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=600, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    s2 = json.loads(again.stdout)
+    assert s2["resumed"] and s2["points"]["applied"] == 0 and s2["text"]["status"] == "already done"
+    bad = subprocess.run([sys.executable, "-m", "dl_utils", "annotate", str(clip), "--out", str(out)],
+                         capture_output=True, text=True, cwd=root, timeout=120, env=env)
+    assert bad.returncode != 0 and "nothing to annotate" in bad.stderr and "Traceback" not in bad.stderr
