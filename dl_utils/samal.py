@@ -219,7 +219,9 @@ def _as_array(value: Any, what: str, oid: int) -> np.ndarray:
         raise InputError(f"object {oid}: {what} {value!r} is not numeric") from None
 
 
-def _parse_points(points: Any, oid: int, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+def parse_points(points: Any, oid: int, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Clicks ``[[x, y, 1|0], ...]`` in source pixels -> (coords, labels), checked against the image
+    size ``hw``; shared with :mod:`dl_utils.sam2al` so both engines accept and reject the same input."""
     if points is None:
         return None
     arr = _as_array(points, "points", oid)
@@ -248,7 +250,8 @@ def _parse_points(points: Any, oid: int, hw: tuple[int, int]) -> tuple[np.ndarra
     return arr[:, :2].copy(), arr[:, 2].astype(np.int32)
 
 
-def _parse_box(box: Any, oid: int, hw: tuple[int, int]) -> np.ndarray | None:
+def parse_box(box: Any, oid: int, hw: tuple[int, int]) -> np.ndarray | None:
+    """A box ``(x1, y1, x2, y2)`` in source pixels, checked against ``hw`` (shared with sam2al)."""
     if box is None:
         return None
     arr = _as_array(box, "box", oid).reshape(-1)
@@ -463,8 +466,8 @@ class ImageSegmenter:
         refine: bool | None = None,
     ) -> _Prompt:
         hw = self._require_image()
-        pts = _parse_points(points, oid, hw)
-        bx = _parse_box(box, oid, hw)
+        pts = parse_points(points, oid, hw)
+        bx = parse_box(box, oid, hw)
         m, kind = None, None
         if mask is not None:
             m, kind = self._parse_mask(mask, oid, hw), "given"
@@ -615,7 +618,7 @@ class ImageSegmenter:
         if batch_size is not None and int(batch_size) < 1:
             raise InputError(f"batch_size={batch_size!r}: use a positive number or None (one call)")
         prompts = [
-            _Prompt(oid, None, None, _parse_box(b, oid, hw), None, None, False) for oid, b in zip(ids, arr)
+            _Prompt(oid, None, None, parse_box(b, oid, hw), None, None, False) for oid, b in zip(ids, arr)
         ]
         extra = None if sc is None else [{"detector_score": s} for s in sc]
         return Instances(self._run(prompts, Source.AUTO, extra, batch_size), frame=self._frame)
@@ -677,4 +680,4 @@ def _object_id(value: Any) -> int:
     return int(value)
 
 
-__all__ = ["EmbeddingCache", "ImageSegmenter", "MASK_LOGIT_BIAS", "MASK_LOGIT_SCALE"]
+__all__ = ["EmbeddingCache", "ImageSegmenter", "MASK_LOGIT_BIAS", "MASK_LOGIT_SCALE", "parse_box", "parse_points"]

@@ -22,7 +22,7 @@ from ..sam2_loader import (
     require_sam2,
     resolve_dtype,
 )
-from ..samal import MASK_LOGIT_BIAS, MASK_LOGIT_SCALE, _parse_box, _parse_points
+from ..samal import MASK_LOGIT_BIAS, MASK_LOGIT_SCALE, parse_box, parse_points
 from ..store import AnnotationStore
 from .engine import make_engine
 from .frames import LazyFrames
@@ -300,8 +300,8 @@ class VideoSession:
         idx = self._index(frame, oid)
         hw = (self.height, self.width)
         try:
-            pts = _parse_points(points, oid, hw)
-            bx = None if box is None else _parse_box(box, oid, hw)
+            pts = parse_points(points, oid, hw)
+            bx = None if box is None else parse_box(box, oid, hw)
         except InputError as e:
             raise InputError(f"frame {frame}, {e}") from None
         if pts is None and bx is None:
