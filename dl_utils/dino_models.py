@@ -170,23 +170,8 @@ def list_dino_models() -> list[dict[str, Any]]:
                 sha = _models.recorded_sha256(path)
             except ModelError:
                 sha = None
-        rows.append(
-            {
-                "name": spec.name,
-                "family": spec.family,
-                "aliases": aliases.get(spec.name, []),
-                "size": f"~{spec.approx_mb} MB",
-                "downloaded": present,
-                "partial": is_file and path.with_name(path.name + ".part").is_file(),
-                "verified": sha is not None,
-                "sha256": sha,
-                "path": str(path),
-                "url": spec.url,
-                "hf_id": spec.hf_id,
-                "config": spec.config,
-                "description": spec.description,
-            }
-        )
+        rows.append(_models.model_row(spec, aliases, path, present=present, sha=sha, size=f"~{spec.approx_mb} MB",
+                                      partial=is_file and path.with_name(path.name + ".part").is_file()))
     return rows
 
 

@@ -211,6 +211,51 @@ def _human(n: int | None) -> str:
     return str(n)
 
 
+def model_row(spec: ModelSpec, aliases: dict[str, list[str]], path: Path, *, present: bool,
+              sha: str | None, size: str, partial: bool | None = None) -> dict[str, Any]:
+    """One row of ``dl-utils models list`` (SAM2 and GroundingDINO share the shape)."""
+    if partial is None:
+        partial = path.with_name(path.name + ".part").is_file()
+    return {
+        "name": spec.name,
+        "family": spec.family,
+        "aliases": aliases.get(spec.name, []),
+        "size": size,
+        "downloaded": present,
+        "partial": partial,
+        "verified": sha is not None,
+        "sha256": sha,
+        "path": str(path),
+        "url": spec.url,
+        "hf_id": spec.hf_id,
+        "config": spec.config,
+        "description": spec.description,
+    }
+
+
+def state_dict_mismatch(model: Any, sd: dict[str, Any], *, ignore: tuple[str, ...] = ()
+                        ) -> tuple[list[str], list[str], list[str], list[str]]:
+    """``(missing, unexpected, shape mismatches, readable parts)`` between a module and a state dict.
+
+    Shared by the SAM2 and GroundingDINO loaders so both name the same things the same way;
+    ``ignore``: unexpected keys that do not matter (buffers older libraries saved).
+    """
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(getattr(v, "shape", ())) for k, v in sd.items()}
+    missing = sorted(own.keys() - theirs.keys())
+    unexpected = sorted(k for k in theirs.keys() - own.keys() if k not in ignore)
+    shapes = sorted(k for k in own.keys() & theirs.keys() if own[k] != theirs[k])
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: file {theirs[k]} vs model {own[k]})")
+    return missing, unexpected, shapes, parts
+
+
 def list_models() -> list[dict[str, Any]]:
     """One row per registry model: what it is, whether its weights are here, whether verified."""
     rows = []
@@ -225,23 +270,8 @@ def list_models() -> list[dict[str, Any]]:
             sha = recorded_sha256(path) if present else None
         except ModelError:
             sha = None
-        rows.append(
-            {
-                "name": spec.name,
-                "family": spec.family,
-                "aliases": aliases.get(spec.name, []),
-                "size": _human(path.stat().st_size) if present else f"~{spec.approx_mb} MB",
-                "downloaded": present,
-                "partial": path.with_name(path.name + ".part").is_file(),
-                "verified": sha is not None,
-                "sha256": sha,
-                "path": str(path),
-                "url": spec.url,
-                "hf_id": spec.hf_id,
-                "config": spec.config,
-                "description": spec.description,
-            }
-        )
+        size = _human(path.stat().st_size) if present else f"~{spec.approx_mb} MB"
+        rows.append(model_row(spec, aliases, path, present=present, sha=sha, size=size))
     return rows
 
 
@@ -517,6 +547,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str], *, download: bool =
 
 __all__ = [
     "ALIASES",
+    "model_row",
+    "state_dict_mismatch",
     "DEFAULT_MODEL",
     "MODELS",
     "ModelSpec",

@@ -34,6 +34,7 @@ from .models import (
     get_spec,
     record_sha256,
     resolve_checkpoint,
+    state_dict_mismatch,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -217,21 +218,9 @@ def _load_state_dict(path: Path) -> dict[str, Any]:
 
 def _check_compatible(model: Any, sd: dict[str, Any], path: Path, config: str) -> None:
     """Raise a readable :class:`ModelError` when ``sd`` cannot load strictly into ``model``."""
-    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    theirs = {k: tuple(getattr(v, "shape", ())) for k, v in sd.items()}
-    missing = sorted(own.keys() - theirs.keys())
-    unexpected = sorted(theirs.keys() - own.keys())
-    shapes = sorted(k for k in own.keys() & theirs.keys() if own[k] != theirs[k])
-    if not (missing or unexpected or shapes):
+    parts = state_dict_mismatch(model, sd)[3]
+    if not parts:
         return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-    if shapes:
-        k = shapes[0]
-        parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: file {theirs[k]} vs model {own[k]})")
     guess = guess_model(sd)
     hint = (
         f"it looks like {guess}: pass model={guess!r} (CLI: --model {guess})"

@@ -26,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import InputError, ModelError
+from ..models import state_dict_mismatch
 from .detections import Detections
 from .prompts import Prompt, phrase_index_of_tokens, phrase_scores
 
@@ -313,8 +314,7 @@ _TOLERATED = ("bert.embeddings.position_ids",)  # a buffer older transformers sa
 
 
 def _check_groundingdino_keys(model: Any, sd: dict[str, Any], path: Path, strict: bool) -> None:
-    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    theirs = {k: tuple(getattr(v, "shape", ())) for k, v in sd.items()}
+    theirs = sd.keys()
     if any(k.startswith("image_encoder.") for k in theirs) and not any(k.startswith("transformer.") for k in theirs):
         raise ModelError(f"{path} is a SAM2 checkpoint, not GroundingDINO weights; pass it to the SAM2 engine")
     if any(k.startswith(("model.backbone.conv_encoder", "model.text_backbone")) for k in theirs):
@@ -322,18 +322,8 @@ def _check_groundingdino_keys(model: Any, sd: dict[str, Any], path: Path, strict
             f"{path} holds transformers GroundingDinoForObjectDetection weights; use --backend "
             "transformers with the save_pretrained folder they belong to"
         )
-    missing = sorted(own.keys() - theirs.keys())
-    unexpected = sorted(k for k in theirs.keys() - own.keys() if k not in _TOLERATED)
-    shapes = sorted(k for k in own.keys() & theirs.keys() if own[k] != theirs[k])
+    missing, unexpected, shapes, parts = state_dict_mismatch(model, sd, ignore=_TOLERATED)
     if shapes or (strict and (missing or unexpected)):
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-        if shapes:
-            k = shapes[0]
-            parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: file {theirs[k]} vs model {own[k]})")
         if shapes and all(s.startswith(("bert.", "feat_map.")) for s in shapes):
             hint = "the text encoder folder is not the BERT these weights were trained with (bert-base-uncased)"
         elif shapes:
