@@ -255,29 +255,46 @@ def _images(src: Any, store: Any, prompt: Any, entries: list, points: Any, *, ba
         from .dinoal.pipeline import store_detections
 
         steps = _steps(store)
-        finished = set((steps.get("text") or {}).get("frames", [])) if (steps.get("text") or {}).get(
-            "prompt") == prompt.caption else set()
+        text = steps.get("text") or {}
+        # positions among the source's images (consecutive, so the runs stay short)
+        finished = _from_ranges(text.get("images", [])) if text.get("prompt") == prompt.caption else set()
         det = detector or load_detector(backend, model, text_encoder=text_encoder, device=device, classes=table,
                                         box_threshold=box_threshold, text_threshold=text_threshold)
         run = store.begin_run("annotate", {"text": prompt.caption})
         n = 0
         status = "failed"
         try:
-            todo = [(i, f) for i, f in enumerate(src.frame_numbers) if int(f) not in finished]
+            todo = [(i, f) for i, f in enumerate(src.frame_numbers) if i not in finished]
             for i, frame in tqdm(todo, desc="detect", unit="image", disable=None if progress else True):
                 image = src[i]
                 dets = det.detect(image, prompt)
                 store_detections(store, frame, image, dets, segmenter=segmenter, classes=table, run_id=run,
                                  model=getattr(det, "name", None))
-                finished.add(int(frame))
-                _mark(store, "text", status="running", prompt=prompt.caption, frames=sorted(finished))
+                finished.add(i)
+                _mark(store, "text", status="running", prompt=prompt.caption, images=_to_ranges(finished))
                 n += len(dets)
             status = "done"
         finally:
             store.finish_run(run, status)
-        _mark(store, "text", status="done", prompt=prompt.caption, frames=sorted(finished))
+        _mark(store, "text", status="done", prompt=prompt.caption, images=_to_ranges(finished))
         out["text"] = {"status": "done", "detections": n, "images": len(finished)}
     return out
+
+
+def _to_ranges(frames: set[int]) -> list[list[int]]:
+    """Sorted numbers as ``[[first, last], ...]`` runs: the record written after every image
+    stays a few numbers long (images are done in order), not one that grows with the folder."""
+    out: list[list[int]] = []
+    for f in sorted(frames):
+        if out and f == out[-1][1] + 1:
+            out[-1][1] = f
+        else:
+            out.append([f, f])
+    return out
+
+
+def _from_ranges(ranges: list[list[int]]) -> set[int]:
+    return {f for a, b in ranges for f in range(int(a), int(b) + 1)}
 
 
 def _push(store: Any, task: int, shape: str, connection: Any) -> dict[str, Any]:

@@ -30,8 +30,9 @@ from .detections import Detections
 
 #: store meta key: {object id: last visible frame} of the objects a tracker ended
 ENDED_KEY = "dinoal.ended"
-#: store meta key: the frames the detector ran on (a resumed run keeps their grid)
+#: store meta key: the latest frames the detector ran on (a resumed run keeps their grid)
 KEYFRAMES_KEY = "dinoal.keyframes"
+KEEP_KEYFRAMES = 64
 
 
 def _tracked_masks(instances: Instances) -> dict[int, Any]:
@@ -84,13 +85,18 @@ class GroundedVideoTracker:
         self.detections = 0
         self._pending = None  # (frame, Decision) waiting to be applied after the pass stops
         self._deferred: dict[int, int] = {}  # clicked object id -> frame it joins the manager
+        self._saved_keyframes: list[int] = list(self.store.get_meta(KEYFRAMES_KEY) or [])
 
     # ------------------------------------------------------------------ detection
     def _detect(self, frame: int) -> Detections:
         image = self.source[self.source.index_of(frame)]
         dets = self.detector.detect(image, self.prompt)
         self.keyframes.append(frame)
-        self.store.set_meta(KEYFRAMES_KEY, sorted(set(self.store.get_meta(KEYFRAMES_KEY) or []) | {int(frame)}))
+        # the latest keyframes only (a resume needs the last one before it): a constant-size write
+        # per keyframe, not one that grows with the video
+        if int(frame) not in self._saved_keyframes:
+            self._saved_keyframes = sorted(self._saved_keyframes + [int(frame)])[-KEEP_KEYFRAMES:]
+            self.store.set_meta(KEYFRAMES_KEY, self._saved_keyframes)
         self.detections += len(dets)
         return dets
 
@@ -254,13 +260,13 @@ class GroundedVideoTracker:
                 first[oid], last[oid] = min(have), max(have)
         if not last:
             return None
-        if not self.store.get_meta(KEYFRAMES_KEY):
+        if not self._saved_keyframes:
             # a fresh text run over clicked objects: detect from the start; each clicked object
             # joins the manager on the first frame it has a result on
             self._deferred = dict(first)
             return None
         resume = min(last.values())
-        mgr.resume_after(max((k for k in self.store.get_meta(KEYFRAMES_KEY) or [] if k <= resume), default=None))
+        mgr.resume_after(max((k for k in self._saved_keyframes if k <= resume), default=None))
         for oid in todo:
             at = min(last.get(oid, resume), resume)
             inst = self.store.read_frame(at).by_object().get(oid)
