@@ -279,6 +279,12 @@ class MediaInfo:
     ``frames`` lists the source frame numbers that belong to the job (``start, start+step, ...``);
     ``frame_names`` gives each one's file name for image sets (COCO ``file_name``, CVAT ``<image
     name>``) and is ``None`` for a video.
+
+    ``width``/``height`` is the size of every frame of a video and of the first image of an image set.
+    Photos in one folder rarely share a size, so an image set whose images differ also carries
+    ``frame_sizes``: one ``(width, height)`` per entry of ``frames``. Read a frame's size with
+    :meth:`size_of`, never ``width``/``height`` directly, wherever a frame may be an image. Stores
+    written before per-frame sizes existed have ``frame_sizes=None`` and open unchanged.
     """
 
     name: str
@@ -291,6 +297,7 @@ class MediaInfo:
     step: int = 1
     frame_names: list[str] | None = None
     path: str | None = None
+    frame_sizes: list[tuple[int, int]] | None = None
 
     def __post_init__(self) -> None:
         if self.width <= 0 or self.height <= 0:
@@ -299,6 +306,35 @@ class MediaInfo:
             raise InputError(
                 f"media {self.name!r}: {len(self.frame_names)} frame names for {len(self.frames)} frames"
             )
+        if self.frame_sizes is not None:
+            sizes = [(int(w), int(h)) for w, h in self.frame_sizes]
+            if len(sizes) != len(self.frames):
+                raise InputError(
+                    f"media {self.name!r}: {len(sizes)} frame sizes for {len(self.frames)} frames"
+                )
+            for f, (w, h) in zip(self.frames, sizes):
+                if w <= 0 or h <= 0:
+                    raise InputError(f"media {self.name!r}: frame {f} has size {w}x{h}, not positive")
+            # one size for all: keep the compact form (what a video or a uniform set has)
+            uniform = all(wh == (self.width, self.height) for wh in sizes)
+            self.frame_sizes = None if uniform else sizes
+
+    @property
+    def mixed_sizes(self) -> bool:
+        """True when the frames do not all have ``width`` x ``height`` (an image set of photos)."""
+        return self.frame_sizes is not None
+
+    def size_of(self, frame: int) -> tuple[int, int]:
+        """``(width, height)`` of source frame ``frame`` (its own size in a mixed image set)."""
+        if self.frame_sizes is None:
+            return self.width, self.height
+        return self.frame_sizes[self.task_index(frame)]
+
+    def sizes(self) -> list[tuple[int, int]]:
+        """``(width, height)`` of every frame, in the order of ``frames``."""
+        if self.frame_sizes is None:
+            return [(self.width, self.height)] * len(self.frames)
+        return list(self.frame_sizes)
 
     def task_index(self, frame: int) -> int:
         """CVAT's task-relative frame index of a source frame number."""
@@ -334,6 +370,8 @@ class MediaInfo:
             "step": self.step,
             "frame_names": self.frame_names,
             "path": self.path,
+            # written only when the sizes differ, so a uniform store's meta stays what it was
+            **({"frame_sizes": [list(wh) for wh in self.frame_sizes]} if self.frame_sizes else {}),
         }
 
     @classmethod

@@ -281,6 +281,10 @@ class AnnotationStore:
             problems.append(
                 f"size {mine.width}x{mine.height} vs {media.width}x{media.height}"
             )
+        elif list(mine.frames) == list(media.frames) and mine.sizes() != media.sizes():
+            diff = next(f for f, a, b in zip(mine.frames, mine.sizes(), media.sizes()) if a != b)
+            a, b = mine.size_of(diff), media.size_of(diff)
+            problems.append(f"frame {diff} is {a[0]}x{a[1]} in the store but {b[0]}x{b[1]} now")
         if list(mine.frames) != list(media.frames):
             problems.append(
                 f"frames {len(mine.frames)} (start={mine.start}, step={mine.step}) vs"
@@ -396,7 +400,8 @@ class AnnotationStore:
         area = inst.area if inst.mask is None else 0
         if inst.mask is not None:
             if media is not None:
-                inst.check_size(media.height, media.width, frame=frame)
+                w, h = media.size_of(frame) if media.frame_sizes else (media.width, media.height)
+                inst.check_size(h, w, frame=frame)
             mask_h, mask_w = inst.mask.shape
             hint = inst.box if getattr(inst, "_box_from_mask", False) else None
             runs, box = encode_cvat_rle_array(inst.mask, box=hint)

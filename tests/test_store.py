@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -270,3 +271,78 @@ def test_mask_size_check_follows_set_media(tmp_path):
         s.write_frame(1, [Instance(o.id, mask=np.ones((6, 8), bool))])
     s.write_frame(1, [Instance(o.id, mask=np.ones((4, 10), bool))])
     assert s.read_frame(1)[0].mask.shape == (4, 10)
+
+
+# ---------------------------------------------------------------- per-frame sizes (issue 13)
+def _write_images(folder: Path, sizes: list[tuple[int, int]]) -> None:
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, (w, h) in enumerate(sizes):
+        img = np.full((h, w, 3), 40 + k * 30, np.uint8)
+        assert cv2.imwrite(str(folder / f"img_{k:02d}.png"), img)
+
+
+def test_mixed_size_folder_store_keeps_each_frame_size(tmp_path):
+    from dl_utils.video_utils import open_frames
+
+    sizes = [(64, 48), (40, 30), (30, 50), (64, 48)]
+    _write_images(tmp_path / "imgs", sizes)
+    src = open_frames(tmp_path / "imgs")
+    m = src.media_info()
+    assert m.mixed_sizes and m.frame_sizes == sizes and (m.width, m.height) == sizes[0]
+    assert [src.frame_size(n) for n in range(4)] == sizes
+    p = tmp_path / "mixed.sqlite"
+    with AnnotationStore.create(p, m) as st:
+        o = st.add_object("car").id
+        for f, (w, h) in enumerate(sizes):
+            st.write_frame(f, [Instance(o, mask=rect(h=h, w=w, y0=1, y1=h - 1, x0=2, x1=w - 2))])
+        # a mask at the first image's size no longer fits the second image
+        with pytest.raises(MaskError, match=r"frame 1, object 1: mask is 64x48 but the frame is 40x30"):
+            st.write_frame(1, [Instance(o, mask=rect())])
+    with AnnotationStore.open(p, readonly=True) as st:
+        assert st.media.frame_sizes == sizes and st.media.size_of(2) == (30, 50)
+        for f, (w, h) in enumerate(sizes):
+            assert st.read_frame(f)[0].mask.shape == (h, w)
+        assert "frame_sizes" in st.get_meta("media")
+
+
+def test_uniform_folder_has_no_frame_sizes(tmp_path):
+    from dl_utils.video_utils import open_frames
+
+    _write_images(tmp_path / "imgs", [(40, 30)] * 3)
+    m = open_frames(tmp_path / "imgs").media_info()
+    assert m.frame_sizes is None and not m.mixed_sizes and m.sizes() == [(40, 30)] * 3
+    assert "frame_sizes" not in m.to_dict()
+    # a list of equal sizes collapses to the compact form
+    assert MediaInfo(name="a", width=4, height=3, frames=[0, 1], frame_sizes=[(4, 3), (4, 3)]).frame_sizes is None
+    with pytest.raises(InputError, match="2 frame sizes for 3 frames"):
+        MediaInfo(name="a", width=4, height=3, frames=[0, 1, 2], frame_sizes=[(4, 3), (5, 3)])
+    with pytest.raises(InputError, match="frame 1 has size 0x3"):
+        MediaInfo(name="a", width=4, height=3, frames=[0, 1], frame_sizes=[(4, 3), (0, 3)])
+
+
+def test_old_store_without_frame_sizes_opens_unchanged(tmp_path):
+    """A store written before per-frame sizes: its media record has no 'frame_sizes' key."""
+    p = tmp_path / "old.sqlite"
+    AnnotationStore.create(p).close()
+    old = {"name": "clip.mp4", "width": 64, "height": 48, "frames": [0, 1, 2], "fps": 25.0,
+           "start": 0, "stop": None, "step": 1, "frame_names": None, "path": None}
+    with sqlite3.connect(p) as c:
+        c.execute("INSERT OR REPLACE INTO meta VALUES ('media', ?)", (json.dumps(old),))
+    with AnnotationStore.open(p) as st:
+        assert st.media.frame_sizes is None and st.media.size_of(2) == (64, 48)
+        o = st.add_object("car").id
+        st.write_frame(2, [Instance(o, mask=rect())])
+        st.check_media(MediaInfo(name="clip.mp4", width=64, height=48, frames=[0, 1, 2], fps=25.0))
+    with sqlite3.connect(p) as c:
+        assert json.loads(c.execute("SELECT value FROM meta WHERE key='media'").fetchone()[0]) == old
+
+
+def test_check_media_names_the_frame_whose_size_changed(tmp_path):
+    a = MediaInfo(name="imgs", width=4, height=3, frames=[0, 1], frame_sizes=[(4, 3), (5, 3)])
+    b = MediaInfo(name="imgs", width=4, height=3, frames=[0, 1], frame_sizes=[(4, 3), (6, 3)])
+    with AnnotationStore.create(tmp_path / "s.sqlite", a) as st:
+        with pytest.raises(StoreError, match="frame 1 is 5x3 in the store but 6x3 now"):
+            st.check_media(b)
+        st.check_media(a)
