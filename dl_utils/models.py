@@ -233,12 +233,130 @@ def model_row(spec: ModelSpec, aliases: dict[str, list[str]], path: Path, *, pre
     }
 
 
+# ----------------------------------------------------------------------------- what a file is
+_MAGIC = (
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"GIF8", "a GIF image"),
+    (b"BM", "a BMP image"),
+    (b"%PDF", "a PDF document"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"\x80", "a pickle"),
+    (b"\x1aE\xdf\xa3", "a Matroska/WebM video"),
+    (b"RIFF", "a RIFF file (WAV/AVI/WebP)"),
+)
+
+
+def describe_file(path: str | os.PathLike[str]) -> str:
+    """A few words on what a file looks like (for "this is not a checkpoint" messages)."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        return f"a file that cannot be read ({e.strerror or e})"
+    if size == 0:
+        return "an empty file"
+    what = next((w for m, w in _MAGIC if head.startswith(m)), None)
+    if head[4:8] == b"ftyp":
+        what = "an MP4/MOV video"
+    if what is None and len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:
+        what = "a safetensors file"
+    if what is None:
+        try:
+            text = head.decode("utf-8").lstrip()
+        except UnicodeDecodeError:
+            text = None
+        if text is not None:
+            what = ("an HTML page (a download that got an error page?)" if text[:15].lower().startswith(("<!doctype", "<html"))
+                    else "a JSON/text file" if text[:1] in "{[" else "a text file")
+        else:
+            what = f"binary data starting with {head[:8].hex(' ')}"
+    return f"{what} of {_human(size)}"
+
+
+def why_unreadable(path: str | os.PathLike[str], error: BaseException) -> str:
+    """"it is a JPEG image of 12.0 KiB" (torch's own reason only for files that look like torch files)."""
+    what = describe_file(path)
+    if what.startswith(("a zip archive", "a pickle")):
+        first = str(error).splitlines()[0] if str(error) else ""
+        return f"it is {what} that PyTorch cannot load, truncated or damaged ({type(error).__name__}: {first[:200]})"
+    return f"it is {what}"
+
+
+def is_registry_download(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a file :func:`download` (or the GroundingDINO download) put in :func:`models_dir`.
+
+    Only such files may be called damaged and re-downloaded; a file the user gave is never
+    advised to be deleted.
+    """
+    p = Path(path)
+    try:
+        in_dir = p.resolve().parent == models_dir().resolve()
+    except OSError:
+        return False
+    if not in_dir:
+        return False
+    names = {s.filename for s in MODELS.values()}
+    try:
+        from .dino_models import DINO_MODELS
+
+        names |= {s.filename for s in DINO_MODELS.values()}
+    except ImportError:  # pragma: no cover
+        pass
+    return p.name in names
+
+
+# ----------------------------------------------------------------------------- official file layouts
+#: THE list of keys that official weight files carry and the released model code does not define.
+#: They are accepted and dropped on load; any other unexpected key, and every missing key, is refused.
+#: family -> {key: why the file has it}. Sources: upstream's loaders and issue threads (SAM2's
+#: ``sam2.build_sam._load_checkpoint`` loads strictly, so its files hold exactly the model's keys;
+#: GroundingDINO's ``util.inference.load_model`` loads ``clean_state_dict(ckpt["model"])`` with
+#: ``strict=False``, which reports these two as unexpected: IDEA-Research/GroundingDINO#271).
+#: Listed in docs/models.md ("Keys dropped on purpose"); keep both in step.
+OFFICIAL_EXTRA_KEYS: dict[str, dict[str, str]] = {
+    "sam2": {},
+    "groundingdino": {
+        "label_enc.weight": "the training-time denoising label embedding (DN queries); inference never reads it",
+        "bert.embeddings.position_ids": "a BERT buffer transformers < 4.31 saved; newer ones rebuild it",
+    },
+}
+#: Prefixes every key of an official file carries (DistributedDataParallel's ``module.``), removed
+#: before comparing, as upstream's ``clean_state_dict`` does.
+OFFICIAL_KEY_PREFIXES: dict[str, tuple[str, ...]] = {"sam2": (), "groundingdino": ("module.",)}
+
+
+def clean_official_state_dict(family: str, model: Any, sd: dict[str, Any]
+                              ) -> tuple[dict[str, Any], list[str]]:
+    """Strip the family's key prefixes and drop its known extra keys the model does not define.
+
+    Returns ``(state_dict, dropped keys)``; what is left must then match the model exactly.
+    """
+    prefixes = OFFICIAL_KEY_PREFIXES.get(family, ())
+    out: dict[str, Any] = {}
+    for k, v in sd.items():
+        for pre in prefixes:
+            if k.startswith(pre):
+                k = k[len(pre):]
+                break
+        out[k] = v
+    own = model.state_dict().keys()
+    dropped = sorted(k for k in OFFICIAL_EXTRA_KEYS.get(family, {}) if k in out and k not in own)
+    for k in dropped:
+        del out[k]
+    return out, dropped
+
+
 def state_dict_mismatch(model: Any, sd: dict[str, Any], *, ignore: tuple[str, ...] = ()
                         ) -> tuple[list[str], list[str], list[str], list[str]]:
     """``(missing, unexpected, shape mismatches, readable parts)`` between a module and a state dict.
 
     Shared by the SAM2 and GroundingDINO loaders so both name the same things the same way;
-    ``ignore``: unexpected keys that do not matter (buffers older libraries saved).
+    ``ignore``: unexpected keys that do not matter (pass ``OFFICIAL_EXTRA_KEYS[family]``, or clean
+    the dict first with :func:`clean_official_state_dict`).
     """
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     theirs = {k: tuple(getattr(v, "shape", ())) for k, v in sd.items()}
@@ -547,6 +665,12 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str], *, download: bool =
 
 __all__ = [
     "ALIASES",
+    "OFFICIAL_EXTRA_KEYS",
+    "OFFICIAL_KEY_PREFIXES",
+    "clean_official_state_dict",
+    "describe_file",
+    "why_unreadable",
+    "is_registry_download",
     "model_row",
     "state_dict_mismatch",
     "DEFAULT_MODEL",

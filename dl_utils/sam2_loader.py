@@ -28,8 +28,13 @@ from typing import TYPE_CHECKING, Any, Iterable
 from .errors import InputError, ModelError
 from .models import (
     DEFAULT_MODEL,
+    OFFICIAL_EXTRA_KEYS,
     ModelSpec,
     check_sha256,
+    clean_official_state_dict,
+    describe_file,
+    why_unreadable,
+    is_registry_download,
     find_spec,
     get_spec,
     record_sha256,
@@ -198,27 +203,40 @@ def guess_model(state_dict: dict[str, Any]) -> str | None:
     return f"{prefix}_hiera_{size}"
 
 
-def _load_state_dict(path: Path) -> dict[str, Any]:
+_HOW_TO_GET = (
+    "a SAM2 checkpoint is a PyTorch file {'model': state_dict} such as sam2.1_hiera_tiny.pt: get one with "
+    "`dl-utils models download tiny` (or base+, large, ...) and leave --checkpoint out, or pass the .pt "
+    "file you downloaded from the SAM2 release"
+)
+
+
+def _load_state_dict(path: Path, name: str | None = None) -> dict[str, Any]:
     import torch
 
+    ours = is_registry_download(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors...
-        raise ModelError(
-            f"cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            "the file is damaged or not a PyTorch checkpoint: delete it and download it again"
-        ) from None
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if ours:  # our own download: damaged, fetch it again
+            redo = f"`dl-utils models download {name} --force`" if name else "the download again"
+            raise ModelError(
+                f"cannot read checkpoint {path} ({why}); the downloaded file is damaged: run {redo}"
+            ) from None
+        raise ModelError(f"{path} is not a SAM2 checkpoint: {why_unreadable(path, e)}; {_HOW_TO_GET}") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        found = (f"a dict with keys {sorted(map(str, ckpt))[:5]}" if isinstance(ckpt, dict)
+                 else f"a {type(ckpt).__name__}")
         raise ModelError(
-            f"{path} is not a SAM2 checkpoint: it has no 'model' state dict (official files are "
-            "{'model': state_dict}); pass an official checkpoint or save yours as {'model': model.state_dict()}"
+            f"{path} is not a SAM2 checkpoint: it holds {found}, not a 'model' state dict; official files "
+            "are {'model': state_dict} (save yours as {'model': model.state_dict()}); " + _HOW_TO_GET
         )
     return ckpt["model"]
 
 
 def _check_compatible(model: Any, sd: dict[str, Any], path: Path, config: str) -> None:
     """Raise a readable :class:`ModelError` when ``sd`` cannot load strictly into ``model``."""
-    parts = state_dict_mismatch(model, sd)[3]
+    parts = state_dict_mismatch(model, sd, ignore=tuple(OFFICIAL_EXTRA_KEYS["sam2"]))[3]
     if not parts:
         return
     guess = guess_model(sd)
@@ -238,7 +256,7 @@ def load_checkpoint(model: Any, path: str | os.PathLike[str], *, config: str = "
     """
     path = Path(path)
     digest = check_sha256(path, name=name)
-    sd = _load_state_dict(path)
+    sd, _dropped = clean_official_state_dict("sam2", model, _load_state_dict(path, name))
     _check_compatible(model, sd, path, config)
     model.load_state_dict(sd, strict=True)
     if digest is None:

@@ -393,20 +393,40 @@ def test_groundingdino_weights_errors(gd_model, text_encoder_dir, tmp_path):
     torch.save({"model.backbone.conv_encoder.x": torch.zeros(1)}, hf_pth)
     with pytest.raises(ModelError, match="transformers GroundingDinoForObjectDetection weights"):
         load_groundingdino_weights(model, hf_pth)
+    # the official layout (module. prefix, label_enc.weight, BERT's position_ids) loads strictly
+    official = tmp_path / "official.pth"
+    torch.save({"model": {**{f"module.{k}": v for k, v in sd.items()},
+                          "module.bert.embeddings.position_ids": torch.arange(3)[None],
+                          "module.label_enc.weight": torch.zeros(2001, 256)}}, official)
+    assert len(load_groundingdino_weights(model, official)) == 64
+    # any other unexpected key is refused (strict=False loads what matches, as upstream)
     extra = tmp_path / "extra.pth"
-    torch.save({"model": {**sd, "bert.embeddings.position_ids": torch.arange(3), "label_enc.weight": torch.zeros(2)}},
+    torch.save({"model": {**sd, "label_enc.weight": torch.zeros(2), "decoder_extra.weight": torch.zeros(2)}},
                extra)
-    with pytest.raises(ModelError, match=r"1 unexpected keys \(e.g. label_enc.weight\).*strict=False"):
+    with pytest.raises(ModelError, match=r"1 unexpected keys \(e.g. decoder_extra.weight\).*strict=False"):
         load_groundingdino_weights(model, extra)
     assert len(load_groundingdino_weights(model, extra, strict=False)) == 64  # loads, records its sha256
+    # a missing key is refused
+    missing = tmp_path / "missing.pth"
+    torch.save({"model": {k: v for k, v in sd.items() if not k.startswith("bbox_embed.0.")}}, missing)
+    with pytest.raises(ModelError, match=r"missing keys"):
+        load_groundingdino_weights(model, missing)
     pickled = tmp_path / "pickled.pth"
     torch.save({"model": sd, "args": argparse.Namespace(a=1)}, pickled)
     with pytest.raises(ModelError, match="trust_checkpoint=True"):
         load_groundingdino_weights(model, pickled)
+    # a file the user gave is never called "damaged, delete it": it says what it is and how to get weights
     broken = tmp_path / "broken.pth"
     broken.write_bytes(b"<html>not found</html>")
-    with pytest.raises(ModelError, match="damaged or not a PyTorch checkpoint"):
+    with pytest.raises(ModelError, match=r"not a GroundingDINO checkpoint: it is an HTML page.*"
+                                         r"dl-utils models download groundingdino-swint-ogc") as ei:
         load_groundingdino_weights(model, broken)
+    assert "delete" not in str(ei.value)
+    photo = tmp_path / "precious.jpg"
+    photo.write_bytes(b"\xff\xd8\xff\xe0" + bytes(100))
+    with pytest.raises(ModelError, match=r"precious.jpg is not a GroundingDINO checkpoint: it is a JPEG image") as ei:
+        load_groundingdino_weights(model, photo)
+    assert "delete" not in str(ei.value) and photo.exists()
     # a text encoder of another width than the weights were trained with
     wide = make_text_encoder(tmp_path / "bert-wide", hidden=64)
     with pytest.raises(ModelError, match=r"shape mismatches.*text encoder folder is not the BERT"):

@@ -443,15 +443,49 @@ def test_bad_checkpoint_files(tmp_path):
 
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(ModelError, match=r"cannot read checkpoint .*junk.pt.*damaged or not a PyTorch checkpoint"):
+    with pytest.raises(ModelError, match=r"junk.pt is not a SAM2 checkpoint: it is a text file.*"
+                                         r"dl-utils models download tiny") as e:
         build_sam2_model("tiny", checkpoint=junk, image_size=256, device="cpu")
+    assert "delete" not in str(e.value)
     assert not junk.with_name("junk.pt.sha256").exists()  # nothing recorded for a failed load
     other = tmp_path / "other.pt"
     torch.save({"state_dict": {"w": torch.zeros(1)}}, other)
-    with pytest.raises(ModelError, match="not a SAM2 checkpoint: it has no 'model' state dict"):
+    with pytest.raises(ModelError, match=r"not a SAM2 checkpoint: it holds a dict with keys \['state_dict'\], "
+                                         r"not a 'model' state dict"):
         build_sam2_model("tiny", checkpoint=other, image_size=256, device="cpu")
     with pytest.raises(ModelError, match="checkpoint file .*missing.pt does not exist"):
         build_sam2_model("tiny", checkpoint=tmp_path / "missing.pt", image_size=256, device="cpu")
+
+
+@requires_sam2
+def test_segment_checkpoint_that_is_a_photo_is_never_called_damaged(tmp_path, _models_dir, capsys):
+    """`segment --checkpoint precious.jpg`: says what the file is and how to get a checkpoint, no "delete"."""
+    from dl_utils.cli import main
+
+    photo = tmp_path / "precious.jpg"
+    photo.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF" + bytes(2000))
+    prompts = tmp_path / "p.json"
+    prompts.write_text('[{"frame": 0, "object": 1, "label": "car", "points": [[5, 5, 1]]}]')
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    from dl_utils.cv_utils import save_image
+
+    save_image(frames / "a.png", np.zeros((32, 32, 3), np.uint8))
+    assert main(["segment", str(frames), "--out", str(tmp_path / "s.sqlite"), "--prompts", str(prompts),
+                 "--checkpoint", str(photo), "--image-size", "256", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "precious.jpg is not a SAM2 checkpoint: it is a JPEG image" in err
+    assert "dl-utils models download tiny" in err and "delete" not in err
+    assert photo.read_bytes().startswith(b"\xff\xd8")
+    # one of our own downloads that is damaged: re-download it (that is safe, it came from us)
+    _models_dir.mkdir()
+    ours = _models_dir / "sam2.1_hiera_tiny.pt"
+    ours.write_bytes(b"PK\x03\x04 truncated")
+    assert main(["segment", str(frames), "--out", str(tmp_path / "s2.sqlite"), "--prompts", str(prompts),
+                 "--model", "tiny", "--image-size", "256", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "damaged" in err and "dl-utils models download sam2.1_hiera_tiny --force" in err
 
 
 # ----------------------------------------------------------------------------- command line

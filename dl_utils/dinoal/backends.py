@@ -96,8 +96,9 @@ class GroundingDinoBackend:
     ``text_encoder``: a local BERT folder (default: ``bert-base-uncased`` in the models folder);
     ``config``: the config file name inside the package (default: the registry's, else SwinT-OGC).
     ``image_size``/``max_size``: the shorter/longer side limits of upstream's resize (800/1333).
-    ``strict``: refuse weights with missing/unexpected keys (upstream loads with ``strict=False``;
-    the only key tolerated is BERT's ``position_ids`` buffer, which newer transformers do not save).
+    ``strict``: refuse weights with missing/unexpected keys (upstream loads with ``strict=False``);
+    the keys official files carry that the model does not define (``label_enc.weight``, BERT's
+    ``position_ids``: ``dl_utils.models.OFFICIAL_EXTRA_KEYS``) are dropped, any other one is refused.
     """
 
     name = "groundingdino"
@@ -280,7 +281,7 @@ def load_groundingdino_weights(model: Any, path: str | os.PathLike[str], *, name
     """
     import torch
 
-    from ..models import check_sha256, record_sha256
+    from ..models import check_sha256, clean_official_state_dict, is_registry_download, record_sha256, why_unreadable
 
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -289,20 +290,28 @@ def load_groundingdino_weights(model: Any, path: str | os.PathLike[str], *, name
             "transformers GroundingDINO folder goes with --backend transformers --model FOLDER"
         )
     digest = check_sha256(path, name=name)
+    ours = is_registry_download(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
     except Exception as e:  # noqa: BLE001  torch raises RuntimeError, UnpicklingError, EOFError...
         first = str(e).splitlines()[0] if str(e) else ""
-        extra = (
-            "; if you trust the file, load it with trust_checkpoint=True"
-            if "Unsupported global" in str(e) else
-            ": the file is damaged or not a PyTorch checkpoint; delete it and download it again"
-        )
-        raise ModelError(f"cannot read GroundingDINO weights {path} ({type(e).__name__}: {first}){extra}") from None
+        if "Unsupported global" in str(e):
+            raise ModelError(f"cannot read GroundingDINO weights {path} ({type(e).__name__}: {first}); if you "
+                             "trust the file, load it with trust_checkpoint=True") from None
+        if ours:
+            redo = f"`dl-utils models download {name} --force`" if name else "the download again"
+            raise ModelError(f"cannot read GroundingDINO weights {path} ({type(e).__name__}: {first}); the "
+                             f"downloaded file is damaged: run {redo}") from None
+        raise ModelError(f"{path} is not a GroundingDINO checkpoint: {why_unreadable(path, e)}; {_HOW_TO_GET}") from None
     sd = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict) or not sd:
-        raise ModelError(f"{path} holds no state dict (official files are {{'model': state_dict}})")
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}  # upstream's clean_state_dict
+        found = (f"a dict with keys {sorted(map(str, ckpt))[:5]}" if isinstance(ckpt, dict) and ckpt
+                 else f"an empty {type(ckpt).__name__}" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}")
+        raise ModelError(f"{path} is not a GroundingDINO checkpoint: it holds {found}, no state dict; "
+                         f"{_HOW_TO_GET}")
+    # upstream's clean_state_dict (``module.`` prefix) and the known training-time extras, from the
+    # one list in dl_utils.models
+    sd, _dropped = clean_official_state_dict("groundingdino", model, sd)
     _check_groundingdino_keys(model, sd, path, strict)
     model.load_state_dict(sd, strict=False)  # strictness was checked above, with readable errors
     if digest is None:
@@ -310,7 +319,10 @@ def load_groundingdino_weights(model: Any, path: str | os.PathLike[str], *, name
     return digest
 
 
-_TOLERATED = ("bert.embeddings.position_ids",)  # a buffer older transformers saved, newer ones do not
+_HOW_TO_GET = (
+    "GroundingDINO weights are a PyTorch file {'model': state_dict} such as groundingdino_swint_ogc.pth: "
+    "get one with `dl-utils models download groundingdino-swint-ogc` and leave --model out"
+)
 
 
 def _check_groundingdino_keys(model: Any, sd: dict[str, Any], path: Path, strict: bool) -> None:
@@ -322,7 +334,7 @@ def _check_groundingdino_keys(model: Any, sd: dict[str, Any], path: Path, strict
             f"{path} holds transformers GroundingDinoForObjectDetection weights; use --backend "
             "transformers with the save_pretrained folder they belong to"
         )
-    missing, unexpected, shapes, parts = state_dict_mismatch(model, sd, ignore=_TOLERATED)
+    missing, unexpected, shapes, parts = state_dict_mismatch(model, sd)
     if shapes or (strict and (missing or unexpected)):
         if shapes and all(s.startswith(("bert.", "feat_map.")) for s in shapes):
             hint = "the text encoder folder is not the BERT these weights were trained with (bert-base-uncased)"
@@ -351,7 +363,7 @@ class TransformersBackend:
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                net = GroundingDinoForObjectDetection.from_pretrained(str(path))
+                net, info = GroundingDinoForObjectDetection.from_pretrained(str(path), output_loading_info=True)
                 processor = AutoProcessor.from_pretrained(str(path))
         except (OSError, ValueError) as e:
             raise ModelError(
@@ -359,6 +371,20 @@ class TransformersBackend:
                 "the folder needs the model (config.json + weights) and the processor "
                 "(preprocessor_config.json + tokenizer), as written by save_pretrained"
             ) from None
+        # from_pretrained fills missing weights with random values and only logs it: refuse instead
+        missing = sorted(info.get("missing_keys") or [])
+        mismatched = [k for k, *_ in (info.get("mismatched_keys") or [])]
+        if missing or mismatched:
+            parts = []
+            if missing:
+                parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+            if mismatched:
+                parts.append(f"{len(mismatched)} shape mismatches (e.g. {', '.join(mismatched[:3])})")
+            raise ModelError(
+                f"the weights in {path} do not fit its config.json: {'; '.join(parts)}; the folder is "
+                "incomplete or mixes two models: save it again with save_pretrained, or run "
+                "`dl-utils models download grounding-dino-tiny`"
+            )
         self.path = path
         self._setup(net, processor, pick_device(device))
 
