@@ -36,6 +36,11 @@ class FormatError(InputError):
     """An annotation file (CVAT XML, COCO JSON, PNG masks) is malformed or unsupported."""
 
 
+class OutputError(InputError):
+    """An output file or folder cannot be written: disk full, read-only, permissions, a folder or a
+    device where a file is expected. The message names the path and what to do."""
+
+
 class StoreError(DlUtilsError):
     """The annotation store cannot be opened or written (version, lock, corruption)."""
 
@@ -60,6 +65,7 @@ __all__ = [
     "MaskError",
     "ClassTableError",
     "FormatError",
+    "OutputError",
     "StoreError",
     "StoreVersionError",
     "ModelError",

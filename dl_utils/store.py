@@ -100,6 +100,19 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
             conn.execute(stmt)
 
 
+def _size_text(media: MediaInfo | None) -> str | None:
+    """``"1920x1080"``, or for images of different sizes ``"mixed sizes: 3 sizes from 30x50 to
+    2250x1500 (first image 800x534)"``: what ``store info`` shows."""
+    if media is None:
+        return None
+    if not media.mixed_sizes:
+        return f"{media.width}x{media.height}"
+    sizes = sorted(set(media.sizes()), key=lambda wh: (wh[0] * wh[1], wh))
+    lo, hi = sizes[0], sizes[-1]
+    return (f"mixed sizes: {len(sizes)} sizes from {lo[0]}x{lo[1]} to {hi[0]}x{hi[1]}"
+            f" (first image {media.width}x{media.height})")
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
@@ -638,6 +651,7 @@ class AnnotationStore:
             "path": str(self.path),
             "schema_version": self.schema_version,
             "media": media.name if media else None,
+            "size": _size_text(media),
             "objects": len(self._object_ids()),
             "frames": len(self.frames()),
             "instances": self.count_instances(),

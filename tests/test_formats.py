@@ -605,9 +605,13 @@ def test_coco_missing_keys_and_bad_references(tmp_path):
         {**base, "annotations": [{"id": 1, "image_id": 1, "category_id": 1,
                                   "segmentation": {"size": [3, 4], "counts": [1, 2, 3]}}]}))
     assert "covers 6 pixels" in msg
-    msg = _import_error(tmp_path, "q.json", json.dumps(
+    # images of different sizes are an image set of photos: imported, each at its own size
+    q = tmp_path / "q.json"
+    q.write_text(json.dumps(
         {**base, "images": base["images"] + [{"id": 2, "width": 5, "height": 3}], "annotations": []}))
-    assert "different sizes" in msg
+    with AnnotationStore.create(tmp_path / "q.sqlite") as st:
+        import_file(q, st)
+        assert st.media.frame_sizes == [(4, 3), (5, 3)]
 
 
 def test_import_into_store_of_other_media(rich, tmp_path):
@@ -634,3 +638,163 @@ def test_export_errors(rich, tmp_path):
     with AnnotationStore.create(tmp_path / "nomedia.sqlite") as st, pytest.raises(InputError, match="set_media"):
         export_store(st, "coco", tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
+
+
+# ---------------------------------------------------------------- per-frame sizes (issue 13)
+MIXED = [(64, 48), (40, 30), (30, 50)]
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    """A store of three photos of different sizes: a mask, a polygon and a box on each."""
+    path = tmp_path / "mixed.sqlite"
+    media = MediaInfo(name="photos", width=64, height=48, frames=[0, 1, 2],
+                      frame_names=["a.jpg", "b.jpg", "c.jpg"], frame_sizes=MIXED)
+    exp = {}
+    with AnnotationStore.create(path, media) as st:
+        st.set_labels([Label("car", "#ff0000"), Label("person", "#00ff00")])
+        car, person, sign = st.add_object("car"), st.add_object("person"), st.add_object("car")
+        for f, (w, h) in enumerate(MIXED):
+            m = np.zeros((h, w), bool)
+            m[h // 4 : h - 2, w // 3 : w - 1] = True  # reaches the right edge of each image
+            ring = [1.0, 1.0, w - 2.0, 1.0, w - 2.0, h / 2, 1.0, h / 2]
+            box = (2.0, 3.0, w - 1.0, h - 1.0)
+            st.write_frame(f, [Instance(car.id, mask=m),
+                               Instance(person.id, polygon=[ring], mask=polygons_to_mask([ring], h, w)),
+                               Instance(sign.id, box=box)])
+            exp[f] = (m, polygons_to_mask([ring], h, w), box)
+    return path, exp
+
+
+def test_mixed_sizes_refused_by_cvat_video(mixed, tmp_path):
+    """CVAT for video XML has one <original_size>: a mixed set would come back at the wrong size."""
+    src, _ = mixed
+    with AnnotationStore.open(src, readonly=True) as st:
+        with pytest.raises(InputError, match="3 different sizes.*cvat-images or coco"):
+            export_store(st, "cvat-video", tmp_path / "v.xml")
+    assert not (tmp_path / "v.xml").exists() and not list(tmp_path.glob(".v.xml*"))
+
+
+@pytest.mark.parametrize("fmt", ["cvat-images", "coco"])
+def test_mixed_sizes_export_and_import_round_trip(mixed, tmp_path, fmt):
+    src, exp = mixed
+    out, back, _ = round_trip(src, fmt, tmp_path)
+    if fmt == "cvat-images":
+        root = ET.parse(out).getroot()
+        assert [(int(i.get("width")), int(i.get("height"))) for i in root.iter("image")] == MIXED
+    elif fmt == "coco":
+        doc = json.loads(out.read_text())
+        assert [(i["width"], i["height"]) for i in doc["images"]] == MIXED
+        import pycocotools.mask as pm  # the RLE of each image has that image's size
+
+        for a in doc["annotations"]:
+            if isinstance(a["segmentation"], dict):
+                w, h = MIXED[a["image_id"] - 1]
+                assert a["segmentation"]["size"] == [h, w] and pm.decode(a["segmentation"]).shape == (h, w)
+    with back:
+        assert back.media.frame_sizes == MIXED
+        for f, (m, pmask, box) in exp.items():
+            insts = back.read_frame(f).by_object()
+            assert np.array_equal(insts[1].mask, m), (fmt, f)
+            assert np.array_equal(insts[2].mask, pmask), (fmt, f)
+            assert insts[3].box == pytest.approx(box)
+
+
+def test_mixed_sizes_without_dl_utils_meta(mixed, tmp_path):
+    """A COCO file / CVAT images XML from another tool: the sizes come from the images alone."""
+    src, exp = mixed
+    with AnnotationStore.open(src, readonly=True) as st:
+        export_store(st, "coco", tmp_path / "c.json")
+        export_store(st, "cvat-images", tmp_path / "c.xml")
+    doc = json.loads((tmp_path / "c.json").read_text())
+    del doc["info"]["dl_utils"]
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    text = (tmp_path / "c.xml").read_text()
+    start, end = text.index("<meta>"), text.index("</meta>") + len("</meta>")
+    (tmp_path / "c.xml").write_text(text[:start] + text[end:])
+    for name in ("c.json", "c.xml"):
+        with AnnotationStore.create(tmp_path / f"{name}.sqlite") as st:
+            import_file(tmp_path / name, st)
+            assert st.media.frame_sizes == MIXED, name
+            assert np.array_equal(st.read_frame(2).by_object()[1].mask, exp[2][0]), name
+
+
+def test_mixed_sizes_png_masks_at_each_frame_size(mixed, tmp_path):
+    src, exp = mixed
+    out = tmp_path / "pngs"
+    with AnnotationStore.open(src, readonly=True) as st:
+        export_store(st, "png-masks", out)
+    doc = json.loads((out / "objects.json").read_text())
+    assert doc["media"]["frame_sizes"] == [list(s) for s in MIXED]
+    for f, (w, h) in enumerate(MIXED):
+        img = cv2.imread(str(out / "001_car" / f"mask_{f:04d}.png"), cv2.IMREAD_UNCHANGED)
+        assert img.shape == (h, w) and np.array_equal(img == 255, exp[f][0])
+        assert np.array(Image.open(out / "ids" / f"ids_{f:04d}.png")).shape == (h, w)
+
+
+def test_mixed_sizes_range_export_and_append_check(mixed, tmp_path):
+    src, _ = mixed
+    with AnnotationStore.open(src, readonly=True) as st:
+        export_store(st, "coco", tmp_path / "r.json", start=1, stop=2)
+        export_store(st, "cvat-images", tmp_path / "r.xml")
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert [(i["width"], i["height"]) for i in doc["images"]] == MIXED[1:]
+    # appending a file whose image 1 has another size than the store's image 1: refused by name
+    other = MediaInfo(name="photos", width=64, height=48, frames=[0, 1, 2],
+                      frame_names=["a.jpg", "b.jpg", "c.jpg"], frame_sizes=[(64, 48), (41, 30), (30, 50)])
+    with AnnotationStore.create(tmp_path / "o.sqlite", other) as st:
+        with pytest.raises(FormatError, match=r"frame 1 \(b.jpg\) is 40x30 but 41x30"):
+            import_file(tmp_path / "r.xml", st)
+
+
+# ---------------------------------------------------------------- impossible geometry (issue 13)
+def _images_xml(shape: str, w: int = 64, h: int = 48) -> str:
+    return (f"<annotations><version>1.1</version><image id='0' name='a.jpg' width='{w}' height='{h}'>"
+            f"{shape}</image></annotations>")
+
+
+@pytest.mark.parametrize("shape, needles", [
+    ("<box label='car' xtl='5000' ytl='2' xbr='-300' ybr='9'/>", ["inverted", "xbr < xtl", "image 0", "<box>"]),
+    ("<box label='car' xtl='5' ytl='20' xbr='30' ybr='9'/>", ["inverted", "ybr < ytl"]),
+    ("<box label='car' xtl='5000' ytl='2' xbr='6000' ybr='9'/>", ["entirely outside", "64x48"]),
+    ("<box label='car' xtl='-50' ytl='-40' xbr='-10' ybr='-1'/>", ["entirely outside"]),
+    ("<polygon label='car' points='100,1;120,1;120,20'/>", ["polygon", "entirely outside"]),
+])
+def test_cvat_impossible_boxes_refused(tmp_path, shape, needles):
+    msg = _import_error(tmp_path, "bad.xml", _images_xml(shape))
+    assert msg.startswith("bad.xml line 1: ")
+    for n in needles:
+        assert n in msg, (n, msg)
+
+
+def test_cvat_impossible_box_in_track_refused(tmp_path):
+    text = ("<annotations><version>1.1</version><meta><task><size>3</size><start_frame>0</start_frame>"
+            "<original_size><width>64</width><height>48</height></original_size></task></meta>"
+            "<track id='4' label='car'><box frame='2' keyframe='1' outside='0' xtl='5000' ytl='1'"
+            " xbr='-300' ybr='5'/></track></annotations>")
+    msg = _import_error(tmp_path, "t.xml", text)
+    assert "track 4 frame 2" in msg and "inverted" in msg
+
+
+def test_partly_outside_box_is_kept_as_drawn(tmp_path):
+    p = tmp_path / "ok.xml"
+    p.write_text(_images_xml("<box label='car' xtl='-5' ytl='2' xbr='70' ybr='9'/>"))
+    with AnnotationStore.create(tmp_path / "ok.sqlite") as st:
+        import_file(p, st)
+        assert st.read_frame(0)[0].box == (-5.0, 2.0, 70.0, 9.0)
+
+
+@pytest.mark.parametrize("ann, needles", [
+    ({"bbox": [10, 5, -4, 3]}, ["negative width", "annotation #0 (id 1) on image 1"]),
+    ({"bbox": [10, 5, 4, -3]}, ["negative height"]),
+    ({"bbox": [500, 5, 4, 3]}, ["entirely outside", "4x3"]),
+    ({"segmentation": [[50, 50, 60, 50, 60, 60]]}, ["polygon", "entirely outside"]),
+])
+def test_coco_impossible_boxes_refused(tmp_path, ann, needles):
+    doc = {"images": [{"id": 1, "width": 4, "height": 3, "file_name": "a.jpg"}],
+           "categories": [{"id": 1, "name": "x"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, **ann}]}
+    msg = _import_error(tmp_path, "c.json", json.dumps(doc))
+    assert msg.startswith("c.json: ")
+    for n in needles:
+        assert n in msg, (n, msg)

@@ -346,3 +346,12 @@ def test_check_media_names_the_frame_whose_size_changed(tmp_path):
         with pytest.raises(StoreError, match="frame 1 is 5x3 in the store but 6x3 now"):
             st.check_media(b)
         st.check_media(a)
+
+
+def test_summary_shows_size_or_mixed_sizes(tmp_path):
+    with AnnotationStore.create(tmp_path / "u.sqlite", media()) as st:
+        assert st.summary()["size"] == "64x48"
+    m = MediaInfo(name="imgs", width=40, height=30, frames=[0, 1, 2],
+                  frame_sizes=[(40, 30), (2250, 1500), (30, 50)])
+    with AnnotationStore.create(tmp_path / "m.sqlite", m) as st:
+        assert st.summary()["size"] == "mixed sizes: 3 sizes from 30x50 to 2250x1500 (first image 40x30)"

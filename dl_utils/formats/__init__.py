@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError, InputError
+from ._common import output_file
 from .coco import export_coco, import_coco
 from .cvat_xml import export_cvat, import_cvat
 from .png_masks import export_png_masks
@@ -43,6 +44,8 @@ def export_store(store: Any, fmt: str, out: str | os.PathLike, **opts: Any) -> P
     unknown = sorted(set(opts) - allowed)
     if unknown:
         raise InputError(f"export option(s) {unknown} do not apply to {fmt}; use {sorted(allowed)}")
+    if fmt != "png-masks":
+        output_file(out)  # a folder, device or dangling link is refused before any work
     if fmt == "cvat-video":
         return export_cvat(store, out, video=True, **opts)
     if fmt == "cvat-images":

@@ -7,8 +7,13 @@ keeps the rules (holes, multi-ring polygons, boxes) identical across CVAT XML an
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
+import stat
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -26,7 +31,7 @@ from ..annotations import (
     box_from_mask,
 )
 from ..cv_utils import box_to_mask, color_for_index, mask_to_polygons, polygons_to_mask
-from ..errors import FormatError, InputError
+from ..errors import DlUtilsError, FormatError, InputError, OutputError
 
 #: Frames written per ``store.write_frames`` transaction on import (bounded memory, few commits).
 WRITE_BATCH = 64
@@ -130,9 +135,11 @@ def sub_media(media: MediaInfo, frames: list[int]) -> MediaInfo:
     if len(frames) > 1:
         diffs = {b - a for a, b in zip(frames, frames[1:])}
         step = diffs.pop() if len(diffs) == 1 else media.step
+    sizes = [media.size_of(f) for f in frames] if media.frame_sizes else None
     return MediaInfo(
         name=media.name, width=media.width, height=media.height, frames=list(frames), fps=media.fps,
         start=frames[0], stop=frames[-1], step=step, frame_names=names, path=media.path,
+        frame_sizes=sizes,
     )
 
 
@@ -199,14 +206,204 @@ def parse_source(value: Any) -> Source:
         return Source.MANUAL
 
 
+def mount_point(path: str | os.PathLike) -> Path:
+    """The mount point holding ``path`` (what a user frees space on)."""
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def output_error(path: str | os.PathLike, e: OSError, *, cls: type = OutputError) -> DlUtilsError:
+    """One-line error for an ``OSError`` while writing ``path``: what happened and what to do."""
+    path = Path(path)
+    code = e.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        msg = (f"cannot write {path}: no space left on the device; free space on"
+               f" {mount_point(path)} or write somewhere else")
+    elif code == errno.EROFS:
+        msg = f"cannot write {path}: the file system is read-only; choose a writable location"
+    elif code in (errno.EACCES, errno.EPERM):
+        msg = (f"cannot write {path}: permission denied; choose a writable location or fix the"
+               " folder's permissions")
+    elif code == errno.EISDIR:
+        msg = f"cannot write {path}: it is a folder; give a file path"
+    else:
+        msg = f"cannot write {path}: {e.strerror or e}"
+    return cls(msg)
+
+
+def output_file(out: str | os.PathLike) -> Path:
+    """The file an export of ``out`` really writes, checked before any work.
+
+    A folder, a device, a pipe or a socket is refused (an export never replaces one); a symlink to
+    a regular file is written *through* (the link stays, its target gets the new content); a
+    dangling symlink is refused. Parent folders are created.
+    """
+    out = Path(out)
+    if out.is_symlink():
+        target = Path(os.path.realpath(out))
+        if not target.exists():
+            raise OutputError(
+                f"{out} is a symlink to {target}, which does not exist; give a file path for --out"
+            )
+        out = target
+    if out.exists():
+        st = out.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise OutputError(f"{out} is a folder; give a file path for --out (e.g. {out / 'annotations.xml'})")
+        if not stat.S_ISREG(st.st_mode):
+            raise OutputError(
+                f"{out} is not a regular file (a device, pipe or socket); an export writes a file:"
+                " give a file path for --out"
+            )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"{out.parent} is a file, not a folder; give another path for --out") from None
+    except OSError as e:
+        raise output_error(out.parent, e) from None
+    return out
+
+
+@contextmanager
+def atomic_file(out: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary file beside ``out``; on success it is flushed, synced and renamed over
+    ``out`` (``os.replace``), on any failure removed. ``out`` is checked with :func:`output_file`.
+    An interrupted export leaves the previous file as it was and no half file."""
+    target = output_file(out)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    except OSError as e:
+        raise output_error(target, e) from None
+    try:
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+            kw = {} if "b" in mode else {"encoding": "utf-8"}
+            with os.fdopen(fd, mode, **kw) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except OSError as e:
+            raise output_error(target, e) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_atomic(out: Path, data: bytes | str) -> None:
     """Write via a temporary file and rename, so an interrupted export leaves no half file."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    mode = "wb" if isinstance(data, bytes) else "w"
-    with open(tmp, mode, **({} if isinstance(data, bytes) else {"encoding": "utf-8"})) as f:
+    with atomic_file(out, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
-    os.replace(tmp, out)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_SWAP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>part|old)-(?P<pid>\d+)(?:-\w+)?$")
+
+
+def _is_export_folder(folder: Path, own: set[str], own_dir: "re.Pattern[str]") -> bool:
+    """True when every entry of ``folder`` is something an earlier export of this kind wrote."""
+    for e in folder.iterdir():
+        if e.name in own or (e.is_dir() and not e.is_symlink() and own_dir.match(e.name)):
+            continue
+        return False
+    return True
+
+
+@contextmanager
+def atomic_folder(
+    out: str | os.PathLike, *, marker: str, own: set[str], own_dir: "re.Pattern[str]"
+) -> Iterator[Path]:
+    """Build a folder export in a temporary folder beside ``out``, then swap it in.
+
+    The swap renames the old folder aside, renames the new one in and only then removes the old
+    one, so the previous export is never deleted before the new one is complete; a kill leaves
+    either the old folder or the new one at ``out`` (and a hidden ``.NAME.part-PID``/``.old-PID``
+    that the next export of the same folder cleans up or restores). Stale files of an earlier
+    export (objects no longer in the store) do not survive. An existing ``out`` must be empty or
+    hold only what such an export writes (``marker`` plus ``own``/``own_dir`` entries): any other
+    folder is refused, never replaced. A symlink to a folder is written through.
+    """
+    out = Path(out)
+    if out.is_symlink():
+        target = Path(os.path.realpath(out))
+        if not target.is_dir():
+            raise OutputError(f"{out} is a symlink to {target}, which is not a folder; give a folder path")
+        out = target
+    out = Path(os.path.abspath(out))
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} is a file; this export writes a folder, give a folder path for --out")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise output_error(parent, e) from None
+    _recover_swaps(parent, out.name)
+    if out.is_dir() and any(out.iterdir()) and not (
+        (out / marker).is_file() and _is_export_folder(out, own | {marker}, own_dir)
+    ):
+        raise OutputError(
+            f"{out} is a folder holding other files (it is not an earlier export: no {marker}, or"
+            " files the export did not write); give a new or empty folder for --out"
+        )
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.part-{os.getpid()}-", dir=parent))
+        os.chmod(tmp, 0o777 & ~_umask())
+    except OSError as e:
+        raise output_error(out, e) from None
+    try:
+        yield tmp
+        if out.exists():
+            old = parent / f".{out.name}.old-{os.getpid()}"
+            if old.exists():
+                shutil.rmtree(old)
+            os.rename(out, old)
+            try:
+                os.rename(tmp, out)
+            except BaseException:
+                os.rename(old, out)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise output_error(out, e) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _recover_swaps(parent: Path, name: str) -> None:
+    """Clean up after an export of ``parent/name`` killed mid-way (by a process now gone):
+    an unfinished ``.part`` folder is removed; an ``.old`` folder is put back when ``name`` is
+    missing (killed between the two renames), else removed."""
+    for e in parent.iterdir():
+        m = _SWAP_RE.match(e.name)
+        if not m or m.group("name") != name or _pid_alive(int(m.group("pid"))):
+            continue
+        if m.group("kind") == "old" and not (parent / name).exists():
+            os.rename(e, parent / name)
+        else:
+            shutil.rmtree(e, ignore_errors=True)
 
 
 def safe_name(text: str) -> str:
@@ -287,8 +484,38 @@ def build_instance(
         elif s.kind == "polygon":
             mask |= polygons_to_mask(s.data, height, width)
         else:
-            mask |= decode(s)
+            mask |= decode(s, height, width)
     return Instance(mask=mask, shape=ShapeType.MASK, **common)
+
+
+def check_geometry(shape: ParsedShape, width: int, height: int, prefix: str) -> None:
+    """Refuse a box or polygon that cannot be what the file meant (raises :class:`FormatError`).
+
+    An inverted box (``xbr < xtl`` or ``ybr < ytl``; a COCO bbox with a negative width or height)
+    and a box or polygon lying entirely outside its ``width`` x ``height`` image are refused.
+    A shape that is only *partly* outside is legal in CVAT (it keeps such boxes as drawn) and is
+    kept unchanged: masks made from it are clipped to the image, the coordinates are not.
+    """
+    if shape.kind == "box":
+        x1, y1, x2, y2 = shape.data
+        if x2 < x1 or y2 < y1:
+            raise FormatError(
+                f"{prefix}: {shape.where}: box xtl={x1:g} ytl={y1:g} xbr={x2:g} ybr={y2:g} is inverted"
+                f" ({'xbr < xtl' if x2 < x1 else 'ybr < ytl'}); fix its coordinates or re-export the file"
+            )
+        xs, ys = (x1, x2), (y1, y2)
+        what = f"box xtl={x1:g} ytl={y1:g} xbr={x2:g} ybr={y2:g}"
+    elif shape.kind == "polygon":
+        xs = [v for r in shape.data for v in r[0::2]]
+        ys = [v for r in shape.data for v in r[1::2]]
+        what = f"polygon spanning x {min(xs):g}..{max(xs):g}, y {min(ys):g}..{max(ys):g}"
+    else:
+        return
+    if max(xs) < 0 or min(xs) > width or max(ys) < 0 or min(ys) > height:
+        raise FormatError(
+            f"{prefix}: {shape.where}: {what} lies entirely outside the {width}x{height} image;"
+            " fix its coordinates or remove it"
+        )
 
 
 def merge_labels(store: Any, file_labels: Sequence[Label], used: Iterable[str]) -> list[str]:
@@ -315,7 +542,7 @@ def check_store_media(store: Any, media: MediaInfo, where: str) -> MediaInfo:
     if mine is None:
         store.set_media(media)
         return media
-    if (mine.width, mine.height) != (media.width, media.height):
+    if not (mine.mixed_sizes or media.mixed_sizes) and (mine.width, mine.height) != (media.width, media.height):
         raise FormatError(
             f"{where}: frames are {media.width}x{media.height} but {store.path} was made for"
             f" {mine.name!r} at {mine.width}x{mine.height}; import into a new store (--out)"
@@ -327,6 +554,13 @@ def check_store_media(store: Any, media: MediaInfo, where: str) -> MediaInfo:
             f" {mine.name!r} in {store.path} (start={mine.start}, step={mine.step},"
             f" {len(mine.frames)} frames); import into a new store (--out)"
         )
+    for f in media.frames:  # an image set: each image keeps its own size
+        if mine.size_of(f) != media.size_of(f):
+            (a, b), (c, d) = media.size_of(f), mine.size_of(f)
+            raise FormatError(
+                f"{where}: frame {f} ({media.frame_name(f)}) is {a}x{b} but {c}x{d} in {store.path}"
+                f" ({mine.name!r}); import into a new store (--out)"
+            )
     return mine
 
 
@@ -343,10 +577,10 @@ def write_objects(
     ids = assign_object_ids(keys, (o.id for o in store.objects()))
     for k in keys:
         store.add_object(k.label, id=ids[k.key], attributes=k.attributes or None)
-    h, w = media.height, media.width
     batch: list[tuple[int, list[Instance]]] = []
     n_inst = 0
     for f in progress(sorted(frames), desc=desc):
+        w, h = media.size_of(f)  # each image of a mixed-size set at its own size
         insts = [
             build_instance(ids[key], shapes, h, w, decode) for key, shapes in frames[f].items()
         ]
@@ -362,18 +596,24 @@ def write_objects(
 
 
 def media_from_frames(
-    name: str, width: int, height: int, frames: list[int], names: dict[int, str] | None
+    name: str, width: int, height: int, frames: list[int], names: dict[int, str] | None,
+    sizes: dict[int, tuple[int, int]] | None = None,
 ) -> MediaInfo:
-    """A MediaInfo for a set of frame numbers (start, step from their spacing)."""
+    """A MediaInfo for a set of frame numbers (start, step from their spacing).
+
+    ``sizes`` gives frames whose size differs from ``width`` x ``height`` (images of a mixed set).
+    """
     frames = sorted(set(frames))
     diffs = {b - a for a, b in zip(frames, frames[1:])}
     step = diffs.pop() if len(diffs) == 1 else 1
     frame_names = None
     if names and any(names.get(f, f"frame_{f:06d}") != f"frame_{f:06d}" for f in frames):
         frame_names = [names.get(f, f"frame_{f:06d}") for f in frames]
+    frame_sizes = [sizes.get(f, (width, height)) for f in frames] if sizes else None
     return MediaInfo(
         name=name, width=width, height=height, frames=frames, start=frames[0] if frames else 0,
         stop=frames[-1] if frames else None, step=step, frame_names=frame_names,
+        frame_sizes=frame_sizes,
     )
 
 

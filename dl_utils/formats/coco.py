@@ -28,6 +28,7 @@ from ._common import (
     select_export,
     ObjectKey,
     ParsedShape,
+    check_geometry,
     check_store_media,
     iter_store_frames,
     media_from_frames,
@@ -64,11 +65,11 @@ def export_coco(
     frames, media, objs, labels = sel.frames, sel.media, sel.objects, sel.labels
     cat = _category_ids(labels)
     label_of = {o.id: o.label for o in objs}
-    h, w = media.height, media.width
 
     images: list[dict[str, Any]] = []
     anns: list[dict[str, Any]] = []
     for f, insts in iter_store_frames(store, frames, objs, desc="coco"):
+        w, h = media.size_of(f)  # each image at its own size in a mixed-size set
         geoms = [(i, to_geometry(i, h, w, shape)) for i in insts]
         geoms = [(i, g) for i, g in geoms if g is not None]
         if not geoms and not include_empty:
@@ -207,11 +208,7 @@ def import_coco(path: str | os.PathLike, store: Any) -> dict[str, Any]:
         frame = im["frame"] if has_frame else pos
         imgs[im["id"]] = (frame, im["width"], im["height"], str(im.get("file_name") or f"frame_{frame:06d}"))
     sizes = {(w, h) for (_, w, h, _) in imgs.values()}
-    if len(sizes) > 1:
-        raise FormatError(
-            f"{name}: images have different sizes {sorted(sizes)[:4]}; a store holds one frame size,"
-            " so split the file by image size and import each part into its own store"
-        )
+    frame_size = {v[0]: (v[1], v[2]) for v in imgs.values()}
     frames_by_image = {i: v[0] for i, v in imgs.items()}
     if len(set(frames_by_image.values())) != len(frames_by_image):
         raise FormatError(f"{name}: two images have the same 'frame' number; frames must be unique")
@@ -224,15 +221,16 @@ def import_coco(path: str | os.PathLike, store: Any) -> dict[str, Any]:
         except (TypeError, ValueError) as e:
             raise FormatError(f"{name}: info.dl_utils.media is not a valid media description ({e})") from None
         bad = sorted(set(frames_by_image.values()) - set(media.frames))
-        if bad or (sizes and sizes != {(media.width, media.height)}):
+        if bad or any(media.size_of(f) != wh for f, wh in frame_size.items()):
             media = None  # edited file: trust the images instead
     if media is None:
         if not sizes:
             raise FormatError(f"{name}: no images, so the frame size is unknown; nothing to import")
-        w, h = next(iter(sizes))
+        first = min(frame_size)
+        w, h = frame_size[first]
         names = {v[0]: v[3] for v in imgs.values()}
         stem = str(doc["info"].get("description") or path.stem) if isinstance(doc.get("info"), dict) else path.stem
-        media = media_from_frames(stem, w, h, list(frames_by_image.values()), names)
+        media = media_from_frames(stem, w, h, list(frames_by_image.values()), names, frame_size)
 
     # annotations -> shapes
     keys: "OrderedDict[tuple, ObjectKey]" = OrderedDict()
@@ -280,7 +278,13 @@ def import_coco(path: str | os.PathLike, store: Any) -> dict[str, Any]:
                     f"{name}: {where} has no segmentation and no valid 'bbox' [x, y, w, h]"
                 )
             x, y, bw, bh = (float(v) for v in bbox)
+            if bw < 0 or bh < 0:
+                raise FormatError(
+                    f"{name}: {where}: bbox {bbox} has a negative {'width' if bw < 0 else 'height'};"
+                    " a COCO bbox is [x, y, width, height]: fix it or re-export the file"
+                )
             shape = ParsedShape("box", (x, y, x + bw, y + bh), where=where)
+        check_geometry(shape, iw, ih, name)
         shape.source = parse_source(attrs.get("source", "manual"))
         shape.keyframe = bool(attrs.get("keyframe", False))
         if _num(a.get("score")):
@@ -299,9 +303,9 @@ def import_coco(path: str | os.PathLike, store: Any) -> dict[str, Any]:
     media = check_store_media(store, media, name)
     merge_labels(store, file_labels, OrderedDict.fromkeys(k.label for k in keys.values()))
 
-    def decode(s: ParsedShape) -> np.ndarray:
+    def decode(s: ParsedShape, height: int, width: int) -> np.ndarray:
         try:
-            return decode_coco_rle(s.data, media.height, media.width)
+            return decode_coco_rle(s.data, height, width)
         except MaskError as e:
             raise FormatError(f"{name}: {s.where}: {e}") from None
 

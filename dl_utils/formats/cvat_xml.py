@@ -36,12 +36,14 @@ import numpy as np
 
 from ..annotations import Label, MediaInfo, ObjectInfo, ShapeType
 from ..cv_utils import decode_cvat_rle, encode_cvat_rle
-from ..errors import FormatError, MaskError
+from ..errors import FormatError, InputError, MaskError
 from ._common import (
+    atomic_file,
     select_export,
     Geometry,
     ObjectKey,
     ParsedShape,
+    check_geometry,
     check_store_media,
     iter_store_frames,
     merge_labels,
@@ -187,40 +189,40 @@ def export_cvat(
     media_full, frames, media, objs, labels = (
         sel.media_full, sel.frames, sel.media, sel.objects, sel.labels
     )
+    if video and media.mixed_sizes:
+        n = len(set(media.sizes()))
+        raise InputError(
+            f"{media.name!r} holds images of {n} different sizes; CVAT for video XML has one frame"
+            " size for all frames: export it as cvat-images or coco instead"
+        )
     label_of = {o.id: o.label for o in objs}
     groups = _group_ids(objs)
     h, w = media.height, media.width
     mode = "interpolation" if media_full.frame_names is None else "annotation"
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")  # renamed when complete: no half file on a crash
-    try:
-        with open(tmp, "w", encoding="utf-8") as stream:
-            wr = _Writer(stream)
-            wr.gen.startDocument()
-            wr.gen.startElement("annotations", {})
-            wr.level = 1
-            wr.leaf("version", "1.1")
-            wr.tree("meta", _meta(media, labels, mode))
-            if video:
-                _write_tracks(wr, store, media, frames, objs, label_of, groups, shape, h, w)
-            else:
-                _write_images(wr, store, media, frames, objs, label_of, groups, shape, h, w,
-                              include_empty)
-            wr.level = 0
-            wr._nl()
-            wr.gen.endElement("annotations")
-            stream.write("\n")
-            wr.gen.endDocument()
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, out)
+    with atomic_file(out, "w") as stream:  # renamed over out when complete: no half file
+        wr = _Writer(stream)
+        wr.gen.startDocument()
+        wr.gen.startElement("annotations", {})
+        wr.level = 1
+        wr.leaf("version", "1.1")
+        wr.tree("meta", _meta(media, labels, mode))
+        if video:
+            _write_tracks(wr, store, media, frames, objs, label_of, groups, shape, h, w)
+        else:
+            _write_images(wr, store, media, frames, objs, label_of, groups, shape, h, w,
+                          include_empty)
+        wr.level = 0
+        wr._nl()
+        wr.gen.endElement("annotations")
+        stream.write("\n")
+        wr.gen.endDocument()
     return out
 
 
 def _write_images(wr, store, media, frames, objs, label_of, groups, shape, h, w, include_empty):
     for f, insts in iter_store_frames(store, frames, objs, desc="cvat-images"):
+        w, h = media.size_of(f)  # CVAT image tasks keep each image's own size
         shapes = []
         for inst in insts:
             g = to_geometry(inst, h, w, shape)
@@ -251,6 +253,7 @@ def _write_tracks(wr, store, media, frames, objs, label_of, groups, shape, h, w)
     per_obj: dict[int, dict[tuple, dict[int, tuple]]] = {o.id: {} for o in objs}
     for f, insts in iter_store_frames(store, frames, objs, desc="cvat-video"):
         i = index[f]
+        w, h = media.size_of(f)
         for inst in insts:
             g = to_geometry(inst, h, w, shape)
             if g is None:
@@ -507,25 +510,28 @@ class _Parser:
 def _media(p: _Parser, fallback_name: str) -> MediaInfo:
     m = p.meta
     name = m.get("source") or m.get("name") or fallback_name
-    sizes = {(w, h) for (_, w, h, _) in p.images.values() if w is not None and h is not None}
+    own = {f: (w, h) for f, (_, w, h, _) in p.images.items() if w is not None and h is not None}
+    for f, (w, h) in own.items():
+        if w <= 0 or h <= 0:
+            raise FormatError(
+                f"{p.name} line {p.images[f][3]}: <image id={f}> size {w}x{h} is not positive"
+            )
+    sizes = set(own.values())
     width = height = None
     if m.get("original_width") and m.get("original_height"):
         try:
             width, height = int(m["original_width"]), int(m["original_height"])
         except ValueError:
             raise FormatError(f"{p.name}: <original_size> is not two integers") from None
-    if len(sizes) > 1:
-        raise FormatError(
-            f"{p.name}: images have different sizes {sorted(sizes)[:4]}; a store holds one frame size,"
-            " so split the task by image size and import each part into its own store"
-        )
-    if sizes:
-        sw, sh = sizes.pop()
+    if len(sizes) == 1:
+        sw, sh = next(iter(sizes))
         if width is not None and (sw, sh) != (width, height):
             raise FormatError(
                 f"{p.name}: <image> size {sw}x{sh} differs from <original_size> {width}x{height}"
             )
         width, height = sw, sh
+    elif sizes:  # an image task of photos: every image keeps its own size
+        width, height = own[min(own)]
     if width is None or height is None:
         raise FormatError(
             f"{p.name}: the frame size is unknown (no <meta><task><original_size> and no <image"
@@ -549,12 +555,28 @@ def _media(p: _Parser, fallback_name: str) -> MediaInfo:
         frame_names = None
         if names and any(names.get(f, f"frame_{f:06d}") != f"frame_{f:06d}" for f in frames):
             frame_names = [names.get(f, f"frame_{f:06d}") for f in frames]
+        frame_sizes = None
+        if len(sizes) > 1:
+            missing = [f for f in frames if f not in own]
+            if missing:
+                raise FormatError(
+                    f"{p.name}: the images have different sizes but frame(s) {missing[:5]} have no"
+                    " <image width height>; re-export the task from CVAT with every image"
+                )
+            frame_sizes = [own[f] for f in frames]
         return MediaInfo(name=name, width=width, height=height, frames=frames, start=start,
-                         stop=stop, step=step, frame_names=frame_names)
+                         stop=stop, step=step, frame_names=frame_names, frame_sizes=frame_sizes)
     frames = sorted(set(p.images) | {s[0] for s in p.shapes})
     if not frames:
         raise FormatError(f"{p.name}: no <meta> frame range and no <image>: nothing to import")
-    return media_from_frames(name, width, height, frames, names)
+    if len(sizes) > 1:
+        missing = [f for f in frames if f not in own]
+        if missing:
+            raise FormatError(
+                f"{p.name}: the images have different sizes but frame(s) {missing[:5]} have no"
+                " <image width height>; add them or re-export the task from CVAT"
+            )
+    return media_from_frames(name, width, height, frames, names, own if len(sizes) > 1 else None)
 
 
 def import_cvat(path: str | os.PathLike, store: Any) -> dict[str, Any]:
@@ -586,14 +608,17 @@ def import_cvat(path: str | os.PathLike, store: Any) -> dict[str, Any]:
                 f"{p.name} line {line}: {shape.where}: frame {frame} is not part of the task"
                 f" (start={media.start}, step={media.step}, {len(media.frames)} frames)"
             )
+        fw, fh = media.size_of(frame)
         if shape.kind == "mask":
             x1, y1, x2, y2 = shape.data[-4:]
-            if not (0 <= x1 <= x2 < media.width and 0 <= y1 <= y2 < media.height):
+            if not (0 <= x1 <= x2 < fw and 0 <= y1 <= y2 < fh):
                 raise FormatError(
                     f"{p.name} line {line}: {shape.where}: mask box left={x1} top={y1}"
                     f" width={x2 - x1 + 1} height={y2 - y1 + 1} lies outside the"
-                    f" {media.width}x{media.height} frame"
+                    f" {fw}x{fh} frame"
                 )
+        else:
+            check_geometry(shape, fw, fh, f"{p.name} line {line}")
 
     media = check_store_media(store, media, p.name)
     used = list(OrderedDict.fromkeys(k.label for k in p.keys.values()))
@@ -605,9 +630,9 @@ def import_cvat(path: str | os.PathLike, store: Any) -> dict[str, Any]:
     with_shapes = {s[1] for s in p.shapes}
     keys = [k for k in p.keys.values() if k.key in with_shapes]
 
-    def decode(s: ParsedShape) -> np.ndarray:
+    def decode(s: ParsedShape, height: int, width: int) -> np.ndarray:
         try:
-            return decode_cvat_rle(s.data, media.height, media.width)
+            return decode_cvat_rle(s.data, height, width)
         except MaskError as e:
             raise FormatError(f"{p.name}: {s.where}: {e}") from None
 

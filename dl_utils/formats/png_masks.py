@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -33,16 +34,17 @@ from PIL import Image
 
 from ..annotations import color_to_rgb
 from ..cv_utils import color_for_index
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from ._common import (
+    atomic_folder,
     instance_mask,
+    output_error,
     iter_store_frames,
     require_media,
     safe_name,
     select_frames,
     select_objects,
     sub_media,
-    write_atomic,
 )
 
 def _png_bytes(img: np.ndarray, palette: list[int] | None = None) -> bytes:
@@ -68,9 +70,11 @@ def _write(path: Path, data: bytes) -> None:
     try:
         path.write_bytes(data)
     except OSError as e:
-        raise InputError(
-            f"cannot write {path} ({e.strerror or e}); check the folder is writable and the disk not full"
-        ) from None
+        raise output_error(path, e) from None
+
+
+#: What an earlier png-masks export holds: the folder may be replaced by a new export.
+_OWN_DIR = re.compile(r"^\d{3,}_[A-Za-z0-9._-]+$")
 
 
 def export_png_masks(
@@ -87,18 +91,20 @@ def export_png_masks(
     """Write per-object binary mask sequences, per-frame index PNGs and ``objects.json`` into ``out``.
 
     ``shape`` is accepted for symmetry with the other formats and ignored: a PNG holds pixels, so
-    boxes and polygons are rasterised.
+    boxes and polygons are rasterised. The folder is built beside ``out`` and swapped in when
+    complete (:func:`~dl_utils.formats._common.atomic_folder`): an interrupted export leaves the
+    previous one whole, and files of an earlier export that the new one does not write are gone.
+    Each frame's PNGs have that frame's size (images of a mixed-size set keep their own).
     """
     if sequence not in ("media", "visible"):
         raise InputError(f"sequence={sequence!r}: use 'media' (every frame) or 'visible'")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise InputError(f"{out} is a file; png-masks writes a folder, give a folder path for --out")
+        raise OutputError(f"{out} is a file; png-masks writes a folder, give a folder path for --out")
     media_full = require_media(store)
     frames = select_frames(media_full, start, stop)
     media = sub_media(media_full, frames)
     objs = select_objects(store, objects)
-    h, w = media.height, media.width
 
     # cheap pass without decoding masks: which objects are visible at all, and where
     visible: dict[int, list[int]] = {o.id: [] for o in objs}
@@ -115,57 +121,67 @@ def export_png_masks(
     colors = {o.id: o.color or color_for_index(o.id) for o in objs}
     wide = len(objs) > 255
 
-    out.mkdir(parents=True, exist_ok=True)
-    for o in shown:
-        (out / folders[o.id]).mkdir(exist_ok=True)
-    if index:
-        (out / "ids").mkdir(exist_ok=True)
     palette = [0, 0, 0]
     for o in objs[:255]:
         palette.extend(color_to_rgb(colors[o.id]))
     palette.extend([0, 0, 0] * (256 - len(palette) // 3))
-    black = _png_bytes(np.zeros((h, w), dtype=np.uint8))  # encoded once: absent frames are common
+    blacks: dict[tuple[int, int], bytes] = {}  # encoded once per size: absent frames are common
 
-    for f, insts in iter_store_frames(store, frames, shown if not index else objs, desc="png-masks"):
-        ids = np.zeros((h, w), dtype=np.uint16 if wide else np.uint8)
-        by_obj = insts.by_object()
-        for o in objs:  # id order: a later (higher id) object overwrites overlaps
-            inst = by_obj.get(o.id)
-            m = None
-            if inst is not None and not inst.is_empty:
-                m = instance_mask(inst, h, w)
-                if index:
-                    ids[m] = values[o.id]
-            if o.id in folders and (m is not None or sequence == "media"):
-                data = black if m is None else _png_bytes(m.view(np.uint8) * np.uint8(255))
-                _write(out / folders[o.id] / f"mask_{f:0{width}d}.png", data)
+    with atomic_folder(out, marker="objects.json", own={"ids"}, own_dir=_OWN_DIR) as tmp:
+        for o in shown:
+            (tmp / folders[o.id]).mkdir()
         if index:
-            _write(out / "ids" / f"ids_{f:0{width}d}.png", _png_bytes(ids, None if wide else palette))
+            (tmp / "ids").mkdir()
+        for f, insts in iter_store_frames(store, frames, shown if not index else objs,
+                                          desc="png-masks"):
+            w, h = media.size_of(f)
+            ids = np.zeros((h, w), dtype=np.uint16 if wide else np.uint8)
+            by_obj = insts.by_object()
+            for o in objs:  # id order: a later (higher id) object overwrites overlaps
+                inst = by_obj.get(o.id)
+                m = None
+                if inst is not None and not inst.is_empty:
+                    m = instance_mask(inst, h, w)
+                    if index:
+                        ids[m] = values[o.id]
+                if o.id in folders and (m is not None or sequence == "media"):
+                    if m is None:
+                        if (w, h) not in blacks:
+                            blacks[(w, h)] = _png_bytes(np.zeros((h, w), dtype=np.uint8))
+                        data = blacks[(w, h)]
+                    else:
+                        data = _png_bytes(m.view(np.uint8) * np.uint8(255))
+                    _write(tmp / folders[o.id] / f"mask_{f:0{width}d}.png", data)
+            if index:
+                _write(tmp / "ids" / f"ids_{f:0{width}d}.png", _png_bytes(ids, None if wide else palette))
 
-    doc = {
-        "media": {"name": media.name, "width": w, "height": h, "frames": frames,
-                  "start": media.start, "step": media.step},
-        "mask_pattern": f"{{folder}}/mask_%0{width}d.png",
-        "sequence": sequence,
-        "index": {
-            "pattern": f"ids/ids_%0{width}d.png" if index else None,
-            "mode": "I;16" if wide else "P",
-            "background": 0,
-            "overlap": "the object with the higher id wins",
-        },
-        "objects": [
-            {
-                "id": o.id,
-                "label": o.label,
-                "color": colors[o.id],
-                "value": values[o.id],
-                "folder": folders.get(o.id),
-                "first": min((f for f in visible[o.id] if f in wanted), default=None),
-                "last": max((f for f in visible[o.id] if f in wanted), default=None),
-                "visible_frames": sum(1 for f in visible[o.id] if f in wanted),
-            }
-            for o in objs
-        ],
-    }
-    write_atomic(out / "objects.json", json.dumps(doc, indent=2))
+        media_doc: dict[str, Any] = {"name": media.name, "width": media.width, "height": media.height,
+                                     "frames": frames, "start": media.start, "step": media.step}
+        if media.frame_sizes:  # images of different sizes: each frame's [width, height]
+            media_doc["frame_sizes"] = [list(wh) for wh in media.frame_sizes]
+        doc = {
+            "media": media_doc,
+            "mask_pattern": f"{{folder}}/mask_%0{width}d.png",
+            "sequence": sequence,
+            "index": {
+                "pattern": f"ids/ids_%0{width}d.png" if index else None,
+                "mode": "I;16" if wide else "P",
+                "background": 0,
+                "overlap": "the object with the higher id wins",
+            },
+            "objects": [
+                {
+                    "id": o.id,
+                    "label": o.label,
+                    "color": colors[o.id],
+                    "value": values[o.id],
+                    "folder": folders.get(o.id),
+                    "first": min((f for f in visible[o.id] if f in wanted), default=None),
+                    "last": max((f for f in visible[o.id] if f in wanted), default=None),
+                    "visible_frames": sum(1 for f in visible[o.id] if f in wanted),
+                }
+                for o in objs
+            ],
+        }
+        _write(tmp / "objects.json", json.dumps(doc, indent=2).encode())
     return out
