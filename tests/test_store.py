@@ -354,4 +354,4 @@ def test_summary_shows_size_or_mixed_sizes(tmp_path):
     m = MediaInfo(name="imgs", width=40, height=30, frames=[0, 1, 2],
                   frame_sizes=[(40, 30), (2250, 1500), (30, 50)])
     with AnnotationStore.create(tmp_path / "m.sqlite", m) as st:
-        assert st.summary()["size"] == "mixed sizes: 3 sizes from 30x50 to 2250x1500 (first image 40x30)"
+        assert st.summary()["size"] == "mixed sizes: 3 sizes from 40x30 to 2250x1500 (first image 40x30)"
