@@ -715,3 +715,119 @@ def test_cvat_cli_auto_annotate_runs_our_module(cvat_server, tmp_path, hf_model_
             assert decode_cvat_rle(list(pts), 240, 320).any()
     assert total > 0  # the random detector's threshold leaves some boxes
     conn.close()
+
+
+# ======================================================================================= issue 13
+def _raw_get(url: str, accept: str | None, token: str | None = None) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url)
+    if accept is not None:
+        req.add_header("Accept", accept)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def test_accept_header_negotiated_like_cvat(cvat_server):
+    """CVAT renders application/vnd.cvat+json (and HTML) only: application/json is a 406, before auth."""
+    url = cvat_server.url
+    assert _raw_get(url + "/api/users/self", "application/json") == (
+        406, {"detail": "Could not satisfy the request Accept header."})
+    assert _raw_get(url + "/api/server/about", "application/json")[0] == 406
+    assert _raw_get(url + "/api/server/about", "application/vnd.cvat+json; version=1.0") == (
+        406, {"detail": 'Invalid version in "Accept" header.'})
+    for ok in ("application/vnd.cvat+json", "application/vnd.cvat+json; version=2.0", "*/*", None,
+               "application/json, application/*;q=0.5"):
+        assert _raw_get(url + "/api/server/about", ok)[0] == 200, ok
+    assert _raw_get(url + "/api/users/self", "application/vnd.cvat+json", cvat_server.token)[0] == 200
+    # our client (raw JSON requests and the SDK calls) gets through, end to end
+    assert cconn.ACCEPT == "application/vnd.cvat+json"
+    conn = conn_for(cvat_server)
+    assert conn.request("GET", "/api/users/self", what="t")["username"] == "admin"
+    conn.close()
+
+
+def test_token_with_crlf_from_env_works(cvat_server, monkeypatch):
+    monkeypatch.setenv("CVAT_ACCESS_TOKEN", cvat_server.token + "\r\n")
+    monkeypatch.delenv("CVAT_USERNAME", raising=False)
+    c = resolve_credentials(cvat_server.url, prompt=False)
+    assert c.token == cvat_server.token
+    conn = connect(cvat_server.url, prompt=False, retry=RetryPolicy(retries=0))
+    assert conn.request("GET", "/api/users/self", what="t")["username"] == "admin"
+    conn.close()
+    # prompts and password variables are stripped too
+    c = resolve_credentials("h.io", env={}, prompt=True, getpass_fn=lambda m: "  tok-typed-12345\n")
+    assert c.token == "tok-typed-12345"
+    c = resolve_credentials("h.io", env={"CVAT_USERNAME": "ann\r", "CVAT_PASSWORD": "pw-crlf-999\r\n"},
+                            prompt=False)
+    assert (c.user, c.password) == ("ann", "pw-crlf-999")
+
+
+def test_token_with_inner_bad_character_is_a_typed_error_without_the_token(cvat_server, monkeypatch,
+                                                                            tmp_path, rng):
+    import argparse
+
+    from dl_utils.cvat.cli import add_cvat_arguments
+
+    bad = "tok-Inner-" + "\x0b" + "Secret-987654321"
+    monkeypatch.setenv("CVAT_HOST", cvat_server.url)
+    monkeypatch.setenv("CVAT_ACCESS_TOKEN", bad)
+    with pytest.raises(CvatError) as ei:
+        connect(prompt=False, retry=RetryPolicy(retries=0))
+    msg = str(ei.value)
+    assert "CVAT_ACCESS_TOKEN" in msg and "position 11" in msg
+    for piece in (bad, "tok-Inner-", "Secret-987654321", repr(bad)):
+        assert piece not in msg
+    st, _ = make_store(tmp_path / "s.sqlite", rng)
+    st.close()
+    p = argparse.ArgumentParser()
+    add_cvat_arguments(p.add_subparsers(dest="command"))
+    a = p.parse_args(["cvat", "push", str(tmp_path / "s.sqlite"), "--task", "1", "--no-prompt"])
+    with pytest.raises(CvatError) as ei:
+        a.func(a)
+    assert bad not in str(ei.value) and "Secret-987654321" not in str(ei.value)
+    # whatever an exception of the CVAT path says reaches the user scrubbed
+    try:
+        raise ValueError(f"Invalid header value b'Bearer {bad}\\r'")
+    except ValueError as e:
+        cconn._remember_secret(bad)
+        assert bad not in str(cconn.scrub_exception(e)) and "Inner" not in str(e)
+
+
+@pytest.mark.parametrize("host", ["not a url", "http://", "https://exa mple.com", "ftp://cvat.io",
+                                  "http://cvat.io:99999", "cvat.example.com:abc", "mailto:x@y",
+                                  "http://-bad-.com", "https://cvat.io/?q=1"])
+def test_malformed_host_fails_at_once(host, cvat_server, monkeypatch):
+    import time
+
+    sent = []
+    import urllib3
+
+    real = urllib3.PoolManager.request
+
+    def counting(self, *a, **kw):
+        sent.append(a)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(urllib3.PoolManager, "request", counting)
+    waits = Sleeps()
+    t0 = time.perf_counter()
+    with pytest.raises(InputError) as ei:
+        connect(host, token=cvat_server.token, prompt=False, sleep=waits)
+    assert time.perf_counter() - t0 < 1.0 and waits == [] and sent == []
+    msg = str(ei.value)
+    assert repr(host) in msg and "https://cvat.example.com" in msg
+
+
+def test_good_hosts_still_normalise():
+    assert normalize_host("localhost:8080") == "http://localhost:8080"
+    assert normalize_host(" https://cvat.example.com/ ") == "https://cvat.example.com"
+    assert normalize_host("http://[::1]:8080") == "http://[::1]:8080"
+    assert normalize_host("cvat_server:8080") == "http://cvat_server:8080"
+    assert normalize_host("https://cvat.example.com/sub/") == "https://cvat.example.com/sub"

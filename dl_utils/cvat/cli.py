@@ -173,6 +173,23 @@ def cmd_cvat_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scrubbed(fn: Any) -> Any:
+    """Run a handler so that no exception leaving it can carry a token or password."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(args: argparse.Namespace) -> int:
+        from .connection import scrub_exception
+
+        try:
+            return fn(args)
+        except BaseException as e:
+            scrub_exception(e)
+            raise
+
+    return run
+
+
 # ------------------------------------------------------------------------------------ parser
 def add_cvat_arguments(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``cvat`` with ``labels | create-task | push | pull`` to the main parser's subparsers."""
@@ -188,7 +205,7 @@ def add_cvat_arguments(subparsers: Any) -> argparse.ArgumentParser:
     lb.add_argument("--type", choices=("any", "mask", "polygon", "rectangle"),
                     help="type of the labels created (default: each class's own, usually 'any')")
     _common(lb)
-    lb.set_defaults(func=cmd_cvat_labels)
+    lb.set_defaults(func=_scrubbed(cmd_cvat_labels))
 
     ct = sub.add_parser("create-task", help="create a task from the store's video/images with its numbering")
     ct.add_argument("store", help="annotation store whose media (file, start, stop, step) to use")
@@ -202,7 +219,7 @@ def add_cvat_arguments(subparsers: Any) -> argparse.ArgumentParser:
     ct.add_argument("--overlap", type=int, help="frames shared by consecutive jobs")
     ct.add_argument("--quality", type=int, default=95, help="image quality of the task's chunks")
     _common(ct)
-    ct.set_defaults(func=cmd_cvat_create_task)
+    ct.set_defaults(func=_scrubbed(cmd_cvat_create_task))
 
     ps = sub.add_parser("push", help="push the store to a task: only what changed since the last push")
     ps.add_argument("store")
@@ -217,7 +234,7 @@ def add_cvat_arguments(subparsers: Any) -> argparse.ArgumentParser:
                     help="do not read the task first (faster; shapes edited in CVAT may be overwritten)")
     ps.add_argument("--no-create-labels", action="store_true", help="fail on a missing label")
     _common(ps)
-    ps.set_defaults(func=cmd_cvat_push)
+    ps.set_defaults(func=_scrubbed(cmd_cvat_push))
 
     pl = sub.add_parser("pull", help="read the task's annotations (people's corrections) into the store")
     pl.add_argument("store", help="annotation store (created from the task when it does not exist)")
@@ -226,7 +243,7 @@ def add_cvat_arguments(subparsers: Any) -> argparse.ArgumentParser:
     pl.add_argument("--include-own", action="store_true",
                     help="also rewrite instances this store pushed and nobody changed")
     _common(pl)
-    pl.set_defaults(func=cmd_cvat_pull)
+    pl.set_defaults(func=_scrubbed(cmd_cvat_pull))
     return cvat
 
 

@@ -37,6 +37,9 @@ MIN_SERVER_VERSION = (2, 5, 0)
 #: First major version refused: its API is unknown to this client.
 MAX_SERVER_MAJOR = 3
 
+#: What cvat-sdk sends and CVAT's CVATAPIRenderer renders (cvat/apps/engine/renderers.py).
+ACCEPT = "application/vnd.cvat+json"
+
 ENV_HOST = "CVAT_HOST"
 ENV_TOKEN = "CVAT_ACCESS_TOKEN"
 ENV_USER = "CVAT_USERNAME"
@@ -48,8 +51,27 @@ _SECRETS: set[str] = set()
 
 
 def _remember_secret(value: str | None) -> None:
-    if value and len(value) >= 4:  # very short strings would redact ordinary words
-        _SECRETS.add(value)
+    if not value:
+        return
+    for v in {value, value.strip()}:
+        if len(v) >= 4:  # very short strings would redact ordinary words
+            _SECRETS.add(v)
+            # the forms a secret takes inside exception texts: bytes reprs (b'Bearer tok\\r'),
+            # escaped strings ('tok\\n'), and the header value itself
+            for form in (repr(v)[1:-1], repr(v.encode("utf-8", "replace"))[2:-1],
+                         v.encode("unicode_escape").decode("ascii", "replace")):
+                if len(form) >= 4:
+                    _SECRETS.add(form)
+
+
+def clean_secret(value: str | None) -> str | None:
+    """A token or password as typed or read from a file: surrounding whitespace (``\\r\\n`` of a
+    CRLF ``.env`` file, a trailing newline) removed; ``None`` when nothing is left."""
+    if value is None:
+        return None
+    _remember_secret(value)
+    v = value.strip()
+    return v or None
 
 
 def redact(text: Any) -> str:
@@ -83,6 +105,42 @@ def cvat_error(message: str) -> CvatError:
     return CvatError(redact(message))
 
 
+def _redact_arg(a: Any) -> Any:
+    if isinstance(a, bytes):
+        a = a.decode("utf-8", "replace")
+    if isinstance(a, str):
+        return redact(a)
+    text = str(a)
+    clean = redact(text)
+    return a if clean == text else clean
+
+
+def scrub_exception(exc: BaseException) -> BaseException:
+    """Redact the secrets from ``exc``'s message and from every exception chained to it, in place.
+
+    Whatever reaches the user (the CLI's one line, a traceback with ``--debug``, a notebook) is
+    built from these arguments, so no token or password can show.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if _SECRETS:
+            try:
+                e.args = tuple(_redact_arg(a) for a in e.args)
+            except Exception:  # an exception class with read-only args: leave it
+                pass
+            for attr in ("body", "reason", "msg", "strerror"):
+                v = getattr(e, attr, None)
+                if isinstance(v, (str, bytes)):
+                    try:
+                        setattr(e, attr, redact(v.decode("utf-8", "replace") if isinstance(v, bytes) else v))
+                    except Exception:
+                        pass
+        e = e.__cause__ or e.__context__
+    return exc
+
+
 # ------------------------------------------------------------------------------------ credentials
 @dataclass(frozen=True)
 class Credentials:
@@ -97,6 +155,9 @@ class Credentials:
     def __post_init__(self) -> None:
         _remember_secret(self.token)
         _remember_secret(self.password)
+        for what, v in (("token", self.token), ("password", self.password)):
+            if v is not None and v != v.strip():
+                object.__setattr__(self, what, v.strip() or None)
 
     @property
     def auth(self) -> str:
@@ -112,21 +173,60 @@ def _interactive() -> bool:
         return False
 
 
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*\.?$")
+
+
+def _bad_host(host: Any, why: str) -> InputError:
+    return InputError(f"CVAT host {redact(host)!r} is not a server address ({why}); give it as"
+                      " https://cvat.example.com (or http://HOST:PORT) with --host or CVAT_HOST")
+
+
 def normalize_host(host: str) -> str:
-    """``scheme://host[:port]`` without user info, path or trailing slash (``http`` by default)."""
+    """``scheme://host[:port]`` without user info, path or trailing slash (``http`` by default).
+
+    Refuses at once (:class:`InputError`, no request made) what cannot be a server address:
+    another scheme, spaces or characters a host name cannot hold, a bad port.
+    """
+    if not isinstance(host, str):
+        raise _bad_host(host, "not a text")
     h = host.strip()
+    if not h:
+        raise _bad_host(host, "empty")
+    if any(c.isspace() or ord(c) < 32 for c in h):
+        raise _bad_host(host, "it holds spaces or control characters")
     if "://" not in h:
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:(?!\d)", h):  # 'ftp:x', 'mailto:x' but not 'host:8080'
+            raise _bad_host(host, "only http and https are supported")
         h = "http://" + h
     parts = urlsplit(h)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InputError(f"CVAT host {redact(host)!r} is not an http(s) address such as https://app.cvat.ai")
+    if parts.scheme not in ("http", "https"):
+        raise _bad_host(host, "only http and https are supported")
+    try:
+        port = parts.port
+    except ValueError:
+        raise _bad_host(host, "the port is not a number from 0 to 65535") from None
+    hostname = parts.hostname or ""
+    if not hostname:
+        raise _bad_host(host, "no host name")
+    is_ip6 = ":" in hostname
+    if is_ip6:
+        import ipaddress
+
+        try:
+            ipaddress.IPv6Address(hostname)
+        except ValueError:
+            raise _bad_host(host, f"{hostname!r} is not an IPv6 address") from None
+    elif not _HOSTNAME.match(hostname):
+        raise _bad_host(host, f"{hostname!r} is not a host name")
+    if parts.query or parts.fragment:
+        raise _bad_host(host, "it holds a query or fragment")
     if parts.username or parts.password:
         _remember_secret(parts.password)
         raise InputError(
             "put no user name or password in the CVAT host address; use CVAT_ACCESS_TOKEN (or"
             " CVAT_USERNAME / CVAT_PASSWORD) instead"
         )
-    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    netloc = (f"[{hostname}]" if is_ip6 else hostname) + (f":{port}" if port else "")
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
@@ -154,13 +254,15 @@ def resolve_credentials(
             f" {ENV_HOST}=https://app.cvat.ai"
         )
     host = normalize_host(host)
-    org = org if org is not None else (env.get(ENV_ORG) or None)
+    org = org if org is not None else ((env.get(ENV_ORG) or "").strip() or None)
+    token, password = clean_secret(token), clean_secret(password)
+    user = user.strip() or None if isinstance(user, str) else user
     if token is None and user is None:
-        token = env.get(ENV_TOKEN) or None
+        token = clean_secret(env.get(ENV_TOKEN))
     if token is None:
-        user = user or env.get(ENV_USER) or None
+        user = user or (env.get(ENV_USER) or "").strip() or None
         if user is not None and password is None:
-            password = env.get(ENV_PASSWORD) or None
+            password = clean_secret(env.get(ENV_PASSWORD))
     can_prompt = _interactive() if prompt is None else prompt
     if token is None and (user is None or password is None):
         if not can_prompt:
@@ -169,13 +271,36 @@ def resolve_credentials(
                 f" CVAT > Profile > Security), or {ENV_USER} and {ENV_PASSWORD}"
             )
         if user is None:
-            token = getpass_fn(f"CVAT access token for {host} (input hidden): ").strip() or None
+            token = clean_secret(getpass_fn(f"CVAT access token for {host} (input hidden): "))
             if token is None:
                 raise CvatError(f"no access token entered for {host}; set {ENV_TOKEN} instead")
         else:
-            password = getpass_fn(f"CVAT password for {user} at {host} (input hidden): ")
-    return Credentials(host=host, token=token, user=None if token else user,
-                       password=None if token else password, org=org)
+            password = clean_secret(getpass_fn(f"CVAT password for {user} at {host} (input hidden): "))
+            if password is None:
+                raise CvatError(f"no password entered for {user} at {host}; set {ENV_PASSWORD} instead")
+    creds = Credentials(host=host, token=token, user=None if token else user,
+                        password=None if token else password, org=org)
+    _check_secret_chars(creds)
+    return creds
+
+
+def _check_secret_chars(creds: "Credentials") -> None:
+    """A token or password that cannot travel in an HTTP header is refused here, by name only.
+
+    (urllib3/http.client would raise ``ValueError: Invalid header value b'Bearer <token>'``, which
+    carries the secret.)
+    """
+    for what, value, var in (("access token", creds.token, ENV_TOKEN),
+                             ("password", creds.password, ENV_PASSWORD)):
+        if value is None:
+            continue
+        bad = [i for i, c in enumerate(value) if ord(c) < 32 or ord(c) == 127 or ord(c) > 255]
+        if bad:
+            raise CvatError(
+                f"the CVAT {what} holds a character that cannot be sent in an HTTP header (a control"
+                f" character or non-Latin-1 letter at position {bad[0] + 1} of {len(value)}); copy it"
+                f" again into {var} without line breaks or other invisible characters"
+            )
 
 
 # ------------------------------------------------------------------------------------ retries
@@ -315,7 +440,9 @@ class CvatConnection:
     def _headers(self, method: str, path: str, body: Any) -> dict[str, str]:
         api = self.client.api_client
         headers = dict(api.get_common_headers())
-        headers["Accept"] = "application/json"
+        # CVAT renders only its own media type (and the browsable HTML view): DRF answers 406 to
+        # 'Accept: application/json'. No version parameter: the server's default (2.0) applies.
+        headers["Accept"] = ACCEPT
         if body is not None:
             headers["Content-Type"] = "application/json"
         api.update_params_for_auth(headers, [], None, path, method, body,
@@ -342,6 +469,9 @@ class CvatConnection:
             # sent, but the answer was lost: the server may or may not have applied it
             raise _Transient(f"{what}: the connection to {self.host} broke ({type(e).__name__})",
                              unknown=True) from None
+        except (ValueError, TypeError, UnicodeError) as e:  # e.g. a header value http.client refuses
+            raise cvat_error(f"{what}: the request could not be sent ({type(e).__name__}: {e}); check"
+                             f" the host address and {ENV_TOKEN}") from None
         data = r.data or b""
         self.stats.bytes_received += len(data)
         if r.status == 429:
@@ -461,6 +591,10 @@ class CvatConnection:
             except (api_exc.ApiTypeError, api_exc.ApiValueError, api_exc.ApiAttributeError) as e:
                 raise cvat_error(f"{what}: the server's data does not fit the cvat-sdk model ({e});"
                                  " check the server version") from None
+            except (ValueError, TypeError, UnicodeError) as e:
+                if type(e).__module__.startswith("dl_utils"):
+                    raise
+                raise cvat_error(f"{what}: {type(e).__name__}: {e}") from None
 
         return self._retrying(attempt, what)
 
@@ -523,6 +657,9 @@ def connect(
 
     creds = credentials or resolve_credentials(host, token=token, user=user, password=password,
                                                org=org, prompt=prompt)
+    if credentials is not None:
+        normalize_host(creds.host)
+        _check_secret_chars(creds)
     try:
         client = Client(creds.host, config=Config(verify_ssl=verify_ssl), check_server_version=False,
                         logger=logging.getLogger("cvat_sdk"))
@@ -542,8 +679,9 @@ def connect(
             client.organization_slug = creds.org
         # one cheap authenticated request, so bad credentials fail here with a clear message
         conn.request("GET", "/api/users/self", what=f"checking the credentials for {creds.host}")
-    except BaseException:
+    except BaseException as e:
         conn.close()
+        scrub_exception(e)
         raise
     return conn
 
@@ -556,8 +694,10 @@ __all__ = [
     "connect",
     "cvat_error",
     "normalize_host",
+    "clean_secret",
     "redact",
     "resolve_credentials",
+    "scrub_exception",
     "ENV_HOST",
     "ENV_TOKEN",
     "ENV_USER",

@@ -60,6 +60,8 @@ class Request:
         self.headers = headers
         self.body = body
         self.user: dict | None = None
+        self.accepted = RENDERERS[0][0]
+        self.version = DEFAULT_VERSION
 
     def json(self) -> Any:
         if not self.body:
@@ -77,6 +79,88 @@ class Request:
             return int(v)
         except (TypeError, ValueError):
             raise bad_request({name: ["A valid integer is required."]}) from None
+
+
+# ------------------------------------------------------------------------ content negotiation
+#: CVAT's REST_FRAMEWORK settings (cvat/settings/base.py): DEFAULT_RENDERER_CLASSES =
+#: [CVATAPIRenderer ('application/vnd.cvat+json', format 'json'), BrowsableAPIRenderer
+#: ('text/html', format 'api')]; DEFAULT_VERSIONING_CLASS = AcceptHeaderVersioning,
+#: ALLOWED_VERSIONS = ('2.0') -- a string, not a tuple, so DRF's ``version in allowed_versions`` is a
+#: substring test --, DEFAULT_VERSION = '2.0', VERSION_PARAM = 'version'; URL_FORMAT_OVERRIDE = 'scheme'.
+RENDERERS = (("application/vnd.cvat+json", "json"), ("text/html", "api"))
+ALLOWED_VERSIONS = "2.0"
+DEFAULT_VERSION = "2.0"
+NOT_ACCEPTABLE = "Could not satisfy the request Accept header."
+INVALID_VERSION = 'Invalid version in "Accept" header.'
+
+
+class _MediaType:
+    """rest_framework.utils.mediatypes._MediaType."""
+
+    def __init__(self, text: str):
+        main, *params = [p.strip() for p in text.split(";")]
+        self.full_type = main
+        self.main_type, _, self.sub_type = main.partition("/")
+        self.params: dict[str, str] = {}
+        for p in params:
+            k, _, v = p.partition("=")
+            if k:
+                self.params[k.strip()] = v.strip().strip('"')
+
+    def match(self, other: "_MediaType") -> bool:
+        for key in self.params:
+            if key != "q" and other.params.get(key) != self.params.get(key):
+                return False
+        if self.sub_type != "*" and other.sub_type != "*" and other.sub_type != self.sub_type:
+            return False
+        if self.main_type != "*" and other.main_type != "*" and other.main_type != self.main_type:
+            return False
+        return True
+
+    @property
+    def precedence(self) -> int:
+        if self.main_type == "*":
+            return 0
+        if self.sub_type == "*":
+            return 1
+        if not self.params or list(self.params) == ["q"]:
+            return 2
+        return 3
+
+
+def negotiate(accept: str | None, query: dict[str, Any]) -> tuple[str, str]:
+    """(accepted media type, API version) as DRF's DefaultContentNegotiation and
+    AcceptHeaderVersioning decide them with CVAT's settings; 406 otherwise."""
+    renderers = list(RENDERERS)
+    fmt = query.get("scheme")  # URL_FORMAT_OVERRIDE
+    if isinstance(fmt, str) and fmt:
+        renderers = [r for r in renderers if r[1] == fmt]
+        if not renderers:
+            raise _not_found()
+    header = accept if accept and accept.strip() else "*/*"
+    accepts = [t.strip() for t in header.split(",") if t.strip()]
+    chosen: str | None = None
+    for level in (3, 2, 1, 0):  # order_by_precedence
+        group = [t for t in accepts if _MediaType(t).precedence == level]
+        for rtype, _fmt in renderers:
+            for t in group:
+                if _MediaType(rtype).match(_MediaType(t)):
+                    wrapper = _MediaType(t)
+                    if _MediaType(rtype).precedence > wrapper.precedence:
+                        chosen = ";".join([rtype] + [f"{k}={v}" for k, v in wrapper.params.items()])
+                    else:
+                        chosen = t
+                    break
+            if chosen:
+                break
+        if chosen:
+            break
+    if chosen is None:
+        raise ApiError(406, {"detail": NOT_ACCEPTABLE})
+    version = _MediaType(chosen).params.get("version", DEFAULT_VERSION)
+    if not ((version is not None and version == DEFAULT_VERSION) or version in ALLOWED_VERSIONS):
+        raise ApiError(406, {"detail": INVALID_VERSION})
+    return chosen, version
 
 
 def _not_found(what: str = "Not found.") -> ApiError:
@@ -158,6 +242,9 @@ class StandinServer:
                         break
             if hit is not None:
                 _, fn, public, m = hit
+                # DRF's APIView.initial(): content negotiation and versioning come before
+                # authentication, so a bad Accept header is a 406 even without credentials
+                req.accepted, req.version = negotiate(req.headers.get("Accept"), req.query)
                 if not public:
                     req.user = self.authenticate(req)
                 with self.state.lock:
