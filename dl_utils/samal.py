@@ -250,8 +250,17 @@ def parse_points(points: Any, oid: int, hw: tuple[int, int]) -> tuple[np.ndarray
     return arr[:, :2].copy(), arr[:, 2].astype(np.int32)
 
 
-def parse_box(box: Any, oid: int, hw: tuple[int, int]) -> np.ndarray | None:
-    """A box ``(x1, y1, x2, y2)`` in source pixels, checked against ``hw`` (shared with sam2al)."""
+#: how far past the image border a box drawn or typed by a person may reach (a share of the side);
+#: detector boxes (``slack=None``) are clipped whatever they are
+USER_BOX_SLACK = 0.05
+
+
+def parse_box(box: Any, oid: int, hw: tuple[int, int], *, slack: float | None = None) -> np.ndarray | None:
+    """A box ``(x1, y1, x2, y2)`` in source pixels, checked against ``hw`` (shared with sam2al).
+
+    ``slack``: a box reaching further past the border than this share of the image side is
+    refused (a typo or the wrong image's coordinates) instead of being clipped.
+    """
     if box is None:
         return None
     arr = _as_array(box, "box", oid).reshape(-1)
@@ -270,6 +279,14 @@ def parse_box(box: Any, oid: int, hw: tuple[int, int]) -> np.ndarray | None:
         raise InputError(
             f"object {oid}: box {arr.tolist()} lies outside the {w}x{h} image; give a box that overlaps it"
         )
+    if slack is not None:
+        mx, my = slack * w, slack * h
+        if x1 < -mx or y1 < -my or x2 > w + mx or y2 > h + my:
+            raise InputError(
+                f"object {oid}: box {arr.tolist()} reaches far outside the {w}x{h} image (more than "
+                f"{slack:.0%} of a side past its border); give 0 <= x1 < x2 <= {w} and 0 <= y1 < y2 <= {h} "
+                "in this image's pixels"
+            )
     # detectors routinely return boxes a little past the border: clip rather than refuse
     return np.array([max(x1, 0.0), max(y1, 0.0), min(x2, float(w)), min(y2, float(h))])
 

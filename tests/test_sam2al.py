@@ -611,3 +611,100 @@ def test_run_segment_with_checkpoint_end_to_end_and_resume(tiny_sam2_video, shor
         run_segment(short_clip, out, bad, sam_model=tiny_sam2_video, progress=False)
     with pytest.raises(InputError, match="direction="):
         run_segment(short_clip, out, prompts, direction="up")
+
+
+# ----------------------------------------------------------------------------- issue 13: segment tells what it drops
+def test_segment_changed_prompt_reports_dropped_frames_and_dry_run_changes_nothing(
+        tiny_sam2_video, short_clip, tmp_path, capsys):
+    from dl_utils.cli import main
+    from dl_utils.sam2al import run_segment
+
+    out = tmp_path / "seg.sqlite"
+    first = _prompts(tmp_path, [
+        {"frame": 0, "object": 1, "label": "bed", "points": [[400, 300, 1]]},
+        {"frame": 6, "object": 1, "label": "bed", "points": [[410, 300, 1]]},
+    ])
+    s = run_segment(short_clip, out, first, sam_model=tiny_sam2_video, progress=False)
+    assert s["status"] == "done" and s["dropped"] == {}
+    with AnnotationStore.open(out) as st:
+        before = {f: st.read_frame(f).by_object()[1].mask.copy() for f in st.frames_done(1)}
+    assert sorted(before) == list(range(SHORT))
+    changed = _prompts(tmp_path, [
+        {"frame": 0, "object": 1, "label": "bed", "points": [[200, 200, 1]]},  # the correction
+        {"frame": 6, "object": 1, "label": "bed", "points": [[410, 300, 1]]},  # unchanged
+    ], "changed.json")
+    # --dry-run: no model, nothing written, the drops (and where they fall) listed
+    assert main(["segment", str(short_clip), "--out", str(out), "--prompts", str(changed), "--start", "9",
+                 "--stop", "10", "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["dry_run"] and plan["dropped"] == {"1": "1-5"} and plan["dropped_outside_range"] == {"1": "1-5"}
+    assert [p["action"] for p in plan["prompts"]] == ["apply", "unchanged"]
+    assert plan["to_compute"] == {}  # 9 and 10 are done; 1-5 lie outside the range
+    with AnnotationStore.open(out) as st:
+        assert sorted(st.frames_done(1)) == list(range(SHORT))
+        assert all(np.array_equal(st.read_frame(f).by_object()[1].mask, m) for f, m in before.items())
+    # the real run says which frames of which object it drops, and that they lie outside the range
+    msgs: list[str] = []
+    s = run_segment(short_clip, out, changed, start=9, stop=10, sam_model=tiny_sam2_video, progress=False,
+                    report=msgs.append)
+    assert s["prompts_applied"] == 1 and s["dropped"] == {"1": "1-5"}
+    assert len(msgs) == 1 and "object 1" in msgs[0] and "frames 1-5" in msgs[0]
+    assert "outside --start 9 --stop 10" in msgs[0]
+    with AnnotationStore.open(out) as st:
+        assert sorted(st.frames_done(1)) == [0, *range(6, SHORT)]
+    # without a range the dry run says what the next run computes
+    assert main(["segment", str(short_clip), "--out", str(out), "--prompts", str(changed), "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["dropped"] == {} and plan["to_compute"] == {"1": "1-5"}
+
+
+def test_segment_stop_past_the_end_means_to_the_end(tiny_sam2_video, short_clip, tmp_path):
+    from dl_utils.sam2al import run_segment
+
+    p = _prompts(tmp_path, [{"frame": 2, "object": 1, "label": "bed", "points": [[400, 300, 1]]}])
+    s = run_segment(short_clip, tmp_path / "a.sqlite", p, start=8, stop=600, sam_model=tiny_sam2_video,
+                    progress=False)
+    assert s["status"] == "done" and s["frames_written"] == SHORT - 8
+    with pytest.raises(FrameIndexError, match="no kept frame .* lies in start=500..stop=600"):
+        run_segment(short_clip, tmp_path / "b.sqlite", p, start=500, stop=600, sam_model=tiny_sam2_video,
+                    progress=False)
+
+
+def test_segment_box_far_outside_the_image_is_refused_before_any_work(tiny_sam2_video, short_clip, tmp_path):
+    from dl_utils.sam2al import run_segment
+
+    out = tmp_path / "box.sqlite"
+    ok = _prompts(tmp_path, [{"frame": 1, "object": 1, "label": "bed", "box": [-10, 5, 965, 300]}], "ok.json")
+    run_segment(short_clip, out, ok, stop=2, sam_model=tiny_sam2_video, progress=False)  # a little past: clipped
+    bad = _prompts(tmp_path, [{"frame": 1, "object": 2, "label": "lamp", "box": [100, 100, 9600, 300]}])
+    with pytest.raises(InputError, match=r"entry 0: frame 1, object 2: box .* reaches far outside the 960x540 image"):
+        run_segment(short_clip, out, bad, sam_model=tiny_sam2_video, progress=False)
+    with AnnotationStore.open(out) as st:
+        assert [o.id for o in st.objects()] == [1]
+
+
+def test_segment_mixed_size_image_folder(tiny_sam2_video, tmp_path):
+    """Each image at its own size: prompts checked against it, masks stored at it."""
+    from dl_utils.cv_utils import save_image
+    from dl_utils.sam2al import run_segment
+    from tests.sam2_fixtures import test_image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    sizes = [(160, 120), (96, 200), (240, 90)]  # (w, h)
+    for i, (w, h) in enumerate(sizes):
+        save_image(folder / f"{i}.png", test_image(h, w, seed=i))
+    p = _prompts(tmp_path, [{"frame": 0, "object": 1, "label": "a", "points": [[150, 100, 1]]},
+                            {"frame": 1, "object": 2, "label": "b", "box": [10, 150, 90, 199]}])
+    out = tmp_path / "m.sqlite"
+    s = run_segment(folder, out, p, direction="both", sam_model=tiny_sam2_video, progress=False)
+    assert s["status"] == "done"
+    with AnnotationStore.open(out) as st:
+        assert st.media.mixed_sizes
+        for f, (w, h) in enumerate(sizes):
+            for inst in st.read_frame(f):
+                assert inst.mask.shape == (h, w)
+    # a point inside image 0 but outside image 2 is refused against image 2's own size
+    bad = _prompts(tmp_path, [{"frame": 2, "object": 1, "label": "a", "points": [[150, 100, 1]]}], "bad.json")
+    with pytest.raises(InputError, match=r"frame 2, object 1: point 0 .* outside the 240x90 image"):
+        run_segment(folder, out, bad, sam_model=tiny_sam2_video, progress=False)

@@ -204,6 +204,9 @@ def add_detect_arguments(parser: Any) -> None:
                         help="--segment: SAM2 checkpoint file {'model': state_dict}")
     parser.add_argument("--image-size", type=int, default=None, dest="image_size",
                         help="--segment: SAM2 input size override (tests and benchmarks)")
+    parser.add_argument("--detector-size", type=int, default=None, dest="detector_size",
+                        help="groundingdino backend: shorter side images are resized to (default 800, "
+                             "upstream's; smaller is faster and coarser)")
 
 
 def run_detect(
@@ -230,6 +233,7 @@ def run_detect(
     segmenter: ImageSegmenter | None = None,
     sam_video_model: Any = None,
     progress: bool = True,
+    detector_size: int | None = None,
 ) -> dict[str, Any]:
     """Detect (and optionally segment) into a store; return a summary.
 
@@ -256,7 +260,8 @@ def run_detect(
     media = src.media_info()
     if detector is None:
         detector = load_detector(backend, model, text_encoder=text_encoder, device=device, classes=table,
-                                 box_threshold=box_threshold, text_threshold=text_threshold)
+                                 box_threshold=box_threshold, text_threshold=text_threshold,
+                                 image_size=detector_size)
     if segment and segmenter is None and not tracked:
         from ..samal import ImageSegmenter
 
@@ -331,7 +336,8 @@ def run_detect_cli(args: Any) -> int:
                    classes=args.classes, device=args.device, text_encoder=args.text_encoder,
                    track=args.track, max_gap=args.max_gap,
                    max_objects=getattr(args, "max_objects", None), sam_model=args.sam_model,
-                   sam_checkpoint=args.sam_checkpoint, image_size=args.image_size)
+                   sam_checkpoint=args.sam_checkpoint, image_size=args.image_size,
+                   detector_size=getattr(args, "detector_size", None))
     print(json.dumps(s, indent=2))
     return 0
 

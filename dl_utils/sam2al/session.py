@@ -46,6 +46,28 @@ def _as_oid(value: Any) -> int:
     return int(value)
 
 
+def dependent_frames(store: Any, source: Any, oid: int, idx: int, locked: Iterable[int]) -> list[int]:
+    """Source frames of ``oid``'s stored propagated results that a new prompt on kept frame ``idx``
+    makes stale: forward results between ``idx`` and the next locked frame, backward results between
+    the previous locked frame and ``idx`` (``locked``: kept-frame indices). The rule corrections use;
+    ``dl-utils segment`` reports (and ``--dry-run`` lists) the same frames."""
+    locked = set(locked)
+    nxt = min((i for i in locked if i > idx), default=len(source))
+    prv = max((i for i in locked if i < idx), default=-1)
+    stale = []
+    for f, old in store.read_object(oid, decode=False).items():
+        d = (old.prompts or {}).get("direction")
+        if old.keyframe or old.source != Source.AUTO or d is None:
+            continue
+        try:
+            i = source.index_of(f)
+        except DlUtilsError:
+            continue
+        if (d == "forward" and idx < i < nxt) or (d == "backward" and prv < i < idx):
+            stale.append(f)
+    return sorted(stale)
+
+
 class VideoSession:
     """Interactive SAM2 over one video (or image sequence) and one annotation store.
 
@@ -114,7 +136,8 @@ class VideoSession:
         self.dtype = resolve_dtype(self.device, dtype)
         self.trim_memory = bool(trim_memory)
         self.resume_warmup = None if resume_warmup is None else int(resume_warmup)
-        self.width, self.height = media.width, media.height
+        self.width, self.height = media.width, media.height  # the first frame's (all, in a video)
+        self.media = media  # per-frame sizes of an image set of mixed sizes: media.size_of(frame)
         self._numbers = list(media.frames)
         self._cancel = threading.Event()
         self._locked: dict[int, set[int]] = {}  # object id -> locked frame indices
@@ -271,10 +294,11 @@ class VideoSession:
         oid = _as_oid(object_id)
         idx = self._index(frame, oid)
         m = np.asarray(mask)
-        if m.ndim != 2 or m.shape != (self.height, self.width):
+        h, w = self.frame_hw(frame)
+        if m.ndim != 2 or m.shape != (h, w):
             raise MaskError(
                 f"object {oid}, frame {frame}: mask has shape {m.shape}, the frame is "
-                f"{self.width}x{self.height}; give a bool mask of shape ({self.height}, {self.width})"
+                f"{w}x{h}; give a bool mask of shape ({h}, {w})"
             )
         m = m.astype(bool)
         self._ensure_object(oid, label)
@@ -298,7 +322,7 @@ class VideoSession:
         import torch
 
         idx = self._index(frame, oid)
-        hw = (self.height, self.width)
+        hw = self.frame_hw(frame)
         try:
             pts = parse_points(points, oid, hw)
             bx = None if box is None else parse_box(box, oid, hw)
@@ -324,12 +348,12 @@ class VideoSession:
                 b = torch.tensor(bx.tolist(), dtype=torch.float32).reshape(1, 2, 2)
                 p = torch.cat([b, p], dim=1)
                 lab = torch.cat([torch.tensor([2, 3], dtype=torch.int32).reshape(1, 2), lab], dim=1)
-            p = p / torch.tensor([self.width, self.height]).to(p.device)
+            p = p / torch.tensor([hw[1], hw[0]]).to(p.device)
             p = p * self.engine.image_size
             point_inputs = {"point_coords": p.to(self.device), "point_labels": lab.to(self.device)}
             prev, refined = self._prev_logits(idx, oid, frame) if refine else (None, False)
             out, iou = self._run_prompt(idx, oid, point_inputs, None, prev)
-            mask = self._video_masks([out["pred_masks"]])[0]
+            mask = self._video_masks([out["pred_masks"]], hw)[0]
         prompts: dict[str, Any] = {}
         if pts is not None:
             prompts["points"] = [[float(x), float(y), int(v)] for (x, y), v in zip(pts[0], pts[1])]
@@ -440,21 +464,7 @@ class VideoSession:
 
     def _dependents(self, idx: int, oid: int) -> list[int]:
         """Stored propagated frames of ``oid`` computed from locked frame ``idx`` (up to the neighbours)."""
-        locked = self._locked.get(oid, set())
-        nxt = min((i for i in locked if i > idx), default=len(self._numbers))
-        prv = max((i for i in locked if i < idx), default=-1)
-        stale = []
-        for f, old in self.store.read_object(oid, decode=False).items():
-            d = (old.prompts or {}).get("direction")
-            if old.keyframe or old.source != Source.AUTO or d is None:
-                continue
-            try:
-                i = self.source.index_of(f)
-            except DlUtilsError:
-                continue
-            if (d == "forward" and idx < i < nxt) or (d == "backward" and prv < i < idx):
-                stale.append(f)
-        return stale
+        return dependent_frames(self.store, self.source, oid, idx, self._locked.get(oid, set()))
 
     def _after_prompt(self, idx: int, oid: int, inst: Instance) -> None:
         """Lock the frame, store the instance, delete the results that depended on the old frame."""
@@ -505,20 +515,45 @@ class VideoSession:
         """Stop the running ``propagate`` after the current frame (thread-safe; what is written stays)."""
         self._cancel.set()
 
-    def _video_masks(self, pred_masks: Sequence[Any]) -> np.ndarray:
+    def frame_hw(self, frame: int) -> tuple[int, int]:
+        """(height, width) of source frame ``frame`` (each image at its own size in a mixed set)."""
+        if self.media.frame_sizes is None:
+            return self.height, self.width
+        w, h = self.media.size_of(frame)
+        return h, w
+
+    def _video_masks(self, pred_masks: Sequence[Any], hw: tuple[int, int] | None = None) -> np.ndarray:
         """Low-res logits -> bool masks at source size, as upstream's ``_get_orig_video_res_output``."""
         import torch
 
         x = torch.cat([m.to(self.device) for m in pred_masks], dim=0)
-        x = torch.nn.functional.interpolate(x.float(), size=(self.height, self.width), mode="bilinear",
+        x = torch.nn.functional.interpolate(x.float(), size=hw or (self.height, self.width), mode="bilinear",
                                             align_corners=False)
         return (x[:, 0] > 0.0).cpu().numpy()
 
     def _range(self, start: Any, stop: Any) -> tuple[int, int]:
-        lo = 0 if start is None else self._index(start)
-        hi = len(self._numbers) - 1 if stop is None else self._index(stop)
-        if lo > hi:
+        """Kept-frame indices of the inclusive source-frame range ``start..stop``.
+
+        As the frame sources (and CVAT) do, a ``stop`` past the last frame means "to the end" and a
+        bound between kept frames (another ``step``) takes the kept frames inside the range.
+        """
+        import bisect
+
+        nums = self._numbers
+        for name, v in (("start", start), ("stop", stop)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+                raise InputError(f"{name}={v!r}: give a source frame number (an integer)")
+        if start is not None and start < 0:
+            raise InputError(f"start={start}: give a source frame number >= 0")
+        if start is not None and stop is not None and start > stop:
             raise InputError(f"start={start} is after stop={stop}; give start <= stop (source frame numbers)")
+        lo = 0 if start is None else bisect.bisect_left(nums, int(start))
+        hi = len(nums) - 1 if stop is None else bisect.bisect_right(nums, int(stop)) - 1
+        if lo >= len(nums) or hi < 0 or lo > hi:
+            raise FrameIndexError(
+                f"no kept frame of {self.source.name} lies in start={start}..stop={stop} (kept frames "
+                f"{nums[0]}..{nums[-1]}, step {self.source.step}); give a range that overlaps them"
+            )
         return lo, hi
 
     def _plan(self, reverse: bool, lo: int, hi: int) -> dict[int, _Plan]:
@@ -685,7 +720,7 @@ class VideoSession:
                 self.peak_memory_frames = max(self.peak_memory_frames, held)
                 if not written_ids:
                     continue
-                masks = self._video_masks([o["pred_masks"] for o in outs])
+                masks = self._video_masks([o["pred_masks"] for o in outs], self.frame_hw(self._numbers[f]))
                 insts = []
                 for oid, out, iou, m in zip(written_ids, outs, ious, masks):
                     area = int(m.sum())
