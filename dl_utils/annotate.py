@@ -116,6 +116,9 @@ def run_annotate(
     if direction not in DIRECTIONS:
         raise InputError(f"direction={direction!r}: use one of {', '.join(DIRECTIONS)}")
     # everything that can be checked without models is checked before any is loaded
+    from .dinoal.pipeline import check_counts
+
+    check_counts(every=every, max_gap=max_gap, max_objects=max_objects)
     prompt = parse_prompt(text) if text is not None else None
     entries = load_prompts(points) if points is not None else []
     table = ClassTable.load(classes) if isinstance(classes, (str, bytes)) or hasattr(classes, "__fspath__") else classes

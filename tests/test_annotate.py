@@ -251,3 +251,16 @@ def test_annotate_command_end_to_end(tiny_sam2_video, clip, tmp_path, hf_model_d
     bad = subprocess.run([sys.executable, "-m", "dl_utils", "annotate", str(clip), "--out", str(out)],
                          capture_output=True, text=True, cwd=root, timeout=120, env=env)
     assert bad.returncode != 0 and "nothing to annotate" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_annotate_refuses_negative_max_objects_before_any_work(tmp_path, capsys):
+    from dl_utils.cli import main
+    from dl_utils.cv_utils import save_image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    save_image(folder / "a.png", np.zeros((16, 16, 3), np.uint8))
+    out = tmp_path / "a.sqlite"
+    assert main(["annotate", str(folder), "--text", "car", "--out", str(out), "--max-objects", "-3"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--max-objects -3: use 1 or more" in err and not out.exists()

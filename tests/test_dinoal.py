@@ -715,3 +715,20 @@ def test_cli_models_download_routes_groundingdino_names(_offline, text_encoder_d
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["groundingdino-swint-ogc"]["downloaded"] and rows["groundingdino-swint-ogc"]["family"] == "groundingdino"
     assert "tiny" in rows["sam2.1_hiera_tiny"]["aliases"] and "tiny" not in rows["grounding-dino-tiny"]["aliases"]
+
+
+@pytest.mark.parametrize("opt", [["--max-objects", "-3"], ["--max-objects", "0"], ["--max-gap", "-1"],
+                                 ["--every", "0"]])
+def test_detect_refuses_impossible_counts_before_any_work(tmp_path, capsys, opt):
+    """`detect IMAGE --max-objects -3` was accepted (ignored on images): refused, one line, nothing written."""
+    from dl_utils.cli import main
+    from dl_utils.cv_utils import save_image
+
+    img = tmp_path / "a.png"
+    save_image(img, np.zeros((16, 16, 3), np.uint8))
+    out = tmp_path / "d.sqlite"
+    assert main(["detect", str(img), "--text", "car", "--out", str(out), "--model", str(tmp_path / "none.pth"),
+                 *opt]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{opt[0]} {opt[1]}: use" in err
+    assert not out.exists()

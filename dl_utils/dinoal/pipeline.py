@@ -169,6 +169,18 @@ def detect_frames(
             src.close()
 
 
+def check_counts(*, every: Any = None, max_gap: Any = None, max_objects: Any = None) -> None:
+    """Refuse impossible counts before anything is opened or loaded (also for image sets, where
+    the tracking options do nothing: a negative value is a mistake either way)."""
+    for name, v, least, hint in (("every", every, 1, "1 (every frame) or more"),
+                                 ("max_gap", max_gap, 0, "0 or more frames"),
+                                 ("max_objects", max_objects, 1, "1 or more, or leave it out (no cap)")):
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
+            raise InputError(f"--{name.replace('_', '-')} {v}: use {hint}")
+
+
 # ----------------------------------------------------------------------------- CLI
 def add_detect_arguments(parser: Any) -> None:
     """The ``dl-utils detect`` options (for the CLI to wire with :func:`run_detect_cli`)."""
@@ -249,6 +261,7 @@ def run_detect(
     from .detector import load_detector
     from .prompts import parse_prompt
 
+    check_counts(every=every, max_gap=max_gap, max_objects=max_objects)
     prompt = parse_prompt(text)  # an empty prompt fails before any model is loaded
     table = ClassTable.load(classes) if isinstance(classes, (str, bytes)) or hasattr(classes, "__fspath__") else classes
     src = open_frames(source)
@@ -345,6 +358,7 @@ def run_detect_cli(args: Any) -> int:
 __all__ = [
     "add_detect_arguments",
     "add_detection_objects",
+    "check_counts",
     "detect_frames",
     "ensure_labels",
     "run_detect",
