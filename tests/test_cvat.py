@@ -259,12 +259,13 @@ def write_clip(path, n: int) -> str:
 
 @pytest.fixture
 def job(tmp_path, rng, cvat_server):
-    """A store (frames 3..25 step 2, 3 objects) and a task made for it (two jobs of 6 frames)."""
+    """A store (frames 3..25 step 2, 3 objects) and a task made for it (two jobs of 6 frames, no
+    overlap; tests of CVAT's default video overlap make their own tasks)."""
     video = write_clip(tmp_path / "clip.mp4", 27)
     st, exp = make_store(tmp_path / "job.sqlite", rng)
     st.set_media(MediaInfo(**{**st.media.to_dict(), "path": video}))
     conn = conn_for(cvat_server)
-    task = create_task_for_store(conn, st, segment_size=6, poll_interval=0.01)
+    task = create_task_for_store(conn, st, segment_size=6, overlap=0, poll_interval=0.01)
     yield st, exp, conn, task
     conn.close()
     st.close()
@@ -831,3 +832,136 @@ def test_good_hosts_still_normalise():
     assert normalize_host("http://[::1]:8080") == "http://[::1]:8080"
     assert normalize_host("cvat_server:8080") == "http://cvat_server:8080"
     assert normalize_host("https://cvat.example.com/sub/") == "https://cvat.example.com/sub"
+
+
+def test_held_count_stays_on_later_pushes(job, cvat_server):
+    st, exp, conn, task = job
+    push(st, conn, task.id)
+    state = push_state(st, conn.host, task.id)["units"]
+    j0 = task.jobs[0].id
+    by_id = {s["id"]: s for s in conn.request("GET", f"/api/jobs/{j0}/annotations", what="r")["shapes"]}
+    edited = dict(by_id[state[f"m:{FRAMES[0]}:1"][2]], source="manual")
+    m = exp[(FRAMES[0], 1)].copy()
+    m[:, :12] = False
+    edited["points"] = encode_cvat_rle(m)
+    conn.request("PATCH", f"/api/jobs/{j0}/annotations", query={"action": "update"},
+                 body={"version": 0, "tags": [], "tracks": [], "shapes": [edited]}, what="edit")
+    conn.request("PATCH", f"/api/jobs/{j0}/annotations", query={"action": "delete"},
+                 body={"version": 0, "tags": [], "tracks": [],
+                       "shapes": [by_id[state[f"m:{FRAMES[1]}:3"][2]]]}, what="delete")
+    want = sorted([f"m:{FRAMES[0]}:1", f"m:{FRAMES[1]}:3"])
+    assert push(st, conn, task.id).held == want
+    rep = push(st, conn, task.id)
+    assert rep.held == want and rep.summary()["held"] == 2 and "2 held" in str(rep)
+    assert push(st, conn, task.id, verify=False).held == want
+    pull(st, conn, task.id)  # handed over: no longer ours, so no longer held
+    assert push(st, conn, task.id).held == []
+
+
+def test_default_job_overlap_like_cvat(cvat_server, tmp_path, rng):
+    """Video tasks get CVAT's default overlap (5, at most segment_size // 2); image tasks none."""
+    conn = conn_for(cvat_server)
+    video = write_clip(tmp_path / "v.mp4", 40)
+    st, _ = make_store(tmp_path / "v.sqlite", rng, frames=list(range(40)), n_obj=1)
+    st.set_media(MediaInfo(**{**st.media.to_dict(), "path": video}))
+    t = create_task_for_store(conn, st, segment_size=15, poll_interval=0.01)
+    assert [(j.start, j.stop) for j in t.jobs] == [(0, 14), (10, 24), (20, 34), (30, 39)]
+    assert conn.request("GET", f"/api/tasks/{t.id}", what="t")["overlap"] == 5
+    t2 = create_task_for_store(conn, st, segment_size=6, poll_interval=0.01)
+    assert [(j.start, j.stop) for j in t2.jobs][:2] == [(0, 5), (3, 8)]  # overlap 6 // 2 = 3
+    t3 = create_task_for_store(conn, st, segment_size=15, overlap=0, poll_interval=0.01)
+    assert [(j.start, j.stop) for j in t3.jobs] == [(0, 14), (15, 29), (30, 39)]
+    t4 = create_task_for_store(conn, st, poll_interval=0.01)
+    assert [(j.start, j.stop) for j in t4.jobs] == [(0, 39)]
+    conn.close()
+    st.close()
+
+
+@pytest.mark.parametrize("shape", ["box", "polygon"])
+def test_track_across_overlapping_jobs_is_one_track_in_cvat(cvat_server, tmp_path, rng, shape):
+    """Every job holding a frame gets its shapes, so CVAT's task-level merge joins the tracks."""
+    conn = conn_for(cvat_server)
+    video = write_clip(tmp_path / "v.mp4", 24)
+    st, exp = make_store(tmp_path / "v.sqlite", rng, frames=list(range(24)), n_obj=3, gap=())
+    st.set_media(MediaInfo(**{**st.media.to_dict(), "path": video}))
+    task = create_task_for_store(conn, st, segment_size=10, poll_interval=0.01)
+    assert [(j.start, j.stop) for j in task.jobs] == [(0, 9), (5, 14), (10, 19), (15, 23)]
+    push(st, conn, task.id, shape=shape)
+    merged = conn.request("GET", f"/api/tasks/{task.id}/annotations", what="task view")
+    groups = sorted(t["group"] for t in merged["tracks"])
+    rings = sorted(int(o) for o, _ring in {tuple(k.split(":")[1:3]) for k in
+                                            push_state(st, conn.host, task.id)["units"] if k.startswith("t")})
+    assert groups == rings and (shape == "polygon" or groups == [1, 2, 3]), groups  # no fragments
+    shown = {o: {f for f in range(24) if not st.read_frame(f).by_object()[o].is_empty} for o in (1, 2, 3)}
+    for t in merged["tracks"]:
+        vis = sorted(s["frame"] for s in t["shapes"] if not s["outside"])
+        assert shape == "polygon" or vis == sorted(shown[t["group"]])
+    # each job's annotator sees the object on every frame of the job where it is
+    for j in task.jobs:
+        data = conn.request("GET", f"/api/jobs/{j.id}/annotations", what="job")
+        for t in data["tracks"] if shape == "box" else []:
+            assert {s["frame"] for s in t["shapes"] if not s["outside"]} == \
+                {f for f in shown[t["group"]] if j.start <= f <= j.stop}
+    # a pull into a new store gives one object per track, every frame once
+    with AnnotationStore.create(tmp_path / "back.sqlite") as back:
+        rep = pull(back, conn, task.id, include_own=True)
+        assert sorted(o.id for o in back.objects()) == [1, 2, 3] and rep.objects_created == [1, 2, 3]
+        for f in range(24):
+            got = {o: i for o, i in back.read_frame(f).by_object().items() if not i.is_empty}
+            assert sorted(got) == [o for o in (1, 2, 3) if f in shown[o]]
+            for o in got:
+                ref = st.read_frame(f).by_object()[o]
+                if shape == "box":
+                    from dl_utils.cv_utils import mask_to_box
+
+                    assert np.allclose(got[o].box, mask_to_box(ref.mask), atol=1e-3)
+                else:
+                    assert len(got[o].polygon) == len(to_rings(ref))
+    conn.close()
+    st.close()
+
+
+def to_rings(inst):
+    from dl_utils.formats._common import to_geometry
+
+    return to_geometry(inst, H, W, ShapeType.POLYGON).rings
+
+
+def test_masks_in_job_overlaps_go_to_every_job_and_pull_once(cvat_server, tmp_path, rng):
+    conn = conn_for(cvat_server)
+    video = write_clip(tmp_path / "v.mp4", 24)
+    st, exp = make_store(tmp_path / "v.sqlite", rng, frames=list(range(24)), n_obj=2)
+    st.set_media(MediaInfo(**{**st.media.to_dict(), "path": video}))
+    task = create_task_for_store(conn, st, segment_size=10, poll_interval=0.01)
+    rep = push(st, conn, task.id)
+    per_frame: dict[tuple[int, int], int] = {}
+    for j in task.jobs:
+        for s in conn.request("GET", f"/api/jobs/{j.id}/annotations", what="job")["shapes"]:
+            assert j.start <= s["frame"] <= j.stop
+            per_frame[(s["frame"], s["group"])] = per_frame.get((s["frame"], s["group"]), 0) + 1
+    jobs_at = task.jobs_of()
+    for (f, g), n in per_frame.items():
+        assert n == len(jobs_at[f])  # in every job holding the frame
+    assert rep.created == sum(per_frame.values())
+    assert push(st, conn, task.id).created == 0  # idempotent with the copies
+    with AnnotationStore.create(tmp_path / "back.sqlite") as back:
+        prep = pull(back, conn, task.id, include_own=True)
+        assert prep.shapes == len(per_frame)  # copies read once
+        for (f, o), m in exp.items():
+            insts = [i for i in back.read_frame(f) if i.object_id == o]
+            assert len(insts) == 1 and np.array_equal(insts[0].mask, m)
+    # a person edits the copy of a mask in the second job only: the pull takes the edit, not a union
+    f = task.jobs[1].start
+    j1 = task.jobs[1].id
+    shapes = conn.request("GET", f"/api/jobs/{j1}/annotations", what="job")["shapes"]
+    mine = [s for s in shapes if s["frame"] == f and s["group"] == 1][0]
+    m = exp[(f, 1)].copy()
+    m[:, : W // 2] = False
+    conn.request("PATCH", f"/api/jobs/{j1}/annotations", query={"action": "update"},
+                 body={"version": 0, "tags": [], "tracks": [],
+                       "shapes": [dict(mine, points=encode_cvat_rle(m), source="manual")]}, what="edit")
+    prep = pull(st, conn, task.id)
+    assert prep.edited == 1 and prep.deleted == 0
+    assert np.array_equal(st.read_frame(f).by_object()[1].mask, m)
+    conn.close()
+    st.close()

@@ -70,10 +70,13 @@ def write_video(path: Path, n: int) -> Path:
     return path
 
 
-def make_task(client: Client, files, *, labels=("car", "person"), segment_size=None, **params):
+def make_task(client: Client, files, *, labels=("car", "person"), segment_size=None, overlap=None,
+              **params):
     spec = {"name": "t", "labels": [{"name": n, "type": "any"} for n in labels]}
     if segment_size:
         spec["segment_size"] = segment_size
+    if overlap is not None:
+        spec["overlap"] = overlap
     task = client.tasks.create(spec)
     task.upload_data([str(f) for f in files], resource_type=ResourceType.LOCAL, params=params,
                      status_check_period=0.01)
@@ -82,10 +85,12 @@ def make_task(client: Client, files, *, labels=("car", "person"), segment_size=N
 
 @pytest.fixture
 def video_task(cvat_server, tmp_path):
-    """20-frame video, task frames = source 2, 5, 8, 11, 14 (start 2, stop 15, step 3), jobs of 2."""
+    """20-frame video, task frames = source 2, 5, 8, 11, 14 (start 2, stop 15, step 3), jobs of 2
+    without overlap (CVAT's default for videos would be 1 here: min(5, 2 // 2))."""
     client = sdk_client(cvat_server)
     video = write_video(tmp_path / "clip.mp4", 20)
-    task = make_task(client, [video], segment_size=2, start_frame=2, stop_frame=15, frame_step=3)
+    task = make_task(client, [video], segment_size=2, overlap=0, start_frame=2, stop_frame=15,
+                     frame_step=3)
     yield client, task, video
     client.close()
 

@@ -43,7 +43,7 @@ from ..formats.cvat_xml import _group_ids
 from ._wire import item_hash
 from .connection import CvatConnection, cvat_error
 from .labels import task_labels
-from .push import state_key
+from .push import base_key, state_key
 from .tasks import check_task_media, read_task
 
 
@@ -88,6 +88,24 @@ class _Piece:
     edited: bool
     ref: tuple[str, int]  # ("s" | "t", server id)
     where: str
+    base: str | None = None  # our unit's key without the job of an overlap copy
+
+
+def _dedup_pieces(pieces: list[_Piece]) -> list[_Piece]:
+    """One object on one frame, as several jobs hold it: drop exact duplicates, and where a person
+    edited one job's copy of our shape, drop the unedited copies in the other jobs."""
+    edited_bases = {p.base for p in pieces if p.base is not None and p.edited}
+    out: list[_Piece] = []
+    seen: set[str] = set()
+    for p in pieces:
+        if p.base is not None and not p.edited and p.base in edited_bases:
+            continue
+        sig = repr((p.kind, p.data if p.kind != "mask" else tuple(p.data)))
+        if sig in seen:
+            continue
+        seen.add(sig)
+        out.append(p)
+    return out
 
 
 def _oid_of_key(ukey: str) -> int:
@@ -164,7 +182,9 @@ def pull(
             store.set_media(media)
     else:
         check_task_media(media, task, str(store.path))
-    h, w, n = media.height, media.width, len(media.frames)
+    n = len(media.frames)
+    # each frame's own size (image tasks of photos differ per image): masks are decoded at it
+    sizes = media.sizes() if hasattr(media, "sizes") else [(media.width, media.height)] * n
     labels = {lb.id: lb for lb in task_labels(conn, task.id)}
     key = state_key(conn.host, task.id)
     state = store.get_meta(key) or {}
@@ -200,12 +220,12 @@ def pull(
         items = [("s", s) for s in data.get("shapes") or []] + [("t", t) for t in data.get("tracks") or []]
         for kind, item in items:
             sid = int(item.get("id") or 0)
+            present.add((kind, sid))  # before the dedup: an overlap copy is there, not deleted
             h_item = item_hash(kind, item)
             dedup = (kind, h_item)
-            if dedup in seen:  # the same shape in two overlapping jobs
+            if dedup in seen:  # the same shape in two overlapping jobs (our push sends it to both)
                 continue
             seen.add(dedup)
-            present.add((kind, sid))
             if kind == "s":
                 rep.shapes += 1
             else:
@@ -240,7 +260,7 @@ def pull(
                 where = f"task {task.id}, job {job}, frame {f}, {'shape' if kind == 's' else 'track'} {sid}"
                 pc = _piece(str(s.get("type")), list(s.get("points") or []), source=src,
                             score=item.get("score"), human=human, edited=edited, ref=(kind, sid),
-                            where=where)
+                            where=where, base=base_key(ukey) if ukey is not None else None)
                 if pc is None:
                     continue
                 cell = (f, okey)
@@ -307,11 +327,13 @@ def pull(
                                "shapes": sorted(p.ref[1] for p in pieces if p.ref[0] == "s"),
                                "tracks": sorted({p.ref[1] for p in pieces if p.ref[0] == "t"})}}
             handed |= touched_units.get(cell, set())
+        fw, fh = sizes[f]
         if pieces:
+            pieces = _dedup_pieces(pieces)
             pieces.sort(key=lambda p: not p.human)
-            inst = _instance(oid, pieces, h, w, rasterize, marker)
+            inst = _instance(oid, pieces, fh, fw, rasterize, marker)
         else:
-            inst = Instance(object_id=oid, mask=np.zeros((h, w), dtype=bool), source=Source.MANUAL,
+            inst = Instance(object_id=oid, mask=np.zeros((fh, fw), dtype=bool), source=Source.MANUAL,
                             keyframe=True, prompts=marker)
         by_frame.setdefault(media.frames[f], []).append(inst)
         if human:

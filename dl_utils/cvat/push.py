@@ -102,6 +102,24 @@ class PushReport:
 
 
 # ------------------------------------------------------------------------------------------ plan
+def _add_shape(units: dict[str, Unit], key: str, jobs: list[int], body: str, h: str, i: int) -> None:
+    """One unit per job holding task frame ``i``: the first job's keeps ``key`` (as pushes before
+    overlap support recorded it), the others' get ``key:j<job id>``."""
+    for n, job in enumerate(jobs):
+        k = key if n == 0 else f"{key}:j{job}"
+        units[k] = Unit(k, "s", job, body, h, (i, i))
+
+
+def base_key(ukey: str) -> str:
+    """The unit key without the job suffix of an overlap copy (tracks: without the job)."""
+    parts = ukey.split(":")
+    if parts[-1].startswith("j") and ukey[0] in "mpb":
+        return ":".join(parts[:-1])
+    if ukey[0] == "t":
+        return ":".join(parts[:3])
+    return ukey
+
+
 def _from_this_task(inst: Any, host: str, task_id: int) -> bool:
     """Instances pulled from this task are people's shapes already on the server: never re-sent."""
     p = inst.prompts or {}
@@ -128,16 +146,17 @@ def plan_units(
     groups = _group_ids(all_objs)  # same group ids as the XML export, whatever subset is pushed
     label_of = {o.id: o.label for o in objs}
     use_tracks = (task.is_video if tracks is None else bool(tracks)) and shape != "mask"
-    job_of = task.job_of()
+    jobs_of = task.jobs_of()
+    job_stop = {j.id: min(j.stop, len(media.frames) - 1) for j in task.jobs}
     n = len(media.frames)
-    h, w = media.height, media.width
     ctype = CVAT_TYPE[shape]
     units: dict[str, Unit] = {}
     skipped = 0
     seq: dict[tuple[int, int, int], dict[int, tuple[list, str]]] = {}  # (oid, ring, job) -> i -> pts
     for f, insts in iter_store_frames(store, list(media.frames), objs, desc="plan push"):
         i = media.task_index(f)
-        job = job_of[i]
+        jobs = jobs_of[i]
+        w, h = media.size_of(f) if hasattr(media, "size_of") else (media.width, media.height)
         for inst in insts:
             if _from_this_task(inst, host, task.id):
                 skipped += 1
@@ -145,34 +164,35 @@ def plan_units(
             g = to_geometry(inst, h, w, ShapeType(shape))
             if g is None:
                 continue
-            if job < 0:
+            if not jobs:
                 raise cvat_error(f"frame {f} (task frame {i}) of task {task.id} is in no annotation"
                                  " job; check the task's jobs in CVAT")
             oid = inst.object_id
             label_id = label_ids[label_of[oid]]
             src = inst.source.value
+            # a frame in the overlap of two jobs goes to both: each job's annotator sees it, and
+            # CVAT's task-level merge joins tracks by comparing them on the overlap frames
             if g.kind is ShapeType.MASK:
                 pts = encode_cvat_rle(g.mask)
                 d = shape_payload("mask", i, label_id, groups[oid], src, pts, inst.score)
-                key = f"m:{f}:{oid}"
-                units[key] = Unit(key, "s", job, dumps(d), shape_hash(d), (i, i))
+                _add_shape(units, f"m:{f}:{oid}", jobs, dumps(d), shape_hash(d), i)
             elif g.kind is ShapeType.POLYGON:
                 for k, ring in enumerate(g.rings or []):
                     pts = [round(float(v), 3) for v in ring]
                     if use_tracks:
-                        seq.setdefault((oid, k, job), {})[i] = (pts, src)
+                        for job in jobs:
+                            seq.setdefault((oid, k, job), {})[i] = (pts, src)
                         continue
                     d = shape_payload("polygon", i, label_id, groups[oid], src, pts, inst.score)
-                    key = f"p:{f}:{oid}:{k}"
-                    units[key] = Unit(key, "s", job, dumps(d), shape_hash(d), (i, i))
+                    _add_shape(units, f"p:{f}:{oid}:{k}", jobs, dumps(d), shape_hash(d), i)
             else:
                 pts = [round(float(v), 3) for v in g.box]  # type: ignore[union-attr]
                 if use_tracks:
-                    seq.setdefault((oid, 0, job), {})[i] = (pts, src)
+                    for job in jobs:
+                        seq.setdefault((oid, 0, job), {})[i] = (pts, src)
                     continue
                 d = shape_payload("rectangle", i, label_id, groups[oid], src, pts, inst.score)
-                key = f"b:{f}:{oid}"
-                units[key] = Unit(key, "s", job, dumps(d), shape_hash(d), (i, i))
+                _add_shape(units, f"b:{f}:{oid}", jobs, dumps(d), shape_hash(d), i)
     for (oid, k, job), frames in seq.items():
         idx = sorted(frames)
         shapes = []
@@ -180,7 +200,7 @@ def plan_units(
             pts, _src = frames[i]
             shapes.append(track_shape(ctype, i, pts))
             last_of_run = pos + 1 == len(idx) or idx[pos + 1] != i + 1
-            if last_of_run and i + 1 < n and job_of[i + 1] == job:  # gone on the next frame
+            if last_of_run and i + 1 < n and i + 1 <= job_stop[job]:  # gone on the next frame
                 shapes.append(track_shape(ctype, i + 1, pts, outside=True))
         src = source_of(Source(frames[i][1]) for i in idx)
         d = track_payload(idx[0], label_ids[label_of[oid]], groups[oid], src.value, shapes)
@@ -414,7 +434,6 @@ def push(
             if item is None:
                 if k in units:  # a person deleted our shape: do not bring it back
                     r[2], r[5] = None, 1
-                    report.held.append(k)
                 else:
                     del recs[k]
             else:
@@ -425,10 +444,12 @@ def push(
                     r[3], r[4] = cur, None
                     continue
                 r[5] = 1
-                report.held.append(k)
         if p.state["dirty"]:
             for job in {u.job for u in units.values()}:
                 report.adopted += p.adopt(job, {k: u for k, u in units.items() if u.job == job})
+
+    # every unit still held, found now or by an earlier push (until a pull hands it over)
+    report.held = sorted(k for k, r in recs.items() if r[5] and in_scope(k))
 
     # ---- what to send
     creates: dict[int, list] = {}
@@ -522,4 +543,5 @@ def push_state(store: Any, host: str, task_id: int) -> dict[str, Any] | None:
     return store.get_meta(state_key(host, task_id))
 
 
-__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "PushReport", "plan_units", "push", "push_state", "state_key"]
+__all__ = ["DEFAULT_MAX_REQUEST_BYTES", "PushReport", "base_key", "plan_units", "push", "push_state",
+           "state_key"]

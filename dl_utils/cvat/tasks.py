@@ -54,6 +54,15 @@ class TaskInfo:
     def is_video(self) -> bool:
         return self.mode == "interpolation" or self.media.frame_names is None
 
+    def jobs_of(self) -> list[list[int]]:
+        """Every annotation job holding each task frame index (two or more in job overlaps), in
+        the order of the jobs' start frames."""
+        out: list[list[int]] = [[] for _ in range(self.size)]
+        for job in sorted(self.jobs, key=lambda j: (j.start, j.id)):
+            for i in range(max(0, job.start), min(self.size - 1, job.stop) + 1):
+                out[i].append(job.id)
+        return out
+
     def job_of(self) -> list[int]:
         """Job id for every task frame index: the first annotation job whose range holds it.
 

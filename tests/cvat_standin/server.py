@@ -893,20 +893,22 @@ def _create_data(srv: StandinServer, t: dict, params: dict[str, Any], files: lis
                  "frame_filter": ff, "step": step, "media_type": "video" if video else "image",
                  "chunks_updated_date": ts, "sorting_method": params.get("sorting_method", "lexicographical")}
     t["mode"] = "interpolation" if video else "annotation"
-    seg = t.get("segment_size") or size
-    overlap = min(t.get("overlap") or 0, max(seg - 1, 0))
+    # cvat/apps/engine/task.py _generate_segment_params: segment_size 0 or larger than the data
+    # means one segment; overlap defaults to 5 frames in interpolation (video) mode and 0 for
+    # images, at most segment_size // 2; segments start every segment_size - overlap frames
+    seg = t.get("segment_size") or 0
+    if seg == 0 or seg > size:
+        seg = size
+    default_overlap = 5 if video else 0
+    overlap = min(t["overlap"] if t.get("overlap") is not None else default_overlap, seg // 2)
     t["segment_size"] = seg
     t["overlap"] = overlap
-    start = 0
-    while start < size:
+    for start in range(0, size - overlap, seg - overlap):
         stop = min(start + seg - 1, size - 1)
         jid = st.next_id("job")
         st.jobs[jid] = {"id": jid, "task_id": tid, "start_frame": start, "stop_frame": stop,
                         "created_date": ts, "updated_date": ts}
         st.annotations[jid] = JobAnnotations()
-        if stop == size - 1:
-            break
-        start += seg - overlap
     t["updated_date"] = now_iso()
     st.uploads.pop(tid, None)
     if st.rq_polls_before_finish <= 0:
@@ -1135,6 +1137,12 @@ def _bump(srv: StandinServer, t: dict, job_ids: set[int]) -> None:
 
 def annotations_get(srv: StandinServer, req: Request, kind: str, oid: int) -> Response:
     t, jobs, _ = _scope(srv, kind, oid)
+    if kind == "task" and len(jobs) > 1:
+        from .merge import merge_jobs
+
+        data = merge_jobs([(j["start_frame"], _copy(_collect(srv, [j]))) for j in jobs],
+                          int(t.get("overlap") or 0))
+        return Response(200, {"version": _version(t, jobs, srv, kind), **data})
     data = _collect(srv, jobs)
     return Response(200, {"version": _version(t, jobs, srv, kind), **_copy(data)})
 
