@@ -43,7 +43,10 @@ def cmd_frames_split(args: argparse.Namespace) -> int:
 
     if (args.seconds is None) == (args.parts is None):
         raise InputError("give exactly one of --seconds N or --parts N")
-    parts = split_video(args.video, args.out, seconds=args.seconds, parts=args.parts)
+    from .models import cli_warnings
+
+    with cli_warnings(args.debug):  # "fewer parts than asked" prints as one line, not Python's form
+        parts = split_video(args.video, args.out, seconds=args.seconds, parts=args.parts)
     for p in parts:
         print(p)
     return 0
@@ -52,24 +55,18 @@ def cmd_frames_split(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- import / export / store
 def cmd_import(args: argparse.Namespace) -> int:
     from .formats import import_file
-    from .store import AnnotationStore
+    from .store import staged_store
 
     out = Path(args.out)
     if out.exists() and not (args.overwrite or args.append):
         raise InputError(
             f"{out} already exists; pass --append to add to it or --overwrite to replace it"
         )
-    created = not (out.exists() and args.append)
-    store = AnnotationStore.create(out, overwrite=args.overwrite) if created else AnnotationStore.open(out)
-    try:
-        with store:
-            import_file(args.file, store, format=args.format)
-            s = store.summary()
-    except BaseException:
-        if created:  # a half-imported new store would only block the re-run; the source file is intact
-            for suffix in ("", "-wal", "-shm"):
-                Path(str(out) + suffix).unlink(missing_ok=True)
-        raise
+    # built beside --out and renamed over it when complete: a failed import (bad file, full disk,
+    # Ctrl-C) leaves an existing store exactly as it was and creates nothing
+    with staged_store(out, keep_existing=bool(args.append and out.exists())) as store:
+        import_file(args.file, store, format=args.format)
+        s = store.summary()
     print(f"imported {args.file} -> {out}: {s['objects']} objects, {s['instances']} instances"
           f" on {s['frames']} frames")
     return 0
@@ -291,12 +288,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stdout_closed() -> bool:
+    """True when stdout is a pipe (or socket) whose reading end has been closed."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):
+        return False
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # a broken connection elsewhere (a socket): reported as an error below
+        # the reader of our output went away (`dl-utils store info X | head`): stop quietly, as
+        # the Python docs advise: point stdout at devnull so the exit-time flush cannot fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE: what a shell tool cut off by `head` exits with
     except DlUtilsError as e:
         if args.debug:
             raise

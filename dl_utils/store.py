@@ -15,11 +15,16 @@ not visible, so :meth:`AnnotationStore.frames_done` tells exactly what is left t
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import socket
 import sqlite3
+import tempfile
 import threading
 import time
+import urllib.parse
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,6 +118,25 @@ def _size_text(media: MediaInfo | None) -> str | None:
             f" (first image {media.width}x{media.height})")
 
 
+def _readonly_failure(e: sqlite3.DatabaseError) -> bool:
+    """SQLite's ways of saying the file or its folder cannot be written."""
+    low = str(e).lower()
+    code = getattr(e, "sqlite_errorcode", None)
+    return (
+        "readonly" in low or "read-only" in low or "unable to open database file" in low
+        or (code is not None and code & 0xFF in (8, 14))  # SQLITE_READONLY, SQLITE_CANTOPEN
+    )
+
+
+def _mount_point(path: Path) -> Path:
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
@@ -133,12 +157,15 @@ class AnnotationStore:
                 f"annotation store {self.path} does not exist; create it with"
                 " AnnotationStore.create(path) or `dl-utils import FILE --out STORE`"
             )
+        self.immutable = False
         try:
             if readonly:
-                uri = f"file:{self.path.resolve()}?mode=ro"
-                self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
+                self._conn = self._connect_readonly()
             else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise self._os_error(e) from None
                 self._conn = sqlite3.connect(
                     str(self.path), check_same_thread=False, timeout=30, isolation_level=None
                 )
@@ -150,10 +177,96 @@ class AnnotationStore:
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._setup_schema(_create)
         except sqlite3.DatabaseError as e:
+            conn = getattr(self, "_conn", None)
+            if conn is not None:
+                conn.close()
+            raise self._db_error(e, opening=True) from None
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """A read-only connection that also works where nothing can be written.
+
+        ``mode=ro`` reads a WAL-mode store while a writer writes, but it needs the ``-shm`` file
+        (and creates it when missing): on a read-only file system or folder that fails. Then, when
+        no ``-wal`` file holds unmerged commits, the file is opened ``immutable=1`` (nothing can
+        write to it there either, so SQLite may skip locking).
+        """
+        resolved = self.path.resolve()
+        quoted = urllib.parse.quote(str(resolved))
+        conn = None
+        try:
+            conn = sqlite3.connect(f"file:{quoted}?mode=ro", uri=True, check_same_thread=False, timeout=30)
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError as e:
+            if conn is not None:
+                conn.close()
+            if not _readonly_failure(e):
+                raise
+        wal = Path(str(resolved) + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
             raise StoreError(
-                f"{self.path} is not a readable annotation store ({e}); check the path, or restore"
-                " it from a backup"
-            ) from None
+                f"{self.path} cannot be read where it is: its {wal.name} holds commits not yet merged"
+                " and the folder is read-only; copy the store together with its -wal file to a"
+                " writable place and open it there"
+            )
+        self.immutable = True
+        return sqlite3.connect(
+            f"file:{quoted}?mode=ro&immutable=1", uri=True, check_same_thread=False, timeout=30
+        )
+
+    @classmethod
+    def _os_error_for(cls, path: Path, e: OSError) -> StoreError:
+        tmp = cls.__new__(cls)
+        tmp.path = Path(path)
+        return tmp._os_error(e)
+
+    @classmethod
+    def _db_error_for(cls, path: Path, e: sqlite3.DatabaseError) -> StoreError:
+        tmp = cls.__new__(cls)
+        tmp.path = Path(path)
+        return tmp._db_error(e)
+
+    def _os_error(self, e: OSError) -> StoreError:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StoreError(
+                f"cannot write {self.path}: no space left on the device; free space on"
+                f" {_mount_point(self.path)} and run again (what was committed is kept)"
+            )
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return StoreError(
+                f"{self.path} is read-only ({e.strerror}); copy it to a writable place to change it"
+            )
+        return StoreError(f"cannot write {self.path}: {e.strerror or e}")
+
+    def _db_error(self, e: sqlite3.DatabaseError, *, opening: bool = False) -> StoreError:
+        """One line for an SQLite failure: which file, what happened, what to do."""
+        text = str(e)
+        low = text.lower()
+        if "disk is full" in low or getattr(e, "sqlite_errorcode", None) == 13:  # SQLITE_FULL
+            return StoreError(
+                f"cannot write {self.path}: no space left on the device ({text}); free space on"
+                f" {_mount_point(self.path)} and run again (what was committed is kept)"
+            )
+        if _readonly_failure(e):
+            return StoreError(
+                f"{self.path} is read-only ({text}); copy it to a writable place to change it, or"
+                " open it read-only to read it"
+            )
+        if "malformed" in low or "not a database" in low or "file is encrypted" in low:
+            return StoreError(
+                f"{self.path} is damaged ({text}): it is not a readable annotation store; check the"
+                " path, or restore it from a backup"
+            )
+        if "locked" in low or "busy" in low:
+            return StoreError(
+                f"{self.path} is locked by another process ({text}); wait for it to finish or stop it"
+            )
+        if opening:
+            return StoreError(
+                f"{self.path} is not a readable annotation store ({text}); check the path, or"
+                " restore it from a backup"
+            )
+        return StoreError(f"{self.path}: SQLite error ({text})")
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -248,18 +361,36 @@ class AnnotationStore:
         if self.readonly:
             raise StoreError(f"{self.path} was opened read-only; open it without readonly to write")
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.DatabaseError as e:
+                raise self._db_error(e) from None
             try:
                 yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+            except BaseException as exc:
+                try:
+                    self._conn.execute("ROLLBACK")
+                except sqlite3.DatabaseError:
+                    pass  # SQLite already rolled back (e.g. after SQLITE_FULL)
+                if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.IntegrityError):
+                    raise self._db_error(exc) from None
                 raise
             else:
-                self._conn.execute("COMMIT")
+                try:
+                    self._conn.execute("COMMIT")
+                except sqlite3.DatabaseError as e:
+                    try:
+                        self._conn.execute("ROLLBACK")
+                    except sqlite3.DatabaseError:
+                        pass
+                    raise self._db_error(e) from None
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
         with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+            try:
+                return self._conn.execute(sql, args).fetchall()
+            except sqlite3.DatabaseError as e:
+                raise self._db_error(e) from None
 
     # ------------------------------------------------------------------ meta & media
     def set_meta(self, key: str, value: Any) -> None:
@@ -610,11 +741,17 @@ class AnnotationStore:
 
     # ------------------------------------------------------------------ runs
     def begin_run(self, kind: str, params: dict[str, Any] | None = None) -> int:
-        """Record the start of a long job (propagation, import); its id tags what it writes."""
+        """Record the start of a long job (propagation, import); its id tags what it writes.
+
+        The writing process (pid, host, its start time and the machine's boot id) is kept with the
+        run, so :meth:`runs` can tell a run that is still going from one whose process was killed.
+        """
+        stored = dict(params or {})
+        stored[_WRITER_KEY] = _this_writer()
         with self._write() as c:
             cur = c.execute(
                 "INSERT INTO runs (kind, params, status, started) VALUES (?, ?, 'running', ?)",
-                (kind, _dumps(params or {}), time.time()),
+                (kind, _dumps(stored), time.time()),
             )
             return int(cur.lastrowid)  # type: ignore[arg-type]
 
@@ -625,17 +762,30 @@ class AnnotationStore:
             c.execute("UPDATE runs SET status = ?, finished = ? WHERE id = ?", (status, time.time(), run_id))
 
     def runs(self, *, status: str | None = None) -> list[dict[str, Any]]:
-        """Runs, oldest first; a run still 'running' after its process died is one to resume."""
+        """Runs, oldest first, as ``{id, kind, params, status, started, finished, writer}``.
+
+        A run still marked ``running`` whose process is gone (killed, crashed, the machine
+        rebooted) is reported as ``interrupted``: the work to resume. This is judged on the host
+        that wrote it; elsewhere such a run stays ``running``. The stored status is not changed.
+        ``status="running"`` / ``"interrupted"`` select by that reported status.
+        """
         sql = "SELECT id, kind, params, status, started, finished FROM runs"
         args: tuple = ()
         if status is not None:
             sql += " WHERE status = ?"
-            args = (status,)
+            args = ("running" if status == "interrupted" else status,)
         rows = self._query(sql + " ORDER BY id", args)
-        return [
-            {"id": i, "kind": k, "params": json.loads(p), "status": s, "started": st, "finished": fi}
-            for i, k, p, s, st, fi in rows
-        ]
+        out = []
+        for i, k, p, s, st, fi in rows:
+            params = json.loads(p)
+            writer = params.pop(_WRITER_KEY, None) if isinstance(params, dict) else None
+            if s == "running" and writer is not None and _writer_gone(writer):
+                s = "interrupted"
+            if status is not None and s != status:
+                continue
+            out.append({"id": i, "kind": k, "params": params, "status": s, "started": st,
+                        "finished": fi, "writer": writer})
+        return out
 
     # ------------------------------------------------------------------ maintenance
     def check(self) -> None:
@@ -663,4 +813,171 @@ class AnnotationStore:
     _media_loaded: bool = False
 
 
-__all__ = ["AnnotationStore", "SCHEMA_VERSION"]
+_WRITER_KEY = "_writer"
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _proc_start(pid: int) -> tuple[int, str] | None:
+    """(start time in clock ticks since boot, state letter) of a process, from /proc (Linux)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()  # after "pid (comm) ": state is field 3
+    try:
+        return int(fields[19]), fields[0]
+    except (IndexError, ValueError):
+        return None
+
+
+def _this_writer() -> dict[str, Any]:
+    pid = os.getpid()
+    ps = _proc_start(pid)
+    return {"pid": pid, "host": socket.gethostname(), "proc_start": ps[0] if ps else None,
+            "boot_id": _boot_id()}
+
+
+def _writer_gone(w: dict[str, Any]) -> bool:
+    """True when the process that began a run certainly no longer runs (on this host)."""
+    if not isinstance(w, dict) or w.get("host") != socket.gethostname():
+        return False  # another machine's run: cannot tell from here
+    pid = w.get("pid")
+    if not isinstance(pid, int):
+        return False
+    boot = _boot_id()
+    if w.get("boot_id") and boot and w["boot_id"] != boot:
+        return True  # the machine rebooted since
+    if not _pid_alive(pid):
+        return True
+    ps = _proc_start(pid)
+    if ps is None:
+        return False  # no /proc: the pid is alive, assume it is the writer
+    start, state = ps
+    if state in ("Z", "X"):
+        return True  # killed, not yet reaped by its parent
+    return w.get("proc_start") is not None and start != w["proc_start"]  # pid reused
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _unlink_store_files(path: str | os.PathLike) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+
+
+def _settle(path: Path) -> None:
+    """Merge ``path``'s WAL into the file and leave it in rollback mode: one self-contained file
+    (what may be renamed), no ``-wal`` that could be replayed onto another database."""
+    conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("PRAGMA journal_mode = DELETE")
+    finally:
+        conn.close()
+
+
+_STAGE_RE = re.compile(r"^\.(?P<name>.+)\.import-(?P<pid>\d+)-\w+\.sqlite(?:-wal|-shm|-journal)?$")
+
+
+@contextmanager
+def staged_store(
+    path: str | os.PathLike, *, keep_existing: bool = False, media: MediaInfo | None = None
+) -> Iterator[AnnotationStore]:
+    """A store built in a temporary file beside ``path`` and renamed over it only when complete.
+
+    ``keep_existing=True`` starts from a copy of the existing store (``--append``), else from an
+    empty one (a new store, or ``--overwrite``). When the ``with`` block raises (a malformed file,
+    a full disk, Ctrl-C), the temporary file is removed and ``path`` is untouched: an import never
+    damages or deletes the store it was asked to replace. On success the old store's ``-wal`` is
+    merged before the rename and its ``-wal``/``-shm`` are removed after it, so no side file of
+    the old store can be applied to the new one. Temporary files of a killed import
+    (``.NAME.import-PID-*.sqlite``) are removed by the next one.
+    """
+    target = Path(path)
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
+    if target.is_dir():
+        raise StoreError(f"{path} is a folder; give a file path for the store (e.g. {Path(path) / 'job.sqlite'})")
+    if keep_existing and not target.is_file():
+        raise StoreError(f"annotation store {path} does not exist; leave out --append to create it")
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for e in parent.iterdir():  # leftovers of a killed import of the same store
+            m = _STAGE_RE.match(e.name)
+            if m and m.group("name") == target.name and not _pid_alive(int(m.group("pid"))):
+                e.unlink(missing_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.import-{os.getpid()}-", suffix=".sqlite", dir=parent
+        )
+        os.close(fd)
+    except OSError as e:
+        raise AnnotationStore._os_error_for(target, e) from None
+    tmp = Path(tmp_name)
+    store: AnnotationStore | None = None
+    try:
+        if keep_existing:
+            src_store = AnnotationStore(target, readonly=True)  # checks it is a store
+            try:
+                dst = sqlite3.connect(str(tmp))
+                try:
+                    src_store._conn.backup(dst)  # a consistent copy, -wal content included
+                finally:
+                    dst.close()
+            except sqlite3.DatabaseError as e:
+                raise AnnotationStore._db_error_for(tmp, e) from None
+            finally:
+                src_store.close()
+            store = AnnotationStore(tmp)
+            if media is not None:
+                store.check_media(media)
+        else:
+            store = AnnotationStore(tmp, _create=True)
+            if media is not None:
+                store.set_media(media)
+        store.path = target  # messages name the store the user gave, not the temporary file
+        yield store
+        store.close()
+        try:
+            _settle(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            if target.exists() and Path(str(target) + "-wal").exists():
+                try:
+                    _settle(target)  # the old store's commits go into its file, not a stray -wal
+                except sqlite3.DatabaseError:
+                    pass  # not a store, or damaged: its side files mean nothing for the new one
+                for suffix in ("-wal", "-shm"):
+                    Path(str(target) + suffix).unlink(missing_ok=True)
+            os.replace(tmp, target)
+            for suffix in ("-wal", "-shm", "-journal"):
+                Path(str(target) + suffix).unlink(missing_ok=True)
+        except OSError as e:
+            raise AnnotationStore._os_error_for(target, e) from None
+        except sqlite3.DatabaseError as e:
+            raise AnnotationStore._db_error_for(target, e) from None
+    except BaseException:
+        if store is not None:
+            try:
+                store.close()
+            except sqlite3.Error:
+                pass
+        _unlink_store_files(tmp)
+        raise
+
+
+__all__ = ["AnnotationStore", "SCHEMA_VERSION", "staged_store"]

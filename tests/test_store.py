@@ -210,6 +210,8 @@ def test_threads_can_share_a_store(store):
 def test_runs(store):
     r = store.begin_run("propagate", {"direction": "forward"})
     assert store.runs(status="running")[0]["params"] == {"direction": "forward"}
+    assert store.runs()[0]["writer"]["pid"] == os.getpid()  # this process: still running
+    assert store.runs(status="interrupted") == []
     store.finish_run(r, "cancelled")
     assert store.runs()[0]["status"] == "cancelled"
     with pytest.raises(InputError):
@@ -256,8 +258,10 @@ def test_sigkill_mid_write_keeps_every_committed_frame_and_no_partial_one(tmp_pa
             assert {o: v["frames_done"] for o, v in st.progress().items()} == {
                 k: len(frames) for k in range(1, n_obj + 1)
             }
-            # the killed runs are still marked running: the resumable work
-            assert all(r["status"] == "running" for r in st.runs())
+            # the killed runs are reported interrupted (their process is gone): the resumable
+            # work; the stored status is left as it was
+            assert all(r["status"] == "interrupted" for r in st.runs())
+            assert {r[0] for r in st._query("SELECT status FROM runs")} == {"running"}
     assert len(committed) > 20
 
 

@@ -7,6 +7,7 @@ a keyframe, so cuts move to the first keyframe at/after each nominal boundary.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import warnings
@@ -89,6 +90,20 @@ def split_video(path: str | os.PathLike, out_dir: str | os.PathLike, *,
     return names
 
 
+def disk_full_error(e: BaseException, where: Path) -> MediaError | None:
+    """A one-line error for a full disk (ENOSPC/EDQUOT) while writing under ``where``, else None."""
+    if getattr(e, "errno", None) not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    target = getattr(e, "filename", None) or where
+    mount = Path(os.path.abspath(where))
+    while not mount.exists() and mount != mount.parent:
+        mount = mount.parent
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    return MediaError(f"cannot write {target}: no space left on the device; free space on {mount}"
+                      " or write somewhere else (--out)")
+
+
 def _remux(path: Path, names: list[Path], cuts: list[int], cut_pts: list[int]) -> None:
     src = open_container(path)
     outputs: dict[int, tuple] = {}  # part -> (container, {in stream index: out stream})
@@ -109,7 +124,8 @@ def _remux(path: Path, names: list[Path], cuts: list[int], cut_pts: list[int]) -
                 try:
                     oc = av.open(str(names[j]), mode="w")
                 except _AV_ERRORS as e:
-                    raise MediaError(f"cannot write {names[j]}: {e}") from None
+                    raise disk_full_error(e, names[j].parent) or MediaError(
+                        f"cannot write {names[j]}: {e}") from None
                 smap = {s.index: oc.add_stream_from_template(s) for s in copied}
                 outputs[j] = (oc, smap)
             return outputs[j]
@@ -152,7 +168,12 @@ def _remux(path: Path, names: list[Path], cuts: list[int], cut_pts: list[int]) -
         bar.close()
         for j in range(len(names)):
             output(j)  # a part that received no packet (should not happen) still gets a file
+    except MediaError:
+        raise
     except _AV_ERRORS as e:
+        full = disk_full_error(e, names[0].parent)
+        if full is not None:
+            raise full from None
         raise MediaError(f"{path}: splitting failed: {e}; check the file plays in ffplay/VLC"
                          ) from None
     finally:

@@ -134,7 +134,14 @@ def write_video(path: str | os.PathLike, frames: Iterable[Any], *, fps: float | 
             raise InputError(f"{path}: no frames to write; the frame iterable was empty")
         container.mux(stream.encode(None))
         ok = True
-    except av.FFmpegError as e:
+    except (av.FFmpegError, OSError) as e:
+        from .split import disk_full_error
+
+        full = disk_full_error(e, path.parent)
+        if full is not None:
+            raise full from None
+        if not isinstance(e, av.FFmpegError):
+            raise
         raise MediaError(f"{path}: encoding failed after {written} frames: {e}") from None
     finally:
         try:
