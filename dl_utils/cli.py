@@ -312,9 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = func(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
         return code
-    except BrokenPipeError:
-        if not _stdout_closed():
-            raise  # a broken connection elsewhere (a socket): reported as an error below
+    except BrokenPipeError as e:
+        if not _stdout_closed():  # a broken connection elsewhere (a socket): a bug report
+            return _internal_error(e, args)
         # the reader of our output went away (`dl-utils store info X | head`): stop quietly, as
         # the Python docs advise: point stdout at devnull so the exit-time flush cannot fail again
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -329,14 +329,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("dl-utils: interrupted; what was written so far is kept", file=sys.stderr)
         return 130
     except Exception as e:  # a bug, not bad input: still one line unless --debug
-        if args.debug or os.environ.get("DL_UTILS_DEBUG"):
-            raise
-        print(
-            f"dl-utils: internal error: {type(e).__name__}: {e} (run with --debug for the traceback,"
-            " and please report it)",
-            file=sys.stderr,
-        )
-        return 2
+        return _internal_error(e, args)
+
+
+def _internal_error(e: Exception, args: argparse.Namespace) -> int:
+    if args.debug or os.environ.get("DL_UTILS_DEBUG"):
+        raise e
+    print(
+        f"dl-utils: internal error: {type(e).__name__}: {e} (run with --debug for the traceback,"
+        " and please report it)",
+        file=sys.stderr,
+    )
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

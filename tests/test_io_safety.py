@@ -533,3 +533,16 @@ def test_run_of_another_host_or_a_reused_pid(tmp_path):
         st._conn.execute("INSERT INTO runs (kind, params, status, started) VALUES ('old', '{}', 'running', 0)")
         assert [(r["kind"], r["status"]) for r in st.runs()] == [
             ("a", "running"), ("b", "running"), ("c", "interrupted"), ("old", "running")]
+
+
+def test_broken_pipe_of_a_socket_is_still_reported(monkeypatch, capsys):
+    """Only a closed stdout is quiet; a BrokenPipeError from elsewhere is an internal error."""
+    import dl_utils.cli as cli
+
+    def boom(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_store_info", boom)
+    monkeypatch.delenv("DL_UTILS_DEBUG", raising=False)
+    assert cli.main(["store", "info", "x.sqlite"]) == 2
+    assert "internal error: BrokenPipeError" in capsys.readouterr().err
