@@ -314,6 +314,13 @@ def _push(store: Any, task: int, shape: str, connection: Any) -> dict[str, Any]:
 
 def run_annotate_cli(args: Any) -> int:
     """Run ``dl-utils annotate`` from parsed arguments; prints the summary as JSON."""
+    from .models import cli_warnings
+
+    with cli_warnings(getattr(args, "debug", False)):
+        return _run_annotate_cli(args)
+
+
+def _run_annotate_cli(args: Any) -> int:
     s = run_annotate(args.source, args.out, text=args.text, points=args.points, cvat_task=args.cvat_task,
                      cvat_shape=args.cvat_shape, direction=args.direction, every=args.every,
                      backend=args.backend, model=args.model, box_threshold=args.box_threshold,

@@ -19,12 +19,15 @@ every later load checks it, so a file that changed on disk is caught before it s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
 import re
 import urllib.error
 import urllib.request
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,6 +234,58 @@ def model_row(spec: ModelSpec, aliases: dict[str, list[str]], path: Path, *, pre
         "config": spec.config,
         "description": spec.description,
     }
+
+
+# ----------------------------------------------------------------------------- library warnings
+#: Warnings libraries raise on every import/build/forward that say nothing a user can act on
+#: (deprecations inside upstream code): ``(category, message regex, module regex)``. Hidden at the
+#: call sites with :func:`harmless_warnings_hidden`; shown again with ``dl-utils --debug`` or
+#: ``DL_UTILS_DEBUG=1``. Any other warning still shows.
+HARMLESS_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
+    # groundingdino imports timm.models.layers (timm >= 0.9 moved it to timm.layers)
+    (FutureWarning, r"Importing from timm\.models\.layers is deprecated", r"timm\."),
+    # groundingdino's deformable attention / Swin: torch deprecations in its code
+    (UserWarning, r"torch\.meshgrid: in an upcoming release", ""),
+    (FutureWarning, r".*torch\.cuda\.amp\.autocast", ""),
+    (UserWarning, r".*use_reentrant", ""),
+    (UserWarning, r"None of the inputs have requires_grad=True", ""),
+    # BERT's get_extended_attention_mask(device=...) called by groundingdino
+    (FutureWarning, r"The `device` argument is deprecated", ""),
+    # sam2: torch.jit.script deprecation in its transforms
+    (FutureWarning, r".*torch\.jit\.script", ""),
+)
+_SHOW_ALL_WARNINGS = [False]
+
+
+@contextlib.contextmanager
+def harmless_warnings_hidden() -> Iterator[None]:
+    """Hide :data:`HARMLESS_WARNINGS` inside the block (unless debugging); others still show."""
+    with warnings.catch_warnings():
+        if not (_SHOW_ALL_WARNINGS[0] or os.environ.get("DL_UTILS_DEBUG")):
+            for category, message, module in HARMLESS_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=category, module=module)
+        yield
+
+
+@contextlib.contextmanager
+def cli_warnings(debug: bool = False) -> Iterator[None]:
+    """For a ``dl-utils`` command: the remaining warnings (ours, and any a library raises that is not
+    known to be harmless) print as one line ``dl-utils: warning: ...`` instead of Python's two-line
+    ``file:line: UserWarning: ...`` form; ``debug`` shows everything in Python's form."""
+    import sys
+
+    with warnings.catch_warnings():
+        _SHOW_ALL_WARNINGS[0], before = bool(debug), _SHOW_ALL_WARNINGS[0]
+        if not (debug or os.environ.get("DL_UTILS_DEBUG")):
+            def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+                text = " ".join(str(message).split())
+                print(f"dl-utils: warning: {text}", file=file or sys.stderr, flush=True)
+
+            warnings.showwarning = show
+        try:
+            yield
+        finally:
+            _SHOW_ALL_WARNINGS[0] = before
 
 
 # ----------------------------------------------------------------------------- what a file is
@@ -668,6 +723,9 @@ __all__ = [
     "OFFICIAL_EXTRA_KEYS",
     "OFFICIAL_KEY_PREFIXES",
     "clean_official_state_dict",
+    "HARMLESS_WARNINGS",
+    "cli_warnings",
+    "harmless_warnings_hidden",
     "describe_file",
     "why_unreadable",
     "is_registry_download",

@@ -26,7 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import InputError, ModelError
-from ..models import state_dict_mismatch
+from ..models import harmless_warnings_hidden, state_dict_mismatch
 from .detections import Detections
 from .prompts import Prompt, phrase_index_of_tokens, phrase_scores
 
@@ -149,7 +149,8 @@ class GroundingDinoBackend:
         return self
 
     def _setup(self, model: Any, device: Any, image_size: int, max_size: int) -> None:
-        import groundingdino.datasets.transforms as T
+        with harmless_warnings_hidden():
+            import groundingdino.datasets.transforms as T
 
         if int(image_size) < 32 or int(max_size) < int(image_size):
             raise InputError(
@@ -178,8 +179,10 @@ class GroundingDinoBackend:
     def infer(self, images: Sequence[np.ndarray], prompt: Prompt, *, box_threshold: float,
               text_threshold: float) -> list[Detections]:
         import torch
-        from groundingdino.util.utils import get_phrases_from_posmap
         from torchvision.ops import box_convert
+
+        with harmless_warnings_hidden():
+            from groundingdino.util.utils import get_phrases_from_posmap
 
         if not images:
             return []
@@ -194,11 +197,9 @@ class GroundingDinoBackend:
             from groundingdino.util.misc import nested_tensor_from_tensor_list
 
             batch = nested_tensor_from_tensor_list(tensors)
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), harmless_warnings_hidden():
             # upstream's forward warns on every call (torch.utils.checkpoint, cuda.amp, BERT's device
-            # argument): deprecations in its code, not something a user can act on
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            warnings.filterwarnings("ignore", message=r".*(use_reentrant|requires_grad=True)")
+            # argument, meshgrid): deprecations in its code, not something a user can act on
             outputs = self.model(batch.to(self.device), captions=[caption] * len(tensors))
         # the same ops, in the same order and on the same device (CPU), as inference.predict
         all_logits = outputs["pred_logits"].cpu().sigmoid()
@@ -248,8 +249,9 @@ def build_groundingdino(config: str | os.PathLike[str], text_encoder: str | os.P
     Upstream's builder prints and warns on every build; that output is captured so the CLI stays
     readable (it is re-raised inside the error when the build fails).
     """
-    from groundingdino.models import build_model
-    from groundingdino.util.slconfig import SLConfig
+    with harmless_warnings_hidden():  # groundingdino imports timm.models.layers (a FutureWarning)
+        from groundingdino.models import build_model
+        from groundingdino.util.slconfig import SLConfig
 
     try:
         args = SLConfig.fromfile(str(config))

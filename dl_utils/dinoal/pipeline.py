@@ -344,6 +344,13 @@ def run_detect(
 
 def run_detect_cli(args: Any) -> int:
     """Run ``dl-utils detect`` from parsed arguments; prints the summary as JSON."""
+    from ..models import cli_warnings
+
+    with cli_warnings(getattr(args, "debug", False)):
+        return _run_detect_cli(args)
+
+
+def _run_detect_cli(args: Any) -> int:
     s = run_detect(args.source, args.out, args.text, every=args.every, backend=args.backend, model=args.model,
                    box_threshold=args.box_threshold, text_threshold=args.text_threshold, segment=args.segment,
                    classes=args.classes, device=args.device, text_encoder=args.text_encoder,

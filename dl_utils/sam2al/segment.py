@@ -341,6 +341,13 @@ def run_segment_cli(args: Any) -> int:
     Masks a changed prompt drops are announced on stderr as they are dropped; ``--dry-run`` lists
     them (and what would be computed) without changing anything.
     """
+    from ..models import cli_warnings
+
+    with cli_warnings(getattr(args, "debug", False)):
+        return _run_segment_cli(args)
+
+
+def _run_segment_cli(args: Any) -> int:
     import sys
 
     if getattr(args, "dry_run", False):
