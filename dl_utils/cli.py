@@ -46,9 +46,6 @@ def cmd_frames_split(args: argparse.Namespace) -> int:
     from .models import cli_warnings
 
     with cli_warnings(args.debug):  # "fewer parts than asked" prints as one line, not Python's form
-        from .models import cli_warnings
-
-    with cli_warnings(args.debug):  # "fewer parts than asked" prints as one line, not Python's form
         parts = split_video(args.video, args.out, seconds=args.seconds, parts=args.parts)
     for p in parts:
         print(p)
