@@ -169,9 +169,10 @@ def test_check_task_media_names_both_sides(rng, tmp_path):
         check_task_media(st.media, TaskInfo(5, "t", small, [JobInfo(1, 0, 4)], widths=((W, H),)),
                          "job.sqlite")
     same = MediaInfo(name="task", width=W, height=H, frames=FRAMES, start=3, stop=FRAMES[-1], step=2)
-    with pytest.raises(CvatError, match=r"frame size 64x48 in job.sqlite but 32x24"):
-        check_task_media(st.media, TaskInfo(5, "t", same, [JobInfo(1, 0, 11)], widths=((32, 24),)),
-                         "job.sqlite")
+    smaller = MediaInfo(name="task", width=32, height=24, frames=FRAMES, start=3, stop=FRAMES[-1], step=2)
+    with pytest.raises(CvatError, match=r"12 frame\(s\) differ in size, first task frame 0: 64x48 in"
+                       r" job.sqlite but 32x24 in task 5"):
+        check_task_media(st.media, TaskInfo(5, "t", smaller, [JobInfo(1, 0, 11)]), "job.sqlite")
     check_task_media(st.media, TaskInfo(5, "t", same, [JobInfo(1, 0, 11)], widths=((W, H),)))
     st.close()
 
@@ -963,5 +964,107 @@ def test_masks_in_job_overlaps_go_to_every_job_and_pull_once(cvat_server, tmp_pa
     prep = pull(st, conn, task.id)
     assert prep.edited == 1 and prep.deleted == 0
     assert np.array_equal(st.read_frame(f).by_object()[1].mask, m)
+    conn.close()
+    st.close()
+
+
+MIXED = [(64, 48), (80, 40), (50, 70), (64, 48), (33, 61)]
+
+
+def mixed_folder(tmp_path, sizes=MIXED):
+    from PIL import Image
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i, (w, h) in enumerate(sizes):
+        arr = (np.random.default_rng(i).random((h, w, 3)) * 255).astype(np.uint8)
+        Image.fromarray(arr).save(d / f"img_{i:02d}.png")
+    return d
+
+
+def mixed_store(path, folder, rng):
+    from dl_utils.video_utils import open_frames
+
+    src = open_frames(folder)
+    media = src.media_info()
+    src.close()
+    assert media.mixed_sizes
+    st = AnnotationStore.create(path, media)
+    st.set_labels([Label("car", "#ff0000"), Label("person", "#00ff00")])
+    st.add_object("car", id=1)
+    st.add_object("person", id=2)
+    exp = {}
+    for f in media.frames:
+        w, h = media.size_of(f)
+        insts = []
+        for o in (1, 2):
+            m = np.zeros((h, w), bool)
+            y0, x0 = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
+            m[y0: y0 + h // 3, x0: x0 + w // 3] = True
+            m[y0 + 2: y0 + 4, x0 + 2: x0 + 3] = False  # a hole: exact masks must keep it
+            insts.append(Instance(o, mask=m, source=Source.AUTO))
+            exp[(f, o)] = m
+        st.write_frame(f, insts)
+    return st, exp
+
+
+@pytest.mark.parametrize("shape", ["mask", "polygon", "box"])
+def test_mixed_size_image_task_end_to_end(cvat_server, tmp_path, rng, shape):
+    folder = mixed_folder(tmp_path)
+    st, exp = mixed_store(tmp_path / "m.sqlite", folder, rng)
+    conn = conn_for(cvat_server)
+    task = create_task_for_store(conn, st, poll_interval=0.01)
+    assert task.media.sizes() == MIXED  # the server's per-image sizes (data meta frames[i])
+    meta = conn.request("GET", f"/api/tasks/{task.id}/data/meta", what="meta")
+    assert [(f["width"], f["height"]) for f in meta["frames"]] == MIXED
+    rep = push(st, conn, task.id, shape=shape)
+    assert rep.created == 2 * len(MIXED)
+    with AnnotationStore.create(tmp_path / "back.sqlite") as back:
+        pull(back, conn, task.id, include_own=True)
+        assert back.media.sizes() == MIXED
+        for (f, o), m in exp.items():
+            got = back.read_frame(f).by_object()[o]
+            assert got.mask.shape == m.shape
+            if shape == "mask":
+                assert np.array_equal(got.mask, m)
+            elif shape == "box":
+                from dl_utils.cv_utils import mask_to_box
+
+                assert np.allclose(got.box, mask_to_box(m), atol=1e-3)
+            else:
+                ref = st.read_frame(f).by_object()[o]
+                from dl_utils.formats._common import to_geometry
+
+                w, h = st.media.size_of(f)
+                rings = to_geometry(ref, h, w, ShapeType.POLYGON).rings
+                assert [np.round(r, 3).tolist() for r in got.polygon] == \
+                    [np.round(r, 3).tolist() for r in rings]
+    assert push(st, conn, task.id, shape=shape).created == 0
+    conn.close()
+    st.close()
+
+
+def test_create_task_checks_sizes_before_creating_and_cleans_up(cvat_server, tmp_path, rng, monkeypatch):
+    from dl_utils.cvat import tasks as ctasks
+
+    folder = mixed_folder(tmp_path)
+    st, _ = mixed_store(tmp_path / "m.sqlite", folder, rng)
+    conn = conn_for(cvat_server)
+    # an image changed after the store was made: refused before anything exists on the server
+    from PIL import Image
+
+    Image.new("RGB", (99, 77)).save(folder / "img_02.png")
+    with pytest.raises(InputError, match=r"img_02.png \(frame 2\) is 99x77 but the store has 50x70"):
+        create_task_for_store(conn, st, poll_interval=0.01)
+    assert cvat_server.state.tasks == {}
+    assert not any(e.method == "POST" for e in cvat_server.log)
+    # the server reads the data differently after all: the task made by this call is deleted again
+    monkeypatch.setattr(ctasks, "_check_local_sizes", lambda media, files: None)
+    with pytest.raises(CvatError) as ei:
+        create_task_for_store(conn, st, poll_interval=0.01)
+    msg = str(ei.value)
+    assert "first task frame 2 (img_02.png): 50x70 in media" in msg and "99x77 in task" in msg
+    assert "deleted again" in msg and "create-task" not in msg
+    assert cvat_server.state.tasks == {}
     conn.close()
     st.close()

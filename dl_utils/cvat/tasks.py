@@ -109,11 +109,13 @@ def read_task(conn: CvatConnection, task_id: int) -> TaskInfo:
     if len(frames_meta) == size and mode != "interpolation":
         names = [str(f.get("name") or f"frame_{start + i * step:06d}") for i, f in enumerate(frames_meta)]
     w, h = sizes[0]
+    # image tasks keep each image's own size (data meta frames[i]); a video has one entry
+    per_frame = list(sizes) if len(sizes) == size and size > 1 else None
     media = MediaInfo(
         name=str(task.get("name") or where), width=w, height=h,
         frames=[start + i * step for i in range(size)], start=start,
         stop=int(stop) if stop is not None else start + (size - 1) * step, step=step,
-        frame_names=names,
+        frame_names=names, frame_sizes=per_frame,
     )
     jobs = []
     for j in conn.get_paginated("/api/jobs", {"task_id": task_id}, what=f"listing the jobs of {where}"):
@@ -127,7 +129,8 @@ def read_task(conn: CvatConnection, task_id: int) -> TaskInfo:
                     project_id=task.get("project_id"), mode=mode, widths=tuple(sorted(set(sizes))))
 
 
-def check_task_media(store_media: MediaInfo, task: TaskInfo, store_name: str = "the store") -> None:
+def check_task_media(store_media: MediaInfo, task: TaskInfo, store_name: str = "the store", *,
+                     advice: str | None = None) -> None:
     """Raise :class:`CvatError` naming both sides when the store's frames are not the task's."""
     tm = task.media
     problems = []
@@ -140,10 +143,13 @@ def check_task_media(store_media: MediaInfo, task: TaskInfo, store_name: str = "
             f" step={store_media.step} in {store_name} but start={tm.start} step={tm.step} in task"
             f" {task.id}"
         )
-    bad_sizes = [s for s in task.widths if s != (store_media.width, store_media.height)]
-    if bad_sizes:
-        problems.append(f"frame size {store_media.width}x{store_media.height} in {store_name} but"
-                        f" {bad_sizes[0][0]}x{bad_sizes[0][1]} in task {task.id}")
+    if not problems:
+        bad = _size_mismatches(store_media, tm)
+        if bad:
+            i, (sw, sh), (tw, th) = bad[0]
+            name = (f" ({PurePosixPath(tm.frame_names[i]).name})" if tm.frame_names else "")
+            problems.append(f"{len(bad)} frame(s) differ in size, first task frame {i}{name}:"
+                            f" {sw}x{sh} in {store_name} but {tw}x{th} in task {task.id}")
     if (not problems and store_media.frame_names is not None and tm.frame_names is not None):
         mine = [PurePosixPath(n).name for n in store_media.frame_names]
         theirs = [PurePosixPath(n).name for n in tm.frame_names]
@@ -155,10 +161,17 @@ def check_task_media(store_media: MediaInfo, task: TaskInfo, store_name: str = "
     if problems:
         raise cvat_error(
             f"task {task.id} ({tm.name!r}) does not match {store_name} ({store_media.name!r}): "
-            + "; ".join(problems)
-            + ". Use the task made for this media (or create one with `dl-utils cvat create-task`),"
-            " or a store made with the task's frame range"
+            + "; ".join(problems) + ". " + (advice or (
+                "Use the task made for this media (or create one with `dl-utils cvat create-task`),"
+                " or a store made with the task's frame range"))
         )
+
+
+def _size_mismatches(a: MediaInfo, b: MediaInfo) -> list[tuple[int, tuple[int, int], tuple[int, int]]]:
+    """(task frame, size in a, size in b) of every frame whose size differs."""
+    sa = a.sizes() if hasattr(a, "sizes") else [(a.width, a.height)] * len(a.frames)
+    sb = b.sizes() if hasattr(b, "sizes") else [(b.width, b.height)] * len(b.frames)
+    return [(i, x, y) for i, (x, y) in enumerate(zip(sa, sb)) if tuple(x) != tuple(y)]
 
 
 def _resource_kind(resource: str) -> Any:
@@ -242,6 +255,16 @@ def create_task(
             raise InputError(f"{len(missing)} file(s) do not exist, first {missing[0]}; check the paths")
     if resource == "cloud" and cloud_storage_id is None:
         raise InputError("resource='cloud' needs cloud_storage_id (--cloud-storage ID)")
+    if segment_size is not None and int(segment_size) < 0:
+        raise InputError(f"segment_size={segment_size}: use 0 (one job) or more frames per job")
+    if overlap is not None and int(overlap) < 0:
+        raise InputError(f"overlap={overlap}: use 0 or more frames")
+    if not 0 <= int(image_quality) <= 100:
+        raise InputError(f"image_quality={image_quality}: use 0..100")
+    if stop is not None and int(stop) < start:
+        raise InputError(f"stop={stop} is before start={start}")
+    if resource == "local" and media is not None:
+        _check_local_sizes(media, files)  # before anything exists on the server
     label_specs = []
     if project_id is None:
         for i, lb in enumerate(labels_of(labels) if labels is not None else []):
@@ -287,12 +310,53 @@ def create_task(
                   wait_for_completion=True, status_check_period=poll_interval,
                   what=f"uploading {len(files)} file(s) to task {task.id}", idempotent=False)
     except Exception as e:
-        raise cvat_error(f"{e}; task {task.id} was created without its data: delete it in CVAT (or"
-                         " with cvat-cli task delete) before trying again") from None
-    info = read_task(conn, task.id)
-    if media is not None:
-        check_task_media(media, info, f"media {media.name!r}")
+        raise cvat_error(f"{e}; {_discard(conn, task.id)}") from None
+    try:
+        info = read_task(conn, task.id)
+        if media is not None:
+            check_task_media(
+                media, info, f"media {media.name!r}",
+                advice=("The server read the uploaded files differently from dl_utils (e.g. an image"
+                        " rotated by its EXIF orientation, a video whose frame count differs): check"
+                        " the files named above, or make the store from the task with"
+                        f" `dl-utils cvat pull NEW.sqlite --task {task.id}`"))
+    except Exception as e:
+        raise cvat_error(f"{e}; {_discard(conn, task.id)}") from None
     return info
+
+
+def _discard(conn: CvatConnection, task_id: int) -> str:
+    """Delete a task this call just created and could not finish; say what became of it."""
+    try:
+        conn.request("DELETE", f"/api/tasks/{int(task_id)}", what=f"deleting task {task_id} again")
+    except Exception:
+        return (f"task {task_id} is left on the server without usable data: delete it in CVAT (or"
+                f" `cvat-cli task delete {task_id}`) before trying again")
+    return f"task {task_id}, created by this call, was deleted again (nothing is left on the server)"
+
+
+def _check_local_sizes(media: MediaInfo, files: Sequence[str]) -> None:
+    """The image files of a store's frames have the store's frame sizes (read from their headers)."""
+    if media.frame_names is None or len(files) < 2:
+        return
+    from PIL import Image
+
+    for f in media.frames:
+        if not 0 <= f < len(files):
+            raise InputError(f"frame {f} of media {media.name!r} has no file among the {len(files)}"
+                             " given; give every image of the source, in its order")
+        try:
+            with Image.open(files[f]) as im:
+                w, h = im.size
+        except Exception as e:
+            raise InputError(f"{files[f]} (frame {f}) cannot be read as an image ({type(e).__name__});"
+                             " fix or remove it") from None
+        want = media.size_of(f) if hasattr(media, "size_of") else (media.width, media.height)
+        if (w, h) != tuple(want):
+            raise InputError(
+                f"{files[f]} (frame {f}) is {w}x{h} but the store has {want[0]}x{want[1]} for it;"
+                " the files changed since the store was made: make the store again from these"
+                " files (nothing was created on the server)")
 
 
 def create_task_for_store(conn: CvatConnection, store: Any, **kwargs: Any) -> TaskInfo | dict[str, Any]:
