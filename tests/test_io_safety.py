@@ -546,3 +546,27 @@ def test_broken_pipe_of_a_socket_is_still_reported(monkeypatch, capsys):
     monkeypatch.delenv("DL_UTILS_DEBUG", raising=False)
     assert cli.main(["store", "info", "x.sqlite"]) == 2
     assert "internal error: BrokenPipeError" in capsys.readouterr().err
+
+
+def test_import_out_a_folder_or_through_a_symlink(tmp_path):
+    st = tmp_path / "s.sqlite"
+    make_store(st)
+    xml = export_xml(st, tmp_path / "a.xml")
+    (tmp_path / "dir").mkdir()
+    assert_one_line_error(run_cli("import", str(xml), "--out", str(tmp_path / "dir"), "--overwrite"),
+                          "dir is a folder", "give a file path")
+    assert listing(tmp_path / "dir") == []
+    real = tmp_path / "data" / "real.sqlite"
+    real.parent.mkdir()
+    link = tmp_path / "link.sqlite"
+    link.symlink_to(real)
+    assert main(["import", str(xml), "--out", str(link)]) == 0
+    assert link.is_symlink() and count(real) == 14
+
+
+def test_store_info_shows_mixed_sizes(tmp_path):
+    m = MediaInfo(name="photos", width=800, height=534, frames=[0, 1],
+                  frame_sizes=[(800, 534), (2250, 1500)])
+    AnnotationStore.create(tmp_path / "m.sqlite", m).close()
+    info = json.loads(run_cli("store", "info", str(tmp_path / "m.sqlite")).stdout)
+    assert info["size"] == "mixed sizes: 2 sizes from 800x534 to 2250x1500 (first image 800x534)"
