@@ -836,11 +836,19 @@ def _proc_start(pid: int) -> tuple[int, str] | None:
         return None
 
 
+def _pid_namespace() -> int | None:
+    """Inode of this process's pid namespace: containers sharing a host name may not share pids."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
 def _this_writer() -> dict[str, Any]:
     pid = os.getpid()
     ps = _proc_start(pid)
     return {"pid": pid, "host": socket.gethostname(), "proc_start": ps[0] if ps else None,
-            "boot_id": _boot_id()}
+            "boot_id": _boot_id(), "pid_ns": _pid_namespace()}
 
 
 def _writer_gone(w: dict[str, Any]) -> bool:
@@ -853,6 +861,9 @@ def _writer_gone(w: dict[str, Any]) -> bool:
     boot = _boot_id()
     if w.get("boot_id") and boot and w["boot_id"] != boot:
         return True  # the machine rebooted since
+    ns = _pid_namespace()
+    if w.get("pid_ns") and ns and w["pid_ns"] != ns:
+        return False  # another container's pids: cannot tell from here
     if not _pid_alive(pid):
         return True
     ps = _proc_start(pid)

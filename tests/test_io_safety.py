@@ -531,8 +531,11 @@ def test_run_of_another_host_or_a_reused_pid(tmp_path):
         st._conn.execute("INSERT INTO runs (kind, params, status, started) VALUES ('c', ?, 'running', 0)",
                          (json.dumps(params),))
         st._conn.execute("INSERT INTO runs (kind, params, status, started) VALUES ('old', '{}', 'running', 0)")
+        params["_writer"].update(pid=2**22 + 12345, pid_ns=1)  # a dead pid, but another container's
+        st._conn.execute("INSERT INTO runs (kind, params, status, started) VALUES ('ns', ?, 'running', 0)",
+                         (json.dumps(params),))
         assert [(r["kind"], r["status"]) for r in st.runs()] == [
-            ("a", "running"), ("b", "running"), ("c", "interrupted"), ("old", "running")]
+            ("a", "running"), ("b", "running"), ("c", "interrupted"), ("old", "running"), ("ns", "running")]
 
 
 def test_broken_pipe_of_a_socket_is_still_reported(monkeypatch, capsys):
