@@ -264,3 +264,34 @@ def test_annotate_refuses_negative_max_objects_before_any_work(tmp_path, capsys)
     assert main(["annotate", str(folder), "--text", "car", "--out", str(out), "--max-objects", "-3"]) == 1
     err = capsys.readouterr().err.strip()
     assert "--max-objects -3: use 1 or more" in err and not out.exists()
+
+
+@requires_sam2
+def test_image_folder_of_mixed_sizes(tiny_sam2, tmp_path):  # noqa: F811
+    """Clicks are checked against, and masks stored at, each image's own size."""
+    from PIL import Image
+
+    from dl_utils.samal import ImageSegmenter
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    sizes = [(96, 64), (50, 120), (140, 40)]  # (w, h)
+    for i, (w, h) in enumerate(sizes):
+        img = np.zeros((h, w, 3), np.uint8)
+        img[5:30, 5:30] = 255
+        Image.fromarray(img).save(folder / f"im_{i}.png")
+    pts = prompts_file(tmp_path, [{"frame": 1, "object": 9, "label": "spot", "points": [[40, 100, 1]]}])
+    seg = ImageSegmenter(tiny_sam2)
+    s = run_annotate(folder, tmp_path / "m.sqlite", text="box", points=pts, detector=Squares(), segmenter=seg,
+                     progress=False)
+    assert s["points"] == {"applied": 1} and s["text"]["images"] == 3
+    with AnnotationStore.open(tmp_path / "m.sqlite", readonly=True) as st:
+        assert st.media.sizes() == sizes
+        for f, (w, h) in enumerate(sizes):
+            for inst in st.read_frame(f):
+                assert inst.mask.shape == (h, w)
+    # (40, 100) lies inside image 1 (50x120) but not inside image 2 (140x40): refused there
+    (tmp_path / "bad").mkdir()
+    bad = prompts_file(tmp_path / "bad", [{"frame": 2, "object": 9, "label": "spot", "points": [[40, 100, 1]]}])
+    with pytest.raises(InputError, match=r"outside the 140x40 image"):
+        run_annotate(folder, tmp_path / "m2.sqlite", points=bad, segmenter=seg, progress=False)

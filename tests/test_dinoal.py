@@ -732,3 +732,32 @@ def test_detect_refuses_impossible_counts_before_any_work(tmp_path, capsys, opt)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{opt[0]} {opt[1]}: use" in err
     assert not out.exists()
+
+
+@requires_tf
+def test_detect_mixed_size_image_folder_each_image_at_its_size(tf_backend, tmp_path):
+    """Photos come in many sizes: boxes clipped to, and masks stored at, each image's own size."""
+    pytest.importorskip("sam2")
+    from dl_utils.samal import ImageSegmenter
+    from tests.sam2_fixtures import build_tiny
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    sizes = [(160, 120), (96, 200), (240, 90)]  # (w, h)
+    for i, (w, h) in enumerate(sizes):
+        cv2.imwrite(str(folder / f"{i}.png"), cv2.cvtColor(scene(h, w, seed=i), cv2.COLOR_RGB2BGR))
+    det = GroundedDetector(tf_backend, box_threshold=0.0, nms_iou=None)
+    for seg, out in ((None, tmp_path / "boxes.sqlite"), (ImageSegmenter(build_tiny()), tmp_path / "masks.sqlite")):
+        s = run_detect(folder, out, "car. person", detector=det, segmenter=seg, segment=seg is not None,
+                       progress=False)
+        assert s["frames"] == 3 and s["detections"] > 0
+        with AnnotationStore.open(out, readonly=True) as st:
+            assert st.media.mixed_sizes and st.media.sizes() == sizes
+            for f, (w, h) in enumerate(sizes):
+                insts = list(st.read_frame(f))
+                assert insts
+                for inst in insts:
+                    x1, y1, x2, y2 = inst.box
+                    assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+                    if seg is not None:
+                        assert inst.mask.shape == (h, w)
