@@ -573,3 +573,20 @@ def test_store_info_shows_mixed_sizes(tmp_path):
     AnnotationStore.create(tmp_path / "m.sqlite", m).close()
     info = json.loads(run_cli("store", "info", str(tmp_path / "m.sqlite")).stdout)
     assert info["size"] == "mixed sizes: 2 sizes from 800x534 to 2250x1500 (first image 800x534)"
+
+
+def test_file_export_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    st = tmp_path / "s.sqlite"
+    make_store(st)
+    out = tmp_path / "a.json"
+    assert main(["export", str(st), "--format", "coco", "--out", str(out)]) == 0
+    assert out.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    out.chmod(0o640)
+    assert main(["export", str(st), "--format", "coco", "--out", str(out)]) == 0
+    assert out.stat().st_mode & 0o777 == 0o640
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m

@@ -280,7 +280,8 @@ def atomic_file(out: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         raise output_error(target, e) from None
     try:
         try:
-            os.fchmod(fd, 0o666 & ~_umask())
+            # the new file keeps the mode of the one it replaces (mkstemp makes 0600)
+            os.fchmod(fd, stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_umask())
             kw = {} if "b" in mode else {"encoding": "utf-8"}
             with os.fdopen(fd, mode, **kw) as f:
                 yield f
