@@ -128,6 +128,14 @@ def run_annotate(
     try:
         store = AnnotationStore.open_or_create(out, src.media_info())
         with store:
+            if cvat_task is not None:  # server, credentials, task, frames, labels: before any model
+                from .cvat import preflight
+
+                run_labels = [o.label for o in store.objects()] + [e["label"] for e in entries if e["label"]]
+                run_labels += list(prompt.phrases) if prompt is not None else []
+                summary["cvat_preflight"] = preflight(cvat_task, media=store.media, shape=cvat_shape,
+                                                      connection=connection, media_name=str(out),
+                                                      labels=run_labels)
             if table is not None:
                 ensure_labels(store, [e["label"] for e in entries if e["label"]], table)
             if src.kind == "video":

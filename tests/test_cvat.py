@@ -1068,3 +1068,42 @@ def test_create_task_checks_sizes_before_creating_and_cleans_up(cvat_server, tmp
     assert cvat_server.state.tasks == {}
     conn.close()
     st.close()
+
+
+@pytest.mark.parametrize("problem", ["task", "token", "host", "frames", "label"])
+def test_annotate_checks_cvat_before_any_model_loads(problem, cvat_server, tmp_path, rng, monkeypatch):
+    import dl_utils.dinoal.detector as det_mod
+    import dl_utils.sam2al as sam2al_mod
+    from dl_utils.annotate import run_annotate
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was loaded before the CVAT checks")
+
+    monkeypatch.setattr(sam2al_mod, "VideoSession", no_model)
+    monkeypatch.setattr(det_mod, "load_detector", no_model)
+    video = write_clip(tmp_path / "clip.mp4", 12)
+    conn = conn_for(cvat_server)
+    from dl_utils.video_utils import open_frames
+
+    src = open_frames(video)
+    media = src.media_info()
+    src.close()
+    if problem == "frames":
+        media = MediaInfo(**{**media.to_dict(), "frames": media.frames[:6], "stop": 5})
+    with AnnotationStore.create(tmp_path / "for_task.sqlite", media) as s:
+        s.set_labels([Label("car", "#ff0000")])
+        s.add_object("car", id=1)
+        s.set_media(MediaInfo(**{**s.media.to_dict(), "path": video}))
+        task = create_task_for_store(conn, s, poll_interval=0.01)
+    if problem == "label":
+        lb = [x for x in conn.get_paginated("/api/labels", {"task_id": task.id}, what="l")][0]
+        conn.request("PATCH", f"/api/labels/{lb['id']}", body={"type": "rectangle"}, what="l")
+    conn.close()
+    monkeypatch.setenv("CVAT_HOST", "not a url" if problem == "host" else cvat_server.url)
+    monkeypatch.setenv("CVAT_ACCESS_TOKEN", cvat_server.token + ("-wrong" if problem == "token" else ""))
+    task_id = task.id + 1000 if problem == "task" else task.id
+    want = {"task": (CvatError, "404"), "token": (CvatError, "401"), "host": (InputError, "not a url"),
+            "frames": (CvatError, "12 frames in .* but 6 in task"), "label": (CvatError, "'car' \\(type rectangle\\)")}
+    err, pattern = want[problem]
+    with pytest.raises(err, match=pattern):
+        run_annotate(video, tmp_path / "out.sqlite", text="car", cvat_task=task_id, progress=False)

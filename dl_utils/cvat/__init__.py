@@ -13,6 +13,7 @@ from .connection import (
     resolve_credentials,
 )
 from .labels import LabelSync, sync_labels, task_labels
+from .preflight import preflight
 from .pull import PullReport, pull
 from .push import DEFAULT_MAX_REQUEST_BYTES, PushReport, push, push_state
 from .tasks import JobInfo, TaskInfo, check_task_media, create_task, create_task_for_store, read_task
@@ -28,6 +29,7 @@ __all__ = [
     "RetryPolicy",
     "TaskInfo",
     "check_task_media",
+    "preflight",
     "connect",
     "create_task",
     "create_task_for_store",
