@@ -50,9 +50,15 @@ def _time(fn, device) -> float:
     return time.perf_counter() - t
 
 
+# the figures of the last run per backend (seconds per image), for bench/gpu_check.py
+RESULTS: dict[str, dict[str, float]] = {}
+
+
 def _report(name: str, ref: list[float], ours: list[float], batch: list[float], n_images: int) -> float:
     r, o, b = statistics.median(ref), statistics.median(ours), statistics.median(batch) / n_images
     ratio = r / o
+    RESULTS[name] = {"reference_s": r, "ours_s": o, "ours_batch_s": b, "ratio": ratio, "images": n_images,
+                     "rounds": len(ours) // max(n_images, 1)}
     print(f"{name:14s} reference {r * 1000:8.1f} ms/img | ours {o * 1000:8.1f} ms/img | ratio {ratio:5.3f}x "
           f"| ours batch {b * 1000:8.1f} ms/img ({r / b:5.2f}x)")
     return ratio

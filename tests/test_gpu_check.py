@@ -1,0 +1,276 @@
+"""bench/gpu_check.sh, bench/gpu_check.py and bench/gpu_bundle.sh (issue 13: the GPU-ready check).
+
+No GPU here: the check runs end to end on the CPU with tiny sizes, from the project's environment
+(``--no-install``), so the suite stays offline and needs no bundle. The offline install from a real bundle
+is tested only where one was built for this Python (``DL_UTILS_GPU_BUNDLE=DIR``, made with
+``bench/gpu_bundle.sh --python 3.11 --out DIR``). shellcheck runs on both scripts in tests/test_scripts.py.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+import gpu_check  # noqa: E402  (bench/ is not a package)
+
+CHECK = ROOT / "bench" / "gpu_check.sh"
+BUNDLE = ROOT / "bench" / "gpu_bundle.sh"
+
+
+def sh(*args: str, env: dict | None = None, timeout: int = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                          env={**os.environ, **(env or {})}, check=False)
+
+
+# ---- gpu_check.py arguments ----
+
+def test_defaults_run_every_section():
+    a = gpu_check.parse_args([])
+    assert a.sections == ["sam2", "detector", "grounded"]
+    assert a.backends == ["groundingdino", "transformers"]
+    assert a.device == "auto" and a.sam2_sizes is None and not a.quick and a.budget == 0
+
+
+def test_sections_and_sizes_are_checked_and_kept_in_order():
+    a = gpu_check.parse_args(["--sections", "grounded, sam2", "--sam2-sizes", "large,base+", "--quick",
+                              "--device", "cpu", "--backends", "transformers", "--out", "x.json"])
+    assert a.sections == ["sam2", "grounded"]  # documented order, whatever the command line's
+    assert a.sam2_sizes == ["large", "base+"] and a.backends == ["transformers"]
+    assert a.quick and a.device == "cpu" and a.out == "x.json"
+    for bad in (["--sections", "sam2,gpu"], ["--sections", ","], ["--sam2-sizes", "huge"], ["--device", "tpu"],
+                ["--backends", "yolo"]):
+        with pytest.raises(SystemExit):
+            gpu_check.parse_args(bad)
+
+
+def test_paper_figures_are_the_sam2_readme_ones():
+    p = gpu_check.PAPER
+    assert p["a100_compiled_fps"] == {"tiny": 91.2, "small": 84.8, "base+": 64.1, "large": 39.5}
+    assert p["a100_eager_fps"] == {"tiny": 47.2, "small": 43.3, "base+": 34.8, "large": 24.2}
+    assert "facebookresearch/sam2 README.md" in p["source"] and "A100" in p["source"]
+    assert set(gpu_check.SIZES) == set(p["a100_compiled_fps"])
+
+
+# ---- gpu_check.sh ----
+
+def fake_bundle(tmp_path: Path) -> Path:
+    b = tmp_path / "bundle"
+    (b / "wheels").mkdir(parents=True)
+    (b / "requirements.txt").write_text("sam2==1.1.0\n")
+    (b / "nodeps.txt").write_text("supervision==0.6.0\n")
+    return b
+
+
+def test_check_dry_run_installs_the_bundle_offline_then_runs(tmp_path):
+    b = fake_bundle(tmp_path)
+    r = sh(CHECK, "--dry-run", "--bundle", b, "--venv", tmp_path / "venv", "--sections", "sam2", "--quick",
+           "--out", tmp_path / "gpu.json")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert re.search(r"-m venv --without-pip .*venv$", lines[0].strip())
+    pips = [ln for ln in lines if " -m pip install " in ln]
+    assert len(pips) == 2 and all("--no-index" in ln and f"--find-links {b}/wheels" in ln for ln in pips)
+    assert pips[0].strip().endswith(f"-r {b}/requirements.txt")
+    assert "--no-deps" in pips[1] and pips[1].strip().endswith(f"-r {b}/nodeps.txt")
+    run = lines[-1]
+    assert f"{tmp_path}/venv/bin/python {ROOT}/bench/gpu_check.py --sections sam2 --quick --out {tmp_path}/gpu.json" in run
+    budget = int(re.search(r"--budget (\d+)", run).group(1))
+    assert 250 <= budget <= 300  # 345 s in all, less the step in flight
+
+
+def test_check_dry_run_without_install_and_explicit_budget(tmp_path):
+    r = sh(CHECK, "--dry-run", "--no-install", "--python", sys.executable, "--budget", "12", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"{sys.executable} {ROOT}/bench/gpu_check.py --budget 12 --device cpu"
+    assert "pip" not in r.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--bundle", "/nonexistent/bundle"], "bundle folder not found"),
+    (["--total", "soon"], "--total takes whole seconds"),
+])
+def test_check_refuses_bad_arguments(args, message):
+    r = sh(CHECK, "--dry-run", *args)
+    assert r.returncode == 2 and message in r.stderr
+
+
+def test_check_refuses_a_folder_that_is_not_a_bundle(tmp_path):
+    r = sh(CHECK, "--dry-run", "--bundle", tmp_path)
+    assert r.returncode == 2 and "is not a bundle" in r.stderr
+
+
+def test_check_refuses_a_python_without_torch(tmp_path):
+    py = tmp_path / "python3"
+    py.write_text("#!/bin/sh\nexit 1\n")
+    py.chmod(0o755)
+    r = sh(CHECK, "--no-install", "--python", py)
+    assert r.returncode == 2 and "has no torch" in r.stderr and "never installs one" in r.stderr
+
+
+# ---- gpu_bundle.sh ----
+
+def bundle_pins(*args: str) -> dict[str, list[str]]:
+    r = sh(BUNDLE, "--dry-run", *args)
+    assert r.returncode == 0, r.stderr
+    parts: dict[str, list[str]] = {}
+    key = None
+    for line in r.stdout.splitlines():
+        if line.startswith("# "):
+            key = line[2:].split(" ")[0]
+            parts.setdefault(key, [])
+        elif line.strip():
+            parts[key].append(line.strip())
+    return parts
+
+
+def test_bundle_dry_run_lists_the_pins_and_fetches_nothing():
+    p = bundle_pins()
+    req, nodeps, built = p["requirements.txt"], p["nodeps.txt"], p["built"]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][A-Za-z0-9.]*", x) for x in req + nodeps)
+    names = {x.split("==")[0].lower() for x in req}
+    assert {"sam2", "hydra-core", "omegaconf", "iopath", "av", "pycocotools", "natsort", "transformers",
+            "tokenizers", "huggingface_hub", "addict", "yapf"} <= names
+    assert not names & {"torch", "torchvision", "numpy", "pillow"}  # the machine's torch stack is used
+    assert "opencv-python-headless" not in names and "timm" not in names  # --with-fat / --complete only
+    assert nodeps == ["groundingdino-py==0.4.0", "supervision==0.6.0"]
+    assert "sam2==1.1.0" in built and "SAM2_BUILD_CUDA=0" in "\n".join(p["commands"])
+    assert all("--no-deps --only-binary=:all: --python-version 3.12 --implementation cp" in c
+               for c in p["commands"] if "download" in c)
+
+
+def test_bundle_options_add_the_rest():
+    p = bundle_pins("--complete", "--with-fat", "--python", "3.11,3.12")
+    names = {x.split("==")[0].lower() for x in p["requirements.txt"]}
+    assert {"timm", "pyyaml", "tqdm", "hf-xet", "pytest", "requests", "opencv-python-headless", "matplotlib"} <= names
+    downloads = [c for c in p["commands"] if "download" in c]
+    assert len(downloads) == 2 and "--python-version 3.11" in downloads[0]
+
+
+def test_bundle_pins_are_the_tested_versions():
+    """Each pin equals dockerPreAnnotation/constraints.txt (where listed) and the installed version."""
+    p = bundle_pins("--complete", "--with-fat")
+    constraints = {}
+    for line in (ROOT / "dockerPreAnnotation" / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==")
+            constraints[name.lower()] = version
+    for pin in p["requirements.txt"] + p["nodeps.txt"]:
+        name, version = pin.split("==")
+        if name.lower() in constraints:
+            assert constraints[name.lower()] == version, pin
+        assert importlib.metadata.version(name).split("+")[0] == version, pin
+
+
+@pytest.mark.parametrize("args,message", [(["--python", "3.10"], "Python >= 3.11"),
+                                          (["--python", "three"], "versions like"),
+                                          (["--bogus"], "unknown argument")])
+def test_bundle_refuses_bad_arguments(args, message):
+    r = sh(BUNDLE, "--dry-run", *args)
+    assert r.returncode == 2 and message in r.stderr
+
+
+# ---- end to end on the CPU ----
+
+def check_json(path: Path, sections: list[str]) -> dict:
+    res = json.loads(path.read_text())
+    m = res["meta"]
+    assert m["device"] == "cpu" and m["quick"] is True and m["torch"] and m["python"]
+    assert "random weights" in m["weights"] and "do" in m["weights"]
+    assert m["sections"] == sections and m["elapsed_s"] > 0
+    assert res["errors"] == [] and res["skipped"] == []
+    return res
+
+
+@pytest.mark.slow
+def test_quick_cpu_run_writes_every_figure(tmp_path):
+    out = tmp_path / "gpu.json"
+    r = sh(CHECK, "--no-install", "--python", sys.executable, "--device", "cpu", "--quick",
+           "--sections", "sam2,detector,grounded", "--frames", "4", "--grounded-frames", "4", "--every", "2",
+           "--backends", "groundingdino", "--threads", "2", "--out", out, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = check_json(out, ["sam2", "detector", "grounded"])
+    s = res["sam2"]
+    assert s["frames"] == 4 and s["image_size"] == 256 and s["objects"] == 1 and s["paper"] == gpu_check.PAPER
+    t = s["models"]["tiny"]
+    assert t["model"] == "sam2.1_hiera_tiny" and t["raw_fps"] > 0 and t["ours_fps"] > 0
+    assert t["ratio"] == pytest.approx(t["ours_fps"] / t["raw_fps"], rel=0.01)
+    assert t["paper_a100_compiled_fps"] == 91.2 and t["paper_a100_eager_fps"] == 47.2
+    d = res["detector"]["backends"]["groundingdino"]
+    assert d["reference_ms"] > 0 and d["ours_ms"] > 0 and d["ratio"] > 0 and d["ours_batch_ms"] > 0
+    g = res["grounded"]
+    assert g["frames"] == 4 and [x["every"] for x in g["runs"]] == [2]
+    run = g["runs"][0]
+    assert run["total_s"] > 0 and set(run["stages_s"]) >= {"decode", "detect", "segment", "propagate", "store"}
+    assert 0 <= run["detect_share"] <= 1 and g["raw_sam2"]["fps"] > 0 and g["detector_direct_ms_per_frame"] > 0
+    text = r.stdout
+    for needle in ("SAM 2.1 propagation", "ours/raw", "91.2 / 47.2", "| groundingdino |", "detect share",
+                   "speed does not depend on the weight values"):
+        assert needle in text, needle
+
+
+@pytest.mark.slow
+def test_spent_budget_skips_and_says_so(tmp_path):
+    out = tmp_path / "gpu.json"
+    r = sh(CHECK, "--no-install", "--python", sys.executable, "--device", "cpu", "--quick", "--budget", "0.001",
+           "--sections", "sam2,grounded", "--out", out, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert [s["what"] for s in res["skipped"]] == ["sam2", "grounded"]
+    assert all("time budget" in s["why"] for s in res["skipped"]) and "sam2" not in res
+    assert "skipped: sam2 (time budget" in r.stdout
+
+
+# ---- the offline install, where a bundle for this Python was built ----
+
+IMAGE = """certifi charset-normalizer contourpy cuda-bindings cuda-pathfinder cuda-toolkit cycler filelock fonttools fsspec
+hf-xet idna iniconfig jinja2 kiwisolver markupsafe matplotlib mpmath networkx numpy nvidia-cublas nvidia-cuda-cupti
+nvidia-cuda-nvrtc nvidia-cuda-runtime nvidia-cudnn-cu13 nvidia-cufft nvidia-cufile nvidia-curand nvidia-cusolver
+nvidia-cusparse nvidia-cusparselt-cu13 nvidia-nccl-cu13 nvidia-nvjitlink nvidia-nvshmem-cu13 nvidia-nvtx
+opencv-python-headless packaging pillow pip pluggy portalocker pygments pyparsing pytest python-dateutil pyyaml regex
+requests safetensors scipy setuptools six sympy timm torch torchvision tqdm triton typing-extensions urllib3""".split()
+
+
+def image_like_site(bundle: Path, farm: Path) -> Path:
+    """This environment's packages that the lent GPU image also has (KINDS.md), minus the bundle's, as links."""
+    norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
+    bundled = {norm(line.split("==")[0]) for f in ("requirements.txt", "nodeps.txt")
+               for line in (bundle / f).read_text().splitlines() if line and not line.startswith("#")}
+    keep = {norm(n) for n in IMAGE} - bundled
+    site = Path(importlib.metadata.distribution("torch").locate_file(""))
+    farm.mkdir()
+    for dist in importlib.metadata.distributions(path=[str(site)]):
+        if norm(dist.metadata["Name"]) in keep:
+            for top in {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith("..")}:
+                if (site / top).exists() and not (farm / top).exists():
+                    (farm / top).symlink_to(site / top)
+    return farm
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("DL_UTILS_GPU_BUNDLE"), reason="set DL_UTILS_GPU_BUNDLE to a bundle "
+                    "made with bench/gpu_bundle.sh --python X.Y for this Python")
+def test_offline_install_from_the_bundle(tmp_path):
+    bundle = Path(os.environ["DL_UTILS_GPU_BUNDLE"])
+    farm = image_like_site(bundle, tmp_path / "site")
+    base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    out = tmp_path / "gpu.json"
+    r = sh(CHECK, "--bundle", bundle, "--python", base, "--base-site", farm, "--venv", tmp_path / "venv",
+           "--device", "cpu", "--quick", "--sections", "sam2", "--frames", "4", "--out", out,
+           env={"PIP_NO_INDEX": "1"}, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "installing the bundle" in r.stderr
+    res = check_json(out, ["sam2"])
+    assert res["meta"]["executable"] == str(tmp_path / "venv" / "bin" / "python")
+    assert res["meta"]["packages"]["transformers"] == "4.57.6" and res["meta"]["packages"]["sam2"] == "1.1.0"
+    assert res["sam2"]["models"]["tiny"]["ours_fps"] > 0
