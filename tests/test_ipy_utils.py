@@ -556,3 +556,34 @@ def test_correction_repropagates_what_it_affects(clip, tmp_path, tiny_sam2_video
     assert all(np.array_equal(a.store.read_frame(f).by_object()[1].mask, before[f]) for f in range(4))
     # exactly the stale frames after the correction (5, 6, 7) were recomputed by that run
     assert "propagate both finished: 3 frames written" in a.status
+
+
+@requires_sam2
+def test_image_folder_of_mixed_sizes_each_image_at_its_own_geometry(tmp_path, tiny_sam2):
+    """Each image gets its own display geometry (fit scale, canvas size); clicks map to its pixels and
+    masks are stored at its size."""
+    from PIL import Image
+
+    from dl_utils.ipy_utils import Annotator
+    from tests.sam2_fixtures import test_image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    sizes = [(160, 120), (96, 200)]  # (w, h)
+    for i, (w, h) in enumerate(sizes):
+        Image.fromarray(test_image(h, w, seed=i)).save(folder / f"img{i}.png")
+    a = Annotator(folder, tmp_path / "m.sqlite", sam_model=tiny_sam2, max_size=(160, 100))
+    assert (a.view.width, a.view.height) == (160, 120) and a.view.canvas_size == (133, 100)
+    a.show(1)
+    assert (a.view.width, a.view.height) == (96, 200) and a.view.scale == 0.5
+    assert a.view.canvas_size == (48, 100) and (a.canvas.width, a.canvas.height) == (48, 100)
+    assert a.rendered().shape == (100, 48, 3)
+    _click(a, 20.2, 75.3)  # display (20, 75) at scale 0.5 -> source pixel (40, 150) of image 1
+    got = a.store.read_frame(1).by_object()[1]
+    assert got.prompts["points"] == [[40.0, 150.0, 1]] and got.mask.shape == (200, 96)
+    assert a.rendered().shape == (100, 48, 3)
+    a.show(0)
+    assert a.view.canvas_size == (133, 100) and a.rendered().shape == (100, 133, 3)
+    a.zoom(2.0)
+    a.show(1)  # a new image starts at its whole-frame view
+    assert a.view.zoom == 1.0 and (a.view.width, a.view.height) == (96, 200)

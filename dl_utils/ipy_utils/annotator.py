@@ -717,6 +717,7 @@ class Annotator:
         self.frame = int(frame)
         self._image = self.source[idx]
         self._base = None
+        self._fit_view(int(frame))
         if self.has_widgets:
             self._syncing = True
             try:
@@ -726,6 +727,16 @@ class Annotator:
             self.w_frame.value = f"frame <b>{frame}</b> ({idx + 1}/{len(self.source)})"
         self._draw_frame()
         self._draw_overlay()
+
+    def _fit_view(self, frame: int) -> None:
+        """In an image set of mixed sizes each image gets its own geometry: when the shown frame's
+        size differs from the view's, the view (fit scale, whole frame) and the canvas follow it."""
+        w, h = self.source.frame_size(frame)
+        if self.view is not None and (self.view.width, self.view.height) == (w, h):
+            return
+        self.view = geo.View(w, h, self._scale or geo.fit_scale(w, h, *self.max_size))
+        if self.has_widgets:
+            self._setup_canvas()
 
     def zoom(self, factor: float | None, x: float | None = None, y: float | None = None) -> None:
         """Zoom by ``factor`` around display point (x, y) (default: the canvas centre); ``None`` resets."""
