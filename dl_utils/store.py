@@ -625,11 +625,11 @@ class AnnotationStore:
          prompts, keyframe) = row
         mask = None
         if rle is not None and decode:
-            runs = np.frombuffer(zlib.decompress(rle), dtype="<u4")
-            box = tuple(int(v) for v in rle_box.split(","))
             try:
+                runs = np.frombuffer(zlib.decompress(rle), dtype="<u4")
+                box = tuple(int(v) for v in rle_box.split(","))
                 mask = decode_cvat_rle_array(runs, box, mh, mw)  # type: ignore[arg-type]
-            except MaskError as e:
+            except (MaskError, zlib.error, ValueError, TypeError, AttributeError) as e:
                 raise StoreError(
                     f"{self.path}: frame {frame}, object {oid}: stored mask is damaged ({e})"
                 ) from None

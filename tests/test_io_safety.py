@@ -590,3 +590,12 @@ def _umask() -> int:
     m = os.umask(0)
     os.umask(m)
     return m
+
+
+def test_store_with_a_garbled_mask_blob_names_frame_and_object(tmp_path):
+    p = tmp_path / "job.sqlite"
+    make_store(p)
+    with sqlite3.connect(p) as c:
+        c.execute("UPDATE instances SET rle = X'00112233' WHERE frame = 5 AND object_id = 1")
+    assert_one_line_error(run_cli("export", str(p), "--format", "coco", "--out", str(tmp_path / "c.json")),
+                          "job.sqlite: frame 5, object 1: stored mask is damaged")
