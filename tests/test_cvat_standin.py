@@ -427,3 +427,102 @@ def test_module_starts_and_serves():
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# ------------------------------------------------------------------------------------ issue 13: as strict as CVAT
+def test_content_negotiation_and_version(cvat_server):
+    for accept, status in (("application/json", 406), ("application/vnd.cvat+json", 200), ("*/*", 200),
+                           ("text/html", 200), ("application/vnd.cvat+json; version=1.0", 406),
+                           ("application/xml, text/plain", 406)):
+        r = urllib3.request("GET", cvat_server.url + "/api/users/self", retries=False,
+                            headers={"Accept": accept, "Authorization": f"Bearer {cvat_server.token}"})
+        assert r.status == status, accept
+    r = urllib3.request("GET", cvat_server.url + "/api/users/self", headers={"Accept": "application/json"},
+                        retries=False)
+    assert r.status == 406  # negotiation comes before authentication in DRF
+
+
+def test_label_type_attributes_and_tracks_rules(cvat_server, tmp_path):
+    client = sdk_client(cvat_server)
+    video = write_video(tmp_path / "clip.mp4", 8)
+    task = client.tasks.create({"name": "t", "overlap": 0, "labels": [
+        {"name": "box", "type": "rectangle", "attributes": [
+            {"name": "color", "mutable": False, "input_type": "text", "default_value": "", "values": []},
+            {"name": "moving", "mutable": True, "input_type": "text", "default_value": "", "values": []}]},
+        {"name": "any", "type": "any"}]})
+    task.upload_data([str(video)], resource_type=ResourceType.LOCAL, params={}, status_check_period=0.01)
+    labels = raw(cvat_server, "GET", "/api/labels", query={"task_id": task.id})[1]["results"]
+    lid = {lb["name"]: lb for lb in labels}
+    box, anyl = lid["box"]["id"], lid["any"]["id"]
+    immut, mut = [a["id"] for a in lid["box"]["attributes"]]
+    m = np.zeros((H, W), bool)
+    m[2:5, 3:9] = True
+
+    def patch(body):
+        full = {"version": 0, "tags": [], "shapes": [], "tracks": [], **body}
+        return raw(cvat_server, "PATCH", f"/api/tasks/{task.id}/annotations", full,
+                   query={"action": "create"})
+
+    st, body, _ = patch({"shapes": [{"type": "mask", "frame": 0, "label_id": box,
+                                     "points": encode_cvat_rle(m)}]})
+    assert st == 400 and "has type 'rectangle' and cannot take a mask shape" in json.dumps(body)
+    assert patch({"shapes": [{"type": "mask", "frame": 0, "label_id": anyl,
+                              "points": encode_cvat_rle(m)}]})[0] == 200
+    st, body, _ = patch({"shapes": [{"type": "rectangle", "frame": 0, "label_id": box, "points": [1, 1, 5, 5],
+                                     "attributes": [{"spec_id": 999, "value": "x"}]}]})
+    assert st == 400 and "spec_id `999` is invalid" in json.dumps(body)
+    track = {"frame": 0, "label_id": box, "attributes": [{"spec_id": mut, "value": "x"}],
+             "shapes": [{"type": "rectangle", "frame": 0, "points": [1, 1, 5, 5]}]}
+    st, body, _ = patch({"tracks": [track]})  # a mutable spec on the track itself: refused
+    assert st == 400 and f"spec_id `{mut}` is invalid" in json.dumps(body)
+    track["attributes"] = [{"spec_id": immut, "value": "red"}]
+    track["shapes"][0]["attributes"] = [{"spec_id": mut, "value": "yes"}]
+    assert patch({"tracks": [track]})[0] == 200
+    st, body, _ = patch({"tracks": [{"frame": 0, "label_id": anyl, "shapes": []}]})
+    assert st == 400 and "at least one shape" in json.dumps(body)
+    st, body, _ = patch({"tracks": [{"frame": 0, "label_id": anyl, "shapes": [
+        {"type": "mask", "frame": 0, "points": encode_cvat_rle(m)}]}]})
+    assert st == 400 and "masks cannot be tracked" in json.dumps(body)
+    # a track whose frame is before its first shape gets an outside shape there (not refused)
+    st, body, _ = patch({"tracks": [{"frame": 1, "label_id": anyl, "shapes": [
+        {"type": "rectangle", "frame": 3, "points": [1, 1, 5, 5]}]}]})
+    assert st == 200
+    got = body["tracks"][0]
+    assert got["frame"] == 1 and [(s["frame"], s["outside"]) for s in got["shapes"]] == [(1, True), (3, False)]
+    client.close()
+
+
+def test_task_level_writes_reach_every_overlapping_job(cvat_server, tmp_path):
+    client = sdk_client(cvat_server)
+    video = write_video(tmp_path / "clip.mp4", 20)
+    task = make_task(client, [video], segment_size=10)  # CVAT's default video overlap: 5
+    jobs = sorted(raw(cvat_server, "GET", "/api/jobs", query={"task_id": task.id})[1]["results"],
+                  key=lambda j: j["start_frame"])
+    assert [(j["start_frame"], j["stop_frame"]) for j in jobs] == [(0, 9), (5, 14), (10, 19)]
+    lid = label_ids(client, task)["car"]
+    body = {"version": 0, "tags": [], "shapes": [
+        {"type": "rectangle", "frame": 7, "label_id": lid, "points": [1, 1, 5, 5]}], "tracks": [
+        {"frame": 2, "label_id": lid, "shapes": [
+            {"type": "rectangle", "frame": 2, "points": [0, 0, 4, 4]},
+            {"type": "rectangle", "frame": 12, "points": [10, 0, 14, 4]},
+            {"type": "rectangle", "frame": 13, "points": [10, 0, 14, 4], "outside": True}]}]}
+    assert raw(cvat_server, "PATCH", f"/api/tasks/{task.id}/annotations", body,
+               query={"action": "create"})[0] == 200
+    per_job = [raw(cvat_server, "GET", f"/api/jobs/{j['id']}/annotations")[1] for j in jobs]
+    assert [[s["frame"] for s in d["shapes"]] for d in per_job] == [[7], [7], []]
+    frames = [[(s["frame"], s["outside"]) for s in d["tracks"][0]["shapes"]] if d["tracks"] else []
+              for d in per_job]
+    assert frames[0] == [(2, False), (9, False)]  # cut at the job's end, interpolated there
+    assert frames[1] == [(5, False), (12, False), (13, True)]
+    assert frames[2] == [(10, False), (12, False), (13, True)]
+    # the task view merges them back into one track (CVAT's merge across overlaps)
+    merged = raw(cvat_server, "GET", f"/api/tasks/{task.id}/annotations")[1]
+    assert len(merged["tracks"]) == 1 and len(merged["shapes"]) == 1  # identical rectangles: IoU 1
+    m = np.zeros((H, W), bool)
+    m[2:5, 3:9] = True
+    mask = {"type": "mask", "frame": 6, "label_id": lid, "points": encode_cvat_rle(m)}
+    raw(cvat_server, "PATCH", f"/api/tasks/{task.id}/annotations",
+        {"version": 0, "tags": [], "shapes": [mask], "tracks": []}, query={"action": "create"})
+    merged = raw(cvat_server, "GET", f"/api/tasks/{task.id}/annotations")[1]
+    assert [s["frame"] for s in merged["shapes"] if s["type"] == "mask"] == [6, 6]  # CVAT never merges masks
+    client.close()

@@ -1074,7 +1074,15 @@ def _stored_shape(st: State, s: dict, sid: int | None = None) -> dict:
 def _stored_track(st: State, t: dict, tid: int | None = None, old: dict | None = None) -> dict:
     old_ids = {s["id"] for s in (old or {}).get("shapes", [])}
     shapes = []
-    for s in sorted(t["shapes"], key=lambda s: s["frame"]):
+    src = sorted(t["shapes"], key=lambda s: s["frame"])
+    # cvat/apps/dataset_manager/task.py _correct_frame_of_tracked_shapes: a track starting before
+    # its first shape gets an outside copy of that shape on its frame; one starting after it is
+    # moved back to the first shape's frame
+    if src and t["frame"] < src[0]["frame"] and src[0]["type"] != "skeleton":
+        src.insert(0, {**src[0], "id": None, "frame": t["frame"], "outside": True})
+    elif src and src[0]["frame"] < t["frame"]:
+        t = {**t, "frame": src[0]["frame"]}
+    for s in src:
         sid = s["id"] if s.get("id") in old_ids else st.next_id("tracked_shape")
         shapes.append({"id": sid, "type": s["type"], "frame": s["frame"], "occluded": s["occluded"],
                        "outside": s["outside"], "z_order": s["z_order"], "rotation": s["rotation"],
@@ -1158,6 +1166,39 @@ def annotations_delete(srv: StandinServer, req: Request, kind: str, oid: int) ->
     return Response(204)
 
 
+def _split_for_jobs(section: str, item: dict, jobs: list[dict]) -> list[tuple[dict, dict]]:
+    """(job, the part of ``item`` in it) for every job the item reaches."""
+    if len(jobs) == 1:
+        return [(jobs[0], item)]
+    if section != "tracks":
+        return [(j, item) for j in jobs if j["start_frame"] <= item["frame"] <= j["stop_frame"]]
+    from .merge import _interpolated
+
+    out = []
+    shapes = sorted(item["shapes"], key=lambda s: s["frame"])
+    for j in jobs:
+        a, b = j["start_frame"], j["stop_frame"]
+        inside = [s for s in shapes if a <= s["frame"] <= b]
+        while inside and inside[0].get("outside"):  # leading outside shapes are not needed
+            inside.pop(0)
+        seen = _interpolated({**item, "shapes": shapes}, a, b + 1)
+        if a in seen and (not inside or inside[0]["frame"] > a):  # visible from an earlier keyframe
+            first = dict(seen[a])
+            first.pop("label_id", None)
+            first.pop("id", None)
+            inside.insert(0, first)
+        if not inside:
+            continue
+        later = [s for s in shapes if s["frame"] > b]
+        if later and b in seen and inside[-1]["frame"] < b and not inside[-1].get("outside"):
+            last = dict(seen[b])
+            last.pop("label_id", None)
+            last.pop("id", None)
+            inside.append(last)
+        out.append((j, {**item, "frame": inside[0]["frame"], "shapes": inside}))
+    return out
+
+
 def _job_for_frame(jobs: list[dict], frame: int) -> dict:
     for j in jobs:
         if j["start_frame"] <= frame <= j["stop_frame"]:
@@ -1176,9 +1217,11 @@ def annotations_write(srv: StandinServer, req: Request, kind: str, oid: int) -> 
     data = parse_labeled_data(req.json())
     media = st.media[t["id"]]
     lo, hi = jobs[0]["start_frame"], max(j["stop_frame"] for j in jobs)
-    label_ids = {lb["id"] for lb in st.task_labels(t["id"])}
+    task_labels = {lb["id"]: lb for lb in st.task_labels(t["id"])}
+    label_ids = set(task_labels)
     check_against_task(data, frame_range=(lo, hi), where=where, label_ids=label_ids,
-                       size_of=lambda f: media.size_of(f) if 0 <= f < len(media.numbers) else None)
+                       size_of=lambda f: media.size_of(f) if 0 <= f < len(media.numbers) else None,
+                       labels=task_labels if action != "delete" else None)
     touched: set[int] = set()
     result: dict[str, list] = {"tags": [], "shapes": [], "tracks": []}
     if action in ("update", "delete"):
@@ -1223,11 +1266,14 @@ def annotations_write(srv: StandinServer, req: Request, kind: str, oid: int) -> 
                 touched.add(j["id"])
         for section in ("tags", "shapes", "tracks"):
             for item in data[section]:
-                j = _job_for_frame(jobs, item["frame"])
-                new = _STORE[section](st, item)
-                getattr(st.annotations[j["id"]], section)[new["id"]] = new
-                result[section].append(new)
-                touched.add(j["id"])
+                # cvat/apps/dataset_manager/task.py TaskAnnotation._patch_data: the data is sliced
+                # per job (AnnotationIR.slice): an object on a frame in a job overlap goes to every
+                # job holding that frame; a track is cut to each job's frames
+                for j, part in _split_for_jobs(section, item, jobs):
+                    new = _STORE[section](st, part)
+                    getattr(st.annotations[j["id"]], section)[new["id"]] = new
+                    result[section].append(new)
+                    touched.add(j["id"])
     if touched:
         _bump(srv, t, touched)
     if action == "put":

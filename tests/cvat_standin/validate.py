@@ -347,6 +347,20 @@ def points_problem(shape_type: str, points: list[float], size: tuple[int, int] |
 
 
 # ------------------------------------------------------------------------------------------ semantics
+def label_accepts(label_type: str, shape_type: str | None) -> bool:
+    """Whether a label of ``label_type`` may carry a shape of ``shape_type`` (``None``: a tag).
+
+    CVAT's label types (cvat/apps/engine/models.py ``LabelType``) name the one shape type a label is
+    for; ``any`` takes every type. The UI enforces it; the stand-in refuses it on the API too (where
+    the server's own check is not certain, the stand-in is the stricter one).
+    """
+    if label_type in ("any", None, ""):
+        return True
+    if shape_type is None:
+        return label_type == "tag"
+    return label_type == shape_type
+
+
 def check_against_task(
     data: dict[str, Any],
     *,
@@ -354,10 +368,33 @@ def check_against_task(
     where: str,
     label_ids: set[int],
     size_of: Callable[[int], tuple[int, int] | None],
+    labels: dict[int, dict] | None = None,
 ) -> None:
-    """Stage 2: labels of the task, frames in the task / job range, points per shape type."""
+    """Stage 2: labels of the task (existence, type, attribute specs), frames in the task / job
+    range, points per shape type."""
     lo, hi = frame_range
     errs = Errors()
+    labels = labels or {}
+
+    def type_ok(section: str, i: int, lid: int, shape_type: str | None, fld: str = "type") -> None:
+        lb = labels.get(lid)
+        if lb is not None and not label_accepts(lb.get("type"), shape_type):
+            what = "a tag" if shape_type is None else f"a {shape_type} shape"
+            errs.add(section, i, fld, f"label {lid} ({lb.get('name')!r}) has type {lb.get('type')!r}"
+                     f" and cannot take {what}")
+
+    def attrs_ok(section: str, i: int, lid: int, attrs: list[dict], kind: str, fld: str = "attributes") -> None:
+        # cvat/apps/dataset_manager/task.py _validate_attribute_for_existence: the spec must be one
+        # of the label's; track attributes immutable specs, tracked-shape attributes mutable ones
+        lb = labels.get(lid)
+        if lb is None:
+            return
+        specs = {a["id"]: a for a in lb.get("attributes") or []}
+        for a in attrs:
+            spec = specs.get(a["spec_id"])
+            if spec is None or (kind == "immutable" and spec.get("mutable")) or (
+                    kind == "mutable" and not spec.get("mutable")):
+                errs.add(section, i, fld, f"spec_id `{a['spec_id']}` is invalid")
 
     def frame_ok(section: str, i: int, f: int, fld: str = "frame") -> bool:
         if not lo <= f <= hi:
@@ -373,9 +410,13 @@ def check_against_task(
     for i, t in enumerate(data.get("tags", [])):
         frame_ok("tags", i, t["frame"])
         label_ok("tags", i, t["label_id"])
+        type_ok("tags", i, t["label_id"], None, "label_id")
+        attrs_ok("tags", i, t["label_id"], t.get("attributes") or [], "all")
     for i, s in enumerate(data.get("shapes", [])):
         ok = frame_ok("shapes", i, s["frame"])
         label_ok("shapes", i, s["label_id"])
+        type_ok("shapes", i, s["label_id"], s["type"])
+        attrs_ok("shapes", i, s["label_id"], s.get("attributes") or [], "all")
         msg = points_problem(s["type"], s["points"], size_of(s["frame"]) if ok else None,
                              bool(s.get("elements")))
         if msg:
@@ -387,15 +428,24 @@ def check_against_task(
     for i, t in enumerate(data.get("tracks", [])):
         frame_ok("tracks", i, t["frame"])
         label_ok("tracks", i, t["label_id"])
+        attrs_ok("tracks", i, t["label_id"], t.get("attributes") or [], "immutable")
+        if not t["shapes"] and not t.get("elements"):
+            errs.add("tracks", i, "shapes", "a track needs at least one shape")
+        for k, sh in enumerate(t["shapes"]):
+            type_ok("tracks", i, t["label_id"], sh["type"], f"shapes[{k}].type")
+            attrs_ok("tracks", i, t["label_id"], sh.get("attributes") or [], "mutable",
+                     f"shapes[{k}].attributes")
+        if t["shapes"] and all(sh["type"] == "mask" for sh in t["shapes"]):
+            errs.add("tracks", i, "shapes", "masks cannot be tracked (CVAT has no mask tracks);"
+                     " send them as shapes")
         types = {s["type"] for s in t["shapes"]}
         if len(types) > 1:
             errs.add("tracks", i, "shapes", f"a track's shapes must share one type, got {sorted(types)}")
         frames = [s["frame"] for s in t["shapes"]]
         if len(set(frames)) != len(frames):
             errs.add("tracks", i, "shapes", "a track has two shapes on one frame")
-        if frames and min(frames) < t["frame"]:
-            errs.add("tracks", i, "frame", f"the track starts on frame {t['frame']} but has a shape on"
-                     f" frame {min(frames)}")
+        # a track frame different from its first shape's is corrected when stored (as CVAT's
+        # _correct_frame_of_tracked_shapes does), not refused
         for k, s in enumerate(t["shapes"]):
             if not frame_ok("tracks", i, s["frame"], f"shapes[{k}].frame"):
                 continue
