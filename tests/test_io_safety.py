@@ -29,7 +29,7 @@ import pytest
 from dl_utils.annotations import Instance, MediaInfo
 from dl_utils.cli import main
 from dl_utils.errors import OutputError, StoreError
-from dl_utils.formats import export_store, import_file
+from dl_utils.formats import export_store
 from dl_utils.store import AnnotationStore, staged_store
 from tests.test_cli import ROOT, assert_one_line_error, make_store, run_cli
 
@@ -300,11 +300,27 @@ def test_file_export_onto_a_symlink_writes_through(tmp_path, fmt):
 
 @pytest.mark.parametrize("fmt", ["cvat-video", "coco"])
 def test_file_export_refuses_a_device_and_a_folder(tmp_path, fmt):
+    """Never aimed at the real /dev/null: the code before the fix replaced it with a regular file
+    (for the whole machine). A FIFO and, where allowed (root), a private copy of the null device
+    in tmp_path stand in for it."""
     st = tmp_path / "s.sqlite"
     make_store(st)
-    assert_one_line_error(run_cli("export", str(st), "--format", fmt, "--out", "/dev/null"),
-                          "/dev/null", "not a regular file")
-    assert Path("/dev/null").is_char_device()
+    specials = []
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    specials.append(fifo)
+    dev = tmp_path / "null"
+    try:
+        os.mknod(dev, 0o666 | 0o020000, os.makedev(1, 3))  # S_IFCHR: the null device
+        specials.append(dev)
+    except (PermissionError, OSError):
+        pass
+    for sp in specials:
+        assert_one_line_error(run_cli("export", str(st), "--format", fmt, "--out", str(sp)),
+                              str(sp), "not a regular file")
+        assert sp.is_fifo() or sp.is_char_device()
+    for sp in specials:
+        sp.unlink()
     folder = tmp_path / "outdir"
     folder.mkdir()
     assert_one_line_error(run_cli("export", str(st), "--format", fmt, "--out", str(folder)),
@@ -390,7 +406,7 @@ def test_frames_split_on_a_full_disk_real_tmpfs(tmp_path, bedroom_mp4):
         f'$PY -m dl_utils frames split {bedroom_mp4} --parts 2 --out $T/m/parts; echo "rc=$?"; ls -a $T/m/parts\n',
         tmp_path)
     assert "rc=1" in proc.stdout and proc.stdout.split("rc=1")[1].split() == [".", ".."], proc.stdout
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("dl-utils: ")]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("dl-utils: error")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert errors[0].startswith("dl-utils: error: cannot write ") and "no space left on the device" in errors[0]
     assert f"free space on {tmp_path / 'm'}" in errors[0]
