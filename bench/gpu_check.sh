@@ -119,7 +119,13 @@ if [ "$INSTALL" = 1 ]; then
       "$PY" -m pip --version >/dev/null 2>&1 || die "no pip next to $PY or in the base site-packages"
       PIP=("$PY" -m pip --python "$RUN_PY" "${PIP[@]:3}")
     fi
-    "${PIP[@]}" -r "$BUNDLE/requirements.txt"
+    if ! "${PIP[@]}" -r "$BUNDLE/requirements.txt"; then
+      # e.g. the machine holds a dependency in a version outside a pin's range and the bundle has no
+      # other: install the bundle's own wheels as they are; the import check of gpu_check.py names
+      # whatever is then still missing
+      say "pip could not resolve the bundle against this machine's packages; installing its wheels with --no-deps"
+      "${PIP[@]}" --no-deps -r "$BUNDLE/requirements.txt"
+    fi
     "${PIP[@]}" --no-deps -r "$BUNDLE/nodeps.txt"
     echo "$STAMP" >"$VENV/.bundle-stamp"
     say "installed in $((SECONDS - START)) s"
