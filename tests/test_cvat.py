@@ -755,7 +755,7 @@ def test_accept_header_negotiated_like_cvat(cvat_server):
     conn.close()
 
 
-def test_token_with_crlf_from_env_works(cvat_server, monkeypatch):
+def test_token_with_crlf_from_env_works(cvat_server, monkeypatch, tmp_path):
     monkeypatch.setenv("CVAT_ACCESS_TOKEN", cvat_server.token + "\r\n")
     monkeypatch.delenv("CVAT_USERNAME", raising=False)
     c = resolve_credentials(cvat_server.url, prompt=False)
@@ -769,6 +769,20 @@ def test_token_with_crlf_from_env_works(cvat_server, monkeypatch):
     c = resolve_credentials("h.io", env={"CVAT_USERNAME": "ann\r", "CVAT_PASSWORD": "pw-crlf-999\r\n"},
                             prompt=False)
     assert (c.user, c.password) == ("ann", "pw-crlf-999")
+    # token and password files (docker secrets), written on Windows
+    tf = tmp_path / "token.txt"
+    tf.write_bytes(cvat_server.token.encode() + b"\r\n")
+    monkeypatch.delenv("CVAT_ACCESS_TOKEN")
+    monkeypatch.setenv("CVAT_ACCESS_TOKEN_FILE", str(tf))
+    conn = connect(cvat_server.url, prompt=False, retry=RetryPolicy(retries=0))
+    assert conn.request("GET", "/api/users/self", what="t")["username"] == "admin"
+    conn.close()
+    pf = tmp_path / "pw.txt"
+    pf.write_text("admin-pass\n")
+    c = resolve_credentials("h.io", env={"CVAT_USERNAME": "admin", "CVAT_PASSWORD_FILE": str(pf)}, prompt=False)
+    assert c.password == "admin-pass"
+    with pytest.raises(CvatError, match="CVAT_ACCESS_TOKEN_FILE=.*cannot be read"):
+        resolve_credentials("h.io", env={"CVAT_ACCESS_TOKEN_FILE": str(tmp_path / "nope")}, prompt=False)
 
 
 def test_token_with_inner_bad_character_is_a_typed_error_without_the_token(cvat_server, monkeypatch,

@@ -45,6 +45,8 @@ ENV_TOKEN = "CVAT_ACCESS_TOKEN"
 ENV_USER = "CVAT_USERNAME"
 ENV_PASSWORD = "CVAT_PASSWORD"
 ENV_ORG = "CVAT_ORG"
+ENV_TOKEN_FILE = "CVAT_ACCESS_TOKEN_FILE"  # a file holding the token (docker/k8s secrets)
+ENV_PASSWORD_FILE = "CVAT_PASSWORD_FILE"
 
 # every secret this process has been given, so any text can be scrubbed before it is shown
 _SECRETS: set[str] = set()
@@ -258,11 +260,11 @@ def resolve_credentials(
     token, password = clean_secret(token), clean_secret(password)
     user = user.strip() or None if isinstance(user, str) else user
     if token is None and user is None:
-        token = clean_secret(env.get(ENV_TOKEN))
+        token = clean_secret(env.get(ENV_TOKEN)) or _secret_file(env, ENV_TOKEN_FILE)
     if token is None:
         user = user or (env.get(ENV_USER) or "").strip() or None
         if user is not None and password is None:
-            password = clean_secret(env.get(ENV_PASSWORD))
+            password = clean_secret(env.get(ENV_PASSWORD)) or _secret_file(env, ENV_PASSWORD_FILE)
     can_prompt = _interactive() if prompt is None else prompt
     if token is None and (user is None or password is None):
         if not can_prompt:
@@ -282,6 +284,25 @@ def resolve_credentials(
                         password=None if token else password, org=org)
     _check_secret_chars(creds)
     return creds
+
+
+def _secret_file(env: Mapping[str, str], var: str) -> str | None:
+    """The secret in the file named by ``var`` (whitespace and line ends stripped), or None."""
+    path = (env.get(var) or "").strip()
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            text = fh.read()
+    except OSError as e:
+        raise CvatError(f"{var}={path!r} cannot be read ({e.strerror or type(e).__name__}); point it to"
+                        " the file that holds the secret") from None
+    except UnicodeDecodeError:
+        raise CvatError(f"{var}={path!r} is not a text file; put the secret in it as one line") from None
+    secret = clean_secret(text)
+    if secret is None:
+        raise CvatError(f"{var}={path!r} is empty; put the secret in it as one line")
+    return secret
 
 
 def _check_secret_chars(creds: "Credentials") -> None:
@@ -703,5 +724,7 @@ __all__ = [
     "ENV_USER",
     "ENV_PASSWORD",
     "ENV_ORG",
+    "ENV_TOKEN_FILE",
+    "ENV_PASSWORD_FILE",
     "MIN_SERVER_VERSION",
 ]
