@@ -489,3 +489,20 @@ def test_split_video_script_end_to_end(tmp_path):
     missing = subprocess.run([str(script), str(tmp_path / "nope.mp4"), "2"], capture_output=True,
                              text=True, timeout=60)
     assert missing.returncode != 0 and "nope.mp4" in missing.stderr
+
+
+@pytest.mark.parametrize("fmt,ext", [("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp"),
+                                     ("TIFF", "tif"), ("BMP", "bmp")])
+def test_image_size_from_header_matches_the_decoded_image(tmp_path, fmt, ext):
+    """Per-frame sizes come from headers; they must equal what read_image returns, EXIF turn
+    included (a TIFF's orientation tag once gave the unturned size, and every mask was refused)."""
+    from PIL import Image
+
+    from dl_utils.video_utils.sources import image_size, read_image
+
+    path = tmp_path / f"turned.{ext}"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 on display
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(path, fmt, exif=exif)
+    img = read_image(path)
+    assert image_size(path) == (img.shape[1], img.shape[0])

@@ -294,6 +294,8 @@ def read_image(path: Path) -> np.ndarray:
 
 # EXIF orientations that turn the picture a quarter (read_image applies them, so the size swaps)
 _EXIF_TRANSPOSED = frozenset({5, 6, 7, 8})
+# formats whose header size (+ EXIF orientation) Pillow reads as cv2 decodes them (checked per format)
+_HEADER_SIZED = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -305,6 +307,10 @@ def image_size(path: Path) -> tuple[int, int]:
     """
     from PIL import Image, UnidentifiedImageError
 
+    if path.suffix.lower() not in _HEADER_SIZED:
+        # TIFF and the rest: Pillow and cv2 disagree on where the orientation lives; decode
+        img = read_image(path)
+        return img.shape[1], img.shape[0]
     try:
         with Image.open(path) as im:
             w, h = im.size
