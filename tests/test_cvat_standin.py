@@ -526,3 +526,23 @@ def test_task_level_writes_reach_every_overlapping_job(cvat_server, tmp_path):
     merged = raw(cvat_server, "GET", f"/api/tasks/{task.id}/annotations")[1]
     assert [s["frame"] for s in merged["shapes"] if s["type"] == "mask"] == [6, 6]  # CVAT never merges masks
     client.close()
+
+
+def test_data_parameters_checked_like_cvat(cvat_server, tmp_path):
+    share = tmp_path
+    cvat_server.state.share_root = share
+    write_video(share / "v.mp4", 6)
+    st, task, _ = raw(cvat_server, "POST", "/api/tasks", {"name": "t", "labels": [{"name": "a"}]})
+    assert st == 201
+    tid = task["id"]
+    for params, field, words in (({}, "image_quality", "required"),
+                                 ({"image_quality": 70, "frame_filter": "every=2"}, "frame_filter", "Invalid"),
+                                 ({"image_quality": 70, "chunk_size": 0}, "chunk_size", "positive"),
+                                 ({"image_quality": 101}, "image_quality", "less than or equal to 100"),
+                                 ({"image_quality": 70, "start_frame": 4, "stop_frame": 2}, "stop_frame",
+                                  "more or equal")):
+        st, body, _ = raw(cvat_server, "POST", f"/api/tasks/{tid}/data", {"server_files": ["v.mp4"], **params})
+        assert st == 400 and words in json.dumps(body[field]), (params, body)
+    st, body, _ = raw(cvat_server, "POST", f"/api/tasks/{tid}/data",
+                      {"server_files": ["v.mp4"], "image_quality": 70, "frame_filter": "step=2"})
+    assert st == 202

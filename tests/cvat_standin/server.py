@@ -845,11 +845,20 @@ def _create_data(srv: StandinServer, t: dict, params: dict[str, Any], files: lis
     tid = t["id"]
     if params.get("cloud_storage_id") is not None:
         raise bad_request({"cloud_storage_id": ["cloud storages are not available in the stand-in"]})
+    # cvat/apps/engine/serializers.py DataSerializer: image_quality is required (0..100),
+    # frame_filter must read 'step=N' (N >= 1), chunk_size must be positive
+    if params.get("image_quality") is None:
+        raise bad_request({"image_quality": ["This field is required."]})
+    ff = params.get("frame_filter")
+    if ff not in (None, "") and not re.search(r"step\s*=\s*([1-9]\d*)", str(ff)):
+        raise bad_request({"frame_filter": ["Invalid frame filter expression"]})
+    if params.get("chunk_size") is not None and not int(params["chunk_size"]) > 0:
+        raise bad_request({"chunk_size": ["Chunk size must be a positive integer"]})
     for k in ("start_frame", "stop_frame", "image_quality"):
         v = params.get(k)
         if v is not None and (not isinstance(v, int) or v < 0):
             raise bad_request({k: ["Ensure this value is greater than or equal to 0."]})
-    iq = params.get("image_quality", 70)
+    iq = params["image_quality"]
     if not 0 <= int(iq) <= 100:
         raise bad_request({"image_quality": ["Ensure this value is less than or equal to 100."]})
     if params.get("stop_frame") is not None and params["stop_frame"] < params.get("start_frame", 0):
