@@ -301,8 +301,11 @@ def detector_baseline(detector, frames: list[np.ndarray], prompt: str) -> tuple[
 def raw_baseline(sam, folder: Path, boxes: np.ndarray) -> dict:
     import torch
 
+    # on CUDA in bf16 autocast, as upstream's README and benchmark.py run it (and as VideoSession does)
+    cuda = next(sam.parameters()).device.type == "cuda"
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), amp:
         st = sam.init_state(str(folder))
         t1 = time.perf_counter()
         for k, b in enumerate(boxes):

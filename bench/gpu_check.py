@@ -328,6 +328,12 @@ def section_grounded(chk: Check, device) -> None:
     cuda = device.type == "cuda"
     n = args.grounded_frames or (120 if not args.quick else 24 if cuda else 8)
     everies = args.every or ("1,10,30" if not args.quick else "1,10" if cuda else "1,4")
+    left = args.budget - chk.elapsed() if args.budget else None
+    if left is not None and left < 90 and not (args.quick or args.grounded_frames or args.every):
+        n, everies = 40, "1,10"  # one unit that cannot be cut short: made to fit what is left
+        chk.results.setdefault("notes", []).append(f"grounded shortened to {n} frames, every {everies}: "
+                                                   f"{left:.0f} s of the budget left")
+        print(f"  grounded shortened to {n} frames, every {everies} ({left:.0f} s of the budget left)", flush=True)
     size = args.image_size or (1024 if cuda else 256)
     argv = ["bench_grounded.py", "--device", str(device), "--frames", str(n), "--every", everies,
             "--image-size", str(size), "--size", "960x540" if cuda else "320x180"]
