@@ -1121,3 +1121,15 @@ def test_annotate_checks_cvat_before_any_model_loads(problem, cvat_server, tmp_p
     err, pattern = want[problem]
     with pytest.raises(err, match=pattern):
         run_annotate(video, tmp_path / "out.sqlite", text="car", cvat_task=task_id, progress=False)
+
+
+def test_old_uniform_store_against_mixed_task_gets_useful_advice(tmp_path):
+    mixed = MediaInfo(name="imgs", width=64, height=48, frames=list(range(5)), start=0, stop=4, step=1,
+                      frame_names=[f"img_{i:02d}.png" for i in range(5)], frame_sizes=MIXED)
+    old = MediaInfo(name="imgs", width=64, height=48, frames=list(range(5)), start=0, stop=4, step=1,
+                    frame_names=[f"img_{i:02d}.png" for i in range(5)])
+    with pytest.raises(CvatError) as ei:
+        check_task_media(old, TaskInfo(9, "imgs", mixed, [JobInfo(1, 0, 4)]), "old.sqlite")
+    msg = str(ei.value)
+    assert "first task frame 1 (img_01.png): 64x48 in old.sqlite but 80x40 in task 9" in msg
+    assert "keeps one size" in msg and "create-task" not in msg and "cvat pull NEW.sqlite --task 9" in msg

@@ -158,6 +158,13 @@ def check_task_media(store_media: MediaInfo, task: TaskInfo, store_name: str = "
             i = diff[0]
             problems.append(f"{len(diff)} image name(s) differ, first task frame {i}: {mine[i]!r} in"
                             f" {store_name} but {theirs[i]!r} in task {task.id}")
+    if (problems and advice is None and len(problems) == 1 and "differ in size" in problems[0]
+            and getattr(store_media, "frame_sizes", None) is None and getattr(tm, "frame_sizes", None)):
+        advice = (f"The images of task {task.id} have different sizes but {store_name} keeps one size"
+                  " for all of them (a store made before dl_utils kept each image's size, or from"
+                  " other files): make the store again from the images (`dl-utils import` or"
+                  f" `dl-utils annotate`), or pull the task into a new store (`dl-utils cvat pull"
+                  f" NEW.sqlite --task {task.id}`)")
     if problems:
         raise cvat_error(
             f"task {task.id} ({tm.name!r}) does not match {store_name} ({store_media.name!r}): "
