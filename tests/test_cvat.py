@@ -1133,3 +1133,27 @@ def test_old_uniform_store_against_mixed_task_gets_useful_advice(tmp_path):
     msg = str(ei.value)
     assert "first task frame 1 (img_01.png): 64x48 in old.sqlite but 80x40 in task 9" in msg
     assert "keeps one size" in msg and "create-task" not in msg and "cvat pull NEW.sqlite --task 9" in msg
+
+
+def test_label_names_cvat_cannot_store_are_refused_first(cvat_server, tmp_path, rng):
+    long = "a" * 65
+    st, body = None, None
+    import urllib3
+
+    r = urllib3.request("POST", cvat_server.url + "/api/tasks", retries=False,
+                        body=json.dumps({"name": "t", "labels": [{"name": long}]}).encode(),
+                        headers={"Authorization": f"Bearer {cvat_server.token}",
+                                 "Content-Type": "application/json"})
+    assert r.status == 400 and "64 characters" in r.data.decode()
+    conn = conn_for(cvat_server)
+    s, _ = make_store(tmp_path / "s.sqlite", rng, n_obj=1)
+    s.set_labels([Label(long, "#ff0000")])
+    s.add_object(long, id=9)
+    mark = n_requests(cvat_server)
+    with pytest.raises(InputError, match="65 characters; CVAT keeps at most 64"):
+        create_task_for_store(conn, s, files=[__file__], poll_interval=0.01)
+    with pytest.raises(InputError, match="at most 64"):
+        sync_labels(conn, s, project_id=1)
+    assert n_requests(cvat_server) == mark
+    conn.close()
+    s.close()

@@ -109,6 +109,20 @@ def compatible(label_type: str, shape_type: str) -> bool:
     return label_type in SHAPE_LABEL_TYPES.get(shape_type, ("any", shape_type))
 
 
+#: CVAT's Label.name is a 64-character field (cvat/apps/engine/models.py).
+MAX_LABEL_NAME = 64
+
+
+def check_label_names(names: Any, where: str) -> None:
+    """Refuse, before any request, a label name CVAT cannot store (empty, or over 64 characters)."""
+    for n in names:
+        if not str(n).strip():
+            raise InputError(f"{where}: a label name is empty; give every class a name")
+        if len(str(n)) > MAX_LABEL_NAME:
+            raise InputError(f"{where}: label name {str(n)[:40]!r}... has {len(str(n))} characters; CVAT"
+                             f" keeps at most {MAX_LABEL_NAME}: shorten it in the class table or store")
+
+
 def sync_labels(
     conn: CvatConnection,
     labels: Any,
@@ -125,6 +139,7 @@ def sync_labels(
     :meth:`LabelSync.check` to turn them into an error.
     """
     wanted = labels_of(labels)
+    check_label_names([lb.name for lb in wanted], "labels")
     if label_type is not None and label_type not in CREATABLE_TYPES:
         raise InputError(f"label type {label_type!r}: use one of {', '.join(CREATABLE_TYPES)}")
     kind, oid, desc = _target(conn, task_id, project_id)
@@ -169,5 +184,5 @@ def sync_labels(
     return res
 
 
-__all__ = ["LabelSync", "ServerLabel", "compatible", "labels_of", "server_labels", "sync_labels",
+__all__ = ["LabelSync", "ServerLabel", "check_label_names", "compatible", "labels_of", "server_labels", "sync_labels",
            "task_labels"]

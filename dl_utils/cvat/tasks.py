@@ -282,6 +282,9 @@ def create_task(
         if not label_specs:
             raise InputError("a task outside a project needs labels: give labels= (a class table or"
                              " store) or project_id=")
+        from .labels import check_label_names
+
+        check_label_names([x["name"] for x in label_specs], f"task {name!r}")
     images = len(files) > 1 or (media is not None and media.frame_names is not None)
     params: dict[str, Any] = {"image_quality": int(image_quality), "start_frame": start,
                               "use_cache": bool(use_cache)}

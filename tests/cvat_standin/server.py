@@ -525,6 +525,15 @@ def _label_specs(srv: StandinServer, specs: Any, *, task_id: int | None, project
         name = s.get("name")
         if not isinstance(name, str) or not name.strip():
             raise bad_request({"labels": {str(i): {"name": ["This field is required."]}}})
+        if len(name) > 64:  # cvat/apps/engine/models.py Label.name max_length=64
+            raise bad_request({"labels": {str(i): {"name": [
+                "Ensure this field has no more than 64 characters."]}}})
+        for a in s.get("attributes") or []:  # AttributeSpec: name <= 64, input_type choices
+            if not isinstance(a, dict) or not str(a.get("name") or "").strip() or len(str(a.get("name"))) > 64:
+                raise bad_request({"labels": {str(i): {"attributes": ["attribute name: 1..64 characters"]}}})
+            if a.get("input_type", "text") not in ("checkbox", "radio", "number", "text", "select"):
+                raise bad_request({"labels": {str(i): {"attributes": [
+                    f'"{a.get("input_type")}" is not a valid choice.']}}})
         if name in names or name in seen:
             raise bad_request({"labels": {str(i): {"name": [f"label name {name!r} is already used;"
                                                           " all label names must be unique"]}}})
