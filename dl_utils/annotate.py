@@ -126,16 +126,11 @@ def run_annotate(
     summary: dict[str, Any] = {"store": str(out)}
     src = open_frames(source)
     try:
+        if cvat_task is not None:  # server, credentials, task, frames, labels: before any model or store
+            summary["cvat_preflight"] = _cvat_preflight(src, out, prompt, entries, cvat_task, cvat_shape,
+                                                        connection)
         store = AnnotationStore.open_or_create(out, src.media_info())
         with store:
-            if cvat_task is not None:  # server, credentials, task, frames, labels: before any model
-                from .cvat import preflight
-
-                run_labels = [o.label for o in store.objects()] + [e["label"] for e in entries if e["label"]]
-                run_labels += list(prompt.phrases) if prompt is not None else []
-                summary["cvat_preflight"] = preflight(cvat_task, media=store.media, shape=cvat_shape,
-                                                      connection=connection, media_name=str(out),
-                                                      labels=run_labels)
             if table is not None:
                 ensure_labels(store, [e["label"] for e in entries if e["label"]], table)
             if src.kind == "video":
@@ -306,6 +301,23 @@ def _to_ranges(frames: set[int]) -> list[list[int]]:
 
 def _from_ranges(ranges: list[list[int]]) -> set[int]:
     return {f for a, b in ranges for f in range(int(a), int(b) + 1)}
+
+
+def _cvat_preflight(src: Any, out: Any, prompt: Any, entries: list, task: int, shape: str,
+                    connection: Any) -> dict[str, Any]:
+    """Everything the final push would refuse, checked first (dl_utils.cvat.preflight)."""
+    from pathlib import Path
+
+    from .cvat import preflight
+    from .store import AnnotationStore
+
+    media, labels = src.media_info(), [e["label"] for e in entries if e["label"]]
+    labels += list(prompt.phrases) if prompt is not None else []
+    if Path(out).exists():  # a resumed run: its store's numbering and objects are what gets pushed
+        with AnnotationStore.open(out) as st:
+            media, labels = st.media or media, labels + [o.label for o in st.objects()]
+    return preflight(task, media=media, labels=labels, shape=shape, connection=connection,
+                     media_name=str(out))
 
 
 def _push(store: Any, task: int, shape: str, connection: Any) -> dict[str, Any]:

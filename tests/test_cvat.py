@@ -1121,6 +1121,7 @@ def test_annotate_checks_cvat_before_any_model_loads(problem, cvat_server, tmp_p
     err, pattern = want[problem]
     with pytest.raises(err, match=pattern):
         run_annotate(video, tmp_path / "out.sqlite", text="car", cvat_task=task_id, progress=False)
+    assert not (tmp_path / "out.sqlite").exists()  # nothing made: not even the store
 
 
 def test_old_uniform_store_against_mixed_task_gets_useful_advice(tmp_path):
