@@ -263,14 +263,29 @@ def image_like_site(bundle: Path, farm: Path) -> Path:
 def test_offline_install_from_the_bundle(tmp_path):
     bundle = Path(os.environ["DL_UTILS_GPU_BUNDLE"])
     farm = image_like_site(bundle, tmp_path / "site")
+    # the image's own, newer transformers/tokenizers/huggingface_hub (which break groundingdino-py): the
+    # bundle's must shadow them, and they must stay untouched
+    newer = tmp_path / "newer"
+    for name, ver in (("transformers", "5.17.0"), ("tokenizers", "0.23.2"), ("huggingface_hub", "1.33.0")):
+        (newer / f"{name}-{ver}.dist-info").mkdir(parents=True)
+        (newer / f"{name}-{ver}.dist-info" / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {ver}\n")
+        (newer / f"{name}-{ver}.dist-info" / "RECORD").write_text(f"{name}/__init__.py,,\n")
+        (newer / name).mkdir()
+        (newer / name / "__init__.py").write_text(f"raise ImportError('the machine's {name} {ver} was imported')\n")
+    before = sorted(p.name for p in newer.rglob("*"))
     base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
     out = tmp_path / "gpu.json"
-    r = sh(CHECK, "--bundle", bundle, "--python", base, "--base-site", farm, "--venv", tmp_path / "venv",
-           "--device", "cpu", "--quick", "--sections", "sam2", "--frames", "4", "--out", out,
+    r = sh(CHECK, "--bundle", bundle, "--python", base, "--base-site", farm, "--base-site", newer,
+           "--venv", tmp_path / "venv", "--device", "cpu", "--quick", "--sections", "sam2,detector",
+           "--backends", "groundingdino", "--frames", "4", "--threads", "2", "--out", out,
            env={"PIP_NO_INDEX": "1"}, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "installing the bundle" in r.stderr
-    res = check_json(out, ["sam2"])
+    res = check_json(out, ["sam2", "detector"])
     assert res["meta"]["executable"] == str(tmp_path / "venv" / "bin" / "python")
-    assert res["meta"]["packages"]["transformers"] == "4.57.6" and res["meta"]["packages"]["sam2"] == "1.1.0"
+    pk = res["meta"]["packages"]
+    assert (pk["transformers"], pk["tokenizers"], pk["huggingface_hub"]) == ("4.57.6", "0.22.2", "0.36.2")
+    assert pk["sam2"] == "1.1.0" and pk["groundingdino-py"] == "0.4.0"
     assert res["sam2"]["models"]["tiny"]["ours_fps"] > 0
+    assert res["detector"]["backends"]["groundingdino"]["ours_ms"] > 0
+    assert sorted(p.name for p in newer.rglob("*")) == before
