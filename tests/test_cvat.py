@@ -1137,9 +1137,9 @@ def test_old_uniform_store_against_mixed_task_gets_useful_advice(tmp_path):
 
 
 def test_label_names_cvat_cannot_store_are_refused_first(cvat_server, tmp_path, rng):
-    long = "a" * 65
-    st, body = None, None
     import urllib3
+
+    long = "a" * 65
 
     r = urllib3.request("POST", cvat_server.url + "/api/tasks", retries=False,
                         body=json.dumps({"name": "t", "labels": [{"name": long}]}).encode(),
