@@ -230,6 +230,7 @@ def section_sam2(chk: Check, device) -> None:
                 sync(device)
             fr, fo = n / statistics.median(raw_t), n / statistics.median(our_t)
             row = {"model": name, "weights": str(ckpt) if ckpt else "random", "build_s": round(build_s, 2),
+                   "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
                    "raw_fps": round(fr, 2), "ours_fps": round(fo, 2), "ratio": round(fo / fr, 3),
                    "raw_s": raw_t, "ours_s": our_t,
                    "raw_end_to_end_s": statistics.median(raw_all), "ours_end_to_end_s": statistics.median(our_all),
