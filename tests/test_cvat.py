@@ -1158,3 +1158,10 @@ def test_label_names_cvat_cannot_store_are_refused_first(cvat_server, tmp_path, 
     assert n_requests(cvat_server) == mark
     conn.close()
     s.close()
+
+
+def test_unknown_host_name_fails_at_once():
+    waits = Sleeps()
+    with pytest.raises(CvatError, match="cannot be resolved; check --host"):
+        connect("https://cvat.no-such-host.invalid", token="tok-some-123456", prompt=False, sleep=waits)
+    assert waits == []  # not retried

@@ -439,6 +439,7 @@ class CvatConnection:
         self.stats = Stats()
         self.server_version: tuple[int, ...] | None = None
         self.server_version_text: str | None = None
+        self._reached = False  # an answer came back once (a later name lookup failure is a blip)
 
     def __repr__(self) -> str:
         ver = self.server_version_text or "?"
@@ -483,6 +484,12 @@ class CvatConnection:
                 method, url, body=body, headers=headers, retries=False, preload_content=True,
                 timeout=urllib3.Timeout(connect=30.0, read=self.timeout),
             )
+        except urllib3.exceptions.NameResolutionError:
+            if not self._reached:  # never reached: a wrong host name, not a network blip
+                raise cvat_error(
+                    f"{what}: the host name of {self.host} cannot be resolved; check --host /"
+                    f" {ENV_HOST} (e.g. https://cvat.example.com)") from None
+            raise _Transient(f"{what}: cannot resolve the host name of {self.host}", unknown=False) from None
         except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError) as e:
             raise _Transient(f"{what}: cannot connect to {self.host} ({type(e).__name__})",
                              unknown=False) from None
@@ -494,6 +501,7 @@ class CvatConnection:
             raise cvat_error(f"{what}: the request could not be sent ({type(e).__name__}: {e}); check"
                              f" the host address and {ENV_TOKEN}") from None
         data = r.data or b""
+        self._reached = True
         self.stats.bytes_received += len(data)
         if r.status == 429:
             raise _Transient(f"{what}: the server is rate limiting (429)", unknown=False,
