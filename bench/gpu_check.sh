@@ -93,7 +93,9 @@ fi
 RUN_PY="$PY"
 if [ "$INSTALL" = 1 ]; then
   if [ ${#BASE_SITES[@]} -eq 0 ] && [ "$DRY_RUN" = 0 ]; then
-    mapfile -t BASE_SITES < <("$PY" -c 'import site; print("\n".join(site.getsitepackages()))')
+    mapfile -t BASE_SITES < <("$PY" -c 'import site
+user = [site.getusersitepackages()] if site.ENABLE_USER_SITE else []
+print("\n".join(user + site.getsitepackages()))')
   fi
   STAMP="$( (cat "$BUNDLE/requirements.txt" "$BUNDLE/nodeps.txt"; ls "$BUNDLE/wheels"; printf '%s\n' "$PY" "${BASE_SITES[@]}") |
     cksum | cut -d' ' -f1)"
