@@ -12,6 +12,7 @@ import importlib.metadata
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -204,7 +205,7 @@ def test_quick_cpu_run_writes_every_figure(tmp_path):
     assert s["frames"] == 4 and s["image_size"] == 256 and s["objects"] == 1 and s["paper"] == gpu_check.PAPER
     t = s["models"]["tiny"]
     assert t["model"] == "sam2.1_hiera_tiny" and t["raw_fps"] > 0 and t["ours_fps"] > 0
-    assert t["ratio"] == pytest.approx(t["ours_fps"] / t["raw_fps"], rel=0.01)
+    assert t["ratio"] == pytest.approx(statistics.median(t["raw_s"]) / statistics.median(t["ours_s"]), abs=1e-3)
     assert t["paper_a100_compiled_fps"] == 91.2 and t["paper_a100_eager_fps"] == 47.2
     d = res["detector"]["backends"]["groundingdino"]
     assert d["reference_ms"] > 0 and d["ours_ms"] > 0 and d["ratio"] > 0 and d["ours_batch_ms"] > 0
