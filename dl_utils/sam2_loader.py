@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -32,7 +31,7 @@ from .models import (
     ModelSpec,
     check_sha256,
     clean_official_state_dict,
-    describe_file,
+    harmless_warnings_hidden,
     why_unreadable,
     is_registry_download,
     find_spec,
@@ -331,8 +330,7 @@ def build_sam2_model(
             )
     dev = pick_device(device)
     cfg = _compose(config, overrides)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script deprecation inside sam2
+    with harmless_warnings_hidden():  # torch.jit.script deprecation inside sam2
         if random_weights:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
@@ -372,8 +370,7 @@ def make_image_predictor(sam_model: Any, *, predictor_cls: Any = None, **kwargs:
     require_sam2()
     if predictor_cls is None:
         from sam2.sam2_image_predictor import SAM2ImagePredictor as predictor_cls
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script deprecation in SAM2Transforms
+    with harmless_warnings_hidden():  # torch.jit.script deprecation in SAM2Transforms
         pred = predictor_cls(sam_model, **kwargs)
     pred._bb_feat_sizes = bb_feat_sizes(sam_model.image_size)
     return pred

@@ -353,3 +353,24 @@ def test_detect_command_tracks_a_video(hf_model_dir, tiny_sam2_video, bedroom_mp
         # found on keyframe 3, tracked forward to 5 and backward to the previous keyframe, 0
         assert sorted(st.read_object(first)) == list(range(6))
         assert all(i.mask is not None and i.mask.shape == (160, 224) for i in st.read_object(first).values())
+
+
+@requires_sam2
+def test_real_session_stop_past_the_end_means_to_the_end(tiny_sam2_video, tmp_path):  # noqa: F811
+    """As the frame sources and CVAT: stop=600 on an 8-frame video runs to the end (was a FrameIndexError)."""
+    from dl_utils.sam2al import VideoSession
+    from dl_utils.video_utils import open_frames, write_video
+    from tests.conftest import synthetic_frame
+
+    clip = write_video(tmp_path / "c.mp4", (synthetic_frame(i) for i in range(8)), fps=10, preset="ultrafast")
+    src = open_frames(clip)
+    store = AnnotationStore.create(tmp_path / "r.sqlite", src.media_info())
+    sess = VideoSession(src, store, sam_model=tiny_sam2_video)
+
+    class Fixed:
+        def detect(self, image, prompt=None):
+            return Detections(boxes=[[20, 10, 80, 70]], scores=[0.8], phrases=["bed"], labels=["bed"])
+
+    s = GroundedVideoTracker(sess, Fixed(), "bed.", every=4).run(stop=600, progress=False)
+    assert s["status"] == "done" and store.frames() == list(range(8))
+    store.close()

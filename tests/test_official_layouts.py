@@ -22,6 +22,7 @@ Each file then goes through ``dl-utils segment ... --checkpoint FILE`` or ``dl-u
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -143,13 +144,23 @@ def test_groundingdino_official_layout_through_detect_cli(name, text_encoder_dir
         weights = _gd_official_file(name, text_encoder_dir, tmp_path)
         img = tmp_path / "street.png"
         save_image(img, scene(240, 320))
+        models = tmp_path / "models"
         try:
             s = _run_cli(["detect", str(img), "--text", "car. person", "--out", str(tmp_path / "d.sqlite"),
                           "--model", str(weights), "--text-encoder", str(text_encoder_dir),
                           "--detector-size", "240", "--device", "cpu", "--box-threshold", "0.0"], capsys)
+            assert s["frames"] == 1 and s["detections"] > 0
+            # the registry route: weights and the bert-base-uncased entry (a save_pretrained BERT folder)
+            # where `dl-utils models download` puts them, named by the registry name only
+            models.mkdir()
+            weights = weights.rename(models / weights.name)
+            shutil.copytree(text_encoder_dir, models / "bert-base-uncased")
+            s = _run_cli(["detect", str(img), "--text", "car. person", "--out", str(tmp_path / "d2.sqlite"),
+                          "--model", name, "--detector-size", "240", "--device", "cpu", "--box-threshold", "0.0"],
+                         capsys)
+            assert s["frames"] == 1 and s["detections"] > 0
         finally:
             weights.unlink(missing_ok=True)
-    assert s["frames"] == 1 and s["detections"] > 0
 
 
 @pytest.mark.skipif(not HAVE_GD, reason=SKIP_GD)
