@@ -245,11 +245,12 @@ def section_sam2(chk: Check, device) -> None:
                   f"paper A100: {PAPER['a100_compiled_fps'][short]} compiled, {PAPER['a100_eager_fps'][short]} eager "
                   f"(raw/paper {fr / PAPER['a100_compiled_fps'][short]:.2f}x, {fr / PAPER['a100_eager_fps'][short]:.2f}x)"
                   f" | {row['weights']} weights", flush=True)
-            del model
+        except Exception as e:  # noqa: BLE001  one size failing (out of memory, say) must not lose the others
+            chk.error(f"sam2 {short}", e)
+        finally:
+            model = None
             if cuda:
                 torch.cuda.empty_cache()
-        except Exception as e:  # noqa: BLE001  one size failing must not lose the others
-            chk.error(f"sam2 {short}", e)
         chk.save()
 
 
