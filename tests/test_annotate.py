@@ -238,6 +238,9 @@ def test_annotate_command_end_to_end(tiny_sam2_video, clip, tmp_path, hf_model_d
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    import re
+
+    assert not re.search(r"\b\w*Warning\b", proc.stderr), proc.stderr[-3000:]  # no raw library warnings
     s = json.loads(proc.stdout)
     assert s["points"]["applied"] == 1 and s["text"]["status"] in ("done", "no objects found")
     with AnnotationStore.open(out, readonly=True) as st:
