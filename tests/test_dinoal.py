@@ -761,3 +761,21 @@ def test_detect_mixed_size_image_folder_each_image_at_its_size(tf_backend, tmp_p
                     assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
                     if seg is not None:
                         assert inst.mask.shape == (h, w)
+
+
+@requires_gd
+def test_detect_model_that_is_a_photo_is_never_called_damaged(text_encoder_dir, tmp_path, capsys):
+    """`detect --model precious.jpg`: says what the file is and how to get weights; the file is kept."""
+    from dl_utils.cli import main
+    from dl_utils.cv_utils import save_image
+
+    photo = tmp_path / "precious.jpg"
+    photo.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF" + bytes(3000))
+    img = tmp_path / "a.png"
+    save_image(img, scene(240, 320))
+    assert main(["detect", str(img), "--text", "car", "--out", str(tmp_path / "d.sqlite"), "--model", str(photo),
+                 "--text-encoder", str(text_encoder_dir), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "precious.jpg is not a GroundingDINO checkpoint: it is a JPEG image" in err
+    assert "dl-utils models download groundingdino-swint-ogc" in err and "delete" not in err
+    assert photo.stat().st_size == 3010
