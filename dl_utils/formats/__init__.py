@@ -45,7 +45,8 @@ def export_store(store: Any, fmt: str, out: str | os.PathLike, **opts: Any) -> P
     if unknown:
         raise InputError(f"export option(s) {unknown} do not apply to {fmt}; use {sorted(allowed)}")
     if fmt != "png-masks":
-        output_file(out)  # a folder, device or dangling link is refused before any work
+        # a folder, device or dangling link is refused before any work
+        output_file(out, ".json" if fmt == "coco" else ".xml")
     if fmt == "cvat-video":
         return export_cvat(store, out, video=True, **opts)
     if fmt == "cvat-images":

@@ -235,7 +235,7 @@ def output_error(path: str | os.PathLike, e: OSError, *, cls: type = OutputError
     return cls(msg)
 
 
-def output_file(out: str | os.PathLike) -> Path:
+def output_file(out: str | os.PathLike, suffix: str = ".xml") -> Path:
     """The file an export of ``out`` really writes, checked before any work.
 
     A folder, a device, a pipe or a socket is refused (an export never replaces one); a symlink to
@@ -253,7 +253,8 @@ def output_file(out: str | os.PathLike) -> Path:
     if out.exists():
         st = out.stat()
         if stat.S_ISDIR(st.st_mode):
-            raise OutputError(f"{out} is a folder; give a file path for --out (e.g. {out / 'annotations.xml'})")
+            example = out / ("annotations" + suffix)
+            raise OutputError(f"{out} is a folder; give a file path for --out (e.g. {example})")
         if not stat.S_ISREG(st.st_mode):
             raise OutputError(
                 f"{out} is not a regular file (a device, pipe or socket); an export writes a file:"
@@ -266,6 +267,20 @@ def output_file(out: str | os.PathLike) -> Path:
     except OSError as e:
         raise output_error(out.parent, e) from None
     return out
+
+
+def _what_is(path: Path) -> str:
+    """'a file', 'a device', ... for messages about a path that is in the way."""
+    mode = path.stat().st_mode
+    if stat.S_ISREG(mode):
+        return "a file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a folder"
 
 
 @contextmanager
@@ -351,7 +366,7 @@ def atomic_folder(
         out = target
     out = Path(os.path.abspath(out))
     if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} is a file; this export writes a folder, give a folder path for --out")
+        raise OutputError(f"{out} is {_what_is(out)}; this export writes a folder, give a folder path for --out")
     parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

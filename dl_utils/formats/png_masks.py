@@ -36,6 +36,7 @@ from ..annotations import color_to_rgb
 from ..cv_utils import color_for_index
 from ..errors import InputError, OutputError
 from ._common import (
+    _what_is,
     atomic_folder,
     instance_mask,
     output_error,
@@ -100,7 +101,9 @@ def export_png_masks(
         raise InputError(f"sequence={sequence!r}: use 'media' (every frame) or 'visible'")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} is a file; png-masks writes a folder, give a folder path for --out")
+        raise OutputError(
+            f"{out} is {_what_is(out)}; png-masks writes a folder, give a folder path for --out"
+        )
     media_full = require_media(store)
     frames = select_frames(media_full, start, stop)
     media = sub_media(media_full, frames)
