@@ -1183,3 +1183,38 @@ def test_unknown_host_name_fails_at_once():
     with pytest.raises(CvatError, match="cannot be resolved; check --host"):
         connect("https://cvat.no-such-host.invalid", token="tok-some-123456", prompt=False, sleep=waits)
     assert waits == []  # not retried
+
+
+def test_dry_runs_read_a_store_on_a_read_only_disk(tmp_path, rng, cvat_server, monkeypatch):
+    """Issue 13: a valid store on a read-only file system was called damaged by push/pull. Every
+    command that only reads the store (labels --store, each --dry-run) now opens it read-only."""
+    from tests.test_io_safety import UNSHARE, in_namespace, parse_sections
+
+    if UNSHARE is None:
+        pytest.skip("cannot mount a tmpfs in a private namespace here")
+    monkeypatch.setenv("CVAT_HOST", cvat_server.url)
+    monkeypatch.setenv("CVAT_ACCESS_TOKEN", token_of(cvat_server))
+    video = write_clip(tmp_path / "clip.mp4", 27)
+    st, _ = make_store(tmp_path / "job.sqlite", rng)
+    st.set_media(MediaInfo(**{**st.media.to_dict(), "path": video}))
+    c = conn_for(cvat_server)
+    task = create_task_for_store(c, st)
+    push(st, c, task.id)
+    c.close()
+    st.close()
+    cmd = "$PY -m dl_utils cvat"
+    proc = in_namespace(
+        "set -e; mkdir -p $T/m; mount -t tmpfs tmpfs $T/m; cp $T/job.sqlite $T/m/\n"
+        "mount -o remount,ro $T/m\n"
+        f'echo "== labels"; {cmd} labels --task {task.id} --store $T/m/job.sqlite --dry-run 2>&1 || true\n'
+        f'echo "== create"; {cmd} create-task $T/m/job.sqlite --dry-run 2>&1 || true\n'
+        f'echo "== push"; {cmd} push $T/m/job.sqlite --task {task.id} --dry-run 2>&1 || true\n'
+        f'echo "== pull"; {cmd} pull $T/m/job.sqlite --task {task.id} --dry-run 2>&1 || true\n'
+        f'echo "== write"; {cmd} push $T/m/job.sqlite --task {task.id} 2>&1 || true\n', tmp_path)
+    sec = parse_sections(proc.stdout)
+    assert set(sec) == {"labels", "create", "push", "pull", "write"}, proc.stdout + proc.stderr
+    for name in ("labels", "create", "push", "pull"):
+        assert "error" not in sec[name], (name, sec[name])
+    assert "would create task" in sec["create"] and "would send" in sec["push"]
+    assert "read-only" in sec["write"] and "copy it to a writable place" in sec["write"]
+    assert "backup" not in proc.stdout

@@ -44,12 +44,14 @@ def _connect(args: argparse.Namespace):
                    prompt=False if args.no_prompt else None)
 
 
-def _open_store(path: str, *, must_exist: bool = True):
+def _open_store(path: str, *, must_exist: bool = True, readonly: bool = False):
+    """``readonly`` where the command only reads the store (label sync, every --dry-run): a store
+    on a read-only disk or share can then be checked against the server."""
     from ..store import AnnotationStore
 
     if must_exist and not Path(path).exists():
         raise InputError(f"annotation store {path} does not exist; check the path")
-    return AnnotationStore.open(path)
+    return AnnotationStore.open(path, readonly=readonly)
 
 
 # ------------------------------------------------------------------------------------ handlers
@@ -64,7 +66,7 @@ def cmd_cvat_labels(args: argparse.Namespace) -> int:
 
         source: Any = ClassTable.load(args.classes)
     else:
-        source = _open_store(args.store)
+        source = _open_store(args.store, readonly=True)
     with _connect(args) as conn:
         res = sync_labels(conn, source, task_id=args.task, project_id=args.project,
                           label_type=args.type, dry_run=args.dry_run)
@@ -87,7 +89,7 @@ def cmd_cvat_create_task(args: argparse.Namespace) -> int:
     """Create a task from the store's media (or --files) with the store's frame numbering."""
     from .tasks import TaskInfo, create_task_for_store
 
-    store = _open_store(args.store)
+    store = _open_store(args.store, readonly=args.dry_run)
     with store, _connect(args) as conn:
         res = create_task_for_store(
             conn, store, name=args.name, files=args.files, project_id=args.project,
@@ -126,7 +128,7 @@ def cmd_cvat_push(args: argparse.Namespace) -> int:
             raise InputError(f"--objects {args.objects!r}: give ids separated by commas, e.g. 1,2,5") from None
     if args.max_request_mb <= 0:
         raise InputError(f"--max-request-mb {args.max_request_mb}: use a positive size")
-    store = _open_store(args.store)
+    store = _open_store(args.store, readonly=args.dry_run)
     with store, _connect(args) as conn:
         rep = push(store, conn, args.task, shape=args.shape,
                    tracks=False if args.shapes_only else None, objects=objects,
@@ -156,7 +158,8 @@ def cmd_cvat_pull(args: argparse.Namespace) -> int:
         tmp = tempfile.TemporaryDirectory()
         store = AnnotationStore.create(Path(tmp.name) / "dry.sqlite")
     else:
-        store = AnnotationStore.create(path) if created else AnnotationStore.open(path)
+        store = (AnnotationStore.create(path) if created
+                 else AnnotationStore.open(path, readonly=args.dry_run))
     try:
         with store, _connect(args) as conn:
             rep = pull(store, conn, args.task, rasterize=not args.no_rasterize,
