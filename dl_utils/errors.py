@@ -7,6 +7,9 @@ library traceback to fix their input.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class DlUtilsError(Exception):
     """Base class: an expected failure with a message meant for the user."""
@@ -57,7 +60,19 @@ class CvatError(DlUtilsError):
     """The CVAT server refused a request or does not match the local data."""
 
 
+def mount_point(path: str | os.PathLike) -> Path:
+    """The mount point holding ``path``: what a user frees space on when a write finds the disk
+    full (store commits, exports, video parts all name it the same way)."""
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
 __all__ = [
+    "mount_point",
     "DlUtilsError",
     "InputError",
     "MediaError",

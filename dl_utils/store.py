@@ -34,7 +34,7 @@ import numpy as np
 
 from .annotations import Instance, Instances, Label, MediaInfo, ObjectInfo, ShapeType, Source
 from .cv_utils.rle import decode_cvat_rle_array, encode_cvat_rle_array
-from .errors import InputError, MaskError, StoreError, StoreVersionError
+from .errors import InputError, MaskError, StoreError, StoreVersionError, mount_point
 
 SCHEMA_VERSION = 1
 
@@ -126,15 +126,6 @@ def _readonly_failure(e: sqlite3.DatabaseError) -> bool:
         "readonly" in low or "read-only" in low or "unable to open database file" in low
         or (code is not None and code & 0xFF in (8, 14))  # SQLITE_READONLY, SQLITE_CANTOPEN
     )
-
-
-def _mount_point(path: Path) -> Path:
-    p = Path(os.path.abspath(path))
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    while not os.path.ismount(p) and p != p.parent:
-        p = p.parent
-    return p
 
 
 def _dumps(value: Any) -> str:
@@ -230,7 +221,7 @@ class AnnotationStore:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             return StoreError(
                 f"cannot write {self.path}: no space left on the device; free space on"
-                f" {_mount_point(self.path)} and run again (what was committed is kept)"
+                f" {mount_point(self.path)} and run again (what was committed is kept)"
             )
         if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             return StoreError(
@@ -245,7 +236,7 @@ class AnnotationStore:
         if "disk is full" in low or getattr(e, "sqlite_errorcode", None) == 13:  # SQLITE_FULL
             return StoreError(
                 f"cannot write {self.path}: no space left on the device ({text}); free space on"
-                f" {_mount_point(self.path)} and run again (what was committed is kept)"
+                f" {mount_point(self.path)} and run again (what was committed is kept)"
             )
         if _readonly_failure(e):
             return StoreError(

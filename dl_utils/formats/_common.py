@@ -31,7 +31,7 @@ from ..annotations import (
     box_from_mask,
 )
 from ..cv_utils import box_to_mask, color_for_index, mask_to_polygons, polygons_to_mask
-from ..errors import DlUtilsError, FormatError, InputError, OutputError
+from ..errors import DlUtilsError, FormatError, InputError, OutputError, mount_point
 
 #: Frames written per ``store.write_frames`` transaction on import (bounded memory, few commits).
 WRITE_BATCH = 64
@@ -204,16 +204,6 @@ def parse_source(value: Any) -> Source:
         return Source(str(value).strip().lower())
     except ValueError:
         return Source.MANUAL
-
-
-def mount_point(path: str | os.PathLike) -> Path:
-    """The mount point holding ``path`` (what a user frees space on)."""
-    p = Path(os.path.abspath(path))
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    while not os.path.ismount(p) and p != p.parent:
-        p = p.parent
-    return p
 
 
 def output_error(path: str | os.PathLike, e: OSError, *, cls: type = OutputError) -> DlUtilsError:

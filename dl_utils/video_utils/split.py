@@ -18,7 +18,7 @@ import av
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import InputError, MediaError
+from ..errors import InputError, MediaError, mount_point
 from .video import _AV_ERRORS, _pick_stream, build_index, open_container
 
 
@@ -95,12 +95,8 @@ def disk_full_error(e: BaseException, where: Path) -> MediaError | None:
     if getattr(e, "errno", None) not in (errno.ENOSPC, errno.EDQUOT):
         return None
     target = getattr(e, "filename", None) or where
-    mount = Path(os.path.abspath(where))
-    while not mount.exists() and mount != mount.parent:
-        mount = mount.parent
-    while not os.path.ismount(mount) and mount != mount.parent:
-        mount = mount.parent
-    return MediaError(f"cannot write {target}: no space left on the device; free space on {mount}"
+    return MediaError(f"cannot write {target}: no space left on the device; free space on"
+                      f" {mount_point(where)}"
                       " or write somewhere else (--out)")
 
 
