@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence, overload
 
 import numpy as np
 
@@ -158,7 +158,7 @@ class Instance:
             self.mask = m if m.dtype == np.bool_ else m.astype(bool)
         # remembered so the store can reuse the box instead of scanning the mask again
         self._box_from_mask = self.box is None and self.mask is not None
-        if self._box_from_mask:
+        if self._box_from_mask and self.mask is not None:  # (the second test is for the type checker)
             self.box = box_from_mask(self.mask)
         if self.box is not None:
             self.box = tuple(float(v) for v in self.box)  # type: ignore[assignment]
@@ -223,7 +223,13 @@ class Instances(Sequence[Instance]):
     def __len__(self) -> int:
         return len(self._items)
 
-    def __getitem__(self, i):  # type: ignore[override]
+    @overload
+    def __getitem__(self, i: int) -> Instance: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> "Instances": ...
+
+    def __getitem__(self, i: int | slice) -> "Instance | Instances":
         if isinstance(i, slice):
             return Instances(self._items[i], frame=self.frame)
         return self._items[i]

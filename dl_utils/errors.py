@@ -60,7 +60,7 @@ class CvatError(DlUtilsError):
     """The CVAT server refused a request or does not match the local data."""
 
 
-def mount_point(path: str | os.PathLike) -> Path:
+def mount_point(path: str | os.PathLike[str]) -> Path:
     """The mount point holding ``path``: what a user frees space on when a write finds the disk
     full (store commits, exports, video parts all name it the same way)."""
     p = Path(os.path.abspath(path))

@@ -15,7 +15,7 @@ shape. A mask with holes does not survive mask -> polygons -> mask; export it as
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -45,13 +45,14 @@ def _degenerate_ring(pts: np.ndarray) -> np.ndarray:
     vertices lie within 0.25 px of the original pixel centres, so it has a positive area, is visible
     in CVAT and rasterises back to exactly the original pixels.
     """
-    p = pts[0].astype(np.float64)
-    q = pts[-1].astype(np.float64)
+    p: np.ndarray = pts[0].astype(np.float64)
+    q: np.ndarray = pts[-1].astype(np.float64)
     d = q - p
     n = np.hypot(*d)
     if n == 0:
         h = _DEGENERATE_HALF
-        return p + np.array([[-h, -h], [h, -h], [h, h], [-h, h]])
+        ring: np.ndarray = p + np.array([[-h, -h], [h, -h], [h, h], [-h, h]])
+        return ring
     u = d / n * _DEGENERATE_HALF
     v = np.array([-u[1], u[0]])  # normal, same length
     return np.array([p - u - v, q + u - v, q + u + v, p - u + v])
@@ -96,22 +97,26 @@ def mask_to_polygons(
     return rings
 
 
-def _rings(polygons) -> list[np.ndarray]:
+def _rings(
+    polygons: "Sequence[Sequence[float]] | Sequence[np.ndarray] | np.ndarray",
+) -> list[np.ndarray]:
     """Normalise the accepted polygon inputs to a list of (N, 2) float arrays."""
+    rings: list[Any]
     if isinstance(polygons, np.ndarray):
         if polygons.ndim == 2 and polygons.shape[1] == 2:
             return [polygons.astype(np.float64)]
         if polygons.ndim == 1:
-            polygons = [polygons]
+            rings = [polygons]
         else:
             raise MaskError(
                 f"polygon array has shape {polygons.shape}; expected (N, 2) or a flat ring"
             )
-    polygons = list(polygons)
-    if polygons and np.isscalar(polygons[0]):
-        polygons = [polygons]  # one flat ring
+    else:
+        rings = list(polygons)
+    if rings and np.isscalar(rings[0]):
+        rings = [rings]  # one flat ring
     out = []
-    for i, ring in enumerate(polygons):
+    for i, ring in enumerate(rings):
         try:
             a = np.asarray(ring, dtype=np.float64)
         except (TypeError, ValueError):
@@ -161,7 +166,10 @@ def box_to_mask(box: "Sequence[float]", height: int, width: int) -> np.ndarray:
     if not all(np.isfinite(v) for v in (x1, y1, x2, y2)):
         raise MaskError(f"box {box!r} holds NaN or infinite values")
     out = np.zeros((int(height), int(width)), dtype=bool)
-    c = lambda v, hi: min(max(int(round(v)), 0), hi)  # noqa: E731
+
+    def c(v: float, hi: int) -> int:
+        return min(max(int(round(v)), 0), hi)
+
     out[c(y1, height) : c(y2, height), c(x1, width) : c(x2, width)] = True
     return out
 
@@ -186,7 +194,7 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / union) if union else 0.0
 
 
-def _stack(masks, what: str) -> np.ndarray:
+def _stack(masks: "np.ndarray | Iterable[np.ndarray]", what: str) -> np.ndarray:
     s = np.asarray(masks)
     if s.ndim == 2:
         s = s[None]
@@ -223,7 +231,7 @@ def masks_iou(
         area_b = np.array([_coco.area(r) for r in rb], dtype=np.int64)[None, :]
         return np.where((area_a + area_b) > 0, iou, 0.0)
     # many runs: one matrix product of the flattened masks (float32 is exact below 2**24 pixels)
-    dt = np.float32 if h * w < 2**24 else np.float64
+    dt: type[np.floating[Any]] = np.float32 if h * w < 2**24 else np.float64
     Af, Bf = A.reshape(n, -1), B.reshape(m, -1)
     inter = Af.astype(dt) @ Bf.astype(dt).T
     area_a = Af.sum(axis=1, dtype=np.int64)[:, None]
@@ -241,14 +249,19 @@ def box_iou(
     """
     A = np.asarray(a, dtype=np.float64).reshape(-1, 4) if len(a) else np.zeros((0, 4))
     B = np.asarray(b, dtype=np.float64).reshape(-1, 4) if len(b) else np.zeros((0, 4))
-    area = lambda X: np.clip(X[:, 2] - X[:, 0], 0, None) * np.clip(X[:, 3] - X[:, 1], 0, None)  # noqa: E731
+
+    def area(X: np.ndarray) -> np.ndarray:
+        ar: np.ndarray = np.clip(X[:, 2] - X[:, 0], 0, None) * np.clip(X[:, 3] - X[:, 1], 0, None)
+        return ar
+
     lt = np.maximum(A[:, None, :2], B[None, :, :2])
     rb = np.minimum(A[:, None, 2:], B[None, :, 2:])
     wh = np.clip(rb - lt, 0, None)
     inter = wh[..., 0] * wh[..., 1]
     union = area(A)[:, None] + area(B)[None, :] - inter
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+        iou: np.ndarray = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    return iou
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

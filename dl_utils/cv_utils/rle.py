@@ -51,7 +51,8 @@ def encode_cvat_rle(mask: np.ndarray) -> list[int]:
     cols = np.flatnonzero(m.any(axis=0))
     y1, y2, x1, x2 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
     runs = _runs(m[y1 : y2 + 1, x1 : x2 + 1].ravel())
-    return runs.tolist() + [x1, y1, x2, y2]
+    counts: list[int] = runs.tolist()
+    return counts + [x1, y1, x2, y2]
 
 
 def encode_cvat_rle_array(
@@ -189,7 +190,8 @@ def encode_coco_rle(mask: np.ndarray) -> dict[str, Any]:
 
 
 def _from_runs(runs: list[int], h: int, w: int) -> dict[str, Any]:
-    return _coco.frPyObjects({"size": [h, w], "counts": runs}, h, w)
+    rle: dict[str, Any] = _coco.frPyObjects({"size": [h, w], "counts": runs}, h, w)
+    return rle
 
 
 def _coco_str(rle: Mapping[str, Any]) -> dict[str, Any]:
@@ -235,7 +237,7 @@ def _coco_counts_from_string(s: bytes) -> np.ndarray:
     neg = ((c[ends] & 0x10) != 0).astype(np.int64)
     x = x - (neg << (5 * nchunks))
     # delta coding: counts[i] = x[i] + counts[i - 2] for i > 2
-    cnts = x.copy()
+    cnts: np.ndarray = x.copy()
     if cnts.size > 3:
         cnts[3::2] = cnts[1] + np.cumsum(x[3::2])
     if cnts.size > 4:
