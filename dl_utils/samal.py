@@ -396,10 +396,6 @@ class ImageSegmenter:
         self._image, self._hw, self._frame = arr, (arr.shape[0], arr.shape[1]), frame
         return hit
 
-    @property
-    def image_set(self) -> bool:
-        return self._hw is not None
-
     def _require_image(self) -> tuple[int, int]:
         if self._hw is None:
             raise InputError("no image set: call set_image(image) before predicting")

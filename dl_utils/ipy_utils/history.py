@@ -49,10 +49,6 @@ class History:
         self._undone.clear()
 
     @property
-    def can_undo(self) -> bool:
-        return bool(self._done)
-
-    @property
     def can_redo(self) -> bool:
         return bool(self._undone)
 
@@ -86,14 +82,6 @@ class History:
 
     def __len__(self) -> int:
         return len(self._done)
-
-    @property
-    def undo_text(self) -> str | None:
-        return self._done[-1].text if self._done else None
-
-    @property
-    def redo_text(self) -> str | None:
-        return self._undone[-1].text if self._undone else None
 
 
 def empty_prompt() -> dict[str, Any]:
