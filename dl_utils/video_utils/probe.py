@@ -10,7 +10,7 @@ from .sources import ImageSequence, open_frames
 from .video import VideoSource
 
 
-def probe(source: str | os.PathLike | Sequence[str | os.PathLike]) -> dict[str, Any]:
+def probe(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
     """Frame count, fps, size, codec, duration, rotation and keyframe count of a source.
 
     Sizes are as displayed (rotation applied). Reading a video costs one demux pass (no decoding

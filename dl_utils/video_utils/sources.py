@@ -15,7 +15,7 @@ import os
 import re
 from operator import index as _as_index
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence, SupportsIndex, cast
 
 import cv2
 import numpy as np
@@ -31,7 +31,7 @@ _PRINTF = re.compile(r"%(0?)(\d*)d")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
-def is_image_path(path: str | os.PathLike) -> bool:
+def is_image_path(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
@@ -248,7 +248,7 @@ def _as_int(value: object, what: str) -> int:
     if isinstance(value, bool):
         raise InputError(f"{what} must be an integer, not {value!r}")
     try:
-        return _as_index(value)
+        return _as_index(cast(SupportsIndex, value))  # anything else raises TypeError
     except TypeError:
         raise InputError(f"{what} must be an integer, not {value!r}") from None
 
@@ -431,7 +431,7 @@ def _printf_files(pattern: str) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------ dispatch
-def open_frames(source: str | os.PathLike | Sequence[str | os.PathLike], *, start: int = 0,
+def open_frames(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, start: int = 0,
                 stop: int | None = None, step: int = 1, resize: object = None) -> FrameSource:
     """Open a video, an image folder, a glob, a printf pattern, one image or a list of images.
 
@@ -443,7 +443,7 @@ def open_frames(source: str | os.PathLike | Sequence[str | os.PathLike], *, star
     >>> video.frame_numbers, video[0].shape                              # doctest: +SKIP
     ([0, 10, 20, 30, 40, 50, 60], (540, 960, 3))
     """
-    kw = dict(start=start, stop=stop, step=step, resize=resize)
+    kw: dict[str, Any] = dict(start=start, stop=stop, step=step, resize=resize)
     if isinstance(source, (list, tuple)):
         files = [Path(p) for p in source]
         missing = [str(p) for p in files if not p.is_file()]

@@ -12,7 +12,9 @@ import math
 import os
 import warnings
 from bisect import bisect_right
+from fractions import Fraction
 from pathlib import Path
+from typing import Any, cast
 
 import av
 import numpy as np
@@ -54,7 +56,7 @@ def _cut_points(path: Path, seconds: float | None, parts: int | None) -> tuple[l
     return cuts, [int(index.dec_pts[c]) for c in cuts]
 
 
-def split_video(path: str | os.PathLike, out_dir: str | os.PathLike, *,
+def split_video(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
                 seconds: float | None = None, parts: int | None = None) -> list[Path]:
     """Cut ``path`` into ``<stem>_part001<ext>``, ... in ``out_dir``; return the part paths.
 
@@ -102,20 +104,20 @@ def disk_full_error(e: BaseException, where: Path) -> MediaError | None:
 
 def _remux(path: Path, names: list[Path], cuts: list[int], cut_pts: list[int]) -> None:
     src = open_container(path)
-    outputs: dict[int, tuple] = {}  # part -> (container, {in stream index: out stream})
+    outputs: dict[int, tuple[Any, dict[int, Any]]] = {}  # part -> (container, {in stream index: out stream})
     try:
         video = _pick_stream(src, path)
         copied = [video] + [s for s in src.streams.audio]
         for s in src.streams:
             if s not in copied:
                 s.discard = av.stream.Discard.all
-        vtb = video.time_base
+        vtb = cast(Fraction, video.time_base)  # FFmpeg sets it on every demuxed stream
         index = build_index(path)
         starts_pts = [int(index.pts[0])] + cut_pts  # first presented pts of each part
         cut_times = [float(p * vtb) for p in cut_pts]  # absolute seconds where parts 2.. start
         part_start_s = [float(starts_pts[0] * vtb)] + cut_times
 
-        def output(j: int) -> tuple:
+        def output(j: int) -> tuple[Any, dict[int, Any]]:
             if j not in outputs:
                 try:
                     oc = av.open(str(names[j]), mode="w")
@@ -145,11 +147,12 @@ def _remux(path: Path, names: list[Path], cuts: list[int], cut_pts: list[int]) -
                 vpart = part
                 offset = starts_pts[part]
             else:
-                t = float(pkt.pts * s.time_base) if pkt.pts is not None else None
+                stb = cast(Fraction, s.time_base)
+                t = float(pkt.pts * stb) if pkt.pts is not None else None
                 part = vpart if t is None else bisect_right(cut_times, t + 1e-9)
                 if t is not None:
                     latest_audio[s.index] = max(latest_audio[s.index], t)
-                offset = round(part_start_s[part] / s.time_base)
+                offset = round(part_start_s[part] / stb)
             oc, smap = output(part)
             if pkt.pts is not None:
                 pkt.pts -= offset

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Generator, Iterator, cast
 
 import av
 import numpy as np
@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import MediaError
 from .sources import FrameSource
 
-_INDEX_CACHE: "OrderedDict[tuple, VideoIndex]" = OrderedDict()
+_INDEX_CACHE: "OrderedDict[tuple[Any, ...], VideoIndex]" = OrderedDict()
 _INDEX_CACHE_SIZE = 16
 # Codecs whose skip_frame=NONREF drops only pictures no other picture predicts from.
 _NONREF_SAFE = frozenset({"h264", "hevc"})
@@ -111,7 +111,7 @@ def open_container(path: Path) -> av.container.InputContainer:
                          " ffplay/VLC") from None
 
 
-def build_index(path: str | os.PathLike) -> VideoIndex:
+def build_index(path: str | os.PathLike[str]) -> VideoIndex:
     """Demux ``path`` once and return its frame index (cached per file, size and mtime)."""
     path = Path(path)
     try:
@@ -139,10 +139,10 @@ def _demux_index(container: av.container.InputContainer, path: Path) -> VideoInd
     for other in container.streams:
         if other is not stream:
             other.discard = av.stream.Discard.all  # the demuxer then skips audio etc. cheaply
-    pts_l: list = []
-    dts_l: list = []
-    key_l: list = []
-    dur_l: list = []
+    pts_l: list[int | None] = []
+    dts_l: list[int | None] = []
+    key_l: list[bool] = []
+    dur_l: list[int | None] = []
     try:
         for p in container.demux(stream):
             if p.size == 0:  # the flush packet PyAV yields at the end
@@ -217,7 +217,7 @@ def frame_orientation(frame: av.VideoFrame) -> tuple[int, bool]:
         sd = None
     if sd is None:
         return 0, False
-    m = np.frombuffer(bytes(sd), dtype=np.int32)
+    m = np.frombuffer(bytes(cast(Any, sd)), dtype=np.int32)  # PyAV types side data as object
     if m.size < 5:
         return 0, False
     signs = tuple(int(np.sign(v)) if abs(int(v)) > (1 << 15) else 0 for v in (m[0], m[1], m[3], m[4]))
@@ -253,13 +253,13 @@ class _Decoder:
         for other in self.container.streams:
             if other is not self.stream:
                 other.discard = av.stream.Discard.all
-        self.gen: Iterator[tuple[int, av.VideoFrame]] | None = None
+        self.gen: Generator[tuple[int, av.VideoFrame], None, None] | None = None
         self.last: int | None = None  # frame number of the last frame taken from gen
         self.skip_if: Callable[[int], bool] | None = None  # frames whose decoding may be skipped
 
     def close(self) -> None:
         if self.gen is not None:
-            self.gen.close()  # type: ignore[attr-defined]
+            self.gen.close()
             self.gen = None
         self.container.close()
 
@@ -268,22 +268,24 @@ class _Decoder:
         self._open()
 
 
-def _prepend(first: tuple[int, av.VideoFrame], rest: Iterator[tuple[int, av.VideoFrame]]
-             ) -> Iterator[tuple[int, av.VideoFrame]]:
+def _prepend(first: tuple[int, av.VideoFrame],
+             rest: Generator[tuple[int, av.VideoFrame], None, None]
+             ) -> Generator[tuple[int, av.VideoFrame], None, None]:
     """``itertools.chain`` that can be closed (closing releases the decoder generator at once)."""
     try:
         yield first
         yield from rest
     finally:
-        rest.close()  # type: ignore[attr-defined]
+        rest.close()
 
 
 class VideoSource(FrameSource):
     """A video file read through PyAV (any container and codec FFmpeg decodes)."""
 
     kind = "video"
+    path: Path  # always set for a video (FrameSource allows None)
 
-    def __init__(self, path: str | os.PathLike, *, start: int = 0, stop: int | None = None,
+    def __init__(self, path: str | os.PathLike[str], *, start: int = 0, stop: int | None = None,
                  step: int = 1, resize: object = None) -> None:
         path = Path(path)
         self._ra: _Decoder | None = None
@@ -359,7 +361,7 @@ class VideoSource(FrameSource):
             self._first_size = (img.shape[1], img.shape[0])
         return img
 
-    def _numbered(self, dec: _Decoder) -> Iterator[tuple[int, av.VideoFrame]]:
+    def _numbered(self, dec: _Decoder) -> Generator[tuple[int, av.VideoFrame], None, None]:
         """Decoded frames with their frame numbers; decode errors become MediaError.
 
         Packets are fed by hand (what ``container.decode`` does) so that pictures nobody asked for
@@ -405,7 +407,7 @@ class VideoSource(FrameSource):
         index = self._index
         dec.last = None
         if dec.gen is not None:
-            dec.gen.close()  # type: ignore[attr-defined]
+            dec.gen.close()
             dec.gen = None
         if index.mode != "count" and n > 0:
             j = index.gop_start(n)

@@ -11,9 +11,10 @@ import os
 import warnings
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, cast
 
 import av
+from av.video.stream import VideoStream
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -66,7 +67,7 @@ def _pad_even(img: np.ndarray) -> np.ndarray:
     return img
 
 
-def write_video(path: str | os.PathLike, frames: Iterable[Any], *, fps: float | Fraction,
+def write_video(path: str | os.PathLike[str], frames: Iterable[Any], *, fps: float | Fraction,
                 codec: str = "libx264", crf: int = 18, preset: str = "medium",
                 gop: int | None = None, draw: DrawHook | None = None,
                 total: int | None = None) -> Path:
@@ -103,7 +104,7 @@ def write_video(path: str | os.PathLike, frames: Iterable[Any], *, fps: float | 
     except (av.FFmpegError, ValueError, OSError) as e:
         raise MediaError(f"cannot write video {path}: {e}; use a .mp4, .mkv, .avi or .mov name in a"
                          " writable folder") from None
-    stream = None
+    stream: VideoStream | None = None
     size: tuple[int, int] | None = None
     written = 0
     ok = False
@@ -118,7 +119,7 @@ def write_video(path: str | os.PathLike, frames: Iterable[Any], *, fps: float | 
             if draw is not None:
                 drawn = draw(n, img)
                 img = _as_rgb(img if drawn is None else drawn, n, path)
-            if size is None:
+            if size is None or stream is None:  # the first frame (both are set together)
                 size = (img.shape[1], img.shape[0])
                 stream = _open_stream(container, codec, rate, crf, preset, gop, size)
             elif (img.shape[1], img.shape[0]) != size:
@@ -153,13 +154,13 @@ def write_video(path: str | os.PathLike, frames: Iterable[Any], *, fps: float | 
     return path
 
 
-def _open_stream(container: Any, codec: str, rate: Fraction, crf: int, preset: str,
-                 gop: int | None, size: tuple[int, int]) -> Any:
-    stream = container.add_stream(codec, rate=rate)
+def _open_stream(container: av.container.OutputContainer, codec: str, rate: Fraction, crf: int,
+                 preset: str, gop: int | None, size: tuple[int, int]) -> VideoStream:
+    stream = cast(VideoStream, container.add_stream(codec, rate=rate))  # a video codec's stream
     stream.width, stream.height = size[0] + size[0] % 2, size[1] + size[1] % 2
     stream.pix_fmt = "yuv420p"
     stream.codec_context.time_base = 1 / rate
-    opts: dict[str, str] = {}
+    opts: dict[str, object] = {}
     if gop is not None:
         opts["g"] = str(gop)
         if codec == "libx264":  # a fixed interval: no extra keyframes on scene cuts
