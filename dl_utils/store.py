@@ -28,7 +28,7 @@ import urllib.parse
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence, cast
 
 import numpy as np
 
@@ -139,7 +139,7 @@ class AnnotationStore:
     read and write; several processes may read while one writes.
     """
 
-    def __init__(self, path: str | os.PathLike, *, readonly: bool = False, _create: bool = False):
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False, _create: bool = False):
         self.path = Path(path)
         self.readonly = readonly
         self._lock = threading.RLock()
@@ -262,7 +262,7 @@ class AnnotationStore:
     # ------------------------------------------------------------------ opening
     @classmethod
     def create(
-        cls, path: str | os.PathLike, media: MediaInfo | None = None, *, overwrite: bool = False
+        cls, path: str | os.PathLike[str], media: MediaInfo | None = None, *, overwrite: bool = False
     ) -> "AnnotationStore":
         """Create a new store file (refuses to clobber an existing one unless ``overwrite``)."""
         p = Path(path)
@@ -280,12 +280,12 @@ class AnnotationStore:
         return store
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, readonly: bool = False) -> "AnnotationStore":
+    def open(cls, path: str | os.PathLike[str], *, readonly: bool = False) -> "AnnotationStore":
         return cls(path, readonly=readonly)
 
     @classmethod
     def open_or_create(
-        cls, path: str | os.PathLike, media: MediaInfo | None = None
+        cls, path: str | os.PathLike[str], media: MediaInfo | None = None
     ) -> "AnnotationStore":
         """Open ``path`` if it exists (checking its media matches), else create it."""
         p = Path(path)
@@ -376,7 +376,7 @@ class AnnotationStore:
                         pass
                     raise self._db_error(e) from None
 
-    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
                 return self._conn.execute(sql, args).fetchall()
@@ -529,7 +529,7 @@ class AnnotationStore:
         return [r[0] for r in self._query("SELECT id FROM objects ORDER BY id")]
 
     # ------------------------------------------------------------------ instances
-    def _encode(self, frame: int, inst: Instance, run_id: int | None, now: float) -> tuple:
+    def _encode(self, frame: int, inst: Instance, run_id: int | None, now: float) -> tuple[Any, ...]:
         media = self._media_cache
         mask_h = mask_w = rle = rle_box = None
         area = inst.area if inst.mask is None else 0
@@ -548,8 +548,9 @@ class AnnotationStore:
             x1, y1, x2, y2 = inst.box
         polygon = _dumps(inst.polygon) if inst.polygon is not None else None
         prompts = _dumps(inst.prompts) if inst.prompts is not None else None
+        shape = cast(ShapeType, inst.shape)  # Instance.__post_init__ always sets it
         return (
-            int(frame), inst.object_id, inst.shape.value, x1, y1, x2, y2, mask_h, mask_w, rle,
+            int(frame), inst.object_id, shape.value, x1, y1, x2, y2, mask_h, mask_w, rle,
             rle_box, polygon, area, inst.score, inst.source.value, prompts, int(inst.keyframe),
             run_id, now,
         )
@@ -584,7 +585,7 @@ class AnnotationStore:
             self._media_cache = self.media
             self._media_loaded = True
         now = time.time()
-        rows: list[tuple] = []
+        rows: list[tuple[Any, ...]] = []
         frames_seen: list[tuple[int, list[int]]] = []
         for frame, insts in frames:
             batch = Instances(insts, frame=int(frame))
@@ -611,7 +612,7 @@ class AnnotationStore:
                     f"instances name unknown object id(s) {missing}; add them with add_object() first"
                 ) from None
 
-    def _decode_row(self, row: tuple, decode: bool) -> Instance:
+    def _decode_row(self, row: tuple[Any, ...], decode: bool) -> Instance:
         (frame, oid, shape, x1, y1, x2, y2, mh, mw, rle, rle_box, polygon, _area, score, source,
          prompts, keyframe) = row
         mask = None
@@ -761,7 +762,7 @@ class AnnotationStore:
         ``status="running"`` / ``"interrupted"`` select by that reported status.
         """
         sql = "SELECT id, kind, params, status, started, finished FROM runs"
-        args: tuple = ()
+        args: tuple[Any, ...] = ()
         if status is not None:
             sql += " WHERE status = ?"
             args = ("running" if status == "interrupted" else status,)
@@ -876,7 +877,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _unlink_store_files(path: str | os.PathLike) -> None:
+def _unlink_store_files(path: str | os.PathLike[str]) -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(str(path) + suffix).unlink(missing_ok=True)
 
@@ -897,7 +898,7 @@ _STAGE_RE = re.compile(r"^\.(?P<name>.+)\.import-(?P<pid>\d+)-\w+\.sqlite(?:-wal
 
 @contextmanager
 def staged_store(
-    path: str | os.PathLike, *, keep_existing: bool = False, media: MediaInfo | None = None
+    path: str | os.PathLike[str], *, keep_existing: bool = False, media: MediaInfo | None = None
 ) -> Iterator[AnnotationStore]:
     """A store built in a temporary file beside ``path`` and renamed over it only when complete.
 
