@@ -28,7 +28,7 @@ import urllib.parse
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence, cast
+from typing import Any, Iterable, Iterator, Protocol, Sequence, cast, runtime_checkable
 
 import numpy as np
 
@@ -130,6 +130,104 @@ def _readonly_failure(e: sqlite3.DatabaseError) -> bool:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+@runtime_checkable
+class StoreReader(Protocol):
+    """What reads a store: sinks and exports (formats, the CVAT push), review, resuming.
+
+    :class:`AnnotationStore` is one; a function that only reads takes a ``StoreReader`` so that a
+    stand-in (a test double, a store view) can be passed the same way.
+    """
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def media(self) -> MediaInfo | None: ...
+
+    def get_meta(self, key: str, default: Any = None) -> Any: ...
+
+    def labels(self) -> list[Label]: ...
+
+    def objects(self) -> list[ObjectInfo]: ...
+
+    def get_object(self, id: int) -> ObjectInfo: ...
+
+    def read_frame(self, frame: int, *, decode: bool = True) -> Instances: ...
+
+    def read_object(self, object_id: int, *, decode: bool = True) -> dict[int, Instance]: ...
+
+    def iter_frames(
+        self,
+        *,
+        start: int | None = None,
+        stop: int | None = None,
+        objects: Iterable[int] | None = None,
+        decode: bool = True,
+    ) -> Iterator[tuple[int, Instances]]: ...
+
+    def frames(self, *, start: int | None = None, stop: int | None = None) -> list[int]: ...
+
+    def frames_done(self, object_id: int) -> list[int]: ...
+
+
+@runtime_checkable
+class StoreWriter(Protocol):
+    """What writes a store: imports (formats, the CVAT pull) and engines writing frame by frame."""
+
+    @property
+    def path(self) -> Path: ...
+
+    def set_meta(self, key: str, value: Any) -> None: ...
+
+    def set_media(self, media: MediaInfo) -> None: ...
+
+    def set_labels(self, labels: Iterable[Label]) -> None: ...
+
+    def add_object(
+        self,
+        label: str,
+        *,
+        color: str | None = None,
+        attributes: dict[str, Any] | None = None,
+        id: int | None = None,
+    ) -> ObjectInfo: ...
+
+    def write_frame(
+        self,
+        frame: int,
+        instances: Iterable[Instance],
+        *,
+        replace: bool = False,
+        run_id: int | None = None,
+    ) -> None: ...
+
+    def write_frames(
+        self,
+        frames: Iterable[tuple[int, Iterable[Instance]]],
+        *,
+        replace: bool = False,
+        run_id: int | None = None,
+    ) -> None: ...
+
+    def delete_instances(
+        self,
+        *,
+        object_id: int | None = None,
+        frames: Iterable[int] | None = None,
+        start: int | None = None,
+        stop: int | None = None,
+    ) -> int: ...
+
+    def begin_run(self, kind: str, params: dict[str, Any] | None = None) -> int: ...
+
+    def finish_run(self, run_id: int, status: str = "done") -> None: ...
+
+
+@runtime_checkable
+class StoreReaderWriter(StoreReader, StoreWriter, Protocol):
+    """Both: what an import needs (it checks the store's media, labels and objects, then writes)."""
 
 
 class AnnotationStore:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import xml.parsers.expat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FormatError, InputError
 from ._common import output_file
@@ -21,11 +21,14 @@ from .coco import export_coco, import_coco
 from .cvat_xml import export_cvat, import_cvat
 from .png_masks import export_png_masks
 
+if TYPE_CHECKING:
+    from ..store import StoreReader, StoreReaderWriter
+
 EXPORT_FORMATS = ("cvat-video", "cvat-images", "coco", "png-masks")
 IMPORT_FORMATS = ("auto", "cvat", "coco")
 
 
-def export_store(store: Any, fmt: str, out: str | os.PathLike, **opts: Any) -> Path:
+def export_store(store: StoreReader, fmt: str, out: str | os.PathLike[str], **opts: Any) -> Path:
     """Write ``store`` as ``fmt`` to ``out`` (a file, or a folder for ``png-masks``); returns the path.
 
     Options: ``shape=None|"mask"|"polygon"|"box"`` (geometry to write; None = each instance's own;
@@ -60,7 +63,7 @@ class _Root(Exception):
     pass
 
 
-def detect_format(path: str | os.PathLike) -> str:
+def detect_format(path: str | os.PathLike[str]) -> str:
     """``"cvat"`` for XML whose root is ``<annotations>``, ``"coco"`` for a JSON object.
 
     Decided by content, not by file name: the first non-blank character tells XML from JSON, and for
@@ -79,7 +82,7 @@ def detect_format(path: str | os.PathLike) -> str:
         parser = xml.parsers.expat.ParserCreate()
         root: list[str] = []
 
-        def start(tag: str, attrs: dict) -> None:
+        def start(tag: str, attrs: dict[str, str]) -> None:
             root.append(tag)
             raise _Root
 
@@ -109,7 +112,9 @@ def detect_format(path: str | os.PathLike) -> str:
     )
 
 
-def import_file(path: str | os.PathLike, store: Any, format: str = "auto") -> dict[str, Any]:
+def import_file(
+    path: str | os.PathLike[str], store: StoreReaderWriter, format: str = "auto"
+) -> dict[str, Any]:
     """Read a CVAT XML or COCO JSON file into ``store``; returns a summary dict.
 
     A new store (no media) takes the file's media description and labels; a store that has media

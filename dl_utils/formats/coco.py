@@ -17,11 +17,11 @@ import os
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, cast
 
 import numpy as np
 
-from ..annotations import Label, MediaInfo, ShapeType, box_from_mask
+from ..annotations import Box, Label, MediaInfo, ShapeType, box_from_mask
 from ..cv_utils import coco_rle_area, decode_coco_rle, encode_coco_rle, polygons_to_mask
 from ..errors import FormatError, InputError, MaskError
 from ._common import (
@@ -39,6 +39,9 @@ from ._common import (
     write_objects,
 )
 
+if TYPE_CHECKING:
+    from ..store import StoreReader, StoreReaderWriter
+
 
 # ================================================================================ export
 def _category_ids(labels: list[Label]) -> dict[str, int]:
@@ -50,8 +53,8 @@ def _category_ids(labels: list[Label]) -> dict[str, int]:
 
 
 def export_coco(
-    store: Any,
-    out: str | os.PathLike,
+    store: StoreReader,
+    out: str | os.PathLike[str],
     *,
     shape: "ShapeType | str | None" = None,
     objects: Iterable[int] | None = None,
@@ -70,31 +73,33 @@ def export_coco(
     anns: list[dict[str, Any]] = []
     for f, insts in iter_store_frames(store, frames, objs, desc="coco"):
         w, h = media.size_of(f)  # each image at its own size in a mixed-size set
-        geoms = [(i, to_geometry(i, h, w, shape)) for i in insts]
-        geoms = [(i, g) for i, g in geoms if g is not None]
+        geoms = [(i, g) for i in insts if (g := to_geometry(i, h, w, shape)) is not None]
         if not geoms and not include_empty:
             continue
         image_id = len(images) + 1
         images.append({"id": image_id, "file_name": media.frame_name(f), "width": w, "height": h,
                        "frame": f})
         for inst, g in geoms:
+            box: Box | None
             if g.kind is ShapeType.MASK:
-                seg: Any = encode_coco_rle(g.mask)  # type: ignore[arg-type]
-                area: float = int(np.count_nonzero(g.mask))
-                box = box_from_mask(g.mask)  # type: ignore[arg-type]
+                gmask = cast(np.ndarray, g.mask)  # the geometry's kind says which field is set
+                seg: Any = encode_coco_rle(gmask)
+                area: float = int(np.count_nonzero(gmask))
+                box = box_from_mask(gmask)
             elif g.kind is ShapeType.POLYGON:
-                seg = [[round(float(v), 2) for v in r] for r in g.rings]  # type: ignore[union-attr]
+                rings = cast("list[list[float]]", g.rings)
+                seg = [[round(float(v), 2) for v in r] for r in rings]
                 own = inst.polygon and inst.mask is not None and shape in (None, ShapeType.POLYGON, "polygon")
-                m = inst.mask if own else polygons_to_mask(g.rings, h, w)  # type: ignore[arg-type]
+                m = cast(np.ndarray, inst.mask) if own else polygons_to_mask(rings, h, w)
                 area = int(np.count_nonzero(m))
                 xs = [v for r in seg for v in r[0::2]]
                 ys = [v for r in seg for v in r[1::2]]
                 box = (min(xs), min(ys), max(xs), max(ys))
             else:
                 seg = []
-                box = g.box
-                area = float(max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1]))  # type: ignore[index]
-            x1, y1, x2, y2 = (float(v) for v in box)  # type: ignore[union-attr]
+                box = cast(Box, g.box)
+                area = float(max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1]))
+            x1, y1, x2, y2 = (float(v) for v in cast(Box, box))  # a non-empty geometry has a box
             ann: dict[str, Any] = {
                 "id": len(anns) + 1,
                 "image_id": image_id,
@@ -150,7 +155,7 @@ def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
 
 
-def import_coco(path: str | os.PathLike, store: Any) -> dict[str, Any]:
+def import_coco(path: str | os.PathLike[str], store: StoreReaderWriter) -> dict[str, Any]:
     """Read a COCO instances JSON into ``store``.
 
     RLE (compressed or uncompressed), polygon and bbox-only annotations; objects by
@@ -233,8 +238,8 @@ def import_coco(path: str | os.PathLike, store: Any) -> dict[str, Any]:
         media = media_from_frames(stem, w, h, list(frames_by_image.values()), names, frame_size)
 
     # annotations -> shapes
-    keys: "OrderedDict[tuple, ObjectKey]" = OrderedDict()
-    by_frame: dict[int, dict[tuple, list[ParsedShape]]] = {}
+    keys: "OrderedDict[tuple[Any, ...], ObjectKey]" = OrderedDict()
+    by_frame: dict[int, dict[tuple[Any, ...], list[ParsedShape]]] = {}
     for k, a in enumerate(doc["annotations"]):
         where = f"annotation #{k}" + (f" (id {a.get('id')})" if isinstance(a, dict) and "id" in a else "")
         if not isinstance(a, dict):
@@ -251,7 +256,8 @@ def import_coco(path: str | os.PathLike, store: Any) -> dict[str, Any]:
             )
         frame, iw, ih, _ = imgs[a["image_id"]]
         label = cats[a["category_id"]]
-        attrs = a.get("attributes") if isinstance(a.get("attributes"), dict) else {}
+        raw_attrs = a.get("attributes")
+        attrs: dict[str, Any] = raw_attrs if isinstance(raw_attrs, dict) else {}
         seg = a.get("segmentation")
         where = f"{where} on image {a['image_id']}"
         if isinstance(seg, dict):
@@ -291,7 +297,7 @@ def import_coco(path: str | os.PathLike, store: Any) -> dict[str, Any]:
             shape.score = float(a["score"])
         tid = attrs.get("track_id")
         if isinstance(tid, int) and not isinstance(tid, bool):
-            okey: tuple = ("t", tid, label)
+            okey: tuple[Any, ...] = ("t", tid, label)
             pref = tid
         else:
             okey = ("a", k)

@@ -26,7 +26,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import cv2
 import numpy as np
@@ -47,6 +47,9 @@ from ._common import (
     select_objects,
     sub_media,
 )
+
+if TYPE_CHECKING:
+    from ..store import StoreReader
 
 def _png_bytes(img: np.ndarray, palette: list[int] | None = None) -> bytes:
     """PNG bytes of an 8-bit (L, or P with ``palette``) or 16-bit image.
@@ -79,15 +82,15 @@ _OWN_DIR = re.compile(r"^\d{3,}_[A-Za-z0-9._-]+$")
 
 
 def export_png_masks(
-    store: Any,
-    out: str | os.PathLike,
+    store: StoreReader,
+    out: str | os.PathLike[str],
     *,
     objects: Iterable[int] | None = None,
     start: int | None = None,
     stop: int | None = None,
     sequence: str = "media",
     index: bool = True,
-    shape: Any = None,
+    shape: object = None,
 ) -> Path:
     """Write per-object binary mask sequences, per-frame index PNGs and ``objects.json`` into ``out``.
 
@@ -141,10 +144,10 @@ def export_png_masks(
             ids = np.zeros((h, w), dtype=np.uint16 if wide else np.uint8)
             by_obj = insts.by_object()
             for o in objs:  # id order: a later (higher id) object overwrites overlaps
-                inst = by_obj.get(o.id)
+                mine = by_obj.get(o.id)
                 m = None
-                if inst is not None and not inst.is_empty:
-                    m = instance_mask(inst, h, w)
+                if mine is not None and not mine.is_empty:
+                    m = instance_mask(mine, h, w)
                     if index:
                         ids[m] = values[o.id]
                 if o.id in folders and (m is not None or sequence == "media"):
