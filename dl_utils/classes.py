@@ -373,11 +373,11 @@ def _build(
             )
         k = _key(name)
         if k in by_key:
-            first = by_key[k]
-            spelled = f" as {first['name']!r}" if first["name"] != name else ""
+            dup = by_key[k]
+            spelled = f" as {dup['name']!r}" if dup["name"] != name else ""
             raise where.error(
                 rowno,
-                f"class {name!r} is defined twice (first on {where.unit} {first['row']}{spelled});"
+                f"class {name!r} is defined twice (first on {where.unit} {dup['row']}{spelled});"
                 " rename or remove one",
             )
         cid = _parse_id(cell("id"), where, rowno, name)
@@ -609,8 +609,8 @@ class ClassTable:
             sheet, rows = _read_xlsx_rows(p)
             return cls._of(_build(rows, _Where(str(p), sheet)), str(p))
         if suffix in _TEXT_SUFFIXES:
-            rows = _read_text_rows(p, _TEXT_SUFFIXES[suffix])
-            return cls._of(_build(rows, _Where(str(p))), str(p))
+            text_rows = _read_text_rows(p, _TEXT_SUFFIXES[suffix])
+            return cls._of(_build(text_rows, _Where(str(p))), str(p))
         hint = " (old Excel format: save it as .xlsx)" if suffix == ".xls" else ""
         raise ClassTableError(
             f"{p}: unsupported class table type {suffix or '(no extension)'!r}{hint}; use .xlsx or"

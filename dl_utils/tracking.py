@@ -25,7 +25,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -142,7 +142,9 @@ class Candidates:
                 if isinstance(data, Mapping):
                     labels = data.get("class_name")
             masks = pick(obj, ("masks", "mask"), get)
-            return cls(boxes, scores, None if labels is None else list(labels), masks)
+            # None labels: __post_init__ gives every box the label None
+            return cls(boxes, scores, cast("list[str | None]", None if labels is None else list(labels)),
+                       masks)
         try:
             items = list(obj)
         except TypeError:
@@ -203,8 +205,12 @@ class Track:
     end_reason: str | None = None
     reanchored: list[int] = field(default_factory=list)  # keyframes where the tracker was re-prompted
     revived: list[int] = field(default_factory=list)  # keyframes where it came back after a gap
-    area_history: deque = field(default_factory=lambda: deque(maxlen=64), repr=False)  # (frame, area)
-    _centers: deque = field(default_factory=lambda: deque(maxlen=16), repr=False)
+    area_history: deque[tuple[int, int]] = field(  # (frame, area)
+        default_factory=lambda: deque(maxlen=64), repr=False
+    )
+    _centers: deque[tuple[int, float, float]] = field(  # (frame, centre x, centre y)
+        default_factory=lambda: deque(maxlen=16), repr=False
+    )
     _confirmed_until: int | None = field(default=None, repr=False)
 
     def velocity(self, window: int) -> tuple[float, float]:
@@ -684,12 +690,13 @@ class TrackManager:
             return (m, b) if b is not None else (None, None)
         if box is not None:
             try:
-                b = tuple(float(v) for v in box)
+                values = tuple(float(v) for v in box)
             except (TypeError, ValueError):
                 raise InputError(f"{what}: box {box!r} is not four numbers") from None
-            if len(b) != 4:
+            if len(values) != 4:
                 raise InputError(f"{what}: box {box!r} is not four numbers (x1, y1, x2, y2)")
-            return None, b  # type: ignore[return-value]
+            x1, y1, x2, y2 = values
+            return None, (x1, y1, x2, y2)
         return None, None
 
     def resume_after(self, keyframe: int | None) -> None:
@@ -731,7 +738,9 @@ class TrackManager:
         rows_m = [i for i in range(n) if masks[i] is not None]
         cols_m = [k for k, j in enumerate(cols) if dets.mask(j) is not None]
         if rows_m and cols_m:
-            mi = masks_iou(np.stack([masks[i] for i in rows_m]), np.stack([dets.mask(cols[k]) for k in cols_m]))
+            # rows_m / cols_m hold only the indices whose mask is not None
+            mi = masks_iou(np.stack([cast(np.ndarray, masks[i]) for i in rows_m]),
+                           np.stack([cast(np.ndarray, dets.mask(cols[k])) for k in cols_m]))
             out[np.ix_(rows_m, cols_m)] = mi
         return out
 
@@ -804,7 +813,7 @@ class TrackManager:
         tracked_m = self._coerce_tracked(tracked, frame)
         dets = None if detections is None else Candidates.coerce(detections)
         keyframe = dets is not None
-        shape = None
+        shape: tuple[int, ...] | None = None
         for oid, m in tracked_m.items():
             if m is not None:
                 if shape is None:
@@ -815,12 +824,14 @@ class TrackManager:
                         f" are {shape[1]}x{shape[0]}; all masks must be full-frame"
                     )
         if dets is not None and dets.masks is not None:
-            for j, m in enumerate(dets.masks):
-                if m is not None and shape is None:
+            for jd, m in enumerate(dets.masks):
+                if m is None:
+                    continue
+                if shape is None:
                     shape = m.shape
-                elif m is not None and m.shape != shape:
+                elif m.shape != shape:
                     raise MaskError(
-                        f"frame {frame}: detection {j} mask is {m.shape[1]}x{m.shape[0]} but the other"
+                        f"frame {frame}: detection {jd} mask is {m.shape[1]}x{m.shape[0]} but the other"
                         f" masks are {shape[1]}x{shape[0]}; resize detection masks to the frame"
                     )
 
@@ -848,8 +859,8 @@ class TrackManager:
                 t._see(frame, m, b)
             elif j is not None:
                 dm = dets.mask(j)  # type: ignore[union-attr]
-                b = tuple(float(v) for v in dets.boxes[j])  # type: ignore[union-attr]
-                t._see(frame, dm if dm is not None and dm.any() else None, b)  # type: ignore[arg-type]
+                b = cast(Box, tuple(float(v) for v in dets.boxes[j]))  # type: ignore[union-attr]
+                t._see(frame, dm if dm is not None and dm.any() else None, b)
             if j is not None:
                 t.last_detected = frame
                 t.score = float(dets.scores[j])  # type: ignore[union-attr]
@@ -869,9 +880,9 @@ class TrackManager:
                     t.missing_since = frame
                 t.status = TrackStatus.OCCLUDED
             # -------- ending
-            if not supported and frame - t.missing_since + 1 > self.max_gap:
-                n = frame - t.missing_since + 1
-                self._end(t, t.last_seen, f"no support for {n} frames > max_gap={self.max_gap}", dec)
+            gap = 0 if t.missing_since is None else frame - t.missing_since + 1  # None: supported
+            if not supported and gap > self.max_gap:
+                self._end(t, t.last_seen, f"no support for {gap} frames > max_gap={self.max_gap}", dec)
             elif (
                 self.max_missed is not None and keyframe and j is None and t.id in visible
                 and t.missed > self.max_missed
@@ -977,7 +988,7 @@ class TrackManager:
             # among the new ones, a weaker detection overlapping a stronger one is the same object
             geo_m = [dets.mask(j) for j in cand]
             geo_b = [tuple(dets.boxes[j]) for j in cand]
-            pair = self._iou_matrix(geo_m, geo_b, dets, cand)  # type: ignore[arg-type]
+            pair = self._iou_matrix(geo_m, geo_b, dets, cand)
             order = sorted(range(len(cand)), key=lambda i: (-dets.scores[cand[i]], cand[i]))
             kept: list[int] = []
             drop: dict[int, str] = {}
