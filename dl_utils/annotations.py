@@ -352,6 +352,11 @@ class MediaInfo:
                 f" {len(self.frames)} frames)"
             ) from None
 
+    def index_map(self) -> dict[int, int]:
+        """Source frame number -> CVAT task frame index for every frame (cached: do not modify it);
+        one dict lookup per frame where ``task_index`` would raise for a frame not in the media."""
+        return self._index()
+
     def _index(self) -> dict[int, int]:
         cache = self.__dict__.get("_index_cache")
         if cache is None or len(cache) != len(self.frames):

@@ -374,7 +374,7 @@ def test_repush_sends_only_what_changed(job, cvat_server):
 def test_people_s_shapes_are_never_touched(job, cvat_server):
     st, exp, conn, task = job
     push(st, conn, task.id)
-    state = push_state(st, conn.host, task.id)["units"]
+    state = push_state(st, conn.host, task.id).units
     j0 = task.jobs[0].id
     car = [lb for lb in conn.get_paginated("/api/labels", {"task_id": task.id}, what="l")
            if lb["name"] == "car"][0]["id"]
@@ -388,13 +388,13 @@ def test_people_s_shapes_are_never_touched(job, cvat_server):
                          what="a person draws")["shapes"][0]
     ours = conn.request("GET", f"/api/jobs/{j0}/annotations", what="read")["shapes"]
     by_id = {s["id"]: s for s in ours}
-    edited = dict(by_id[state[f"m:{FRAMES[2]}:1"][2]])
+    edited = dict(by_id[state[f"m:{FRAMES[2]}:1"].server_id])
     edited_mask = exp[(FRAMES[2], 1)].copy()
     edited_mask[:, :10] = False
     edited.update(points=encode_cvat_rle(edited_mask), source="manual")
     conn.request("PATCH", f"/api/jobs/{j0}/annotations", query={"action": "update"},
                  body={"version": 0, "tags": [], "tracks": [], "shapes": [edited]}, what="a person edits")
-    gone = by_id[state[f"m:{FRAMES[3]}:3"][2]]
+    gone = by_id[state[f"m:{FRAMES[3]}:3"].server_id]
     conn.request("PATCH", f"/api/jobs/{j0}/annotations", query={"action": "delete"},
                  body={"version": 0, "tags": [], "tracks": [], "shapes": [gone]}, what="a person deletes")
     # the model runs again and changes every mask of the first job's frames
@@ -870,10 +870,10 @@ def test_good_hosts_still_normalise():
 def test_held_count_stays_on_later_pushes(job, cvat_server):
     st, exp, conn, task = job
     push(st, conn, task.id)
-    state = push_state(st, conn.host, task.id)["units"]
+    state = push_state(st, conn.host, task.id).units
     j0 = task.jobs[0].id
     by_id = {s["id"]: s for s in conn.request("GET", f"/api/jobs/{j0}/annotations", what="r")["shapes"]}
-    edited = dict(by_id[state[f"m:{FRAMES[0]}:1"][2]], source="manual")
+    edited = dict(by_id[state[f"m:{FRAMES[0]}:1"].server_id], source="manual")
     m = exp[(FRAMES[0], 1)].copy()
     m[:, :12] = False
     edited["points"] = encode_cvat_rle(m)
@@ -881,7 +881,7 @@ def test_held_count_stays_on_later_pushes(job, cvat_server):
                  body={"version": 0, "tags": [], "tracks": [], "shapes": [edited]}, what="edit")
     conn.request("PATCH", f"/api/jobs/{j0}/annotations", query={"action": "delete"},
                  body={"version": 0, "tags": [], "tracks": [],
-                       "shapes": [by_id[state[f"m:{FRAMES[1]}:3"][2]]]}, what="delete")
+                       "shapes": [by_id[state[f"m:{FRAMES[1]}:3"].server_id]]}, what="delete")
     want = sorted([f"m:{FRAMES[0]}:1", f"m:{FRAMES[1]}:3"])
     assert push(st, conn, task.id).held == want
     rep = push(st, conn, task.id)
@@ -923,7 +923,7 @@ def test_track_across_overlapping_jobs_is_one_track_in_cvat(cvat_server, tmp_pat
     merged = conn.request("GET", f"/api/tasks/{task.id}/annotations", what="task view")
     groups = sorted(t["group"] for t in merged["tracks"])
     rings = sorted(int(o) for o, _ring in {tuple(k.split(":")[1:3]) for k in
-                                            push_state(st, conn.host, task.id)["units"] if k.startswith("t")})
+                                            push_state(st, conn.host, task.id).units if k.startswith("t")})
     assert groups == rings and (shape == "polygon" or groups == [1, 2, 3]), groups  # no fragments
     shown = {o: {f for f in range(24) if not st.read_frame(f).by_object()[o].is_empty} for o in (1, 2, 3)}
     for t in merged["tracks"]:

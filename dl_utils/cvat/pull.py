@@ -24,27 +24,34 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from ..annotations import Instance, Label, ShapeType, Source
-from ..cv_utils import box_to_mask, decode_cvat_rle, polygons_to_mask
+from ..annotations import Instance, Label, MediaInfo, Source
+from ..cv_utils import decode_cvat_rle
 from ..errors import MaskError
 from ..formats._common import (
     WRITE_BATCH,
     ObjectKey,
+    ParsedShape,
     assign_object_ids,
+    build_instance,
     merge_labels,
     parse_source,
     progress,
 )
-from ..formats.cvat_xml import _group_ids
+from ..formats.cvat_xml import group_ids
+from ..store import AnnotationStore
 from ._wire import item_hash
 from .connection import CvatConnection, cvat_error
-from .labels import task_labels
-from .push import base_key, state_key
-from .tasks import check_task_media, read_task
+from .labels import ServerLabel, task_labels
+from .records import SyncState, UnitKey, UnitRecord
+from .tasks import TaskInfo, check_task_media, read_task
+
+#: (task frame, object key) of one instance to write; object key ``("o", id)`` for a store object,
+#: else the key of a new object (``("g", group, label)`` or ``(kind, server id)``)
+Cell = tuple[int, tuple]
 
 
 @dataclass
@@ -79,25 +86,32 @@ class PullReport:
 
 
 @dataclass
-class _Piece:
-    kind: str  # mask | polygon | box
-    data: Any
-    source: Source
-    score: float | None
-    human: bool
-    edited: bool
-    ref: tuple[str, int]  # ("s" | "t", server id)
-    where: str
-    base: str | None = None  # our unit's key without the job of an overlap copy
+class ServerShape(ParsedShape):
+    """A shape read from a CVAT job (or one keyframe of a track): the importers' :class:`ParsedShape`
+    (``keyframe`` = a person made or changed it) plus where it came from on the server."""
+
+    edited: bool = False  # ours, changed by a person
+    ref: tuple[str, int] = ("s", 0)  # ("s" | "t", server id)
+    base: UnitKey | None = None  # our unit's key without the job of an overlap copy
 
 
-def _dedup_pieces(pieces: list[_Piece]) -> list[_Piece]:
+def _server_shape(kind_cvat: str, points: list, **kw: Any) -> ServerShape | None:
+    if kind_cvat == "mask":
+        return ServerShape("mask", points, **kw)
+    if kind_cvat == "polygon":
+        return ServerShape("polygon", [list(map(float, points))], **kw)
+    if kind_cvat == "rectangle":
+        return ServerShape("box", tuple(float(v) for v in points[:4]), **kw)
+    return None  # polylines, points, ellipses, skeletons...: not instances
+
+
+def _dedup(shapes: list[ServerShape]) -> list[ServerShape]:
     """One object on one frame, as several jobs hold it: drop exact duplicates, and where a person
     edited one job's copy of our shape, drop the unedited copies in the other jobs."""
-    edited_bases = {p.base for p in pieces if p.base is not None and p.edited}
-    out: list[_Piece] = []
+    edited_bases = {p.base for p in shapes if p.base is not None and p.edited}
+    out: list[ServerShape] = []
     seen: set[str] = set()
-    for p in pieces:
+    for p in shapes:
         if p.base is not None and not p.edited and p.base in edited_bases:
             continue
         sig = repr((p.kind, p.data if p.kind != "mask" else tuple(p.data)))
@@ -108,230 +122,190 @@ def _dedup_pieces(pieces: list[_Piece]) -> list[_Piece]:
     return out
 
 
-def _oid_of_key(ukey: str) -> int:
-    parts = ukey.split(":")
-    return int(parts[2] if ukey[0] in "mpb" else parts[1])
+def _decode(p: ParsedShape, h: int, w: int) -> np.ndarray:
+    try:
+        return decode_cvat_rle(p.data, h, w)
+    except MaskError as e:
+        raise cvat_error(f"{p.where}: {e}; fix or delete the shape in CVAT") from None
 
 
-def _frame_of_key(ukey: str) -> int | None:
-    return int(ukey.split(":")[1]) if ukey[0] in "mpb" else None
+class _JobReader:
+    """Fetch and parse phase: reads every job once and sorts its shapes into cells (one object on
+    one task frame), telling ours (unchanged or edited) from people's by the sync record."""
 
+    def __init__(self, store: AnnotationStore, task: TaskInfo, n_frames: int,
+                 labels: dict[int, ServerLabel], units: dict[str, UnitRecord], include_own: bool,
+                 report: PullReport):
+        self.task, self.n, self.labels, self.units = task, n_frames, labels, units
+        self.include_own, self.rep = include_own, report
+        self.own = {(r.kind, r.server_id): k for k, r in units.items() if r.server_id is not None}
+        self.objects = {o.id: o for o in store.objects()}
+        self.group_to_oid = {g: oid for oid, g in group_ids(list(self.objects.values())).items()}
+        self.cells: dict[Cell, list[ServerShape]] = {}
+        self.news: set[Cell] = set()  # cells to write
+        self.new_keys: dict[tuple, ObjectKey] = {}
+        self.touched_units: dict[Cell, set[str]] = {}
+        self.seen: set[tuple] = set()
+        self.present: set[tuple[str, int]] = set()
 
-def _piece(kind_cvat: str, points: list, **kw: Any) -> _Piece | None:
-    if kind_cvat == "mask":
-        return _Piece("mask", points, **kw)
-    if kind_cvat == "polygon":
-        return _Piece("polygon", [list(map(float, points))], **kw)
-    if kind_cvat == "rectangle":
-        return _Piece("box", tuple(float(v) for v in points[:4]), **kw)
-    return None  # polylines, points, ellipses, skeletons...: not instances
-
-
-def _instance(oid: int, pieces: list[_Piece], h: int, w: int, rasterize: bool, marker: dict | None
-              ) -> Instance:
-    human = [p for p in pieces if p.human]
-    source = (Source.MANUAL if any(p.human and p.source is Source.MANUAL for p in pieces)
-              else (human or pieces)[0].source)
-    scores = [float(p.score) for p in pieces if p.score is not None]
-    common = dict(object_id=oid, source=source, keyframe=bool(human), prompts=marker,
-                  score=max(scores) if scores else None)
-
-    def decode(p: _Piece) -> np.ndarray:
-        try:
-            return decode_cvat_rle(p.data, h, w)
-        except MaskError as e:
-            raise cvat_error(f"{p.where}: {e}; fix or delete the shape in CVAT") from None
-
-    if len(pieces) == 1 and pieces[0].kind == "box":
-        box = pieces[0].data
-        return Instance(box=box, mask=box_to_mask(box, h, w) if rasterize else None,
-                        shape=ShapeType.BOX, **common)
-    if all(p.kind == "polygon" for p in pieces):
-        rings = [r for p in pieces for r in p.data]
-        return Instance(polygon=rings, mask=polygons_to_mask(rings, h, w) if rasterize else None,
-                        shape=ShapeType.POLYGON, **common)
-    mask = np.zeros((h, w), dtype=bool)
-    for p in pieces:
-        if p.kind == "mask":
-            mask |= decode(p)
-        elif p.kind == "polygon":
-            mask |= polygons_to_mask(p.data, h, w)
-        else:
-            mask |= box_to_mask(p.data, h, w)
-    return Instance(mask=mask, shape=ShapeType.MASK, **common)
-
-
-def pull(
-    store: Any,
-    conn: CvatConnection,
-    task_id: int,
-    *,
-    rasterize: bool = True,
-    include_own: bool = False,
-    dry_run: bool = False,
-) -> PullReport:
-    """Bring task ``task_id``'s annotations into ``store`` (see the module doc)."""
-    t0 = time.perf_counter()
-    before = conn.stats.copy()
-    rep = PullReport(task_id=int(task_id), dry_run=dry_run)
-    task = read_task(conn, task_id)
-    media = store.media
-    if media is None:
-        media = task.media
-        if not dry_run:
-            store.set_media(media)
-    else:
-        check_task_media(media, task, str(store.path))
-    n = len(media.frames)
-    # each frame's own size (image tasks of photos differ per image): masks are decoded at it
-    sizes = media.sizes() if hasattr(media, "sizes") else [(media.width, media.height)] * n
-    labels = {lb.id: lb for lb in task_labels(conn, task.id)}
-    key = state_key(conn.host, task.id)
-    state = store.get_meta(key) or {}
-    recs: dict[str, list] = dict(state.get("units") or {})
-    own = {(r[0], r[2]): k for k, r in recs.items() if r[2] is not None}
-    objects = {o.id: o for o in store.objects()}
-    group_to_oid = {g: oid for oid, g in _group_ids(list(objects.values())).items()}
-
-    # (task frame, object key) -> pieces; object key: ("o", oid) existing, else new-object keys
-    cells: dict[tuple[int, tuple], list[_Piece]] = {}
-    news: set[tuple[int, tuple]] = set()
-    new_keys: dict[tuple, ObjectKey] = {}
-    touched_units: dict[tuple[int, tuple], set[str]] = {}
-    seen: set[tuple] = set()
-    present: set[tuple[str, int]] = set()
-
-    def obj_key(item: dict, label: str, kind: str, sid: int) -> tuple:
+    def obj_key(self, item: dict, label: str, kind: str, sid: int) -> tuple:
+        """Group -> the store object of that id (push's rule) when its label agrees; else a new
+        object per group (and label), or per ungrouped shape."""
         g = int(item.get("group") or 0)
         if g > 0:
-            oid = group_to_oid.get(g)
-            if oid is not None and objects[oid].label == label:
+            oid = self.group_to_oid.get(g)
+            if oid is not None and self.objects[oid].label == label:
                 return ("o", oid)
-            k = ("g", g, label)
+            k: tuple = ("g", g, label)
         else:
             k = (kind, sid)
-        if k not in new_keys:
-            new_keys[k] = ObjectKey(k, label, g if g > 0 else None)
+        if k not in self.new_keys:
+            self.new_keys[k] = ObjectKey(k, label, g if g > 0 else None)
         return k
 
-    for job in progress(sorted(j.id for j in task.jobs), desc="pull jobs"):
-        data = conn.request("GET", f"/api/jobs/{job}/annotations",
-                            what=f"reading the annotations of job {job} (task {task.id})") or {}
-        items = [("s", s) for s in data.get("shapes") or []] + [("t", t) for t in data.get("tracks") or []]
-        for kind, item in items:
-            sid = int(item.get("id") or 0)
-            present.add((kind, sid))  # before the dedup: an overlap copy is there, not deleted
-            h_item = item_hash(kind, item)
-            dedup = (kind, h_item)
-            if dedup in seen:  # the same shape in two overlapping jobs (our push sends it to both)
-                continue
-            seen.add(dedup)
-            if kind == "s":
-                rep.shapes += 1
+    def read(self, conn: CvatConnection) -> None:
+        for job in progress(sorted(j.id for j in self.task.jobs), desc="pull jobs"):
+            data = conn.request("GET", f"/api/jobs/{job}/annotations",
+                                what=f"reading the annotations of job {job} (task {self.task.id})") or {}
+            items = ([("s", s) for s in data.get("shapes") or []]
+                     + [("t", t) for t in data.get("tracks") or []])
+            for kind, item in items:
+                self.item(job, kind, item)
+
+    def item(self, job: int, kind: str, item: dict) -> None:
+        """One shape or track of ``job``: counted, classified, and its frames added to cells."""
+        rep = self.rep
+        sid = int(item.get("id") or 0)
+        self.present.add((kind, sid))  # before the dedup: an overlap copy is there, not deleted
+        h_item = item_hash(kind, item)
+        if (kind, h_item) in self.seen:  # the same shape in two overlapping jobs (push sends both)
+            return
+        self.seen.add((kind, h_item))
+        if kind == "s":
+            rep.shapes += 1
+        else:
+            rep.tracks += 1
+        label = self.labels.get(int(item.get("label_id", -1)))
+        if label is None:
+            return
+        ukey = self.own.get((kind, sid))
+        if ukey is not None:
+            edited = h_item != self.units[ukey].current_hash
+            okey: tuple = ("o", UnitKey.parse(ukey).object_id)
+            if edited:
+                rep.edited += 1
             else:
-                rep.tracks += 1
-            label = labels.get(int(item.get("label_id", -1)))
-            if label is None:
+                rep.own_unchanged += 1
+        else:
+            edited = False
+            okey = self.obj_key(item, label.name, kind, sid)
+            rep.foreign += 1
+        self.add_frames(job, kind, item, sid, ukey, okey, edited)
+
+    def add_frames(self, job: int, kind: str, item: dict, sid: int, ukey: str | None, okey: tuple,
+                   edited: bool) -> None:
+        """A shape's frame, or every keyframe a track shows the object on, as server shapes."""
+        human = ukey is None or edited
+        src = Source.MANUAL if edited else parse_source(item.get("source", "manual"))
+        what = "shape" if kind == "s" else "track"
+        if kind == "s":
+            frames = [(int(item.get("frame", 0)), item)]
+        else:
+            frames = [(int(s.get("frame", 0)), s) for s in item.get("shapes") or [] if not s.get("outside")]
+        score = item.get("score")
+        base = UnitKey.parse(ukey).base if ukey is not None else None
+        for f, s in frames:
+            if not 0 <= f < self.n:
+                raise cvat_error(f"job {job} of task {self.task.id}: {what} {sid} is on frame {f},"
+                                 f" outside the task's {self.n} frames")
+            pc = _server_shape(str(s.get("type")), list(s.get("points") or []), source=src,
+                               score=None if score is None else float(score), keyframe=human,
+                               edited=edited, ref=(kind, sid), base=base,
+                               where=f"task {self.task.id}, job {job}, frame {f}, {what} {sid}")
+            if pc is None:
                 continue
-            ukey = own.get((kind, sid))
+            cell = (f, okey)
+            self.cells.setdefault(cell, []).append(pc)
             if ukey is not None:
-                r = recs[ukey]
-                edited = h_item != (r[4] or r[3])
-                okey: tuple = ("o", _oid_of_key(ukey))
-                if edited:
-                    rep.edited += 1
-                else:
-                    rep.own_unchanged += 1
-            else:
-                edited = False
-                okey = obj_key(item, label.name, kind, sid)
-                rep.foreign += 1
-            human = ukey is None or edited
-            src = Source.MANUAL if edited else parse_source(item.get("source", "manual"))
-            if kind == "s":
-                frames = [(int(item.get("frame", 0)), item)]
-            else:
-                frames = [(int(s.get("frame", 0)), s) for s in item.get("shapes") or []
-                          if not s.get("outside")]
-            for f, s in frames:
-                if not 0 <= f < n:
-                    raise cvat_error(f"job {job} of task {task.id}: {'shape' if kind == 's' else 'track'}"
-                                     f" {sid} is on frame {f}, outside the task's {n} frames")
-                where = f"task {task.id}, job {job}, frame {f}, {'shape' if kind == 's' else 'track'} {sid}"
-                pc = _piece(str(s.get("type")), list(s.get("points") or []), source=src,
-                            score=item.get("score"), human=human, edited=edited, ref=(kind, sid),
-                            where=where, base=base_key(ukey) if ukey is not None else None)
-                if pc is None:
-                    continue
-                cell = (f, okey)
-                cells.setdefault(cell, []).append(pc)
-                if ukey is not None:
-                    touched_units.setdefault(cell, set()).add(ukey)
-                if human or include_own:
-                    news.add(cell)
+                self.touched_units.setdefault(cell, set()).add(ukey)
+            if human or self.include_own:
+                self.news.add(cell)
 
-    # our shapes people deleted: the object is not on that frame (or only what is left of it)
-    deleted_cells: set[tuple[int, tuple]] = set()
-    handed: set[str] = set()
-    index = media._index()
-    for ukey, r in recs.items():
-        if r[2] is not None and (r[0], r[2]) in present:
-            continue
-        if r[2] is None and not r[5]:
-            continue
-        rep.deleted += 1
-        oid = _oid_of_key(ukey)
-        f_src = _frame_of_key(ukey)
-        hit: list[tuple[int, tuple]] = []
-        if f_src is not None:
-            if f_src in index:
-                hit.append((index[f_src], ("o", oid)))
-        else:  # a whole track: every frame of its job where the store shows the object
-            jr = next((j for j in task.jobs if j.id == r[1]), None)
-            if jr is not None and oid in objects:
-                for fs, inst in store.read_object(oid, decode=False).items():
-                    if fs in index and not inst.is_empty and jr.start <= index[fs] <= jr.stop:
-                        hit.append((index[fs], ("o", oid)))
-        if not hit:
-            handed.add(ukey)
-        for c in hit:
-            deleted_cells.add(c)
-            touched_units.setdefault(c, set()).add(ukey)
-    news |= deleted_cells
+    def deleted(self, store: AnnotationStore, media: MediaInfo) -> tuple[set[Cell], set[str]]:
+        """Our units no job holds any more (or held as deleted): their cells become empty or what is
+        left of the object; units with no cell to show are handed over at once."""
+        deleted_cells: set[Cell] = set()
+        handed: set[str] = set()
+        index = media.index_map()
+        for ukey, r in self.units.items():
+            if r.server_id is not None and (r.kind, r.server_id) in self.present:
+                continue
+            if r.server_id is None and not r.held:
+                continue
+            self.rep.deleted += 1
+            k = UnitKey.parse(ukey)
+            oid = k.object_id
+            hit: list[Cell] = []
+            if not k.track:
+                if k.frame in index:
+                    hit.append((index[k.frame], ("o", oid)))
+            else:  # a whole track: every frame of its job where the store shows the object
+                jr = next((j for j in self.task.jobs if j.id == r.job), None)
+                if jr is not None and oid in self.objects:
+                    for fs, inst in store.read_object(oid, decode=False).items():
+                        if fs in index and not inst.is_empty and jr.start <= index[fs] <= jr.stop:
+                            hit.append((index[fs], ("o", oid)))
+            if not hit:
+                handed.add(ukey)
+            for c in hit:
+                deleted_cells.add(c)
+                self.touched_units.setdefault(c, set()).add(ukey)
+        self.news |= deleted_cells
+        return deleted_cells, handed
 
-    # ---- objects for the new keys (group ids kept where free, as the XML import does)
-    news_keys = {c[1] for c in news}
-    used_keys = [new_keys[k] for k in new_keys if k in news_keys]
-    ids = assign_object_ids(used_keys, objects.keys()) if used_keys else {}
+
+def _new_objects(store: AnnotationStore, reader: _JobReader, labels: dict[int, ServerLabel],
+                 dry_run: bool) -> dict[tuple, int]:
+    """Merge phase, objects: ids for the new object keys (group ids kept where free, as the XML
+    import does), created in the store with their labels."""
+    news_keys = {c[1] for c in reader.news}
+    used_keys = [reader.new_keys[k] for k in reader.new_keys if k in news_keys]
+    ids = assign_object_ids(used_keys, reader.objects.keys()) if used_keys else {}
     if not dry_run:
         merge_labels(store, [Label(lb.name, lb.color or None) for lb in labels.values()
                              if any(k.label == lb.name for k in used_keys)],
                      [k.label for k in used_keys])
         for k in used_keys:
             store.add_object(k.label, id=ids[k.key])
-    rep.objects_created = sorted(ids.values())
+    return ids
 
-    def oid_of(okey: tuple) -> int:
-        return okey[1] if okey[0] == "o" else ids[okey]
 
-    # ---- instances, in frame order, written in batches
+def _instances(reader: _JobReader, deleted_cells: set[Cell], ids: dict[tuple, int], media: MediaInfo,
+               host: str, rasterize: bool, handed: set[str]) -> dict[int, list[Instance]]:
+    """Merge phase, instances: one per cell, in frame order; people's carry the ``prompts["cvat"]``
+    marker (never pushed back) and hand the units they absorbed over to people (``handed``)."""
+    rep = reader.rep
+    sizes = media.sizes()  # each frame's own size (photos differ per image): masks are decoded at it
     by_frame: dict[int, list[Instance]] = {}
-    for cell in sorted(news, key=lambda c: (c[0], str(c[1]))):
+    for cell in sorted(reader.news, key=lambda c: (c[0], str(c[1]))):
         f, okey = cell
-        oid = oid_of(okey)
-        pieces = cells.get(cell, [])
-        human = any(p.human for p in pieces) or cell in deleted_cells
+        oid = okey[1] if okey[0] == "o" else ids[okey]
+        pieces = reader.cells.get(cell, [])
+        human = any(p.keyframe for p in pieces) or cell in deleted_cells
         marker = None
         if human:
-            marker = {"cvat": {"host": conn.host, "task": task.id,
+            marker = {"cvat": {"host": host, "task": reader.task.id,
                                "shapes": sorted(p.ref[1] for p in pieces if p.ref[0] == "s"),
                                "tracks": sorted({p.ref[1] for p in pieces if p.ref[0] == "t"})}}
-            handed |= touched_units.get(cell, set())
+            handed |= reader.touched_units.get(cell, set())
         fw, fh = sizes[f]
         if pieces:
-            pieces = _dedup_pieces(pieces)
-            pieces.sort(key=lambda p: not p.human)
-            inst = _instance(oid, pieces, fh, fw, rasterize, marker)
+            pieces = _dedup(pieces)
+            pieces.sort(key=lambda p: not p.keyframe)  # people's first: their source wins
+            source = (Source.MANUAL if any(p.keyframe and p.source is Source.MANUAL for p in pieces)
+                      else pieces[0].source)
+            inst = build_instance(oid, pieces, fh, fw, _decode, box_mask=rasterize, polygon_mask=rasterize,
+                                  source=source, prompts=marker)
         else:
             inst = Instance(object_id=oid, mask=np.zeros((fh, fw), dtype=bool), source=Source.MANUAL,
                             keyframe=True, prompts=marker)
@@ -339,26 +313,75 @@ def pull(
         if human:
             rep.corrections.append((media.frames[f], oid))
     rep.corrections.sort()
+    return by_frame
+
+
+def _write(store: AnnotationStore, by_frame: dict[int, list[Instance]], state: SyncState | None,
+           handed: set[str]) -> None:
+    """Write phase: instances in batched transactions, then the units handed over to people are
+    forgotten by the sync record (so a later push neither overwrites nor deletes them)."""
+    batch: list[tuple[int, list[Instance]]] = []
+    for f in progress(sorted(by_frame), desc="write store"):
+        batch.append((f, by_frame[f]))
+        if len(batch) >= WRITE_BATCH:
+            store.write_frames(batch)
+            batch = []
+    if batch:
+        store.write_frames(batch)
+    if handed and state is not None:
+        for k in handed:
+            state.units.pop(k, None)
+        state.save(store)
+
+
+def _pull_media(store: AnnotationStore, task: TaskInfo, dry_run: bool) -> MediaInfo:
+    """The store's media, checked against the task; a new store takes the task's."""
+    media = store.media
+    if media is None:
+        media = task.media
+        if not dry_run:
+            store.set_media(media)
+    else:
+        check_task_media(media, task, str(store.path))
+    return media
+
+
+def pull(
+    store: AnnotationStore,
+    conn: CvatConnection,
+    task_id: int,
+    *,
+    rasterize: bool = True,
+    include_own: bool = False,
+    dry_run: bool = False,
+) -> PullReport:
+    """Bring task ``task_id``'s annotations into ``store`` (see the module doc).
+
+    Phases: fetch and parse every job (:class:`_JobReader`), find our deleted units, merge into
+    objects and instances (:func:`_new_objects`, :func:`_instances`), write (:func:`_write`).
+    """
+    t0 = time.perf_counter()
+    before = conn.stats.copy()
+    rep = PullReport(task_id=int(task_id), dry_run=dry_run)
+    task = read_task(conn, task_id)
+    state = SyncState.load(store, conn.host, task.id)  # a record too new is refused before any write
+    media = _pull_media(store, task, dry_run)
+    labels = {lb.id: lb for lb in task_labels(conn, task.id)}
+    reader = _JobReader(store, task, len(media.frames), labels, dict(state.units) if state else {},
+                        include_own, rep)
+    reader.read(conn)
+    deleted_cells, handed = reader.deleted(store, media)
+    ids = _new_objects(store, reader, labels, dry_run)
+    rep.objects_created = sorted(ids.values())
+    by_frame = _instances(reader, deleted_cells, ids, media, conn.host, rasterize, handed)
     rep.instances = sum(len(v) for v in by_frame.values())
     rep.frames = len(by_frame)
     if not dry_run:
-        batch: list[tuple[int, list[Instance]]] = []
-        for f in progress(sorted(by_frame), desc="write store"):
-            batch.append((f, by_frame[f]))
-            if len(batch) >= WRITE_BATCH:
-                store.write_frames(batch)
-                batch = []
-        if batch:
-            store.write_frames(batch)
-        if handed and state and not dry_run:
-            for k in handed:
-                recs.pop(k, None)
-            state["units"] = recs
-            store.set_meta(key, state)
+        _write(store, by_frame, state, handed)
     d = conn.stats.since(before)
     rep.requests, rep.bytes_received = d["requests"], d["bytes_received"]
     rep.seconds = time.perf_counter() - t0
     return rep
 
 
-__all__ = ["PullReport", "pull"]
+__all__ = ["PullReport", "ServerShape", "pull"]

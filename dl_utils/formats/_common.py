@@ -462,26 +462,35 @@ def assign_object_ids(keys: Sequence[ObjectKey], existing: Iterable[int]) -> dic
 
 
 def build_instance(
-    object_id: int, shapes: Sequence[ParsedShape], height: int, width: int, decode
+    object_id: int, shapes: Sequence[ParsedShape], height: int, width: int, decode,
+    *, box_mask: bool = False, polygon_mask: bool = True, source: Source | None = None,
+    prompts: dict[str, Any] | None = None,
 ) -> Instance:
     """One instance from the shapes of one object on one frame.
 
     One shape maps directly. Several (a multi-ring polygon written as several CVAT polygons of one
     group, or pieces drawn separately): all polygons -> one polygon instance with every ring; any
     other mix -> the union of their masks as a mask instance.
+
+    Shared by the file importers and the CVAT pull (:mod:`dl_utils.cvat.pull`), which passes
+    ``box_mask`` / ``polygon_mask`` (rasterise a lone box / polygons: pull's ``rasterize``), its own
+    ``source`` rule and the ``prompts`` marker of pulled instances. ``decode(shape, height, width)``
+    turns a ``mask`` / ``coco_rle`` shape into a bool mask.
     """
     first = shapes[0]
     keyframe = any(s.keyframe for s in shapes)
     scores = [s.score for s in shapes if s.score is not None]
     score = max(scores) if scores else None
-    common = dict(object_id=object_id, source=first.source, keyframe=keyframe, score=score)
+    common = dict(object_id=object_id, source=first.source if source is None else source,
+                  keyframe=keyframe, score=score, prompts=prompts)
     if len(shapes) == 1 and first.kind == "box":
-        return Instance(box=first.data, shape=ShapeType.BOX, **common)
+        return Instance(box=first.data, mask=box_to_mask(first.data, height, width) if box_mask else None,
+                        shape=ShapeType.BOX, **common)
     if all(s.kind == "polygon" for s in shapes):
         rings = [r for s in shapes for r in s.data]
         return Instance(
-            mask=polygons_to_mask(rings, height, width), polygon=rings, shape=ShapeType.POLYGON,
-            **common,
+            mask=polygons_to_mask(rings, height, width) if polygon_mask else None, polygon=rings,
+            shape=ShapeType.POLYGON, **common,
         )
     mask = np.zeros((height, width), dtype=bool)
     for s in shapes:

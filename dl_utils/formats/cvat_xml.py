@@ -166,8 +166,12 @@ def _meta(media: MediaInfo, labels: list[Label], mode: str) -> "OrderedDict[str,
     return OrderedDict(task=task, dumped=now)
 
 
-def _group_ids(objects: list[ObjectInfo]) -> dict[int, int]:
-    """CVAT group per object: its id (groups start at 1, so an object 0 gets max id + 1)."""
+def group_ids(objects: list[ObjectInfo]) -> dict[int, int]:
+    """CVAT group per object: its id (groups start at 1, so an object 0 gets max id + 1).
+
+    Public: the CVAT sink pushes ``group`` by the same rule and pull maps groups back with it, so a
+    task's groups and an XML export's agree whatever subset of objects is written.
+    """
     top = max((o.id for o in objects), default=0)
     return {o.id: (o.id if o.id > 0 else top + 1) for o in objects}
 
@@ -196,7 +200,7 @@ def export_cvat(
             " size for all frames: export it as cvat-images or coco instead"
         )
     label_of = {o.id: o.label for o in objs}
-    groups = _group_ids(objs)
+    groups = group_ids(objs)
     h, w = media.height, media.width
     mode = "interpolation" if media_full.frame_names is None else "annotation"
 
