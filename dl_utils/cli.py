@@ -171,21 +171,21 @@ def cmd_models_download(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- segment (SAM2 video)
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .sam2al import run_segment_cli
+    from .drivers.segment import run_segment_cli
 
     return run_segment_cli(args)
 
 
 # ---------------------------------------------------------------- detect (GroundingDINO)
 def cmd_detect(args: argparse.Namespace) -> int:
-    from .dinoal import run_detect_cli
+    from .drivers.detect import run_detect_cli
 
     return run_detect_cli(args)
 
 
 # ---------------------------------------------------------------- parser
 def cmd_annotate(args: argparse.Namespace) -> int:
-    from .annotate import run_annotate_cli
+    from .drivers.annotate import run_annotate_cli
 
     return run_annotate_cli(args)
 
@@ -250,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     mdl.add_argument("--no-verify", action="store_true", help="skip the strict load check")
     mdl.set_defaults(func=cmd_models_download)
 
-    from .dinoal import add_detect_arguments  # torch-free: only the option lists
-    from .sam2al import add_segment_arguments
+    from .drivers.detect import add_detect_arguments  # torch-free: only the option lists
+    from .drivers.segment import add_segment_arguments
 
     seg = sub.add_parser(
         "segment",
@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_detect_arguments(det)
     det.set_defaults(func=cmd_detect)
 
-    from .annotate import add_annotate_arguments
+    from .drivers.annotate import add_annotate_arguments
 
     ann = sub.add_parser(
         "annotate",

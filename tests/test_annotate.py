@@ -76,7 +76,7 @@ def fixed_detector(clip) -> Fixed:
 
 @requires_sam2
 def test_points_only_equals_dl_utils_segment(tiny_sam2_video, clip, tmp_path):  # noqa: F811
-    from dl_utils.sam2al import run_segment
+    from dl_utils.drivers.segment import run_segment
 
     pts = prompts_file(tmp_path, CLICK)
     s = run_annotate(clip, tmp_path / "a.sqlite", points=pts, sam_video_model=tiny_sam2_video, progress=False)

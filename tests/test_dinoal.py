@@ -35,11 +35,11 @@ from dl_utils.dinoal import (
     nms,
     parse_prompt,
     phrase_index_of_tokens,
-    run_detect,
     segment_detections,
     store_detections,
     tile_grid,
 )
+from dl_utils.drivers.detect import run_detect
 from dl_utils.errors import InputError, ModelError
 from dl_utils.store import AnnotationStore
 from tests.dino_fixtures import (  # noqa: F401  (fixtures)

@@ -578,7 +578,7 @@ def test_load_prompts_missing_file(tmp_path):
 def test_run_segment_with_checkpoint_end_to_end_and_resume(tiny_sam2_video, short_clip, tmp_path):
     import torch
 
-    from dl_utils.sam2al import run_segment
+    from dl_utils.drivers.segment import run_segment
 
     ckpt = tmp_path / "tiny.pt"
     torch.save({"model": tiny_sam2_video.state_dict()}, ckpt)
@@ -618,7 +618,7 @@ def test_run_segment_with_checkpoint_end_to_end_and_resume(tiny_sam2_video, shor
 def test_segment_changed_prompt_reports_dropped_frames_and_dry_run_changes_nothing(
         tiny_sam2_video, short_clip, tmp_path, capsys):
     from dl_utils.cli import main
-    from dl_utils.sam2al import run_segment
+    from dl_utils.drivers.segment import run_segment
 
     out = tmp_path / "seg.sqlite"
     first = _prompts(tmp_path, [
@@ -660,7 +660,7 @@ def test_segment_changed_prompt_reports_dropped_frames_and_dry_run_changes_nothi
 
 
 def test_segment_stop_past_the_end_means_to_the_end(tiny_sam2_video, short_clip, tmp_path):
-    from dl_utils.sam2al import run_segment
+    from dl_utils.drivers.segment import run_segment
 
     p = _prompts(tmp_path, [{"frame": 2, "object": 1, "label": "bed", "points": [[400, 300, 1]]}])
     s = run_segment(short_clip, tmp_path / "a.sqlite", p, start=8, stop=600, sam_model=tiny_sam2_video,
@@ -672,7 +672,7 @@ def test_segment_stop_past_the_end_means_to_the_end(tiny_sam2_video, short_clip,
 
 
 def test_segment_box_far_outside_the_image_is_refused_before_any_work(tiny_sam2_video, short_clip, tmp_path):
-    from dl_utils.sam2al import run_segment
+    from dl_utils.drivers.segment import run_segment
 
     out = tmp_path / "box.sqlite"
     ok = _prompts(tmp_path, [{"frame": 1, "object": 1, "label": "bed", "box": [-10, 5, 965, 300]}], "ok.json")
@@ -687,7 +687,7 @@ def test_segment_box_far_outside_the_image_is_refused_before_any_work(tiny_sam2_
 def test_segment_mixed_size_image_folder(tiny_sam2_video, tmp_path):
     """Each image at its own size: prompts checked against it, masks stored at it."""
     from dl_utils.cv_utils import save_image
-    from dl_utils.sam2al import run_segment
+    from dl_utils.drivers.segment import run_segment
     from tests.sam2_fixtures import test_image
 
     folder = tmp_path / "imgs"

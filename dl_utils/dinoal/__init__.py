@@ -2,7 +2,7 @@
 
 Import what you need from here; torch, groundingdino and transformers are imported only when a
 backend is built or boxes are suppressed, so this package imports without the model extras.
-See docs/dinoal.md.
+See docs/dinoal.md; the ``dl-utils detect`` driver is :mod:`dl_utils.drivers.detect`.
 """
 
 from .backends import (
@@ -25,12 +25,9 @@ from .detections import (
 )
 from .detector import BACKENDS, Detector, GroundedDetector, load_detector
 from .pipeline import (
-    add_detect_arguments,
     add_detection_objects,
     detect_frames,
     ensure_labels,
-    run_detect,
-    run_detect_cli,
     segment_detections,
     store_detections,
 )
@@ -59,7 +56,6 @@ __all__ = [
     "Prompt",
     "TransformersBackend",
     "UnknownPhraseWarning",
-    "add_detect_arguments",
     "add_detection_objects",
     "build_groundingdino",
     "cap",
@@ -73,8 +69,6 @@ __all__ = [
     "parse_prompt",
     "phrase_index_of_tokens",
     "phrase_scores",
-    "run_detect",
-    "run_detect_cli",
     "segment_detections",
     "shift",
     "store_detections",

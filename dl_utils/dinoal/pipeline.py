@@ -1,14 +1,12 @@
-"""Detections → SAM2 masks → annotation store, and the ``dl-utils detect`` driver.
+"""Detections → SAM2 masks → annotation store: the engine steps the drivers put together.
 
-The video path is kept as a separate step, :func:`detect_frames` (frames in, ``(frame,
-Detections)`` out), so a tracker can consume keyframe detections instead of :func:`run_detect`
-writing one object per box and frame.
+:func:`detect_frames` (frames in, ``(frame, Detections)`` out) is kept a separate step, so a tracker
+can consume keyframe detections instead of one object per box and frame being written. The
+``dl-utils detect`` driver is :mod:`dl_utils.drivers.detect`.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +16,7 @@ from ..annotations import Instances, Label, ObjectInfo
 from ..cv_utils.colors import palette
 from ..errors import InputError
 from .detections import Detections
-from ..models import DEFAULT_MODEL as DEFAULT_SAM2
-from .detector import BACKENDS, Detector
+from .detector import Detector
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..classes import ClassTable
@@ -169,207 +166,10 @@ def detect_frames(
             src.close()
 
 
-def check_counts(*, every: Any = None, max_gap: Any = None, max_objects: Any = None) -> None:
-    """Refuse impossible counts before anything is opened or loaded (also for image sets, where
-    the tracking options do nothing: a negative value is a mistake either way)."""
-    for name, v, least, hint in (("every", every, 1, "1 (every frame) or more"),
-                                 ("max_gap", max_gap, 0, "0 or more frames"),
-                                 ("max_objects", max_objects, 1, "1 or more, or leave it out (no cap)")):
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
-            raise InputError(f"--{name.replace('_', '-')} {v}: use {hint}")
-
-
-# ----------------------------------------------------------------------------- CLI
-def add_detect_arguments(parser: Any) -> None:
-    """The ``dl-utils detect`` options (for the CLI to wire with :func:`run_detect_cli`)."""
-    parser.add_argument("source", help="image, image folder, glob, pattern or video")
-    parser.add_argument("--text", required=True, help='what to find, e.g. "car. person. traffic light"')
-    parser.add_argument("--out", required=True, help="annotation store (.sqlite); added to when it exists")
-    parser.add_argument("--every", type=int, default=None,
-                        help="detect on every N-th frame (default: 1 for images, 20 for tracked video; "
-                             "tracking also re-detects early when SAM2's quality drops)")
-    parser.add_argument("--backend", choices=BACKENDS, default="groundingdino")
-    parser.add_argument("--model", default=None,
-                        help="groundingdino: .pth file, registry name or URL; transformers: save_pretrained "
-                             "folder, registry name or Hugging Face id")
-    parser.add_argument("--box-threshold", type=float, default=0.35, dest="box_threshold")
-    parser.add_argument("--text-threshold", type=float, default=0.25, dest="text_threshold")
-    parser.add_argument("--segment", action="store_true", help="turn boxes into SAM2 masks")
-    parser.add_argument("--classes", default=None, help="class table (.csv/.xlsx) the labels must come from")
-    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
-    parser.add_argument("--text-encoder", default=None, dest="text_encoder",
-                        help="groundingdino backend: local BERT folder (default: bert-base-uncased in the "
-                             "models folder)")
-    parser.add_argument("--no-track", action="store_false", dest="track",
-                        help="video: independent detections per keyframe instead of tracked objects with "
-                             "stable ids (with --segment: SAM2 propagation between keyframes)")
-    parser.add_argument("--max-gap", type=int, default=30, dest="max_gap",
-                        help="tracked video: frames an object may stay unseen and keep its id (default 30)")
-    parser.add_argument("--max-objects", type=int, default=None, dest="max_objects",
-                        help="tracked video: most objects tracked at once (bounds memory and time; "
-                             "default: no cap)")
-    parser.add_argument("--sam-model", default=None, dest="sam_model",
-                        help="--segment: SAM2 model name (default sam2.1_hiera_tiny)")
-    parser.add_argument("--sam-checkpoint", default=None, dest="sam_checkpoint",
-                        help="--segment: SAM2 checkpoint file {'model': state_dict}")
-    parser.add_argument("--image-size", type=int, default=None, dest="image_size",
-                        help="--segment: SAM2 input size override (tests and benchmarks)")
-    parser.add_argument("--detector-size", type=int, default=None, dest="detector_size",
-                        help="groundingdino backend: shorter side images are resized to (default 800, "
-                             "upstream's; smaller is faster and coarser)")
-
-
-def run_detect(
-    source: Any,
-    out: Any,
-    text: str,
-    *,
-    every: int | None = None,
-    backend: str = "groundingdino",
-    model: Any = None,
-    box_threshold: float = 0.35,
-    text_threshold: float = 0.25,
-    segment: bool = False,
-    classes: Any = None,
-    device: Any = None,
-    text_encoder: Any = None,
-    track: bool = True,
-    max_gap: int = 30,
-    max_objects: int | None = None,
-    sam_model: str | None = None,
-    sam_checkpoint: Any = None,
-    image_size: int | None = None,
-    detector: Detector | None = None,
-    segmenter: ImageSegmenter | None = None,
-    sam_video_model: Any = None,
-    progress: bool = True,
-    detector_size: int | None = None,
-) -> dict[str, Any]:
-    """Detect (and optionally segment) into a store; return a summary.
-
-    Images (and videos with ``track=False``): every ``every``-th frame on its own, each box a new
-    object. Videos with ``track=True`` (the default): objects keep stable ids through the video —
-    with ``segment`` SAM2 tracks masks between keyframes (:class:`~dl_utils.dinoal.video.GroundedVideoTracker`),
-    without it keyframe boxes are linked (:func:`~dl_utils.dinoal.video.track_boxes`).
-    ``detector``/``segmenter``/``sam_video_model`` may be given pre-built (tests, notebooks).
-    """
-    from ..classes import ClassTable
-    from ..store import AnnotationStore
-    from ..video_utils import open_frames
-    from .detector import load_detector
-    from .prompts import parse_prompt
-
-    check_counts(every=every, max_gap=max_gap, max_objects=max_objects)
-    prompt = parse_prompt(text)  # an empty prompt fails before any model is loaded
-    table = ClassTable.load(classes) if isinstance(classes, (str, bytes)) or hasattr(classes, "__fspath__") else classes
-    src = open_frames(source)
-    tracked = bool(track) and src.kind == "video"
-    every = int(every) if every is not None else (20 if tracked else 1)
-    if every < 1:
-        src.close()
-        raise InputError(f"every={every!r}: use 1 (every frame) or more")
-    media = src.media_info()
-    if detector is None:
-        detector = load_detector(backend, model, text_encoder=text_encoder, device=device, classes=table,
-                                 box_threshold=box_threshold, text_threshold=text_threshold,
-                                 image_size=detector_size)
-    if segment and segmenter is None and not tracked:
-        from ..samal import ImageSegmenter
-
-        segmenter = ImageSegmenter(model=sam_model or DEFAULT_SAM2, checkpoint=sam_checkpoint,
-                                   image_size=image_size, device=device)
-    t0 = time.perf_counter()
-    store = AnnotationStore.open_or_create(out, media)  # an existing store must be for this media
-    n_frames = n_dets = 0
-    extra: dict[str, Any] = {}
-    try:
-        if table is not None:
-            ensure_labels(store, [], table)
-        run = store.begin_run("detect", {"text": prompt.caption, "backend": getattr(detector, "name", "?"),
-                                         "every": every, "segment": bool(segment), "track": tracked})
-        status = "failed"
-        try:
-            if tracked and segment:
-                from ..sam2al import VideoSession
-                from .video import GroundedVideoTracker
-
-                if sam_video_model is not None:
-                    session = VideoSession(src, store, sam_model=sam_video_model)
-                else:
-                    session = VideoSession(src, store, model=sam_model or DEFAULT_SAM2,
-                                           checkpoint=sam_checkpoint, image_size=image_size, device=device)
-                extra = GroundedVideoTracker(session, detector, prompt, every=every, max_gap=max_gap,
-                                             max_objects=max_objects).run(
-                    progress=progress)
-                n_frames, n_dets = len(extra["keyframes"]), extra["detections"]
-            elif tracked:
-                from .video import track_boxes
-
-                extra = track_boxes(src, store, detector, prompt, every=every, progress=progress,
-                                    run_id=run, max_gap=max_gap, max_objects=max_objects)
-                n_frames, n_dets = len(extra["keyframes"]), extra["detections"]
-            else:
-                for frame, image, dets in detect_frames(src, detector, every, prompt=prompt,
-                                                        with_images=True, progress=progress):
-                    store_detections(store, frame, image, dets, segmenter=segmenter, classes=table,
-                                     run_id=run, model=getattr(detector, "name", None))
-                    n_frames += 1
-                    n_dets += len(dets)
-            status = "done"
-        except KeyboardInterrupt:
-            status = "cancelled"
-            raise
-        finally:
-            store.finish_run(run, status)
-        summary = {
-            "store": str(out),
-            "frames": n_frames,
-            "detections": n_dets,
-            "objects": len(store.objects()),
-            "segmented": bool(segment),
-            "tracked": tracked,
-            "every": every,
-            "seconds": round(time.perf_counter() - t0, 2),
-        }
-        if tracked:
-            summary["keyframes"] = extra.get("keyframes", [])
-            summary["ended"] = extra.get("ended", [])
-    finally:
-        store.close()
-        src.close()
-    return summary
-
-
-def run_detect_cli(args: Any) -> int:
-    """Run ``dl-utils detect`` from parsed arguments; prints the summary as JSON."""
-    from ..models import cli_warnings
-
-    with cli_warnings(getattr(args, "debug", False)):
-        return _run_detect_cli(args)
-
-
-def _run_detect_cli(args: Any) -> int:
-    s = run_detect(args.source, args.out, args.text, every=args.every, backend=args.backend, model=args.model,
-                   box_threshold=args.box_threshold, text_threshold=args.text_threshold, segment=args.segment,
-                   classes=args.classes, device=args.device, text_encoder=args.text_encoder,
-                   track=args.track, max_gap=args.max_gap,
-                   max_objects=getattr(args, "max_objects", None), sam_model=args.sam_model,
-                   sam_checkpoint=args.sam_checkpoint, image_size=args.image_size,
-                   detector_size=getattr(args, "detector_size", None))
-    print(json.dumps(s, indent=2))
-    return 0
-
-
 __all__ = [
-    "add_detect_arguments",
     "add_detection_objects",
-    "check_counts",
     "detect_frames",
     "ensure_labels",
-    "run_detect",
-    "run_detect_cli",
     "segment_detections",
     "store_detections",
 ]

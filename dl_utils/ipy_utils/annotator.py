@@ -1020,28 +1020,30 @@ class Annotator:
         if self.detector is None:
             raise InputError("no detector: pass detector= (dl_utils.dinoal.load_detector(...)) to Annotator")
         from ..dinoal.prompts import parse_prompt
+        from ..drivers.options import TrackOptions
+        from ..drivers.run import run_into_store
 
         prompt = parse_prompt(text)
-        store, det = self.store, self.detector
-        if self.engine.can_propagate:
-            from ..dinoal.video import GroundedVideoTracker
-
-            tracker = GroundedVideoTracker(self.session, det, prompt)
+        store, source, video = self.store, self.source, self.engine.can_propagate
+        # the one driver path (annotate and detect take it too): the tracker on video, the current image alone
+        kw = dict(prompt=prompt, detector=self.detector, table=self.classes, track=TrackOptions(track=video),
+                  progress=False)
+        if video:
+            session = self.session
 
             def job(emit, cancelled):
-                return tracker.run(callback=lambda f, insts: emit("frame", f), progress=False)
+                return run_into_store(source, store, session=session, callback=lambda f, insts: emit("frame", f),
+                                      **kw)["text"]
 
-            self._start("detect", job, self.session.cancel, len(self.source))
+            self._start("detect", job, session.cancel, len(source))
         else:
-            from ..dinoal.pipeline import store_detections
-
             frame, image, seg = self.frame, self._image, self.engine.segmenter
 
             def job(emit, cancelled):
-                dets = det.detect(image, prompt)
-                store_detections(store, frame, image, dets, segmenter=seg, classes=self.classes)
+                res = run_into_store(source, store, frames=[frame], images={frame: image}, segmenter=seg,
+                                     segment=seg is not None, **kw)
                 emit("frame", frame)
-                return {"detections": len(dets)}
+                return {"detections": res["text"]["detections"]}
 
             self._start("detect", job, None, 1)
         return True

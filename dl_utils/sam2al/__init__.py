@@ -19,13 +19,14 @@ adds what an annotation tool needs around it:
   every frame of a range reads back as ``Instances`` (no KeyError, sam2 #418).
 
 See docs/sam2al.md for the session model and the parity method. Modules: ``frames`` (LazyFrames),
-``engine`` (the network view), ``session`` (VideoSession), ``review``, ``segment`` (the CLI driver).
+``engine`` (the network view), ``session`` (VideoSession), ``review``, ``segment`` (PROMPTS.json: validation and applying it to a session); the
+``dl-utils segment`` driver is :mod:`dl_utils.drivers.segment`.
 """
 
 from .engine import make_engine
 from .frames import IMG_MEAN, IMG_STD, LazyFrames
 from .review import ReviewItem, review_frames
-from .segment import add_segment_arguments, apply_prompts, load_prompts, run_segment, run_segment_cli
+from .segment import apply_prompts, load_prompts
 from .session import DIRECTIONS, VideoSession
 
 __all__ = [
@@ -35,11 +36,8 @@ __all__ = [
     "LazyFrames",
     "ReviewItem",
     "VideoSession",
-    "add_segment_arguments",
     "apply_prompts",
     "load_prompts",
     "make_engine",
     "review_frames",
-    "run_segment",
-    "run_segment_cli",
 ]

@@ -1,19 +1,18 @@
-"""The ``dl-utils segment`` driver: PROMPTS.json validation and a resumable run into a store."""
+"""PROMPTS.json: validation (:func:`load_prompts`) and applying the entries to a video session
+(:func:`apply_prompts`). The ``dl-utils segment`` command that runs them lives in the drivers layer
+(:mod:`dl_utils.drivers.segment`)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 from ..annotations import Instance
 from ..errors import DlUtilsError, FrameIndexError, InputError
-from ..models import DEFAULT_MODEL
-from ..store import AnnotationStore
-from .session import DIRECTIONS, VideoSession
+from .session import VideoSession
 
 _ENTRY_KEYS = {"frame", "object", "label", "points", "box"}
 
@@ -105,7 +104,7 @@ def load_prompts(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _same_prompt(stored: Instance | None, entry: dict[str, Any]) -> bool:
+def same_prompt(stored: Instance | None, entry: dict[str, Any]) -> bool:
     if stored is None or not stored.keyframe:
         return False
     p = stored.prompts or {}
@@ -125,7 +124,7 @@ def frame_ranges(frames: list[int]) -> str:
     return ", ".join(out)
 
 
-def _check_entry(src: Any, e: dict[str, Any], i: int, where: Any) -> None:
+def check_entry(src: Any, e: dict[str, Any], i: int, where: Any) -> None:
     """Frame in the source, box not far outside that frame (before any model work)."""
     from ..samal import USER_BOX_SLACK, parse_box
 
@@ -168,10 +167,10 @@ def apply_prompts(session: VideoSession, prompts: list[dict[str, Any]], where: A
     """
     src, store = session.source, session.store
     for i, e in enumerate(prompts):  # every entry is checked before the first one changes the store
-        _check_entry(src, e, i, where)
+        check_entry(src, e, i, where)
     applied = 0
     for i, e in enumerate(prompts):
-        if _same_prompt(store.read_frame(e["frame"]).by_object().get(e["object"]), e):
+        if same_prompt(store.read_frame(e["frame"]).by_object().get(e["object"]), e):
             continue
         oid = e["object"]
         stale = session._dependents(src.index_of(e["frame"]), oid) if oid in session.object_ids else []
@@ -191,176 +190,4 @@ def apply_prompts(session: VideoSession, prompts: list[dict[str, Any]], where: A
     return applied
 
 
-def plan_segment(source: Any, store_path: str | os.PathLike[str], prompts_path: str | os.PathLike[str], *,
-                 direction: str = "forward", start: int | None = None, stop: int | None = None) -> dict[str, Any]:
-    """What ``dl-utils segment`` would do, without a model and without changing anything (``--dry-run``).
-
-    Returns ``{"dry_run": True, "prompts": [{"entry", "frame", "object", "action": "apply"|"unchanged"}],
-    "dropped": {object: "frames"}, "to_compute": {object: "frames"}, "dropped_outside_range": {...}}``:
-    the stored propagated masks the changed prompts would drop (the rule a correction follows) and the
-    frames the propagation would then compute within ``start..stop``.
-    """
-    from ..video_utils import FrameSource, open_frames
-    from .session import dependent_frames
-
-    if direction not in DIRECTIONS:
-        raise InputError(f"direction={direction!r}: use one of {', '.join(DIRECTIONS)}")
-    prompts = load_prompts(prompts_path)
-    src = source if isinstance(source, FrameSource) else open_frames(source)
-    nums = list(src.frame_numbers)
-    kept = set(nums)
-    lo = nums[0] if start is None else max(int(start), nums[0])
-    hi = nums[-1] if stop is None else min(int(stop), nums[-1])
-    if lo > hi:
-        raise FrameIndexError(f"no kept frame of {src.name} lies in start={start}..stop={stop} (kept frames "
-                              f"{nums[0]}..{nums[-1]}); give a range that overlaps them")
-    for i, e in enumerate(prompts):
-        _check_entry(src, e, i, prompts_path)
-    path = Path(store_path)
-    store = AnnotationStore.open(path, readonly=True) if path.exists() else None
-    try:
-        if store is not None and store.media is not None:
-            store.check_media(src.media_info())
-        locked: dict[int, set[int]] = {}
-        done: dict[int, set[int]] = {}
-        if store is not None:
-            for obj in store.objects():
-                insts = store.read_object(obj.id, decode=False)
-                done[obj.id] = set(insts)
-                for f, inst in insts.items():
-                    if inst.keyframe and f in kept:
-                        locked.setdefault(obj.id, set()).add(src.index_of(f))
-        actions, dropped = [], {}
-        for i, e in enumerate(prompts):
-            oid, frame = e["object"], e["frame"]
-            stored = store.read_frame(frame).by_object().get(oid) if store is not None else None
-            if _same_prompt(stored, e):
-                actions.append({"entry": i, "frame": frame, "object": oid, "action": "unchanged"})
-                continue
-            idx = src.index_of(frame)
-            stale = dependent_frames(store, src, oid, idx, locked.get(oid, set())) if oid in locked else []
-            stale = [f for f in stale if f in done.get(oid, set())]
-            for f in stale:
-                done[oid].discard(f)
-            dropped.setdefault(oid, set()).update(stale)
-            locked.setdefault(oid, set()).add(idx)
-            done.setdefault(oid, set()).add(frame)
-            actions.append({"entry": i, "frame": frame, "object": oid, "action": "apply",
-                            "drops": frame_ranges(stale)})
-        to_compute = {}
-        for oid, idxs in locked.items():
-            first, last = nums[min(idxs)], nums[max(idxs)]
-            want = [f for f in nums if lo <= f <= hi and f not in done.get(oid, set())
-                    and ((direction == "forward" and f > first) or (direction == "backward" and f < last)
-                         or direction == "both")]
-            if want:
-                to_compute[str(oid)] = frame_ranges(want)
-        outside = {str(o): frame_ranges([f for f in fs if f < lo or f > hi]) for o, fs in dropped.items()
-                   if any(f < lo or f > hi for f in fs)}
-        return {"dry_run": True, "store": str(path), "direction": direction, "start": lo, "stop": hi,
-                "prompts": actions,
-                "dropped": {str(o): frame_ranges(sorted(fs)) for o, fs in dropped.items() if fs},
-                "dropped_outside_range": outside, "to_compute": to_compute}
-    finally:
-        if store is not None:
-            store.close()
-        if src is not source:
-            src.close()
-
-
-def run_segment(
-    source: Any,
-    store_path: str | os.PathLike[str],
-    prompts_path: str | os.PathLike[str],
-    *,
-    direction: str = "forward",
-    start: int | None = None,
-    stop: int | None = None,
-    model: str = DEFAULT_MODEL,
-    checkpoint: Any = None,
-    image_size: int | None = None,
-    device: Any = None,
-    progress: bool = True,
-    sam_model: Any = None,
-    report: Any = None,
-) -> dict[str, Any]:
-    """``dl-utils segment``: prompts from PROMPTS.json, propagation into the store, a summary dict.
-
-    A store that already holds results resumes: its keyframes are re-applied, prompts identical to
-    the stored ones are not run again, and only missing frames are computed. A changed prompt drops
-    the results that depended on it: ``report(message)`` says which (the CLI prints it on stderr) and
-    the summary's ``dropped`` lists them per object.
-    """
-    from ..video_utils import FrameSource, open_frames
-
-    if direction not in DIRECTIONS:
-        raise InputError(f"direction={direction!r}: use one of {', '.join(DIRECTIONS)}")
-    prompts = load_prompts(prompts_path)
-    t0 = time.perf_counter()
-    src = source if isinstance(source, FrameSource) else open_frames(source)
-    for i, e in enumerate(prompts):  # bad entries fail before the store is touched or a model loads
-        _check_entry(src, e, i, prompts_path)
-    store = AnnotationStore.open_or_create(store_path, src.media_info())
-    try:
-        session = VideoSession(src, store, model=model, checkpoint=checkpoint, image_size=image_size,
-                               device=device, sam_model=sam_model)
-        session._range(start, stop)  # a range with no kept frame fails before the prompts change anything
-        resumed = bool(session.object_ids)
-        dropped: dict[int, list[int]] = {}
-        applied = apply_prompts(session, prompts, prompts_path, start=start, stop=stop, report=report,
-                                dropped=dropped)
-        summary = session.propagate(direction, start, stop, progress=progress)
-        summary.update(prompts_applied=applied, resumed=resumed, store=str(store.path),
-                       dropped={str(o): frame_ranges(fs) for o, fs in dropped.items()},
-                       seconds_total=round(time.perf_counter() - t0, 3))
-        return summary
-    finally:
-        store.close()
-
-
-def add_segment_arguments(parser: Any) -> None:
-    """The ``dl-utils segment`` options (for the CLI to wire with ``run_segment_cli``)."""
-    parser.add_argument("source", help="video file, image folder, glob or pattern")
-    parser.add_argument("--out", required=True, help="annotation store (.sqlite); resumed when it exists")
-    parser.add_argument("--prompts", required=True, help="PROMPTS.json")
-    parser.add_argument("--direction", choices=DIRECTIONS, default="forward")
-    parser.add_argument("--start", type=int, default=None, help="first source frame (inclusive)")
-    parser.add_argument("--stop", type=int, default=None, help="last source frame (inclusive)")
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--checkpoint", default=None, help="official-format checkpoint {'model': state_dict}")
-    parser.add_argument("--image-size", type=int, default=None, dest="image_size")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dry-run", action="store_true", dest="dry_run",
-                        help="list the prompts that would be applied, the stored masks they would drop and "
-                             "the frames that would be computed; change nothing, load no model")
-
-
-def run_segment_cli(args: Any) -> int:
-    """Run ``dl-utils segment`` from parsed arguments; prints the summary as JSON.
-
-    Masks a changed prompt drops are announced on stderr as they are dropped; ``--dry-run`` lists
-    them (and what would be computed) without changing anything.
-    """
-    from ..models import cli_warnings
-
-    with cli_warnings(getattr(args, "debug", False)):
-        return _run_segment_cli(args)
-
-
-def _run_segment_cli(args: Any) -> int:
-    import sys
-
-    if getattr(args, "dry_run", False):
-        s = plan_segment(args.source, args.out, args.prompts, direction=args.direction, start=args.start,
-                         stop=args.stop)
-        print(json.dumps(s, indent=2))
-        return 0
-
-    def report(msg: str) -> None:
-        print(f"dl-utils segment: {msg}", file=sys.stderr, flush=True)
-
-    s = run_segment(args.source, args.out, args.prompts, direction=args.direction, start=args.start,
-                    stop=args.stop, model=args.model, checkpoint=args.checkpoint,
-                    image_size=args.image_size, device=args.device, report=report)
-    print(json.dumps(s, indent=2))
-    return 0
+__all__ = ["apply_prompts", "check_entry", "frame_ranges", "load_prompts", "same_prompt"]

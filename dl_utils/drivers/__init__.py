@@ -1,0 +1,19 @@
+"""The drivers layer: commands and calls that run the engines into a store.
+
+Engines (:mod:`dl_utils.sam2al`, :mod:`dl_utils.samal`, :mod:`dl_utils.dinoal`) do one job each and never
+import this package; drivers put them together:
+
+* :mod:`~dl_utils.drivers.options`: :class:`DetectorOptions`, :class:`TrackOptions`, :class:`SamOptions`,
+  each owning its command-line options and defaults;
+* :mod:`~dl_utils.drivers.run`: :func:`run_into_store`, the one path that runs clicks and a text prompt
+  into a store (video or images), used by ``annotate``, ``detect`` and the widget;
+* :mod:`~dl_utils.drivers.annotate`, :mod:`~dl_utils.drivers.detect`, :mod:`~dl_utils.drivers.segment`:
+  the ``dl-utils annotate|detect|segment`` commands (``run_*`` library calls, ``add_*_arguments``,
+  ``run_*_cli``).
+
+Importing this package (and the options) needs neither torch nor the models; see docs/drivers.md.
+"""
+
+from .options import DetectorOptions, SamOptions, TrackOptions
+
+__all__ = ["DetectorOptions", "SamOptions", "TrackOptions"]

@@ -1,0 +1,234 @@
+"""``dl-utils annotate``: the notebooks' steps in one headless, resumable command.
+
+    dl-utils annotate drive.mp4 --text "car. person" [--points clicks.json] --out drive.sqlite [--cvat-task 42]
+
+Steps, each driven by the library and each safe to run again (the store is the ledger):
+
+1. **clicks** (``--points``, the PROMPTS.json of ``dl-utils segment``): prompts go to SAM2 and the
+   clicked objects are propagated (``--direction``, both ways by default). Entries already in the
+   store are not applied again; frames already computed are not recomputed.
+2. **text** (``--text``): GroundingDINO on keyframes, SAM2 between them, new objects picked up as they
+   enter (:class:`~dl_utils.dinoal.video.GroundedVideoTracker`). Clicked objects are taken over by
+   the tracker, so the detector does not start them a second time. An interrupted run resumes on the
+   same keyframe grid; a finished one is not run again.
+3. **CVAT** (``--cvat-task``): the store is pushed to the task (idempotent: only what changed).
+
+Image folders are not tracked: clicks and detections are segmented image by image. Steps 1 and 2 are
+:func:`~dl_utils.drivers.run.run_into_store` with the store ledger on; the work is in
+:mod:`dl_utils.sam2al`, :mod:`dl_utils.dinoal` and :mod:`dl_utils.cvat`. The public module is still
+:mod:`dl_utils.annotate` (it re-exports this one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InputError
+from .options import DetectorOptions, SamOptions, TrackOptions
+from .run import STEPS_KEY, steps
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..classes import ClassTable
+    from ..cvat import CvatConnection
+    from ..dinoal.detector import Detector
+    from ..dinoal.prompts import Prompt
+    from ..samal import ImageSegmenter
+    from ..store import AnnotationStore
+    from ..video_utils import FrameSource
+
+_D, _S, _T = DetectorOptions(), SamOptions(), TrackOptions()
+
+
+def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``dl-utils annotate`` options (torch-free: only the option lists)."""
+    parser.add_argument("source", help="video file, image folder, glob or pattern")
+    parser.add_argument("--out", required=True, help="annotation store (.sqlite); resumed when it exists")
+    parser.add_argument("--text", default=None, help='objects to find, e.g. "car. person. traffic light"')
+    parser.add_argument("--points", default=None, help="PROMPTS.json with clicks/boxes (see dl-utils segment)")
+    parser.add_argument("--cvat-task", type=int, default=None, dest="cvat_task",
+                        help="push the result to this CVAT task (credentials from CVAT_* variables)")
+    parser.add_argument("--cvat-shape", default="mask", choices=("mask", "polygon", "box"), dest="cvat_shape",
+                        help="shape type pushed to CVAT (default mask: exact)")
+    SamOptions.add_arguments(parser, command="annotate")
+    TrackOptions.add_arguments(parser, command="annotate")
+    DetectorOptions.add_arguments(parser, command="annotate")
+
+
+def run_annotate(
+    source: FrameSource | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    text: str | None = None,
+    points: str | os.PathLike[str] | None = None,
+    cvat_task: int | None = None,
+    cvat_shape: str = "mask",
+    direction: str = _S.direction,
+    every: int | None = _T.every,
+    backend: str = _D.backend,
+    model: str | os.PathLike[str] | None = _D.model,
+    box_threshold: float = _D.box_threshold,
+    text_threshold: float = _D.text_threshold,
+    classes: str | os.PathLike[str] | ClassTable | None = _D.classes,
+    text_encoder: str | os.PathLike[str] | None = _D.text_encoder,
+    max_gap: int = _T.max_gap,
+    max_objects: int | None = _T.max_objects,
+    sam_model: str | None = _S.model,
+    sam_checkpoint: str | os.PathLike[str] | None = _S.checkpoint,
+    image_size: int | None = _S.image_size,
+    device: str | None = _D.device,
+    progress: bool = True,
+    detector: Detector | None = None,
+    sam_video_model: Any = None,
+    segmenter: ImageSegmenter | None = None,
+    connection: CvatConnection | None = None,
+) -> dict[str, Any]:
+    """Run the steps of the module doc; return a summary (:func:`annotate`, loose arguments).
+    Pre-built models and a CVAT connection may be passed in (notebooks, tests)."""
+    return annotate(
+        source, out, text=text, points=points, cvat_task=cvat_task, cvat_shape=cvat_shape,
+        detector_options=DetectorOptions(backend=backend, model=model, box_threshold=box_threshold,
+                                         text_threshold=text_threshold, text_encoder=text_encoder,
+                                         device=device, classes=classes),
+        sam=SamOptions(model=sam_model, checkpoint=sam_checkpoint, image_size=image_size, device=device,
+                       direction=direction),
+        track=TrackOptions(every=every, max_gap=max_gap, max_objects=max_objects),
+        progress=progress, detector=detector, sam_video_model=sam_video_model, segmenter=segmenter,
+        connection=connection,
+    )
+
+
+def annotate(
+    source: FrameSource | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    text: str | None = None,
+    points: str | os.PathLike[str] | None = None,
+    cvat_task: int | None = None,
+    cvat_shape: str = "mask",
+    detector_options: DetectorOptions | None = None,
+    sam: SamOptions | None = None,
+    track: TrackOptions | None = None,
+    progress: bool = True,
+    detector: Detector | None = None,
+    sam_video_model: Any = None,
+    segmenter: ImageSegmenter | None = None,
+    connection: CvatConnection | None = None,
+) -> dict[str, Any]:
+    """:func:`run_annotate` with the options objects. Input is checked before any model is loaded."""
+    from ..dinoal.pipeline import ensure_labels
+    from ..dinoal.prompts import parse_prompt
+    from ..sam2al import load_prompts
+    from ..store import AnnotationStore
+    from ..video_utils import open_frames
+    from .run import run_into_store
+
+    opts = detector_options or DetectorOptions()
+    sam = sam or SamOptions()
+    track = track or TrackOptions()
+    if text is None and points is None:
+        raise InputError('nothing to annotate: give --text "car. person" and/or --points PROMPTS.json')
+    sam.check_direction()
+    # everything that can be checked without models is checked before any is loaded
+    track.check()
+    prompt = parse_prompt(text) if text is not None else None
+    entries = load_prompts(points) if points is not None else []
+    table = opts.class_table()
+    t0 = time.perf_counter()
+    summary: dict[str, Any] = {"store": str(out)}
+    src = open_frames(source)
+    try:
+        if cvat_task is not None:  # server, credentials, task, frames, labels: before any model or store
+            summary["cvat_preflight"] = _cvat_preflight(src, out, prompt, entries, cvat_task, cvat_shape,
+                                                        connection)
+        store = AnnotationStore.open_or_create(out, src.media_info())
+        with store:
+            if table is not None:
+                ensure_labels(store, [e["label"] for e in entries if e["label"]], table)
+            if src.kind != "video":  # image folders: every image is detected (--every is for keyframes)
+                track = dataclasses.replace(track, every=None)
+            res = run_into_store(src, store, prompt=prompt, clicks=entries, clicks_file=points,
+                                 detector=detector, detector_options=opts, sam=sam, track=track, table=table,
+                                 ledger=True, sam_video_model=sam_video_model, segmenter=segmenter,
+                                 progress=progress)
+            summary.update(_step_summaries(res))
+            if cvat_task is not None:
+                summary["cvat"] = _push(store, cvat_task, cvat_shape, connection)
+            summary["objects"] = len(store.objects())
+            summary["frames_with_results"] = len(store.frames())
+    finally:
+        src.close()
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    return summary
+
+
+def _step_summaries(res: dict[str, Any]) -> dict[str, Any]:
+    """The driver's result as annotate has always reported it."""
+    out: dict[str, Any] = {}
+    if "resumed" in res:
+        out["resumed"] = res["resumed"]
+    if "points" in res:
+        out["points"] = res["points"]
+    text = res.get("text")
+    if text is not None:
+        if not res["tracked"]:
+            out["text"] = {"status": text["status"], "detections": text["detections"], "images": text["images"]}
+        elif text["status"] == "already done":
+            out["text"] = text
+        else:
+            out["text"] = {"status": text["status"], "objects": text["objects"], "ended": text["ended"],
+                           "keyframes": len(text["keyframes"]), "detections": text["detections"]}
+    return out
+
+
+def _cvat_preflight(src: FrameSource, out: str | os.PathLike[str], prompt: Prompt | None,
+                    entries: list[dict[str, Any]], task: int, shape: str,
+                    connection: CvatConnection | None) -> dict[str, Any]:
+    """Everything the final push would refuse, checked first (dl_utils.cvat.preflight)."""
+    from pathlib import Path
+
+    from ..cvat import preflight
+    from ..store import AnnotationStore
+
+    media, labels = src.media_info(), [e["label"] for e in entries if e["label"]]
+    labels += list(prompt.phrases) if prompt is not None else []
+    if Path(out).exists():  # a resumed run: its store's numbering and objects are what gets pushed
+        with AnnotationStore.open(out) as st:
+            media, labels = st.media or media, labels + [o.label for o in st.objects()]
+    return preflight(task, media=media, labels=labels, shape=shape, connection=connection,
+                     media_name=str(out))
+
+
+def _push(store: AnnotationStore, task: int, shape: str, connection: CvatConnection | None) -> dict[str, Any]:
+    from ..cvat import connect, push
+
+    conn = connection or connect()
+    try:
+        rep = push(store, conn, task, shape=shape)
+    finally:
+        if connection is None:
+            conn.close()
+    return rep.summary()
+
+
+def run_annotate_cli(args: argparse.Namespace) -> int:
+    """Run ``dl-utils annotate`` from parsed arguments; prints the summary as JSON."""
+    from ..models import cli_warnings
+
+    with cli_warnings(getattr(args, "debug", False)):
+        return _run_annotate_cli(args)
+
+
+def _run_annotate_cli(args: argparse.Namespace) -> int:
+    s = annotate(args.source, args.out, text=args.text, points=args.points, cvat_task=args.cvat_task,
+                 cvat_shape=args.cvat_shape, detector_options=DetectorOptions.from_args(args),
+                 sam=SamOptions.from_args(args, command="annotate"), track=TrackOptions.from_args(args))
+    print(json.dumps(s, indent=2, default=str))
+    return 0
+
+
+__all__ = ["STEPS_KEY", "add_annotate_arguments", "annotate", "run_annotate", "run_annotate_cli", "steps"]

@@ -1,0 +1,177 @@
+"""``dl-utils detect``: a text prompt → labelled boxes (and SAM2 masks) into a store.
+
+A thin driver: the options come from :class:`DetectorOptions`, :class:`TrackOptions` and
+:class:`SamOptions`, the work from :func:`~dl_utils.drivers.run.run_into_store` (the path annotate and
+the widget take too). The engine pieces (``detect_frames``, ``store_detections``,
+``segment_detections``) stay in :mod:`dl_utils.dinoal`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from .options import DetectorOptions, SamOptions, TrackOptions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..classes import ClassTable
+    from ..dinoal.detector import Detector
+    from ..samal import ImageSegmenter
+    from ..video_utils import FrameSource
+
+_D, _T = DetectorOptions(), TrackOptions()
+
+
+def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``dl-utils detect`` options (for the CLI to wire with :func:`run_detect_cli`)."""
+    parser.add_argument("source", help="image, image folder, glob, pattern or video")
+    parser.add_argument("--text", required=True, help='what to find, e.g. "car. person. traffic light"')
+    parser.add_argument("--out", required=True, help="annotation store (.sqlite); added to when it exists")
+    parser.add_argument("--segment", action="store_true", help="turn boxes into SAM2 masks")
+    DetectorOptions.add_arguments(parser, command="detect")
+    TrackOptions.add_arguments(parser, command="detect")
+    SamOptions.add_arguments(parser, command="detect")
+
+
+def run_detect(
+    source: FrameSource | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    text: str,
+    *,
+    every: int | None = _T.every,
+    backend: str = _D.backend,
+    model: str | os.PathLike[str] | None = _D.model,
+    box_threshold: float = _D.box_threshold,
+    text_threshold: float = _D.text_threshold,
+    segment: bool = False,
+    classes: str | os.PathLike[str] | ClassTable | None = _D.classes,
+    device: str | None = _D.device,
+    text_encoder: str | os.PathLike[str] | None = _D.text_encoder,
+    track: bool = _T.track,
+    max_gap: int = _T.max_gap,
+    max_objects: int | None = _T.max_objects,
+    sam_model: str | None = None,
+    sam_checkpoint: str | os.PathLike[str] | None = None,
+    image_size: int | None = None,
+    detector: Detector | None = None,
+    segmenter: ImageSegmenter | None = None,
+    sam_video_model: Any = None,
+    progress: bool = True,
+    detector_size: int | None = _D.detector_size,
+) -> dict[str, Any]:
+    """Detect (and optionally segment) into a store; return a summary (:func:`detect`, loose arguments).
+
+    Images (and videos with ``track=False``): every ``every``-th frame on its own, each box a new
+    object. Videos with ``track=True`` (the default): objects keep stable ids through the video —
+    with ``segment`` SAM2 tracks masks between keyframes (:class:`~dl_utils.dinoal.video.GroundedVideoTracker`),
+    without it keyframe boxes are linked (:func:`~dl_utils.dinoal.video.track_boxes`).
+    ``detector``/``segmenter``/``sam_video_model`` may be given pre-built (tests, notebooks).
+    """
+    return detect(
+        source, out, text, segment=segment,
+        detector_options=DetectorOptions(backend=backend, model=model, box_threshold=box_threshold,
+                                         text_threshold=text_threshold, text_encoder=text_encoder,
+                                         device=device, detector_size=detector_size, classes=classes),
+        sam=SamOptions(model=sam_model, checkpoint=sam_checkpoint, image_size=image_size, device=device),
+        track=TrackOptions(every=every, max_gap=max_gap, max_objects=max_objects, track=track),
+        detector=detector, segmenter=segmenter, sam_video_model=sam_video_model, progress=progress,
+    )
+
+
+def detect(
+    source: FrameSource | str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    text: str,
+    *,
+    segment: bool = False,
+    detector_options: DetectorOptions | None = None,
+    sam: SamOptions | None = None,
+    track: TrackOptions | None = None,
+    detector: Detector | None = None,
+    segmenter: ImageSegmenter | None = None,
+    sam_video_model: Any = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """:func:`run_detect` with the options objects. Everything that can fail without the store (counts,
+    the prompt, the class table, the models) fails before the store is created."""
+    from ..dinoal.pipeline import ensure_labels
+    from ..dinoal.prompts import parse_prompt
+    from ..store import AnnotationStore
+    from ..video_utils import open_frames
+    from .run import run_into_store
+
+    opts = detector_options or DetectorOptions()
+    sam = sam or SamOptions()
+    track = track or TrackOptions()
+    track.check()
+    prompt = parse_prompt(text)  # an empty prompt fails before any model is loaded
+    table = opts.class_table()
+    src = open_frames(source)
+    try:
+        tracked = bool(track.track) and src.kind == "video"
+        every = track.every_for(tracked)
+        media = src.media_info()
+        if detector is None:
+            detector = opts.build(table)
+        if segment and segmenter is None and not tracked:
+            segmenter = sam.image_segmenter()
+        t0 = time.perf_counter()
+        store = AnnotationStore.open_or_create(out, media)  # an existing store must be for this media
+        try:
+            if table is not None:
+                ensure_labels(store, [], table)
+            run = store.begin_run("detect", {"text": prompt.caption, "backend": getattr(detector, "name", "?"),
+                                             "every": every, "segment": bool(segment), "track": tracked})
+            status = "failed"
+            try:
+                res = run_into_store(src, store, prompt=prompt, detector=detector, detector_options=opts, sam=sam,
+                                     track=track, table=table, segment=segment, run_id=run,
+                                     sam_video_model=sam_video_model, segmenter=segmenter, progress=progress)
+                status = "done"
+            except KeyboardInterrupt:
+                status = "cancelled"
+                raise
+            finally:
+                store.finish_run(run, status)
+            found = res["text"]
+            frames = len(found["keyframes"]) if tracked else found["frames"]
+            summary: dict[str, Any] = {
+                "store": str(out),
+                "frames": frames,
+                "detections": found["detections"],
+                "objects": len(store.objects()),
+                "segmented": bool(segment),
+                "tracked": tracked,
+                "every": every,
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+            if tracked:
+                summary["keyframes"] = found.get("keyframes", [])
+                summary["ended"] = found.get("ended", [])
+        finally:
+            store.close()
+    finally:
+        src.close()
+    return summary
+
+
+def run_detect_cli(args: argparse.Namespace) -> int:
+    """Run ``dl-utils detect`` from parsed arguments; prints the summary as JSON."""
+    from ..models import cli_warnings
+
+    with cli_warnings(getattr(args, "debug", False)):
+        return _run_detect_cli(args)
+
+
+def _run_detect_cli(args: argparse.Namespace) -> int:
+    s = detect(args.source, args.out, args.text, segment=args.segment,
+               detector_options=DetectorOptions.from_args(args), sam=SamOptions.from_args(args, command="detect"),
+               track=TrackOptions.from_args(args))
+    print(json.dumps(s, indent=2))
+    return 0
+
+
+__all__ = ["add_detect_arguments", "detect", "run_detect", "run_detect_cli"]

@@ -1,0 +1,302 @@
+"""Options objects: each owns its command-line arguments and its defaults, defined once.
+
+``dl-utils detect``, ``annotate`` and ``segment`` (and the library calls behind them) share the
+detector, tracking and SAM2 settings. Each group is a dataclass with
+
+* ``add_arguments(parser, command=...)``: the group's options, with the help text of that command
+  (option names, defaults, types and choices are the same for every command that has the option);
+* ``from_args(args)``: the dataclass from parsed arguments (missing attributes take the defaults);
+* the defaults as dataclass field defaults, the only place they are written down. The detector's
+  thresholds are the engine's own defaults (:class:`~dl_utils.dinoal.detector.GroundedDetector`),
+  read from its signature, so the CLI, the drivers and the engine cannot drift apart.
+
+Only the option lists are built here: importing this module needs neither torch nor the models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Union
+
+from ..errors import InputError
+from ..models import DEFAULT_MODEL as DEFAULT_SAM2
+from ..sam2al.session import DIRECTIONS  # torch-free (the engine imports torch when a model is built)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..classes import ClassTable
+    from ..dinoal.detector import GroundedDetector
+    from ..samal import ImageSegmenter
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: the commands whose options these groups build (help texts differ a little between them)
+COMMANDS = ("detect", "annotate", "segment")
+#: keyframe spacing of tracked video when ``--every`` is not given (images: every image)
+DEFAULT_EVERY_TRACKED = 20
+#: frames an object may stay unseen and keep its id
+DEFAULT_MAX_GAP = 30
+
+
+def _detector_default(name: str) -> Any:
+    """A :class:`GroundedDetector` keyword default (the engine owns its thresholds)."""
+    from ..dinoal.detector import GroundedDetector
+
+    return inspect.signature(GroundedDetector.__init__).parameters[name].default
+
+
+def _check(command: str) -> None:
+    if command not in COMMANDS:
+        raise ValueError(f"command {command!r}: use one of {', '.join(COMMANDS)}")
+
+
+def _values(cls: type, args: argparse.Namespace, names: dict[str, str] | None = None) -> dict[str, Any]:
+    """Field values from ``args`` (attribute ``names.get(field, field)``); absent ones keep the default."""
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        attr = (names or {}).get(f.name, f.name)
+        if hasattr(args, attr):
+            out[f.name] = getattr(args, attr)
+    return out
+
+
+# ----------------------------------------------------------------------------- detector
+@dataclass
+class DetectorOptions:
+    """GroundingDINO: which weights, where they run, and what counts as a detection."""
+
+    backend: str = "groundingdino"
+    model: PathLike | None = None
+    box_threshold: float = _detector_default("box_threshold")
+    text_threshold: float = _detector_default("text_threshold")
+    text_encoder: PathLike | None = None
+    device: str | None = None
+    detector_size: int | None = None
+    classes: PathLike | ClassTable | None = None
+
+    _HELP = {
+        "model": {
+            "detect": "groundingdino: .pth file, registry name or URL; transformers: save_pretrained folder, "
+                      "registry name or Hugging Face id",
+            "annotate": "detector weights: file, folder, registry name or hub id",
+        },
+        "text_encoder": {
+            "detect": "groundingdino backend: local BERT folder (default: bert-base-uncased in the models folder)",
+            "annotate": "groundingdino backend: local BERT folder",
+        },
+    }
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser, *, command: str = "detect",
+                      device: bool = True) -> None:
+        """``--backend --model --box-threshold --text-threshold --classes --text-encoder`` (and ``--device``
+        unless ``device=False``; ``--detector-size`` on ``detect``)."""
+        from ..dinoal.detector import BACKENDS
+
+        _check(command)
+        d = cls()
+        parser.add_argument("--backend", choices=BACKENDS, default=d.backend)
+        parser.add_argument("--model", default=d.model, help=cls._HELP["model"][command])
+        parser.add_argument("--box-threshold", type=float, default=d.box_threshold, dest="box_threshold")
+        parser.add_argument("--text-threshold", type=float, default=d.text_threshold, dest="text_threshold")
+        parser.add_argument("--classes", default=d.classes,
+                            help="class table (.csv/.xlsx) the labels must come from")
+        parser.add_argument("--text-encoder", default=d.text_encoder, dest="text_encoder",
+                            help=cls._HELP["text_encoder"][command])
+        if device:
+            add_device_argument(parser)
+        if command == "detect":
+            parser.add_argument("--detector-size", type=int, default=d.detector_size, dest="detector_size",
+                                help="groundingdino backend: shorter side images are resized to (default 800, "
+                                     "upstream's; smaller is faster and coarser)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DetectorOptions:
+        return cls(**_values(cls, args))
+
+    def class_table(self) -> ClassTable | None:
+        """``classes`` as a :class:`ClassTable` (a path is loaded; a table or ``None`` is returned)."""
+        c = self.classes
+        if isinstance(c, (str, bytes)) or hasattr(c, "__fspath__"):
+            from ..classes import ClassTable
+
+            return ClassTable.load(c)
+        return c  # type: ignore[return-value]
+
+    def build(self, table: ClassTable | None = None) -> GroundedDetector:
+        """The detector these options describe (``table``: the loaded class table, if any)."""
+        from ..dinoal.detector import load_detector
+
+        return load_detector(self.backend, self.model, text_encoder=self.text_encoder, device=self.device,
+                             classes=table, box_threshold=self.box_threshold,
+                             text_threshold=self.text_threshold, image_size=self.detector_size)
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device``: one for the detector and SAM2 of a command."""
+    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+
+
+# ----------------------------------------------------------------------------- tracking
+@dataclass
+class TrackOptions:
+    """Video text step: keyframe spacing, and how long and how many objects are tracked."""
+
+    every: int | None = None
+    max_gap: int = DEFAULT_MAX_GAP
+    max_objects: int | None = None
+    track: bool = True
+
+    _HELP = {
+        "every": {
+            "detect": "detect on every N-th frame (default: 1 for images, 20 for tracked video; tracking also "
+                      "re-detects early when SAM2's quality drops)",
+            "annotate": "video: detect every N frames (default 20)",
+        },
+        "max_gap": {
+            "detect": "tracked video: frames an object may stay unseen and keep its id (default 30)",
+            "annotate": "frames an object may stay unseen and keep its id (default 30)",
+        },
+        "max_objects": {
+            "detect": "tracked video: most objects tracked at once (bounds memory and time; default: no cap)",
+            "annotate": "most objects tracked at once (default: no cap)",
+        },
+    }
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser, *, command: str = "detect") -> None:
+        """``--every --max-gap --max-objects`` (and ``--no-track`` on ``detect``)."""
+        _check(command)
+        d = cls()
+        parser.add_argument("--every", type=int, default=d.every, help=cls._HELP["every"][command])
+        if command == "detect":
+            parser.add_argument("--no-track", action="store_false", dest="track",
+                                help="video: independent detections per keyframe instead of tracked objects "
+                                     "with stable ids (with --segment: SAM2 propagation between keyframes)")
+        parser.add_argument("--max-gap", type=int, default=d.max_gap, dest="max_gap",
+                            help=cls._HELP["max_gap"][command])
+        parser.add_argument("--max-objects", type=int, default=d.max_objects, dest="max_objects",
+                            help=cls._HELP["max_objects"][command])
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrackOptions:
+        return cls(**_values(cls, args))
+
+    def check(self) -> None:
+        """Refuse impossible counts before anything is opened or loaded (also for image sets, where
+        the tracking options do nothing: a negative value is a mistake either way)."""
+        check_counts(every=self.every, max_gap=self.max_gap, max_objects=self.max_objects)
+
+    def every_for(self, tracked: bool) -> int:
+        """The keyframe spacing: ``every``, else 20 on tracked video and 1 otherwise."""
+        every = int(self.every) if self.every is not None else (DEFAULT_EVERY_TRACKED if tracked else 1)
+        if every < 1:
+            raise InputError(f"every={every!r}: use 1 (every frame) or more")
+        return every
+
+
+def check_counts(*, every: Any = None, max_gap: Any = None, max_objects: Any = None) -> None:
+    """Refuse impossible counts (``--every 0``, ``--max-gap -1``, ``--max-objects -3``) with the option named."""
+    import numpy as np
+
+    for name, v, least, hint in (("every", every, 1, "1 (every frame) or more"),
+                                 ("max_gap", max_gap, 0, "0 or more frames"),
+                                 ("max_objects", max_objects, 1, "1 or more, or leave it out (no cap)")):
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
+            raise InputError(f"--{name.replace('_', '-')} {v}: use {hint}")
+
+
+# ----------------------------------------------------------------------------- SAM2
+@dataclass
+class SamOptions:
+    """SAM2: which model and checkpoint, input size, device, and the direction clicks propagate.
+
+    ``model=None`` means :data:`dl_utils.models.DEFAULT_MODEL`. On ``segment`` the options are
+    ``--model --checkpoint --image-size --device --direction`` (default forward); on ``detect`` and
+    ``annotate``, where ``--model`` is the detector's, ``--sam-model --sam-checkpoint --image-size``
+    (``annotate`` adds ``--direction``, default both; ``--device`` is shared with the detector).
+    """
+
+    model: str | None = None
+    checkpoint: PathLike | None = None
+    image_size: int | None = None
+    device: str | None = None
+    direction: str = "both"
+
+    _HELP = {
+        "sam_model": {
+            "detect": "--segment: SAM2 model name (default sam2.1_hiera_tiny)",
+            "annotate": "SAM2 model name (default tiny)",
+        },
+        "sam_checkpoint": {
+            "detect": "--segment: SAM2 checkpoint file {'model': state_dict}",
+            "annotate": "SAM2 checkpoint file {'model': state_dict}",
+        },
+        "image_size": {
+            "detect": "--segment: SAM2 input size override (tests and benchmarks)",
+            "annotate": "SAM2 input size override (tests and benchmarks)",
+        },
+    }
+    #: argparse attribute of each field, per command (the SAM2 options of detect/annotate are prefixed)
+    _DEST = {"segment": {}, "detect": {"model": "sam_model", "checkpoint": "sam_checkpoint"},
+             "annotate": {"model": "sam_model", "checkpoint": "sam_checkpoint"}}
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser, *, command: str = "segment",
+                      direction: bool = True) -> None:
+        """The SAM2 options of ``command`` (see the class doc); ``direction=False`` leaves ``--direction`` out."""
+        _check(command)
+        if command == "segment":
+            if direction:
+                parser.add_argument("--direction", choices=DIRECTIONS, default="forward")
+            parser.add_argument("--model", default=DEFAULT_SAM2)
+            parser.add_argument("--checkpoint", default=None, help="official-format checkpoint {'model': state_dict}")
+            parser.add_argument("--image-size", type=int, default=None, dest="image_size")
+            parser.add_argument("--device", default=None)
+            return
+        if command == "annotate" and direction:
+            parser.add_argument("--direction", default=cls.direction, choices=DIRECTIONS,
+                                help="propagation of clicked objects (default both)")
+        parser.add_argument("--sam-model", default=None, dest="sam_model", help=cls._HELP["sam_model"][command])
+        parser.add_argument("--sam-checkpoint", default=None, dest="sam_checkpoint",
+                            help=cls._HELP["sam_checkpoint"][command])
+        parser.add_argument("--image-size", type=int, default=None, dest="image_size",
+                            help=cls._HELP["image_size"][command])
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, *, command: str = "segment") -> SamOptions:
+        _check(command)
+        return cls(**_values(cls, args, cls._DEST[command]))
+
+    @property
+    def model_name(self) -> str:
+        """The SAM2 model to load (``model`` or the default)."""
+        return self.model or DEFAULT_SAM2
+
+    def check_direction(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise InputError(f"direction={self.direction!r}: use one of {', '.join(DIRECTIONS)}")
+
+    def image_segmenter(self) -> ImageSegmenter:
+        """A :class:`~dl_utils.samal.ImageSegmenter` (image folders, untracked ``--segment``)."""
+        from ..samal import ImageSegmenter
+
+        return ImageSegmenter(self.model_name, self.checkpoint, image_size=self.image_size, device=self.device)
+
+
+__all__ = [
+    "COMMANDS",
+    "DEFAULT_EVERY_TRACKED",
+    "DEFAULT_MAX_GAP",
+    "DEFAULT_SAM2",
+    "DIRECTIONS",
+    "DetectorOptions",
+    "SamOptions",
+    "TrackOptions",
+    "add_device_argument",
+    "check_counts",
+]

@@ -1,0 +1,351 @@
+"""The one driver: clicks and a text prompt into an annotation store, on the video or the image path.
+
+:func:`run_into_store` is what ``dl-utils annotate``, ``dl-utils detect`` and the widget's Detect
+button run (and what the coming ``batch``/``finetune`` commands are to run): given an open frame source
+and store, it picks the path and runs the steps.
+
+* **video** (``track.track`` and a video source): clicks are applied to a SAM2
+  :class:`~dl_utils.sam2al.VideoSession` and propagated; the text prompt runs GroundingDINO on keyframes
+  with SAM2 between them (:class:`~dl_utils.dinoal.video.GroundedVideoTracker`), or, with
+  ``segment=False``, links keyframe boxes (:func:`~dl_utils.dinoal.video.track_boxes`);
+* **images** (image sets, and video with ``track=False``): every click entry is segmented on its image
+  (:class:`~dl_utils.samal.ImageSegmenter`), and every ``every``-th image's (or the ``frames`` given)
+  detections become new objects (:func:`~dl_utils.dinoal.pipeline.store_detections`), masks when a
+  segmenter is given or ``segment`` is set.
+
+``ledger=True`` (``annotate``) records each step in the store meta :data:`STEPS_KEY` and skips what a
+previous run finished (a finished text step, the images already detected); without it (``detect``,
+the widget) the engines' own resume applies (the tracker continues from its keyframes).
+
+Models are built from the options objects only when a step needs them, unless given pre-built
+(tests, notebooks, the widget, a caller that loads them before it creates the store).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import InputError
+from .options import DetectorOptions, SamOptions, TrackOptions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..annotations import Instances
+    from ..classes import ClassTable
+    from ..dinoal.detector import Detector
+    from ..dinoal.prompts import Prompt
+    from ..samal import ImageSegmenter
+    from ..sam2al import VideoSession
+    from ..store import AnnotationStore
+    from ..video_utils import FrameSource
+
+#: store meta key: {step: {"status": ..., ...}} of the annotate runs on this store
+STEPS_KEY = "annotate.steps"
+
+#: a click entry of a PROMPTS.json (:func:`dl_utils.sam2al.load_prompts`)
+Click = dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- the ledger
+def steps(store: AnnotationStore) -> dict[str, Any]:
+    """The annotate steps recorded in ``store`` ({step: {"status": ..., ...}})."""
+    return dict(store.get_meta(STEPS_KEY) or {})
+
+
+def mark(store: AnnotationStore, step: str, **info: Any) -> None:
+    """Record one step's state in the store meta :data:`STEPS_KEY`."""
+    s = steps(store)
+    s[step] = info
+    store.set_meta(STEPS_KEY, s)
+
+
+def to_ranges(frames: set[int]) -> list[list[int]]:
+    """Sorted numbers as ``[[first, last], ...]`` runs: the record written after every image
+    stays a few numbers long (images are done in order), not one that grows with the folder."""
+    out: list[list[int]] = []
+    for f in sorted(frames):
+        if out and f == out[-1][1] + 1:
+            out[-1][1] = f
+        else:
+            out.append([f, f])
+    return out
+
+
+def from_ranges(ranges: list[list[int]]) -> set[int]:
+    return {f for a, b in ranges for f in range(int(a), int(b) + 1)}
+
+
+# ----------------------------------------------------------------------------- models
+def open_session(src: FrameSource, store: AnnotationStore, sam: SamOptions,
+                 sam_video_model: Any = None) -> VideoSession:
+    """A SAM2 video session on ``src`` writing into ``store`` (``sam_video_model``: a pre-built model)."""
+    from ..sam2al import VideoSession
+
+    if sam_video_model is not None:
+        return VideoSession(src, store, sam_model=sam_video_model)
+    return VideoSession(src, store, model=sam.model_name, checkpoint=sam.checkpoint, image_size=sam.image_size,
+                        device=sam.device)
+
+
+# ----------------------------------------------------------------------------- the driver
+def run_into_store(
+    src: FrameSource,
+    store: AnnotationStore,
+    *,
+    prompt: Prompt | None = None,
+    clicks: Sequence[Click] = (),
+    clicks_file: str | os.PathLike[str] | None = None,
+    detector: Detector | None = None,
+    detector_options: DetectorOptions | None = None,
+    sam: SamOptions | None = None,
+    track: TrackOptions | None = None,
+    table: ClassTable | None = None,
+    segment: bool = True,
+    ledger: bool = False,
+    run_id: int | None = None,
+    frames: Sequence[int] | None = None,
+    images: Mapping[int, np.ndarray] | None = None,
+    session: VideoSession | None = None,
+    sam_video_model: Any = None,
+    segmenter: ImageSegmenter | None = None,
+    progress: bool = True,
+    callback: Callable[[int, Instances], Any] | None = None,
+) -> dict[str, Any]:
+    """Run ``clicks`` (PROMPTS.json entries) and ``prompt`` into ``store``; see the module doc.
+
+    ``clicks_file`` names the clicks in errors. ``table``: the loaded class table (labels of new
+    objects). ``run_id``: the store run the detections are recorded under (the ``detect`` command's);
+    ``ledger`` runs open their own. ``frames``: the image path's frames (source frame numbers; the
+    widget's current frame), else every ``track.every``-th; ``images``: those already decoded, by
+    frame number (the widget's current image). ``session``: an open video session (the
+    widget's; left open), else one is opened from ``sam`` and closed. ``callback(frame, instances)`` is
+    called for every frame the tracker writes.
+
+    Returns ``{"tracked", "every", "resumed" (video), "points": {...}, "text": {...}}``: ``points``
+    has ``applied`` (and, on video, ``objects``, ``frames_written``); ``text`` the tracker's summary
+    (``status``, ``objects``, ``ended``, ``keyframes``, ``detections``) or, on images, ``status``,
+    ``detections``, ``frames`` (detected now) and ``images`` (all finished ones, with ``ledger``).
+    """
+    detector_options = detector_options or DetectorOptions()
+    sam = sam or SamOptions()
+    track = track or TrackOptions()
+    tracked = bool(track.track) and src.kind == "video"
+    out: dict[str, Any] = {"tracked": tracked, "every": track.every_for(tracked)}
+    where = clicks_file if clicks_file is not None else "prompts"
+    if tracked:
+        out.update(_video(src, store, prompt, list(clicks), where, detector=detector, options=detector_options,
+                          sam=sam, track=track, table=table, segment=segment, ledger=ledger, run_id=run_id,
+                          session=session, sam_video_model=sam_video_model, progress=progress,
+                          callback=callback))
+    else:
+        out.update(_images(src, store, prompt, list(clicks), where, detector=detector, options=detector_options,
+                           sam=sam, every=out["every"], table=table, segment=segment, ledger=ledger,
+                           run_id=run_id, frames=frames, images=images, segmenter=segmenter,
+                           progress=progress))
+    return out
+
+
+def _video(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clicks: list[Click], where: Any, *,
+           detector: Detector | None, options: DetectorOptions, sam: SamOptions, track: TrackOptions,
+           table: ClassTable | None, segment: bool, ledger: bool, run_id: int | None,
+           session: VideoSession | None, sam_video_model: Any, progress: bool,
+           callback: Callable[[int, Instances], Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    every = track.every_for(True)
+    own = session is None and (bool(clicks) or (prompt is not None and segment))
+    if own:
+        session = open_session(src, store, sam, sam_video_model)
+    try:
+        if session is not None:
+            out["resumed"] = bool(session.object_ids)
+        if clicks:
+            out["points"] = clicks_into_video(session, clicks, where, direction=sam.direction, progress=progress)
+            if ledger:
+                mark(store, "points", status="done", objects=out["points"]["objects"])
+        if prompt is not None:
+            done = steps(store).get("text") or {} if ledger else {}
+            if done.get("status") == "done" and done.get("prompt") == prompt.caption:
+                out["text"] = {"status": "already done", **{k: v for k, v in done.items() if k != "status"}}
+                return out
+            if done.get("prompt") not in (None, prompt.caption):
+                raise InputError(
+                    f"{store.path} was annotated with the text {done['prompt']!r}; use a new --out for "
+                    f"{prompt.caption!r} (or export and merge)"
+                )
+            if ledger:
+                mark(store, "text", status="running", prompt=prompt.caption)
+            det = detector or options.build(table)
+            if segment:
+                from ..dinoal.video import GroundedVideoTracker
+
+                res = GroundedVideoTracker(session, det, prompt, every=every, max_gap=track.max_gap,
+                                           max_objects=track.max_objects).run(progress=progress, callback=callback)
+            else:
+                from ..dinoal.video import track_boxes
+
+                res = track_boxes(src, store, det, prompt, every=every, progress=progress, run_id=run_id,
+                                  max_gap=track.max_gap, max_objects=track.max_objects)
+            if ledger:
+                if res["status"] not in ("done", "no objects found"):
+                    raise InputError(f"the text step stopped ({res['status']}); run again to resume")
+                mark(store, "text", status="done", prompt=prompt.caption, objects=res["objects"],
+                     keyframes=len(res["keyframes"]))
+            out["text"] = res
+    finally:
+        if own and session is not None:
+            session.close()
+    return out
+
+
+def clicks_into_video(session: VideoSession, clicks: list[Click], where: Any, *, direction: str,
+                      progress: bool = True) -> dict[str, Any]:
+    """Apply click entries to ``session`` (entries already in its store are skipped) and propagate
+    the clicked objects ``direction``; ``{"applied", "objects", "frames_written"}``."""
+    from ..sam2al import apply_prompts
+
+    applied = apply_prompts(session, clicks, where)
+    clicked = sorted({e["object"] for e in clicks})
+    r = session.propagate(direction, objects=clicked, progress=progress)
+    if r["status"] != "done":
+        raise InputError(f"propagation of the clicked objects stopped ({r['status']}); run again to resume")
+    return {"applied": applied, "objects": clicked, "frames_written": r["frames_written"]}
+
+
+def _images(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clicks: list[Click], where: Any, *,
+            detector: Detector | None, options: DetectorOptions, sam: SamOptions, every: int,
+            table: ClassTable | None, segment: bool, ledger: bool, run_id: int | None,
+            frames: Sequence[int] | None, images: Mapping[int, np.ndarray] | None,
+            segmenter: ImageSegmenter | None, progress: bool) -> dict[str, Any]:
+    """Image sets (and untracked video): every click entry and every image's detections on their own."""
+    out: dict[str, Any] = {}
+    if segmenter is None and (clicks or (prompt is not None and segment)):
+        segmenter = sam.image_segmenter()
+    if clicks:
+        out["points"] = clicks_into_images(src, store, segmenter, clicks, where, progress=progress)
+    if prompt is not None:
+        det = detector or options.build(table)
+        out["text"] = text_into_images(src, store, det, prompt, segmenter=segmenter, table=table, every=every,
+                                       frames=frames, images=images, ledger=ledger, run_id=run_id,
+                                       progress=progress)
+    return out
+
+
+def clicks_into_images(src: FrameSource, store: AnnotationStore, segmenter: ImageSegmenter, clicks: list[Click],
+                       where: Any, *, progress: bool = True) -> dict[str, Any]:
+    """Segment every click entry on its own image; entries already on their keyframe are skipped."""
+    from tqdm.auto import tqdm
+
+    from ..annotations import Source
+
+    by_frame: dict[int, list[Click]] = {}
+    for i, e in enumerate(clicks):
+        try:
+            src.index_of(e["frame"])
+        except Exception:  # noqa: BLE001  re-raised with the file and entry named
+            raise InputError(f"{where}: entry {i}: frame {e['frame']} is not one of the images of "
+                             f"{src.name} (0..{len(src) - 1}); fix the entry's 'frame'") from None
+        by_frame.setdefault(e["frame"], []).append(e)
+    known = {o.id for o in store.objects()}
+    done = 0
+    for frame, group in tqdm(sorted(by_frame.items()), desc="clicks", unit="image",
+                             disable=None if progress else True):
+        have = store.read_frame(frame).by_object()
+        todo = [e for e in group if not (e["object"] in have and have[e["object"]].keyframe)]
+        if not todo:
+            continue
+        segmenter.set_image(src[src.index_of(frame)], frame=frame)
+        for e in todo:
+            if e["object"] not in known:
+                if not e["label"]:
+                    raise InputError(f"{where}: object {e['object']} has no 'label'; add one to its first entry")
+                store.add_object(e["label"], id=e["object"])
+                known.add(e["object"])
+        insts = segmenter.predict_objects({e["object"]: {"points": e["points"], "box": e["box"]} for e in todo})
+        for inst in insts:
+            inst.keyframe = True
+            inst.source = Source.SEMI_AUTO
+        store.write_frame(frame, list(insts))
+        done += len(todo)
+    return {"applied": done}
+
+
+def text_into_images(src: FrameSource, store: AnnotationStore, detector: Detector, prompt: Prompt, *,
+                     segmenter: ImageSegmenter | None = None, table: ClassTable | None = None, every: int = 1,
+                     frames: Sequence[int] | None = None, images: Mapping[int, np.ndarray] | None = None,
+                     ledger: bool = False, run_id: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Detect on every ``every``-th image (or on ``frames``); each box a new object, a mask with
+    ``segmenter``. With ``ledger`` the finished images are recorded (positions among the source's
+    images) and skipped on the next run, under a store run of their own."""
+    from tqdm.auto import tqdm
+
+    from ..dinoal.pipeline import store_detections
+
+    text = steps(store).get("text") or {} if ledger else {}
+    finished = from_ranges(text.get("images", [])) if text.get("prompt") == prompt.caption else set()
+    if frames is not None:
+        wanted = [src.index_of(f) for f in frames]
+    else:
+        wanted = list(range(0, len(src), int(every)))
+    todo = [i for i in wanted if i not in finished]
+    if ledger and run_id is None:
+        run = store.begin_run("annotate", {"text": prompt.caption})
+    else:
+        run = run_id
+    n = n_frames = 0
+    status = "failed"
+    try:
+        for i, image in tqdm(_images_at(src, todo, images or {}), total=len(todo), desc="detect", unit="image",
+                             disable=None if progress else True):
+            frame = src.frame_numbers[i]
+            dets = detector.detect(image, prompt)
+            store_detections(store, frame, image, dets, segmenter=segmenter, classes=table, run_id=run,
+                             model=getattr(detector, "name", None))
+            n += len(dets)
+            n_frames += 1
+            if ledger:
+                finished.add(i)
+                mark(store, "text", status="running", prompt=prompt.caption, images=to_ranges(finished))
+        status = "done"
+    finally:
+        if run is not None and run is not run_id:
+            store.finish_run(run, status)
+    res: dict[str, Any] = {"status": "done", "detections": n, "frames": n_frames}
+    if ledger:
+        mark(store, "text", status="done", prompt=prompt.caption, images=to_ranges(finished))
+        res["images"] = len(finished)
+    return res
+
+
+def _images_at(src: FrameSource, positions: list[int], known: Mapping[int, np.ndarray]
+               ) -> Iterator[tuple[int, np.ndarray]]:
+    """``(position, image)`` for the given positions (``known``: images already decoded, by frame
+    number); a video is read in one pass (no seek per frame)."""
+    numbers = src.frame_numbers
+    if src.kind != "video" or all(numbers[i] in known for i in positions):
+        for i in positions:
+            yield i, known[numbers[i]] if numbers[i] in known else src[i]
+        return
+    want = set(positions)
+    for k, (_, image) in enumerate(src.iter_numbered()):
+        if k in want:
+            yield k, image
+            want.discard(k)
+            if not want:
+                return
+
+
+__all__ = [
+    "STEPS_KEY",
+    "clicks_into_images",
+    "clicks_into_video",
+    "from_ranges",
+    "mark",
+    "open_session",
+    "run_into_store",
+    "steps",
+    "text_into_images",
+    "to_ranges",
+]
