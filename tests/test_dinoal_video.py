@@ -374,3 +374,20 @@ def test_real_session_stop_past_the_end_means_to_the_end(tiny_sam2_video, tmp_pa
     s = GroundedVideoTracker(sess, Fixed(), "bed.", every=4).run(stop=600, progress=False)
     assert s["status"] == "done" and store.frames() == list(range(8))
     store.close()
+
+
+def test_clicked_object_never_visible_ends_without_crashing(tmp_path):
+    """A clicked object whose mask is empty where it joins the manager and for longer than max_gap
+    ends with no last visible frame (Ended.last_frame None): the tracker keeps its empty frames
+    instead of failing on ``None + 1``."""
+    truth = Truth({"a": ("car", moving(2, range(60))), "g": ("person", moving(40, range(30, 33), dx=0.1, y=30))})
+    src = FakeSource(60)
+    store = AnnotationStore.create(tmp_path / "g.sqlite", src.media_info())
+    sess = PerfectSession(src, store, truth, lose=True)
+    sess.add_box(30, 7, truth.objects["g"][1][30], label="person")  # seen on 30..32 only
+    sess.propagate("both", objects=[7])
+    assert min(store.read_object(7)) == 0 and visible_frames(store, 7) == [30, 31, 32]
+    s = GroundedVideoTracker(sess, FakeDetector(Truth({"a": truth.objects["a"]}), src), "car.", every=10,
+                             max_gap=15).run(progress=False)
+    assert 7 in s["ended"]
+    assert min(store.read_object(7)) == 0  # its empty frames are kept: nothing visible to cut

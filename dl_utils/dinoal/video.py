@@ -20,13 +20,19 @@ from that frame with SAM2's usual warm-up).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
 
-from ..annotations import Instance, Instances, Source
+from ..annotations import Box, Instance, Instances, Source
 from ..errors import InputError
 from ..tracking import KeyframePolicy, TrackManager
 from .detections import Detections
+
+if TYPE_CHECKING:
+    from ..sam2al.session import VideoSession
+    from ..tracking import Decision
+    from .detector import Detector
+    from .prompts import Prompt
 
 #: store meta key: {object id: last visible frame} of the objects a tracker ended
 ENDED_KEY = "dinoal.ended"
@@ -58,9 +64,9 @@ class GroundedVideoTracker:
 
     def __init__(
         self,
-        session: Any,
-        detector: Any,
-        prompt: Any = None,
+        session: VideoSession,
+        detector: Detector,
+        prompt: str | Prompt | None = None,
         *,
         every: int = 20,
         manager: TrackManager | None = None,
@@ -83,7 +89,8 @@ class GroundedVideoTracker:
         self.manager = manager
         self.keyframes: list[int] = []
         self.detections = 0
-        self._pending = None  # (frame, Decision) waiting to be applied after the pass stops
+        # (frame, Decision, detections) waiting to be applied after the pass stops
+        self._pending: tuple[int, Decision, Detections | None] | None = None
         self._deferred: dict[int, int] = {}  # clicked object id -> frame it joins the manager
         self._saved_keyframes: list[int] = list(self.store.get_meta(KEYFRAMES_KEY) or [])
 
@@ -100,7 +107,7 @@ class GroundedVideoTracker:
         self.detections += len(dets)
         return dets
 
-    def _apply(self, frame: int, decision: Any, dets: Detections) -> list[tuple[int, int]]:
+    def _apply(self, frame: int, decision: Decision, dets: Detections | None) -> list[tuple[int, int]]:
         """Turn a decision into SAM2 prompts; return the (object, down-to frame) backward jobs."""
         s = self.session
         back: list[tuple[int, int]] = []
@@ -112,17 +119,20 @@ class GroundedVideoTracker:
             ended[str(e.object_id)] = e.last_frame
             self.store.set_meta(ENDED_KEY, ended)
             # frames after the last visible one were tracked as empty: drop them so the export
-            # writes `outside` right after the last frame the object was seen
-            self.store.delete_instances(object_id=e.object_id, start=e.last_frame + 1)
+            # writes `outside` right after the last frame the object was seen. An object never seen
+            # (a clicked object SAM2 never showed, ended after max_gap frames) has only empty
+            # frames: nothing to drop.
+            if e.last_frame is not None:
+                self.store.delete_instances(object_id=e.object_id, start=e.last_frame + 1)
         for r in decision.reanchors:
             s.add_box(frame, r.object_id, r.box)
-        for r in decision.revived:
+        for rv in decision.revived:
             # re-track the gap backward from the re-detection: drop the empty frames SAM2 wrote there
-            lo = r.back_to if r.back_to is not None else frame
+            lo = rv.back_to if rv.back_to is not None else frame
             if lo < frame:
-                self.store.delete_instances(object_id=r.object_id, start=lo, stop=frame - 1)
-            s.add_box(frame, r.object_id, r.box)
-            back.append((r.object_id, lo))
+                self.store.delete_instances(object_id=rv.object_id, start=lo, stop=frame - 1)
+            s.add_box(frame, rv.object_id, rv.box)
+            back.append((rv.object_id, lo))
         first = self.source.frame_numbers[0]
         for n in decision.new:
             s.add_box(frame, n.object_id, n.box, label=n.label or "object")
@@ -327,7 +337,7 @@ def track_boxes(
     keep = [n for n in source.frame_numbers
             if (start is None or n >= start) and (stop is None or n <= stop)]
     keys = keep[:: int(every)]
-    last: dict[int, tuple] = {}
+    last: dict[int, tuple[float, ...]] = {}
     n_dets = 0
     for f in tqdm(keys, desc="detect", unit="keyframe", disable=None if progress else True):
         dets = detector.detect(source[source.index_of(f)], prompt)
@@ -348,7 +358,7 @@ def track_boxes(
         for e in dec.ended:
             last.pop(e.object_id, None)
         rows = [
-            Instance(oid, box=tuple(float(v) for v in dets.boxes[j]), score=float(dets.scores[j]),
+            Instance(oid, box=cast(Box, tuple(float(v) for v in dets.boxes[j])), score=float(dets.scores[j]),
                      source=Source.AUTO, keyframe=True,
                      prompts={"text": getattr(dets, "prompt", ""), "label": dets.labels[j]})
             for oid, j in sorted(set(insts))
