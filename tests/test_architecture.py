@@ -66,12 +66,6 @@ KNOWN: dict[tuple[str, str], str] = {}
 # cmd_*) belongs to the drivers or the UI. Where it sits lower today, (module, function): why.
 _DRIVER_CODE = "driver code in an engine package, moving to dl_utils/drivers (issue 14)"
 KNOWN_CLI: dict[tuple[str, str], str] = {
-    ("dl_utils.dinoal.pipeline", "add_detect_arguments"): _DRIVER_CODE,
-    ("dl_utils.dinoal.pipeline", "run_detect_cli"): _DRIVER_CODE,
-    ("dl_utils.dinoal.pipeline", "_run_detect_cli"): _DRIVER_CODE,
-    ("dl_utils.sam2al.segment", "add_segment_arguments"): _DRIVER_CODE,
-    ("dl_utils.sam2al.segment", "run_segment_cli"): _DRIVER_CODE,
-    ("dl_utils.sam2al.segment", "_run_segment_cli"): _DRIVER_CODE,
     ("dl_utils.cvat.cli", "add_cvat_arguments"): "the dl-utils cvat subcommands inside the sink package",
     ("dl_utils.cvat.cli", "_common"): "the dl-utils cvat subcommands inside the sink package",
     ("dl_utils.cvat.cli", "cmd_cvat_labels"): "the dl-utils cvat subcommands inside the sink package",
