@@ -16,7 +16,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -33,15 +33,21 @@ from ..annotations import (
 from ..cv_utils import box_to_mask, color_for_index, mask_to_polygons, polygons_to_mask
 from ..errors import DlUtilsError, FormatError, InputError, OutputError, mount_point
 
+if TYPE_CHECKING:
+    from ..store import StoreReader, StoreReaderWriter
+
+_T = TypeVar("_T")
+
 #: Frames written per ``store.write_frames`` transaction on import (bounded memory, few commits).
 WRITE_BATCH = 64
 
 
-def progress(iterable: Iterable, *, total: int | None = None, desc: str = ""):
+def progress(iterable: Iterable[_T], *, total: int | None = None, desc: str = "") -> Iterator[_T]:
     """A tqdm bar on a terminal, silent elsewhere (``disable=None``)."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, disable=None, leave=False)
+    bar: Iterator[_T] = tqdm(iterable, total=total, desc=desc, disable=None, leave=False)
+    return bar
 
 
 # ---------------------------------------------------------------------------------------- export
@@ -99,7 +105,7 @@ def to_geometry(
     return Geometry(ShapeType.BOX, box=tuple(float(v) for v in box))  # type: ignore[arg-type]
 
 
-def require_media(store: Any) -> MediaInfo:
+def require_media(store: StoreReader) -> MediaInfo:
     media = store.media
     if media is None:
         raise InputError(
@@ -143,7 +149,7 @@ def sub_media(media: MediaInfo, frames: list[int]) -> MediaInfo:
     )
 
 
-def select_objects(store: Any, objects: Iterable[int] | None) -> list[ObjectInfo]:
+def select_objects(store: StoreReader, objects: Iterable[int] | None) -> list[ObjectInfo]:
     all_objs = store.objects()
     if objects is None:
         return all_objs
@@ -157,7 +163,7 @@ def select_objects(store: Any, objects: Iterable[int] | None) -> list[ObjectInfo
     return [o for o in all_objs if o.id in wanted]
 
 
-def export_labels(store: Any, objects: Sequence[ObjectInfo]) -> list[Label]:
+def export_labels(store: StoreReader, objects: Sequence[ObjectInfo]) -> list[Label]:
     """The store's labels plus any object label missing from them, each with a colour."""
     labels = list(store.labels())
     names = {lb.name for lb in labels}
@@ -172,7 +178,7 @@ def export_labels(store: Any, objects: Sequence[ObjectInfo]) -> list[Label]:
 
 
 def iter_store_frames(
-    store: Any, frames: list[int], objects: Sequence[ObjectInfo], *, desc: str
+    store: StoreReader, frames: list[int], objects: Sequence[ObjectInfo], *, desc: str
 ) -> Iterator[tuple[int, Instances]]:
     """``(frame, instances)`` for every frame in ``frames`` (empty ``Instances`` where none)."""
     ids = [o.id for o in objects]
@@ -198,7 +204,7 @@ def source_of(sources: Iterable[Source]) -> Source:
     return Source.SEMI_AUTO if s else Source.MANUAL
 
 
-def parse_source(value: Any) -> Source:
+def parse_source(value: object) -> Source:
     """CVAT/COCO source strings to ours; CVAT's ``file`` and ``consensus`` count as ``manual``."""
     try:
         return Source(str(value).strip().lower())
@@ -206,7 +212,9 @@ def parse_source(value: Any) -> Source:
         return Source.MANUAL
 
 
-def output_error(path: str | os.PathLike, e: OSError, *, cls: type = OutputError) -> DlUtilsError:
+def output_error(
+    path: str | os.PathLike[str], e: OSError, *, cls: type[DlUtilsError] = OutputError
+) -> DlUtilsError:
     """One-line error for an ``OSError`` while writing ``path``: what happened and what to do."""
     path = Path(path)
     code = e.errno
@@ -225,7 +233,7 @@ def output_error(path: str | os.PathLike, e: OSError, *, cls: type = OutputError
     return cls(msg)
 
 
-def output_file(out: str | os.PathLike, suffix: str = ".xml") -> Path:
+def output_file(out: str | os.PathLike[str], suffix: str = ".xml") -> Path:
     """The file an export of ``out`` really writes, checked before any work.
 
     A folder, a device, a pipe or a socket is refused (an export never replaces one); a symlink to
@@ -274,7 +282,7 @@ def _what_is(path: Path) -> str:
 
 
 @contextmanager
-def atomic_file(out: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
+def atomic_file(out: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
     """Open a temporary file beside ``out``; on success it is flushed, synced and renamed over
     ``out`` (``os.replace``), on any failure removed. ``out`` is checked with :func:`output_file`.
     An interrupted export leaves the previous file as it was and no half file."""
@@ -287,7 +295,7 @@ def atomic_file(out: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         try:
             # the new file keeps the mode of the one it replaces (mkstemp makes 0600)
             os.fchmod(fd, stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_umask())
-            kw = {} if "b" in mode else {"encoding": "utf-8"}
+            kw: dict[str, Any] = {} if "b" in mode else {"encoding": "utf-8"}
             with os.fdopen(fd, mode, **kw) as f:
                 yield f
                 f.flush()
@@ -336,7 +344,7 @@ def _is_export_folder(folder: Path, own: set[str], own_dir: "re.Pattern[str]") -
 
 @contextmanager
 def atomic_folder(
-    out: str | os.PathLike, *, marker: str, own: set[str], own_dir: "re.Pattern[str]"
+    out: str | os.PathLike[str], *, marker: str, own: set[str], own_dir: "re.Pattern[str]"
 ) -> Iterator[Path]:
     """Build a folder export in a temporary folder beside ``out``, then swap it in.
 
@@ -435,18 +443,22 @@ class ParsedShape:
     where: str = ""
 
 
+#: ``decode(shape, height, width)``: a ``mask`` / ``coco_rle`` :class:`ParsedShape` as a bool mask.
+Decoder = Callable[["ParsedShape", int, int], np.ndarray]
+
+
 @dataclass
 class ObjectKey:
-    key: tuple
+    key: tuple[Any, ...]
     label: str
     preferred_id: int | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
 
 
-def assign_object_ids(keys: Sequence[ObjectKey], existing: Iterable[int]) -> dict[tuple, int]:
+def assign_object_ids(keys: Sequence[ObjectKey], existing: Iterable[int]) -> dict[tuple[Any, ...], int]:
     """Ids for the objects of a file: the preferred ones (CVAT group, COCO track_id) when free."""
     taken = set(existing)
-    out: dict[tuple, int] = {}
+    out: dict[tuple[Any, ...], int] = {}
     for k in keys:
         p = k.preferred_id
         if p is not None and p >= 0 and p not in taken:
@@ -462,7 +474,7 @@ def assign_object_ids(keys: Sequence[ObjectKey], existing: Iterable[int]) -> dic
 
 
 def build_instance(
-    object_id: int, shapes: Sequence[ParsedShape], height: int, width: int, decode,
+    object_id: int, shapes: Sequence[ParsedShape], height: int, width: int, decode: Decoder,
     *, box_mask: bool = False, polygon_mask: bool = True, source: Source | None = None,
     prompts: dict[str, Any] | None = None,
 ) -> Instance:
@@ -481,7 +493,7 @@ def build_instance(
     keyframe = any(s.keyframe for s in shapes)
     scores = [s.score for s in shapes if s.score is not None]
     score = max(scores) if scores else None
-    common = dict(object_id=object_id, source=first.source if source is None else source,
+    common: dict[str, Any] = dict(object_id=object_id, source=first.source if source is None else source,
                   keyframe=keyframe, score=score, prompts=prompts)
     if len(shapes) == 1 and first.kind == "box":
         return Instance(box=first.data, mask=box_to_mask(first.data, height, width) if box_mask else None,
@@ -511,6 +523,8 @@ def check_geometry(shape: ParsedShape, width: int, height: int, prefix: str) -> 
     A shape that is only *partly* outside is legal in CVAT (it keeps such boxes as drawn) and is
     kept unchanged: masks made from it are clipped to the image, the coordinates are not.
     """
+    xs: Sequence[float]
+    ys: Sequence[float]
     if shape.kind == "box":
         x1, y1, x2, y2 = shape.data
         if x2 < x1 or y2 < y1:
@@ -533,7 +547,7 @@ def check_geometry(shape: ParsedShape, width: int, height: int, prefix: str) -> 
         )
 
 
-def merge_labels(store: Any, file_labels: Sequence[Label], used: Iterable[str]) -> list[str]:
+def merge_labels(store: StoreReaderWriter, file_labels: Sequence[Label], used: Iterable[str]) -> list[str]:
     """Give the store the file's labels (kept as they are when it already has them); returns new names."""
     current = list(store.labels())
     names = {lb.name for lb in current}
@@ -551,7 +565,7 @@ def merge_labels(store: Any, file_labels: Sequence[Label], used: Iterable[str]) 
     return [lb.name for lb in added]
 
 
-def check_store_media(store: Any, media: MediaInfo, where: str) -> MediaInfo:
+def check_store_media(store: StoreReaderWriter, media: MediaInfo, where: str) -> MediaInfo:
     """Use ``media`` for a new store; for a store that has media, check the file fits it."""
     mine = store.media
     if mine is None:
@@ -580,11 +594,11 @@ def check_store_media(store: Any, media: MediaInfo, where: str) -> MediaInfo:
 
 
 def write_objects(
-    store: Any,
+    store: StoreReaderWriter,
     keys: Sequence[ObjectKey],
-    frames: dict[int, dict[tuple, list[ParsedShape]]],
+    frames: dict[int, dict[tuple[Any, ...], list[ParsedShape]]],
     media: MediaInfo,
-    decode,
+    decode: Decoder,
     *,
     desc: str,
 ) -> dict[str, Any]:
@@ -644,7 +658,7 @@ class ExportSelection:
 
 
 def select_export(
-    store: Any, objects: Iterable[int] | None, start: int | None, stop: int | None
+    store: StoreReader, objects: Iterable[int] | None, start: int | None, stop: int | None
 ) -> ExportSelection:
     """The frame range and objects every exporter starts from, checked the same way for all."""
     media_full = require_media(store)

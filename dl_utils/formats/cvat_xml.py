@@ -29,12 +29,13 @@ import time
 import xml.parsers.expat
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, cast
 from xml.sax.saxutils import XMLGenerator
+from xml.sax.xmlreader import AttributesImpl
 
 import numpy as np
 
-from ..annotations import Label, MediaInfo, ObjectInfo, ShapeType
+from ..annotations import Label, MediaInfo, ObjectInfo, ShapeType, Source
 from ..cv_utils import decode_cvat_rle, encode_cvat_rle
 from ..errors import FormatError, InputError, MaskError
 from ._common import (
@@ -57,6 +58,18 @@ from ._common import (
 SUPPORTED = ("box", "polygon", "mask")
 _OTHER_SHAPES = ("polyline", "points", "ellipse", "cuboid", "skeleton", "tag")
 
+if TYPE_CHECKING:
+    from ..store import StoreReader, StoreReaderWriter
+
+#: a shape's tag and XML attributes, as :func:`_geometry_attrs` makes them
+_Attrs = tuple[str, "OrderedDict[str, str]"]
+
+
+def _attrs(d: Mapping[str, str]) -> AttributesImpl:
+    """``d`` as XMLGenerator's attributes argument (typed ``AttributesImpl``; it reads only
+    ``.items()``, so a mapping is passed as it is)."""
+    return cast(AttributesImpl, d)
+
 
 # ================================================================================ export
 class _Writer:
@@ -71,7 +84,7 @@ class _Writer:
 
     def open(self, tag: str, attrs: dict[str, str] | None = None) -> None:
         self._nl()
-        self.gen.startElement(tag, attrs or {})
+        self.gen.startElement(tag, _attrs(attrs or {}))
         self.level += 1
 
     def close(self, tag: str) -> None:
@@ -81,13 +94,13 @@ class _Writer:
 
     def leaf(self, tag: str, text: str = "", attrs: dict[str, str] | None = None) -> None:
         self._nl()
-        self.gen.startElement(tag, attrs or {})
+        self.gen.startElement(tag, _attrs(attrs or {}))
         self.gen.characters(text)
         self.gen.endElement(tag)
 
     def empty(self, tag: str, attrs: dict[str, str]) -> None:
         self._nl()
-        self.gen.startElement(tag, attrs)
+        self.gen.startElement(tag, _attrs(attrs))
         self.gen.endElement(tag)
 
     def tree(self, tag: str, value: Any) -> None:
@@ -177,8 +190,8 @@ def group_ids(objects: list[ObjectInfo]) -> dict[int, int]:
 
 
 def export_cvat(
-    store: Any,
-    out: str | os.PathLike,
+    store: StoreReader,
+    out: str | os.PathLike[str],
     *,
     video: bool = True,
     shape: "ShapeType | str | None" = None,
@@ -207,7 +220,7 @@ def export_cvat(
     with atomic_file(out, "w") as stream:  # renamed over out when complete: no half file
         wr = _Writer(stream)
         wr.gen.startDocument()
-        wr.gen.startElement("annotations", {})
+        wr.gen.startElement("annotations", _attrs({}))
         wr.level = 1
         wr.leaf("version", "1.1")
         wr.tree("meta", _meta(media, labels, mode))
@@ -224,7 +237,11 @@ def export_cvat(
     return out
 
 
-def _write_images(wr, store, media, frames, objs, label_of, groups, shape, h, w, include_empty):
+def _write_images(
+    wr: _Writer, store: StoreReader, media: MediaInfo, frames: list[int], objs: Sequence[ObjectInfo],
+    label_of: dict[int, str], groups: dict[int, int], shape: "ShapeType | str | None", h: int, w: int,
+    include_empty: bool,
+) -> None:
     for f, insts in iter_store_frames(store, frames, objs, desc="cvat-images"):
         w, h = media.size_of(f)  # CVAT image tasks keep each image's own size
         shapes = []
@@ -237,7 +254,8 @@ def _write_images(wr, store, media, frames, objs, label_of, groups, shape, h, w,
         wr.open("image", OrderedDict(id=str(f), name=media.frame_name(f), width=str(w), height=str(h)))
         for inst, g in shapes:
             parts = [g] if g.kind is not ShapeType.POLYGON else [
-                Geometry(ShapeType.POLYGON, rings=[r]) for r in g.rings  # one <polygon> per ring
+                Geometry(ShapeType.POLYGON, rings=[r])  # one <polygon> per ring
+                for r in cast("list[list[float]]", g.rings)
             ]
             for part in parts:
                 tag, geo = _geometry_attrs(part)
@@ -250,11 +268,14 @@ def _write_images(wr, store, media, frames, objs, label_of, groups, shape, h, w,
         wr.close("image")
 
 
-def _write_tracks(wr, store, media, frames, objs, label_of, groups, shape, h, w):
+def _write_tracks(
+    wr: _Writer, store: StoreReader, media: MediaInfo, frames: list[int], objs: Sequence[ObjectInfo],
+    label_of: dict[int, str], groups: dict[int, int], shape: "ShapeType | str | None", h: int, w: int,
+) -> None:
     index = {f: i for i, f in enumerate(frames)}
     n = len(frames)
     # per object: track key -> {task index: (geometry attrs, source, ...)}; masks get one track each
-    per_obj: dict[int, dict[tuple, dict[int, tuple]]] = {o.id: {} for o in objs}
+    per_obj: dict[int, dict[tuple[str, int], dict[int, tuple[_Attrs, Source]]]] = {o.id: {} for o in objs}
     for f, insts in iter_store_frames(store, frames, objs, desc="cvat-video"):
         i = index[f]
         w, h = media.size_of(f)
@@ -264,7 +285,8 @@ def _write_tracks(wr, store, media, frames, objs, label_of, groups, shape, h, w)
                 continue
             tracks = per_obj[inst.object_id]
             if g.kind is ShapeType.POLYGON:
-                for k, ring in enumerate(g.rings):  # ring k of every frame -> the object's k-th track
+                # ring k of every frame -> the object's k-th track
+                for k, ring in enumerate(cast("list[list[float]]", g.rings)):
                     part = Geometry(ShapeType.POLYGON, rings=[ring])
                     tracks.setdefault(("polygon", k), {})[i] = (_geometry_attrs(part), inst.source)
             elif g.kind is ShapeType.BOX:
@@ -292,7 +314,7 @@ def _write_tracks(wr, store, media, frames, objs, label_of, groups, shape, h, w)
             wr.close("track")
 
 
-def _track_shape(wr: _Writer, tag: str, geo: dict, frame: int, *, outside: bool) -> None:
+def _track_shape(wr: _Writer, tag: str, geo: Mapping[str, str], frame: int, *, outside: bool) -> None:
     attrs = OrderedDict(frame=str(frame), keyframe="1", outside=str(int(outside)), occluded="0")
     attrs.update(geo)
     attrs["z_order"] = "0"
@@ -320,8 +342,8 @@ class _Parser:
         self.n_tracks = 0
         self.n_loose = 0
         # (frame, object key tuple, label, ParsedShape, line)
-        self.shapes: list[tuple[int, tuple, str, ParsedShape, int]] = []
-        self.keys: "OrderedDict[tuple, ObjectKey]" = OrderedDict()
+        self.shapes: list[tuple[int, tuple[Any, ...], str, ParsedShape, int]] = []
+        self.keys: "OrderedDict[tuple[Any, ...], ObjectKey]" = OrderedDict()
         self.skipped: dict[str, int] = {}
         self.outside = 0
 
@@ -583,7 +605,7 @@ def _media(p: _Parser, fallback_name: str) -> MediaInfo:
     return media_from_frames(name, width, height, frames, names, own if len(sizes) > 1 else None)
 
 
-def import_cvat(path: str | os.PathLike, store: Any) -> dict[str, Any]:
+def import_cvat(path: str | os.PathLike[str], store: StoreReaderWriter) -> dict[str, Any]:
     """Read CVAT for video / for images 1.1 XML into ``store`` (see the module doc for the mapping)."""
     path = Path(path)
     p = _Parser(path)
@@ -628,7 +650,7 @@ def import_cvat(path: str | os.PathLike, store: Any) -> dict[str, Any]:
     used = list(OrderedDict.fromkeys(k.label for k in p.keys.values()))
     merge_labels(store, file_labels, used)
 
-    by_frame: dict[int, dict[tuple, list[ParsedShape]]] = {}
+    by_frame: dict[int, dict[tuple[Any, ...], list[ParsedShape]]] = {}
     for frame, key, _label, shape, _line in p.shapes:
         by_frame.setdefault(frame, {}).setdefault(key, []).append(shape)
     with_shapes = {s[1] for s in p.shapes}
