@@ -64,14 +64,14 @@ KNOWN: dict[tuple[str, str], str] = {}
 
 # Command-line code (a function that adds arguments to an argparse parser, or one named *_cli or
 # cmd_*) belongs to the drivers or the UI. Where it sits lower today, (module, function): why.
-_DRIVER_CODE = "driver code in an engine package, moving to dl_utils/drivers (issue 14)"
+_SINK_CLI = "the dl-utils cvat subcommands (UI code) inside the sink package"
 KNOWN_CLI: dict[tuple[str, str], str] = {
-    ("dl_utils.cvat.cli", "add_cvat_arguments"): "the dl-utils cvat subcommands inside the sink package",
-    ("dl_utils.cvat.cli", "_common"): "the dl-utils cvat subcommands inside the sink package",
-    ("dl_utils.cvat.cli", "cmd_cvat_labels"): "the dl-utils cvat subcommands inside the sink package",
-    ("dl_utils.cvat.cli", "cmd_cvat_create_task"): "the dl-utils cvat subcommands inside the sink package",
-    ("dl_utils.cvat.cli", "cmd_cvat_push"): "the dl-utils cvat subcommands inside the sink package",
-    ("dl_utils.cvat.cli", "cmd_cvat_pull"): "the dl-utils cvat subcommands inside the sink package",
+    ("dl_utils.cvat.cli", "add_cvat_arguments"): _SINK_CLI,
+    ("dl_utils.cvat.cli", "_common"): _SINK_CLI,
+    ("dl_utils.cvat.cli", "cmd_cvat_labels"): _SINK_CLI,
+    ("dl_utils.cvat.cli", "cmd_cvat_create_task"): _SINK_CLI,
+    ("dl_utils.cvat.cli", "cmd_cvat_push"): _SINK_CLI,
+    ("dl_utils.cvat.cli", "cmd_cvat_pull"): _SINK_CLI,
 }
 
 
