@@ -118,23 +118,18 @@ def create(
     text_threshold: float | None = None,
 ) -> GroundedSamFunction:
     """Build the function for cvat-cli's ``--function-module`` (see the module doc)."""
-    from .dinoal import load_detector, parse_prompt
+    from .drivers.options import DetectorOptions, SamOptions
 
     if text is None and classes is None:
         raise InputError('give the objects to find: -p text=str:"car. person" (or -p classes=str:TABLE.xlsx)')
-    options: dict[str, Any] = {}
+    opts = DetectorOptions(backend=backend, model=model, text_encoder=text_encoder, device=device, classes=classes)
     if box_threshold is not None:
-        options["box_threshold"] = float(box_threshold)
+        opts.box_threshold = float(box_threshold)
     if text_threshold is not None:
-        options["text_threshold"] = float(text_threshold)
-    table = None
-    if classes is not None:
-        from .classes import ClassTable
-
-        table = ClassTable.load(classes)
-        options["classes"] = table
-    detector = load_detector(backend, model, text_encoder=text_encoder, device=device, **options)
-    prompt = detector.resolve_prompt(text) if hasattr(detector, "resolve_prompt") else parse_prompt(text)
+        opts.text_threshold = float(text_threshold)
+    table = opts.class_table()
+    detector = opts.build(table)
+    prompt = detector.resolve_prompt(text)
     if table is not None:
         labels = list(table.leaves()) if text is None else list(dict.fromkeys(
             (table.resolve(p).name if table.resolve(p) else p) for p in prompt.phrases))
@@ -142,10 +137,8 @@ def create(
         labels = list(prompt.phrases)
     segmenter = None
     if shape == "mask":
-        from .models import DEFAULT_MODEL
-        from .samal import ImageSegmenter
-
-        segmenter = ImageSegmenter(sam2 or DEFAULT_MODEL, sam2_checkpoint, image_size=image_size, device=device)
+        segmenter = SamOptions(model=sam2, checkpoint=sam2_checkpoint, image_size=image_size,
+                               device=device).image_segmenter()
     return GroundedSamFunction(detector, segmenter, labels=labels, prompt=prompt, shape=shape)
 
 

@@ -29,7 +29,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
-from .options import DetectorOptions, SamOptions, TrackOptions
+from .options import DetectorOptions, SamOptions, SourceSpec, TrackOptions
 from .run import STEPS_KEY, steps
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,7 +60,7 @@ def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_annotate(
-    source: FrameSource | str | os.PathLike[str],
+    source: SourceSpec,
     out: str | os.PathLike[str],
     *,
     text: str | None = None,
@@ -103,7 +103,7 @@ def run_annotate(
 
 
 def annotate(
-    source: FrameSource | str | os.PathLike[str],
+    source: SourceSpec,
     out: str | os.PathLike[str],
     *,
     text: str | None = None,

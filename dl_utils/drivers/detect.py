@@ -14,13 +14,12 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from .options import DetectorOptions, SamOptions, TrackOptions
+from .options import DetectorOptions, SamOptions, SourceSpec, TrackOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..classes import ClassTable
     from ..dinoal.detector import Detector
     from ..samal import ImageSegmenter
-    from ..video_utils import FrameSource
 
 _D, _T = DetectorOptions(), TrackOptions()
 
@@ -37,7 +36,7 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_detect(
-    source: FrameSource | str | os.PathLike[str],
+    source: SourceSpec,
     out: str | os.PathLike[str],
     text: str,
     *,
@@ -82,7 +81,7 @@ def run_detect(
 
 
 def detect(
-    source: FrameSource | str | os.PathLike[str],
+    source: SourceSpec,
     out: str | os.PathLike[str],
     text: str,
     *,

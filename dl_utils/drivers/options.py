@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from ..errors import InputError
@@ -31,6 +33,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..samal import ImageSegmenter
 
 PathLike = Union[str, "os.PathLike[str]"]
+#: what :func:`dl_utils.video_utils.open_frames` opens: a video, an image folder, a glob or pattern, images
+SourceSpec = Union[str, "os.PathLike[str]", Sequence[Union[str, "os.PathLike[str]"]]]
 
 #: the commands whose options these groups build (help texts differ a little between them)
 COMMANDS = ("detect", "annotate", "segment")
@@ -119,11 +123,11 @@ class DetectorOptions:
     def class_table(self) -> ClassTable | None:
         """``classes`` as a :class:`ClassTable` (a path is loaded; a table or ``None`` is returned)."""
         c = self.classes
-        if isinstance(c, (str, bytes)) or hasattr(c, "__fspath__"):
+        if isinstance(c, (str, bytes, os.PathLike)):
             from ..classes import ClassTable
 
-            return ClassTable.load(c)
-        return c  # type: ignore[return-value]
+            return ClassTable.load(c if isinstance(c, str) else Path(os.fsdecode(c)))
+        return c
 
     def build(self, table: ClassTable | None = None) -> GroundedDetector:
         """The detector these options describe (``table``: the loaded class table, if any)."""
@@ -295,7 +299,9 @@ __all__ = [
     "DEFAULT_SAM2",
     "DIRECTIONS",
     "DetectorOptions",
+    "PathLike",
     "SamOptions",
+    "SourceSpec",
     "TrackOptions",
     "add_device_argument",
     "check_counts",

@@ -162,6 +162,7 @@ def _video(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clic
         if session is not None:
             out["resumed"] = bool(session.object_ids)
         if clicks:
+            assert session is not None
             out["points"] = clicks_into_video(session, clicks, where, direction=sam.direction, progress=progress)
             if ledger:
                 mark(store, "points", status="done", objects=out["points"]["objects"])
@@ -181,6 +182,7 @@ def _video(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clic
             if segment:
                 from ..dinoal.video import GroundedVideoTracker
 
+                assert session is not None
                 res = GroundedVideoTracker(session, det, prompt, every=every, max_gap=track.max_gap,
                                            max_objects=track.max_objects).run(progress=progress, callback=callback)
             else:
@@ -224,6 +226,7 @@ def _images(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, cli
     if segmenter is None and (clicks or (prompt is not None and segment)):
         segmenter = sam.image_segmenter()
     if clicks:
+        assert segmenter is not None
         out["points"] = clicks_into_images(src, store, segmenter, clicks, where, progress=progress)
     if prompt is not None:
         det = detector or options.build(table)
@@ -290,10 +293,9 @@ def text_into_images(src: FrameSource, store: AnnotationStore, detector: Detecto
     else:
         wanted = list(range(0, len(src), int(every)))
     todo = [i for i in wanted if i not in finished]
+    run: int | None = run_id
     if ledger and run_id is None:
         run = store.begin_run("annotate", {"text": prompt.caption})
-    else:
-        run = run_id
     n = n_frames = 0
     status = "failed"
     try:
@@ -310,7 +312,7 @@ def text_into_images(src: FrameSource, store: AnnotationStore, detector: Detecto
                 mark(store, "text", status="running", prompt=prompt.caption, images=to_ranges(finished))
         status = "done"
     finally:
-        if run is not None and run is not run_id:
+        if run is not None and run_id is None:
             store.finish_run(run, status)
     res: dict[str, Any] = {"status": "done", "detections": n, "frames": n_frames}
     if ledger:

@@ -64,7 +64,8 @@ def plan_segment(source: FrameSource | str | os.PathLike[str], store_path: str |
                 for f, inst in insts.items():
                     if inst.keyframe and f in kept:
                         locked.setdefault(obj.id, set()).add(src.index_of(f))
-        actions, dropped = [], {}
+        actions: list[dict[str, Any]] = []
+        dropped: dict[int, set[int]] = {}
         for i, e in enumerate(prompts):
             oid, frame = e["object"], e["frame"]
             stored = store.read_frame(frame).by_object().get(oid) if store is not None else None

@@ -38,12 +38,12 @@ def load_prompts(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(f"prompts file {p} does not exist; check the --prompts path") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read prompts file {p} ({e})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read prompts file {p} ({err})") from None
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{p} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"{p} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
     if not isinstance(data, list):
         raise InputError(f"{p}: the top level must be a list of prompt entries, got {type(data).__name__}")
     if not data:
@@ -113,15 +113,13 @@ def same_prompt(stored: Instance | None, entry: dict[str, Any]) -> bool:
 
 def frame_ranges(frames: list[int]) -> str:
     """``[1, 2, 3, 7, 9, 10]`` -> ``"1-3, 7, 9-10"`` (consecutive source frames; a video's step is 1)."""
-    out: list[str] = []
+    runs: list[list[int]] = []
     for f in sorted(frames):
-        if out and f == _last[1] + 1:
-            _last[1] = f
-            out[-1] = f"{_last[0]}-{f}"
+        if runs and f == runs[-1][1] + 1:
+            runs[-1][1] = f
         else:
-            _last = [f, f]
-            out.append(str(f))
-    return ", ".join(out)
+            runs.append([f, f])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def check_entry(src: Any, e: dict[str, Any], i: int, where: Any) -> None:
