@@ -552,11 +552,13 @@ class CvatConnection:
         what = what or f"{method} {path}"
 
         def encode(b: Any) -> bytes | None:
-            if b is None or isinstance(b, (bytes, bytearray)):
+            if b is None or isinstance(b, bytes):
                 return b
+            if isinstance(b, bytearray):
+                return bytes(b)
             return json.dumps(b, separators=(",", ":")).encode()
 
-        state = {"body": encode(body), "skip": False}
+        state: dict[str, Any] = {"body": encode(body), "skip": False}
 
         def attempt(after_unknown: bool) -> Any:
             if after_unknown and body_after_unknown is not None and not state.get("reconciled"):

@@ -80,6 +80,7 @@ def _target(conn: CvatConnection, task_id: int | None, project_id: int | None) -
         raise InputError("give exactly one of task_id (--task) or project_id (--project)")
     if project_id is not None:
         return "project", int(project_id), f"project {project_id}"
+    assert task_id is not None  # exactly one of them is given (checked above)
     task = conn.request("GET", f"/api/tasks/{int(task_id)}", what=f"reading task {task_id}") or {}
     pid = task.get("project_id")
     if pid:

@@ -146,6 +146,7 @@ class _Plan:
         oid = inst.object_id
         head = (i, self.label_ids[self.label_of[oid]], self.groups[oid], inst.source.value)
         if g.kind is ShapeType.MASK:
+            assert g.mask is not None  # a mask geometry has its mask
             d = shape_payload("mask", *head, encode_cvat_rle(g.mask), inst.score)
             _add_shape(self.units, UnitKey.shape_unit("mask", f, oid), jobs, dumps(d), shape_hash(d), i)
         elif g.kind is ShapeType.POLYGON:
@@ -417,7 +418,8 @@ class _Pusher:
                     ch.deletes.setdefault(r.job, []).append((k, r.kind, r.server_id))
                     ch.creates.setdefault(u.job, []).append((k, u.kind, u.body))
                 else:
-                    body = u.with_id(r.server_id)  # type: ignore[arg-type]  (held when None)
+                    assert r.server_id is not None  # only held records lose their server id
+                    body = u.with_id(r.server_id)
                     ch.updates.setdefault(u.job, []).append((k, u.kind, body))
             else:
                 report.unchanged += 1

@@ -13,12 +13,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..annotations import MediaInfo
 from ..errors import InputError
 from .connection import CvatConnection, cvat_error
 from .labels import labels_of
+
+if TYPE_CHECKING:
+    from ..store import AnnotationStore
 
 #: Job types annotations are pushed to (ground-truth and consensus jobs are someone else's work).
 ANNOTATION_JOB_TYPES = ("annotation", None, "")
@@ -241,57 +244,19 @@ def create_task(
     (paths in cloud storage ``cloud_storage_id``) or ``remote`` (URLs). After the upload the task's
     data meta is read back and compared with ``media``. ``dry_run`` returns the plan only.
     """
-    if media is not None:
-        start = media.start if start is None else start
-        stop = (media.frames[-1] if media.frames else media.stop) if stop is None else stop
-        step = media.step if step is None else step
-    start, step = int(start or 0), int(step or 1)
-    if step < 1 or start < 0:
-        raise InputError(f"start={start}, step={step}: start must be >= 0 and step >= 1")
-    if files is None:
-        if media is None or resource != "local":
-            raise InputError("give the files to put in the task (files=/--files), or a store whose"
-                             " media has a path")
-        files = files_for_media(media)
-    files = [os.fspath(f) for f in files]
-    if not files:
-        raise InputError("no files given for the task")
-    if resource == "local":
-        missing = [f for f in files if not Path(f).is_file()]
-        if missing:
-            raise InputError(f"{len(missing)} file(s) do not exist, first {missing[0]}; check the paths")
-    if resource == "cloud" and cloud_storage_id is None:
-        raise InputError("resource='cloud' needs cloud_storage_id (--cloud-storage ID)")
-    if segment_size is not None and int(segment_size) < 0:
-        raise InputError(f"segment_size={segment_size}: use 0 (one job) or more frames per job")
-    if overlap is not None and int(overlap) < 0:
-        raise InputError(f"overlap={overlap}: use 0 or more frames")
-    if not 0 <= int(image_quality) <= 100:
-        raise InputError(f"image_quality={image_quality}: use 0..100")
-    if stop is not None and int(stop) < start:
-        raise InputError(f"stop={stop} is before start={start}")
+    start_n, stop_n, step_n = _numbering(media, start, stop, step)
+    paths = _task_files(files, media, resource)
+    _check_options(resource, cloud_storage_id, segment_size, overlap, image_quality, start_n, stop_n)
     if resource == "local" and media is not None:
-        _check_local_sizes(media, files)  # before anything exists on the server
-    label_specs = []
-    if project_id is None:
-        for i, lb in enumerate(labels_of(labels) if labels is not None else []):
-            from ..cv_utils.colors import color_for_index
-
-            label_specs.append({"name": lb.name, "color": lb.color or color_for_index(i),
-                                "type": lb.type or "any", "attributes": []})
-        if not label_specs:
-            raise InputError("a task outside a project needs labels: give labels= (a class table or"
-                             " store) or project_id=")
-        from .labels import check_label_names
-
-        check_label_names([x["name"] for x in label_specs], f"task {name!r}")
-    images = len(files) > 1 or (media is not None and media.frame_names is not None)
-    params: dict[str, Any] = {"image_quality": int(image_quality), "start_frame": start,
+        _check_local_sizes(media, paths)  # before anything exists on the server
+    label_specs = _label_specs(labels, name) if project_id is None else []
+    images = len(paths) > 1 or (media is not None and media.frame_names is not None)
+    params: dict[str, Any] = {"image_quality": int(image_quality), "start_frame": start_n,
                               "use_cache": bool(use_cache)}
-    if stop is not None:
-        params["stop_frame"] = int(stop)
-    if step > 1:
-        params["frame_step"] = step
+    if stop_n is not None:
+        params["stop_frame"] = int(stop_n)
+    if step_n > 1:
+        params["frame_step"] = step_n
     if sorting_method or images:
         params["sorting_method"] = sorting_method or "predefined"  # keep the source's order
     if cloud_storage_id is not None:
@@ -305,20 +270,90 @@ def create_task(
         spec["segment_size"] = int(segment_size)
     if overlap is not None:
         spec["overlap"] = int(overlap)
-    plan = {"task": spec, "data": params, "files": len(files), "first_file": files[0],
+    plan = {"task": spec, "data": params, "files": len(paths), "first_file": paths[0],
             "resource": resource}
     if dry_run:
         return plan
+    return _create_and_upload(conn, spec, params, paths, resource, media, poll_interval)
 
+
+def _numbering(media: MediaInfo | None, start: int | None, stop: int | None,
+               step: int | None) -> tuple[int, int | None, int]:
+    """``start``, ``stop`` (inclusive), ``step``: the arguments, else the media's."""
+    if media is not None:
+        start = media.start if start is None else start
+        stop = (media.frames[-1] if media.frames else media.stop) if stop is None else stop
+        step = media.step if step is None else step
+    start_n, step_n = int(start or 0), int(step or 1)
+    if step_n < 1 or start_n < 0:
+        raise InputError(f"start={start_n}, step={step_n}: start must be >= 0 and step >= 1")
+    return start_n, stop, step_n
+
+
+def _task_files(files: Sequence[str | os.PathLike[str]] | None, media: MediaInfo | None,
+                resource: str) -> list[str]:
+    """The files to put in the task (the media's when none are given); local ones must exist."""
+    if files is None:
+        if media is None or resource != "local":
+            raise InputError("give the files to put in the task (files=/--files), or a store whose"
+                             " media has a path")
+        files = files_for_media(media)
+    paths = [os.fspath(f) for f in files]
+    if not paths:
+        raise InputError("no files given for the task")
+    if resource == "local":
+        missing = [f for f in paths if not Path(f).is_file()]
+        if missing:
+            raise InputError(f"{len(missing)} file(s) do not exist, first {missing[0]}; check the paths")
+    return paths
+
+
+def _check_options(resource: str, cloud_storage_id: int | None, segment_size: int | None,
+                   overlap: int | None, image_quality: int, start: int, stop: int | None) -> None:
+    """Refuse option values the server would refuse, before anything exists on it."""
+    if resource == "cloud" and cloud_storage_id is None:
+        raise InputError("resource='cloud' needs cloud_storage_id (--cloud-storage ID)")
+    if segment_size is not None and int(segment_size) < 0:
+        raise InputError(f"segment_size={segment_size}: use 0 (one job) or more frames per job")
+    if overlap is not None and int(overlap) < 0:
+        raise InputError(f"overlap={overlap}: use 0 or more frames")
+    if not 0 <= int(image_quality) <= 100:
+        raise InputError(f"image_quality={image_quality}: use 0..100")
+    if stop is not None and int(stop) < start:
+        raise InputError(f"stop={stop} is before start={start}")
+
+
+def _label_specs(labels: Any, name: str) -> list[dict[str, Any]]:
+    """The labels of a task outside a project (it needs some), with palette colours where none."""
+    from ..cv_utils.colors import color_for_index
+    from .labels import check_label_names
+
+    label_specs = []
+    for i, lb in enumerate(labels_of(labels) if labels is not None else []):
+        label_specs.append({"name": lb.name, "color": lb.color or color_for_index(i),
+                            "type": lb.type or "any", "attributes": []})
+    if not label_specs:
+        raise InputError("a task outside a project needs labels: give labels= (a class table or"
+                         " store) or project_id=")
+    check_label_names([x["name"] for x in label_specs], f"task {name!r}")
+    return label_specs
+
+
+def _create_and_upload(conn: CvatConnection, spec: dict[str, Any], params: dict[str, Any],
+                       paths: list[str], resource: str, media: MediaInfo | None,
+                       poll_interval: float) -> TaskInfo:
+    """Create the task, upload its data, check the server's data meta against ``media``; on any
+    failure after the task exists, delete it again (the message says so)."""
     from cvat_sdk import models
 
+    name = spec["name"]
     client = conn.client
     task = conn.call(client.tasks.create, models.TaskWriteRequest(**spec),
                      what=f"creating task {name!r}", idempotent=False)
     try:
-        conn.call(task.upload_data, files, resource_type=_resource_kind(resource), params=params,
+        conn.call(task.upload_data, paths, resource_type=_resource_kind(resource), params=params,
                   wait_for_completion=True, status_check_period=poll_interval,
-                  what=f"uploading {len(files)} file(s) to task {task.id}", idempotent=False)
+                  what=f"uploading {len(paths)} file(s) to task {task.id}", idempotent=False)
     except Exception as e:
         raise cvat_error(f"{e}; {_discard(conn, task.id)}") from None
     try:
@@ -369,7 +404,8 @@ def _check_local_sizes(media: MediaInfo, files: Sequence[str]) -> None:
                 " files (nothing was created on the server)")
 
 
-def create_task_for_store(conn: CvatConnection, store: Any, **kwargs: Any) -> TaskInfo | dict[str, Any]:
+def create_task_for_store(conn: CvatConnection, store: AnnotationStore, **kwargs: Any
+                          ) -> TaskInfo | dict[str, Any]:
     """:func:`create_task` with the store's media, labels and name, remembering the task id."""
     from ..formats._common import require_media
 
