@@ -82,6 +82,48 @@ def test_fixture_is_the_old_list_format():
     assert all(k.startswith("tb:") for k in captured["task1"]["units"])
 
 
+def test_unit_keys_round_trip_and_name_their_parts():
+    from dl_utils.cvat.records import UnitKey
+
+    captured = json.loads(FIXTURE.read_text())
+    for state in captured.values():
+        for key in state["units"]:
+            assert str(UnitKey.parse(key)) == key
+    k = UnitKey.parse("p:7:3:2:j12")
+    assert (k.shape, k.frame, k.object_id, k.ring, k.job, k.track) == ("polygon", 7, 3, 2, 12, False)
+    assert str(k.base) == "p:7:3:2" and str(UnitKey.parse("m:5:1").copy_in(9)) == "m:5:1:j9"
+    t = UnitKey.parse("tb:4:0:31")
+    assert (t.shape, t.frame, t.object_id, t.job, t.track) == ("box", None, 4, 31, True)
+    assert str(t.base) == "tb:4:0"
+    assert str(UnitKey.track_unit("polygon", 2, 1, 8)) == "tp:2:1:8"
+    assert str(UnitKey.shape_unit("box", 11, 6)) == "b:11:6"
+
+
+@pytest.mark.parametrize("bad", ["x:1:2", "m:1", "m:a:2", "p:1:2", "m:1:2:k3", "tb:1"])
+def test_unknown_unit_keys_are_refused(bad):
+    from dl_utils.cvat.records import UnitKey
+    from dl_utils.errors import CvatError
+
+    with pytest.raises(CvatError, match="not one dl-utils writes"):
+        UnitKey.parse(bad)
+
+
+def test_v1_records_migrate_field_by_field():
+    from dl_utils.cvat.records import RECORD_VERSION, SyncState
+
+    captured = json.loads(FIXTURE.read_text())["task0"]
+    st = SyncState.from_json(captured, "h", 1)
+    for key, (kind, job, sid, h, sh, held) in captured["units"].items():
+        r = st.units[key]
+        assert (r.kind, r.job, r.server_id, r.sent_hash, r.server_hash, r.held) == (kind, job, sid, h, sh,
+                                                                                      bool(held))
+    d = st.to_json()
+    assert d["version"] == RECORD_VERSION and set(d) == {"version", "host", "task", "dirty", "units"}
+    assert set(d["units"]["m:2:3"]) == {"kind", "job", "server_id", "sent_hash", "server_hash", "held"}
+    again = SyncState.from_json(json.loads(json.dumps(d)), "h", 1)
+    assert again == st and again.units["m:2:3"].held and again.units["m:2:3"].server_id is None
+
+
 def test_old_store_opens_and_pushes_the_same(cvat_server, tmp_path):
     captured = json.loads(FIXTURE.read_text())
     st, conn, tasks, held = scenario(cvat_server, tmp_path)
