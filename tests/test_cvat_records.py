@@ -163,3 +163,27 @@ def test_newer_record_version_is_refused_with_upgrade_hint(cvat_server, tmp_path
     assert patches(cvat_server, mark) == []
     st.close()
     conn.close()
+
+
+def test_the_sink_uses_no_private_names_of_other_modules():
+    """dl_utils.cvat imports only public names from outside the package and calls no private
+    method of another module's objects (the shared helpers are public where they live)."""
+    import ast
+
+    import dl_utils.cvat as pkg
+
+    bad = []
+    for path in sorted(Path(pkg.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2 or (
+                    isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dl_utils.")
+                    and not (node.module or "").startswith("dl_utils.cvat")):
+                bad += [f"{path.name}:{node.lineno} {a.name}" for a in node.names if a.name.startswith("_")]
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                attr = node.func.attr
+                if attr.startswith("_") and not attr.startswith("__"):
+                    owner = node.func.value
+                    if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")):
+                        bad.append(f"{path.name}:{node.lineno} .{attr}()")
+    assert bad == [], bad
