@@ -243,8 +243,15 @@ class SamOptions:
         "image_size": {
             "detect": "--segment: SAM2 input size override (tests and benchmarks)",
             "annotate": "SAM2 input size override (tests and benchmarks)",
+            "segment": "SAM2 input size override (tests and benchmarks)",
+        },
+        "direction": {
+            "annotate": "propagation of clicked objects (default both)",
+            "segment": "propagation direction from the prompted frames (default forward)",
         },
     }
+    #: ``--direction``'s default per command (the library default, ``direction``, is annotate's)
+    _DIRECTION = {"annotate": "both", "segment": "forward"}
     #: argparse attribute of each field, per command (the SAM2 options of detect/annotate are prefixed)
     _DEST = {"segment": {}, "detect": {"model": "sam_model", "checkpoint": "sam_checkpoint"},
              "annotate": {"model": "sam_model", "checkpoint": "sam_checkpoint"}}
@@ -254,22 +261,20 @@ class SamOptions:
                       direction: bool = True) -> None:
         """The SAM2 options of ``command`` (see the class doc); ``direction=False`` leaves ``--direction`` out."""
         _check(command)
+        if direction and command != "detect":
+            parser.add_argument("--direction", choices=DIRECTIONS, default=cls._DIRECTION[command],
+                                help=cls._HELP["direction"][command])
         if command == "segment":
-            if direction:
-                parser.add_argument("--direction", choices=DIRECTIONS, default="forward")
-            parser.add_argument("--model", default=DEFAULT_SAM2)
+            parser.add_argument("--model", default=DEFAULT_SAM2, help=f"SAM2 model name (default {DEFAULT_SAM2})")
             parser.add_argument("--checkpoint", default=None, help="official-format checkpoint {'model': state_dict}")
-            parser.add_argument("--image-size", type=int, default=None, dest="image_size")
-            parser.add_argument("--device", default=None)
-            return
-        if command == "annotate" and direction:
-            parser.add_argument("--direction", default=cls.direction, choices=DIRECTIONS,
-                                help="propagation of clicked objects (default both)")
-        parser.add_argument("--sam-model", default=None, dest="sam_model", help=cls._HELP["sam_model"][command])
-        parser.add_argument("--sam-checkpoint", default=None, dest="sam_checkpoint",
-                            help=cls._HELP["sam_checkpoint"][command])
+        else:
+            parser.add_argument("--sam-model", default=None, dest="sam_model", help=cls._HELP["sam_model"][command])
+            parser.add_argument("--sam-checkpoint", default=None, dest="sam_checkpoint",
+                                help=cls._HELP["sam_checkpoint"][command])
         parser.add_argument("--image-size", type=int, default=None, dest="image_size",
                             help=cls._HELP["image_size"][command])
+        if command == "segment":  # detect and annotate share theirs with the detector
+            add_device_argument(parser)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, *, command: str = "segment") -> SamOptions:
