@@ -369,7 +369,9 @@ def make_image_predictor(sam_model: Any, *, predictor_cls: Any = None, **kwargs:
     """A ``SAM2ImagePredictor`` (or subclass) whose feature sizes follow the model's image size."""
     require_sam2()
     if predictor_cls is None:
-        from sam2.sam2_image_predictor import SAM2ImagePredictor as predictor_cls
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+        predictor_cls = SAM2ImagePredictor
     with harmless_warnings_hidden():  # torch.jit.script deprecation in SAM2Transforms
         pred = predictor_cls(sam_model, **kwargs)
     pred._bb_feat_sizes = bb_feat_sizes(sam_model.image_size)

@@ -25,7 +25,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, cast
 
 import numpy as np
 
@@ -161,7 +161,7 @@ def _caching_predictor_cls():
             self.last_key: tuple | None = None
             self.last_hit = False
 
-        def set_image(self, image, key: Any = None) -> bool:  # type: ignore[override]
+        def set_image(self, image, key: Any = None) -> bool:
             image = np.asarray(image)
             k = EmbeddingCache.key(image, self.model_key, key)
             entry = self.cache.get(k)
@@ -443,7 +443,8 @@ class ImageSegmenter:
         else:
             arr = np.asarray(mask)
             t = None
-        shape = tuple((t if t is not None else arr).shape)
+        src: Any = t if t is not None else arr  # exactly one of them is set
+        shape = tuple(src.shape)
         is_bool = (t.dtype == torch.bool) if t is not None else (arr.dtype == np.bool_)  # type: ignore[union-attr]
         if is_bool or (arr is not None and np.issubdtype(arr.dtype, np.integer)):
             if shape != hw:
@@ -453,7 +454,7 @@ class ImageSegmenter:
                 )
             import cv2
 
-            m = (t.cpu().numpy() if t is not None else arr).astype(np.float32)
+            m = (t.cpu().numpy() if t is not None else src).astype(np.float32)
             m = (m != 0).astype(np.float32)
             # area interpolation keeps partial coverage at the border as fractional logits
             small = cv2.resize(m, (low, low), interpolation=cv2.INTER_AREA)
@@ -517,11 +518,12 @@ class ImageSegmenter:
 
         p0 = group[0]
         coords = labels = boxes = mask_in = None
+        # a group holds prompts of one kind: what the first one has, all have
         if p0.coords is not None:
-            coords = np.stack([p.coords for p in group])
-            labels = np.stack([p.labels for p in group])
+            coords = np.stack([cast(np.ndarray, p.coords) for p in group])
+            labels = np.stack([cast(np.ndarray, p.labels) for p in group])
         if p0.box is not None:
-            boxes = np.stack([p.box for p in group])
+            boxes = np.stack([cast(np.ndarray, p.box) for p in group])
         if p0.mask is not None:
             mask_in = torch.stack([p.mask for p in group])  # (B, 1, h, w)
         pred = self.predictor

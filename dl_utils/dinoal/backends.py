@@ -129,11 +129,13 @@ class GroundingDinoBackend:
         encoder = resolve_text_encoder(text_encoder, download=download)
         cfg = config_path(config or (spec.config if spec else DINO_MODELS["groundingdino-swint-ogc"].config))
         model = build_groundingdino(cfg, encoder, device="cpu")
-        self.sha256 = load_groundingdino_weights(model, path, name=spec.name if spec else None,
-                                                 strict=strict, trust_checkpoint=trust_checkpoint)
-        self.weights = path
-        self.config = cfg
-        self.text_encoder = encoder
+        self.sha256: str | None = load_groundingdino_weights(
+            model, path, name=spec.name if spec else None, strict=strict,
+            trust_checkpoint=trust_checkpoint)
+        # all None for a backend wrapped around a built model (from_model)
+        self.weights: Path | None = path
+        self.config: Path | None = cfg
+        self.text_encoder: Path | None = encoder
         self._setup(model, pick_device(device), image_size, max_size)
 
     @classmethod
@@ -387,7 +389,7 @@ class TransformersBackend:
                 "incomplete or mixes two models: save it again with save_pretrained, or run "
                 "`dl-utils models download grounding-dino-tiny`"
             )
-        self.path = path
+        self.path: Path | None = path  # None for a wrapped model (from_model)
         self._setup(net, processor, pick_device(device))
 
     @classmethod

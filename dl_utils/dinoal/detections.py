@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from ..annotations import Instance, Instances, ShapeType, Source
+from ..annotations import Box, Instance, Instances, ShapeType, Source
 from ..errors import InputError
 
 
@@ -144,7 +144,7 @@ class Detections:
             out.append(
                 Instance(
                     oid,
-                    box=tuple(float(v) for v in boxes[k]),
+                    box=cast(Box, tuple(float(v) for v in boxes[k])),
                     score=float(self.scores[k]),
                     source=Source.AUTO,
                     shape=ShapeType.BOX,

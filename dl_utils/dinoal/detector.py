@@ -220,7 +220,8 @@ def load_detector(
     :class:`GroundedDetector` (classes, thresholds, NMS, tiling...).
     """
     if backend == "groundingdino":
-        kw = {} if image_size is None else {"image_size": int(image_size), "max_size": max(1333, int(image_size))}
+        kw: dict[str, Any] = {} if image_size is None else {"image_size": int(image_size),
+                                                             "max_size": max(1333, int(image_size))}
         be: Backend = GroundingDinoBackend(model, text_encoder=text_encoder, device=device, download=download, **kw)
     elif backend == "transformers":
         if text_encoder is not None:

@@ -46,7 +46,7 @@ class Prompt:
         return len(self.phrases)
 
 
-def parse_prompt(text: str | Sequence[str] | Prompt) -> Prompt:
+def parse_prompt(text: str | Sequence[str] | Prompt | None) -> Prompt:
     """``"Car. person.  traffic light"`` → phrases ``("car", "person", "traffic light")``.
 
     Phrases are split on ``.`` (and new lines), lower-cased, stripped, inner spaces collapsed and

@@ -30,6 +30,7 @@ from .detections import Detections
 
 if TYPE_CHECKING:
     from ..sam2al.session import VideoSession
+    from ..store import StoreReaderWriter
     from ..tracking import Decision
     from .detector import Detector
     from .prompts import Prompt
@@ -307,9 +308,9 @@ class GroundedVideoTracker:
 
 def track_boxes(
     source: Any,
-    store: Any,
-    detector: Any,
-    prompt: Any = None,
+    store: StoreReaderWriter,
+    detector: Detector,
+    prompt: str | Prompt | None = None,
     *,
     every: int = 20,
     manager: TrackManager | None = None,

@@ -44,8 +44,8 @@ class _EngineMixin:
 
     dl_last_iou: Any = None
 
-    def _track_step(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        current_out, sam_outputs, high_res, pix_feat = super()._track_step(*args, **kwargs)  # type: ignore[misc]
+    def _track_step(self, *args, **kwargs):
+        current_out, sam_outputs, high_res, pix_feat = super()._track_step(*args, **kwargs)
         # sam_outputs[2]: (B, 3) for multimask (the kept mask is the argmax), (B, 1) otherwise;
         # for a mask prompt used as output upstream sets it to 1
         self.dl_last_iou = sam_outputs[2].detach().float().max(dim=-1).values
@@ -73,7 +73,8 @@ def make_engine(sam_model: Any) -> Any:
             f"sam_model is a {type(sam_model).__name__}, not a SAM2VideoPredictor; build it with "
             "dl_utils.sam2_loader.build_sam2_model(name, video=True) or leave sam_model out"
         )
-    cls = _engine_cls(type(sam_model))
+    base: type = type(sam_model)
+    cls: Any = _engine_cls(base)
     eng = cls.__new__(cls)
     eng.__dict__.update(sam_model.__dict__)
     eng._modules = dict(sam_model._modules)

@@ -88,7 +88,7 @@ class VideoSession:
     def __init__(
         self,
         source: Any,
-        store: Any,
+        store: AnnotationStore | str | os.PathLike[str],
         *,
         model: str = DEFAULT_MODEL,
         checkpoint: Any = None,
