@@ -103,7 +103,7 @@ def _key(text: str) -> str:
     return " ".join(text.casefold().replace("-", " ").replace("_", " ").split())
 
 
-def _text(value: Any) -> str:
+def _text(value: object) -> str:
     """A cell as text: spreadsheets hand back ints, floats, dates; CSV always strings."""
     if value is None:
         return ""
@@ -216,7 +216,7 @@ def _parse_id(raw: Any, where: _Where, row: int, name: str) -> int | None:
     return value
 
 
-def _parse_color(raw: Any, where: _Where, row: int, name: str) -> str | None:
+def _parse_color(raw: object, where: _Where, row: int, name: str) -> str | None:
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
     try:
@@ -238,7 +238,7 @@ def _parse_color(raw: Any, where: _Where, row: int, name: str) -> str | None:
         ) from None
 
 
-def _parse_synonyms(raw: Any, name: str) -> tuple[str, ...]:
+def _parse_synonyms(raw: object, name: str) -> tuple[str, ...]:
     if raw is None:
         return ()
     parts = (
@@ -256,7 +256,7 @@ def _parse_synonyms(raw: Any, name: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _parse_type(raw: Any, where: _Where, row: int, name: str) -> str:
+def _parse_type(raw: object, where: _Where, row: int, name: str) -> str:
     t = _text(raw).lower()
     if not t:
         return "any"

@@ -128,7 +128,7 @@ def _readonly_failure(e: sqlite3.DatabaseError) -> bool:
     )
 
 
-def _dumps(value: Any) -> str:
+def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 

@@ -37,7 +37,7 @@ from .errors import InputError, MaskError
 # ============================================================================ detections
 
 
-def _norm_label(label: Any) -> str | None:
+def _norm_label(label: object) -> str | None:
     if label is None:
         return None
     s = str(label).strip()
@@ -368,7 +368,7 @@ class Decision:
 _QUALITY_KEYS = ("iou", "object_score", "area")
 
 
-def _quality_of(value: Any) -> dict[str, float | None]:
+def _quality_of(value: object) -> dict[str, float | None]:
     if value is None:
         return {"iou": None, "object_score": None, "area": 0}
     if isinstance(value, Instance):

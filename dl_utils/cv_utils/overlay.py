@@ -201,7 +201,7 @@ def draw_overlay(
     return out
 
 
-def _title_text(title: Any) -> str:
+def _title_text(title: object) -> str:
     if title is None:
         return ""
     if isinstance(title, (int, np.integer)) and not isinstance(title, bool):

@@ -151,7 +151,7 @@ def _load_json(path: Path) -> Any:
         raise FormatError(f"{path.name} is not UTF-8 text; a COCO file is JSON") from None
 
 
-def _num(v: Any) -> bool:
+def _num(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
 
 

@@ -44,7 +44,7 @@ def _as_rate(fps: Any) -> Fraction:
     return rate
 
 
-def _as_rgb(img: Any, n: int, path: Path) -> np.ndarray:
+def _as_rgb(img: object, n: int, path: Path) -> np.ndarray:
     arr = np.asarray(img)
     if arr.dtype != np.uint8:
         raise InputError(f"{path}: frame {n} has dtype {arr.dtype}; give uint8 RGB images"
