@@ -258,3 +258,33 @@ def test_bad_options_fail_before_anything_opens(tmp_path):
     with pytest.raises(ValueError, match="command"):
         TrackOptions.add_arguments(argparse.ArgumentParser(), command="train")
     assert not (tmp_path / "o.sqlite").exists()
+
+
+def test_annotate_and_detect_take_the_one_driver_path(folder, tmp_path, monkeypatch):
+    """``run_annotate`` and ``run_detect`` hand their options objects to ``run_into_store``."""
+    import dl_utils.drivers.run as run
+    from dl_utils.annotate import run_annotate
+    from dl_utils.drivers.detect import run_detect
+
+    calls = []
+    real = run.run_into_store
+
+    def spy(src, store, **kw):
+        calls.append(kw)
+        return real(src, store, **kw)
+
+    monkeypatch.setattr(run, "run_into_store", spy)
+    s = run_detect(folder, tmp_path / "d.sqlite", "box", detector=Squares(), every=2, box_threshold=0.5,
+                   progress=False)
+    assert s["frames"] == 2 and s["detections"] == 2 and s["every"] == 2
+    kw = calls[-1]
+    assert kw["detector_options"].box_threshold == 0.5 and kw["track"].every == 2 and not kw.get("ledger")
+    assert kw["segment"] is False and kw["run_id"] is not None
+    pytest.importorskip("sam2")
+    from dl_utils.samal import ImageSegmenter
+    from tests.sam2_fixtures import build_tiny
+
+    s = run_annotate(folder, tmp_path / "a.sqlite", text="box", every=2, detector=Squares(),
+                     segmenter=ImageSegmenter(build_tiny()), progress=False)
+    assert s["text"] == {"status": "done", "detections": 4, "images": 4}  # --every does nothing on images
+    assert calls[-1]["ledger"] and calls[-1]["track"].every is None
