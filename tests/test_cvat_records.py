@@ -2,8 +2,8 @@
 
 ``tests/data/cvat_push_state_v1.json`` is the store meta that dl-utils wrote before the records
 became dataclasses (``{"version": 1, ..., "units": {key: [kind, job, sid, hash, server_hash, held]}}``),
-captured by running :func:`scenario` with that code against the stand-in (the stand-in numbers its
-objects from 1 after every reset, so the same scenario gives the same server ids). A store carrying
+captured by running :func:`scenario` with that code against a fresh stand-in (its id counters start
+at 1, so the same scenario gives the same server, job and label ids). A store carrying
 it must open and push exactly as it did: nothing sent again, held units still held.
 """
 
@@ -124,7 +124,21 @@ def test_v1_records_migrate_field_by_field():
     assert again == st and again.units["m:2:3"].held and again.units["m:2:3"].server_id is None
 
 
-def test_old_store_opens_and_pushes_the_same(cvat_server, tmp_path):
+@pytest.fixture
+def fresh_server():
+    """A stand-in of its own, its id counters from 1: the captured record names the server ids,
+    job ids and label ids of a fresh server (the shared one keeps counting across tests)."""
+    from tests.cvat_standin.server import StandinServer
+
+    srv = StandinServer().start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_old_store_opens_and_pushes_the_same(fresh_server, tmp_path):
+    cvat_server = fresh_server
     captured = json.loads(FIXTURE.read_text())
     st, conn, tasks, held = scenario(cvat_server, tmp_path)
     write_fixture_meta(st, conn, tasks, captured)
