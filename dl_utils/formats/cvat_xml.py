@@ -543,6 +543,16 @@ def _media(p: _Parser, fallback_name: str) -> MediaInfo:
                 f"{p.name} line {p.images[f][3]}: <image id={f}> size {w}x{h} is not positive"
             )
     sizes = set(own.values())
+
+    def require_sizes(frames: list[int], advice: str) -> None:
+        """Images of mixed sizes: every frame needs its own <image width height>."""
+        missing = [f for f in frames if f not in own]
+        if missing:
+            raise FormatError(
+                f"{p.name}: the images have different sizes but frame(s) {missing[:5]} have no"
+                f" <image width height>; {advice}"
+            )
+
     width = height = None
     if m.get("original_width") and m.get("original_height"):
         try:
@@ -583,12 +593,7 @@ def _media(p: _Parser, fallback_name: str) -> MediaInfo:
             frame_names = [names.get(f, f"frame_{f:06d}") for f in frames]
         frame_sizes = None
         if len(sizes) > 1:
-            missing = [f for f in frames if f not in own]
-            if missing:
-                raise FormatError(
-                    f"{p.name}: the images have different sizes but frame(s) {missing[:5]} have no"
-                    " <image width height>; re-export the task from CVAT with every image"
-                )
+            require_sizes(frames, "re-export the task from CVAT with every image")
             frame_sizes = [own[f] for f in frames]
         return MediaInfo(name=name, width=width, height=height, frames=frames, start=start,
                          stop=stop, step=step, frame_names=frame_names, frame_sizes=frame_sizes)
@@ -596,12 +601,7 @@ def _media(p: _Parser, fallback_name: str) -> MediaInfo:
     if not frames:
         raise FormatError(f"{p.name}: no <meta> frame range and no <image>: nothing to import")
     if len(sizes) > 1:
-        missing = [f for f in frames if f not in own]
-        if missing:
-            raise FormatError(
-                f"{p.name}: the images have different sizes but frame(s) {missing[:5]} have no"
-                " <image width height>; add them or re-export the task from CVAT"
-            )
+        require_sizes(frames, "add them or re-export the task from CVAT")
     return media_from_frames(name, width, height, frames, names, own if len(sizes) > 1 else None)
 
 
