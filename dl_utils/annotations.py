@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Iterator, Sequence, overload
+from typing import Any, Iterable, Iterator, Mapping, Sequence, cast, overload
 
 import numpy as np
 
@@ -126,6 +126,155 @@ def box_from_mask(mask: np.ndarray) -> Box | None:
     return (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
 
 
+JSONValue = Any  # what json.dumps accepts; engine-specific facts kept in Provenance.extra
+
+
+def _tuple_box(value: Any) -> Box | None:
+    if value is None:
+        return None
+    v = tuple(float(x) for x in value)
+    if len(v) != 4:
+        raise InputError(f"box {value!r} is not (x1, y1, x2, y2)")
+    return cast(Box, v)
+
+
+@dataclass(frozen=True)
+class Clicks:
+    """What a person (or a detector box standing in for one) gave the segmenter on one frame.
+
+    Kept on keyframes so the widget can show and edit the clicks again after a reload and a
+    re-propagation can replay them. ``points`` are ``(x, y, 1)`` positive / ``(x, y, 0)`` negative
+    clicks in source pixels; ``box`` is the box prompt; ``mask`` says a whole mask was given
+    (``"given"``) or which kind of mask prompt was used; ``refined`` that the clicks refined the
+    frame's previous mask; ``multimask`` the segmenter's multimask choice (image path).
+    """
+
+    points: tuple[tuple[float, float, int], ...] = ()
+    box: Box | None = None
+    mask: str | None = None
+    refined: bool = False
+    multimask: bool | None = None
+
+    def __post_init__(self) -> None:
+        pts = tuple((float(x), float(y), int(v)) for x, y, v in self.points)
+        object.__setattr__(self, "points", pts)
+        object.__setattr__(self, "box", _tuple_box(self.box))
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.points and self.box is None and self.mask is None
+
+    def to_json(self) -> dict[str, JSONValue]:
+        d: dict[str, JSONValue] = {}
+        if self.points:
+            d["points"] = [list(p) for p in self.points]
+        if self.box is not None:
+            d["box"] = list(self.box)
+        if self.mask is not None:
+            d["mask"] = self.mask
+        if self.refined:
+            d["refined"] = True
+        if self.multimask is not None:
+            d["multimask"] = self.multimask
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, JSONValue]) -> "Clicks":
+        return cls(points=tuple(tuple(p) for p in d.get("points") or ()), box=d.get("box"),
+                   mask=d.get("mask"), refined=bool(d.get("refined", False)),
+                   multimask=d.get("multimask"))
+
+
+@dataclass(frozen=True)
+class CvatOrigin:
+    """The CVAT shapes/tracks a pulled instance was made from: a later push never sends it back."""
+
+    host: str
+    task: int
+    shapes: tuple[int, ...] = ()
+    tracks: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", int(self.task))
+        object.__setattr__(self, "shapes", tuple(int(v) for v in self.shapes))
+        object.__setattr__(self, "tracks", tuple(int(v) for v in self.tracks))
+
+    def to_json(self) -> dict[str, JSONValue]:
+        return {"host": self.host, "task": self.task, "shapes": list(self.shapes), "tracks": list(self.tracks)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, JSONValue]) -> "CvatOrigin":
+        return cls(str(d["host"]), int(d["task"]), tuple(d.get("shapes") or ()), tuple(d.get("tracks") or ()))
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where an instance came from: which engine, model and weights, with which settings.
+
+    Sinks and the fine-tuning data selection read it (a CVAT-pulled or imported instance is a
+    person's work; an unreviewed propagation is not), so each fact is a typed field rather than a
+    key in a free dict. ``engine`` names the producer: ``"sam2-image"``, ``"sam2-video"``,
+    ``"groundingdino"`` (boxes), ``"cvat"`` (pulled from a server), ``"import"`` (read from a file),
+    ``"person"`` (drawn in the widget). ``caption`` is the detector's text, ``phrase`` the part of
+    it that matched. ``extra`` holds facts only one engine has (the automatic mask generator's grid
+    point, stability score and crop box, ...).
+    """
+
+    engine: str | None = None
+    model: str | None = None
+    checkpoint: str | None = None  # sha256 of the weights file, when known
+    detector: str | None = None
+    caption: str | None = None
+    phrase: str | None = None
+    detector_score: float | None = None
+    direction: str | None = None  # propagation direction of a sam2-video instance
+    tracker: str | None = None  # tracker mode (text-prompt tracking)
+    precision: str | None = None  # "float32", "bfloat16", ...
+    object_score: float | None = None  # SAM2's object-presence logit
+    area: int | None = None  # mask area when it was made (cheap quality signal)
+    cvat: CvatOrigin | None = None
+    extra: Mapping[str, JSONValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.detector_score is not None:
+            object.__setattr__(self, "detector_score", float(self.detector_score))
+        if self.object_score is not None:
+            object.__setattr__(self, "object_score", float(self.object_score))
+        if self.area is not None:
+            object.__setattr__(self, "area", int(self.area))
+        object.__setattr__(self, "extra", dict(self.extra))
+
+    @property
+    def from_person(self) -> bool:
+        """True for an instance a person drew, corrected in CVAT or brought in from a file."""
+        return self.cvat is not None or self.engine in ("cvat", "import", "person")
+
+    def to_json(self) -> dict[str, JSONValue]:
+        d: dict[str, JSONValue] = {}
+        for name in _PROVENANCE_SCALARS:
+            v = getattr(self, name)
+            if v is not None:
+                d[name] = v
+        if self.cvat is not None:
+            d["cvat"] = self.cvat.to_json()
+        if self.extra:
+            d["extra"] = dict(self.extra)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, JSONValue]) -> "Provenance":
+        unknown = set(d) - set(_PROVENANCE_SCALARS) - {"cvat", "extra"}
+        extra = dict(d.get("extra") or {})
+        extra.update({k: d[k] for k in unknown})  # a newer writer's fields survive a round trip
+        cvat = d.get("cvat")
+        return cls(**{k: d[k] for k in _PROVENANCE_SCALARS if k in d},
+                   cvat=CvatOrigin.from_json(cvat) if cvat else None, extra=extra)
+
+
+_PROVENANCE_SCALARS = ("engine", "model", "checkpoint", "detector", "caption", "phrase", "detector_score",
+                       "direction", "tracker", "precision", "object_score", "area")
+
+
 @dataclass
 class Instance:
     """One object on one frame.
@@ -133,7 +282,9 @@ class Instance:
     ``mask`` is the canonical geometry; ``box`` is derived from it when not given (and is the only
     geometry of a :attr:`ShapeType.BOX` instance); ``polygon`` keeps the vertices of an instance made
     as a polygon (a list of flat ``[x0, y0, x1, y1, ...]`` rings) so a CVAT polygon round-trips.
-    ``prompts`` is a JSON-able dict of what produced the instance (points, box, text...).
+    ``label`` is the class a detector proposed it as (the store's object label wins once the
+    object exists; trackers match candidates by it); ``clicks`` what a person gave the segmenter on
+    this frame; ``provenance`` where it came from (:class:`Provenance`).
     """
 
     object_id: int
@@ -141,10 +292,12 @@ class Instance:
     box: Box | None = None
     score: float | None = None
     source: Source = Source.AUTO
-    prompts: dict[str, Any] | None = None
     polygon: list[list[float]] | None = None
     shape: ShapeType | None = None
     keyframe: bool = False
+    clicks: Clicks | None = None
+    provenance: Provenance | None = None
+    label: str | None = None
 
     def __post_init__(self) -> None:
         self.object_id = int(self.object_id)
@@ -203,6 +356,82 @@ class Instance:
 
     def replace(self, **changes: Any) -> "Instance":
         return replace(self, **changes)
+
+    @property
+    def prompts(self) -> dict[str, JSONValue] | None:
+        """The free dict older dl-utils kept instead of ``clicks``/``provenance``/``label``
+        (read-only, for code written against it; new code reads the typed fields)."""
+        return legacy_prompts(self.label, self.clicks, self.provenance)
+
+
+#: Old ``prompts`` keys -> Provenance field (the rest: clicks, label, cvat, or ``extra``).
+_LEGACY_FIELDS = {"model": "model", "detector": "detector", "prompt": "caption",
+                  "detector_score": "detector_score", "direction": "direction",
+                  "object_score": "object_score", "area": "area", "engine": "engine",
+                  "checkpoint": "checkpoint", "tracker": "tracker", "precision": "precision"}
+_CLICK_KEYS = ("points", "box", "mask", "refined", "multimask")
+
+
+def split_legacy_prompts(
+    prompts: Mapping[str, JSONValue] | None,
+) -> tuple[str | None, Clicks | None, Provenance | None]:
+    """``(label, clicks, provenance)`` of a ``prompts`` dict written by dl-utils before the typed
+    fields existed (store schema 1): the one place that knows the old keys.
+
+    ``text`` was the matched phrase where the caption was also kept (``prompt``), and the caption
+    itself where it was not (text-prompt tracking wrote ``{"text": caption, "label": ...}``).
+    """
+    if not prompts:
+        return None, None, None
+    d = dict(prompts)
+    label = d.pop("label", None)
+    clicks_d = {k: d.pop(k) for k in _CLICK_KEYS if k in d}
+    fields: dict[str, Any] = {}
+    for old, new in _LEGACY_FIELDS.items():
+        if old in d:
+            fields[new] = d.pop(old)
+    if "text" in d:
+        fields["phrase" if "caption" in fields else "caption"] = d.pop("text")
+    cvat = d.pop("cvat", None)
+    if isinstance(cvat, Mapping):
+        fields["cvat"] = CvatOrigin.from_json(cvat)
+        fields.setdefault("engine", "cvat")
+    if "direction" in fields:
+        fields.setdefault("engine", "sam2-video")
+    if d.get("mode") == "segment_everything":
+        fields.setdefault("engine", "sam2-image")
+    clicks = Clicks.from_json(clicks_d) if clicks_d else None
+    if clicks is not None and clicks.is_empty and not clicks.refined and clicks.multimask is None:
+        clicks = None
+    prov = Provenance(**fields, extra=d) if (fields or d) else None
+    return (None if label is None else str(label)), clicks, prov
+
+
+def legacy_prompts(label: str | None, clicks: Clicks | None,
+                   provenance: Provenance | None) -> dict[str, JSONValue] | None:
+    """The old ``prompts`` dict of the typed fields (inverse of :func:`split_legacy_prompts`)."""
+    d: dict[str, JSONValue] = {}
+    if clicks is not None:
+        d.update(clicks.to_json())
+    if provenance is not None:
+        back = {new: old for old, new in _LEGACY_FIELDS.items()}
+        for name in _PROVENANCE_SCALARS:
+            v = getattr(provenance, name)
+            if v is None:
+                continue
+            if name == "phrase":
+                d["text"] = v
+            elif name == "caption" and provenance.phrase is None:
+                d["text"] = v
+                d["prompt"] = v
+            else:
+                d[back.get(name, name)] = v
+        if provenance.cvat is not None:
+            d["cvat"] = provenance.cvat.to_json()
+        d.update(provenance.extra)
+    if label is not None:
+        d["label"] = label
+    return d or None
 
 
 class Instances(Sequence[Instance]):
@@ -398,6 +627,11 @@ __all__ = [
     "ObjectInfo",
     "Instance",
     "Instances",
+    "Clicks",
+    "CvatOrigin",
+    "Provenance",
+    "split_legacy_prompts",
+    "legacy_prompts",
     "MediaInfo",
     "box_from_mask",
     "normalize_color",
