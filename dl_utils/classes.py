@@ -330,6 +330,43 @@ def _is_comment(cells: Sequence[Any], first: int | None = None, colour: bool = F
     return True
 
 
+@dataclass
+class _ClassRow:
+    """One checked row on its way to a :class:`ClassInfo`.
+
+    Mutable because the table-wide steps finish it: the superclass is re-spelled as its target row
+    spells its name, and a missing id or colour is filled in once every row is known.
+    """
+
+    row: int
+    name: str
+    id: int | None
+    color: str | None
+    superclass: str | None
+    synonyms: tuple[str, ...]
+    type: str
+    description: str
+    extra: dict[str, str]
+
+
+@dataclass
+class _TableRows:
+    """What the row-by-row pass yields; the indexes let each row be checked against earlier ones."""
+
+    cols: dict[str, int] | None = None
+    header_row: int | None = None
+    first: int = 0  # the column whose "#" marks a comment
+    parsed: list[_ClassRow] = field(default_factory=list)
+    by_key: dict[str, _ClassRow] = field(default_factory=dict)
+    by_id: dict[int, _ClassRow] = field(default_factory=dict)
+
+    def add(self, rec: _ClassRow) -> None:
+        self.parsed.append(rec)
+        self.by_key[_key(rec.name)] = rec
+        if rec.id is not None:
+            self.by_id[rec.id] = rec
+
+
 def _build(
     rows: Iterable[tuple[int, Sequence[Any]]], where: _Where, *, records: bool = False
 ) -> list[ClassInfo]:
@@ -337,164 +374,194 @@ def _build(
 
     ``records``: rows come from :meth:`ClassTable.from_records`; the first is the synthetic header
     (no row number) and no record is skipped, since an empty dict is a mistake worth reporting.
+    The checks that need the whole table (superclasses, cycles, shared synonyms) run after every
+    row is read, so a row may name a superclass defined further down.
     """
-    cols: dict[str, int] | None = None
-    header_row: int | None = None
-    first = 0  # the column whose "#" marks a comment
-    parsed: list[dict[str, Any]] = []
-    by_key: dict[str, dict[str, Any]] = {}
-    by_id: dict[int, dict[str, Any]] = {}
+    table = _read_rows(rows, where, records)
+    _resolve_superclasses(table, where)
+    _check_superclass_cycles(table, where)
+    _check_synonyms(table.parsed, where)
+    _fill_ids_and_colours(table)
+    classes = [_class_info(r) for r in table.parsed]
+    return sorted(classes, key=lambda c: c.id)
 
+
+def _read_rows(
+    rows: Iterable[tuple[int, Sequence[Any]]], where: _Where, records: bool
+) -> _TableRows:
+    """Find the header, skip blank and comment rows, and check each class row on its own."""
+    table = _TableRows()
     for rowno, cells in rows:
-        if cols is None:
+        if table.cols is None:
             if records:
-                cols = _columns(cells, where, None)
+                table.cols = _columns(cells, where, None)
                 continue
             if _is_blank(cells) or _is_comment(cells):
                 continue
-            cols, header_row = _columns(cells, where, rowno), rowno
-            first = min(cols.values())
+            table.cols, table.header_row = _columns(cells, where, rowno), rowno
+            table.first = min(table.cols.values())
             continue
         if not records and (
-            _is_blank(cells) or _is_comment(cells, first, colour=cols.get("color") == first)
+            _is_blank(cells)
+            or _is_comment(cells, table.first, colour=table.cols.get("color") == table.first)
         ):
             continue
+        table.add(_parse_row(rowno, cells, table.cols, table, where))
 
-        values = {c: cells[i] if i < len(cells) else None for c, i in cols.items()}
-        cell = values.get
-
-        name = " ".join(_text(cell("name")).split())
-        if not name:
-            filled = ", ".join(
-                f"{c}={_text(cell(c))!r}" for c in cols if c != "name" and _text(cell(c))
-            )
-            raise where.error(
-                rowno, f"the name is empty ({filled}); fill in the class name or delete the row"
-            )
-        k = _key(name)
-        if k in by_key:
-            dup = by_key[k]
-            spelled = f" as {dup['name']!r}" if dup["name"] != name else ""
-            raise where.error(
-                rowno,
-                f"class {name!r} is defined twice (first on {where.unit} {dup['row']}{spelled});"
-                " rename or remove one",
-            )
-        cid = _parse_id(cell("id"), where, rowno, name)
-        if cid is not None and cid in by_id:
-            other = by_id[cid]
-            raise where.error(
-                rowno,
-                f"id {cid} of class {name!r} is already used by {other['name']!r} ({where.unit}"
-                f" {other['row']}); give each class its own id or leave the cell empty",
-            )
-        superclass = " ".join(_text(cell("superclass")).split()) or None
-        rec = {
-            "row": rowno,
-            "name": name,
-            "id": cid,
-            "color": _parse_color(cell("color"), where, rowno, name),
-            "superclass": superclass,
-            "synonyms": _parse_synonyms(cell("synonyms"), name),
-            "type": _parse_type(cell("type"), where, rowno, name),
-            "description": _text(cell("description")),
-            "extra": {c: _text(cell(c)) for c in cols if c not in COLUMNS and _text(cell(c))},
-        }
-        parsed.append(rec)
-        by_key[k] = rec
-        if cid is not None:
-            by_id[cid] = rec
-
-    if cols is None:
+    if table.cols is None:
         raise where.error(
             None,
             "the table is empty: no header row; put the column names (name,id,color,superclass,"
             "...) in the first row and one class per row below",
         )
-    if not parsed:
-        below = f" below the header (row {header_row})" if header_row is not None else ""
+    if not table.parsed:
+        below = (
+            f" below the header (row {table.header_row})" if table.header_row is not None else ""
+        )
         raise where.error(None, f"the table has no classes{below}; add one {where.unit} per class")
+    return table
 
-    names = [r["name"] for r in parsed]
-    # superclasses: must be another row of the table; spelled as that row spells its name
-    for r in parsed:
-        sup = r["superclass"]
+
+def _parse_row(
+    rowno: int, cells: Sequence[Any], cols: dict[str, int], seen: _TableRows, where: _Where
+) -> _ClassRow:
+    """One class row, checked cell by cell and against the rows ``seen`` before it (name, id)."""
+    values = {c: cells[i] if i < len(cells) else None for c, i in cols.items()}
+    cell = values.get
+
+    name = " ".join(_text(cell("name")).split())
+    if not name:
+        filled = ", ".join(
+            f"{c}={_text(cell(c))!r}" for c in cols if c != "name" and _text(cell(c))
+        )
+        raise where.error(
+            rowno, f"the name is empty ({filled}); fill in the class name or delete the row"
+        )
+    dup = seen.by_key.get(_key(name))
+    if dup is not None:
+        spelled = f" as {dup.name!r}" if dup.name != name else ""
+        raise where.error(
+            rowno,
+            f"class {name!r} is defined twice (first on {where.unit} {dup.row}{spelled});"
+            " rename or remove one",
+        )
+    cid = _parse_id(cell("id"), where, rowno, name)
+    if cid is not None and cid in seen.by_id:
+        other = seen.by_id[cid]
+        raise where.error(
+            rowno,
+            f"id {cid} of class {name!r} is already used by {other.name!r} ({where.unit}"
+            f" {other.row}); give each class its own id or leave the cell empty",
+        )
+    superclass = " ".join(_text(cell("superclass")).split()) or None
+    return _ClassRow(
+        row=rowno,
+        name=name,
+        id=cid,
+        color=_parse_color(cell("color"), where, rowno, name),
+        superclass=superclass,
+        synonyms=_parse_synonyms(cell("synonyms"), name),
+        type=_parse_type(cell("type"), where, rowno, name),
+        description=_text(cell("description")),
+        extra={c: _text(cell(c)) for c in cols if c not in COLUMNS and _text(cell(c))},
+    )
+
+
+def _resolve_superclasses(table: _TableRows, where: _Where) -> None:
+    """A superclass must be another row of the table; it is re-spelled as that row spells its name."""
+    names = [r.name for r in table.parsed]
+    for r in table.parsed:
+        sup = r.superclass
         if sup is None:
             continue
-        if _key(sup) == _key(r["name"]):
+        if _key(sup) == _key(r.name):
             raise where.error(
-                r["row"],
-                f"class {r['name']!r} names itself as its superclass; leave superclass empty or"
+                r.row,
+                f"class {r.name!r} names itself as its superclass; leave superclass empty or"
                 " name another class",
             )
-        target = by_key.get(_key(sup))
+        target = table.by_key.get(_key(sup))
         if target is None:
             close = _closest(sup, names)
             hint = f"did you mean {close!r}?" if close else f"known classes: {_list_names(names)}"
             raise where.error(
-                r["row"],
-                f"superclass {sup!r} of class {r['name']!r} is not a class of this table; {hint}"
+                r.row,
+                f"superclass {sup!r} of class {r.name!r} is not a class of this table; {hint}"
                 " (a superclass needs its own row)",
             )
-        r["superclass"] = target["name"]
-    for r in parsed:  # cycles: walk up from every class
-        path = [r["name"]]
+        r.superclass = target.name
+
+
+def _check_superclass_cycles(table: _TableRows, where: _Where) -> None:
+    """Walk up from every class; the cycle is reported at the first of its rows that is walked."""
+    for r in table.parsed:
+        path = [r.name]
         cur = r
-        while cur["superclass"] is not None:
-            cur = by_key[_key(cur["superclass"])]
-            path.append(cur["name"])
+        while cur.superclass is not None:
+            cur = table.by_key[_key(cur.superclass)]
+            path.append(cur.name)
             if cur is r:
                 raise where.error(
-                    r["row"],
+                    r.row,
                     f"superclasses form a cycle ({' -> '.join(path)}); clear the superclass of one"
                     " of these classes",
                 )
-            if len(path) > len(parsed) + 1:  # a cycle above r; reported when its members are walked
+            if len(path) > len(table.parsed) + 1:  # a cycle above r; reported at its own members
                 break
 
-    # one phrase, one class: a synonym must not be another class's name or synonym
-    phrases: dict[str, tuple[str, dict[str, Any]]] = {_key(r["name"]): ("name", r) for r in parsed}
+
+def _check_synonyms(parsed: list[_ClassRow], where: _Where) -> None:
+    """One phrase, one class: a synonym must not be another class's name or synonym.
+
+    A detector's output phrase is mapped back through these, so a shared phrase would be ambiguous.
+    """
+    phrases: dict[str, tuple[str, _ClassRow]] = {_key(r.name): ("name", r) for r in parsed}
     for r in parsed:
-        for s in r["synonyms"]:
+        for s in r.synonyms:
             k = _key(s)
             hit = phrases.get(k)
             if hit is not None and hit[1] is not r:
                 what = "the name" if hit[0] == "name" else "also a synonym"
                 raise where.error(
-                    r["row"],
-                    f"synonym {s!r} of class {r['name']!r} is {what} of class {hit[1]['name']!r}"
-                    f" ({where.unit} {hit[1]['row']}); a phrase can map to one class only, remove"
+                    r.row,
+                    f"synonym {s!r} of class {r.name!r} is {what} of class {hit[1].name!r}"
+                    f" ({where.unit} {hit[1].row}); a phrase can map to one class only, remove"
                     " it from one of them",
                 )
             phrases[k] = ("synonym", r)
 
-    # ids after the largest given id, in row order; colours from the palette, avoiding given ones
-    next_id = max(by_id, default=-1) + 1
-    for r in parsed:
-        if r["id"] is None:
-            r["id"] = next_id
-            next_id += 1
-    missing = [r for r in parsed if r["color"] is None]
-    if missing:
-        used = {r["color"] for r in parsed if r["color"] is not None}
-        for r, c in zip(missing, palette(len(missing), avoid=used), strict=True):
-            r["color"] = c
 
-    classes = [
-        ClassInfo(
-            name=r["name"],
-            id=r["id"],
-            color=r["color"],
-            superclass=r["superclass"],
-            synonyms=r["synonyms"],
-            type=r["type"],
-            description=r["description"],
-            row=r["row"],
-            extra=r["extra"],
-        )
-        for r in parsed
-    ]
-    return sorted(classes, key=lambda c: c.id)
+def _fill_ids_and_colours(table: _TableRows) -> None:
+    """Ids after the largest given id, in row order; colours from the palette, avoiding given ones.
+
+    Done last so that a given id or colour anywhere in the table is never handed out twice.
+    """
+    next_id = max(table.by_id, default=-1) + 1
+    for r in table.parsed:
+        if r.id is None:
+            r.id = next_id
+            next_id += 1
+    missing = [r for r in table.parsed if r.color is None]
+    if missing:
+        used = {r.color for r in table.parsed if r.color is not None}
+        for r, c in zip(missing, palette(len(missing), avoid=used), strict=True):
+            r.color = c
+
+
+def _class_info(r: _ClassRow) -> ClassInfo:
+    """The finished row as a ClassInfo (after :func:`_fill_ids_and_colours`)."""
+    assert r.id is not None and r.color is not None  # filled in by _fill_ids_and_colours
+    return ClassInfo(
+        name=r.name,
+        id=r.id,
+        color=r.color,
+        superclass=r.superclass,
+        synonyms=r.synonyms,
+        type=r.type,
+        description=r.description,
+        row=r.row,
+        extra=r.extra,
+    )
 
 
 # ------------------------------------------------------------------------------------ readers
