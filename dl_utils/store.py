@@ -28,15 +28,54 @@ import urllib.parse
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol, Sequence, cast, runtime_checkable
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, cast, runtime_checkable
 
 import numpy as np
 
-from .annotations import Instance, Instances, Label, MediaInfo, ObjectInfo, ShapeType, Source
+from .annotations import (
+    Clicks,
+    Instance,
+    Instances,
+    Label,
+    MediaInfo,
+    ObjectInfo,
+    Provenance,
+    ShapeType,
+    Source,
+    split_legacy_prompts,
+)
 from .cv_utils.rle import decode_cvat_rle_array, encode_cvat_rle_array
 from .errors import InputError, MaskError, StoreError, StoreVersionError, mount_point
 
-SCHEMA_VERSION = 1
+#: Version of the whole file (``PRAGMA user_version``): tables, columns and the JSON kept in them,
+#: the CVAT sync records in ``meta`` included. 1: free ``instances.prompts`` dict and list-format
+#: sync records; 2: typed ``clicks``/``provenance``/``label`` columns, version-2 sync records.
+SCHEMA_VERSION = 2
+
+_INSTANCES_TABLE = """
+CREATE TABLE IF NOT EXISTS instances (
+    frame      INTEGER NOT NULL,
+    object_id  INTEGER NOT NULL REFERENCES objects(id) ON DELETE CASCADE,
+    shape      TEXT NOT NULL,
+    x1 REAL, y1 REAL, x2 REAL, y2 REAL,
+    mask_h     INTEGER,
+    mask_w     INTEGER,
+    rle        BLOB,
+    rle_box    TEXT,
+    polygon    TEXT,
+    area       INTEGER NOT NULL DEFAULT 0,
+    score      REAL,
+    source     TEXT NOT NULL,
+    clicks     TEXT,
+    provenance TEXT,
+    label      TEXT,
+    keyframe   INTEGER NOT NULL DEFAULT 0,
+    run_id     INTEGER,
+    updated    REAL NOT NULL,
+    PRIMARY KEY (frame, object_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS instances_by_object ON instances (object_id, frame);
+"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -59,26 +98,7 @@ CREATE TABLE IF NOT EXISTS objects (
     attributes TEXT NOT NULL DEFAULT '{}',
     created    REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS instances (
-    frame      INTEGER NOT NULL,
-    object_id  INTEGER NOT NULL REFERENCES objects(id) ON DELETE CASCADE,
-    shape      TEXT NOT NULL,
-    x1 REAL, y1 REAL, x2 REAL, y2 REAL,
-    mask_h     INTEGER,
-    mask_w     INTEGER,
-    rle        BLOB,
-    rle_box    TEXT,
-    polygon    TEXT,
-    area       INTEGER NOT NULL DEFAULT 0,
-    score      REAL,
-    source     TEXT NOT NULL,
-    prompts    TEXT,
-    keyframe   INTEGER NOT NULL DEFAULT 0,
-    run_id     INTEGER,
-    updated    REAL NOT NULL,
-    PRIMARY KEY (frame, object_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS instances_by_object ON instances (object_id, frame);
+""" + _INSTANCES_TABLE + """
 CREATE TABLE IF NOT EXISTS runs (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
     kind     TEXT NOT NULL,
@@ -89,13 +109,109 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 """
 
-# Future schema changes: add "version -> SQL" here; opening an older store applies them in order.
-_MIGRATIONS: dict[int, str] = {}
-
 _INSTANCE_COLS = (
     "frame, object_id, shape, x1, y1, x2, y2, mask_h, mask_w, rle, rle_box, polygon, area, score,"
-    " source, prompts, keyframe"
+    " source, clicks, provenance, label, keyframe"
 )
+#: What a schema-1 store is read with (read-only, not migrated): the old ``prompts`` column in the
+#: place of ``clicks``, split by :func:`~dl_utils.annotations.split_legacy_prompts` on decoding.
+_INSTANCE_COLS_V1 = _INSTANCE_COLS.replace("clicks, provenance, label", "prompts, NULL, NULL")
+
+#: Meta keys of the CVAT sync records (``cvat.push:<host>:task:<id>``, see dl_utils.cvat.records).
+SYNC_RECORD_PREFIX = "cvat.push:"
+#: Version of the sync-record JSON a store of :data:`SCHEMA_VERSION` holds (1 was the list format).
+SYNC_RECORD_VERSION = 2
+_UNIT_FIELDS = ("kind", "job", "server_id", "sent_hash", "server_hash", "held")
+
+
+def upgrade_sync_unit(record: Sequence[Any]) -> dict[str, Any]:
+    """A version-1 unit record ``[kind, job, server id, sent hash, server hash, held]`` as the
+    version-2 JSON object.
+
+    It lives here, below the CVAT sink, because the store's migration rewrites the records of an
+    old file without importing the sink; :mod:`dl_utils.cvat.records` uses it for a record that
+    reaches it in the old format (one set by hand after opening), so the conversion exists once.
+    """
+    if isinstance(record, (str, bytes)) or len(record) != len(_UNIT_FIELDS):
+        raise ValueError(f"unit record {record!r} is not [kind, job, server id, sent hash,"
+                         " server hash, held]")
+    kind, job, sid, sent, server, held = record
+    return {"kind": str(kind), "job": int(job), "server_id": None if sid is None else int(sid),
+            "sent_hash": str(sent), "server_hash": server, "held": bool(held)}
+
+
+def upgrade_sync_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A sync record of any version up to :data:`SYNC_RECORD_VERSION` in that version's JSON
+    (a current one is returned as a copy). Raises ``ValueError`` for a unit that is not a list of
+    six; the caller says which file and task it is."""
+    d = dict(record)
+    version = d.get("version", 1)
+    if not isinstance(version, int) or version >= SYNC_RECORD_VERSION:
+        return d  # current, or newer / garbage: the reader refuses those with its own message
+    units = d.get("units") or {}
+    d["units"] = {k: upgrade_sync_unit(r) for k, r in units.items()}
+    d["version"] = SYNC_RECORD_VERSION
+    return d
+
+
+def _json_or_none(value: Clicks | Provenance | None) -> str | None:
+    return None if value is None else _dumps(value.to_json())
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection, path: Path) -> None:
+    """Schema 1 -> 2: the free ``prompts`` dict of each instance becomes the typed ``clicks``,
+    ``provenance`` and ``label`` columns (split once, by the one function that knows the old keys),
+    and the CVAT sync records become version-2 JSON, so one version number describes the file."""
+    # rebuilt rather than altered, so a migrated file's schema is exactly a new store's
+    conn.execute("ALTER TABLE instances RENAME TO instances_v1")
+    conn.execute("DROP INDEX IF EXISTS instances_by_object")
+    _run_script(conn, _INSTANCES_TABLE)
+    conn.execute(
+        f"INSERT INTO instances ({_INSTANCE_COLS}, run_id, updated) SELECT"
+        f" {_INSTANCE_COLS.replace('clicks, provenance, label', 'NULL, NULL, NULL')}, run_id, updated"
+        " FROM instances_v1"
+    )
+    rows = conn.execute(
+        "SELECT frame, object_id, prompts FROM instances_v1 WHERE prompts IS NOT NULL"
+    ).fetchall()
+    updates = []
+    for frame, oid, text in rows:
+        try:
+            old = json.loads(text)
+        except ValueError as e:
+            raise StoreError(
+                f"{path}: frame {frame}, object {oid}: the stored prompts are not JSON ({e}); the"
+                " store was edited by another program; restore it from a backup"
+            ) from None
+        label, clicks, prov = split_legacy_prompts(old if isinstance(old, dict) else None)
+        updates.append((_json_or_none(clicks), _json_or_none(prov), label, frame, oid))
+    conn.executemany(
+        "UPDATE instances SET clicks = ?, provenance = ?, label = ? WHERE frame = ? AND object_id = ?",
+        updates,
+    )
+    conn.execute("DROP TABLE instances_v1")
+    metas = conn.execute(
+        "SELECT key, value FROM meta WHERE key LIKE ?", (SYNC_RECORD_PREFIX + "%",)
+    ).fetchall()
+    for key, text in metas:
+        try:
+            rec = json.loads(text)
+            if not isinstance(rec, dict) or not isinstance(rec.get("units", {}), dict):
+                continue  # not a record dl-utils wrote: left for the CVAT sink to refuse with its message
+            new = upgrade_sync_record(rec)
+        except ValueError as e:
+            raise StoreError(
+                f"{path}: the CVAT sync record {key!r} cannot be upgraded ({e}); it was edited by"
+                " hand or written by another program; delete that meta entry (the next push then"
+                " re-creates the task's shapes) or restore the store from a backup"
+            ) from None
+        if new != rec:
+            conn.execute("UPDATE meta SET value = ? WHERE key = ?", (_dumps(new), key))
+
+
+#: Schema migrations: ``version -> step`` turning a store of ``version - 1`` into ``version``;
+#: opening an older store writable runs the missing steps in order, in one transaction.
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection, Path], None]] = {2: _migrate_1_to_2}
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -404,8 +520,8 @@ class AnnotationStore:
         }
         if version > SCHEMA_VERSION:
             raise StoreVersionError(
-                f"{self.path} has schema version {version}, newer than this dl_utils understands"
-                f" ({SCHEMA_VERSION}); upgrade dl_utils to open it"
+                f"{self.path} has schema version {version}, newer than this dl-utils understands"
+                f" ({SCHEMA_VERSION}); upgrade dl-utils (pip install -U dl-utils) to open it"
             )
         if version == 0:
             if tables - {"sqlite_sequence"} and "instances" not in tables:
@@ -423,12 +539,12 @@ class AnnotationStore:
             return
         if version < SCHEMA_VERSION:
             if self.readonly:
-                raise StoreVersionError(
-                    f"{self.path} has schema version {version}; open it writable once to upgrade it"
-                )
+                # never refused, never written: rows are converted as they are read
+                self._instance_cols = _INSTANCE_COLS_V1
+                return
             with self._write():
                 for v in range(version + 1, SCHEMA_VERSION + 1):
-                    _run_script(self._conn, _MIGRATIONS[v])
+                    _MIGRATIONS[v](self._conn, self.path)
                 self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -645,12 +761,11 @@ class AnnotationStore:
         if inst.box is not None:
             x1, y1, x2, y2 = inst.box
         polygon = _dumps(inst.polygon) if inst.polygon is not None else None
-        prompts = _dumps(inst.prompts) if inst.prompts is not None else None
         shape = cast(ShapeType, inst.shape)  # Instance.__post_init__ always sets it
         return (
             int(frame), inst.object_id, shape.value, x1, y1, x2, y2, mask_h, mask_w, rle,
-            rle_box, polygon, area, inst.score, inst.source.value, prompts, int(inst.keyframe),
-            run_id, now,
+            rle_box, polygon, area, inst.score, inst.source.value, _json_or_none(inst.clicks),
+            _json_or_none(inst.provenance), inst.label, int(inst.keyframe), run_id, now,
         )
 
     def write_frame(
@@ -700,7 +815,7 @@ class AnnotationStore:
             try:
                 c.executemany(
                     f"INSERT OR REPLACE INTO instances ({_INSTANCE_COLS}, run_id, updated)"
-                    f" VALUES ({','.join('?' * 19)})",
+                    f" VALUES ({','.join('?' * 21)})",
                     rows,
                 )
             except sqlite3.IntegrityError:
@@ -712,7 +827,7 @@ class AnnotationStore:
 
     def _decode_row(self, row: tuple[Any, ...], decode: bool) -> Instance:
         (frame, oid, shape, x1, y1, x2, y2, mh, mw, rle, rle_box, polygon, _area, score, source,
-         prompts, keyframe) = row
+         clicks_text, prov_text, label, keyframe) = row
         mask = None
         if rle is not None and decode:
             try:
@@ -723,28 +838,34 @@ class AnnotationStore:
                 raise StoreError(
                     f"{self.path}: frame {frame}, object {oid}: stored mask is damaged ({e})"
                 ) from None
+        clicks = Clicks.from_json(json.loads(clicks_text)) if clicks_text else None
+        prov = Provenance.from_json(json.loads(prov_text)) if prov_text else None
+        if self._instance_cols is _INSTANCE_COLS_V1:  # a schema-1 store read in place
+            label, clicks, prov = split_legacy_prompts(json.loads(clicks_text) if clicks_text else None)
         return Instance(
             object_id=oid,
             mask=mask,
             box=None if x1 is None else (x1, y1, x2, y2),
             score=score,
             source=Source(source),
-            prompts=json.loads(prompts) if prompts else None,
             polygon=json.loads(polygon) if polygon else None,
             shape=ShapeType(shape),
             keyframe=bool(keyframe),
+            clicks=clicks,
+            provenance=prov,
+            label=label,
         )
 
     def read_frame(self, frame: int, *, decode: bool = True) -> Instances:
         """All instances of a frame (empty ``Instances`` if none). ``decode=False`` skips masks."""
         rows = self._query(
-            f"SELECT {_INSTANCE_COLS} FROM instances WHERE frame = ? ORDER BY object_id", (frame,)
+            f"SELECT {self._instance_cols} FROM instances WHERE frame = ? ORDER BY object_id", (frame,)
         )
         return Instances([self._decode_row(r, decode) for r in rows], frame=frame)
 
     def read_object(self, object_id: int, *, decode: bool = True) -> dict[int, Instance]:
         rows = self._query(
-            f"SELECT {_INSTANCE_COLS} FROM instances WHERE object_id = ? ORDER BY frame", (object_id,)
+            f"SELECT {self._instance_cols} FROM instances WHERE object_id = ? ORDER BY frame", (object_id,)
         )
         return {r[0]: self._decode_row(r, decode) for r in rows}
 
@@ -901,6 +1022,8 @@ class AnnotationStore:
 
     _media_cache: MediaInfo | None = None
     _media_loaded: bool = False
+    #: columns instances are read with: the schema-1 set for an old store opened read-only
+    _instance_cols: str = _INSTANCE_COLS
 
 
 _WRITER_KEY = "_writer"
@@ -1081,4 +1204,5 @@ def staged_store(
         raise
 
 
-__all__ = ["AnnotationStore", "SCHEMA_VERSION", "staged_store"]
+__all__ = ["AnnotationStore", "SCHEMA_VERSION", "SYNC_RECORD_PREFIX", "SYNC_RECORD_VERSION", "staged_store",
+           "upgrade_sync_record", "upgrade_sync_unit"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dl_utils.annotations import Instance, Label, MediaInfo, ShapeType, Source
+from dl_utils.annotations import Clicks, Instance, Label, MediaInfo, Provenance, ShapeType, Source
 from dl_utils.errors import InputError, MaskError, StoreError, StoreVersionError
 from dl_utils.store import SCHEMA_VERSION, AnnotationStore
 from tests.store_writer import expected_mask
@@ -63,8 +63,10 @@ def test_instances_roundtrip_exact(store, rng):
     store.write_frame(
         7,
         [
-            Instance(o[0], mask=masks[0], score=0.75, source="semi-auto", prompts={"points": [[1, 2, 1]]},
-                     keyframe=True),
+            Instance(o[0], mask=masks[0], score=0.75, source="semi-auto", keyframe=True,
+                     clicks=Clicks(points=((1, 2, 1),)), label="car",
+                     provenance=Provenance(engine="sam2-video", model="tiny", object_score=3.5, area=12,
+                                           extra={"note": [1, "x"]})),
             Instance(o[1], mask=masks[1], source=Source.AUTO),
             Instance(o[2], mask=masks[2]),
         ],
@@ -74,7 +76,10 @@ def test_instances_roundtrip_exact(store, rng):
     for inst, m in zip(got, masks):
         assert np.array_equal(inst.mask, m)
     assert got[0].score == 0.75 and got[0].source is Source.SEMI_AUTO and got[0].keyframe
-    assert got[0].prompts == {"points": [[1, 2, 1]]}
+    assert got[0].clicks == Clicks(points=((1.0, 2.0, 1),)) and got[0].label == "car"
+    assert got[0].provenance == Provenance(engine="sam2-video", model="tiny", object_score=3.5, area=12,
+                                           extra={"note": [1, "x"]})
+    assert got[1].clicks is None and got[1].provenance is None and got[1].label is None
     assert got[1].box == (3.0, 5.0, 30.0, 20.0)
     assert got[2].is_empty and not got[1].is_empty
     assert store.frames() == [7]
@@ -162,8 +167,10 @@ def test_newer_schema_refused(tmp_path):
     AnnotationStore.create(p).close()
     with sqlite3.connect(p) as c:
         c.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(StoreVersionError, match="upgrade dl_utils"):
-        AnnotationStore.open(p)
+    for readonly in (False, True):
+        with pytest.raises(StoreVersionError, match=rf"{p.name} has schema version {SCHEMA_VERSION + 1},"
+                           rf" newer than .* \({SCHEMA_VERSION}\); upgrade dl-utils"):
+            AnnotationStore.open(p, readonly=readonly)
 
 
 def test_readonly_reader_sees_commits_while_writer_writes(tmp_path):

@@ -12,10 +12,14 @@ Each unit (one mask, polygon ring or box on one frame, or one track of one job) 
 Push writes it, pull reads it (to tell our shapes from people's) and hands units over to people.
 
 Versions: 1 (dl-utils before the records were dataclasses) kept each unit as a list
-``[kind, job, server id, sent hash, server hash, held]``; :meth:`SyncState.load` migrates it in
-memory, and the next save writes version 2, so an old store is never refused. A version newer than
-this dl-utils knows is refused with a :class:`~dl_utils.errors.CvatError` that says to upgrade:
-guessing at fields an unknown writer added could re-send or delete shapes on the server.
+``[kind, job, server id, sent hash, server hash, held]``. The record version belongs to the store's
+schema: opening a schema-1 store writable rewrites its records as version 2 in the same migration
+(:func:`dl_utils.store.upgrade_sync_record`, the one conversion, kept in the store because the store
+may not import this sink). :meth:`SyncState.from_json` still reads version 1 with that function (a
+record set by hand, or one of an old store opened read-only), so an old store is never refused. A
+version newer than this dl-utils knows is refused with a :class:`~dl_utils.errors.CvatError` that
+says to upgrade: guessing at fields an unknown writer added could re-send or delete shapes on the
+server.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from ..store import SYNC_RECORD_VERSION, upgrade_sync_unit
 from .connection import cvat_error
 
 if TYPE_CHECKING:
     from ..store import AnnotationStore
 
 #: Version of the JSON written by :meth:`SyncState.to_json`; 1 was the list format.
-RECORD_VERSION = 2
+RECORD_VERSION = SYNC_RECORD_VERSION
 #: One-letter code of each store geometry in a unit key.
 _CODE = {"mask": "m", "polygon": "p", "box": "b"}
 _SHAPE = {v: k for k, v in _CODE.items()}
@@ -139,8 +144,7 @@ class UnitRecord:
     @classmethod
     def from_v1(cls, r: list) -> "UnitRecord":
         """A version-1 record: ``[kind, job, server id, sent hash, server hash, held]``."""
-        kind, job, sid, h, sh, held = r
-        return cls(str(kind), int(job), None if sid is None else int(sid), str(h), sh, bool(held))
+        return cls.from_json(upgrade_sync_unit(r))
 
 
 @dataclass
@@ -167,8 +171,13 @@ class SyncState:
                 " (pip install -U dl-utils) to push or pull this task with this store"
             )
         raw = d.get("units") or {}
-        units = ({k: UnitRecord.from_v1(r) for k, r in raw.items()} if version < 2
-                 else {k: UnitRecord.from_json(r) for k, r in raw.items()})
+        try:
+            units = ({k: UnitRecord.from_v1(r) for k, r in raw.items()} if version < 2
+                     else {k: UnitRecord.from_json(r) for k, r in raw.items()})
+        except (ValueError, TypeError, KeyError) as e:
+            raise cvat_error(f"{where}: the CVAT sync record of task {task_id} on {host} has a unit dl-utils"
+                             f" cannot read ({e}); it was edited by hand or written by another"
+                             " program") from None
         return cls(host, int(task_id), bool(d.get("dirty", False)), units)
 
     def to_json(self) -> dict[str, Any]:
