@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_annotate_arguments(ann)
     ann.set_defaults(func=cmd_annotate)
 
-    from .cvat.cli import add_cvat_arguments  # cvat-sdk is imported only when a cvat command runs
+    from .drivers.cvat import add_cvat_arguments  # cvat-sdk is imported only when a cvat command runs
 
     add_cvat_arguments(sub)
 

@@ -64,15 +64,8 @@ KNOWN: dict[tuple[str, str], str] = {}
 
 # Command-line code (a function that adds arguments to an argparse parser, or one named *_cli or
 # cmd_*) belongs to the drivers or the UI. Where it sits lower today, (module, function): why.
-_SINK_CLI = "the dl-utils cvat subcommands (UI code) inside the sink package"
-KNOWN_CLI: dict[tuple[str, str], str] = {
-    ("dl_utils.cvat.cli", "add_cvat_arguments"): _SINK_CLI,
-    ("dl_utils.cvat.cli", "_common"): _SINK_CLI,
-    ("dl_utils.cvat.cli", "cmd_cvat_labels"): _SINK_CLI,
-    ("dl_utils.cvat.cli", "cmd_cvat_create_task"): _SINK_CLI,
-    ("dl_utils.cvat.cli", "cmd_cvat_push"): _SINK_CLI,
-    ("dl_utils.cvat.cli", "cmd_cvat_pull"): _SINK_CLI,
-}
+# None today: the dl-utils cvat subcommands moved from the sink package to dl_utils.drivers.cvat.
+KNOWN_CLI: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)

@@ -180,7 +180,7 @@ def test_check_task_media_names_both_sides(rng, tmp_path):
 def test_cli_parser_has_every_command_with_dry_run():
     import argparse
 
-    from dl_utils.cvat.cli import add_cvat_arguments
+    from dl_utils.drivers.cvat import add_cvat_arguments
 
     p = argparse.ArgumentParser()
     add_cvat_arguments(p.add_subparsers(dest="command"))
@@ -198,9 +198,22 @@ def test_package_imports_no_engine():
     import subprocess
     import sys
 
-    code = ("import sys, dl_utils.cvat, dl_utils.cvat.cli, dl_utils.auto_annotation;"
+    code = ("import sys, dl_utils.cvat, dl_utils.auto_annotation;"
             "bad=[m for m in sys.modules if m.split('.')[0] in ('torch','sam2','groundingdino')"
             " or m.startswith(('dl_utils.samal','dl_utils.sam2al','dl_utils.dinoal'))];print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_cvat_commands_import_no_model_library():
+    """The ``dl-utils cvat`` commands sit in the drivers layer, which may import the engine packages
+    (their torch-free parts, through the options objects), but never torch, SAM2 or GroundingDINO."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dl_utils.drivers.cvat;"
+            "bad=[m for m in sys.modules if m.split('.')[0] in ('torch','sam2','groundingdino','cvat_sdk')];"
+            "print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -515,7 +528,7 @@ def test_no_secret_in_any_output(tmp_path, rng, cvat_server, capsys, caplog, mon
     from dl_utils.cli import build_parser  # noqa: F401 - the lead wires `cvat` in; test our parser
     import argparse
 
-    from dl_utils.cvat.cli import add_cvat_arguments
+    from dl_utils.drivers.cvat import add_cvat_arguments
 
     token = token_of(cvat_server)
     monkeypatch.setenv("CVAT_HOST", cvat_server.url)
@@ -807,7 +820,7 @@ def test_token_with_inner_bad_character_is_a_typed_error_without_the_token(cvat_
                                                                             tmp_path, rng):
     import argparse
 
-    from dl_utils.cvat.cli import add_cvat_arguments
+    from dl_utils.drivers.cvat import add_cvat_arguments
 
     bad = "tok-Inner-" + "\x0b" + "Secret-987654321"
     monkeypatch.setenv("CVAT_HOST", cvat_server.url)

@@ -1,23 +1,34 @@
 """``dl-utils cvat labels | create-task | push | pull``: the command-line driver of :mod:`dl_utils.cvat`.
 
+It lives in the drivers layer, not in the sink package: the sink (:mod:`dl_utils.cvat`) is a library
+that knows no argparse, and command-line code belongs to the drivers or the UI (docs/architecture.md).
 Wire it into the main parser with :func:`add_cvat_arguments`. Credentials never go on the command
 line (shell history, process lists): the token comes from ``CVAT_ACCESS_TOKEN`` (or user name and
 password from ``CVAT_USERNAME`` / ``CVAT_PASSWORD``), else a hidden prompt on a terminal.
 Every command takes ``--dry-run``: it reads the server and prints what would change, changing
-nothing.
+nothing. cvat-sdk is imported only inside the handlers, when a ``cvat`` command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..classes import ClassTable
+    from ..cvat.connection import CvatConnection
+    from ..store import AnnotationStore
 
-def _print(obj: Any, as_json: bool) -> None:
+#: a ``cmd_cvat_*`` handler: parsed arguments in, exit status out
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _print(obj: object, as_json: bool) -> None:
     if as_json:
         print(json.dumps(obj, indent=2, default=str))
 
@@ -34,8 +45,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def _connect(args: argparse.Namespace):
-    from .connection import RetryPolicy, connect
+def _connect(args: argparse.Namespace) -> CvatConnection:
+    from ..cvat.connection import RetryPolicy, connect
 
     if args.retries < 0:
         raise InputError(f"--retries {args.retries}: use 0 or more")
@@ -44,7 +55,7 @@ def _connect(args: argparse.Namespace):
                    prompt=False if args.no_prompt else None)
 
 
-def _open_store(path: str, *, must_exist: bool = True, readonly: bool = False):
+def _open_store(path: str, *, must_exist: bool = True, readonly: bool = False) -> AnnotationStore:
     """``readonly`` where the command only reads the store (label sync, every --dry-run): a store
     on a read-only disk or share can then be checked against the server."""
     from ..store import AnnotationStore
@@ -57,14 +68,14 @@ def _open_store(path: str, *, must_exist: bool = True, readonly: bool = False):
 # ------------------------------------------------------------------------------------ handlers
 def cmd_cvat_labels(args: argparse.Namespace) -> int:
     """Sync a class table's (or a store's) labels to a task or project."""
-    from .labels import sync_labels
+    from ..cvat.labels import sync_labels
 
     if (args.store is None) == (args.classes is None):
         raise InputError("give exactly one of --store STORE or --classes TABLE")
     if args.classes is not None:
         from ..classes import ClassTable
 
-        source: Any = ClassTable.load(args.classes)
+        source: ClassTable | AnnotationStore = ClassTable.load(args.classes)
     else:
         source = _open_store(args.store, readonly=True)
     with _connect(args) as conn:
@@ -87,7 +98,7 @@ def cmd_cvat_labels(args: argparse.Namespace) -> int:
 
 def cmd_cvat_create_task(args: argparse.Namespace) -> int:
     """Create a task from the store's media (or --files) with the store's frame numbering."""
-    from .tasks import TaskInfo, create_task_for_store
+    from ..cvat.tasks import TaskInfo, create_task_for_store
 
     store = _open_store(args.store, readonly=args.dry_run)
     with store, _connect(args) as conn:
@@ -118,7 +129,7 @@ def cmd_cvat_create_task(args: argparse.Namespace) -> int:
 
 def cmd_cvat_push(args: argparse.Namespace) -> int:
     """Push the store's instances to a task (create / update / delete only what changed)."""
-    from .push import push
+    from ..cvat.push import push
 
     objects = None
     if args.objects:
@@ -148,7 +159,7 @@ def cmd_cvat_push(args: argparse.Namespace) -> int:
 def cmd_cvat_pull(args: argparse.Namespace) -> int:
     """Read the task's annotations (all jobs) into the store; creates the store if needed."""
     from ..store import AnnotationStore
-    from .pull import pull
+    from ..cvat.pull import pull
 
     path = Path(args.store)
     created = not path.exists()
@@ -176,13 +187,13 @@ def cmd_cvat_pull(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scrubbed(fn: Any) -> Any:
+def _scrubbed(fn: Handler) -> Handler:
     """Run a handler so that no exception leaving it can carry a token or password."""
     import functools
 
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
-        from .connection import scrub_exception
+        from ..cvat.connection import scrub_exception
 
         try:
             return fn(args)
@@ -194,7 +205,7 @@ def _scrubbed(fn: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------ parser
-def add_cvat_arguments(subparsers: Any) -> argparse.ArgumentParser:
+def add_cvat_arguments(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add ``cvat`` with ``labels | create-task | push | pull`` to the main parser's subparsers."""
     cvat = subparsers.add_parser("cvat", help="CVAT server: labels, tasks, push and pull annotations")
     sub = cvat.add_subparsers(dest="cvat_command", metavar="SUBCOMMAND", required=True)
