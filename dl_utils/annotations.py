@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Iterator, Mapping, Sequence, cast, overload
+from typing import Any, Iterable, Iterator, Mapping, Sequence, overload
 
 import numpy as np
 
@@ -135,7 +135,7 @@ def _tuple_box(value: Any) -> Box | None:
     v = tuple(float(x) for x in value)
     if len(v) != 4:
         raise InputError(f"box {value!r} is not (x1, y1, x2, y2)")
-    return cast(Box, v)
+    return v  # narrowed to Box by the length test
 
 
 @dataclass(frozen=True)

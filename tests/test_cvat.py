@@ -649,7 +649,7 @@ class DiskSegmenter:
         out = []
         for oid, (x1, y1, x2, y2) in zip(object_ids, np.asarray(boxes)):
             m = np.hypot(x - (x1 + x2) / 2, y - (y1 + y2) / 2) <= min(x2 - x1, y2 - y1) / 2
-            out.append(Instance(oid, mask=m, score=0.8, prompts={}))
+            out.append(Instance(oid, mask=m, score=0.8))
         return Instances(out, frame=self.frame)
 
 

@@ -63,7 +63,7 @@ class LabelSync:
 def labels_of(source: Any) -> list[Label]:
     """Labels from a list of :class:`Label`, a ClassTable, or a store (its labels + object labels)."""
     if hasattr(source, "objects") and hasattr(source, "labels") and hasattr(source, "media"):
-        from ..formats._common import export_labels
+        from ..formats import export_labels
 
         return export_labels(source, source.objects())
     if hasattr(source, "labels") and callable(source.labels):  # ClassTable

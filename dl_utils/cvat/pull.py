@@ -14,7 +14,8 @@ jobs' overlaps once). What becomes of it:
 
 Object identity comes from ``group`` (our push writes ``group`` = object id, like the XML export);
 shapes with no group become new objects. Instances pulled from a task carry
-``prompts["cvat"] = {"host", "task", "shapes", "tracks"}`` so a later push never sends them back, and
+``Provenance(engine="cvat", cvat=CvatOrigin(host, task, shapes, tracks))`` so a later push never
+sends them back, and
 the shapes of ours they absorbed are handed over to people (forgotten by the push record).
 Non-key frames of people's tracks (CVAT interpolates them) are not pulled: keyframes are what
 people actually placed.
@@ -28,20 +29,20 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..annotations import Instance, Label, MediaInfo, Source
+from ..annotations import CvatOrigin, Instance, Label, MediaInfo, Provenance, Source
 from ..cv_utils import decode_cvat_rle
 from ..errors import MaskError
-from ..formats._common import (
+from ..formats import (
     WRITE_BATCH,
     ObjectKey,
     ParsedShape,
     assign_object_ids,
     build_instance,
+    group_ids,
     merge_labels,
     parse_source,
     progress,
 )
-from ..formats.cvat_xml import group_ids
 from ..store import AnnotationStore
 from ._wire import item_hash
 from .connection import CvatConnection, cvat_error
@@ -282,8 +283,8 @@ def _new_objects(store: AnnotationStore, reader: _JobReader, labels: dict[int, S
 
 def _instances(reader: _JobReader, deleted_cells: set[Cell], ids: dict[tuple, int], media: MediaInfo,
                host: str, rasterize: bool, handed: set[str]) -> dict[int, list[Instance]]:
-    """Merge phase, instances: one per cell, in frame order; people's carry the ``prompts["cvat"]``
-    marker (never pushed back) and hand the units they absorbed over to people (``handed``)."""
+    """Merge phase, instances: one per cell, in frame order; people's carry their
+    :class:`CvatOrigin` in ``provenance.cvat`` (never pushed back) and hand the units they absorbed over to people (``handed``)."""
     rep = reader.rep
     sizes = media.sizes()  # each frame's own size (photos differ per image): masks are decoded at it
     by_frame: dict[int, list[Instance]] = {}
@@ -294,9 +295,10 @@ def _instances(reader: _JobReader, deleted_cells: set[Cell], ids: dict[tuple, in
         human = any(p.keyframe for p in pieces) or cell in deleted_cells
         marker = None
         if human:
-            marker = {"cvat": {"host": host, "task": reader.task.id,
-                               "shapes": sorted(p.ref[1] for p in pieces if p.ref[0] == "s"),
-                               "tracks": sorted({p.ref[1] for p in pieces if p.ref[0] == "t"})}}
+            origin = CvatOrigin(host, reader.task.id,
+                                tuple(sorted(p.ref[1] for p in pieces if p.ref[0] == "s")),
+                                tuple(sorted({p.ref[1] for p in pieces if p.ref[0] == "t"})))
+            marker = Provenance(engine="cvat", cvat=origin)
             handed |= reader.touched_units.get(cell, set())
         fw, fh = sizes[f]
         if pieces:
@@ -305,10 +307,10 @@ def _instances(reader: _JobReader, deleted_cells: set[Cell], ids: dict[tuple, in
             source = (Source.MANUAL if any(p.keyframe and p.source is Source.MANUAL for p in pieces)
                       else pieces[0].source)
             inst = build_instance(oid, pieces, fh, fw, _decode, box_mask=rasterize, polygon_mask=rasterize,
-                                  source=source, prompts=marker)
+                                  source=source, provenance=marker)
         else:
             inst = Instance(object_id=oid, mask=np.zeros((fh, fw), dtype=bool), source=Source.MANUAL,
-                            keyframe=True, prompts=marker)
+                            keyframe=True, provenance=marker)
         by_frame.setdefault(media.frames[f], []).append(inst)
         if human:
             rep.corrections.append((media.frames[f], oid))

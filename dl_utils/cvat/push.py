@@ -33,8 +33,15 @@ from typing import Any, Iterable
 from ..annotations import Instance, MediaInfo, ObjectInfo, ShapeType, Source
 from ..cv_utils import encode_cvat_rle
 from ..errors import InputError
-from ..formats._common import iter_store_frames, progress, require_media, select_objects, source_of, to_geometry
-from ..formats.cvat_xml import group_ids
+from ..formats import (
+    group_ids,
+    iter_store_frames,
+    progress,
+    require_media,
+    select_objects,
+    source_of,
+    to_geometry,
+)
 from ..store import AnnotationStore
 from ._wire import (
     BODY_OVERHEAD,
@@ -112,9 +119,8 @@ def base_key(ukey: str) -> str:
 
 def _from_this_task(inst: Instance, host: str, task_id: int) -> bool:
     """Instances pulled from this task are people's shapes already on the server: never re-sent."""
-    p = inst.prompts or {}
-    c = p.get("cvat") if isinstance(p, dict) else None
-    return isinstance(c, dict) and c.get("task") == task_id and c.get("host") in (None, host)
+    c = inst.provenance.cvat if inst.provenance is not None else None
+    return c is not None and c.task == task_id and c.host == host
 
 
 @dataclass
@@ -492,7 +498,7 @@ def _label_ids(conn: CvatConnection, store: AnnotationStore, task: TaskInfo, obj
         if not create_labels:
             raise cvat_error(f"task {task.id} has no label(s) {missing}; run `dl-utils cvat labels`"
                              " (sync_labels) first, or allow creating them")
-        from ..formats._common import export_labels
+        from ..formats import export_labels
 
         wanted = [lb for lb in export_labels(store, objs) if lb.name in missing]
         res = sync_labels(conn, wanted, task_id=task.id, dry_run=dry_run)

@@ -407,7 +407,7 @@ def _check_local_sizes(media: MediaInfo, files: Sequence[str]) -> None:
 def create_task_for_store(conn: CvatConnection, store: AnnotationStore, **kwargs: Any
                           ) -> TaskInfo | dict[str, Any]:
     """:func:`create_task` with the store's media, labels and name, remembering the task id."""
-    from ..formats._common import require_media
+    from ..formats import require_media
 
     media = require_media(store)
     kwargs.setdefault("labels", None if kwargs.get("project_id") else store)

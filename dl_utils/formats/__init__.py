@@ -16,9 +16,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FormatError, InputError
-from ._common import output_file
+from ._common import (
+    WRITE_BATCH,
+    ObjectKey,
+    ParsedShape,
+    assign_object_ids,
+    build_instance,
+    export_labels,
+    iter_store_frames,
+    merge_labels,
+    output_file,
+    parse_source,
+    progress,
+    require_media,
+    select_objects,
+    source_of,
+    to_geometry,
+)
 from .coco import export_coco, import_coco
-from .cvat_xml import export_cvat, import_cvat
+from .cvat_xml import export_cvat, group_ids, import_cvat
 from .png_masks import export_png_masks
 
 if TYPE_CHECKING:
@@ -142,4 +158,21 @@ __all__ = [
     "export_coco",
     "import_coco",
     "export_png_masks",
+    # shared with the CVAT sink (dl_utils.cvat), which exports to and imports from a server the
+    # way these modules do files: public here so it needs no private module of this package
+    "WRITE_BATCH",
+    "ObjectKey",
+    "ParsedShape",
+    "assign_object_ids",
+    "build_instance",
+    "export_labels",
+    "group_ids",
+    "iter_store_frames",
+    "merge_labels",
+    "parse_source",
+    "progress",
+    "require_media",
+    "select_objects",
+    "source_of",
+    "to_geometry",
 ]

@@ -26,6 +26,7 @@ from ..annotations import (
     Label,
     MediaInfo,
     ObjectInfo,
+    Provenance,
     ShapeType,
     Source,
     box_from_mask,
@@ -476,7 +477,7 @@ def assign_object_ids(keys: Sequence[ObjectKey], existing: Iterable[int]) -> dic
 def build_instance(
     object_id: int, shapes: Sequence[ParsedShape], height: int, width: int, decode: Decoder,
     *, box_mask: bool = False, polygon_mask: bool = True, source: Source | None = None,
-    prompts: dict[str, Any] | None = None,
+    provenance: Provenance | None = None,
 ) -> Instance:
     """One instance from the shapes of one object on one frame.
 
@@ -486,15 +487,16 @@ def build_instance(
 
     Shared by the file importers and the CVAT pull (:mod:`dl_utils.cvat.pull`), which passes
     ``box_mask`` / ``polygon_mask`` (rasterise a lone box / polygons: pull's ``rasterize``), its own
-    ``source`` rule and the ``prompts`` marker of pulled instances. ``decode(shape, height, width)``
-    turns a ``mask`` / ``coco_rle`` shape into a bool mask.
+    ``source`` rule and the :class:`~dl_utils.annotations.Provenance` of pulled instances (their
+    CVAT origin, so a later push never sends them back). ``decode(shape, height, width)`` turns a
+    ``mask`` / ``coco_rle`` shape into a bool mask.
     """
     first = shapes[0]
     keyframe = any(s.keyframe for s in shapes)
     scores = [s.score for s in shapes if s.score is not None]
     score = max(scores) if scores else None
     common: dict[str, Any] = dict(object_id=object_id, source=first.source if source is None else source,
-                  keyframe=keyframe, score=score, prompts=prompts)
+                  keyframe=keyframe, score=score, provenance=provenance)
     if len(shapes) == 1 and first.kind == "box":
         return Instance(box=first.data, mask=box_to_mask(first.data, height, width) if box_mask else None,
                         shape=ShapeType.BOX, **common)
@@ -593,6 +595,9 @@ def check_store_media(store: StoreReaderWriter, media: MediaInfo, where: str) ->
     return mine
 
 
+_IMPORTED = Provenance(engine="import")
+
+
 def write_objects(
     store: StoreReaderWriter,
     keys: Sequence[ObjectKey],
@@ -602,7 +607,10 @@ def write_objects(
     *,
     desc: str,
 ) -> dict[str, Any]:
-    """Create the objects and write every frame's instances in batched transactions."""
+    """Create the objects and write every frame's instances in batched transactions.
+
+    Each instance is marked ``Provenance(engine="import")``: a shape read from a file is a person's
+    (or another tool's) work, which sinks and training-data selection tell from model output."""
     ids = assign_object_ids(keys, (o.id for o in store.objects()))
     for k in keys:
         store.add_object(k.label, id=ids[k.key], attributes=k.attributes or None)
@@ -611,7 +619,8 @@ def write_objects(
     for f in progress(sorted(frames), desc=desc):
         w, h = media.size_of(f)  # each image of a mixed-size set at its own size
         insts = [
-            build_instance(ids[key], shapes, h, w, decode) for key, shapes in frames[f].items()
+            build_instance(ids[key], shapes, h, w, decode, provenance=_IMPORTED)
+            for key, shapes in frames[f].items()
         ]
         n_inst += len(insts)
         batch.append((f, insts))
