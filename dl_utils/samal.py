@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import threading
 import warnings
 from collections import OrderedDict
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, cast
 
 import numpy as np
 
-from .annotations import Instance, Instances, Source
+from .annotations import Box, Clicks, Instance, Instances, Provenance, Source
 from .errors import InputError
 from .models import DEFAULT_MODEL
 from .sam2_loader import (
@@ -195,19 +196,30 @@ class _Prompt:
         n = None if self.coords is None else len(self.coords)
         return (n, self.box is not None, self.mask is not None, self.multimask)
 
-    def record(self, model: str) -> dict[str, Any]:
-        rec: dict[str, Any] = {}
+    def clicks(self) -> Clicks:
+        """What was given, kept with the instance so the widget can show and edit it again."""
+        points: tuple[tuple[float, float, int], ...] = ()
         if self.coords is not None:
-            rec["points"] = [
-                [float(x), float(y), int(lab)] for (x, y), lab in zip(self.coords, self.labels)  # type: ignore[arg-type]
-            ]
-        if self.box is not None:
-            rec["box"] = [float(v) for v in self.box]
-        if self.mask_kind is not None:
-            rec["mask"] = self.mask_kind
-        rec["multimask"] = self.multimask
-        rec["model"] = model
-        return rec
+            points = tuple(
+                (float(x), float(y), int(lab)) for (x, y), lab in zip(self.coords, self.labels)  # type: ignore[arg-type]
+            )
+        box = None if self.box is None else cast(Box, tuple(float(v) for v in self.box))
+        return Clicks(points=points, box=box, mask=self.mask_kind, multimask=self.multimask)
+
+
+def weights_sha256(model: Any) -> str | None:
+    """The sha256 of the checkpoint the loader read (``dl_utils_sha256``), None when unknown: a model
+    built elsewhere, or random weights (the loader then records ``random-<seed>``, not a digest)."""
+    digest = getattr(model, "dl_utils_sha256", None)
+    return digest if isinstance(digest, str) and _SHA256.fullmatch(digest) else None
+
+
+def precision_name(dtype: Any) -> str | None:
+    """``"bfloat16"`` for ``torch.bfloat16``: the compute precision as Provenance keeps it."""
+    return None if dtype is None else str(dtype).replace("torch.", "")
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _as_array(value: Any, what: str, oid: int) -> np.ndarray:
@@ -542,7 +554,12 @@ class ImageSegmenter:
             (chosen[b], float(ious_np[b, best[b]]), chosen_low[b]) for b in range(len(group))
         ]
 
-    def _run(self, prompts: Sequence[_Prompt], source: Source, extra: Sequence[dict] | None = None,
+    def _provenance(self, **fields: Any) -> Provenance:
+        """This segmenter's engine, model, weights and precision, with ``fields`` added."""
+        return Provenance(engine="sam2-image", model=self.model_name, checkpoint=weights_sha256(self.model),
+                          precision=precision_name(self.dtype), **fields)
+
+    def _run(self, prompts: Sequence[_Prompt], source: Source, scores: Sequence[float] | None = None,
              batch_size: int | None = None) -> list[Instance]:
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(prompts):
@@ -554,11 +571,10 @@ class ImageSegmenter:
                 chunk = idxs[s : s + step]
                 for i, (mask, score, low) in zip(chunk, self._decode([prompts[i] for i in chunk])):
                     p = prompts[i]
-                    rec = p.record(self.model_name)
-                    if extra is not None:
-                        rec.update(extra[i])
+                    prov = self._provenance(detector_score=None if scores is None else scores[i])
                     self._logits[p.object_id] = low
-                    out[i] = Instance(p.object_id, mask=mask, score=score, source=source, prompts=rec)
+                    out[i] = Instance(p.object_id, mask=mask, score=score, source=source,
+                                      clicks=p.clicks(), provenance=prov)
         return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ public prediction API
@@ -615,7 +631,7 @@ class ImageSegmenter:
     ) -> Instances:
         """Masks for detector boxes ``(N, 4)`` in one batched decoder call (per ``batch_size`` boxes).
 
-        ``object_ids`` default to 1..N; detector ``scores`` are kept in ``prompts['detector_score']``
+        ``object_ids`` default to 1..N; detector ``scores`` are kept in ``provenance.detector_score``
         while ``Instance.score`` is SAM's predicted IoU. Source is ``auto`` (no human prompt).
         """
         hw = self._require_image()
@@ -635,8 +651,7 @@ class ImageSegmenter:
         prompts = [
             _Prompt(oid, None, None, parse_box(b, oid, hw), None, None, False) for oid, b in zip(ids, arr)
         ]
-        extra = None if sc is None else [{"detector_score": s} for s in sc]
-        return Instances(self._run(prompts, Source.AUTO, extra, batch_size), frame=self._frame)
+        return Instances(self._run(prompts, Source.AUTO, sc, batch_size), frame=self._frame)
 
     def segment_everything(self, image: Any = None, *, start_id: int = 1, **kwargs: Any) -> Instances:
         """SAM2's automatic mode on the current image (or ``image``): every mask it finds.
@@ -644,7 +659,7 @@ class ImageSegmenter:
         ``kwargs`` go to ``sam2.automatic_mask_generator.SAM2AutomaticMaskGenerator`` (points_per_side,
         pred_iou_thresh, stability_score_thresh, crop_n_layers, min_mask_region_area, ...). Results are
         ordered as upstream returns them, numbered from ``start_id``; ``score`` is the predicted IoU
-        and ``prompts`` keep the grid point, stability score and crop box.
+        and ``provenance.extra`` keeps the grid point, stability score and crop box.
         """
         import torch
         from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
@@ -677,13 +692,12 @@ class ImageSegmenter:
                     mask=r["segmentation"],
                     score=float(r["predicted_iou"]),
                     source=Source.AUTO,
-                    prompts={
+                    provenance=self._provenance(extra={
                         "point": [float(v) for v in r["point_coords"][0]],
                         "stability_score": float(r["stability_score"]),
                         "crop_box": [float(v) for v in r["crop_box"]],
-                        "model": self.model_name,
                         "mode": "segment_everything",
-                    },
+                    }),
                 )
             )
         return Instances(out, frame=self._frame)
@@ -695,4 +709,5 @@ def _object_id(value: Any) -> int:
     return int(value)
 
 
-__all__ = ["EmbeddingCache", "ImageSegmenter", "MASK_LOGIT_BIAS", "MASK_LOGIT_SCALE", "parse_box", "parse_points"]
+__all__ = ["EmbeddingCache", "ImageSegmenter", "MASK_LOGIT_BIAS", "MASK_LOGIT_SCALE", "parse_box", "parse_points",
+           "precision_name", "weights_sha256"]

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dl_utils.annotations import Source, box_from_mask
+from dl_utils.annotations import Clicks, Source, box_from_mask
 from dl_utils.errors import InputError
 from tests.sam2_fixtures import (  # noqa: F401  (fixtures)
     raw_image_predictor,
@@ -60,7 +60,10 @@ def test_single_point_is_best_of_multimask(seg, raw):
     assert m.shape == (3, H, W)
     _assert_same(inst, m[np.argmax(s)], s[np.argmax(s)])
     assert inst.object_id == 4 and inst.source == Source.SEMI_AUTO
-    assert inst.prompts == {"points": [[50.0, 60.0, 1]], "multimask": True, "model": "sam2.1_hiera_tiny"}
+    assert inst.clicks == Clicks(points=((50.0, 60.0, 1),), multimask=True)
+    prov = inst.provenance
+    assert (prov.engine, prov.model, prov.precision) == ("sam2-image", "sam2.1_hiera_tiny", str(seg.dtype)[6:])
+    assert prov.checkpoint is None or len(prov.checkpoint) == 64  # the loader's sha256, or unknown
 
 
 def test_positive_and_negative_points(seg, raw):
@@ -68,7 +71,7 @@ def test_positive_and_negative_points(seg, raw):
     inst = seg.predict(pts)
     m, s, _ = raw.predict(*_pts(*pts), multimask_output=False)
     _assert_same(inst, m[0], s[0])
-    assert inst.prompts["points"] == [[50.0, 60.0, 1], [120.5, 30.25, 0], [20.0, 100.0, 1]]
+    assert inst.clicks.points == ((50.0, 60.0, 1), (120.5, 30.25, 0), (20.0, 100.0, 1))
 
 
 def test_box_and_box_with_points(seg, raw):
@@ -76,7 +79,7 @@ def test_box_and_box_with_points(seg, raw):
     inst = seg.predict(box=box, object_id=1)
     m, s, _ = raw.predict(box=np.array(box, dtype=float), multimask_output=False)
     _assert_same(inst, m[0], s[0])
-    assert inst.prompts["box"] == [30.0, 20.0, 110.0, 90.0] and inst.prompts["multimask"] is False
+    assert inst.clicks.box == (30.0, 20.0, 110.0, 90.0) and inst.clicks.multimask is False
     inst = seg.predict([[60, 50, 1], [100, 80, 0]], box=box, object_id=2)
     m, s, _ = raw.predict(*_pts([60, 50, 1], [100, 80, 0]), box=np.array(box, float), multimask_output=False)
     _assert_same(inst, m[0], s[0])
@@ -86,7 +89,7 @@ def test_box_past_the_border_is_clipped(seg, raw):
     inst = seg.predict(box=[-5.5, 10, W + 3, H + 0.5])
     m, s, _ = raw.predict(box=np.array([0, 10, W, H], float), multimask_output=False)
     _assert_same(inst, m[0], s[0])
-    assert inst.prompts["box"] == [0.0, 10.0, float(W), float(H)]
+    assert inst.clicks.box == (0.0, 10.0, float(W), float(H))
 
 
 def test_multimask_override(seg, raw):
@@ -107,7 +110,7 @@ def test_refinement_feeds_previous_logits(seg, raw):
     second = seg.predict([[50, 60, 1], [90, 40, 0]], object_id=7)
     m2, s2, low2 = raw.predict(*_pts([50, 60, 1], [90, 40, 0]), mask_input=low[best][None], multimask_output=False)
     _assert_same(second, m2[0], s2[0])
-    assert second.prompts["mask"] == "previous" and first.prompts.get("mask") is None
+    assert second.clicks.mask == "previous" and first.clicks.mask is None
     # refine=False (or forget) starts from the clicks alone
     third = seg.predict([[50, 60, 1], [90, 40, 0]], object_id=7, refine=False)
     m3, s3, _ = raw.predict(*_pts([50, 60, 1], [90, 40, 0]), multimask_output=False)
@@ -115,7 +118,7 @@ def test_refinement_feeds_previous_logits(seg, raw):
     seg.forget(7)
     assert 7 not in seg.object_ids
     fourth = seg.predict([[50, 60, 1], [90, 40, 0]], object_id=7)
-    assert np.array_equal(fourth.mask, third.mask) and "mask" not in fourth.prompts
+    assert np.array_equal(fourth.mask, third.mask) and fourth.clicks.mask is None
 
 
 def test_explicit_mask_inputs(seg, raw):
@@ -124,7 +127,7 @@ def test_explicit_mask_inputs(seg, raw):
     inst = seg.predict([[70, 70, 1], [10, 10, 0]], mask=logits, object_id=3)  # (64, 64) logits
     m, s2, _ = raw.predict(*_pts([70, 70, 1], [10, 10, 0]), mask_input=logits[None], multimask_output=False)
     _assert_same(inst, m[0], s2[0])
-    assert inst.prompts["mask"] == "given"
+    assert inst.clicks.mask == "given"
     # a bool mask of the image size: converted to logits as SAM2Base does for mask prompts
     prev = np.zeros((H, W), bool)
     prev[30:90, 40:120] = True
@@ -169,9 +172,9 @@ def test_detector_boxes_in_one_batch(seg, raw):
     assert m.shape == (5, 1, H, W)
     for i, inst in enumerate(res):
         _assert_same(inst, m[i, 0], s[i, 0])
-        assert inst.source == Source.AUTO and inst.prompts["box"] == boxes[i].tolist()
+        assert inst.source == Source.AUTO and inst.clicks.box == tuple(boxes[i].tolist())
     assert res.object_ids.tolist() == [11, 12, 13, 14, 15]
-    assert [i.prompts["detector_score"] for i in res] == [0.9, 0.8, 0.7, 0.6, 0.5]
+    assert [i.provenance.detector_score for i in res] == [0.9, 0.8, 0.7, 0.6, 0.5]
     # chunked: each chunk is one upstream call
     chunked = seg.predict_boxes(boxes, batch_size=2)
     assert chunked.object_ids.tolist() == [1, 2, 3, 4, 5]
@@ -203,8 +206,9 @@ def test_segment_everything_matches_upstream(tiny_sam2):
         assert inst.object_id == k + 1 and inst.source == Source.AUTO
         assert np.array_equal(inst.mask, r["segmentation"])
         assert inst.score == r["predicted_iou"]
-        assert inst.prompts["point"] == [float(v) for v in r["point_coords"][0]]
-        assert inst.prompts["stability_score"] == r["stability_score"]
+        assert inst.provenance.engine == "sam2-image" and inst.clicks is None
+        assert inst.provenance.extra["point"] == [float(v) for v in r["point_coords"][0]]
+        assert inst.provenance.extra["stability_score"] == r["stability_score"]
     assert seg.cache_info()["misses"] == 1  # the grid reused the embedding set_image computed
     with pytest.raises(InputError, match="output_mode"):
         seg.segment_everything(output_mode="coco_rle")
