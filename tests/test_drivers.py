@@ -288,3 +288,34 @@ def test_annotate_and_detect_take_the_one_driver_path(folder, tmp_path, monkeypa
                      segmenter=ImageSegmenter(build_tiny()), progress=False)
     assert s["text"] == {"status": "done", "detections": 4, "images": 4}  # --every does nothing on images
     assert calls[-1]["ledger"] and calls[-1]["track"].every is None
+
+
+def test_segment_takes_the_one_driver_path(folder, tmp_path, monkeypatch):
+    """``run_segment`` runs through ``run_into_store`` with a ``ClickSpan`` (its range and report),
+    on the video path even for an image folder, and keeps its summary's keys."""
+    pytest.importorskip("sam2")
+    import json
+
+    import dl_utils.drivers.run as run
+    from dl_utils.drivers.run import ClickSpan
+    from dl_utils.drivers.segment import run_segment
+    from tests.sam2_fixtures import build_tiny
+
+    calls = []
+    real = run.run_into_store
+
+    def spy(src, store, **kw):
+        calls.append(kw)
+        return real(src, store, **kw)
+
+    monkeypatch.setattr(run, "run_into_store", spy)
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps([{"frame": 1, "object": 1, "label": "box", "points": [[20, 15, 1]]}]))
+    s = run_segment(folder, tmp_path / "s.sqlite", prompts, direction="both", start=0, stop=2,
+                    sam_model=build_tiny(video=True), progress=False)
+    kw = calls[-1]
+    assert isinstance(kw["span"], ClickSpan) and (kw["span"].start, kw["span"].stop) == (0, 2)
+    assert kw["session"] is not None and kw["sam"].direction == "both" and kw["clicks_file"] == prompts
+    assert s["status"] == "done" and s["prompts_applied"] == 1 and s["resumed"] is False
+    assert (s["start"], s["stop"]) == (0, 2) and s["frames_written"] == 2 and s["dropped"] == {}  # the clicked frame is the keyframe
+    assert list(s)[-5:] == ["prompts_applied", "resumed", "store", "dropped", "seconds_total"]

@@ -13,6 +13,11 @@ and store, it picks the path and runs the steps.
   detections become new objects (:func:`~dl_utils.dinoal.pipeline.store_detections`), masks when a
   segmenter is given or ``segment`` is set.
 
+``span`` (``segment``) runs the clicks the way ``dl-utils segment`` does: on the video path whatever
+the source (an image folder is a sequence to SAM2's video model), every object of the store
+propagated within ``start..stop`` (not only the clicked ones), changed prompts' drops reported, and a
+propagation that stops (cancelled) returned in the summary instead of raised.
+
 ``ledger=True`` (``annotate``) records each step in the store meta :data:`STEPS_KEY` and skips what a
 previous run finished (a finished text step, the images already detected); without it (``detect``,
 the widget) the engines' own resume applies (the tracker continues from its keyframes).
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,6 +53,20 @@ STEPS_KEY = "annotate.steps"
 
 #: a click entry of a PROMPTS.json (:func:`dl_utils.sam2al.load_prompts`)
 Click = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ClickSpan:
+    """How ``dl-utils segment`` propagates clicks, where annotate propagates only what it clicked.
+
+    A segment run resumes a whole store (objects clicked by earlier runs included) over a frame
+    range, and tells the user which stored masks a changed prompt drops; annotate's text step does
+    its own tracking, so there the clicked objects alone are propagated over the whole source.
+    """
+
+    start: int | None = None  # first source frame (inclusive)
+    stop: int | None = None  # last source frame (inclusive)
+    report: Callable[[str], None] | None = None  # told before a changed prompt drops stored masks
 
 
 # ----------------------------------------------------------------------------- the ledger
@@ -113,6 +133,7 @@ def run_into_store(
     segmenter: ImageSegmenter | None = None,
     progress: bool = True,
     callback: Callable[[int, Instances], Any] | None = None,
+    span: ClickSpan | None = None,
 ) -> dict[str, Any]:
     """Run ``clicks`` (PROMPTS.json entries) and ``prompt`` into ``store``; see the module doc.
 
@@ -122,24 +143,26 @@ def run_into_store(
     widget's current frame), else every ``track.every``-th; ``images``: those already decoded, by
     frame number (the widget's current image). ``session``: an open video session (the
     widget's; left open), else one is opened from ``sam`` and closed. ``callback(frame, instances)`` is
-    called for every frame the tracker writes.
+    called for every frame the tracker writes. ``span``: segment's propagation (see the module doc).
 
     Returns ``{"tracked", "every", "resumed" (video), "points": {...}, "text": {...}}``: ``points``
     has ``applied`` (and, on video, ``objects``, ``frames_written``); ``text`` the tracker's summary
     (``status``, ``objects``, ``ended``, ``keyframes``, ``detections``) or, on images, ``status``,
     ``detections``, ``frames`` (detected now) and ``images`` (all finished ones, with ``ledger``).
+    With ``span``, ``points`` also has ``dropped`` ({object: [frames]}) and ``propagation`` (the
+    session's propagation summary).
     """
     detector_options = detector_options or DetectorOptions()
     sam = sam or SamOptions()
     track = track or TrackOptions()
-    tracked = bool(track.track) and src.kind == "video"
+    tracked = span is not None or (bool(track.track) and src.kind == "video")
     out: dict[str, Any] = {"tracked": tracked, "every": track.every_for(tracked)}
     where = clicks_file if clicks_file is not None else "prompts"
     if tracked:
         out.update(_video(src, store, prompt, list(clicks), where, detector=detector, options=detector_options,
                           sam=sam, track=track, table=table, segment=segment, ledger=ledger, run_id=run_id,
                           session=session, sam_video_model=sam_video_model, progress=progress,
-                          callback=callback))
+                          callback=callback, span=span))
     else:
         out.update(_images(src, store, prompt, list(clicks), where, detector=detector, options=detector_options,
                            sam=sam, every=out["every"], table=table, segment=segment, ledger=ledger,
@@ -152,18 +175,19 @@ def _video(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clic
            detector: Detector | None, options: DetectorOptions, sam: SamOptions, track: TrackOptions,
            table: ClassTable | None, segment: bool, ledger: bool, run_id: int | None,
            session: VideoSession | None, sam_video_model: Any, progress: bool,
-           callback: Callable[[int, Instances], Any] | None) -> dict[str, Any]:
+           callback: Callable[[int, Instances], Any] | None, span: ClickSpan | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     every = track.every_for(True)
-    own = session is None and (bool(clicks) or (prompt is not None and segment))
+    own = session is None and (bool(clicks) or span is not None or (prompt is not None and segment))
     if own:
         session = open_session(src, store, sam, sam_video_model)
     try:
         if session is not None:
             out["resumed"] = bool(session.object_ids)
-        if clicks:
+        if clicks or span is not None:
             assert session is not None
-            out["points"] = clicks_into_video(session, clicks, where, direction=sam.direction, progress=progress)
+            out["points"] = clicks_into_video(session, clicks, where, direction=sam.direction, progress=progress,
+                                              span=span)
             if ledger:
                 mark(store, "points", status="done", objects=out["points"]["objects"])
         if prompt is not None:
@@ -203,17 +227,31 @@ def _video(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clic
 
 
 def clicks_into_video(session: VideoSession, clicks: list[Click], where: Any, *, direction: str,
-                      progress: bool = True) -> dict[str, Any]:
+                      progress: bool = True, span: ClickSpan | None = None) -> dict[str, Any]:
     """Apply click entries to ``session`` (entries already in its store are skipped) and propagate
-    the clicked objects ``direction``; ``{"applied", "objects", "frames_written"}``."""
+    the clicked objects ``direction``; ``{"applied", "objects", "frames_written"}``.
+
+    With ``span`` (segment): every object of the store over ``span.start..span.stop``, a range with
+    no kept frame refused before a prompt changes the store, the drops of changed prompts reported
+    and returned (``dropped``), and the propagation summary returned (``propagation``) whatever its
+    status: the caller reports a cancelled run instead of failing it.
+    """
     from ..sam2al import apply_prompts
 
-    applied = apply_prompts(session, clicks, where)
-    clicked = sorted({e["object"] for e in clicks})
-    r = session.propagate(direction, objects=clicked, progress=progress)
-    if r["status"] != "done":
-        raise InputError(f"propagation of the clicked objects stopped ({r['status']}); run again to resume")
-    return {"applied": applied, "objects": clicked, "frames_written": r["frames_written"]}
+    if span is None:
+        applied = apply_prompts(session, clicks, where)
+        clicked = sorted({e["object"] for e in clicks})
+        r = session.propagate(direction, objects=clicked, progress=progress)
+        if r["status"] != "done":
+            raise InputError(f"propagation of the clicked objects stopped ({r['status']}); run again to resume")
+        return {"applied": applied, "objects": clicked, "frames_written": r["frames_written"]}
+    session._range(span.start, span.stop)  # a range with no kept frame fails before the prompts change anything
+    dropped: dict[int, list[int]] = {}
+    applied = apply_prompts(session, clicks, where, start=span.start, stop=span.stop, report=span.report,
+                            dropped=dropped)
+    r = session.propagate(direction, span.start, span.stop, progress=progress)
+    return {"applied": applied, "objects": r["objects"], "frames_written": r["frames_written"],
+            "dropped": dropped, "propagation": r}
 
 
 def _images(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clicks: list[Click], where: Any, *,
@@ -341,6 +379,7 @@ def _images_at(src: FrameSource, positions: list[int], known: Mapping[int, np.nd
 
 __all__ = [
     "STEPS_KEY",
+    "ClickSpan",
     "clicks_into_images",
     "clicks_into_video",
     "from_ranges",

@@ -3,6 +3,13 @@
 The driver of the SAM2 video engine (:mod:`dl_utils.sam2al`): :func:`plan_segment` (``--dry-run``),
 :func:`run_segment`, and the argparse pieces. The engine keeps the PROMPTS.json contract
 (:func:`~dl_utils.sam2al.load_prompts`, :func:`~dl_utils.sam2al.apply_prompts`).
+
+:func:`run_segment` runs through the one driver, :func:`~dl_utils.drivers.run.run_into_store`, with a
+:class:`~dl_utils.drivers.run.ClickSpan` (its frame range, every object, drops reported). It opens the
+SAM2 session itself and hands it over: the session takes segment's model arguments as they are given
+(a pre-built ``sam_model`` together with ``checkpoint=`` is refused), and the resume state is read
+from it. :func:`plan_segment` loads no model and changes nothing, so it runs no driver; it shares the
+checks done before anything opens (:func:`_checked_prompts`).
 """
 
 from __future__ import annotations
@@ -16,13 +23,33 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import FrameIndexError, InputError
+from ..errors import FrameIndexError
 from ..models import DEFAULT_MODEL
-from ..sam2al.segment import apply_prompts, check_entry, frame_ranges, load_prompts, same_prompt
-from ..sam2al.session import DIRECTIONS, VideoSession
+from ..sam2al.segment import check_entry, frame_ranges, load_prompts, same_prompt
+from ..sam2al.session import VideoSession
 from ..store import AnnotationStore
 from ..video_utils import FrameSource
 from .options import SamOptions
+from .run import Click, ClickSpan
+
+
+def _checked_prompts(source: FrameSource | str | os.PathLike[str], prompts_path: str | os.PathLike[str],
+                     direction: str) -> tuple[list[Click], FrameSource]:
+    """The prompts and the open source, every entry checked against it: a bad direction, file or
+    entry fails before a store is opened or a model loads (the plan and the run refuse the same)."""
+    from ..video_utils import open_frames
+
+    SamOptions(direction=direction).check_direction()
+    prompts = load_prompts(prompts_path)
+    src = source if isinstance(source, FrameSource) else open_frames(source)
+    try:
+        for i, e in enumerate(prompts):
+            check_entry(src, e, i, prompts_path)
+    except BaseException:
+        if src is not source:
+            src.close()
+        raise
+    return prompts, src
 
 
 def plan_segment(source: FrameSource | str | os.PathLike[str], store_path: str | os.PathLike[str], prompts_path: str | os.PathLike[str], *,
@@ -35,12 +62,8 @@ def plan_segment(source: FrameSource | str | os.PathLike[str], store_path: str |
     frames the propagation would then compute within ``start..stop``.
     """
     from ..sam2al.session import dependent_frames
-    from ..video_utils import open_frames
 
-    if direction not in DIRECTIONS:
-        raise InputError(f"direction={direction!r}: use one of {', '.join(DIRECTIONS)}")
-    prompts = load_prompts(prompts_path)
-    src = source if isinstance(source, FrameSource) else open_frames(source)
+    prompts, src = _checked_prompts(source, prompts_path, direction)
     nums = list(src.frame_numbers)
     kept = set(nums)
     lo = nums[0] if start is None else max(int(start), nums[0])
@@ -48,8 +71,6 @@ def plan_segment(source: FrameSource | str | os.PathLike[str], store_path: str |
     if lo > hi:
         raise FrameIndexError(f"no kept frame of {src.name} lies in start={start}..stop={stop} (kept frames "
                               f"{nums[0]}..{nums[-1]}); give a range that overlaps them")
-    for i, e in enumerate(prompts):
-        check_entry(src, e, i, prompts_path)
     path = Path(store_path)
     store = AnnotationStore.open(path, readonly=True) if path.exists() else None
     try:
@@ -126,27 +147,21 @@ def run_segment(
     the results that depended on it: ``report(message)`` says which (the CLI prints it on stderr) and
     the summary's ``dropped`` lists them per object.
     """
-    from ..video_utils import open_frames
+    from .run import run_into_store
 
-    if direction not in DIRECTIONS:
-        raise InputError(f"direction={direction!r}: use one of {', '.join(DIRECTIONS)}")
-    prompts = load_prompts(prompts_path)
     t0 = time.perf_counter()
-    src = source if isinstance(source, FrameSource) else open_frames(source)
-    for i, e in enumerate(prompts):  # bad entries fail before the store is touched or a model loads
-        check_entry(src, e, i, prompts_path)
+    prompts, src = _checked_prompts(source, prompts_path, direction)
     store = AnnotationStore.open_or_create(store_path, src.media_info())
     try:
         session = VideoSession(src, store, model=model, checkpoint=checkpoint, image_size=image_size,
                                device=device, sam_model=sam_model)
-        session._range(start, stop)  # a range with no kept frame fails before the prompts change anything
-        resumed = bool(session.object_ids)
-        dropped: dict[int, list[int]] = {}
-        applied = apply_prompts(session, prompts, prompts_path, start=start, stop=stop, report=report,
-                                dropped=dropped)
-        summary = session.propagate(direction, start, stop, progress=progress)
-        summary.update(prompts_applied=applied, resumed=resumed, store=str(store.path),
-                       dropped={str(o): frame_ranges(fs) for o, fs in dropped.items()},
+        out = run_into_store(src, store, clicks=prompts, clicks_file=prompts_path,
+                             sam=SamOptions(direction=direction), session=session, progress=progress,
+                             span=ClickSpan(start=start, stop=stop, report=report))
+        points = out["points"]
+        summary = dict(points["propagation"])
+        summary.update(prompts_applied=points["applied"], resumed=out["resumed"], store=str(store.path),
+                       dropped={str(o): frame_ranges(fs) for o, fs in points["dropped"].items()},
                        seconds_total=round(time.perf_counter() - t0, 3))
         return summary
     finally:
