@@ -47,6 +47,7 @@ LAYERS = {
     "sam2al": "engines",
     "dinoal": "engines",
     "tracking": "engines",
+    "interactive": "engines",
     "formats": "sinks",
     "cvat": "sinks",
     "annotate": "drivers",

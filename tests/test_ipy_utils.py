@@ -18,6 +18,7 @@ import pytest
 
 from dl_utils.errors import CvatError
 from dl_utils.ipy_utils import (
+    ClickBook,
     History,
     PromptBook,
     View,
@@ -162,43 +163,48 @@ def test_history_undo_redo_and_branch():
     assert h.undo().target == 9 and h.undo() is acts[2] and h.undo() is acts[1] and h.undo() is None
 
 
-def test_prompt_book():
-    b = PromptBook()
-    p = b.with_point(1, 5, 10, 20, True)
-    assert b.get(1, 5) == {"points": [], "box": None}  # not stored until applied
-    b.set(1, 5, p)
-    p2 = b.with_box(1, 5, (1, 2, 3, 4))
-    assert p2 == {"points": [[10, 20, 1]], "box": [1, 2, 3, 4]}
-    b.set(1, 5, p2)
+def test_click_book():
+    from dl_utils.annotations import Clicks
+
+    assert PromptBook is ClickBook  # the earlier name still imports
+    b = ClickBook()
+    c = b.with_point(1, 5, 10, 20, True)
+    assert b.get(1, 5) == Clicks()  # not stored until applied
+    b.set(1, 5, c)
+    c2 = b.with_box(1, 5, (1, 2, 3, 4))
+    assert c2 == Clicks(points=((10, 20, 1),), box=(1, 2, 3, 4))
+    b.set(1, 5, c2)
     assert b.frames(1) == [5] and b.objects() == [1]
-    assert b.drop_object(1) == {5: p2} and b.objects() == []
+    assert b.drop_object(1) == {5: c2} and b.objects() == []
 
 
 # ----------------------------------------------------------------------------- events (no model)
 class _Recorder:
-    """Stands in for the SAM2 engine: records prompts, returns a box-shaped mask."""
+    """Stands in for the SAM2 engine (an InteractiveEngine): records clicks, returns a box-shaped mask."""
 
     can_propagate = False
 
     def __init__(self, store, h, w):
         self.store, self.h, self.w, self.calls = store, h, w, []
 
-    def prompt(self, frame, oid, prompt):
+    def add_clicks(self, frame, oid, clicks):
         from dl_utils.annotations import Instance
 
-        self.calls.append((frame, oid, prompt))
+        p = {"points": [[int(v) for v in q] for q in clicks.points],
+             "box": None if clicks.box is None else [int(v) for v in clicks.box]}
+        self.calls.append((frame, oid, p))
         m = np.zeros((self.h, self.w), bool)
-        x, y = prompt["points"][-1][:2] if prompt["points"] else prompt["box"][:2]
+        x, y = p["points"][-1][:2] if p["points"] else p["box"][:2]
         m[max(0, y - 5):y + 6, max(0, x - 5):x + 6] = True
         inst = Instance(oid, mask=m, keyframe=True, source="semi-auto")
         self.store.write_frame(frame, [inst])
         return inst
 
-    def clear(self, frame, oid):
+    def clear_clicks(self, frame, oid):
         self.calls.append((frame, oid, None))
         self.store.delete_instances(object_id=oid, frames=[frame])
 
-    def remove(self, oid):
+    def remove_object(self, oid):
         pass
 
 

@@ -1,7 +1,8 @@
 """Jupyter annotator widget: click, propagate, detect and push from a notebook (docs/ipy_utils.md).
 
 Only :mod:`.geometry`, :mod:`.history`, :mod:`.render` and :mod:`.worker` are imported eagerly;
-:class:`Annotator` (which needs ipywidgets, ipycanvas and ipyevents) is imported on first use.
+:class:`Annotator` (the facade over the controller, the view and the engine adapter, whose widgets need
+ipywidgets, ipycanvas and ipyevents) is imported on first use.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .geometry import (
     to_source,
     zoom_at,
 )
-from .history import Action, History, PromptBook
+from .history import Action, ClickBook, History, PromptBook
 from .render import display_frame, display_mask, overlay_rgba, render
 from .worker import Worker
 
@@ -27,6 +28,7 @@ __all__ = [
     "SHORTCUTS",
     "Action",
     "Annotator",
+    "ClickBook",
     "History",
     "PromptBook",
     "View",

@@ -1,34 +1,39 @@
-"""Undo/redo of prompts and object edits, as plain data (no widgets, no models).
+"""Undo/redo of clicks and object edits, as plain data (no widgets, no models).
 
 Every edit is recorded as an :class:`Action` holding the state *before* and *after* it; undo applies
 ``before``, redo applies ``after``. Storing states rather than inverse operations keeps the history
 trivially correct when an apply step is not exactly invertible (a SAM2 re-run, a store write): the
 annotator only needs one ``apply(kind, target, state)`` per kind.
 
-:class:`PromptBook` keeps the current prompt of every (object, frame): the clicks and the box the
-user gave there, which is what SAM2 needs again on every new click (``VideoSession.add_points``
-replaces a frame's earlier clicks).
+:class:`ClickBook` keeps the current clicks of every (object, frame): the points and the box the
+user gave there (:class:`~dl_utils.annotations.Clicks`), which is what SAM2 needs again on every new
+click (``VideoSession.add_points`` replaces a frame's earlier clicks).
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..annotations import Clicks
 from ..errors import InputError
 
+EMPTY = Clicks()
+
 #: action kinds the annotator knows how to apply
-PROMPT = "prompt"  # target (object_id, frame); state: prompt dict or None
-OBJECT = "object"  # target object_id; state: {"label", "color", "attributes"} or None (deleted)
+CLICKS = "clicks"  # target (object_id, frame); state: Clicks (empty: none)
+PROMPT = CLICKS  # the earlier name
+OBJECT = "object"  # target object_id; state: ObjectState, a DeletedObject snapshot, or None (deleted)
 
 
 @dataclass(frozen=True)
 class Action:
+    """One edit; ``target`` and the states are whatever its ``kind`` documents (the applier checks them)."""
+
     kind: str
-    target: Any
-    before: Any
-    after: Any
+    target: object
+    before: object
+    after: object
     text: str = ""
 
 
@@ -84,53 +89,63 @@ class History:
         return len(self._done)
 
 
-def empty_prompt() -> dict[str, Any]:
-    return {"points": [], "box": None}
-
-
-def is_empty(prompt: dict[str, Any] | None) -> bool:
-    return prompt is None or (not prompt.get("points") and prompt.get("box") is None)
-
-
 @dataclass
-class PromptBook:
-    """Current prompts per (object id, frame): ``{"points": [[x, y, 1|0], ...], "box": [x1, y1, x2, y2] | None}``."""
+class ClickBook:
+    """The current clicks per (object id, frame): what the engine needs again on every new click
+    (it replaces a frame's earlier clicks), and what undo restores."""
 
-    prompts: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    clicks: dict[tuple[int, int], Clicks] = field(default_factory=dict)
 
-    def get(self, object_id: int, frame: int) -> dict[str, Any]:
-        p = self.prompts.get((int(object_id), int(frame)))
-        return copy.deepcopy(p) if p is not None else empty_prompt()
+    def get(self, object_id: int, frame: int) -> Clicks:
+        return self.clicks.get((int(object_id), int(frame)), EMPTY)
 
-    def set(self, object_id: int, frame: int, prompt: dict[str, Any] | None) -> None:
+    def set(self, object_id: int, frame: int, clicks: Clicks | None) -> None:
         key = (int(object_id), int(frame))
-        if is_empty(prompt):
-            self.prompts.pop(key, None)
+        if clicks is None or clicks.is_empty:
+            self.clicks.pop(key, None)
         else:
-            self.prompts[key] = copy.deepcopy(prompt)  # type: ignore[arg-type]
+            self.clicks[key] = clicks
 
-    def with_point(self, object_id: int, frame: int, x: int, y: int, positive: bool) -> dict[str, Any]:
-        """The prompt after one more click (not stored: the caller stores it once SAM2 accepted it)."""
-        p = self.get(object_id, frame)
-        p["points"].append([int(x), int(y), 1 if positive else 0])
-        return p
+    def with_point(self, object_id: int, frame: int, x: int, y: int, positive: bool) -> Clicks:
+        """The clicks after one more (not stored: the caller stores them once the engine accepted them)."""
+        c = self.get(object_id, frame)
+        return replace(c, points=(*c.points, (int(x), int(y), 1 if positive else 0)))
 
-    def with_box(self, object_id: int, frame: int, box: tuple[int, int, int, int]) -> dict[str, Any]:
-        """The prompt with its box replaced (the clicks on the frame are kept)."""
-        p = self.get(object_id, frame)
-        p["box"] = [int(v) for v in box]
-        return p
+    def with_box(self, object_id: int, frame: int, box: tuple[int, int, int, int]) -> Clicks:
+        """The clicks with their box replaced (the points on the frame are kept)."""
+        return replace(self.get(object_id, frame), box=(int(box[0]), int(box[1]), int(box[2]), int(box[3])))
 
     def frames(self, object_id: int) -> list[int]:
-        return sorted(f for o, f in self.prompts if o == int(object_id))
+        return sorted(f for o, f in self.clicks if o == int(object_id))
 
     def objects(self) -> list[int]:
-        return sorted({o for o, _ in self.prompts})
+        return sorted({o for o, _ in self.clicks})
 
-    def drop_object(self, object_id: int) -> dict[int, dict[str, Any]]:
-        """Forget an object's prompts; return them ({frame: prompt}) so a delete can be undone."""
-        out = {f: self.prompts.pop((o, f)) for o, f in list(self.prompts) if o == int(object_id)}
-        return out
+    def drop_object(self, object_id: int) -> dict[int, Clicks]:
+        """Forget an object's clicks; return them ({frame: clicks}) so a delete can be undone."""
+        return {f: self.clicks.pop((o, f)) for o, f in list(self.clicks) if o == int(object_id)}
 
 
-__all__ = ["OBJECT", "PROMPT", "Action", "History", "PromptBook", "empty_prompt", "is_empty"]
+#: the earlier name (the book held free "prompt" dicts then)
+PromptBook = ClickBook
+
+
+class LegacyPromptView:
+    """``Annotator.prompts``: the click book read as the ``{"points": [[x, y, 1|0]], "box": [...] | None}``
+    dicts older notebooks used; new code reads ``Annotator.clicks`` (typed :class:`Clicks`)."""
+
+    def __init__(self, book: ClickBook):
+        self._book = book
+
+    def get(self, object_id: int, frame: int) -> dict[str, Any]:
+        c = self._book.get(object_id, frame)
+        return {"points": [list(p) for p in c.points], "box": None if c.box is None else list(c.box)}
+
+    def frames(self, object_id: int) -> list[int]:
+        return self._book.frames(object_id)
+
+    def objects(self) -> list[int]:
+        return self._book.objects()
+
+
+__all__ = ["CLICKS", "OBJECT", "PROMPT", "Action", "ClickBook", "History", "LegacyPromptView", "PromptBook"]

@@ -171,6 +171,7 @@ def overlay_indexed(
     shown = []
     x1, y1, x2, y2 = cw, ch, 0, 0
     for inst in items:
+        assert inst.mask is not None  # filtered above
         m = display_mask(inst.mask, view)
         rows = np.flatnonzero(m.any(axis=1))
         if rows.size == 0:

@@ -24,9 +24,11 @@ from typing import Any
 log = logging.getLogger("dl_utils.ipy_utils")
 
 Emit = Callable[[str, Any], None]
+#: "call this on the kernel's thread soon" (thread-safe); what it returns is not used
+Schedule = Callable[[Callable[[], object]], object]
 
 
-def kernel_scheduler() -> Callable[[Callable[[], None]], None] | None:
+def kernel_scheduler() -> Schedule | None:
     """A thread-safe "call this on the kernel's thread soon", or ``None`` outside a kernel."""
     try:
         from IPython import get_ipython
@@ -55,7 +57,7 @@ class Worker:
     """
 
     def __init__(self, handler: Callable[[str, str, Any], None],
-                 schedule: Callable[[Callable[[], None]], None] | None = None):
+                 schedule: Schedule | None = None):
         self.handler = handler
         self.schedule = schedule
         self.queue: queue.Queue[tuple[str, str, Any]] = queue.Queue()
@@ -138,4 +140,4 @@ class Worker:
         return predicate()
 
 
-__all__ = ["Worker", "kernel_scheduler"]
+__all__ = ["Emit", "Schedule", "Worker", "kernel_scheduler"]

@@ -1,0 +1,438 @@
+"""The annotator's state and edits, without widgets: what a click, an undo or a delete does.
+
+:class:`AnnotatorController` owns the store, the open source, the engine (an
+:class:`~dl_utils.interactive.InteractiveEngine`), the shown frame, the selected object, the
+:class:`~.history.ClickBook` and the undo :class:`~.history.History`; background jobs are its
+:class:`~.jobs.JobRunner`. It imports no ipywidgets/ipycanvas, so it runs headless (tests, scripts);
+the view learns about changes through the :class:`Listener` it is given and turns events into calls
+here. Every public entry point of :class:`~.annotator.Annotator` ends in one of these methods,
+wrapped by :meth:`AnnotatorController.guard` so no exception escapes a widget callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar, cast
+
+import numpy as np
+
+from ..annotations import Clicks, Instance, Instances, ObjectInfo
+from ..cv_utils import color_for_index, palette
+from ..errors import DlUtilsError, InputError, MediaError
+from ..interactive import ImageClickEngine, InteractiveEngine, VideoClickEngine
+from .history import CLICKS, OBJECT, Action, ClickBook, History
+from .jobs import JobRunner
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..classes import ClassTable
+    from ..cvat.connection import CvatConnection
+    from ..dinoal.detector import Detector
+    from ..sam2al import VideoSession
+    from ..store import AnnotationStore
+    from ..video_utils import FrameSource
+
+log = logging.getLogger("dl_utils.ipy_utils")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Listener(Protocol):
+    """What the view is told when the controller's state changes (the controller never draws)."""
+
+    def say(self, level: str, text: str) -> None: ...
+    def media_opened(self) -> None: ...  # new source / store: canvas size, slider, labels
+    def frame_shown(self) -> None: ...  # a new frame image is current
+    def objects_changed(self) -> None: ...  # the object list, the selection or an object's fields
+    def masks_changed(self) -> None: ...  # masks or clicks of the shown frame
+    def chosen_label(self) -> str | None: ...  # the label list's value (a new object takes it)
+    def job_started(self, total: int) -> None: ...
+    def job_progress(self, done: int) -> None: ...
+    def job_ended(self, outcome: str) -> None: ...  # "success" | "warning" | "danger"
+    def push_summary(self, title: str, text: str, confirm: bool) -> None: ...
+
+
+class NullListener:
+    """No view at all (``widgets=False`` and tests of the controller alone)."""
+
+    def say(self, level: str, text: str) -> None: ...
+    def media_opened(self) -> None: ...
+    def frame_shown(self) -> None: ...
+    def objects_changed(self) -> None: ...
+    def masks_changed(self) -> None: ...
+    def chosen_label(self) -> str | None: return None
+    def job_started(self, total: int) -> None: ...
+    def job_progress(self, done: int) -> None: ...
+    def job_ended(self, outcome: str) -> None: ...
+    def push_summary(self, title: str, text: str, confirm: bool) -> None: ...
+
+
+@dataclass(frozen=True)
+class ObjectState:
+    """An object's editable fields: the before/after of a rename, relabel or recolour."""
+
+    label: str
+    color: str | None
+    attributes: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, o: ObjectInfo) -> ObjectState:
+        return cls(o.label, o.color, dict(o.attributes or {}))
+
+
+@dataclass(frozen=True)
+class DeletedObject:
+    """What a delete removed, so its undo restores the object, its clicks and its exact masks."""
+
+    object: ObjectState
+    instances: dict[int, Instance]
+    clicks: dict[int, Clicks]
+
+
+def object_title(o: ObjectInfo) -> str:
+    name = (o.attributes or {}).get("name")
+    return f"{o.id}: {name} [{o.label}]" if name else f"{o.id}: {o.label}"
+
+
+class AnnotatorController:
+    """State and edits of one annotation session (see the module doc)."""
+
+    def __init__(self, *, detector: Detector | None = None, cvat: tuple[CvatConnection, int] | None = None,
+                 classes: ClassTable | None = None, default_label: str | None = None,
+                 listener: Listener | None = None):
+        self.lock = threading.RLock()  # widget callbacks may arrive on another thread
+        self.listener: Listener = listener or NullListener()
+        self.session: VideoSession | None = None
+        self.engine: InteractiveEngine | None = None
+        self.source: FrameSource | None = None
+        self.store: AnnotationStore | None = None
+        self.detector, self.cvat, self.classes = detector, cvat, classes
+        self.default_label = default_label
+        #: after a correction, re-propagate (both ways) the frames it made stale, in the background
+        self.auto_propagate = False
+        self.history = History()
+        self.clicks = ClickBook()
+        self.selected: int | None = None
+        self.frame: int | None = None
+        self.image: np.ndarray | None = None  # the shown frame, RGB
+        self.messages: list[tuple[str, str]] = []  # (level, text), newest last
+        self.last_click_seconds: float | None = None
+        self.jobs = JobRunner(self)
+
+    # ------------------------------------------------------------------ messages
+    def say(self, text: str, level: str = "info") -> None:
+        self.messages.append((level, text))
+        del self.messages[:-50]
+        (log.warning if level == "error" else log.info)(text)
+        self.listener.say(level, text)
+
+    def guard(self, what: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T | None:
+        """Run a handler; any failure becomes a visible message (and a log record), never a silent one."""
+        with self.lock:
+            try:
+                return fn(*args, **kwargs)
+            except DlUtilsError as e:
+                self.say(f"{what}: {e}", "error")
+            except Exception as e:  # a bug or a library error: show it, keep the widget usable
+                log.exception("%s failed", what)
+                self.say(f"{what} failed: {type(e).__name__}: {e} (details in the log)", "error")
+            return None
+
+    # ------------------------------------------------------------------ opening
+    def open(self, src: object, store: AnnotationStore | str | Path | None) -> bool:
+        from ..video_utils import FrameSource, open_frames
+
+        if self.jobs.busy:
+            raise InputError(f"{self.jobs.job} is running; cancel it (Esc) before opening something else")
+        if hasattr(src, "add_points") and hasattr(src, "propagate"):  # a VideoSession (sam2 stays unimported)
+            session = cast("VideoSession", src)
+            self.source, self.store, self.session = session.source, session.store, session
+        else:
+            source = src if isinstance(src, FrameSource) else open_frames(src)  # type: ignore[arg-type]
+            if len(source) == 0:
+                raise MediaError(f"{src} has no frames; check the file")
+            self.store, self.source, self.session = self._store_for(source, store), source, None
+        self.engine = VideoClickEngine(self.session) if self.session is not None else None
+        self.history.clear()
+        self.clicks = ClickBook()
+        self._load_clicks()
+        media = self.source.media_info()
+        objs = self.store.objects()
+        self.selected = objs[0].id if objs else None
+        self.frame = None
+        self.listener.media_opened()
+        self.show_frame(self.source.frame_numbers[0])
+        self.listener.objects_changed()
+        where = f" into {self.store.path}" if store is not None or self.session is not None else (
+            f"; results go to a temporary store {self.store.path}: pass store= to keep them")
+        self.say(f"opened {media.name} ({media.width}x{media.height}, {len(self.source)} frames){where}"
+                 + ("" if self.engine is not None else "; no SAM2 model yet: load_model(...)"),
+                 "info" if self.engine is not None else "warn")
+        return True
+
+    @staticmethod
+    def _store_for(source: FrameSource, store: AnnotationStore | str | Path | None) -> AnnotationStore:
+        """The given store checked against the source, a path opened or created, else a temporary one."""
+        from ..store import AnnotationStore
+
+        media = source.media_info()
+        if isinstance(store, AnnotationStore):
+            if store.media is None:
+                store.set_media(media)
+            else:
+                store.check_media(media)
+            return store
+        if store is not None:
+            return AnnotationStore.open_or_create(store, media)
+        path = Path(tempfile.mkdtemp(prefix="dl_utils_annotator_")) / "annotations.sqlite"
+        return AnnotationStore.create(path, media)
+
+    def _load_clicks(self) -> None:
+        """Clicks of keyframes already in the store (a resumed session continues from them)."""
+        store = self.need_store()
+        for obj in store.objects():
+            for f, inst in store.read_object(obj.id, decode=False).items():
+                c = inst.clicks
+                if inst.keyframe and c is not None and (c.points or c.box is not None):
+                    self.clicks.set(obj.id, f, Clicks(points=c.points, box=c.box))
+
+    def load_model(self, model: str | None, sam_model: object, image_size: int | None, device: object) -> bool:
+        from ..models import DEFAULT_MODEL
+
+        if self.source is None or self.store is None:
+            raise InputError("open a video or an image folder first (annotator.open(path))")
+        if self.source.kind == "video":
+            from ..sam2al import VideoSession
+
+            self.session = VideoSession(self.source, self.store, model=model or DEFAULT_MODEL,
+                                        sam_model=sam_model, image_size=image_size, device=device)
+            self.engine = VideoClickEngine(self.session)
+        else:
+            from ..samal import ImageSegmenter
+
+            seg = ImageSegmenter(sam_model if sam_model is not None else (model or DEFAULT_MODEL),
+                                 image_size=image_size if sam_model is None else None,
+                                 device=device if sam_model is None else None)
+            self.engine = ImageClickEngine(seg, self.source, self.store)
+        self.say(f"SAM2 ready ({getattr(self.session, 'model_name', None) or 'image model'})")
+        return True
+
+    # ------------------------------------------------------------------ preconditions
+    def need_store(self) -> AnnotationStore:
+        if self.store is None:
+            raise InputError("nothing is open: call annotator.open('video.mp4') first")
+        return self.store
+
+    def need_engine(self) -> InteractiveEngine:
+        self.need_store()
+        if self.engine is None:
+            raise InputError("no SAM2 model loaded: call annotator.load_model('sam2.1_hiera_tiny') "
+                             "(or pass sam_model= / model= to Annotator) before clicking")
+        return self.engine
+
+    def not_busy(self, what: str) -> None:
+        if self.jobs.busy:
+            raise InputError(f"cannot {what} while {self.jobs.job} runs: wait, or press Esc / cancel first")
+
+    # ------------------------------------------------------------------ objects
+    def objects(self) -> list[ObjectInfo]:
+        return self.store.objects() if self.store is not None else []
+
+    def label_names(self) -> list[str]:
+        names = [lb.name for lb in self.store.labels()] if self.store is not None else []
+        if self.classes is not None:
+            names += [n for n in self.classes.names if n not in names]
+        return names
+
+    def colors(self) -> dict[int, str]:
+        return {o.id: o.color or color_for_index(o.id) for o in self.objects()}
+
+    def select(self, object_id: int | None) -> None:
+        if object_id is not None:
+            self.need_store().get_object(int(object_id))  # unknown id: a clear error
+        self.selected = None if object_id is None else int(object_id)
+        self.listener.objects_changed()
+        self.listener.masks_changed()
+
+    def _pick_label(self, label: str | None) -> str:
+        if label:
+            return label
+        chosen = self.listener.chosen_label()
+        if chosen and self.selected is not None:
+            return chosen
+        names = self.label_names()
+        return self.default_label or (names[0] if names else "object")
+
+    def new_object(self, label: str | None, name: str | None, color: str | None) -> ObjectInfo:
+        store = self.need_store()
+        lab = self._pick_label(label)
+        if color is None:  # a colour no other object has, so objects of one class stay apart
+            color = palette(1, avoid=set(self.colors().values()))[0]
+        obj = store.add_object(lab, color=color, attributes={"name": name} if name else {})
+        self.history.push(Action(OBJECT, obj.id, None, ObjectState.of(obj), f"new object {obj.id}"))
+        self.select(obj.id)
+        self.say(f"object {obj.id} ({lab}) created: click on it")
+        return obj
+
+    def edit_object(self, oid: int, what: str, *, label: str | None = None, color: str | None = None,
+                    name: str | None = None) -> ObjectInfo:
+        """Change one field (``name``: "" removes it); an edit that changes nothing is not recorded."""
+        store = self.need_store()
+        before = store.get_object(int(oid))
+        changes: dict[str, object] = {k: v for k, v in (("label", label), ("color", color)) if v is not None}
+        if name is not None:
+            attrs = {k: v for k, v in before.attributes.items() if k != "name"}
+            changes["attributes"] = {**attrs, "name": str(name)} if name else attrs
+        after = store.update_object(int(oid), **changes)
+        if ObjectState.of(before) != ObjectState.of(after):
+            self.history.push(Action(OBJECT, int(oid), ObjectState.of(before), ObjectState.of(after),
+                                     f"{what} object {oid}"))
+        self.listener.objects_changed()
+        self.listener.masks_changed()
+        return after
+
+    def delete_object(self, object_id: int | None) -> bool:
+        store = self.need_store()
+        self.not_busy("delete an object")
+        oid = self.selected if object_id is None else int(object_id)
+        if oid is None:
+            raise InputError("no object selected: pick one in the list first")
+        snapshot = DeletedObject(ObjectState.of(store.get_object(oid)), store.read_object(oid),
+                                 {f: self.clicks.get(oid, f) for f in self.clicks.frames(oid)})
+        self._apply_object(oid, None)
+        self.history.push(Action(OBJECT, oid, snapshot, None, f"delete object {oid}"))
+        self.say(f"object {oid} deleted (undo brings it back)")
+        return True
+
+    def _apply_object(self, oid: int, state: object) -> None:
+        """Make object ``oid`` match ``state``: None (absent), its fields, or a deleted one to restore."""
+        store = self.need_store()
+        if state is None:
+            if self.engine is not None:
+                self.engine.remove_object(oid)
+            self.clicks.drop_object(oid)
+            store.delete_object(oid)
+            if self.selected == oid:
+                self.selected = None
+        else:
+            fields = state.object if isinstance(state, DeletedObject) else state
+            assert isinstance(fields, ObjectState)
+            store.ensure_object(ObjectInfo(oid, fields.label, fields.color, dict(fields.attributes)))
+            if isinstance(state, DeletedObject):  # clicks back into SAM2, then the exact masks
+                for f, c in sorted(state.clicks.items()):
+                    if self.engine is not None:
+                        self.engine.add_clicks(f, oid, c)
+                    self.clicks.set(oid, f, c)
+                store.write_frames([(f, [i]) for f, i in sorted(state.instances.items())])
+            self.selected = oid
+        self.listener.objects_changed()
+        self.show_frame(self.frame)
+
+    # ------------------------------------------------------------------ clicks
+    def _target(self, object_id: int | None) -> int:
+        if object_id is not None:
+            return int(object_id)
+        if self.selected is None or self.selected not in {o.id for o in self.objects()}:
+            return self.new_object(None, None, None).id
+        return self.selected
+
+    def add_point(self, x: int, y: int, positive: bool, frame: int | None, object_id: int | None) -> Instance:
+        self.need_engine()
+        self.not_busy("add a prompt")
+        f = self._frame(frame)
+        oid = self._target(object_id)
+        return self.set_clicks(oid, f, self.clicks.with_point(oid, f, x, y, positive),
+                               f"{'positive' if positive else 'negative'} point ({x}, {y})")
+
+    def add_box(self, box: tuple[int, int, int, int], frame: int | None, object_id: int | None) -> Instance:
+        self.need_engine()
+        self.not_busy("add a prompt")
+        f = self._frame(frame)
+        oid = self._target(object_id)
+        b = (int(box[0]), int(box[1]), int(box[2]), int(box[3]))
+        return self.set_clicks(oid, f, self.clicks.with_box(oid, f, b), f"box {tuple(box)}")
+
+    def _frame(self, frame: int | None) -> int:
+        if frame is not None:
+            return int(frame)
+        if self.frame is None:
+            raise InputError("nothing is shown: open a video first")
+        return self.frame
+
+    def set_clicks(self, oid: int, frame: int, clicks: Clicks, text: str) -> Instance:
+        """Run the engine on the object's clicks of ``frame`` and record the change for undo."""
+        before = self.clicks.get(oid, frame)
+        t0 = time.perf_counter()
+        inst = self._apply_clicks(oid, frame, clicks)
+        assert inst is not None  # non-empty clicks always give an instance
+        self.last_click_seconds = time.perf_counter() - t0
+        self.history.push(Action(CLICKS, (oid, frame), before, clicks, f"{text} on object {oid}, frame {frame}"))
+        engine = self.need_engine()
+        if self.auto_propagate and engine.can_propagate and len(self.need_store().frames_done(oid)) > 1:
+            # the session dropped the results this keyframe made stale; refill exactly those
+            self.jobs.propagate("both")
+            return inst
+        score = f" (score {inst.score:.2f})" if inst.score is not None else ""
+        self.say(f"object {oid}, frame {frame}: {text} -> {inst.area} px{score}")
+        return inst
+
+    def _apply_clicks(self, oid: int, frame: int, clicks: Clicks) -> Instance | None:
+        engine = self.need_engine()
+        inst = None
+        if clicks.is_empty:
+            engine.clear_clicks(frame, oid)
+        else:
+            inst = engine.add_clicks(frame, oid, clicks)
+        self.clicks.set(oid, frame, clicks)
+        if frame == self.frame:
+            self.listener.masks_changed()
+        return inst
+
+    # ------------------------------------------------------------------ undo / redo
+    def undo_redo(self, undo: bool) -> bool:
+        self.not_busy("undo" if undo else "redo")
+        a = self.history.undo() if undo else self.history.redo()
+        if a is None:
+            self.say(f"nothing to {'undo' if undo else 'redo'}", "warn")
+            return False
+        state = a.before if undo else a.after
+        try:
+            if a.kind == CLICKS:
+                oid, f = cast("tuple[int, int]", a.target)
+                self._apply_clicks(oid, f, state if isinstance(state, Clicks) else Clicks())
+                if f != self.frame:
+                    self.show_frame(f)
+            else:
+                self._apply_object(cast(int, a.target), state)
+        except BaseException:
+            self.history.rollback(a, undone=undo)
+            raise
+        self.say(f"{'undid' if undo else 'redid'} {a.text}")
+        return True
+
+    # ------------------------------------------------------------------ frames
+    def show_frame(self, frame: int | None) -> None:
+        if self.source is None or frame is None:
+            return
+        self.image = self.source[self.source.index_of(frame)]
+        self.frame = int(frame)
+        self.listener.frame_shown()
+
+    def step(self, delta: int) -> None:
+        if self.source is None or self.frame is None:
+            return
+        i = self.source.index_of(self.frame) + int(delta)
+        self.show_frame(self.source.frame_number(min(max(i, 0), len(self.source) - 1)))
+
+    def instances(self, frame: int | None = None) -> Instances:
+        f = self.frame if frame is None else int(frame)
+        return self.store.read_frame(f) if self.store is not None and f is not None else Instances([])
+
+
+__all__ = ["AnnotatorController", "DeletedObject", "Listener", "NullListener", "ObjectState", "object_title"]

@@ -1,0 +1,184 @@
+"""The annotator's background jobs: propagate, detect and push, one at a time (no widgets here).
+
+A job runs in :class:`~.worker.Worker`'s thread and only emits messages; :meth:`JobRunner.on_message`
+applies them on the kernel's thread, under the controller's lock, and tells the view through the
+controller's listener. Detect goes through the drivers layer (:func:`dl_utils.drivers.run.run_into_store`),
+the same path as ``dl-utils annotate`` and ``dl-utils detect``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DlUtilsError, InputError
+from ..interactive import ImageClickEngine, PropagatingEngine
+from .worker import Emit, Worker, kernel_scheduler
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .controller import AnnotatorController
+
+log = logging.getLogger("dl_utils.ipy_utils")
+
+#: a job: runs in the worker thread with (emit, cancelled) and returns its summary
+Job = Callable[[Emit, threading.Event], Any]
+
+
+class JobRunner:
+    """Starts the jobs, counts their frames and turns their end into a message (see the module doc)."""
+
+    def __init__(self, controller: AnnotatorController):
+        self.c = controller
+        self.worker = Worker(self.on_message, kernel_scheduler())
+        self.job: str | None = None
+        self.job_summary: object = None
+        self.pending_push: object = None
+        self.progress = (0, 1)
+
+    @property
+    def busy(self) -> bool:
+        return self.worker.busy
+
+    def _start(self, name: str, job: Job, cancel: Callable[[], None] | None, total: int) -> None:
+        self.c.not_busy(f"start {name}")
+        self.job, self.job_summary = name, None
+        self.progress = (0, max(1, total))
+        self.c.listener.job_started(max(1, total))
+        self.worker.start(name, job, cancel)
+        self.c.say(f"{name} running in the background (Esc cancels; results appear as they come)")
+
+    def propagate(self, direction: str) -> bool:
+        engine = self.c.need_engine()
+        source = self.c.source
+        if not engine.can_propagate or not isinstance(engine, PropagatingEngine) or source is None:
+            raise InputError("propagation needs a video: this is an image folder (each image is annotated alone)")
+        if direction not in ("forward", "backward", "both"):
+            raise InputError(f"direction {direction!r}: use forward, backward or both")
+        keyframes = engine.keyframes()
+        if not keyframes:
+            raise InputError("no clicks yet: click on an object first, then propagate")
+        locked = [source.index_of(f) for fs in keyframes.values() for f in fs]
+        fwd, back = len(source) - 1 - min(locked), max(locked)
+        total = {"forward": fwd, "backward": back, "both": fwd + back}[direction]
+
+        def job(emit: Emit, cancelled: threading.Event) -> Any:
+            return engine.propagate(direction, lambda f, insts: emit("frame", f))
+
+        self._start(f"propagate {direction}", job, engine.cancel, total)
+        return True
+
+    def detect(self, text: str) -> bool:
+        """The caption through the drivers' run_into_store: the tracker on video, the current image alone."""
+        engine = self.c.need_engine()
+        store, source = self.c.need_store(), self.c.source
+        if not text or not str(text).strip():
+            raise InputError("type what to find (e.g. 'car. person') before pressing detect")
+        if self.c.detector is None:
+            raise InputError("no detector: pass detector= (dl_utils.dinoal.load_detector(...)) to Annotator")
+        assert source is not None  # a store is open, so is its source
+        from ..dinoal.caption import parse_prompt as parse_caption  # parse_caption once H1b lands
+        from ..drivers.options import TrackOptions
+        from ..drivers.run import run_into_store
+
+        caption, detector, table = parse_caption(text), self.c.detector, self.c.classes
+        session = self.c.session
+        if engine.can_propagate and session is not None:
+            def job(emit: Emit, cancelled: threading.Event) -> Any:
+                return run_into_store(source, store, prompt=caption, detector=detector,
+                                      table=table, track=TrackOptions(track=True), progress=False,
+                                      session=session, callback=lambda f, insts: emit("frame", f))["text"]
+
+            self._start("detect", job, session.cancel, len(source))
+            return True
+        frame, image = self.c.frame, self.c.image
+        seg = engine.segmenter if isinstance(engine, ImageClickEngine) else None
+        if frame is None or image is None:
+            raise InputError("nothing is shown: open a video first")
+
+        def image_job(emit: Emit, cancelled: threading.Event) -> Any:
+            res = run_into_store(source, store, prompt=caption, detector=detector,
+                                 table=table, track=TrackOptions(track=False), progress=False,
+                                 frames=[frame], images={frame: image}, segmenter=seg, segment=seg is not None)
+            emit("frame", frame)
+            return {"detections": res["text"]["detections"]}
+
+        self._start("detect", image_job, None, 1)
+        return True
+
+    def push(self, dry_run: bool) -> bool:
+        store = self.c.need_store()
+        if self.c.cvat is None:
+            raise InputError("no CVAT task: pass cvat=(dl_utils.cvat.connect(...), task_id) to Annotator")
+        try:
+            from ..cvat import push
+        except ImportError as e:
+            raise InputError(f"CVAT support is not available ({e}); install dl_utils with its cvat extra") from None
+        if not dry_run and self.pending_push is None:
+            raise InputError("press 'push to CVAT' first: it shows what would change, then confirm")
+        conn, task_id = self.c.cvat
+
+        def job(emit: Emit, cancelled: threading.Event) -> Any:
+            return push(store, conn, int(task_id), dry_run=dry_run)
+
+        self._start("push dry run" if dry_run else "push", job, None, 1)
+        return True
+
+    def cancel(self) -> bool:
+        with self.c.lock:
+            if not self.worker.cancel():
+                self.c.say("nothing is running", "warn")
+                return False
+            self.c.say(f"cancelling {self.job}: finishing the current frame")
+            return True
+
+    def on_message(self, name: str, kind: str, payload: Any) -> None:
+        """Messages from the job thread, applied on the kernel's thread (see worker.py)."""
+        with self.c.lock:
+            if kind == "frame":
+                done, total = self.progress
+                self.progress = (done + 1, total)
+                self.c.listener.job_progress(done + 1)
+                if payload == self.c.frame:
+                    self.c.listener.masks_changed()
+            elif kind == "done":
+                self._finish(name, payload)
+            elif kind == "error":
+                self._failed(name, payload)
+
+    def _failed(self, name: str, e: BaseException) -> None:
+        self.job = None
+        self.c.listener.job_ended("danger")
+        msg = str(e) if isinstance(e, DlUtilsError) else f"{type(e).__name__}: {e}"
+        if not isinstance(e, DlUtilsError):
+            log.error("%s failed", name, exc_info=(type(e), e, e.__traceback__))
+        if name.startswith("push"):
+            self.pending_push = None
+            msg = f"CVAT push failed (is the server reachable?): {msg}"
+        self.c.say(f"{name} failed: {msg}; results written so far are kept", "error")
+        self.c.listener.objects_changed()
+        self.c.show_frame(self.c.frame)
+
+    def _finish(self, name: str, result: Any) -> None:
+        self.job, self.job_summary = None, result
+        if name.startswith("push"):
+            dry = name == "push dry run"
+            self.pending_push = result if dry else None
+            self.c.listener.job_ended("success")
+            self.c.listener.push_summary("dry run" if dry else "pushed", str(result), dry)
+            self.c.say(f"CVAT dry run: {result}; press 'confirm push' to send it" if dry
+                       else f"pushed to CVAT: {result}")
+            return
+        status = result.get("status", "done") if isinstance(result, dict) else "done"
+        if status == "cancelled":
+            self.c.listener.job_ended("warning")
+            self.c.say(f"{name} cancelled; {self.progress[0]} frames written so far are kept", "warn")
+        else:
+            self.c.listener.job_ended("success")
+            self.c.say(f"{name} finished: {self.progress[0]} frames written")
+        self.c.listener.objects_changed()
+        self.c.show_frame(self.c.frame)
+
+
+__all__ = ["Job", "JobRunner"]
