@@ -422,8 +422,7 @@ def legacy_prompts(label: str | None, clicks: Clicks | None,
             if name == "phrase":
                 d["text"] = v
             elif name == "caption" and provenance.phrase is None:
-                d["text"] = v
-                d["prompt"] = v
+                d["text"] = v  # as text-prompt tracking wrote it: "prompt" too would read back as a phrase
             else:
                 d[back.get(name, name)] = v
         if provenance.cvat is not None:

@@ -4,16 +4,20 @@ import numpy as np
 import pytest
 
 from dl_utils.annotations import (
+    Clicks,
+    CvatOrigin,
     Instance,
     Instances,
     Label,
     MediaInfo,
     ObjectInfo,
+    Provenance,
     ShapeType,
     Source,
     box_from_mask,
     color_to_rgb,
     normalize_color,
+    split_legacy_prompts,
 )
 from dl_utils.errors import InputError, MaskError
 
@@ -98,3 +102,64 @@ def test_media_info_numbering_and_roundtrip():
         MediaInfo(name="x", width=0, height=4, frames=[0])
     with pytest.raises(InputError, match="2 frame names for 1 frames"):
         MediaInfo(name="x", width=4, height=4, frames=[0], frame_names=["a", "b"])
+
+
+def test_clicks_provenance_and_cvat_origin_round_trip_through_json():
+    import json
+
+    clicks = Clicks(points=[[1, 2.5, 1], (3, 4, 0)], box=[0, 1, 10, 12], mask="previous", refined=True,
+                    multimask=False)
+    assert clicks.points == ((1.0, 2.5, 1), (3.0, 4.0, 0)) and clicks.box == (0.0, 1.0, 10.0, 12.0)
+    assert Clicks.from_json(json.loads(json.dumps(clicks.to_json()))) == clicks
+    assert Clicks().to_json() == {} and Clicks().is_empty and not Clicks(mask="given").is_empty
+    origin = CvatOrigin("https://cvat.example", "7", [41, 44], [3])
+    assert (origin.task, origin.shapes, origin.tracks) == (7, (41, 44), (3,))
+    assert CvatOrigin.from_json(json.loads(json.dumps(origin.to_json()))) == origin
+    prov = Provenance(engine="sam2-video", model="tiny", checkpoint="ab" * 32, direction="forward",
+                      object_score=3, area=12.0, precision="bfloat16", cvat=origin, extra={"k": [1, "x"]})
+    assert isinstance(prov.object_score, float) and prov.area == 12 and isinstance(prov.area, int)
+    d = json.loads(json.dumps(prov.to_json()))
+    assert Provenance.from_json(d) == prov and "caption" not in d  # None fields are left out
+    assert Provenance().to_json() == {} and prov.from_person and not Provenance(engine="sam2-image").from_person
+    # a field a newer writer added survives a round trip (in extra) instead of failing the read
+    assert Provenance.from_json({"engine": "x", "future": 1}).extra == {"future": 1}
+    with pytest.raises(InputError, match="is not"):
+        Clicks(box=(1, 2, 3))
+
+
+@pytest.mark.parametrize("old, label, clicks, prov", [
+    (None, None, None, None),
+    ({}, None, None, None),
+    ({"points": [[1.0, 2.0, 1]], "multimask": True, "model": "tiny"},
+     None, Clicks(points=((1, 2, 1),), multimask=True), Provenance(model="tiny")),
+    ({"mask": "given", "model": "m", "object_score": 1.5, "area": 9},
+     None, Clicks(mask="given"), Provenance(model="m", object_score=1.5, area=9)),
+    ({"model": "m", "direction": "backward", "object_score": -1.0, "area": 0},
+     None, None, Provenance(engine="sam2-video", model="m", direction="backward", object_score=-1.0, area=0)),
+    ({"text": "red car", "label": "car", "prompt": "red car . dog .", "box": [1.0, 2.0, 3.0, 4.0],
+      "detector_score": 0.5, "detector": "gd"},
+     "car", Clicks(box=(1, 2, 3, 4)),
+     Provenance(detector="gd", caption="red car . dog .", phrase="red car", detector_score=0.5)),
+    ({"text": "red car . dog .", "label": "dog"}, "dog", None, Provenance(caption="red car . dog .")),
+    ({"cvat": {"host": "h", "task": 3, "shapes": [1], "tracks": []}},
+     None, None, Provenance(engine="cvat", cvat=CvatOrigin("h", 3, (1,)))),
+    ({"point": [1.0, 2.0], "stability_score": 0.9, "crop_box": [0, 0, 4, 4], "model": "m",
+      "mode": "segment_everything"},
+     None, None, Provenance(engine="sam2-image", model="m",
+                            extra={"point": [1.0, 2.0], "stability_score": 0.9, "crop_box": [0, 0, 4, 4],
+                                   "mode": "segment_everything"})),
+])
+def test_split_legacy_prompts_reads_every_old_producers_dict(old, label, clicks, prov):
+    assert split_legacy_prompts(old) == (label, clicks, prov)
+    inst = Instance(1, box=(0, 0, 1, 1), label=label, clicks=clicks, provenance=prov)
+    # the legacy view gives a dict that splits back to the same typed fields
+    assert split_legacy_prompts(inst.prompts) == (label, clicks, prov)
+
+
+def test_prompts_is_a_read_only_view():
+    with pytest.raises(TypeError):
+        Instance(1, prompts={"points": [[1, 2, 1]]})  # type: ignore[call-arg]
+    inst = Instance(1, box=(0, 0, 1, 1), clicks=Clicks(points=((1, 2, 1),)))
+    assert inst.prompts == {"points": [[1.0, 2.0, 1]]}
+    with pytest.raises(AttributeError):
+        inst.prompts = {}  # type: ignore[misc]
