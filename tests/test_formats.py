@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dl_utils.annotations import Instance, Label, MediaInfo, ShapeType, Source
+from dl_utils.annotations import Instance, Label, MediaInfo, Provenance, ShapeType, Source
 from dl_utils.cv_utils import box_to_mask, color_for_index, mask_to_polygons, polygons_to_mask
 from dl_utils.errors import FormatError, InputError
 from dl_utils.formats import detect_format, export_store, import_file
@@ -489,6 +489,10 @@ def test_import_server_style_video_xml(tmp_path):
         ref = np.zeros((10, 20), bool)
         ref[2:5, 4:7] = np.array([0, 0, 0, 1, 1, 0, 0, 1, 1], bool).reshape(3, 3)
         assert np.array_equal(road.mask, ref) and road.source is Source.MANUAL  # 'file' -> manual
+        # a file's shapes are people's work: marked as imported, no clicks, no detector label
+        for inst in (car[10], car[11], road):
+            assert inst.provenance == Provenance(engine="import") and inst.provenance.from_person
+            assert inst.clicks is None and inst.label is None
 
 
 def test_import_images_xml_without_meta_and_append(tmp_path):
