@@ -257,3 +257,36 @@ def test_staged_append_to_an_old_store_migrates_the_copy(v1_copy):
     with staged_store(v1_copy, keep_existing=True, media=media) as st:
         assert st.schema_version == 2
     assert raw(v1_copy, "PRAGMA user_version") == [(2,)]
+
+
+def test_a_migrated_store_pushes_to_cvat_as_the_old_code_did(v1_copy, tmp_path):
+    """The same steps the fixture script ran with the old code (a fresh stand-in, a task for masks
+    and one for box tracks, jobs of 4 frames), run on the migrated store with today's code: the
+    records are the old ones (same server ids, sent hashes, jobs), and a re-push sends nothing."""
+    from dl_utils.cvat import create_task_for_store, push
+
+    from tests.cvat_standin.server import StandinServer
+    from tests.test_cvat import conn_for, patches, write_clip
+
+    srv = StandinServer().start()  # its own: id counters from 1, as when the fixture was made
+    try:
+        conn = conn_for(srv)
+        with AnnotationStore.open(v1_copy) as st:
+            captured = st.get_meta("fixture.standin_push")
+            st.set_media(MediaInfo(**{**st.media.to_dict(), "path": write_clip(tmp_path / "clip.mp4", 6)}))
+            masks = create_task_for_store(conn, st, segment_size=4, poll_interval=0.01)
+            boxes = create_task_for_store(conn, st, segment_size=4, poll_interval=0.01)
+            push(st, conn, masks.id)
+            push(st, conn, boxes.id, shape="box")
+            for name, t in (("masks", masks), ("boxes", boxes)):
+                got = json.loads(json.dumps(st.get_meta(f"cvat.push:{conn.host}:task:{t.id}"))
+                                 .replace(conn.host, "<HOST>"))
+                assert got == captured[name], name
+            mark = len(srv.log)
+            for t, shape in ((masks, "mask"), (boxes, "box")):
+                rep = push(st, conn, t.id, shape=shape)
+                assert rep.created == rep.updated == rep.deleted == 0 and rep.unchanged, shape
+            assert patches(srv, mark) == []
+        conn.close()
+    finally:
+        srv.stop()

@@ -141,6 +141,9 @@ def main(out: Path) -> None:
     write_sync_records(store)
     store.close()
     _settle(out)
+    with AnnotationStore.open(out) as store:
+        store.set_meta("fixture.standin_push", standin_push(out))
+    _settle(out)
 
 
 def write_sync_records(store: AnnotationStore) -> None:
@@ -166,6 +169,44 @@ def write_sync_records(store: AnnotationStore) -> None:
                              "sent_hash": u.hash, "server_hash": None, "held": held}
         store.set_meta(f"cvat.push:{HOST}:task:{t['id']}", {
             "version": t["record_version"], "host": HOST, "task": t["id"], "dirty": False, "units": recs})
+
+
+def standin_push(path: Path) -> dict[str, object]:
+    """The sync records the OLD push leaves after pushing a copy of the store to a fresh CVAT
+    stand-in (its id counters start at 1, so the same steps give the same ids): masks to one task,
+    box tracks to another, both cut into jobs of 4 frames. The host is written as ``<HOST>`` (the
+    stand-in's port changes per run); the test repeats the steps with today's code and compares."""
+    import json
+    import shutil
+    import tempfile
+
+    from dl_utils.cvat import create_task_for_store, push
+
+    from tests.cvat_standin.server import StandinServer
+    from tests.test_cvat import conn_for, write_clip
+
+    tmp = Path(tempfile.mkdtemp())
+    copy = tmp / "copy.sqlite"
+    shutil.copyfile(path, copy)
+    srv = StandinServer().start()
+    try:
+        conn = conn_for(srv)
+        with AnnotationStore.open(copy) as st:
+            media = st.media
+            assert media is not None
+            st.set_media(MediaInfo(**{**media.to_dict(), "path": write_clip(tmp / "clip.mp4", 6)}))
+            masks = create_task_for_store(conn, st, segment_size=4, poll_interval=0.01)
+            boxes = create_task_for_store(conn, st, segment_size=4, poll_interval=0.01)
+            push(st, conn, masks.id)
+            push(st, conn, boxes.id, shape="box")
+            out = {name: json.loads(json.dumps(st.get_meta(f"cvat.push:{conn.host}:task:{t.id}"))
+                                    .replace(conn.host, "<HOST>"))
+                   for name, t in (("masks", masks), ("boxes", boxes))}
+        conn.close()
+    finally:
+        srv.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def _settle(path: Path) -> None:
