@@ -16,6 +16,7 @@ import json
 import os
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, cast
 
@@ -26,6 +27,7 @@ from ..cv_utils import coco_rle_area, decode_coco_rle, encode_coco_rle, polygons
 from ..errors import FormatError, InputError, MaskError
 from ._common import (
     select_export,
+    Decoder,
     ObjectKey,
     ParsedShape,
     check_geometry,
@@ -155,6 +157,32 @@ def _num(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
 
 
+@dataclass(frozen=True)
+class _Image:
+    """One entry of ``images`` as the import needs it: the frame it becomes, its size and name."""
+
+    frame: int
+    width: int
+    height: int
+    file_name: str
+
+
+@dataclass
+class _Shapes:
+    """Annotations grouped the way :func:`write_objects` takes them.
+
+    Objects keep the order they are first seen in, so object ids come out in file order.
+    """
+
+    keys: "OrderedDict[tuple[Any, ...], ObjectKey]" = field(default_factory=OrderedDict)
+    by_frame: dict[int, dict[tuple[Any, ...], list[ParsedShape]]] = field(default_factory=dict)
+
+    def add(self, obj: ObjectKey, frame: int, shape: ParsedShape) -> None:
+        if obj.key not in self.keys:
+            self.keys[obj.key] = obj
+        self.by_frame.setdefault(frame, {}).setdefault(obj.key, []).append(shape)
+
+
 def import_coco(path: str | os.PathLike[str], store: StoreReaderWriter) -> dict[str, Any]:
     """Read a COCO instances JSON into ``store``.
 
@@ -164,7 +192,23 @@ def import_coco(path: str | os.PathLike[str], store: StoreReaderWriter) -> dict[
     """
     path = Path(path)
     name = path.name
-    doc = _load_json(path)
+    doc = _check_top_level(_load_json(path), name)
+    cats, file_labels = _read_categories(doc["categories"], name)
+    imgs = _read_images(doc["images"], name)
+    media = _media_of(doc, path, imgs)
+    shapes = _read_annotations(doc["annotations"], name, imgs, cats)
+
+    media = check_store_media(store, media, name)
+    merge_labels(store, file_labels, OrderedDict.fromkeys(k.label for k in shapes.keys.values()))
+    summary = write_objects(store, list(shapes.keys.values()), shapes.by_frame, media,
+                            _rle_decoder(name), desc=f"import {name}")
+    summary.update(format="coco", file=str(path), media=media.name,
+                   labels=[lb.name for lb in store.labels()], skipped={})
+    return summary
+
+
+def _check_top_level(doc: Any, name: str) -> dict[str, Any]:
+    """The document as a dict holding the three lists every later step indexes without checking."""
     if not isinstance(doc, dict):
         raise FormatError(f"{name}: the top level is a {type(doc).__name__}, not a COCO object")
     for key in ("images", "annotations", "categories"):
@@ -175,11 +219,14 @@ def import_coco(path: str | os.PathLike[str], store: StoreReaderWriter) -> dict[
             )
         if not isinstance(doc[key], list):
             raise FormatError(f"{name}: {key!r} is a {type(doc[key]).__name__}, not a list")
+    return doc
 
-    # categories -> labels
-    cats: dict[int, str] = {}
+
+def _read_categories(categories: list[Any], name: str) -> tuple[dict[Any, str], list[Label]]:
+    """Category id -> name (what annotations refer to), and the categories as store labels."""
+    cats: dict[Any, str] = {}
     file_labels: list[Label] = []
-    for k, c in enumerate(doc["categories"]):
+    for k, c in enumerate(categories):
         if not isinstance(c, dict) or "id" not in c or "name" not in c:
             raise FormatError(f"{name}: categories[{k}] needs 'id' and 'name'")
         if c["name"] in {lb.name for lb in file_labels}:
@@ -192,12 +239,16 @@ def import_coco(path: str | os.PathLike[str], store: StoreReaderWriter) -> dict[
                                      superclass=c.get("supercategory") or None))
         except InputError as e:
             raise FormatError(f"{name}: categories[{k}]: {e}") from None
+    return cats, file_labels
 
-    # images -> frames
-    imgs: dict[Any, tuple[int, int, int, str]] = {}
-    has_frame = all(isinstance(im, dict) and isinstance(im.get("frame"), int) for im in doc["images"])
+
+def _read_images(images: list[Any], name: str) -> dict[Any, _Image]:
+    """Image id -> frame. Frames are the images' ``frame`` fields when every image has one (a file
+    this package wrote), else positions in image-id order, so an import is stable across tools."""
+    imgs: dict[Any, _Image] = {}
+    has_frame = all(isinstance(im, dict) and isinstance(im.get("frame"), int) for im in images)
     ordered = sorted(
-        enumerate(doc["images"]),
+        enumerate(images),
         key=lambda t: (t[1].get("id") if isinstance(t[1], dict) and isinstance(t[1].get("id"), int) else 0, t[0]),
     )
     for pos, (k, im) in enumerate(ordered):
@@ -211,13 +262,19 @@ def import_coco(path: str | os.PathLike[str], store: StoreReaderWriter) -> dict[
         if im["id"] in imgs:
             raise FormatError(f"{name}: image id {im['id']!r} appears twice")
         frame = im["frame"] if has_frame else pos
-        imgs[im["id"]] = (frame, im["width"], im["height"], str(im.get("file_name") or f"frame_{frame:06d}"))
-    sizes = {(w, h) for (_, w, h, _) in imgs.values()}
-    frame_size = {v[0]: (v[1], v[2]) for v in imgs.values()}
-    frames_by_image = {i: v[0] for i, v in imgs.items()}
-    if len(set(frames_by_image.values())) != len(frames_by_image):
+        imgs[im["id"]] = _Image(frame, im["width"], im["height"],
+                                str(im.get("file_name") or f"frame_{frame:06d}"))
+    if len({im.frame for im in imgs.values()}) != len(imgs):
         raise FormatError(f"{name}: two images have the same 'frame' number; frames must be unique")
+    return imgs
 
+
+def _media_of(doc: dict[str, Any], path: Path, imgs: dict[Any, _Image]) -> MediaInfo:
+    """The media description saved in ``info.dl_utils.media`` when it still fits the images (the
+    file may have been edited since), else one built from the images themselves."""
+    name = path.name
+    frame_size = {im.frame: (im.width, im.height) for im in imgs.values()}
+    frames = [im.frame for im in imgs.values()]
     media: MediaInfo | None = None
     meta = doc.get("info", {}).get("dl_utils", {}).get("media") if isinstance(doc.get("info"), dict) else None
     if isinstance(meta, dict):
@@ -225,89 +282,121 @@ def import_coco(path: str | os.PathLike[str], store: StoreReaderWriter) -> dict[
             media = MediaInfo.from_dict(meta)
         except (TypeError, ValueError) as e:
             raise FormatError(f"{name}: info.dl_utils.media is not a valid media description ({e})") from None
-        bad = sorted(set(frames_by_image.values()) - set(media.frames))
+        bad = sorted(set(frames) - set(media.frames))
         if bad or any(media.size_of(f) != wh for f, wh in frame_size.items()):
             media = None  # edited file: trust the images instead
     if media is None:
-        if not sizes:
+        if not imgs:
             raise FormatError(f"{name}: no images, so the frame size is unknown; nothing to import")
         first = min(frame_size)
         w, h = frame_size[first]
-        names = {v[0]: v[3] for v in imgs.values()}
+        names = {im.frame: im.file_name for im in imgs.values()}
         stem = str(doc["info"].get("description") or path.stem) if isinstance(doc.get("info"), dict) else path.stem
-        media = media_from_frames(stem, w, h, list(frames_by_image.values()), names, frame_size)
+        media = media_from_frames(stem, w, h, frames, names, frame_size)
+    return media
 
-    # annotations -> shapes
-    keys: "OrderedDict[tuple[Any, ...], ObjectKey]" = OrderedDict()
-    by_frame: dict[int, dict[tuple[Any, ...], list[ParsedShape]]] = {}
-    for k, a in enumerate(doc["annotations"]):
-        where = f"annotation #{k}" + (f" (id {a.get('id')})" if isinstance(a, dict) and "id" in a else "")
-        if not isinstance(a, dict):
-            raise FormatError(f"{name}: {where} is not an object")
-        for key in ("image_id", "category_id"):
-            if key not in a:
-                raise FormatError(f"{name}: {where} has no {key!r}; add it or re-export the file")
-        if a["image_id"] not in imgs:
-            raise FormatError(f"{name}: {where} names image_id {a['image_id']!r}, which is not in 'images'")
-        if a["category_id"] not in cats:
-            raise FormatError(
-                f"{name}: {where} names category_id {a['category_id']!r}, which is not in 'categories'"
-                f" (ids {sorted(cats)}); add the category or fix the id"
-            )
-        frame, iw, ih, _ = imgs[a["image_id"]]
+
+def _read_annotations(
+    annotations: list[Any], name: str, imgs: dict[Any, _Image], cats: dict[Any, str]
+) -> _Shapes:
+    """Every annotation checked and parsed (not decoded) into a shape of its object and frame."""
+    shapes = _Shapes()
+    for k, a in enumerate(annotations):
+        where = _check_annotation(k, a, name, imgs, cats)
+        image = imgs[a["image_id"]]
         label = cats[a["category_id"]]
         raw_attrs = a.get("attributes")
         attrs: dict[str, Any] = raw_attrs if isinstance(raw_attrs, dict) else {}
-        seg = a.get("segmentation")
         where = f"{where} on image {a['image_id']}"
-        if isinstance(seg, dict):
-            try:
-                if isinstance(seg.get("size"), list) and [int(v) for v in seg["size"]] != [ih, iw]:
-                    raise MaskError(f"its RLE size {seg['size']} differs from the image's [{ih}, {iw}]")
-                coco_rle_area(seg if "size" in seg else {**seg, "size": [ih, iw]})  # validates the RLE
-            except (MaskError, TypeError, ValueError) as e:
-                raise FormatError(f"{name}: {where}: {e}") from None
-            shape = ParsedShape("coco_rle", seg if "size" in seg else {**seg, "size": [ih, iw]}, where=where)
-        elif isinstance(seg, list) and seg and seg != [[]]:
-            rings = seg if all(isinstance(r, list) for r in seg) else [seg]
-            for r in rings:
-                if len(r) < 6 or len(r) % 2 or not all(_num(v) for v in r):
-                    raise FormatError(
-                        f"{name}: {where}: a polygon ring has {len(r)} values; it needs an even"
-                        " number (x, y pairs), at least 6, all numbers"
-                    )
-            shape = ParsedShape("polygon", [[float(v) for v in r] for r in rings], where=where)
-        else:
-            bbox = a.get("bbox")
-            if not (isinstance(bbox, list) and len(bbox) == 4 and all(_num(v) for v in bbox)):
-                raise FormatError(
-                    f"{name}: {where} has no segmentation and no valid 'bbox' [x, y, w, h]"
-                )
-            x, y, bw, bh = (float(v) for v in bbox)
-            if bw < 0 or bh < 0:
-                raise FormatError(
-                    f"{name}: {where}: bbox {bbox} has a negative {'width' if bw < 0 else 'height'};"
-                    " a COCO bbox is [x, y, width, height]: fix it or re-export the file"
-                )
-            shape = ParsedShape("box", (x, y, x + bw, y + bh), where=where)
-        check_geometry(shape, iw, ih, name)
+        shape = _parse_geometry(a, where, image.width, image.height, name)
+        check_geometry(shape, image.width, image.height, name)
         shape.source = parse_source(attrs.get("source", "manual"))
         shape.keyframe = bool(attrs.get("keyframe", False))
         if _num(a.get("score")):
             shape.score = float(a["score"])
-        tid = attrs.get("track_id")
-        if isinstance(tid, int) and not isinstance(tid, bool):
-            okey: tuple[Any, ...] = ("t", tid, label)
-            pref = tid
-        else:
-            okey = ("a", k)
-            pref = None
-        if okey not in keys:
-            keys[okey] = ObjectKey(okey, label, pref)
-        by_frame.setdefault(frame, {}).setdefault(okey, []).append(shape)
+        shapes.add(_object_of(attrs, k, label), image.frame, shape)
+    return shapes
 
-    media = check_store_media(store, media, name)
-    merge_labels(store, file_labels, OrderedDict.fromkeys(k.label for k in keys.values()))
+
+def _check_annotation(
+    k: int, a: Any, name: str, imgs: dict[Any, _Image], cats: dict[Any, str]
+) -> str:
+    """Check that annotation ``k`` names a known image and category; returns how messages name it."""
+    where = f"annotation #{k}" + (f" (id {a.get('id')})" if isinstance(a, dict) and "id" in a else "")
+    if not isinstance(a, dict):
+        raise FormatError(f"{name}: {where} is not an object")
+    for key in ("image_id", "category_id"):
+        if key not in a:
+            raise FormatError(f"{name}: {where} has no {key!r}; add it or re-export the file")
+    if a["image_id"] not in imgs:
+        raise FormatError(f"{name}: {where} names image_id {a['image_id']!r}, which is not in 'images'")
+    if a["category_id"] not in cats:
+        raise FormatError(
+            f"{name}: {where} names category_id {a['category_id']!r}, which is not in 'categories'"
+            f" (ids {sorted(cats)}); add the category or fix the id"
+        )
+    return where
+
+
+def _parse_geometry(a: dict[str, Any], where: str, iw: int, ih: int, name: str) -> ParsedShape:
+    """The annotation's geometry, best first: an RLE dict, polygon rings, else the bbox alone."""
+    seg = a.get("segmentation")
+    if isinstance(seg, dict):
+        return _rle_shape(seg, where, iw, ih, name)
+    if isinstance(seg, list) and seg and seg != [[]]:
+        return _polygon_shape(seg, where, name)
+    return _box_shape(a.get("bbox"), where, name)
+
+
+def _rle_shape(seg: dict[str, Any], where: str, iw: int, ih: int, name: str) -> ParsedShape:
+    """An RLE segmentation, validated now (decoded only when its frame is written)."""
+    try:
+        if isinstance(seg.get("size"), list) and [int(v) for v in seg["size"]] != [ih, iw]:
+            raise MaskError(f"its RLE size {seg['size']} differs from the image's [{ih}, {iw}]")
+        coco_rle_area(seg if "size" in seg else {**seg, "size": [ih, iw]})  # validates the RLE
+    except (MaskError, TypeError, ValueError) as e:
+        raise FormatError(f"{name}: {where}: {e}") from None
+    return ParsedShape("coco_rle", seg if "size" in seg else {**seg, "size": [ih, iw]}, where=where)
+
+
+def _polygon_shape(seg: list[Any], where: str, name: str) -> ParsedShape:
+    """Polygon rings; a flat list of numbers is one ring (some tools write it so)."""
+    rings = seg if all(isinstance(r, list) for r in seg) else [seg]
+    for r in rings:
+        if len(r) < 6 or len(r) % 2 or not all(_num(v) for v in r):
+            raise FormatError(
+                f"{name}: {where}: a polygon ring has {len(r)} values; it needs an even"
+                " number (x, y pairs), at least 6, all numbers"
+            )
+    return ParsedShape("polygon", [[float(v) for v in r] for r in rings], where=where)
+
+
+def _box_shape(bbox: Any, where: str, name: str) -> ParsedShape:
+    """A COCO ``[x, y, w, h]`` bbox as the ``(x1, y1, x2, y2)`` box shapes hold."""
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_num(v) for v in bbox)):
+        raise FormatError(
+            f"{name}: {where} has no segmentation and no valid 'bbox' [x, y, w, h]"
+        )
+    x, y, bw, bh = (float(v) for v in bbox)
+    if bw < 0 or bh < 0:
+        raise FormatError(
+            f"{name}: {where}: bbox {bbox} has a negative {'width' if bw < 0 else 'height'};"
+            " a COCO bbox is [x, y, width, height]: fix it or re-export the file"
+        )
+    return ParsedShape("box", (x, y, x + bw, y + bh), where=where)
+
+
+def _object_of(attrs: dict[str, Any], k: int, label: str) -> ObjectKey:
+    """Annotations sharing an integer ``attributes.track_id`` (and label) are one object; any other
+    annotation is an object of its own."""
+    tid = attrs.get("track_id")
+    if isinstance(tid, int) and not isinstance(tid, bool):
+        return ObjectKey(("t", tid, label), label, tid)
+    return ObjectKey(("a", k), label, None)
+
+
+def _rle_decoder(name: str) -> Decoder:
+    """The decoder :func:`write_objects` calls per frame; a bad RLE names the file and annotation."""
 
     def decode(s: ParsedShape, height: int, width: int) -> np.ndarray:
         try:
@@ -315,7 +404,4 @@ def import_coco(path: str | os.PathLike[str], store: StoreReaderWriter) -> dict[
         except MaskError as e:
             raise FormatError(f"{name}: {s.where}: {e}") from None
 
-    summary = write_objects(store, list(keys.values()), by_frame, media, decode, desc=f"import {name}")
-    summary.update(format="coco", file=str(path), media=media.name,
-                   labels=[lb.name for lb in store.labels()], skipped={})
-    return summary
+    return decode
