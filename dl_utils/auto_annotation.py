@@ -22,16 +22,31 @@ it), ``image_size`` (SAM2 input size override), ``device``, ``box_threshold``, `
 
 The heavy engines (torch, GroundingDINO, SAM2) are imported only when :func:`create` builds them,
 so importing this module, or the rest of :mod:`dl_utils.cvat`, needs none of them.
+
+The boxes-to-masks step is :func:`dl_utils.dinoal.pipeline.segment_detections`, the one the ``detect``
+and ``annotate`` drivers use; this module adds only what CVAT's function protocol asks for (label
+ids, the context's confidence threshold, masks as CVAT RLE or polygons).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .cv_utils import encode_cvat_rle, mask_to_polygons
 from .errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import PIL.Image
+    from cvat_sdk.auto_annotation import DetectionFunctionContext, DetectionFunctionSpec
+    from cvat_sdk.models import LabeledShapeRequest
+
+    from .classes import ClassTable
+    from .dinoal.caption import Prompt
+    from .dinoal.detector import Detector
+    from .samal import ImageSegmenter
 
 SHAPES = ("mask", "rectangle")
 
@@ -42,11 +57,12 @@ class GroundedSamFunction:
     ``detector`` follows :class:`dl_utils.dinoal.Detector` (``detect(image, prompt)`` →
     ``Detections``); ``segmenter`` follows :class:`dl_utils.samal.ImageSegmenter` (used through
     :func:`dl_utils.dinoal.segment_detections`), and may be ``None`` for ``shape="rectangle"``.
-    ``labels`` are the label names the function declares (the detector's output labels).
+    ``labels`` are the label names the function declares (the detector's output labels); ``prompt``
+    the text handed to the detector (``None``: the detector's own).
     """
 
-    def __init__(self, detector: Any, segmenter: Any = None, *, labels: Sequence[str],
-                 prompt: Any = None, shape: str = "mask"):
+    def __init__(self, detector: Detector, segmenter: ImageSegmenter | None = None, *, labels: Sequence[str],
+                 prompt: str | Prompt | None = None, shape: str = "mask") -> None:
         if shape not in SHAPES:
             raise InputError(f"shape {shape!r}: use one of {', '.join(SHAPES)}")
         if shape == "mask" and segmenter is None:
@@ -62,14 +78,19 @@ class GroundedSamFunction:
         self._ids = {n: i for i, n in enumerate(names)}
 
     @property
-    def spec(self) -> Any:
+    def spec(self) -> DetectionFunctionSpec:
         import cvat_sdk.auto_annotation as cvataa
 
         return cvataa.DetectionFunctionSpec(
             labels=[cvataa.label_spec(n, i, type=self.shape) for n, i in self._ids.items()]
         )
 
-    def detect(self, context: Any, image: Any) -> list[Any]:
+    def detect(self, context: DetectionFunctionContext | None, image: PIL.Image.Image) -> list[LabeledShapeRequest]:
+        """The shapes for one image of the task, as cvat-sdk's driver calls it.
+
+        ``context`` may lack ``conf_threshold`` / ``conv_mask_to_poly`` (older cvat-sdk, or ``None``
+        when called by hand): no threshold and masks as masks then.
+        """
         import cvat_sdk.auto_annotation as cvataa
 
         arr = np.array(image.convert("RGB"))  # a writable copy (torch warns on read-only arrays)
@@ -79,8 +100,8 @@ class GroundedSamFunction:
                 if dets.labels[k] in self._ids and (thr is None or float(dets.scores[k]) >= thr)]
         if not keep:
             return []
-        dets = dets[np.asarray(keep)] if hasattr(dets, "__getitem__") else dets
-        out: list[Any] = []
+        dets = dets[np.asarray(keep)]
+        out: list[LabeledShapeRequest] = []
         if self.shape == "rectangle":
             for k in range(len(dets)):
                 box = [float(v) for v in dets.boxes[k]]
@@ -88,6 +109,8 @@ class GroundedSamFunction:
             return out
         from .dinoal.pipeline import segment_detections
 
+        if self.segmenter is None:  # pragma: no cover  (__init__ refuses shape="mask" without one)
+            raise InputError("shape='mask' needs a SAM2 segmenter; pass one or use shape='rectangle'")
         insts = segment_detections(self.segmenter, arr, dets)
         to_poly = bool(getattr(context, "conv_mask_to_poly", False))
         for k, inst in enumerate(insts):
@@ -130,16 +153,27 @@ def create(
     table = opts.class_table()
     detector = opts.build(table)
     prompt = detector.resolve_prompt(text)
-    if table is not None:
-        labels = list(table.leaves()) if text is None else list(dict.fromkeys(
-            (table.resolve(p).name if table.resolve(p) else p) for p in prompt.phrases))
-    else:
-        labels = list(prompt.phrases)
-    segmenter = None
+    labels = _label_names(table, text, prompt.phrases)
+    segmenter: ImageSegmenter | None = None
     if shape == "mask":
         segmenter = SamOptions(model=sam2, checkpoint=sam2_checkpoint, image_size=image_size,
                                device=device).image_segmenter()
     return GroundedSamFunction(detector, segmenter, labels=labels, prompt=prompt, shape=shape)
+
+
+def _label_names(table: ClassTable | None, text: str | None, phrases: Sequence[str]) -> list[str]:
+    """The labels the function declares, which CVAT matches by name to the task's labels: the
+    class table's classes that the text names (all its leaf classes without a text), else the
+    text's phrases as written."""
+    if table is None:
+        return list(phrases)
+    if text is None:
+        return list(table.leaves())
+    names: list[str] = []
+    for p in phrases:
+        info = table.resolve(p)
+        names.append(info.name if info is not None else p)
+    return list(dict.fromkeys(names))
 
 
 __all__ = ["GroundedSamFunction", "SHAPES", "create"]

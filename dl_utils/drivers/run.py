@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..annotations import Instances
     from ..classes import ClassTable
     from ..dinoal.detector import Detector
-    from ..dinoal.prompts import Prompt
+    from ..dinoal.caption import Prompt
     from ..samal import ImageSegmenter
     from ..sam2al import VideoSession
     from ..store import AnnotationStore
