@@ -6,10 +6,12 @@ import this package; drivers put them together:
 * :mod:`~dl_utils.drivers.options`: :class:`DetectorOptions`, :class:`TrackOptions`, :class:`SamOptions`,
   each owning its command-line options and defaults;
 * :mod:`~dl_utils.drivers.run`: :func:`run_into_store`, the one path that runs clicks and a text prompt
-  into a store (video or images), used by ``annotate``, ``detect`` and the widget;
+  into a store (video or images), used by ``annotate``, ``detect``, ``segment`` and the widget;
 * :mod:`~dl_utils.drivers.annotate`, :mod:`~dl_utils.drivers.detect`, :mod:`~dl_utils.drivers.segment`:
   the ``dl-utils annotate|detect|segment`` commands (``run_*`` library calls, ``add_*_arguments``,
-  ``run_*_cli``).
+  ``run_*_cli``);
+* :mod:`~dl_utils.drivers.cvat`: the ``dl-utils cvat labels|create-task|push|pull`` commands over the
+  sink :mod:`dl_utils.cvat` (command-line code does not belong in a sink).
 
 Importing this package (and the options) needs neither torch nor the models; see docs/drivers.md.
 """
