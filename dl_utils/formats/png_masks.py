@@ -25,6 +25,7 @@ import io
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -32,7 +33,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..annotations import color_to_rgb
+from ..annotations import Instances, MediaInfo, ObjectInfo, color_to_rgb
 from ..cv_utils import color_for_index
 from ..errors import InputError, OutputError
 from ._common import (
@@ -81,6 +82,29 @@ def _write(path: Path, data: bytes) -> None:
 _OWN_DIR = re.compile(r"^\d{3,}_[A-Za-z0-9._-]+$")
 
 
+@dataclass
+class _Layout:
+    """Everything the files of every frame depend on, fixed before the first frame is written."""
+
+    frames: list[int]
+    media: MediaInfo
+    objs: list[ObjectInfo]
+    shown: list[ObjectInfo]  # visible at least once in the range: these get a mask folder
+    visible: dict[int, list[int]]  # object id -> frames where it is visible (any frame of the store)
+    wanted: set[int]
+    width: int  # digits of the frame number in file names
+    folders: dict[int, str]
+    values: dict[int, int]  # object id -> its pixel value in the index images
+    colors: dict[int, str]
+    wide: bool  # over 255 objects: 16-bit index images, no palette
+    palette: list[int]
+    sequence: str
+    index: bool
+
+    def visible_in_range(self, object_id: int) -> list[int]:
+        return [f for f in self.visible[object_id] if f in self.wanted]
+
+
 def export_png_masks(
     store: StoreReader,
     out: str | os.PathLike[str],
@@ -107,87 +131,130 @@ def export_png_masks(
         raise OutputError(
             f"{out} is {_what_is(out)}; png-masks writes a folder, give a folder path for --out"
         )
+    layout = _plan_layout(store, objects, start, stop, sequence, index)
+    blacks: dict[tuple[int, int], bytes] = {}  # encoded once per size: absent frames are common
+
+    with atomic_folder(out, marker="objects.json", own={"ids"}, own_dir=_OWN_DIR) as tmp:
+        for o in layout.shown:
+            (tmp / layout.folders[o.id]).mkdir()
+        if index:
+            (tmp / "ids").mkdir()
+        for f, insts in iter_store_frames(store, layout.frames, layout.shown if not index else layout.objs,
+                                          desc="png-masks"):
+            _write_frame(tmp, f, insts, layout, blacks)
+        _write(tmp / "objects.json", json.dumps(_objects_doc(layout), indent=2).encode())
+    return out
+
+
+def _plan_layout(
+    store: StoreReader,
+    objects: Iterable[int] | None,
+    start: int | None,
+    stop: int | None,
+    sequence: str,
+    index: bool,
+) -> _Layout:
+    """Frames, objects, folders, pixel values and palette, from a pass that decodes no mask."""
     media_full = require_media(store)
     frames = select_frames(media_full, start, stop)
     media = sub_media(media_full, frames)
     objs = select_objects(store, objects)
 
-    # cheap pass without decoding masks: which objects are visible at all, and where
+    visible = _visible_frames(store, frames, objs)
+    wanted = set(frames)
+    shown = [o for o in objs if any(f in wanted for f in visible[o.id])]
+    colors = {o.id: o.color or color_for_index(o.id) for o in objs}
+    palette = [0, 0, 0]
+    for o in objs[:255]:
+        palette.extend(color_to_rgb(colors[o.id]))
+    palette.extend([0, 0, 0] * (256 - len(palette) // 3))
+    return _Layout(
+        frames=frames,
+        media=media,
+        objs=objs,
+        shown=shown,
+        visible=visible,
+        wanted=wanted,
+        width=max(4, len(str(max(frames)))),
+        folders={o.id: f"{o.id:03d}_{safe_name(o.label)}" for o in shown},
+        values={o.id: k + 1 for k, o in enumerate(objs)},
+        colors=colors,
+        wide=len(objs) > 255,
+        palette=palette,
+        sequence=sequence,
+        index=index,
+    )
+
+
+def _visible_frames(
+    store: StoreReader, frames: list[int], objs: list[ObjectInfo]
+) -> dict[int, list[int]]:
+    """Object id -> frames where it is visible; cheap, as it reads instances without their masks."""
     visible: dict[int, list[int]] = {o.id: [] for o in objs}
     for f, insts in store.iter_frames(start=frames[0], stop=frames[-1], objects=[o.id for o in objs],
                                       decode=False):
         for inst in insts:
             if not inst.is_empty:
                 visible[inst.object_id].append(f)
-    wanted = set(frames)
-    shown = [o for o in objs if any(f in wanted for f in visible[o.id])]
-    width = max(4, len(str(max(frames))))
-    folders = {o.id: f"{o.id:03d}_{safe_name(o.label)}" for o in shown}
-    values = {o.id: k + 1 for k, o in enumerate(objs)}
-    colors = {o.id: o.color or color_for_index(o.id) for o in objs}
-    wide = len(objs) > 255
+    return visible
 
-    palette = [0, 0, 0]
-    for o in objs[:255]:
-        palette.extend(color_to_rgb(colors[o.id]))
-    palette.extend([0, 0, 0] * (256 - len(palette) // 3))
-    blacks: dict[tuple[int, int], bytes] = {}  # encoded once per size: absent frames are common
 
-    with atomic_folder(out, marker="objects.json", own={"ids"}, own_dir=_OWN_DIR) as tmp:
-        for o in shown:
-            (tmp / folders[o.id]).mkdir()
-        if index:
-            (tmp / "ids").mkdir()
-        for f, insts in iter_store_frames(store, frames, shown if not index else objs,
-                                          desc="png-masks"):
-            w, h = media.size_of(f)
-            ids = np.zeros((h, w), dtype=np.uint16 if wide else np.uint8)
-            by_obj = insts.by_object()
-            for o in objs:  # id order: a later (higher id) object overwrites overlaps
-                mine = by_obj.get(o.id)
-                m = None
-                if mine is not None and not mine.is_empty:
-                    m = instance_mask(mine, h, w)
-                    if index:
-                        ids[m] = values[o.id]
-                if o.id in folders and (m is not None or sequence == "media"):
-                    if m is None:
-                        if (w, h) not in blacks:
-                            blacks[(w, h)] = _png_bytes(np.zeros((h, w), dtype=np.uint8))
-                        data = blacks[(w, h)]
-                    else:
-                        data = _png_bytes(m.view(np.uint8) * np.uint8(255))
-                    _write(tmp / folders[o.id] / f"mask_{f:0{width}d}.png", data)
-            if index:
-                _write(tmp / "ids" / f"ids_{f:0{width}d}.png", _png_bytes(ids, None if wide else palette))
+def _write_frame(
+    tmp: Path, f: int, insts: Instances, layout: _Layout, blacks: dict[tuple[int, int], bytes]
+) -> None:
+    """Frame ``f``'s mask PNG of each shown object and its index PNG."""
+    w, h = layout.media.size_of(f)
+    ids = np.zeros((h, w), dtype=np.uint16 if layout.wide else np.uint8)
+    by_obj = insts.by_object()
+    for o in layout.objs:  # id order: a later (higher id) object overwrites overlaps
+        mine = by_obj.get(o.id)
+        m = None
+        if mine is not None and not mine.is_empty:
+            m = instance_mask(mine, h, w)
+            if layout.index:
+                ids[m] = layout.values[o.id]
+        if o.id in layout.folders and (m is not None or layout.sequence == "media"):
+            if m is None:
+                if (w, h) not in blacks:
+                    blacks[(w, h)] = _png_bytes(np.zeros((h, w), dtype=np.uint8))
+                data = blacks[(w, h)]
+            else:
+                data = _png_bytes(m.view(np.uint8) * np.uint8(255))
+            _write(tmp / layout.folders[o.id] / f"mask_{f:0{layout.width}d}.png", data)
+    if layout.index:
+        _write(tmp / "ids" / f"ids_{f:0{layout.width}d}.png",
+               _png_bytes(ids, None if layout.wide else layout.palette))
 
-        media_doc: dict[str, Any] = {"name": media.name, "width": media.width, "height": media.height,
-                                     "frames": frames, "start": media.start, "step": media.step}
-        if media.frame_sizes:  # images of different sizes: each frame's [width, height]
-            media_doc["frame_sizes"] = [list(wh) for wh in media.frame_sizes]
-        doc = {
-            "media": media_doc,
-            "mask_pattern": f"{{folder}}/mask_%0{width}d.png",
-            "sequence": sequence,
-            "index": {
-                "pattern": f"ids/ids_%0{width}d.png" if index else None,
-                "mode": "I;16" if wide else "P",
-                "background": 0,
-                "overlap": "the object with the higher id wins",
-            },
-            "objects": [
-                {
-                    "id": o.id,
-                    "label": o.label,
-                    "color": colors[o.id],
-                    "value": values[o.id],
-                    "folder": folders.get(o.id),
-                    "first": min((f for f in visible[o.id] if f in wanted), default=None),
-                    "last": max((f for f in visible[o.id] if f in wanted), default=None),
-                    "visible_frames": sum(1 for f in visible[o.id] if f in wanted),
-                }
-                for o in objs
-            ],
-        }
-        _write(tmp / "objects.json", json.dumps(doc, indent=2).encode())
-    return out
+
+def _objects_doc(layout: _Layout) -> dict[str, Any]:
+    """``objects.json``: how a reader finds each object's files and maps index values to objects."""
+    media = layout.media
+    width = layout.width
+    media_doc: dict[str, Any] = {"name": media.name, "width": media.width, "height": media.height,
+                                 "frames": layout.frames, "start": media.start, "step": media.step}
+    if media.frame_sizes:  # images of different sizes: each frame's [width, height]
+        media_doc["frame_sizes"] = [list(wh) for wh in media.frame_sizes]
+    return {
+        "media": media_doc,
+        "mask_pattern": f"{{folder}}/mask_%0{width}d.png",
+        "sequence": layout.sequence,
+        "index": {
+            "pattern": f"ids/ids_%0{width}d.png" if layout.index else None,
+            "mode": "I;16" if layout.wide else "P",
+            "background": 0,
+            "overlap": "the object with the higher id wins",
+        },
+        "objects": [
+            {
+                "id": o.id,
+                "label": o.label,
+                "color": layout.colors[o.id],
+                "value": layout.values[o.id],
+                "folder": layout.folders.get(o.id),
+                "first": min(layout.visible_in_range(o.id), default=None),
+                "last": max(layout.visible_in_range(o.id), default=None),
+                "visible_frames": len(layout.visible_in_range(o.id)),
+            }
+            for o in layout.objs
+        ],
+    }
