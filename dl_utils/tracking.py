@@ -24,8 +24,8 @@ import enum
 import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, cast
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -37,6 +37,12 @@ from .errors import InputError, MaskError
 # ============================================================================ detections
 
 
+def _box(row: Sequence[float] | np.ndarray) -> Box:
+    """A detection row as a ``Box`` of Python floats."""
+    x1, y1, x2, y2 = (float(v) for v in row)
+    return (x1, y1, x2, y2)
+
+
 def _norm_label(label: object) -> str | None:
     if label is None:
         return None
@@ -44,12 +50,28 @@ def _norm_label(label: object) -> str | None:
     return s or None
 
 
+@runtime_checkable
+class DetectionsLike(Protocol):
+    """A detector's result for one frame as the matcher reads it (``dl_utils.dinoal.Detections``
+    has these): ``(N, 4)`` boxes, ``(N,)`` scores, one label per box."""
+
+    @property
+    def boxes(self) -> np.ndarray: ...
+
+    @property
+    def scores(self) -> np.ndarray: ...
+
+    @property
+    def labels(self) -> Sequence[str | None]: ...
+
+
 @dataclass
 class Candidates:
     """What a detector found on one frame, as the matcher sees it: boxes, scores, labels, masks.
 
-    Not a second detection type: :meth:`coerce` takes ``dl_utils.dinoal.Detections`` (or a
-    supervision ``Detections``, or dicts) as they are; this only adds the optional masks a
+    The tracker's one candidate type. A detector's own result (``dl_utils.dinoal.Detections``, or
+    anything with the :class:`DetectionsLike` attributes) becomes one in exactly one place,
+    :meth:`of`, which :meth:`TrackManager.update` calls; this class adds only the optional masks a
     detector does not have and the validation the matcher relies on.
 
     ``masks`` is ``None`` (boxes only) or one entry per detection, each a full-frame bool mask or
@@ -82,23 +104,27 @@ class Candidates:
         if len(labels) != n:
             raise InputError(f"detections: {len(labels)} labels for {n} boxes; give one label per box")
         self.labels = labels
-        if self.masks is not None:
-            if isinstance(self.masks, np.ndarray) and self.masks.ndim == 3:
-                masks: list[np.ndarray | None] = list(self.masks)
-            else:
-                masks = list(self.masks)
-            if len(masks) != n:
-                raise InputError(f"detections: {len(masks)} masks for {n} boxes; give one mask (or None) per box")
-            out: list[np.ndarray | None] = []
-            for i, m in enumerate(masks):
-                if m is None:
-                    out.append(None)
-                    continue
-                a = np.asarray(m)
-                if a.ndim != 2:
-                    raise MaskError(f"detection {i}: mask has shape {a.shape}; expected a full-frame (H, W) array")
-                out.append(a if a.dtype == np.bool_ else a != 0)
-            self.masks = out if any(m is not None for m in out) else None
+        self.masks = self._checked_masks(self.masks, n)
+
+    @staticmethod
+    def _checked_masks(masks: Sequence[np.ndarray | None] | np.ndarray | None, n: int
+                       ) -> list[np.ndarray | None] | None:
+        """One bool ``(H, W)`` mask or None per detection; ``None`` when no detection has one."""
+        if masks is None:
+            return None
+        items: list[np.ndarray | None] = list(masks)
+        if len(items) != n:
+            raise InputError(f"detections: {len(items)} masks for {n} boxes; give one mask (or None) per box")
+        out: list[np.ndarray | None] = []
+        for i, m in enumerate(items):
+            if m is None:
+                out.append(None)
+                continue
+            a = np.asarray(m)
+            if a.ndim != 2:
+                raise MaskError(f"detection {i}: mask has shape {a.shape}; expected a full-frame (H, W) array")
+            out.append(a if a.dtype == np.bool_ else a != 0)
+        return out if any(m is not None for m in out) else None
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -107,72 +133,30 @@ class Candidates:
         return None if self.masks is None else self.masks[i]
 
     @classmethod
-    def coerce(cls, obj: Any) -> Candidates:
-        """Accept this class, a detector's result object, a mapping, or a list of per-detection dicts.
+    def empty(cls) -> Candidates:
+        """The detector ran and found nothing (a keyframe with no detections)."""
+        return cls(np.zeros((0, 4)), np.zeros(0), [])
 
-        Attribute / key names tried, in order: boxes ``boxes`` | ``xyxy`` | ``box``; scores
-        ``scores`` | ``confidence`` | ``score``; labels ``labels`` | ``class_names`` | ``phrases`` |
-        ``label`` (or ``data["class_name"]`` as supervision stores it); masks ``masks`` | ``mask``.
-        A list may also hold :class:`~dl_utils.annotations.Instance` objects with a ``label`` in
-        ``prompts``.
-        """
+    @classmethod
+    def of(cls, detections: DetectionsLike,
+           masks: Sequence[np.ndarray | None] | np.ndarray | None = None) -> Candidates:
+        """The one conversion from a detector's result: its boxes, scores and labels, plus
+        ``masks`` when the caller has them (e.g. SAM2 masks of the boxes)."""
+        return cls(detections.boxes, detections.scores, list(detections.labels),
+                   None if masks is None else list(masks))
+
+    @classmethod
+    def coerce(cls, obj: Candidates | DetectionsLike) -> Candidates:
+        """``obj`` as it is when it is a :class:`Candidates`, else :meth:`of` it."""
         if isinstance(obj, Candidates):
             return obj
-        if obj is None:
-            return cls(np.zeros((0, 4)), np.zeros(0), [])
-
-        def pick(src: Any, names: Sequence[str], getter: Callable[[Any, str], Any]) -> Any:
-            for n in names:
-                v = getter(src, n)
-                if v is not None:
-                    return v
-            return None
-
-        if isinstance(obj, Mapping) or hasattr(obj, "boxes") or hasattr(obj, "xyxy"):
-            def get(src: Any, name: str) -> Any:
-                return src.get(name) if isinstance(src, Mapping) else getattr(src, name, None)
-
-            boxes = pick(obj, ("boxes", "xyxy"), get)
-            if boxes is None:
-                raise InputError("detections have no boxes (looked for 'boxes' and 'xyxy')")
-            scores = pick(obj, ("scores", "confidence"), get)
-            labels = pick(obj, ("labels", "class_names", "phrases"), get)
-            if labels is None:
-                data = get(obj, "data")
-                if isinstance(data, Mapping):
-                    labels = data.get("class_name")
-            masks = pick(obj, ("masks", "mask"), get)
-            # None labels: __post_init__ gives every box the label None
-            return cls(boxes, scores, cast("list[str | None]", None if labels is None else list(labels)),
-                       masks)
-        try:
-            items = list(obj)
-        except TypeError:
-            raise InputError(
-                f"detections of type {type(obj).__name__} are not understood; give a Candidates, an "
-                "object or dict with boxes/scores/labels, or a list of dicts with box/score/label"
-            ) from None
-        boxes, scores, labels, masks = [], [], [], []
-        for i, it in enumerate(items):
-            if isinstance(it, Instance):
-                box = it.box
-                score = it.score
-                label = (it.prompts or {}).get("label")
-                mask = it.mask
-            elif isinstance(it, Mapping):
-                box = pick(it, ("box", "bbox", "xyxy"), lambda s, n: s.get(n))
-                score = pick(it, ("score", "confidence"), lambda s, n: s.get(n))
-                label = pick(it, ("label", "class_name", "phrase"), lambda s, n: s.get(n))
-                mask = it.get("mask")
-            else:
-                raise InputError(f"detection {i} is a {type(it).__name__}; give a dict with box/score/label")
-            if box is None:
-                raise InputError(f"detection {i} has no box; every detection needs x1, y1, x2, y2")
-            boxes.append(box)
-            scores.append(1.0 if score is None else score)
-            labels.append(label)
-            masks.append(mask)
-        return cls(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(scores), labels, masks)
+        if isinstance(obj, DetectionsLike):
+            return cls.of(obj)
+        raise InputError(
+            f"detections of type {type(obj).__name__} are not understood; give a "
+            "tracking.Candidates(boxes, scores, labels, masks=None), Candidates.empty() for a keyframe "
+            "without detections, or a detector result with boxes/scores/labels (dinoal.Detections)"
+        )
 
 
 # ============================================================================ track state
@@ -372,11 +356,11 @@ def _quality_of(value: object) -> dict[str, float | None]:
     if value is None:
         return {"iou": None, "object_score": None, "area": 0}
     if isinstance(value, Instance):
-        p = value.prompts or {}
-        area = p.get("area")
+        prov = value.provenance
+        area = None if prov is None else prov.area
         return {
             "iou": value.score,
-            "object_score": p.get("object_score"),
+            "object_score": None if prov is None else prov.object_score,
             "area": value.area if area is None else area,
         }
     if isinstance(value, Mapping):
@@ -398,8 +382,8 @@ class KeyframePolicy:
 
     Quality per frame is ``{object_id: {"iou": float, "object_score": float, "area": int}}`` (any
     key may be missing or ``None``; an :class:`Instance` from :mod:`dl_utils.sam2al` works too: its
-    ``score`` is SAM2's predicted IoU and its ``prompts`` hold ``object_score`` and ``area``; ``None``
-    means the object is not visible). Signals:
+    ``score`` is SAM2's predicted IoU and its ``provenance`` holds ``object_score`` and ``area``;
+    ``None`` means the object is not visible). Signals:
 
     * ``iou < min_iou`` on a visible object (SAM2's predicted IoU of the kept mask);
     * ``object_score < min_object_score`` (SAM2's object-presence logit: < 0 means "not there");
@@ -514,14 +498,14 @@ class KeyframePolicy:
 # ============================================================================ the manager
 
 
-class TrackManager:
-    """Decides, keyframe by keyframe, which detections continue which tracks (see module docs).
+@dataclass(frozen=True)
+class TrackerConfig:
+    """The matcher's knobs in one value (docs/tracking.md explains how to tune them).
 
-    Feed it every processed frame in increasing frame order with :meth:`update`: on keyframes pass the
-    detections, on other frames only the tracker's masks (``detections=None``), which is cheap and
-    gives exact last-visible frames. Frames that are never fed count as unknown.
-
-    Knobs (docs/tracking.md explains how to tune them):
+    One object rather than nineteen parameters, so a driver (``dl_utils.drivers.options.TrackOptions``)
+    builds it once and hands it on, and :class:`TrackManager` validates it in one place. Values are
+    checked and normalised (ints, floats) on construction; an impossible one raises
+    :class:`~dl_utils.errors.InputError` naming the knob.
 
     * ``iou_threshold``: lowest IoU (mask IoU, box IoU for a detection without a mask) at which a
       detection can continue a visible track; ties at the threshold match.
@@ -549,31 +533,29 @@ class TrackManager:
       and time (SAM2's cost grows with every object); past it, the weakest new detections are skipped
       until a track ends.
     * ``first_id``: the first id handed out; ids are never reused.
-    * ``policy``: the :class:`KeyframePolicy` behind :meth:`should_redetect` (``every`` builds one).
     """
 
-    def __init__(
-        self,
-        iou_threshold: float = 0.3,
-        max_gap: int = 30,
-        label_strict: bool = True,
-        new_object_min_score: float = 0.0,
-        *,
-        re_anchor_below: float | None = 0.6,
-        area_change: float | None = 0.5,
-        area_window: int = 5,
-        max_missed: int | None = None,
-        revive_iou: float = 0.1,
-        revive_distance: float = 1.0,
-        duplicate_iou: float = 0.5,
-        mismatch_weight: float = 0.5,
-        compatible: Callable[[str, str], bool] | None = None,
-        motion_window: int = 10,
-        max_objects: int | None = None,
-        first_id: int = 1,
-        every: int | None = 20,
-        policy: KeyframePolicy | None = None,
-    ) -> None:
+    iou_threshold: float = 0.3
+    max_gap: int = 30
+    label_strict: bool = True
+    new_object_min_score: float = 0.0
+    re_anchor_below: float | None = 0.6
+    area_change: float | None = 0.5
+    area_window: int = 5
+    max_missed: int | None = None
+    revive_iou: float = 0.1
+    revive_distance: float = 1.0
+    duplicate_iou: float = 0.5
+    mismatch_weight: float = 0.5
+    compatible: Callable[[str, str], bool] | None = None
+    motion_window: int = 10
+    max_objects: int | None = None
+    first_id: int = 1
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
         def unit(name: str, v: float | None, allow_none: bool = False) -> float | None:
             if v is None and allow_none:
                 return None
@@ -581,40 +563,70 @@ class TrackManager:
                 raise InputError(f"{name}={v!r}: use a value in [0, 1]")
             return float(v)
 
-        self.iou_threshold = unit("iou_threshold", iou_threshold)
+        for name in ("iou_threshold", "revive_iou", "duplicate_iou", "mismatch_weight"):
+            put(name, unit(name, getattr(self, name)))
+        put("re_anchor_below", unit("re_anchor_below", self.re_anchor_below, True))
         if self.iou_threshold == 0:
             raise InputError("iou_threshold=0 would match detections that do not touch a track; use > 0")
-        if int(max_gap) < 0:
-            raise InputError(f"max_gap={max_gap!r}: use >= 0 frames")
-        self.max_gap = int(max_gap)
-        self.label_strict = bool(label_strict)
-        self.new_object_min_score = float(new_object_min_score)
-        self.re_anchor_below = unit("re_anchor_below", re_anchor_below, True)
-        if area_change is not None and float(area_change) <= 0:
-            raise InputError(f"area_change={area_change!r}: use a ratio > 0 (0.5 = 1.5x) or None")
-        self.area_change = None if area_change is None else float(area_change)
-        if int(area_window) < 1:
-            raise InputError(f"area_window={area_window!r}: use >= 1 frame")
-        self.area_window = int(area_window)
-        if max_missed is not None and int(max_missed) < 0:
-            raise InputError(f"max_missed={max_missed!r}: use >= 0 keyframes or None")
-        self.max_missed = None if max_missed is None else int(max_missed)
-        self.revive_iou = unit("revive_iou", revive_iou)
-        if float(revive_distance) < 0:
-            raise InputError(f"revive_distance={revive_distance!r}: use >= 0 box diagonals")
-        self.revive_distance = float(revive_distance)
-        self.duplicate_iou = unit("duplicate_iou", duplicate_iou)
-        self.mismatch_weight = unit("mismatch_weight", mismatch_weight)
-        self.compatible = compatible
-        if int(motion_window) < 0:
-            raise InputError(f"motion_window={motion_window!r}: use >= 0 frames")
-        self.motion_window = int(motion_window)
-        if max_objects is not None and int(max_objects) < 1:
-            raise InputError(f"max_objects={max_objects!r}: use >= 1 tracks or None (no cap)")
-        self.max_objects = None if max_objects is None else int(max_objects)
-        if int(first_id) < 0:
-            raise InputError(f"first_id={first_id!r}: object ids are integers >= 0")
-        self._next_id = int(first_id)
+        if int(self.max_gap) < 0:
+            raise InputError(f"max_gap={self.max_gap!r}: use >= 0 frames")
+        if self.area_change is not None and float(self.area_change) <= 0:
+            raise InputError(f"area_change={self.area_change!r}: use a ratio > 0 (0.5 = 1.5x) or None")
+        if int(self.area_window) < 1:
+            raise InputError(f"area_window={self.area_window!r}: use >= 1 frame")
+        if self.max_missed is not None and int(self.max_missed) < 0:
+            raise InputError(f"max_missed={self.max_missed!r}: use >= 0 keyframes or None")
+        if float(self.revive_distance) < 0:
+            raise InputError(f"revive_distance={self.revive_distance!r}: use >= 0 box diagonals")
+        if int(self.motion_window) < 0:
+            raise InputError(f"motion_window={self.motion_window!r}: use >= 0 frames")
+        if self.max_objects is not None and int(self.max_objects) < 1:
+            raise InputError(f"max_objects={self.max_objects!r}: use >= 1 tracks or None (no cap)")
+        if int(self.first_id) < 0:
+            raise InputError(f"first_id={self.first_id!r}: object ids are integers >= 0")
+        put("max_gap", int(self.max_gap))
+        put("label_strict", bool(self.label_strict))
+        put("new_object_min_score", float(self.new_object_min_score))
+        put("area_change", None if self.area_change is None else float(self.area_change))
+        put("area_window", int(self.area_window))
+        put("max_missed", None if self.max_missed is None else int(self.max_missed))
+        put("revive_distance", float(self.revive_distance))
+        put("motion_window", int(self.motion_window))
+        put("max_objects", None if self.max_objects is None else int(self.max_objects))
+        put("first_id", int(self.first_id))
+
+
+class TrackManager:
+    """Decides, keyframe by keyframe, which detections continue which tracks (see module docs).
+
+    Feed it every processed frame in increasing frame order with :meth:`update`: on keyframes pass the
+    detections, on other frames only the tracker's masks (``detections=None``), which is cheap and
+    gives exact last-visible frames. Frames that are never fed count as unknown.
+
+    Its knobs are a :class:`TrackerConfig`: ``TrackManager(config)``, or the knobs as keywords
+    (``TrackManager(max_gap=10, every=5)``), or both (keywords override the config's values).
+    ``policy`` is the :class:`KeyframePolicy` behind :meth:`should_redetect` (``every`` builds one).
+    """
+
+    def __init__(
+        self,
+        config: TrackerConfig | None = None,
+        *,
+        every: int | None = 20,
+        policy: KeyframePolicy | None = None,
+        **knobs: Any,  # TrackerConfig fields (names checked below, values by TrackerConfig)
+    ) -> None:
+        base = config if config is not None else TrackerConfig()
+        if knobs:
+            unknown = sorted(set(knobs) - {f.name for f in fields(TrackerConfig)})
+            if unknown:
+                raise TypeError(
+                    f"TrackManager got unknown knob(s) {unknown}; the knobs are TrackerConfig's fields: "
+                    + ", ".join(f.name for f in fields(TrackerConfig))
+                )
+            base = replace(base, **knobs)
+        self.config = base
+        self._next_id = base.first_id
         self.policy = policy if policy is not None else KeyframePolicy(every)
         self._tracks: dict[int, Track] = {}
         self._frame: int | None = None
@@ -720,9 +732,9 @@ class TrackManager:
         same = track_label.casefold() == det_label.casefold()
         if same:
             return True, True
-        if self.compatible is not None and self.compatible(track_label, det_label):
+        if self.config.compatible is not None and self.config.compatible(track_label, det_label):
             return True, True
-        return (not self.label_strict), False
+        return (not self.config.label_strict), False
 
     @staticmethod
     def _iou_matrix(
@@ -756,14 +768,14 @@ class TrackManager:
         return [(int(r), int(c)) for r, c in zip(rows, cols) if feasible[r, c]]
 
     def _area_reasons(self, t: Track, area: int) -> list[str]:
-        if self.area_change is None:
+        if self.config.area_change is None:
             return []
-        hist = [a for _, a in list(t.area_history)[-self.area_window :] if a > 0]
+        hist = [a for _, a in list(t.area_history)[-self.config.area_window :] if a > 0]
         if not hist or area <= 0:
             return []
         ref = float(np.median(hist))
         ratio = max(ref, area) / min(ref, area)
-        if ratio > 1 + self.area_change:
+        if ratio > 1 + self.config.area_change:
             return [f"area {area} px is x{ratio:.2f} the recent median {ref:g} px"]
         return []
 
@@ -795,14 +807,15 @@ class TrackManager:
         self,
         frame: int,
         tracked: Mapping[int, Any] | None = None,
-        detections: Any = None,
+        detections: Candidates | DetectionsLike | None = None,
     ) -> Decision:
         """Take the tracker's masks on ``frame`` and, on a keyframe, the detections; decide.
 
         ``tracked`` maps each live object id to its mask on this frame (an ``Instance`` works too);
         ``None``, an empty mask or a missing id mean "not visible". Masks of ended ids are ignored.
-        ``detections`` is anything :meth:`Candidates.coerce` accepts, or ``None`` on a frame where the
-        detector did not run (an empty list means it ran and found nothing).
+        ``detections`` is a :class:`Candidates` or a detector's result (:class:`DetectionsLike`, e.g.
+        ``dinoal.Detections``; converted by :meth:`Candidates.of`), or ``None`` on a frame where the
+        detector did not run (``Candidates.empty()``: it ran and found nothing).
         """
         frame = int(frame)
         if self._frame is not None and frame <= self._frame:
@@ -812,98 +825,98 @@ class TrackManager:
             )
         tracked_m = self._coerce_tracked(tracked, frame)
         dets = None if detections is None else Candidates.coerce(detections)
-        keyframe = dets is not None
-        shape: tuple[int, ...] | None = None
-        for oid, m in tracked_m.items():
-            if m is not None:
-                if shape is None:
-                    shape = m.shape
-                elif m.shape != shape:
-                    raise MaskError(
-                        f"frame {frame}: tracked mask of object {oid} is {m.shape[1]}x{m.shape[0]}, others"
-                        f" are {shape[1]}x{shape[0]}; all masks must be full-frame"
-                    )
-        if dets is not None and dets.masks is not None:
-            for jd, m in enumerate(dets.masks):
-                if m is None:
-                    continue
-                if shape is None:
-                    shape = m.shape
-                elif m.shape != shape:
-                    raise MaskError(
-                        f"frame {frame}: detection {jd} mask is {m.shape[1]}x{m.shape[0]} but the other"
-                        f" masks are {shape[1]}x{shape[0]}; resize detection masks to the frame"
-                    )
-
-        dec = Decision(frame, keyframe)
+        self._check_sizes(frame, tracked_m, dets)
+        dec = Decision(frame, dets is not None)
         live = self.live()
         visible: dict[int, tuple[np.ndarray, Box]] = {}
         for t in live:
             m = tracked_m.get(t.id)
-            if m is not None:
-                b = box_from_mask(m)
-                if b is not None:
-                    visible[t.id] = (m, b)
-
+            b = None if m is None else box_from_mask(m)
+            if m is not None and b is not None:
+                visible[t.id] = (m, b)
         matched: dict[int, int] = {}  # object id -> det index
         if dets is not None:
             self.policy.mark(frame)
             matched = self._match(frame, dets, live, visible, dec)
-
-        # -------- state update
         for t in live:
-            prev_seen = t.last_seen
-            j = matched.get(t.id)
-            if t.id in visible:
-                m, b = visible[t.id]
-                t._see(frame, m, b)
-            elif j is not None:
-                dm = dets.mask(j)  # type: ignore[union-attr]
-                b = cast(Box, tuple(float(v) for v in dets.boxes[j]))  # type: ignore[union-attr]
-                t._see(frame, dm if dm is not None and dm.any() else None, b)
-            if j is not None:
-                t.last_detected = frame
-                t.score = float(dets.scores[j])  # type: ignore[union-attr]
-                t.missed = 0
-                t._confirmed_until = None
-            elif keyframe and t.id in visible:
-                if t.missed == 0:
-                    t._confirmed_until = prev_seen
-                t.missed += 1
-                dec.unconfirmed.append(t.id)
-            supported = j is not None or t.id in visible
-            if supported:
-                t.missing_since = None
-                t.status = TrackStatus.ACTIVE
-            else:
-                if t.missing_since is None:
-                    t.missing_since = frame
-                t.status = TrackStatus.OCCLUDED
-            # -------- ending
-            gap = 0 if t.missing_since is None else frame - t.missing_since + 1  # None: supported
-            if not supported and gap > self.max_gap:
-                self._end(t, t.last_seen, f"no support for {gap} frames > max_gap={self.max_gap}", dec)
-            elif (
-                self.max_missed is not None and keyframe and j is None and t.id in visible
-                and t.missed > self.max_missed
-            ):
-                why = f"no detection on {t.missed} keyframes > max_missed={self.max_missed}"
-                self._end(t, t._confirmed_until, why, dec)
-            elif t.status == TrackStatus.OCCLUDED:
-                dec.occluded.append(t.id)
-
-        # -------- new objects (after the state update so their own frame is not "missing")
+            self._step_track(t, frame, visible.get(t.id), matched.get(t.id), dets, dec)
+        # new objects after the state update, so their own frame is not "missing"
         for n in dec.new:
-            dm = dets.mask(n.det)  # type: ignore[union-attr]
+            assert dets is not None  # only a keyframe starts objects
+            dm = dets.mask(n.det)
             t = Track(n.object_id, n.label, frame, score=n.score, last_detected=frame)
             t._see(frame, dm if dm is not None and dm.any() else None, n.box)
             self._tracks[n.object_id] = t
-        if keyframe:
+        if dets is not None:
             self._last_keyframe = frame
         self._frame = frame
-        if keyframe or dec.ended:
+        if dets is not None or dec.ended:
             self.decisions.append(dec)
         return dec
+
+    @staticmethod
+    def _check_sizes(frame: int, tracked: dict[int, np.ndarray | None], dets: Candidates | None) -> None:
+        """All masks of a frame, tracked and detected, must have one (full-frame) size."""
+        shape: tuple[int, ...] | None = None
+        for oid, m in tracked.items():
+            if m is None:
+                continue
+            if shape is None:
+                shape = m.shape
+            elif m.shape != shape:
+                raise MaskError(
+                    f"frame {frame}: tracked mask of object {oid} is {m.shape[1]}x{m.shape[0]}, others"
+                    f" are {shape[1]}x{shape[0]}; all masks must be full-frame"
+                )
+        for jd, dm in enumerate(dets.masks if dets is not None and dets.masks is not None else []):
+            if dm is None:
+                continue
+            if shape is None:
+                shape = dm.shape
+            elif dm.shape != shape:
+                raise MaskError(
+                    f"frame {frame}: detection {jd} mask is {dm.shape[1]}x{dm.shape[0]} but the other"
+                    f" masks are {shape[1]}x{shape[0]}; resize detection masks to the frame"
+                )
+
+    def _step_track(self, t: Track, frame: int, seen: tuple[np.ndarray, Box] | None, j: int | None,
+                    dets: Candidates | None, dec: Decision) -> None:
+        """One live track on ``frame``: what it looks like now (tracker mask ``seen``, or matched
+        detection ``j``), whether it is supported, occluded or ended."""
+        keyframe = dets is not None
+        prev_seen = t.last_seen
+        if seen is not None:
+            t._see(frame, seen[0], seen[1])
+        elif j is not None and dets is not None:
+            dm = dets.mask(j)
+            t._see(frame, dm if dm is not None and dm.any() else None, cast(Box, tuple(float(v) for v in dets.boxes[j])))
+        if j is not None and dets is not None:
+            t.last_detected = frame
+            t.score = float(dets.scores[j])
+            t.missed = 0
+            t._confirmed_until = None
+        elif keyframe and seen is not None:
+            if t.missed == 0:
+                t._confirmed_until = prev_seen
+            t.missed += 1
+            dec.unconfirmed.append(t.id)
+        supported = j is not None or seen is not None
+        if supported:
+            t.missing_since = None
+            t.status = TrackStatus.ACTIVE
+        else:
+            if t.missing_since is None:
+                t.missing_since = frame
+            t.status = TrackStatus.OCCLUDED
+        cfg = self.config
+        gap = 0 if t.missing_since is None else frame - t.missing_since + 1  # None: supported
+        if not supported and gap > cfg.max_gap:
+            self._end(t, t.last_seen, f"no support for {gap} frames > max_gap={cfg.max_gap}", dec)
+        elif cfg.max_missed is not None and keyframe and j is None and seen is not None and t.missed > cfg.max_missed:
+            why = f"no detection on {t.missed} keyframes > max_missed={cfg.max_missed}"
+            self._end(t, t._confirmed_until, why, dec)
+        elif t.status == TrackStatus.OCCLUDED:
+            dec.occluded.append(t.id)
 
     def observe(self, frame: int, tracked: Mapping[int, Any] | None) -> Decision:
         """Same as ``update(frame, tracked)``: a frame where the detector did not run."""
@@ -923,104 +936,117 @@ class TrackManager:
         visible: dict[int, tuple[np.ndarray, Box]],
         dec: Decision,
     ) -> dict[int, int]:
-        nd = len(dets)
-        all_cols = list(range(nd))
+        """The keyframe's matching (docs/tracking.md, "How matching works"): visible tracks first,
+        then lost ones, then new objects from what is left. Returns object id -> detection index."""
         matched: dict[int, int] = {}
-        used: set[int] = set()
-
-        # ---- stage 1: visible tracks vs all detections, on mask IoU
         vis = [t for t in live if t.id in visible]
-        iou1 = self._iou_matrix([visible[t.id][0] for t in vis], [visible[t.id][1] for t in vis], dets, all_cols)
-        if vis and nd:
-            lab = np.array([[self._label_ok(t.label, dets.labels[j]) for j in all_cols] for t in vis], dtype=bool)
-            allowed, same = lab[..., 0], lab[..., 1]
-            feasible = allowed & (iou1 >= self.iou_threshold)
-            weight = np.where(same, iou1, iou1 * self.mismatch_weight)
-            for r, c in self._assign(weight, feasible):
-                t = vis[r]
-                iou = float(iou1[r, c])
-                matched[t.id] = c
-                used.add(c)
-                dec.matches.append(Match(t.id, c, iou))
-                reasons = []
-                if self.re_anchor_below is not None and iou < self.re_anchor_below:
-                    reasons.append(f"IoU {iou:.2f} < re_anchor_below={self.re_anchor_below:g}")
-                reasons += self._area_reasons(t, int(np.count_nonzero(visible[t.id][0])))
-                if reasons:
-                    box = tuple(float(v) for v in dets.boxes[c])
-                    dec.reanchors.append(ReAnchor(t.id, c, iou, box, reasons))  # type: ignore[arg-type]
-                    t.reanchored.append(frame)
+        iou1 = self._iou_matrix([visible[t.id][0] for t in vis], [visible[t.id][1] for t in vis], dets,
+                                list(range(len(dets))))
+        self._match_visible(frame, dets, vis, visible, iou1, matched, dec)
+        self._match_lost(frame, dets, live, visible, matched, dec)
+        used = set(matched.values())
+        self._start_new(dets, live, vis, iou1, [j for j in range(len(dets)) if j not in used], dec)
+        dec.skipped.sort(key=lambda s: s.det)
+        return matched
 
-        # ---- stage 2: tracks the tracker lost (within max_gap) vs the detections left
+    def _match_visible(self, frame: int, dets: Candidates, vis: list[Track],
+                       visible: dict[int, tuple[np.ndarray, Box]], iou1: np.ndarray,
+                       matched: dict[int, int], dec: Decision) -> None:
+        """Stage 1: visible tracks vs all detections on mask IoU; drifting matches re-anchor."""
+        cfg = self.config
+        if not vis or not len(dets):
+            return
+        lab = np.array([[self._label_ok(t.label, dets.labels[j]) for j in range(len(dets))] for t in vis],
+                       dtype=bool)
+        allowed, same = lab[..., 0], lab[..., 1]
+        feasible = allowed & (iou1 >= cfg.iou_threshold)
+        weight = np.where(same, iou1, iou1 * cfg.mismatch_weight)
+        for r, c in self._assign(weight, feasible):
+            t = vis[r]
+            iou = float(iou1[r, c])
+            matched[t.id] = c
+            dec.matches.append(Match(t.id, c, iou))
+            reasons = []
+            if cfg.re_anchor_below is not None and iou < cfg.re_anchor_below:
+                reasons.append(f"IoU {iou:.2f} < re_anchor_below={cfg.re_anchor_below:g}")
+            reasons += self._area_reasons(t, int(np.count_nonzero(visible[t.id][0])))
+            if reasons:
+                dec.reanchors.append(ReAnchor(t.id, c, iou, _box(dets.boxes[c]), reasons))
+                t.reanchored.append(frame)
+
+    def _match_lost(self, frame: int, dets: Candidates, live: list[Track],
+                    visible: dict[int, tuple[np.ndarray, Box]], matched: dict[int, int], dec: Decision) -> None:
+        """Stage 2: tracks the tracker lost (within max_gap) vs the detections left: revivals."""
         lost = [
             t for t in live
             if t.id not in visible and t.box is not None
-            and (t.missing_since is None or frame - t.missing_since <= self.max_gap)
+            and (t.missing_since is None or frame - t.missing_since <= self.config.max_gap)
         ]
-        rest = [j for j in all_cols if j not in used]
-        if lost and rest:
-            pairs = self._revive(frame, dets, lost, rest)
-            for r, k, iou in pairs:
-                t, j = lost[r], rest[k]
-                gap = 0 if t.missing_since is None else frame - t.missing_since
-                back = None if t.last_seen is None else t.last_seen + 1
-                box = tuple(float(v) for v in dets.boxes[j])
-                dec.revived.append(Revival(t.id, j, iou, box, gap, back))  # type: ignore[arg-type]
-                matched[t.id] = j
-                used.add(j)
-                t.revived.append(frame)
+        used = set(matched.values())
+        rest = [j for j in range(len(dets)) if j not in used]
+        if not lost or not rest:
+            return
+        for r, k, iou in self._revive(frame, dets, lost, rest):
+            t, j = lost[r], rest[k]
+            gap = 0 if t.missing_since is None else frame - t.missing_since
+            back = None if t.last_seen is None else t.last_seen + 1
+            dec.revived.append(Revival(t.id, j, iou, _box(dets.boxes[j]), gap, back))
+            matched[t.id] = j
+            t.revived.append(frame)
 
-        # ---- new objects from what is left
-        rest = [j for j in all_cols if j not in used]
+    def _start_new(self, dets: Candidates, live: list[Track], vis: list[Track], iou1: np.ndarray,
+                   rest: list[int], dec: Decision) -> None:
+        """Stage 3: the detections left start objects, unless weak, duplicates or over max_objects."""
+        cfg = self.config
         cand: list[int] = []
         for j in rest:
-            if dets.scores[j] < self.new_object_min_score:
-                why = f"score {dets.scores[j]:.2f} < new_object_min_score={self.new_object_min_score:g}"
+            if dets.scores[j] < cfg.new_object_min_score:
+                why = f"score {dets.scores[j]:.2f} < new_object_min_score={cfg.new_object_min_score:g}"
                 dec.skipped.append(Skipped(j, why))
                 continue
-            if vis and nd:
+            if vis:
                 k = int(np.argmax(iou1[:, j]))
-                if iou1[k, j] >= self.duplicate_iou:
+                if iou1[k, j] >= cfg.duplicate_iou:
                     dec.skipped.append(Skipped(j, f"duplicate of object {vis[k].id} (IoU {iou1[k, j]:.2f})"))
                     continue
             cand.append(j)
-        if len(cand) > 1:
-            # among the new ones, a weaker detection overlapping a stronger one is the same object
-            geo_m = [dets.mask(j) for j in cand]
-            geo_b = [tuple(dets.boxes[j]) for j in cand]
-            pair = self._iou_matrix(geo_m, geo_b, dets, cand)
-            order = sorted(range(len(cand)), key=lambda i: (-dets.scores[cand[i]], cand[i]))
-            kept: list[int] = []
-            drop: dict[int, str] = {}
-            for i in order:
-                hit = next((k for k in kept if pair[i, k] >= self.duplicate_iou), None)
-                if hit is None:
-                    kept.append(i)
-                else:
-                    drop[cand[i]] = f"duplicate of detection {cand[hit]} (IoU {pair[i, hit]:.2f})"
-            for j, why in sorted(drop.items()):
-                dec.skipped.append(Skipped(j, why))
-            cand = [j for j in cand if j not in drop]
-        if self.max_objects is not None:
-            room = max(0, self.max_objects - len(live))
+        cand = self._drop_new_duplicates(dets, cand, dec)
+        if cfg.max_objects is not None:
+            room = max(0, cfg.max_objects - len(live))
             cand.sort(key=lambda j: (-dets.scores[j], j))
             for j in cand[room:]:
-                dec.skipped.append(Skipped(j, f"max_objects={self.max_objects} tracks are alive"))
+                dec.skipped.append(Skipped(j, f"max_objects={cfg.max_objects} tracks are alive"))
             cand = sorted(cand[:room])
         for j in cand:
             oid = self._next_id
             self._next_id += 1
-            box = tuple(float(v) for v in dets.boxes[j])
-            dec.new.append(NewObject(oid, j, dets.labels[j], float(dets.scores[j]), box, self._last_keyframe))  # type: ignore[arg-type]
-        dec.skipped.sort(key=lambda s: s.det)
-        return matched
+            dec.new.append(NewObject(oid, j, dets.labels[j], float(dets.scores[j]), _box(dets.boxes[j]),
+                                     self._last_keyframe))
+
+    def _drop_new_duplicates(self, dets: Candidates, cand: list[int], dec: Decision) -> list[int]:
+        """Among would-be new objects, a weaker detection overlapping a stronger one is the same object."""
+        if len(cand) < 2:
+            return cand
+        pair = self._iou_matrix([dets.mask(j) for j in cand], [_box(dets.boxes[j]) for j in cand], dets, cand)
+        order = sorted(range(len(cand)), key=lambda i: (-dets.scores[cand[i]], cand[i]))
+        kept: list[int] = []
+        drop: dict[int, str] = {}
+        for i in order:
+            hit = next((k for k in kept if pair[i, k] >= self.config.duplicate_iou), None)
+            if hit is None:
+                kept.append(i)
+            else:
+                drop[cand[i]] = f"duplicate of detection {cand[hit]} (IoU {pair[i, hit]:.2f})"
+        for j, why in sorted(drop.items()):
+            dec.skipped.append(Skipped(j, why))
+        return [j for j in cand if j not in drop]
 
     def _revive(
         self, frame: int, dets: Candidates, lost: list[Track], cols: list[int]
     ) -> list[tuple[int, int, float]]:
         """Optimal pairing of lost tracks with leftover detections: overlap first, then proximity."""
         last = self._iou_matrix([t.mask for t in lost], [t.box for t in lost], dets, cols)  # type: ignore[misc]
-        pred = [t.predicted_box(frame, self.motion_window) if self.motion_window else t.box for t in lost]
+        pred = [t.predicted_box(frame, self.config.motion_window) if self.config.motion_window else t.box for t in lost]
         overlap = np.maximum(last, box_iou(np.asarray(pred), dets.boxes[cols]))
         allowed = np.array([[self._label_ok(t.label, dets.labels[j])[0] for j in cols] for t in lost], dtype=bool)
         pc = np.array([((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in pred])  # type: ignore[index]
@@ -1028,14 +1054,14 @@ class TrackManager:
         dc = np.stack([(db[:, 0] + db[:, 2]) / 2, (db[:, 1] + db[:, 3]) / 2], -1)
         diag = np.array([max(math.hypot(b[2] - b[0], b[3] - b[1]), 1.0) for b in pred])  # type: ignore[index]
         dist = np.linalg.norm(pc[:, None, :] - dc[None, :, :], axis=-1) / diag[:, None]
-        by_overlap = allowed & (overlap >= self.revive_iou)
-        near = allowed & (dist <= self.revive_distance)
+        by_overlap = allowed & (overlap >= self.config.revive_iou)
+        near = allowed & (dist <= self.config.revive_distance)
         cand = by_overlap | near
         # proximity alone is ambiguous unless the track and the detection are each other's only option
         unique = (cand.sum(axis=1, keepdims=True) == 1) & (cand.sum(axis=0, keepdims=True) == 1)
         feasible = by_overlap | (near & unique)
         # any overlap outranks proximity: weights in (1, 2] vs (0, 1]
-        weight = np.where(by_overlap, 1.0 + overlap, 1.0 - 0.999 * dist / max(self.revive_distance, 1e-9))
+        weight = np.where(by_overlap, 1.0 + overlap, 1.0 - 0.999 * dist / max(self.config.revive_distance, 1e-9))
         return [(r, c, float(overlap[r, c])) for r, c in self._assign(weight, feasible)]
 
 

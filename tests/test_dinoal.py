@@ -7,6 +7,7 @@ Models are built locally with random weights (tests/dino_fixtures.py); no hub ac
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.server
 import json
 import subprocess
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 
 from dl_utils import dino_models
-from dl_utils.annotations import ShapeType, Source
+from dl_utils.annotations import Provenance, ShapeType, Source
 from dl_utils.classes import ClassTable, UnknownClassError
 from dl_utils.dinoal import (
     Detections,
@@ -33,7 +34,7 @@ from dl_utils.dinoal import (
     detect_frames,
     drop_cut_boxes,
     nms,
-    parse_prompt,
+    parse_caption,
     phrase_index_of_tokens,
     segment_detections,
     store_detections,
@@ -93,23 +94,38 @@ def table() -> ClassTable:
     ], source="test-table")
 
 
-# ----------------------------------------------------------------------------- prompts
-def test_parse_prompt_normalises_and_matches_upstream_caption():
-    p = parse_prompt("  Car. person.\n  Traffic   Light. car.. ")
+# ----------------------------------------------------------------------------- captions
+def test_parse_caption_normalises_and_matches_upstream_caption():
+    p = parse_caption("  Car. person.\n  Traffic   Light. car.. ")
     assert p.phrases == ("car", "person", "traffic light")
-    assert p.caption == "car. person. traffic light."
-    assert parse_prompt(["Car", "person. dog"]).phrases == ("car", "person", "dog")
-    assert parse_prompt(p) is p
+    assert p.text == "car. person. traffic light."
+    assert parse_caption(["Car", "person. dog"]).phrases == ("car", "person", "dog")
+    assert parse_caption(p) is p
     if HAVE_GD:
         from groundingdino.util.inference import preprocess_caption
 
-        assert parse_prompt(PROMPT).caption == preprocess_caption(PROMPT)
+        assert parse_caption(PROMPT).text == preprocess_caption(PROMPT)
+
+
+def test_pre_rename_caption_names_still_import():
+    """Notebooks and other modules import Prompt/parse_prompt (also from dinoal.prompts)."""
+    from dl_utils import dinoal
+    from dl_utils.dinoal import Caption
+    from dl_utils.dinoal.prompts import Prompt, parse_prompt
+
+    assert Prompt is Caption and dinoal.Prompt is Caption
+    assert parse_prompt is parse_caption and dinoal.parse_prompt is parse_caption
+    p = parse_prompt("car. person")
+    assert p.caption == p.text == "car. person."  # .caption: the old property name
+    d = Detections.empty(caption="car.")
+    assert d.prompt == d.caption == "car."
+    assert GroundedDetector.resolve_prompt is GroundedDetector.resolve_caption
 
 
 @pytest.mark.parametrize("bad", ["", "  ", " . .. ", [], None, ["car", 3]])
-def test_parse_prompt_rejects_empty_or_non_text(bad):
+def test_parse_caption_rejects_empty_or_non_text(bad):
     with pytest.raises(InputError, match=r"prompt|phrase"):
-        parse_prompt(bad)
+        parse_caption(bad)
 
 
 @requires_tf
@@ -125,17 +141,17 @@ def test_phrase_index_of_tokens_follows_the_dots(tmp_path):
 
 def test_label_mapper_names_synonyms_plurals_superclass():
     m = LabelMapper(table())
-    got = m.map(parse_prompt("cars. pedestrian. sedan. traffic light"))
+    got = m.map(parse_caption("cars. pedestrian. sedan. traffic light"))
     assert [(g.label, g.class_id, g.color) for g in got] == [
         ("car", 1, "#e6194b"), ("person", 5, "#3cb44b"), ("car", 1, "#e6194b"), ("traffic light", 7, "#4363d8")]
-    sup = LabelMapper(table(), superclass=True).map(parse_prompt("sedan. truck. person"))
+    sup = LabelMapper(table(), superclass=True).map(parse_caption("sedan. truck. person"))
     assert [(g.label, g.class_id) for g in sup] == [("vehicle", 0), ("vehicle", 0), ("person", 5)]
-    free = LabelMapper(None).map(parse_prompt("dog. cat"))
+    free = LabelMapper(None).map(parse_caption("dog. cat"))
     assert [(g.label, g.class_id) for g in free] == [("dog", -1), ("cat", -1)]
 
 
 def test_label_mapper_unknown_policies():
-    p = parse_prompt("car. dog. persn")
+    p = parse_caption("car. dog. persn")
     with pytest.warns(UnknownPhraseWarning, match=r"'dog'.*'persn' \(did you mean 'person'\?\).*dropped"):
         got = LabelMapper(table(), on_unknown="warn").map(p)
     assert [g.label for g in got] == ["car", None, None]
@@ -152,7 +168,7 @@ def test_label_mapper_unknown_policies():
 # ----------------------------------------------------------------------------- Detections and post-processing
 def dets_of(boxes, scores, labels, size=(100, 200)) -> Detections:
     return Detections(np.array(boxes, float), np.array(scores, float), phrases=list(labels), labels=list(labels),
-                      image_size=size, prompt="x.")
+                      image_size=size, caption="x.")
 
 
 def test_detections_slicing_concat_and_instances():
@@ -166,13 +182,56 @@ def test_detections_slicing_concat_and_instances():
     i0 = insts[0]
     assert i0.box == (0.0, 10.0, 50.0, 60.0) and i0.mask is None and i0.shape is ShapeType.BOX
     assert i0.source is Source.AUTO and i0.score == pytest.approx(0.9)
-    assert i0.prompts == {"text": "car", "label": "car", "prompt": "x.", "box": [-5.0, 10.0, 50.0, 60.0],
-                          "detector_score": pytest.approx(0.9), "detector": "m"}
+    assert i0.label == "car" and i0.clicks is None  # the box is the geometry, nobody clicked
+    assert i0.provenance.detector_score == pytest.approx(0.9)
+    assert dataclasses.replace(i0.provenance, detector_score=None) == Provenance(
+        engine="groundingdino", detector="m", caption="x.", phrase="car")
     assert insts[1].box == (100.0, 0.0, 200.0, 40.0)  # clipped to the 200x100 image
     with pytest.raises(InputError, match="3 detections but 2 object ids"):
         d.to_instances([1, 2])
     with pytest.raises(InputError, match="2 boxes but 1 scores"):
         Detections(np.zeros((2, 4)), np.zeros(1))
+
+
+def test_segment_detections_merges_sam2_and_detector_fields():
+    """SAM2's clicks (the box) and provenance (engine, model) stay; the detector adds label, detector,
+    caption, phrase and score: one merge (with_detection) for every grounded mask."""
+    from dl_utils.annotations import Clicks, Instance, Instances
+    from dl_utils.dinoal import with_detection
+
+    class FakeSegmenter:  # samal's ImageSegmenter.predict_boxes contract, no model
+        def set_image(self, image, frame=None):
+            self.hw = image.shape[:2]
+
+        def predict_boxes(self, boxes, ids, scores, batch_size=None):
+            out = []
+            for b, oid, sc in zip(boxes, ids, scores):
+                m = np.zeros(self.hw, bool)
+                x1, y1, x2, y2 = (int(v) for v in b)
+                m[y1:y2, x1:x2] = True
+                out.append(Instance(oid, mask=m, score=0.8, clicks=Clicks(box=tuple(b)),
+                                    provenance=Provenance(engine="sam2-image", model="sam2.1_hiera_tiny",
+                                                          precision="float32", detector_score=sc)))
+            return Instances(out)
+
+    d = Detections(np.array([[10, 10, 40, 30], [50, 5, 90, 60]], float), np.array([0.9, 0.6]),
+                   phrases=["red car", "person"], labels=["car", "person"], caption="car. person.",
+                   image_size=(100, 200))
+    got = segment_detections(FakeSegmenter(), np.zeros((100, 200, 3), np.uint8), d, [4, 5], frame=7,
+                             detector="grounding-dino-tiny")
+    assert got.frame == 7 and got.object_ids.tolist() == [4, 5]
+    for k, inst in enumerate(got):
+        assert inst.label == d.labels[k] and inst.score == pytest.approx(0.8)
+        assert inst.clicks == Clicks(box=tuple(d.boxes[k]))
+        p = inst.provenance
+        assert (p.engine, p.model, p.precision) == ("sam2-image", "sam2.1_hiera_tiny", "float32")
+        assert (p.detector, p.caption, p.phrase) == ("grounding-dino-tiny", "car. person.", d.phrases[k])
+        assert p.detector_score == pytest.approx(d.scores[k])
+    # an instance without provenance gets the detector's fields only
+    bare = with_detection(Instance(1, box=(0, 0, 5, 5)), d, 1)
+    assert bare.label == "person" and bare.provenance.detector_score == pytest.approx(0.6)
+    assert dataclasses.replace(bare.provenance, detector_score=None) == Provenance(caption="car. person.",
+                                                                                  phrase="person")
 
 
 def test_nms_per_class_and_cross_class_equal_torchvision():
@@ -248,7 +307,7 @@ class SquaresBackend:
             ps = np.zeros((len(boxes), len(prompt)), np.float32)
             ps[:, 0] = 1.0
             out.append(Detections(np.array(boxes, float).reshape(-1, 4), np.array(scores), phrases=["sq"] * len(boxes),
-                                  phrase_scores=ps, prompt=prompt.caption, image_size=im.shape[:2]))
+                                  phrase_scores=ps, caption=prompt.text, image_size=im.shape[:2]))
         return out
 
 
@@ -283,7 +342,7 @@ def test_detector_labels_thresholds_nms_cap_with_fake_backend():
             scores = ps.max(1)
             keep = scores > box_threshold
             return [Detections(boxes[keep], scores[keep], phrases=["?"] * int(keep.sum()), phrase_scores=ps[keep],
-                               prompt=prompt.caption, image_size=(200, 300)) for _ in images]
+                               caption=prompt.text, image_size=(200, 300)) for _ in images]
 
     img = np.zeros((200, 300, 3), np.uint8)
     det = GroundedDetector(Fixed(), classes=table(), on_unknown="warn", nms_iou=None)
@@ -303,7 +362,7 @@ def test_detector_labels_thresholds_nms_cap_with_fake_backend():
     with pytest.raises(UnknownClassError):  # a default prompt is checked when the detector is built
         GroundedDetector(Fixed(), classes=table(), on_unknown="error", prompt="dog")
     # the class table's leaf classes and synonyms are the default prompt
-    assert GroundedDetector(Fixed(), classes=table()).resolve_prompt().caption == (
+    assert GroundedDetector(Fixed(), classes=table()).resolve_caption().text == (
         "car. sedan. automobile. truck. person. pedestrian. traffic light.")
     for bad in ({"box_threshold": 1.5}, {"text_threshold": -0.1}, {"nms_iou": 0}, {"max_detections": -1},
                 {"tile_size": 10}, {"batch_size": 0}):
@@ -317,7 +376,7 @@ def test_detector_labels_thresholds_nms_cap_with_fake_backend():
 
         def infer(self, images, prompt, *, box_threshold, text_threshold):
             return [Detections(np.array([[0, 0, 9, 9], [5, 5, 20, 20]], float), np.array([0.9, 0.8]),
-                               phrases=["red  car", "the"], prompt=prompt.caption, image_size=(200, 300))]
+                               phrases=["red  car", "the"], caption=prompt.text, image_size=(200, 300))]
 
     d = GroundedDetector(TextOnly(), classes=table(), on_unknown="keep").detect(img, "person. car")
     assert d.labels == ["car"] and d.class_ids.tolist() == [1] and d.phrase_ids.tolist() == [1]
@@ -491,7 +550,7 @@ def test_transformers_parity_with_model_and_processor(hf_model_dir, tf_backend):
     ref = proc.post_process_grounded_object_detection(out, inputs.input_ids, threshold=0.6, text_threshold=0.5,
                                                       target_sizes=[im.shape[:2] for im in images])
     det = GroundedDetector(tf_backend, nms_iou=None, clip=False, box_threshold=0.6, text_threshold=0.5, batch_size=2)
-    ours = det.backend.infer(images, parse_prompt(PROMPT), box_threshold=0.6, text_threshold=0.5)
+    ours = det.backend.infer(images, parse_caption(PROMPT), box_threshold=0.6, text_threshold=0.5)
     for o, r in zip(ours, ref):
         assert 3 <= len(o) and np.array_equal(o.boxes, r["boxes"].numpy())
         assert np.array_equal(o.scores, r["scores"].numpy()) and o.phrases == r["text_labels"]
@@ -534,7 +593,8 @@ def test_segment_detections_equal_predict_boxes_and_store(tf_backend, tmp_path):
     assert insts.object_ids.tolist() == direct.object_ids.tolist()
     for a, b, k in zip(insts, direct, range(len(dets))):
         assert np.array_equal(a.mask, b.mask) and a.score == b.score and a.source is Source.AUTO
-        assert a.prompts["label"] == dets.labels[k] and a.prompts["detector_score"] == pytest.approx(dets.scores[k])
+        assert a.label == dets.labels[k] and a.provenance.detector_score == pytest.approx(dets.scores[k])
+        assert a.clicks == b.clicks and a.provenance.model == b.provenance.model  # SAM2's side kept
 
     from dl_utils.annotations import MediaInfo
 
@@ -580,7 +640,9 @@ def test_detect_cli_on_images_writes_box_objects(hf_model_dir, tf_backend, tmp_p
             got = store.read_frame(frame)
             assert [objs[i.object_id].label for i in got] == e.labels
             assert np.allclose(got.boxes, e.boxes) and np.allclose(got.scores, e.scores)
-            assert all(i.mask is None and i.source is Source.AUTO and i.prompts["label"] for i in got)
+            assert all(i.mask is None and i.source is Source.AUTO and i.label for i in got)
+            assert all(i.provenance.engine == "groundingdino" and i.provenance.caption == "sedan. pedestrian."
+                       for i in got)
         assert store.runs()[-1]["status"] == "done" and store.runs()[-1]["params"]["text"] == "sedan. pedestrian."
 
 

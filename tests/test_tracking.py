@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dl_utils.annotations import Instance, box_from_mask
+from dl_utils.annotations import Instance, Provenance, box_from_mask
 from dl_utils.cv_utils import box_iou
 from dl_utils.errors import InputError, MaskError
 from dl_utils.tracking import (
@@ -525,7 +525,7 @@ def test_max_missed_ends_tracks_the_detector_no_longer_supports():
     m = disc(30, 30)
     mgr.update(0, {}, Candidates([box_from_mask(m)], [0.9], ["car"]))
     for f in range(1, 40):
-        d = mgr.update(f, {1: m}, [] if f % 10 == 0 else None)  # detector runs, finds nothing
+        d = mgr.update(f, {1: m}, Candidates.empty() if f % 10 == 0 else None)  # detector runs, finds nothing
         if f in (10, 20):
             assert d.unconfirmed == [1] and not d.ended
         if f == 30:
@@ -536,7 +536,7 @@ def test_max_missed_ends_tracks_the_detector_no_longer_supports():
     mgr = TrackManager()
     mgr.update(0, {}, Candidates([box_from_mask(m)], [0.9], ["car"]))
     for f in range(1, 100):
-        d = mgr.update(f, {1: m}, [] if f % 10 == 0 else None)
+        d = mgr.update(f, {1: m}, Candidates.empty() if f % 10 == 0 else None)
         assert not d.ended
     assert mgr.track(1).status is TrackStatus.ACTIVE and mgr.track(1).missed == 9
 
@@ -602,8 +602,9 @@ def test_policy_lost_and_small_changes():
 
 def test_policy_reads_sam2al_instances():
     p = KeyframePolicy(every=None, min_interval=1)
-    ok = Instance(1, mask=rect(0, 0, 10, 10), score=0.9, prompts={"object_score": 4.0, "area": 100})
-    bad = Instance(1, mask=rect(0, 0, 10, 10), score=0.3, prompts={"object_score": 4.0, "area": 100})
+    prov = Provenance(engine="sam2-video", object_score=4.0, area=100)
+    ok = Instance(1, mask=rect(0, 0, 10, 10), score=0.9, provenance=prov)
+    bad = Instance(1, mask=rect(0, 0, 10, 10), score=0.3, provenance=prov)
     assert p.should_redetect(0, {1: ok})
     assert not p.should_redetect(1, {1: ok})
     assert p.should_redetect(2, {1: bad}) and p.last_reasons == ["object 1: predicted IoU 0.30 < 0.5"]
@@ -615,8 +616,8 @@ def test_policy_reads_sam2al_instances():
 def test_manager_marks_policy_on_keyframes():
     mgr = TrackManager(every=10)
     assert mgr.should_redetect(0)
-    mgr.update(0, {}, [])
-    mgr.update(4, {}, [])  # detector run for another reason
+    mgr.update(0, {}, Candidates.empty())
+    mgr.update(4, {}, Candidates.empty())  # detector run for another reason
     assert [f for f in range(5, 20) if mgr.should_redetect(f)] == [14]
     assert mgr.policy.keyframes == [0, 4, 14]
 
@@ -624,40 +625,37 @@ def test_manager_marks_policy_on_keyframes():
 # ============================================================================ inputs and errors
 
 
-def test_detections_coerce_variants():
+def test_candidates_one_conversion():
+    """A detector's result becomes Candidates in one place (Candidates.of); other shapes are refused."""
     m = rect(0, 0, 10, 10)
-    ref = Candidates([[0, 0, 10, 10]], [0.8], ["car"], [m])
-    sv = SimpleNamespace(xyxy=np.array([[0, 0, 10, 10]]), confidence=np.array([0.8]), mask=m[None],
-                         data={"class_name": np.array(["car"])})
-    for obj in (
-        ref,
-        {"boxes": [[0, 0, 10, 10]], "scores": [0.8], "labels": ["car"], "masks": [m]},
-        [{"box": (0, 0, 10, 10), "score": 0.8, "label": "car", "mask": m}],
-        sv,
-        SimpleNamespace(boxes=[[0, 0, 10, 10]], scores=[0.8], phrases=["car"], masks=[m]),
-    ):
-        d = Candidates.coerce(obj)
+    det = SimpleNamespace(boxes=np.array([[0, 0, 10, 10]]), scores=np.array([0.8]), labels=["car"])
+    for d in (Candidates.of(det, [m]), Candidates.coerce(Candidates([[0, 0, 10, 10]], [0.8], ["car"], [m]))):
         assert d.boxes.tolist() == [[0, 0, 10, 10]] and d.scores.tolist() == [0.8] and d.labels == ["car"]
         assert np.array_equal(d.mask(0), m)
-    assert len(Candidates.coerce([])) == 0
-    inst = Candidates.coerce([Instance(3, mask=m, score=0.7, prompts={"label": "bus"})])
-    assert inst.boxes.tolist() == [[0, 0, 10, 10]] and inst.scores.tolist() == [0.7] and inst.labels == ["bus"]
-    assert Candidates.coerce({"boxes": [[0, 0, 1, 1]]}).labels == [None]
+    plain = Candidates.coerce(det)  # what update() does with a detector's result
+    assert plain.labels == ["car"] and plain.masks is None
+    assert len(Candidates.empty()) == 0
+    assert Candidates([[0, 0, 1, 1]], [1], None).labels == [None]
     with pytest.raises(InputError, match="3 scores for 1 boxes"):
         Candidates([[0, 0, 1, 1]], [1, 1, 1], ["a"])
     with pytest.raises(InputError, match="shape"):
         Candidates([[0, 0, 1]], [1], ["a"])
     with pytest.raises(InputError, match="NaN"):
         Candidates([[0, 0, np.nan, 1]], [1], ["a"])
-    with pytest.raises(InputError, match="no box"):
-        Candidates.coerce([{"score": 1}])
-    with pytest.raises(InputError, match="not understood"):
-        Candidates.coerce(3)
+    with pytest.raises(InputError, match="2 masks for 1 boxes"):
+        Candidates.of(det, [m, m])
+    # dicts, lists of dicts, Instances and supervision's xyxy are no longer guessed at
+    sv = SimpleNamespace(xyxy=np.array([[0, 0, 10, 10]]), confidence=np.array([0.8]))
+    for bad in (3, [], {"boxes": [[0, 0, 1, 1]]}, [{"box": (0, 0, 1, 1)}], sv):
+        with pytest.raises(InputError, match="not understood"):
+            Candidates.coerce(bad)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="Candidates.empty"):
+        TrackManager().update(0, {}, [])  # type: ignore[arg-type]
 
 
 def test_update_errors():
     mgr = TrackManager()
-    mgr.update(5, {}, [])
+    mgr.update(5, {}, Candidates.empty())
     with pytest.raises(InputError, match="increasing order"):
         mgr.update(5, {})
     with pytest.raises(InputError, match="unknown to the TrackManager"):

@@ -1,4 +1,4 @@
-"""GroundingDINO text prompts → labelled boxes (two backends) → SAM2 masks → annotation store.
+"""GroundingDINO captions (text) → labelled boxes (two backends) → SAM2 masks → annotation store.
 
 Import what you need from here; torch, groundingdino and transformers are imported only when a
 backend is built or boxes are suppressed, so this package imports without the model extras.
@@ -13,6 +13,18 @@ from .backends import (
     build_groundingdino,
     load_groundingdino_weights,
     verify_groundingdino,
+)
+from .caption import (
+    ON_UNKNOWN,
+    Caption,
+    LabelMapper,
+    PhraseLabel,
+    Prompt,  # pre-rename alias of Caption
+    UnknownPhraseWarning,
+    parse_caption,
+    parse_prompt,  # pre-rename alias of parse_caption
+    phrase_index_of_tokens,
+    phrase_scores,
 )
 from .detections import (
     Detections,
@@ -30,16 +42,7 @@ from .pipeline import (
     ensure_labels,
     segment_detections,
     store_detections,
-)
-from .prompts import (
-    ON_UNKNOWN,
-    LabelMapper,
-    PhraseLabel,
-    Prompt,
-    UnknownPhraseWarning,
-    parse_prompt,
-    phrase_index_of_tokens,
-    phrase_scores,
+    with_detection,
 )
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
     "MAX_TEXT_LEN",
     "ON_UNKNOWN",
     "Backend",
+    "Caption",
     "Detections",
     "Detector",
     "GroundedDetector",
@@ -66,6 +70,7 @@ __all__ = [
     "load_detector",
     "load_groundingdino_weights",
     "nms",
+    "parse_caption",
     "parse_prompt",
     "phrase_index_of_tokens",
     "phrase_scores",
@@ -74,4 +79,5 @@ __all__ = [
     "store_detections",
     "tile_grid",
     "verify_groundingdino",
+    "with_detection",
 ]

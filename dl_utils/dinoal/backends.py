@@ -28,19 +28,19 @@ import numpy as np
 from ..errors import InputError, ModelError
 from ..models import harmless_warnings_hidden, state_dict_mismatch
 from .detections import Detections
-from .prompts import Prompt, phrase_index_of_tokens, phrase_scores
+from .caption import Caption, phrase_index_of_tokens, phrase_scores
 
 MAX_TEXT_LEN = 256  # tokens GroundingDINO reads (both implementations)
 
 
 @runtime_checkable
 class Backend(Protocol):
-    """Raw GroundingDINO inference on a batch of RGB images with one prompt."""
+    """Raw GroundingDINO inference on a batch of RGB images with one caption."""
 
     name: str
     device: Any
 
-    def infer(self, images: Sequence[np.ndarray], prompt: Prompt, *, box_threshold: float,
+    def infer(self, images: Sequence[np.ndarray], caption: Caption, *, box_threshold: float,
               text_threshold: float) -> list[Detections]: ...
 
 
@@ -79,11 +79,11 @@ def check_image(image: Any, what: str = "image") -> np.ndarray:
     return arr
 
 
-def _check_text_len(n_tokens: int, prompt: Prompt) -> None:
+def _check_text_len(n_tokens: int, caption: Caption) -> None:
     if n_tokens > MAX_TEXT_LEN:
         raise InputError(
             f"the prompt has {n_tokens} tokens but GroundingDINO reads at most {MAX_TEXT_LEN}: phrases "
-            f"after about the {MAX_TEXT_LEN}th token would be ignored; split the {len(prompt)} phrases "
+            f"after about the {MAX_TEXT_LEN}th token would be ignored; split the {len(caption)} phrases "
             "over several runs"
         )
 
@@ -178,7 +178,7 @@ class GroundingDinoBackend:
         tensor, _ = self._transform(Image.fromarray(image), None)
         return tensor
 
-    def infer(self, images: Sequence[np.ndarray], prompt: Prompt, *, box_threshold: float,
+    def infer(self, images: Sequence[np.ndarray], caption: Caption, *, box_threshold: float,
               text_threshold: float) -> list[Detections]:
         import torch
         from torchvision.ops import box_convert
@@ -188,9 +188,9 @@ class GroundingDinoBackend:
 
         if not images:
             return []
-        caption = prompt.caption
-        tokenized = self.tokenizer(caption)
-        _check_text_len(len(tokenized["input_ids"]), prompt)
+        text = caption.text
+        tokenized = self.tokenizer(text)
+        _check_text_len(len(tokenized["input_ids"]), caption)
         token_phrase = phrase_index_of_tokens(tokenized["input_ids"], self._dot, self._special)
         tensors = [self.preprocess(check_image(im)) for im in images]
         if len({t.shape for t in tensors}) == 1:
@@ -202,7 +202,7 @@ class GroundingDinoBackend:
         with torch.no_grad(), harmless_warnings_hidden():
             # upstream's forward warns on every call (torch.utils.checkpoint, cuda.amp, BERT's device
             # argument, meshgrid): deprecations in its code, not something a user can act on
-            outputs = self.model(batch.to(self.device), captions=[caption] * len(tensors))
+            outputs = self.model(batch.to(self.device), captions=[text] * len(tensors))
         # the same ops, in the same order and on the same device (CPU), as inference.predict
         all_logits = outputs["pred_logits"].cpu().sigmoid()
         all_boxes = outputs["pred_boxes"].cpu()
@@ -224,8 +224,8 @@ class GroundingDinoBackend:
                     boxes=xyxy.numpy(),
                     scores=logits.max(dim=1)[0].numpy(),
                     phrases=phrases,
-                    phrase_scores=phrase_scores(probs, token_phrase, len(prompt)),
-                    prompt=caption,
+                    phrase_scores=phrase_scores(probs, token_phrase, len(caption)),
+                    caption=text,
                     image_size=(h, w),
                 )
             )
@@ -410,17 +410,17 @@ class TransformersBackend:
         self._dot = tok.convert_tokens_to_ids(".")
         self._special = set(tok.all_special_ids)
 
-    def infer(self, images: Sequence[np.ndarray], prompt: Prompt, *, box_threshold: float,
+    def infer(self, images: Sequence[np.ndarray], caption: Caption, *, box_threshold: float,
               text_threshold: float) -> list[Detections]:
         import torch
 
         if not images:
             return []
         imgs = [check_image(im) for im in images]
-        caption = prompt.caption
-        inputs = self.processor(images=imgs, text=[caption] * len(imgs), return_tensors="pt")
+        text = caption.text
+        inputs = self.processor(images=imgs, text=[text] * len(imgs), return_tensors="pt")
         ids = inputs["input_ids"]
-        _check_text_len(int(ids.shape[1]), prompt)
+        _check_text_len(int(ids.shape[1]), caption)
         inputs = inputs.to(self.device)
         with torch.no_grad():
             outputs = self.model(**inputs)
@@ -442,8 +442,8 @@ class TransformersBackend:
                     boxes=r["boxes"].float().cpu().numpy(),
                     scores=r["scores"].float().cpu().numpy(),
                     phrases=list(r["text_labels"]),
-                    phrase_scores=phrase_scores(p[keep].numpy(), token_phrase, len(prompt)),
-                    prompt=caption,
+                    phrase_scores=phrase_scores(p[keep].numpy(), token_phrase, len(caption)),
+                    caption=text,
                     image_size=tuple(sizes[b]),
                 )
             )

@@ -1,7 +1,9 @@
-"""Text prompts for GroundingDINO and the mapping of prompt phrases to the job's class table.
+"""The detector's caption (its text) and the mapping of caption phrases to the job's class table.
 
-GroundingDINO reads one caption, ``"car. person. traffic light."``: phrases separated by ``.``,
-lower case, ending with ``.`` (what upstream's ``preprocess_caption`` makes of a prompt). Every box
+"Caption" is the one word for the text GroundingDINO reads ("prompt" also means clicks, a box prompt
+and the PROMPTS.json file elsewhere in dl_utils). GroundingDINO reads one caption,
+``"car. person. traffic light."``: phrases separated by ``.``, lower case, ending with ``.`` (what
+upstream's ``preprocess_caption`` makes of a user's text). Every box
 it returns carries a probability per caption *token*; :func:`phrase_index_of_tokens` tells which
 phrase each token belongs to, so a box's label is the phrase with the highest token probability,
 not the decoded text above ``text_threshold`` (that text is kept as ``phrases`` for display, but it
@@ -26,34 +28,40 @@ _SPLIT = re.compile(r"[.\n]+")
 
 
 class UnknownPhraseWarning(UserWarning):
-    """A prompt phrase matches no class of the table; its detections are dropped."""
+    """A caption phrase matches no class of the table; its detections are dropped."""
 
 
 @dataclass(frozen=True)
-class Prompt:
-    """A parsed prompt: unique phrases in order; ``caption`` is what the model reads."""
+class Caption:
+    """A parsed caption: unique phrases in order; ``text`` is what the model reads."""
 
     phrases: tuple[str, ...]
 
     @property
-    def caption(self) -> str:
+    def text(self) -> str:
         return ". ".join(self.phrases) + "."
 
+    @property
+    def caption(self) -> str:
+        """``text`` under its pre-rename name (code written against ``Prompt.caption`` reads it)."""
+        return self.text
+
     def __str__(self) -> str:
-        return self.caption
+        return self.text
 
     def __len__(self) -> int:
         return len(self.phrases)
 
 
-def parse_prompt(text: str | Sequence[str] | Prompt | None) -> Prompt:
+def parse_caption(text: str | Sequence[str] | Caption | None) -> Caption:
     """``"Car. person.  traffic light"`` → phrases ``("car", "person", "traffic light")``.
 
     Phrases are split on ``.`` (and new lines), lower-cased, stripped, inner spaces collapsed and
-    duplicates dropped (first kept). A list of phrases is accepted too. An empty prompt raises
-    :class:`InputError`.
+    duplicates dropped (first kept). A list of phrases is accepted too. An empty caption raises
+    :class:`InputError` before any model is loaded. (Messages still say "prompt": the CLI's
+    wording is a contract.)
     """
-    if isinstance(text, Prompt):
+    if isinstance(text, Caption):
         return text
     if text is None:
         raise InputError("no prompt: give the objects to find, e.g. --text \"car. person. traffic light\"")
@@ -73,7 +81,13 @@ def parse_prompt(text: str | Sequence[str] | Prompt | None) -> Prompt:
             f"the prompt {text!r} names no object; give phrases separated by '.', e.g. "
             "\"car. person. traffic light\""
         )
-    return Prompt(tuple(phrases))
+    return Caption(tuple(phrases))
+
+
+# Pre-rename names, kept importable: notebooks and other modules (the widget, the auto-annotation
+# function, drivers/run.py) import them; new code uses Caption / parse_caption.
+Prompt = Caption
+parse_prompt = parse_caption
 
 
 def phrase_index_of_tokens(input_ids: Sequence[int], dot_id: int, special_ids: Iterable[int]) -> np.ndarray:
@@ -108,7 +122,7 @@ def phrase_scores(token_probs: np.ndarray, token_phrase: np.ndarray, n_phrases: 
 
 @dataclass(frozen=True)
 class PhraseLabel:
-    """What one prompt phrase becomes: a class name (``None``: drop its boxes) and the class id."""
+    """What one caption phrase becomes: a class name (``None``: drop its boxes) and the class id."""
 
     phrase: str
     label: str | None
@@ -117,7 +131,7 @@ class PhraseLabel:
 
 
 class LabelMapper:
-    """Maps prompt phrases to labels the CVAT task knows.
+    """Maps caption phrases to labels the CVAT task knows.
 
     With a class table, a phrase resolves through :meth:`ClassTable.resolve` (names, synonyms,
     plurals); ``superclass=True`` then labels it with the class's superclass (when it has one), for
@@ -141,18 +155,18 @@ class LabelMapper:
         self.superclass = bool(superclass)
         self._cache: dict[tuple[str, ...], list[PhraseLabel]] = {}
 
-    def map(self, prompt: Prompt) -> list[PhraseLabel]:
-        """One :class:`PhraseLabel` per phrase (warnings/errors raised once per prompt)."""
-        hit = self._cache.get(prompt.phrases)
+    def map(self, caption: Caption) -> list[PhraseLabel]:
+        """One :class:`PhraseLabel` per phrase (warnings/errors raised once per caption)."""
+        hit = self._cache.get(caption.phrases)
         if hit is not None:
             return hit
         out: list[PhraseLabel] = []
         unknown: list[str] = []
         if self.classes is None:
-            colors = palette(len(prompt.phrases))
-            out = [PhraseLabel(p, p, -1, c) for p, c in zip(prompt.phrases, colors)]
+            colors = palette(len(caption.phrases))
+            out = [PhraseLabel(p, p, -1, c) for p, c in zip(caption.phrases, colors)]
         else:
-            for p in prompt.phrases:
+            for p in caption.phrases:
                 info = self.classes.resolve(p)
                 if info is not None and self.superclass and info.superclass:
                     info = self.classes[info.superclass]
@@ -163,7 +177,7 @@ class LabelMapper:
                     out.append(PhraseLabel(p, info.name, info.id, info.color))
         if unknown:
             self._report(unknown)
-        self._cache[prompt.phrases] = out
+        self._cache[caption.phrases] = out
         return out
 
     def _report(self, unknown: list[str]) -> None:
@@ -193,10 +207,12 @@ class LabelMapper:
 
 __all__ = [
     "ON_UNKNOWN",
+    "Caption",
     "LabelMapper",
     "PhraseLabel",
     "Prompt",
     "UnknownPhraseWarning",
+    "parse_caption",
     "parse_prompt",
     "phrase_index_of_tokens",
     "phrase_scores",

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from ..annotations import Box, Instance, Instances, ShapeType, Source
+from ..annotations import Box, Instance, Instances, Provenance, ShapeType, Source
 from ..errors import InputError
 
 
@@ -26,15 +26,19 @@ def _f32(a: Any, shape_tail: tuple[int, ...]) -> np.ndarray:
 
 @dataclass
 class Detections:
-    """Boxes found on one image, with scores, the text they answer and the class they mean.
+    """Boxes found on one image, with scores, the caption they answer and the class they mean.
 
     * ``boxes``: ``(N, 4)`` float32 ``(x1, y1, x2, y2)`` in source pixels;
     * ``scores``: ``(N,)`` the box's highest token probability (upstream's confidence);
     * ``phrases``: the caption text above ``text_threshold`` for each box, as upstream decodes it;
-    * ``labels``: the class name (from the class table, else the prompt phrase) — what CVAT gets;
+    * ``labels``: the class name (from the class table, else the caption phrase) — what CVAT gets;
     * ``class_ids``: the class id in the table, -1 without one;
-    * ``phrase_ids``: index of the prompt phrase the label came from (-1 unknown);
-    * ``phrase_scores``: ``(N, P)`` highest token probability per prompt phrase (None when absent).
+    * ``phrase_ids``: index of the caption phrase the label came from (-1 unknown);
+    * ``phrase_scores``: ``(N, P)`` highest token probability per caption phrase (None when absent);
+    * ``caption``: the text the model read (``"car. person."``).
+
+    It is also what :class:`dl_utils.tracking.TrackManager` takes on a keyframe, as it is (it has
+    the ``boxes``/``scores``/``labels`` of :class:`dl_utils.tracking.DetectionsLike`).
     """
 
     boxes: np.ndarray
@@ -44,7 +48,7 @@ class Detections:
     class_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     phrase_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     phrase_scores: np.ndarray | None = None
-    prompt: str = ""
+    caption: str = ""
     image_size: tuple[int, int] | None = None  # (height, width)
 
     def __post_init__(self) -> None:
@@ -86,15 +90,20 @@ class Detections:
         )
 
     def __repr__(self) -> str:
-        return f"Detections({len(self)} boxes, labels={sorted(set(self.labels))}, prompt={self.prompt!r})"
+        return f"Detections({len(self)} boxes, labels={sorted(set(self.labels))}, caption={self.caption!r})"
+
+    @property
+    def prompt(self) -> str:
+        """``caption`` under its pre-rename name (read-only; notebooks read ``dets.prompt``)."""
+        return self.caption
 
     @classmethod
-    def empty(cls, prompt: str = "", image_size: tuple[int, int] | None = None) -> Detections:
-        return cls(np.zeros((0, 4)), np.zeros(0), prompt=prompt, image_size=image_size)
+    def empty(cls, caption: str = "", image_size: tuple[int, int] | None = None) -> Detections:
+        return cls(np.zeros((0, 4)), np.zeros(0), caption=caption, image_size=image_size)
 
     @classmethod
     def concat(cls, parts: Sequence[Detections]) -> Detections:
-        """All detections of ``parts`` (same image and prompt) in order."""
+        """All detections of ``parts`` (same image and caption) in order."""
         if not parts:
             return cls.empty()
         ps = [p.phrase_scores for p in parts]
@@ -107,7 +116,7 @@ class Detections:
             class_ids=np.concatenate([p.class_ids for p in parts]),
             phrase_ids=np.concatenate([p.phrase_ids for p in parts]),
             phrase_scores=np.concatenate(ps) if scores_ok else None,  # type: ignore[arg-type]
-            prompt=parts[0].prompt,
+            caption=parts[0].caption,
             image_size=parts[0].image_size,
         )
 
@@ -128,8 +137,9 @@ class Detections:
     ) -> Instances:
         """Box-only :class:`Instance` objects (``source`` auto, ``score`` the detector's) for the store.
 
-        ``prompts`` records ``{"text": phrase, "label": ..., "prompt": caption, "box": [...]}`` so a
-        reviewer sees why the box exists. Boxes are clipped to ``image_size`` when it is known.
+        Each carries its ``label`` and :meth:`provenance` so a reviewer sees why the box exists; the
+        box is the geometry (no ``clicks``: nobody prompted anything). ``model`` names the detector.
+        Boxes are clipped to ``image_size`` when it is known.
         """
         ids = list(range(start_id, start_id + len(self))) if object_ids is None else [int(i) for i in object_ids]
         if len(ids) != len(self):
@@ -148,23 +158,18 @@ class Detections:
                     score=float(self.scores[k]),
                     source=Source.AUTO,
                     shape=ShapeType.BOX,
-                    prompts=self.record(k, model=model),
+                    label=self.labels[k],
+                    provenance=self.provenance(k, model=model),
                 )
             )
         return Instances(out, frame=frame)
 
-    def record(self, k: int, *, model: str | None = None) -> dict[str, Any]:
-        """The JSON-able provenance of detection ``k`` (stored in ``Instance.prompts``)."""
-        rec: dict[str, Any] = {
-            "text": self.phrases[k],
-            "label": self.labels[k],
-            "prompt": self.prompt,
-            "box": [float(v) for v in self.boxes[k]],
-            "detector_score": float(self.scores[k]),
-        }
-        if model:
-            rec["detector"] = model
-        return rec
+    def provenance(self, k: int, *, model: str | None = None) -> Provenance:
+        """Where detection ``k`` came from: GroundingDINO (``model``: which weights), the caption,
+        the decoded phrase and the detector's score; the same fields whether the box is stored as it
+        is or turned into a SAM2 mask (:func:`dl_utils.dinoal.pipeline.with_detection`)."""
+        return Provenance(engine="groundingdino", detector=model or None, caption=self.caption,
+                          phrase=self.phrases[k], detector_score=float(self.scores[k]))
 
 
 # ----------------------------------------------------------------------------- post-processing

@@ -7,7 +7,7 @@
     dets.boxes, dets.scores, dets.labels
 
 Order of the steps on one image: backend (boxes above ``box_threshold``) → label per box (the
-prompt phrase with the highest token probability, mapped to the class table) → clip to the image →
+caption phrase with the highest token probability, mapped to the class table) → clip to the image →
 per-class NMS → cross-class NMS → ``max_detections``. With tiling, the full image and overlapping
 tiles are detected (tiles of one size share a batched forward pass), boxes cut by an inner tile edge
 are dropped, and the union is merged by per-class NMS.
@@ -34,18 +34,20 @@ from .detections import (
     shift,
     tile_grid,
 )
-from .prompts import LabelMapper, Prompt, parse_prompt
+from .caption import Caption, LabelMapper, parse_caption
 
 BACKENDS = ("groundingdino", "transformers")
 
 
 @runtime_checkable
 class Detector(Protocol):
-    """Anything that turns an RGB image and a text prompt into :class:`Detections`."""
+    """Anything that turns an RGB image and a caption (the text) into :class:`Detections`.
 
-    def detect(self, image: np.ndarray, prompt: str | Prompt | None = None) -> Detections: ...
+    The parameter keeps its name ``prompt``: callers pass it by position and test doubles name it so."""
 
-    def detect_batch(self, images: Sequence[np.ndarray], prompt: str | Prompt | None = None
+    def detect(self, image: np.ndarray, prompt: str | Caption | None = None) -> Detections: ...
+
+    def detect_batch(self, images: Sequence[np.ndarray], prompt: str | Caption | None = None
                      ) -> list[Detections]: ...
 
 
@@ -91,9 +93,9 @@ class GroundedDetector:
         self.backend = backend
         self.mapper = LabelMapper(classes, on_unknown=on_unknown, superclass=superclass)
         self.classes = classes
-        self.prompt = None if prompt is None else parse_prompt(prompt)
-        if self.prompt is not None:
-            self.mapper.map(self.prompt)  # unknown phrases are reported now, not at the first image
+        self.caption = None if prompt is None else parse_caption(prompt)
+        if self.caption is not None:
+            self.mapper.map(self.caption)  # unknown phrases are reported now, not at the first image
         self.box_threshold = _threshold(box_threshold, "box_threshold")
         self.text_threshold = _threshold(text_threshold, "text_threshold")
         for name, v in (("nms_iou", nms_iou), ("cross_class_iou", cross_class_iou)):
@@ -117,25 +119,28 @@ class GroundedDetector:
     def name(self) -> str:
         return self.backend.name
 
-    def resolve_prompt(self, prompt: str | Sequence[str] | Prompt | None = None) -> Prompt:
-        """The prompt to run: the one given, the default one, or the class table's classes."""
-        if prompt is not None:
-            return parse_prompt(prompt)
-        if self.prompt is not None:
-            return self.prompt
+    def resolve_caption(self, caption: str | Sequence[str] | Caption | None = None) -> Caption:
+        """The caption to run: the one given, the default one, or the class table's classes."""
+        if caption is not None:
+            return parse_caption(caption)
+        if self.caption is not None:
+            return self.caption
         if self.classes is not None:
-            return parse_prompt(self.classes.prompt(self.classes.leaves(), synonyms=True))
+            return parse_caption(self.classes.prompt(self.classes.leaves(), synonyms=True))
         raise InputError("no prompt: pass one (e.g. \"car. person\") or build the detector with classes=")
 
+    # pre-rename name: the auto-annotation function and notebooks call it
+    resolve_prompt = resolve_caption
+
     # ------------------------------------------------------------------ detection
-    def detect(self, image: np.ndarray, prompt: str | Sequence[str] | Prompt | None = None) -> Detections:
+    def detect(self, image: np.ndarray, prompt: str | Sequence[str] | Caption | None = None) -> Detections:
         """Labelled boxes on one RGB ``HxWx3`` uint8 image."""
         return self.detect_batch([image], prompt)[0]
 
-    def detect_batch(self, images: Sequence[np.ndarray], prompt: str | Sequence[str] | Prompt | None = None
+    def detect_batch(self, images: Sequence[np.ndarray], prompt: str | Sequence[str] | Caption | None = None
                      ) -> list[Detections]:
         """:meth:`detect` on several images; images of one size share forward passes."""
-        p = self.resolve_prompt(prompt)
+        p = self.resolve_caption(prompt)
         phrase_labels = self.mapper.map(p)  # raises for on_unknown="error" before any inference
         imgs = [check_image(im, f"image {i}") for i, im in enumerate(images)]
         # jobs: (image index, window or None); all windows of a size can share one batch
@@ -155,7 +160,7 @@ class GroundedDetector:
             parts[i].append(d)
         return [self._finish(Detections.concat(ps), merged=len(ps) > 1) for ps in parts]
 
-    def _run(self, imgs: list[np.ndarray], jobs: list[tuple[int, Any]], prompt: Prompt) -> list[Detections]:
+    def _run(self, imgs: list[np.ndarray], jobs: list[tuple[int, Any]], caption: Caption) -> list[Detections]:
         """Backend calls, grouping crops of equal size into batches of ``batch_size``."""
         crops = []
         for i, win in jobs:
@@ -168,7 +173,7 @@ class GroundedDetector:
         for ks in by_shape.values():
             for s in range(0, len(ks), self.batch_size):
                 chunk = ks[s:s + self.batch_size]
-                res = self.backend.infer([crops[k] for k in chunk], prompt, box_threshold=self.box_threshold,
+                res = self.backend.infer([crops[k] for k in chunk], caption, box_threshold=self.box_threshold,
                                          text_threshold=self.text_threshold)
                 for k, d in zip(chunk, res):
                     out[k] = d
@@ -181,7 +186,7 @@ class GroundedDetector:
             return replace(d, labels=[], class_ids=np.zeros(0, np.int64), phrase_ids=np.zeros(0, np.int64))
         if d.phrase_scores is not None and d.phrase_scores.shape[1] == n_phrases:
             pid = d.phrase_scores.argmax(axis=1)
-        else:  # a backend without token scores: the first prompt phrase found in the decoded text
+        else:  # a backend without token scores: the first caption phrase found in the decoded text
             pid = np.array([next((k for k, pl in enumerate(phrase_labels) if pl.phrase in " ".join(t.split())), -1)
                             for t in d.phrases], dtype=np.int64)
         labels = [phrase_labels[k].label if k >= 0 else None for k in pid]

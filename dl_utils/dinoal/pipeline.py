@@ -7,12 +7,13 @@ can consume keyframe detections instead of one object per box and frame being wr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..annotations import Instances, Label, ObjectInfo
+from ..annotations import Instance, Instances, Label, ObjectInfo, Provenance
 from ..cv_utils.colors import palette
 from ..errors import InputError
 from .detections import Detections
@@ -20,11 +21,27 @@ from .detector import Detector
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..classes import ClassTable
+    from .caption import Caption
     from ..samal import ImageSegmenter
     from ..store import AnnotationStore
 
 
 # ----------------------------------------------------------------------------- segmentation
+def with_detection(inst: Instance, dets: Detections, k: int, *, detector: str | None = None) -> Instance:
+    """``inst`` (SAM2's mask for detection ``k``'s box) with the detector's facts added.
+
+    The mask's ``clicks`` (the box SAM2 was given) and SAM2's provenance (engine, model, precision,
+    ...) stay; the detector adds the ``label`` and ``detector``, ``caption``, ``phrase`` and
+    ``detector_score``, so a reviewer sees both halves of the grounded mask. This is the one place
+    the two are merged.
+    """
+    det = dets.provenance(k, model=detector)
+    base = inst.provenance if inst.provenance is not None else Provenance()
+    prov = replace(base, detector=det.detector, caption=det.caption, phrase=det.phrase,
+                   detector_score=det.detector_score)
+    return inst.replace(label=dets.labels[k], provenance=prov)
+
+
 def segment_detections(
     segmenter: ImageSegmenter,
     image: np.ndarray,
@@ -33,12 +50,14 @@ def segment_detections(
     *,
     frame: int | None = None,
     batch_size: int | None = 64,
+    detector: str | None = None,
 ) -> Instances:
     """SAM2 masks for every box in one batched decoder call (``ImageSegmenter.predict_boxes``).
 
-    ``Instance.score`` is SAM's predicted mask IoU (the samal convention); ``prompts`` keep the
-    detector's score, phrase, label and prompt. Source is ``auto``. Boxes are clipped to the image
-    by samal; a box wholly outside it raises :class:`InputError` (the detector clips by default).
+    ``Instance.score`` is SAM's predicted mask IoU (the samal convention); :func:`with_detection`
+    adds the detector's label, caption, phrase and score (``detector``: its model name) to SAM2's
+    clicks and provenance. Source is ``auto``. Boxes are clipped to the image by samal; a box
+    wholly outside it raises :class:`InputError` (the detector clips by default).
     """
     ids = list(range(1, len(dets) + 1)) if object_ids is None else [int(i) for i in object_ids]
     if len(ids) != len(dets):
@@ -47,12 +66,8 @@ def segment_detections(
     if not len(dets):
         return Instances([], frame=frame)
     got = segmenter.predict_boxes(dets.boxes, ids, dets.scores, batch_size=batch_size)
-    out = []
-    for k, inst in enumerate(got):
-        rec = dict(inst.prompts or {})
-        rec.update({key: v for key, v in dets.record(k).items() if key != "box"})
-        out.append(inst.replace(prompts=rec))
-    return Instances(out, frame=frame)
+    return Instances([with_detection(inst, dets, k, detector=detector) for k, inst in enumerate(got)],
+                     frame=frame)
 
 
 # ----------------------------------------------------------------------------- store
@@ -103,7 +118,7 @@ def store_detections(
     if segmenter is not None:
         if image is None:
             raise InputError("segmenting detections needs the image; pass image=")
-        insts = segment_detections(segmenter, image, dets, ids, frame=frame)
+        insts = segment_detections(segmenter, image, dets, ids, frame=frame, detector=model)
     else:
         insts = dets.to_instances(ids, frame=frame, model=model)
     store.write_frame(frame, list(insts), run_id=run_id)
@@ -116,7 +131,7 @@ def detect_frames(
     detector: Detector,
     every: int = 1,
     *,
-    prompt: Any = None,
+    prompt: str | Sequence[str] | Caption | None = None,
     start: int = 0,
     stop: int | None = None,
     batch_size: int = 1,
@@ -126,7 +141,8 @@ def detect_frames(
     """Detect on every ``every``-th frame of a video or image set; yield ``(frame, Detections)``.
 
     ``source``: a path/pattern/list for :func:`dl_utils.video_utils.open_frames`, or an open
-    ``FrameSource``. Frames are source frame numbers. ``batch_size`` frames share a forward pass.
+    ``FrameSource``. ``prompt`` is the caption (the keyword kept from before the rename). Frames are
+    source frame numbers. ``batch_size`` frames share a forward pass.
     ``with_images=True`` yields ``(frame, image, Detections)`` (for SAM2 or a tracker).
     """
     from tqdm.auto import tqdm
@@ -172,4 +188,5 @@ __all__ = [
     "ensure_labels",
     "segment_detections",
     "store_detections",
+    "with_detection",
 ]

@@ -1,4 +1,4 @@
-"""Text prompt → tracked objects through a video: GroundingDINO on keyframes, SAM2 between them.
+"""A caption (text) → tracked objects through a video: GroundingDINO on keyframes, SAM2 between them.
 
 Grounded-SAM-2 re-detects every 20 frames, matches by a fixed IoU and does not keep ids. Here:
 
@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
 
-from ..annotations import Box, Instance, Instances, Source
+from ..annotations import Box, Instance, Instances, Provenance, Source
 from ..errors import InputError
 from ..tracking import KeyframePolicy, TrackManager
 from .detections import Detections
@@ -33,13 +33,15 @@ if TYPE_CHECKING:
     from ..store import StoreReaderWriter
     from ..tracking import Decision
     from .detector import Detector
-    from .prompts import Prompt
+    from .caption import Caption
 
 #: store meta key: {object id: last visible frame} of the objects a tracker ended
 ENDED_KEY = "dinoal.ended"
 #: store meta key: the latest frames the detector ran on (a resumed run keeps their grid)
 KEYFRAMES_KEY = "dinoal.keyframes"
 KEEP_KEYFRAMES = 64
+#: ``Provenance.tracker`` of the boxes :func:`track_boxes` links (keyframe boxes, no SAM2)
+TRACKER_BOXES = "keyframe-boxes"
 
 
 def _tracked_masks(instances: Instances) -> dict[int, Any]:
@@ -67,7 +69,7 @@ class GroundedVideoTracker:
         self,
         session: VideoSession,
         detector: Detector,
-        prompt: str | Prompt | None = None,
+        prompt: str | Caption | None = None,
         *,
         every: int = 20,
         manager: TrackManager | None = None,
@@ -79,7 +81,7 @@ class GroundedVideoTracker:
         self.store = session.store
         self.source = session.source
         self.detector = detector
-        self.prompt = prompt
+        self.caption = prompt
         if manager is None:
             known = [o.id for o in self.store.objects()]
             first_id = max(known, default=0) + 1
@@ -98,7 +100,7 @@ class GroundedVideoTracker:
     # ------------------------------------------------------------------ detection
     def _detect(self, frame: int) -> Detections:
         image = self.source[self.source.index_of(frame)]
-        dets = self.detector.detect(image, self.prompt)
+        dets = self.detector.detect(image, self.caption)
         self.keyframes.append(frame)
         # the latest keyframes only (a resume needs the last one before it): a constant-size write
         # per keyframe, not one that grows with the video
@@ -310,7 +312,7 @@ def track_boxes(
     source: Any,
     store: StoreReaderWriter,
     detector: Detector,
-    prompt: str | Prompt | None = None,
+    prompt: str | Caption | None = None,
     *,
     every: int = 20,
     manager: TrackManager | None = None,
@@ -358,10 +360,11 @@ def track_boxes(
             insts.append((nobj.object_id, nobj.det))
         for e in dec.ended:
             last.pop(e.object_id, None)
+        # the caption and the tracker mode: why the box exists (engine "groundingdino": boxes only)
+        linked = Provenance(engine="groundingdino", caption=dets.caption, tracker=TRACKER_BOXES)
         rows = [
             Instance(oid, box=cast(Box, tuple(float(v) for v in dets.boxes[j])), score=float(dets.scores[j]),
-                     source=Source.AUTO, keyframe=True,
-                     prompts={"text": getattr(dets, "prompt", ""), "label": dets.labels[j]})
+                     source=Source.AUTO, keyframe=True, label=dets.labels[j], provenance=linked)
             for oid, j in sorted(set(insts))
         ]
         store.write_frame(f, rows, run_id=run_id)
@@ -373,4 +376,4 @@ def track_boxes(
     }
 
 
-__all__ = ["GroundedVideoTracker", "track_boxes"]
+__all__ = ["TRACKER_BOXES", "GroundedVideoTracker", "track_boxes"]
