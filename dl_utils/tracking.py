@@ -1066,8 +1066,9 @@ class TrackManager:
 
 
 __all__ = [
-    "Decision",
     "Candidates",
+    "Decision",
+    "DetectionsLike",
     "Ended",
     "KeyframePolicy",
     "Match",
@@ -1078,4 +1079,5 @@ __all__ = [
     "Track",
     "TrackManager",
     "TrackStatus",
+    "TrackerConfig",
 ]

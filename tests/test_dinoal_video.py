@@ -16,7 +16,7 @@ import pytest
 from dl_utils.annotations import Instance, Instances, MediaInfo, Source
 from dl_utils.cv_utils import box_iou, box_to_mask
 from dl_utils.dinoal import Detections
-from dl_utils.dinoal.video import GroundedVideoTracker, track_boxes
+from dl_utils.dinoal.video import TRACKER_BOXES, GroundedVideoTracker, track_boxes
 from dl_utils.store import AnnotationStore
 from tests.dino_fixtures import hf_model_dir  # noqa: F401  (fixture)
 from tests.sam2_fixtures import requires_sam2, tiny_sam2_video  # noqa: F401  (fixture)
@@ -63,7 +63,8 @@ class FakeDetector:
         self.calls.append(f)
         rows = self.truth.on(f)
         return Detections(boxes=[b for _, _, b in rows] or np.zeros((0, 4)), scores=[0.9] * len(rows),
-                          phrases=[lab for _, lab, _ in rows], labels=[lab for _, lab, _ in rows])
+                          phrases=[lab for _, lab, _ in rows], labels=[lab for _, lab, _ in rows],
+                          caption=str(prompt or ""))
 
 
 class PerfectSession:
@@ -291,6 +292,10 @@ def test_boxes_only_tracking_links_ids_across_keyframes(tmp_path):
     assert sorted(store.read_object(2)) == [30, 40, 50]
     inst = store.read_frame(30).by_object()[2]
     assert inst.mask is None and inst.box is not None and inst.source is Source.AUTO
+    # the typed fields: the detector's class, the caption and the tracker mode (no clicks: boxes are geometry)
+    assert inst.label == "person" and inst.clicks is None
+    p = inst.provenance
+    assert (p.engine, p.caption, p.tracker) == ("groundingdino", "car. person.", TRACKER_BOXES)
 
 
 @requires_sam2

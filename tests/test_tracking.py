@@ -15,6 +15,7 @@ from dl_utils.tracking import (
     Decision,
     Candidates,
     KeyframePolicy,
+    TrackerConfig,
     TrackManager,
     TrackStatus,
 )
@@ -651,6 +652,20 @@ def test_candidates_one_conversion():
             Candidates.coerce(bad)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="Candidates.empty"):
         TrackManager().update(0, {}, [])  # type: ignore[arg-type]
+
+
+def test_tracker_config_holds_the_knobs():
+    """TrackManager's knobs are one TrackerConfig; keyword construction still works and overrides it."""
+    cfg = TrackerConfig(max_gap=10, max_objects=3)
+    assert TrackManager(cfg).config is cfg
+    assert TrackManager(max_gap=10, max_objects=3).config == cfg
+    mgr = TrackManager(cfg, iou_threshold=0.5, every=5)
+    assert mgr.config == TrackerConfig(max_gap=10, max_objects=3, iou_threshold=0.5) and mgr.policy.every == 5
+    assert TrackManager(TrackerConfig(first_id=7)).next_id == 7
+    with pytest.raises(TypeError, match="unknown knob.*'max_gapp'"):
+        TrackManager(max_gapp=3)
+    with pytest.raises(InputError, match="max_gap=-1"):
+        TrackerConfig(max_gap=-1)
 
 
 def test_update_errors():
