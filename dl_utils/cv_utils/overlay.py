@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import cv2
 import numpy as np
 
-from ..annotations import Instance, ObjectInfo, normalize_color
+from ..annotations import Box, Instance, ObjectInfo, normalize_color
 from ..errors import InputError, MaskError, MediaError
 from .colors import color_for_index
 from .geometry import mask_to_box, polygons_to_mask
@@ -97,6 +98,22 @@ def _draw_tag(img: np.ndarray, text: str, x: int, y: int, color: tuple[int, int,
     cv2.putText(img, text, (tx + pad, ty + pad + th), _FONT, scale, ink, stroke, cv2.LINE_AA)
 
 
+@dataclass(frozen=True)
+class _Style:
+    """How :func:`draw_overlay` draws every instance (its keyword arguments, checked once)."""
+
+    alpha: float
+    contour: bool
+    thickness: int
+    boxes: bool
+    labels: bool
+    scores: bool
+
+
+#: A tag to draw once every instance is drawn: text, top-left x, y of the box, colour.
+_Tag = tuple[str, int, int, tuple[int, int, int]]
+
+
 def draw_overlay(
     image: np.ndarray,
     instances: Any,
@@ -126,79 +143,126 @@ def draw_overlay(
     drawn in order, later ones on top; tags go on top of everything.
     """
     out = _rgb_image(image)
-    h, w = out.shape[:2]
     if not 0.0 <= float(alpha) <= 1.0:
         raise InputError(f"alpha={alpha} is outside 0..1")
     items = _as_instances(instances)
     if objects is not None and not isinstance(objects, Mapping):
         objects = {o.id: o for o in objects}
     objects = objects or {}
+    style = _Style(alpha, contour, thickness, boxes, labels, scores)
 
-    tags: list[tuple[str, int, int, tuple[int, int, int]]] = []
+    tags: list[_Tag] = []
     for pos, inst in enumerate(items):
-        oid = inst.object_id
-        if inst.mask is not None and inst.mask.shape != (h, w):
-            raise MaskError(
-                f"object {oid}: mask is {inst.mask.shape[1]}x{inst.mask.shape[0]} but the image is"
-                f" {w}x{h}; resize the mask (cv_utils.resize_mask) or draw on the frame it belongs to"
-            )
-        if inst.is_empty:
-            continue
-        info = objects.get(oid)
-        label = info.label if isinstance(info, ObjectInfo) else (str(info) if info is not None else None)
-        color = None
-        if isinstance(info, ObjectInfo) and info.color:
-            color = info.color
-        elif colors is not None:
-            if isinstance(colors, Mapping):
-                color = colors.get(oid)
-            elif pos < len(colors):
-                color = colors[pos]
-        rgb = _rgb(color if color is not None else color_for_index(oid), f"colour of object {oid}")
-
-        mask = inst.mask
-        rings: list[np.ndarray] = []
-        if mask is None and inst.polygon:
-            mask = polygons_to_mask(inst.polygon, h, w)
-            rings = [
-                np.floor(np.asarray(r, dtype=np.float64).reshape(-1, 2) + 0.5).astype(np.int32)
-                for r in inst.polygon
-            ]
-        box = inst.box
-        if box is None and mask is not None:
-            box = mask_to_box(mask)
-        if box is None:
-            continue
-        x1, y1, x2, y2 = _ints_box(box, h, w)
-
-        if mask is not None and x2 > x1 and y2 > y1:
-            region = out[y1:y2, x1:x2]
-            m = mask[y1:y2, x1:x2]
-            if alpha > 0:
-                px = region[m].astype(np.float32)
-                tint = np.float32(alpha) * np.array(rgb, np.float32)
-                region[m] = np.rint(px * np.float32(1.0 - alpha) + tint).astype(np.uint8)
-            if contour and thickness > 0:
-                if rings:
-                    cv2.polylines(out, rings, True, rgb, int(thickness), cv2.LINE_8)
-                else:
-                    cs, _ = cv2.findContours(
-                        np.ascontiguousarray(m).view(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE,
-                        offset=(x1, y1),
-                    )
-                    cv2.drawContours(out, cs, -1, rgb, int(thickness), cv2.LINE_8)
-        if (mask is None or boxes) and x2 > x1 and y2 > y1:
-            cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), rgb, max(1, int(thickness)), cv2.LINE_8)
-        if labels or (scores and inst.score is not None):
-            parts = []
-            if labels:
-                parts.append(label if label is not None else str(oid))
-            if scores and inst.score is not None:
-                parts.append(f"{inst.score:.2f}")
-            tags.append((_ascii(" ".join(parts)), x1, y1, rgb))
+        tag = _draw_instance(out, inst, pos, objects, colors, style)
+        if tag is not None:
+            tags.append(tag)
     for text, x, y, rgb in tags:
         _draw_tag(out, text, x, y, rgb)
     return out
+
+
+def _draw_instance(
+    out: np.ndarray,
+    inst: Instance,
+    pos: int,
+    objects: "Mapping[int, ObjectInfo | str]",
+    colors: "Mapping[int, Any] | Sequence[Any] | None",
+    style: _Style,
+) -> _Tag | None:
+    """Draw one instance on ``out``; its tag is returned, not drawn, so tags end up on top."""
+    h, w = out.shape[:2]
+    oid = inst.object_id
+    if inst.mask is not None and inst.mask.shape != (h, w):
+        raise MaskError(
+            f"object {oid}: mask is {inst.mask.shape[1]}x{inst.mask.shape[0]} but the image is"
+            f" {w}x{h}; resize the mask (cv_utils.resize_mask) or draw on the frame it belongs to"
+        )
+    if inst.is_empty:
+        return None
+    label, rgb = _label_and_colour(oid, pos, objects, colors)
+    mask, rings, box = _instance_geometry(inst, h, w)
+    if box is None:
+        return None
+    x1, y1, x2, y2 = _ints_box(box, h, w)
+    if mask is not None and x2 > x1 and y2 > y1:
+        _tint_and_outline(out, mask, rings, (x1, y1, x2, y2), rgb, style)
+    if (mask is None or style.boxes) and x2 > x1 and y2 > y1:
+        cv2.rectangle(out, (x1, y1), (x2 - 1, y2 - 1), rgb, max(1, int(style.thickness)), cv2.LINE_8)
+    if style.labels or (style.scores and inst.score is not None):
+        parts = []
+        if style.labels:
+            parts.append(label if label is not None else str(oid))
+        if style.scores and inst.score is not None:
+            parts.append(f"{inst.score:.2f}")
+        return (_ascii(" ".join(parts)), x1, y1, rgb)
+    return None
+
+
+def _label_and_colour(
+    oid: int,
+    pos: int,
+    objects: "Mapping[int, ObjectInfo | str]",
+    colors: "Mapping[int, Any] | Sequence[Any] | None",
+) -> tuple[str | None, tuple[int, int, int]]:
+    """The object's label text (None: unknown) and colour, by the precedence the docstring of
+    :func:`draw_overlay` gives."""
+    info = objects.get(oid)
+    label = info.label if isinstance(info, ObjectInfo) else (str(info) if info is not None else None)
+    color = None
+    if isinstance(info, ObjectInfo) and info.color:
+        color = info.color
+    elif colors is not None:
+        if isinstance(colors, Mapping):
+            color = colors.get(oid)
+        elif pos < len(colors):
+            color = colors[pos]
+    return label, _rgb(color if color is not None else color_for_index(oid), f"colour of object {oid}")
+
+
+def _instance_geometry(
+    inst: Instance, h: int, w: int
+) -> tuple[np.ndarray | None, list[np.ndarray], Box | None]:
+    """Mask (a polygon rasterised), the polygon's rings in pixels (outlined as drawn, not traced
+    from the mask) and the box (from the mask when the instance has none)."""
+    mask = inst.mask
+    rings: list[np.ndarray] = []
+    if mask is None and inst.polygon:
+        mask = polygons_to_mask(inst.polygon, h, w)
+        rings = [
+            np.floor(np.asarray(r, dtype=np.float64).reshape(-1, 2) + 0.5).astype(np.int32)
+            for r in inst.polygon
+        ]
+    box = inst.box
+    if box is None and mask is not None:
+        box = mask_to_box(mask)
+    return mask, rings, box
+
+
+def _tint_and_outline(
+    out: np.ndarray,
+    mask: np.ndarray,
+    rings: list[np.ndarray],
+    box: tuple[int, int, int, int],
+    rgb: tuple[int, int, int],
+    style: _Style,
+) -> None:
+    """Blend the colour into the mask's pixels and draw its outline; only the box is touched."""
+    x1, y1, x2, y2 = box
+    region = out[y1:y2, x1:x2]
+    m = mask[y1:y2, x1:x2]
+    if style.alpha > 0:
+        px = region[m].astype(np.float32)
+        tint = np.float32(style.alpha) * np.array(rgb, np.float32)
+        region[m] = np.rint(px * np.float32(1.0 - style.alpha) + tint).astype(np.uint8)
+    if style.contour and style.thickness > 0:
+        if rings:
+            cv2.polylines(out, rings, True, rgb, int(style.thickness), cv2.LINE_8)
+        else:
+            cs, _ = cv2.findContours(
+                np.ascontiguousarray(m).view(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE,
+                offset=(x1, y1),
+            )
+            cv2.drawContours(out, cs, -1, rgb, int(style.thickness), cv2.LINE_8)
 
 
 def _title_text(title: object) -> str:
