@@ -113,6 +113,9 @@ def test_parsed_argv_gives_the_options_objects():
     assert DetectorOptions.from_args(a) == DetectorOptions(model="m.pth")
     assert SamOptions.from_args(a, command="annotate") == SamOptions(checkpoint="c.pt", direction="forward")
     assert TrackOptions.from_args(a) == TrackOptions(max_objects=4)
+    from dl_utils.tracking import TrackerConfig
+
+    assert TrackOptions.from_args(a).tracker_config() == TrackerConfig(max_gap=30, max_objects=4)
     a = p.parse_args(["segment", "x.mp4", "--out", "o.sqlite", "--prompts", "p.json"])
     s = SamOptions.from_args(a, command="segment")
     assert s.direction == "forward" and s.model_name == "sam2.1_hiera_tiny"
@@ -193,7 +196,7 @@ class Squares:
         _, _, stats, _ = cv2.connectedComponentsWithStats((image[..., 0] > 200).astype(np.uint8))
         boxes = [[x, y, x + w, y + h] for x, y, w, h, a in stats[1:] if a >= 30]
         return Detections(boxes=np.array(boxes, float).reshape(-1, 4), scores=[0.9] * len(boxes),
-                          phrases=["box"] * len(boxes), labels=["box"] * len(boxes))
+                          phrases=["box"] * len(boxes), labels=["box"] * len(boxes), caption=str(prompt or ""))
 
 
 @pytest.fixture
@@ -210,38 +213,40 @@ def folder(tmp_path):
 
 
 def test_run_into_store_images_boxes_every_and_frames(folder, tmp_path):
-    from dl_utils.dinoal.prompts import parse_prompt
+    from dl_utils.dinoal.caption import parse_caption
     from dl_utils.video_utils import open_frames
 
     src = open_frames(folder)
     with AnnotationStore.create(tmp_path / "a.sqlite", src.media_info()) as st:
         det = Squares()
-        res = run_into_store(src, st, prompt=parse_prompt("box"), detector=det, segment=False,
+        res = run_into_store(src, st, prompt=parse_caption("box"), detector=det, segment=False,
                              track=TrackOptions(every=2), progress=False)
         assert res["tracked"] is False and res["every"] == 2
         assert res["text"] == {"status": "done", "detections": 2, "frames": 2} and det.calls == 2
         assert st.frames() == [0, 2] and st.get_meta(STEPS_KEY) is None  # no ledger: nothing recorded
         inst = next(iter(st.read_frame(2)))
         assert inst.mask is None and list(inst.box) == [10, 7, 30, 27]
-        one = run_into_store(src, st, prompt=parse_prompt("box"), detector=det, segment=False, frames=[3],
+        assert inst.label == "box" and inst.clicks is None  # a box-only detection: the box is geometry
+        assert (inst.provenance.engine, inst.provenance.caption) == ("groundingdino", "box.")
+        one = run_into_store(src, st, prompt=parse_caption("box"), detector=det, segment=False, frames=[3],
                              images={3: np.zeros((48, 64, 3), np.uint8)}, progress=False)
         assert one["text"]["detections"] == 0 and det.calls == 3  # the image given, not the file
     src.close()
 
 
 def test_run_into_store_ledger_resumes_images(folder, tmp_path):
-    from dl_utils.dinoal.prompts import parse_prompt
+    from dl_utils.dinoal.caption import parse_caption
     from dl_utils.video_utils import open_frames
 
     src = open_frames(folder)
     with AnnotationStore.create(tmp_path / "l.sqlite", src.media_info()) as st:
         det = Squares()
-        res = run_into_store(src, st, prompt=parse_prompt("box"), detector=det, segment=False, ledger=True,
+        res = run_into_store(src, st, prompt=parse_caption("box"), detector=det, segment=False, ledger=True,
                              progress=False)
         assert res["text"]["images"] == 4 and det.calls == 4
         assert st.get_meta(STEPS_KEY)["text"] == {"status": "done", "prompt": "box.", "images": [[0, 3]]}
         assert [(r["kind"], r["status"]) for r in st.runs()] == [("annotate", "done")]
-        again = run_into_store(src, st, prompt=parse_prompt("box"), detector=det, segment=False, ledger=True,
+        again = run_into_store(src, st, prompt=parse_caption("box"), detector=det, segment=False, ledger=True,
                                progress=False)
         assert again["text"] == {"status": "done", "detections": 0, "frames": 0, "images": 4} and det.calls == 4
     src.close()

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
 from ..annotations import Box, Instance, Instances, Provenance, Source
 from ..errors import InputError
-from ..tracking import KeyframePolicy, TrackManager
+from ..tracking import KeyframePolicy, TrackerConfig, TrackManager
 from .detections import Detections
 
 if TYPE_CHECKING:
@@ -62,7 +62,9 @@ class GroundedVideoTracker:
     ``session`` is a :class:`dl_utils.sam2al.VideoSession` on the video and store (build it with the
     SAM2 model you want); ``detector`` anything with ``detect(image, prompt) -> Detections``.
     ``manager`` defaults to a :class:`~dl_utils.tracking.TrackManager` whose ids start after the
-    store's highest object id and whose keyframe policy re-detects every ``every`` frames.
+    store's highest object id and whose keyframe policy re-detects every ``every`` frames; its knobs
+    are ``config`` (a :class:`~dl_utils.tracking.TrackerConfig`, e.g. ``TrackOptions.tracker_config()``)
+    and/or ``manager_options`` (the same knobs as keywords, which win).
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class GroundedVideoTracker:
         *,
         every: int = 20,
         manager: TrackManager | None = None,
+        config: TrackerConfig | None = None,
         **manager_options: Any,
     ):
         if int(every) < 1:
@@ -88,7 +91,7 @@ class GroundedVideoTracker:
             # frame counts in the manager are differences of source frame numbers
             step = max(1, int(self.source.media_info().step or 1))
             policy = KeyframePolicy(every=int(every) * step)
-            manager = TrackManager(first_id=first_id, policy=policy, **manager_options)
+            manager = TrackManager(config, first_id=first_id, policy=policy, **manager_options)
         self.manager = manager
         self.keyframes: list[int] = []
         self.detections = 0
@@ -320,6 +323,7 @@ def track_boxes(
     stop: int | None = None,
     progress: bool = True,
     run_id: int | None = None,
+    config: TrackerConfig | None = None,
     **manager_options: Any,
 ) -> dict[str, Any]:
     """Boxes only (no SAM2): detect every ``every`` frames and link the boxes into stable ids.
@@ -336,7 +340,7 @@ def track_boxes(
     h, w = media.height, media.width
     if manager is None:
         first_id = max((o.id for o in store.objects()), default=0) + 1
-        manager = TrackManager(first_id=first_id, **manager_options)
+        manager = TrackManager(config, first_id=first_id, **manager_options)
     keep = [n for n in source.frame_numbers
             if (start is None or n >= start) and (stop is None or n <= stop)]
     keys = keep[:: int(every)]

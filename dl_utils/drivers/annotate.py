@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..classes import ClassTable
     from ..cvat import CvatConnection
     from ..dinoal.detector import Detector
-    from ..dinoal.prompts import Prompt
+    from ..dinoal.caption import Caption
     from ..samal import ImageSegmenter
     from ..store import AnnotationStore
     from ..video_utils import FrameSource
@@ -121,7 +121,7 @@ def annotate(
 ) -> dict[str, Any]:
     """:func:`run_annotate` with the options objects. Input is checked before any model is loaded."""
     from ..dinoal.pipeline import ensure_labels
-    from ..dinoal.prompts import parse_prompt
+    from ..dinoal.caption import parse_caption
     from ..sam2al import load_prompts
     from ..store import AnnotationStore
     from ..video_utils import open_frames
@@ -135,7 +135,7 @@ def annotate(
     sam.check_direction()
     # everything that can be checked without models is checked before any is loaded
     track.check()
-    prompt = parse_prompt(text) if text is not None else None
+    caption = parse_caption(text) if text is not None else None
     entries = load_prompts(points) if points is not None else []
     table = opts.class_table()
     t0 = time.perf_counter()
@@ -143,7 +143,7 @@ def annotate(
     src = open_frames(source)
     try:
         if cvat_task is not None:  # server, credentials, task, frames, labels: before any model or store
-            summary["cvat_preflight"] = _cvat_preflight(src, out, prompt, entries, cvat_task, cvat_shape,
+            summary["cvat_preflight"] = _cvat_preflight(src, out, caption, entries, cvat_task, cvat_shape,
                                                         connection)
         store = AnnotationStore.open_or_create(out, src.media_info())
         with store:
@@ -151,7 +151,7 @@ def annotate(
                 ensure_labels(store, [e["label"] for e in entries if e["label"]], table)
             if src.kind != "video":  # image folders: every image is detected (--every is for keyframes)
                 track = dataclasses.replace(track, every=None)
-            res = run_into_store(src, store, prompt=prompt, clicks=entries, clicks_file=points,
+            res = run_into_store(src, store, prompt=caption, clicks=entries, clicks_file=points,
                                  detector=detector, detector_options=opts, sam=sam, track=track, table=table,
                                  ledger=True, sam_video_model=sam_video_model, segmenter=segmenter,
                                  progress=progress)
@@ -185,7 +185,7 @@ def _step_summaries(res: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _cvat_preflight(src: FrameSource, out: str | os.PathLike[str], prompt: Prompt | None,
+def _cvat_preflight(src: FrameSource, out: str | os.PathLike[str], caption: Caption | None,
                     entries: list[dict[str, Any]], task: int, shape: str,
                     connection: CvatConnection | None) -> dict[str, Any]:
     """Everything the final push would refuse, checked first (dl_utils.cvat.preflight)."""
@@ -195,7 +195,7 @@ def _cvat_preflight(src: FrameSource, out: str | os.PathLike[str], prompt: Promp
     from ..store import AnnotationStore
 
     media, labels = src.media_info(), [e["label"] for e in entries if e["label"]]
-    labels += list(prompt.phrases) if prompt is not None else []
+    labels += list(caption.phrases) if caption is not None else []
     if Path(out).exists():  # a resumed run: its store's numbering and objects are what gets pushed
         with AnnotationStore.open(out) as st:
             media, labels = st.media or media, labels + [o.label for o in st.objects()]

@@ -95,9 +95,9 @@ def detect(
     progress: bool = True,
 ) -> dict[str, Any]:
     """:func:`run_detect` with the options objects. Everything that can fail without the store (counts,
-    the prompt, the class table, the models) fails before the store is created."""
+    the caption, the class table, the models) fails before the store is created."""
     from ..dinoal.pipeline import ensure_labels
-    from ..dinoal.prompts import parse_prompt
+    from ..dinoal.caption import parse_caption
     from ..store import AnnotationStore
     from ..video_utils import open_frames
     from .run import run_into_store
@@ -106,7 +106,7 @@ def detect(
     sam = sam or SamOptions()
     track = track or TrackOptions()
     track.check()
-    prompt = parse_prompt(text)  # an empty prompt fails before any model is loaded
+    caption = parse_caption(text)  # an empty caption fails before any model is loaded
     table = opts.class_table()
     src = open_frames(source)
     try:
@@ -122,11 +122,11 @@ def detect(
         try:
             if table is not None:
                 ensure_labels(store, [], table)
-            run = store.begin_run("detect", {"text": prompt.caption, "backend": getattr(detector, "name", "?"),
+            run = store.begin_run("detect", {"text": caption.text, "backend": getattr(detector, "name", "?"),
                                              "every": every, "segment": bool(segment), "track": tracked})
             status = "failed"
             try:
-                res = run_into_store(src, store, prompt=prompt, detector=detector, detector_options=opts, sam=sam,
+                res = run_into_store(src, store, prompt=caption, detector=detector, detector_options=opts, sam=sam,
                                      track=track, table=table, segment=segment, run_id=run,
                                      sam_video_model=sam_video_model, segmenter=segmenter, progress=progress)
                 status = "done"

@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..classes import ClassTable
     from ..dinoal.detector import GroundedDetector
     from ..samal import ImageSegmenter
+    from ..tracking import TrackerConfig
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: what :func:`dl_utils.video_utils.open_frames` opens: a video, an image folder, a glob or pattern, images
@@ -192,6 +193,14 @@ class TrackOptions:
         """Refuse impossible counts before anything is opened or loaded (also for image sets, where
         the tracking options do nothing: a negative value is a mistake either way)."""
         check_counts(every=self.every, max_gap=self.max_gap, max_objects=self.max_objects)
+
+    def tracker_config(self) -> TrackerConfig:
+        """The matcher's :class:`~dl_utils.tracking.TrackerConfig` of these options (``max_gap``,
+        ``max_objects``; the other knobs keep the engine's defaults, ``dataclasses.replace`` changes
+        them). ``every`` is the keyframe policy's, not the matcher's: see :meth:`every_for`."""
+        from ..tracking import TrackerConfig
+
+        return TrackerConfig(max_gap=self.max_gap, max_objects=self.max_objects)
 
     def every_for(self, tracked: bool) -> int:
         """The keyframe spacing: ``every``, else 20 on tracked video and 1 otherwise."""
