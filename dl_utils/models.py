@@ -528,6 +528,15 @@ def download(
 _download_checkpoint = download  # resolve_checkpoint's ``download`` flag shadows the function
 
 
+@dataclass(frozen=True)
+class _Resume:
+    """Where the server's answer continues the part file, and the file's full size when it says."""
+
+    have: int  # bytes of the part file that are kept (0: the server sends the whole file)
+    total: int | None
+    mode: str  # "ab": append to the part file, "wb": start it over
+
+
 def _http_download(
     url: str,
     part: Path,
@@ -544,20 +553,43 @@ def _http_download(
     ``Range``, refuse a size mismatch, never leave a partial file under the final name) is short and
     the registry must work with the standard library alone.
     """
-    from tqdm.auto import tqdm
-
     have = part.stat().st_size if part.exists() else 0
+    hint = _manual_hint(spec, dest)
+    resp = _open_download(url, part, have, spec=spec, hint=hint, timeout=timeout)
+    if resp is None:  # the part file is already complete
+        return
+    with resp:
+        resume = _resume_point(resp, url, part, have, spec)
+        expected = spec.size_bytes if spec.size_bytes is not None else resume.total
+        if spec.size_bytes is not None and resume.total is not None and resume.total != spec.size_bytes:
+            raise ModelError(
+                f"{url} has {resume.total} bytes but {spec.name} should have {spec.size_bytes}; the"
+                f" server holds a different file, {hint} after checking it"
+            )
+        _stream_to_part(
+            resp, part, resume, expected, url=url, spec=spec, dest=dest, progress=progress,
+            chunk_size=chunk_size,
+        )
+    _check_part_size(part, expected, url=url, spec=spec, hint=hint)
+
+
+def _open_download(
+    url: str, part: Path, have: int, *, spec: ModelSpec, hint: str, timeout: float
+) -> Any | None:
+    """The server's response, asking for the bytes after the ``have`` already in ``part``.
+
+    None when the server says the part already holds the whole file (HTTP 416 with a matching size).
+    """
     headers = {"User-Agent": "dl_utils-model-download"}
     if have:
         headers["Range"] = f"bytes={have}-"
-    hint = _manual_hint(spec, dest)
     try:
-        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:  # the part already holds every byte the server has
             total = _total_from_content_range(e.headers.get("Content-Range"))
             if total is not None and total == have and spec.size_bytes in (None, have):
-                return
+                return None
             part.unlink(missing_ok=True)
             raise ModelError(
                 f"the partial download {part} does not fit the file on the server; it was deleted, "
@@ -570,45 +602,63 @@ def _http_download(
             f"cannot download {url} ({reason}): no network or the server is unreachable; "
             f"{hint}, or retry `dl-utils models download {spec.name}` (it resumes)"
         ) from None
-    with resp:
-        if have and resp.status == 206:
-            start = _start_from_content_range(resp.headers.get("Content-Range"))
-            total = _total_from_content_range(resp.headers.get("Content-Range"))
-            if start != have:
-                part.unlink(missing_ok=True)
-                raise ModelError(
-                    f"the server resumed {url} at byte {start}, not {have}; the partial file was "
-                    f"deleted, run `dl-utils models download {spec.name}` again"
-                )
-            mode = "ab"
-        else:  # 200: the server sent the whole file (it ignored or we sent no Range)
-            have = 0
-            length = resp.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            mode = "wb"
-        expected = spec.size_bytes if spec.size_bytes is not None else total
-        if spec.size_bytes is not None and total is not None and total != spec.size_bytes:
+
+
+def _resume_point(resp: Any, url: str, part: Path, have: int, spec: ModelSpec) -> _Resume:
+    """Append only when the server honoured the ``Range`` at exactly our byte (206), else restart."""
+    if have and resp.status == 206:
+        start = _start_from_content_range(resp.headers.get("Content-Range"))
+        total = _total_from_content_range(resp.headers.get("Content-Range"))
+        if start != have:
+            part.unlink(missing_ok=True)
             raise ModelError(
-                f"{url} has {total} bytes but {spec.name} should have {spec.size_bytes}; the server "
-                f"holds a different file, {hint} after checking it"
+                f"the server resumed {url} at byte {start}, not {have}; the partial file was "
+                f"deleted, run `dl-utils models download {spec.name}` again"
             )
-        bar = tqdm(
-            total=expected, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=dest.name, disable=None if progress else True,
-        )
-        try:
-            with open(part, mode) as f, bar:
-                while True:
-                    block = resp.read(chunk_size)
-                    if not block:
-                        break
-                    f.write(block)
-                    bar.update(len(block))
-        except (OSError, http.client.HTTPException) as e:
-            raise ModelError(
-                f"the download of {url} was interrupted after {part.stat().st_size} bytes ({e}); "
-                f"run `dl-utils models download {spec.name}` again to resume"
-            ) from None
+        return _Resume(have, total, "ab")
+    # 200: the server sent the whole file (it ignored or we sent no Range)
+    length = resp.headers.get("Content-Length")
+    return _Resume(0, int(length) if length and length.isdigit() else None, "wb")
+
+
+def _stream_to_part(
+    resp: Any,
+    part: Path,
+    resume: _Resume,
+    expected: int | None,
+    *,
+    url: str,
+    spec: ModelSpec,
+    dest: Path,
+    progress: bool,
+    chunk_size: int,
+) -> None:
+    """Copy the response body into ``part`` block by block, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=expected, initial=resume.have, unit="B", unit_scale=True, unit_divisor=1024,
+        desc=dest.name, disable=None if progress else True,
+    )
+    try:
+        with open(part, resume.mode) as f, bar:
+            while True:
+                block = resp.read(chunk_size)
+                if not block:
+                    break
+                f.write(block)
+                bar.update(len(block))
+    except (OSError, http.client.HTTPException) as e:
+        raise ModelError(
+            f"the download of {url} was interrupted after {part.stat().st_size} bytes ({e}); "
+            f"run `dl-utils models download {spec.name}` again to resume"
+        ) from None
+
+
+def _check_part_size(
+    part: Path, expected: int | None, *, url: str, spec: ModelSpec, hint: str
+) -> None:
+    """A short part may be resumed and is kept; a long one can never become right and is deleted."""
     got = part.stat().st_size
     if expected is not None and got != expected:
         if got > expected:
