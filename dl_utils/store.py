@@ -838,10 +838,18 @@ class AnnotationStore:
                 raise StoreError(
                     f"{self.path}: frame {frame}, object {oid}: stored mask is damaged ({e})"
                 ) from None
-        clicks = Clicks.from_json(json.loads(clicks_text)) if clicks_text else None
-        prov = Provenance.from_json(json.loads(prov_text)) if prov_text else None
-        if self._instance_cols is _INSTANCE_COLS_V1:  # a schema-1 store read in place
-            label, clicks, prov = split_legacy_prompts(json.loads(clicks_text) if clicks_text else None)
+        try:
+            if self._instance_cols is _INSTANCE_COLS_V1:  # a schema-1 store read in place: prompts
+                old = json.loads(clicks_text) if clicks_text else None
+                label, clicks, prov = split_legacy_prompts(old if isinstance(old, dict) else None)
+            else:
+                clicks = Clicks.from_json(json.loads(clicks_text)) if clicks_text else None
+                prov = Provenance.from_json(json.loads(prov_text)) if prov_text else None
+        except (ValueError, TypeError, KeyError, InputError) as e:
+            raise StoreError(
+                f"{self.path}: frame {frame}, object {oid}: the stored clicks or provenance cannot be"
+                f" read ({e}); the store was edited by another program; restore it from a backup"
+            ) from None
         return Instance(
             object_id=oid,
             mask=mask,
