@@ -593,3 +593,44 @@ def test_image_folder_of_mixed_sizes_each_image_at_its_own_geometry(tmp_path, ti
     a.zoom(2.0)
     a.show(1)  # a new image starts at its whole-frame view
     assert a.view.zoom == 1.0 and (a.view.width, a.view.height) == (96, 200)
+
+
+# ----------------------------------------------------------------------------- the split
+def test_controller_runs_headless(bedroom_mp4, tmp_path):
+    """The controller (state, clicks, undo) works with no view at all, and it, the job runner and the
+    engine adapters import no widget library."""
+    import ast
+    from pathlib import Path
+
+    from dl_utils.annotations import Clicks
+    from dl_utils.interactive import ImageClickEngine, InteractiveEngine, PropagatingEngine, VideoClickEngine
+    from dl_utils.ipy_utils.controller import AnnotatorController
+    from dl_utils.video_utils import open_frames
+
+    root = Path(__file__).resolve().parents[1] / "dl_utils"
+    for f in ("ipy_utils/controller.py", "ipy_utils/jobs.py", "ipy_utils/history.py", "interactive.py"):
+        names = {a.name.split(".")[0] for n in ast.walk(ast.parse((root / f).read_text()))
+                 if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+        mods = {n.module.split(".")[0] for n in ast.walk(ast.parse((root / f).read_text()))
+                if isinstance(n, ast.ImportFrom) and n.module}
+        assert not {"ipywidgets", "ipycanvas", "ipyevents"} & (names | mods), f
+
+    assert isinstance(VideoClickEngine(types.SimpleNamespace()), PropagatingEngine)
+    img = ImageClickEngine(types.SimpleNamespace(), types.SimpleNamespace(), types.SimpleNamespace())
+    assert isinstance(img, InteractiveEngine) and not isinstance(img, PropagatingEngine)
+
+    c = AnnotatorController()
+    assert c.open(open_frames(bedroom_mp4, stop=3), tmp_path / "h.sqlite")
+    c.engine = _Recorder(c.store, 540, 960)
+    c.add_point(200, 100, True, None, None)
+    c.add_point(20, 20, False, None, None)
+    assert c.clicks.get(1, 0) == Clicks(points=((200, 100, 1), (20, 20, 0)))
+    assert c.undo_redo(True) and c.clicks.get(1, 0).points == ((200, 100, 1),)
+    c.delete_object(1)
+    assert c.objects() == [] and c.undo_redo(True) and c.clicks.frames(1) == [0]
+    assert c.instances(0).by_object()[1].keyframe
+    # a reopened store shows its keyframes' clicks again (read from the typed inst.clicks)
+    c.store.write_frame(2, [c.store.read_frame(0).by_object()[1].replace(clicks=Clicks(points=((5, 6, 1),)))])
+    c2 = AnnotatorController()
+    c2.open(open_frames(bedroom_mp4, stop=3), c.store)
+    assert c2.clicks.get(1, 2).points == ((5, 6, 1),)
