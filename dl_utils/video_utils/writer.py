@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable, cast
@@ -88,14 +89,7 @@ def write_video(path: str | os.PathLike[str], frames: Iterable[Any], *, fps: flo
     rate = _as_rate(fps)
     if gop is not None and (isinstance(gop, bool) or not isinstance(gop, int) or gop < 1):
         raise InputError(f"gop={gop!r} must be a positive number of frames")
-    if not _encoder_available(codec):
-        if codec == "libx264" and _encoder_available("mpeg4"):
-            warnings.warn("libx264 is not available in this FFmpeg build; writing MPEG-4 Part 2"
-                          " instead (larger files, same frames)", stacklevel=2)
-            codec = "mpeg4"
-        else:
-            raise InputError(f"video encoder {codec!r} is not available in this FFmpeg build;"
-                             " use 'libx264' or 'mpeg4'")
+    codec = _usable_codec(codec)
     if total is None and hasattr(frames, "__len__"):
         total = len(frames)  # type: ignore[arg-type]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,46 +98,19 @@ def write_video(path: str | os.PathLike[str], frames: Iterable[Any], *, fps: flo
     except (av.FFmpegError, ValueError, OSError) as e:
         raise MediaError(f"cannot write video {path}: {e}; use a .mp4, .mkv, .avi or .mov name in a"
                          " writable folder") from None
-    stream: VideoStream | None = None
-    size: tuple[int, int] | None = None
-    written = 0
+    enc = _Encoder(path, container, codec, rate, crf, preset, gop)
     ok = False
     try:
         for i, item in enumerate(tqdm(frames, total=total, disable=None, unit="frame",
                                       desc=f"writing {path.name}")):
-            if isinstance(item, tuple) and len(item) == 2:
-                n, img = int(item[0]), item[1]
-            else:
-                n, img = i, item
-            img = _as_rgb(img, n, path)
-            if draw is not None:
-                drawn = draw(n, img)
-                img = _as_rgb(img if drawn is None else drawn, n, path)
-            if size is None or stream is None:  # the first frame (both are set together)
-                size = (img.shape[1], img.shape[0])
-                stream = _open_stream(container, codec, rate, crf, preset, gop, size)
-            elif (img.shape[1], img.shape[0]) != size:
-                raise InputError(f"{path}: frame {n} is {img.shape[1]}x{img.shape[0]} but the video"
-                                 f" is {size[0]}x{size[1]}; resize the frames to one size"
-                                 " (open_frames(..., resize=(w, h)))")
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(_pad_even(img)), format="rgb24")
-            frame.pts = written
-            frame.time_base = 1 / rate
-            container.mux(stream.encode(frame))
-            written += 1
-        if stream is None:
-            raise InputError(f"{path}: no frames to write; the frame iterable was empty")
-        container.mux(stream.encode(None))
+            enc.add(*_frame_to_write(i, item, path, draw))
+        enc.finish()
         ok = True
     except (av.FFmpegError, OSError) as e:
-        from .split import disk_full_error
-
-        full = disk_full_error(e, path.parent)
-        if full is not None:
-            raise full from None
-        if not isinstance(e, av.FFmpegError):
+        err = _encoding_error(e, path, enc.written)
+        if err is None:
             raise
-        raise MediaError(f"{path}: encoding failed after {written} frames: {e}") from None
+        raise err from None
     finally:
         try:
             container.close()
@@ -152,6 +119,83 @@ def write_video(path: str | os.PathLike[str], frames: Iterable[Any], *, fps: flo
         if not ok:
             path.unlink(missing_ok=True)  # a half-written file would only be mistaken for a result
     return path
+
+
+def _usable_codec(codec: str) -> str:
+    """``codec``, or mpeg4 in place of a missing libx264 (with a warning), so a minimal FFmpeg
+    build still writes a review video."""
+    if not _encoder_available(codec):
+        if codec == "libx264" and _encoder_available("mpeg4"):
+            warnings.warn("libx264 is not available in this FFmpeg build; writing MPEG-4 Part 2"
+                          " instead (larger files, same frames)", stacklevel=3)  # write_video's caller
+            return "mpeg4"
+        raise InputError(f"video encoder {codec!r} is not available in this FFmpeg build;"
+                         " use 'libx264' or 'mpeg4'")
+    return codec
+
+
+def _frame_to_write(i: int, item: Any, path: Path, draw: DrawHook | None) -> tuple[int, np.ndarray]:
+    """The frame number and the checked RGB image (after ``draw``) of the ``i``-th item."""
+    if isinstance(item, tuple) and len(item) == 2:
+        n, img = int(item[0]), item[1]
+    else:
+        n, img = i, item
+    img = _as_rgb(img, n, path)
+    if draw is not None:
+        drawn = draw(n, img)
+        img = _as_rgb(img if drawn is None else drawn, n, path)
+    return n, img
+
+
+@dataclass
+class _Encoder:
+    """The video stream of an open container; opened on the first frame, whose size it takes."""
+
+    path: Path
+    container: av.container.OutputContainer
+    codec: str
+    rate: Fraction
+    crf: int
+    preset: str
+    gop: int | None
+    stream: VideoStream | None = None
+    size: tuple[int, int] | None = None
+    written: int = 0
+
+    def add(self, n: int, img: np.ndarray) -> None:
+        """Encode frame ``n``; every frame must have the first frame's size."""
+        if self.size is None or self.stream is None:  # the first frame (both are set together)
+            self.size = (img.shape[1], img.shape[0])
+            self.stream = _open_stream(self.container, self.codec, self.rate, self.crf, self.preset,
+                                       self.gop, self.size)
+        elif (img.shape[1], img.shape[0]) != self.size:
+            raise InputError(f"{self.path}: frame {n} is {img.shape[1]}x{img.shape[0]} but the video"
+                             f" is {self.size[0]}x{self.size[1]}; resize the frames to one size"
+                             " (open_frames(..., resize=(w, h)))")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(_pad_even(img)), format="rgb24")
+        frame.pts = self.written
+        frame.time_base = 1 / self.rate
+        self.container.mux(self.stream.encode(frame))
+        self.written += 1
+
+    def finish(self) -> None:
+        """Flush the encoder's buffered frames."""
+        if self.stream is None:
+            raise InputError(f"{self.path}: no frames to write; the frame iterable was empty")
+        self.container.mux(self.stream.encode(None))
+
+
+def _encoding_error(e: av.FFmpegError | OSError, path: Path, written: int) -> Exception | None:
+    """The typed error for a failure while writing: a full disk, or an FFmpeg failure naming how
+    far it got; None for another OSError, which is re-raised as it is."""
+    from .split import disk_full_error
+
+    full = disk_full_error(e, path.parent)
+    if full is not None:
+        return full
+    if not isinstance(e, av.FFmpegError):
+        return None
+    return MediaError(f"{path}: encoding failed after {written} frames: {e}")
 
 
 def _open_stream(container: av.container.OutputContainer, codec: str, rate: Fraction, crf: int,
