@@ -78,7 +78,7 @@ class JobRunner:
         if self.c.detector is None:
             raise InputError("no detector: pass detector= (dl_utils.dinoal.load_detector(...)) to Annotator")
         assert source is not None  # a store is open, so is its source
-        from ..dinoal.caption import parse_prompt as parse_caption  # parse_caption once H1b lands
+        from ..dinoal.caption import parse_caption
         from ..drivers.options import TrackOptions
         from ..drivers.run import run_into_store
 
