@@ -119,6 +119,8 @@ def test_pre_rename_caption_names_still_import():
     assert p.caption == p.text == "car. person."  # .caption: the old property name
     d = Detections.empty(caption="car.")
     assert d.prompt == d.caption == "car."
+    old = Detections(np.zeros((1, 4)), np.ones(1), prompt="car.")  # the field's old keyword
+    assert old.caption == "car." and old[np.array([True])].caption == "car."
     assert GroundedDetector.resolve_prompt is GroundedDetector.resolve_caption
 
 

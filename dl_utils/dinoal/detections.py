@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..annotations import Box, Instance, Instances, Provenance, ShapeType, Source
 from ..errors import InputError
@@ -24,7 +25,7 @@ def _f32(a: Any, shape_tail: tuple[int, ...]) -> np.ndarray:
     return arr
 
 
-@dataclass
+@dataclass(init=False)
 class Detections:
     """Boxes found on one image, with scores, the caption they answer and the class they mean.
 
@@ -50,6 +51,30 @@ class Detections:
     phrase_scores: np.ndarray | None = None
     caption: str = ""
     image_size: tuple[int, int] | None = None  # (height, width)
+
+    # written out (dataclass(init=False)) only to take ``prompt=``, the field's pre-rename name that
+    # backends and tests outside this package still pass; everything else is the dataclass's own
+    def __init__(
+        self,
+        boxes: ArrayLike,
+        scores: ArrayLike,
+        phrases: Sequence[str] = (),
+        labels: Sequence[str] = (),
+        class_ids: ArrayLike = (),
+        phrase_ids: ArrayLike = (),
+        phrase_scores: ArrayLike | None = None,
+        caption: str = "",
+        image_size: tuple[int, int] | None = None,
+        *,
+        prompt: str | None = None,
+    ) -> None:
+        self.boxes, self.scores = np.asarray(boxes), np.asarray(scores)
+        self.phrases, self.labels = list(phrases), list(labels)
+        self.class_ids, self.phrase_ids = np.asarray(class_ids), np.asarray(phrase_ids)
+        self.phrase_scores = None if phrase_scores is None else np.asarray(phrase_scores)
+        self.caption = caption if prompt is None else prompt
+        self.image_size = image_size
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         self.boxes = _f32(self.boxes, (4,)).reshape(-1, 4)
@@ -94,7 +119,8 @@ class Detections:
 
     @property
     def prompt(self) -> str:
-        """``caption`` under its pre-rename name (read-only; notebooks read ``dets.prompt``)."""
+        """``caption`` under its pre-rename name (read-only; notebooks read ``dets.prompt``;
+        ``Detections(..., prompt=...)`` still builds one)."""
         return self.caption
 
     @classmethod
