@@ -191,6 +191,8 @@ def cmd_annotate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``dl-utils`` parser; each command group is added by a function of its own, in the order
+    ``dl-utils --help`` lists them."""
     p = argparse.ArgumentParser(
         prog="dl-utils",
         description="Pre-annotate images and videos (SAM2, GroundingDINO) and hand the result to CVAT.",
@@ -198,7 +200,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"dl-utils {__version__}")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_frames_commands(sub)
+    _add_import_command(sub)
+    _add_export_command(sub)
+    _add_store_commands(sub)
+    _add_models_commands(sub)
+    _add_engine_commands(sub)
 
+    from .drivers.cvat import add_cvat_arguments  # cvat-sdk is imported only when a cvat command runs
+
+    add_cvat_arguments(sub)
+    _add_classes_commands(sub)
+    return p
+
+
+def _add_frames_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     frames = sub.add_parser("frames", help="inspect and split videos and image sequences")
     fsub = frames.add_subparsers(dest="frames_command", metavar="SUBCOMMAND", required=True)
     info = fsub.add_parser("info", help="frame count, fps, size, codec of a video or image set")
@@ -212,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--out", required=True, help="output folder")
     split.set_defaults(func=cmd_frames_split)
 
+
+def _add_import_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     imp = sub.add_parser("import", help="read CVAT XML (video or images) or COCO JSON into a store")
     imp.add_argument("file")
     imp.add_argument("--out", required=True, help="annotation store (.sqlite) to write")
@@ -221,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--append", action="store_true", help="add to an existing store")
     imp.set_defaults(func=cmd_import)
 
+
+def _add_export_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     exp = sub.add_parser("export", help="write a store as CVAT XML, COCO JSON or PNG masks")
     exp.add_argument("store")
     exp.add_argument("--format", required=True, choices=EXPORT_FORMATS)
@@ -229,12 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="geometry to write (default: each instance's own)")
     exp.set_defaults(func=cmd_export)
 
+
+def _add_store_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     store = sub.add_parser("store", help="inspect an annotation store")
     ssub = store.add_subparsers(dest="store_command", metavar="SUBCOMMAND", required=True)
     sinfo = ssub.add_parser("info", help="objects, frames, progress per object, runs")
     sinfo.add_argument("store")
     sinfo.set_defaults(func=cmd_store_info)
 
+
+def _add_models_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     models = sub.add_parser("models", help="list and download SAM2 checkpoints")
     msub = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND", required=True)
     mlist = msub.add_parser("list", help="known models, sizes, and which are downloaded")
@@ -250,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     mdl.add_argument("--no-verify", action="store_true", help="skip the strict load check")
     mdl.set_defaults(func=cmd_models_download)
 
+
+def _add_engine_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """segment, detect, annotate: their options live with their drivers (torch-free to import)."""
     from .drivers.detect import add_detect_arguments  # torch-free: only the option lists
     from .drivers.segment import add_segment_arguments
 
@@ -276,16 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_annotate_arguments(ann)
     ann.set_defaults(func=cmd_annotate)
 
-    from .drivers.cvat import add_cvat_arguments  # cvat-sdk is imported only when a cvat command runs
 
-    add_cvat_arguments(sub)
-
+def _add_classes_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     classes = sub.add_parser("classes", help="class tables (.csv / .xlsx)")
     csub = classes.add_subparsers(dest="classes_command", metavar="SUBCOMMAND", required=True)
     check = csub.add_parser("check", help="validate a class table and list its classes")
     check.add_argument("file")
     check.set_defaults(func=cmd_classes_check)
-    return p
 
 
 def _stdout_closed() -> bool:
