@@ -634,3 +634,25 @@ def test_controller_runs_headless(bedroom_mp4, tmp_path):
     c2 = AnnotatorController()
     c2.open(open_frames(bedroom_mp4, stop=3), c.store)
     assert c2.clicks.get(1, 2).points == ((5, 6, 1),)
+
+
+@requires_sam2
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_video_detect_runs_the_driver_on_the_widget_session(bedroom_mp4, tmp_path, tiny_sam2_video):
+    """Detect on a video: the drivers' run_into_store with the widget's own session (tracker path)."""
+    from dl_utils.dinoal.detections import Detections
+    from dl_utils.ipy_utils import Annotator
+    from dl_utils.video_utils import open_frames
+
+    class StubDetector:
+        name = "stub"
+
+        def detect(self, image, prompt):
+            return Detections(boxes=[[100, 80, 300, 260]], scores=[0.9], phrases=["chair"])
+
+    s = _session(open_frames(bedroom_mp4, stop=8), tmp_path / "d.sqlite", tiny_sam2_video)
+    a = Annotator(s, detector=StubDetector())
+    assert a.detect("chair") and a.wait(180)
+    assert "detect finished" in a.status, a.messages[-3:]
+    assert [o.label for o in a.objects()] == ["chair"]
+    assert a.store.frames() == list(s.source.frame_numbers) and a.session is s

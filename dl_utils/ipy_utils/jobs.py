@@ -82,29 +82,27 @@ class JobRunner:
         from ..drivers.options import TrackOptions
         from ..drivers.run import run_into_store
 
-        caption, detector, table = parse_caption(text), self.c.detector, self.c.classes
-        session = self.c.session
-        if engine.can_propagate and session is not None:
-            def job(emit: Emit, cancelled: threading.Event) -> Any:
-                return run_into_store(source, store, prompt=caption, detector=detector,
-                                      table=table, track=TrackOptions(track=True), progress=False,
-                                      session=session, callback=lambda f, insts: emit("frame", f))["text"]
-
-            self._start("detect", job, session.cancel, len(source))
-            return True
+        caption, detector, table, session = parse_caption(text), self.c.detector, self.c.classes, self.c.session
+        video = engine.can_propagate and session is not None
         frame, image = self.c.frame, self.c.image
-        seg = engine.segmenter if isinstance(engine, ImageClickEngine) else None
-        if frame is None or image is None:
+        if not video and (frame is None or image is None):
             raise InputError("nothing is shown: open a video first")
+        seg = engine.segmenter if isinstance(engine, ImageClickEngine) else None
+        # one call for both paths: run_into_store picks the tracker (video, the widget's session) or the
+        # image path (the shown image alone, the widget's segmenter) from track= and the source
+        shown = {} if video or frame is None or image is None else {frame: image}
 
-        def image_job(emit: Emit, cancelled: threading.Event) -> Any:
-            res = run_into_store(source, store, prompt=caption, detector=detector,
-                                 table=table, track=TrackOptions(track=False), progress=False,
-                                 frames=[frame], images={frame: image}, segmenter=seg, segment=seg is not None)
-            emit("frame", frame)
-            return {"detections": res["text"]["detections"]}
+        def job(emit: Emit, cancelled: threading.Event) -> Any:
+            res = run_into_store(source, store, prompt=caption, detector=detector, table=table,
+                                 track=TrackOptions(track=video), progress=False, session=session,
+                                 callback=lambda f, insts: emit("frame", f), frames=list(shown),
+                                 images=shown, segmenter=seg, segment=video or seg is not None)
+            for f in shown:  # the image path reports no frames itself
+                emit("frame", f)
+            return res["text"]
 
-        self._start("detect", image_job, None, 1)
+        self._start("detect", job, session.cancel if video and session is not None else None,
+                    len(source) if video else 1)
         return True
 
     def push(self, dry_run: bool) -> bool:
