@@ -293,7 +293,10 @@ class Annotator:
         self.controller.guard(f"showing frame {frame}", self.controller.show_frame, int(frame))
 
     def step(self, delta: int) -> None:
-        self.controller.step(delta)
+        """Show the frame ``delta`` kept frames away (clamped to the first / last)."""
+        target = self.controller.step_target(delta)
+        if target is not None:
+            self.show(target)
 
     def zoom(self, factor: float | None, x: float | None = None, y: float | None = None) -> None:
         """Zoom by ``factor`` around display point (x, y) (default: the canvas centre); ``None`` resets."""

@@ -59,7 +59,7 @@ class Listener(Protocol):
 
 
 class NullListener:
-    """No view at all (``widgets=False`` and tests of the controller alone)."""
+    """No view at all: a controller used on its own (scripts, tests of the controller)."""
 
     def say(self, level: str, text: str) -> None: ...
     def media_opened(self) -> None: ...
@@ -424,11 +424,15 @@ class AnnotatorController:
         self.frame = int(frame)
         self.listener.frame_shown()
 
-    def step(self, delta: int) -> None:
+    def step_target(self, delta: int) -> int | None:
+        """The frame ``delta`` kept frames from the shown one, clamped (None when nothing is open)."""
         if self.source is None or self.frame is None:
-            return
+            return None
         i = self.source.index_of(self.frame) + int(delta)
-        self.show_frame(self.source.frame_number(min(max(i, 0), len(self.source) - 1)))
+        return self.source.frame_number(min(max(i, 0), len(self.source) - 1))
+
+    def step(self, delta: int) -> None:
+        self.show_frame(self.step_target(delta))
 
     def instances(self, frame: int | None = None) -> Instances:
         f = self.frame if frame is None else int(frame)
