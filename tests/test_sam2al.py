@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dl_utils.annotations import Instance, MediaInfo, Source
+from dl_utils.annotations import CvatOrigin, Instance, MediaInfo, Provenance, Source
 from dl_utils.errors import FrameIndexError, InputError, MaskError, StoreError
 from dl_utils.store import AnnotationStore
 from tests.sam2_fixtures import requires_sam2, tiny_sam2_video  # noqa: F401  (fixture)
@@ -153,7 +153,7 @@ def test_forward_parity_with_trimming_store_and_callback(tiny_sam2_video, clip, 
     ses = session(clip, tmp_path / "f.sqlite", tiny_sam2_video, trim_memory=True)
     first = ses.add_points(0, 1, P1["points"], label="bed")
     assert np.array_equal(first.mask, raw_forward[0][1])
-    assert first.source == Source.SEMI_AUTO and first.keyframe and first.prompts["points"] == [[400.0, 300.0, 1]]
+    assert first.source == Source.SEMI_AUTO and first.keyframe and first.clicks.points == ((400.0, 300.0, 1),)
     ses.add_points(0, 2, np.array(P2["points"])[:, :2], labels=[1, 0], label="lamp")
     seen, held = [], []
 
@@ -173,8 +173,9 @@ def test_forward_parity_with_trimming_store_and_callback(tiny_sam2_video, clip, 
     assert ses.frames.decoded <= N + 1
     # store contents
     f10 = store.read_frame(10).by_object()[1]
-    assert f10.source == Source.AUTO and not f10.keyframe and f10.prompts["direction"] == "forward"
-    assert f10.prompts["area"] == int(f10.mask.sum()) and isinstance(f10.prompts["object_score"], float)
+    assert f10.source == Source.AUTO and not f10.keyframe and f10.provenance.direction == "forward"
+    assert f10.provenance.area == int(f10.mask.sum()) and isinstance(f10.provenance.object_score, float)
+    assert f10.provenance.engine == "sam2-video" and f10.clicks is None
     assert isinstance(f10.score, float)  # the predicted IoU of the kept mask
     assert store.read_frame(0).by_object()[2].keyframe
     assert store.progress()[1]["frames_done"] == N
@@ -192,12 +193,12 @@ def test_backward_parity_trimmed_and_untrimmed(tiny_sam2_video, clip, tmp_path):
     for trim in (True, False):
         ses = session(clip, tmp_path / f"b{trim}.sqlite", tiny_sam2_video, trim_memory=trim)
         inst = ses.add_box(N - 1, 3, B3["box"], label="bed")
-        assert inst.prompts["box"] == [150.0, 120.0, 520.0, 480.0]
+        assert inst.clicks.box == (150.0, 120.0, 520.0, 480.0)
         frames = []
         s = ses.propagate("backward", callback=lambda f, i, out=frames: out.append(f), progress=False)
         assert frames == list(range(N - 2, -1, -1)) and s["frames_written"] == N - 1
         assert_same(ses.store, raw, range(N), (3,))
-        assert ses.store.read_frame(3).by_object()[3].prompts["direction"] == "backward"
+        assert ses.store.read_frame(3).by_object()[3].provenance.direction == "backward"
         held[trim] = ses.peak_memory_frames
     assert held == {True: 15, False: N - 1}
 
@@ -220,7 +221,7 @@ def test_objects_added_on_later_frames_and_both(tiny_sam2_video, short_clip, tmp
     s = ses.propagate("both", progress=False)  # the backward pass fills them, nothing else is redone
     assert s["frames_written"] == 5 and s["frames_computed"] == 5
     assert all(ses.result(f).object_ids.tolist() == [1, 2] for f in range(SHORT))
-    assert ses.store.read_frame(0).by_object()[2].prompts["direction"] == "backward"
+    assert ses.store.read_frame(0).by_object()[2].provenance.direction == "backward"
 
 
 @pytest.mark.slow
@@ -273,7 +274,7 @@ def test_second_click_refines_like_upstream(tiny_sam2_video, short_clip, tmp_pat
     ses = session(short_clip, tmp_path / "two.sqlite", tiny_sam2_video)
     first = ses.add_points(0, 1, P1["points"], label="bed")
     second = ses.add_points(0, 1, two["points"])
-    assert second.prompts["refined"] is True and "refined" not in first.prompts
+    assert second.clicks.refined is True and first.clicks.refined is False
     assert not np.array_equal(first.mask, second.mask)
     ses.propagate(stop=3, progress=False)
     assert_same(ses.store, raw, range(4), (1,))
@@ -342,7 +343,7 @@ def test_correction_recomputes_only_up_to_next_locked_frame(tiny_sam2_video, sho
     ses.engine._run_single_frame_inference = lambda *a, **k: calls.append(k["frame_idx"]) or orig(*a, **k)
     fix = ses.add_points(4, 1, [[400, 300, 1], [600, 400, 0]])
     assert calls == [4] and fix.keyframe and ses.locked_frames(1) == [0, 4, 8]
-    assert fix.prompts["refined"] is True  # the propagated mask of frame 4 was fed back
+    assert fix.clicks.refined is True  # the propagated mask of frame 4 was fed back
     assert ses.store.frames_done(1) == [0, 1, 2, 3, 4, 8, 9, 10, 11]  # 5..7 depended on the old frame 4
     calls.clear()
     written = []
@@ -373,11 +374,12 @@ def test_take_corrections_from_the_store_equals_add_mask(tiny_sam2_video, short_
     ses = session(short_clip, tmp_path / "pulled.sqlite", tiny_sam2_video)
     ses.add_points(0, 1, P1["points"], label="bed")
     ses.propagate(progress=False)
-    pulled = Instance(1, mask=fix, source=Source.MANUAL, keyframe=True, prompts={"cvat": {"task": 3}})
+    origin = Provenance(engine="cvat", cvat=CvatOrigin("https://cvat.example", 3, (17,)))
+    pulled = Instance(1, mask=fix, source=Source.MANUAL, keyframe=True, provenance=origin)
     ses.store.write_frame(4, [pulled])  # what dl_utils.cvat.pull does
     assert ses.take_corrections([(4, 1), (4, 1)]) == 1
     assert ses.locked_frames(1) == [0, 4] and ses.store.frames_done(1) == [0, 1, 2, 3, 4]
-    assert ses.store.read_frame(4).by_object()[1].prompts == {"cvat": {"task": 3}}
+    assert ses.store.read_frame(4).by_object()[1].provenance == origin
     ses.propagate(progress=False)
     for f in range(SHORT):
         assert np.array_equal(ses.result(f).by_object()[1].mask, ref.result(f).by_object()[1].mask), f
@@ -436,7 +438,7 @@ def test_review_frames_reasons(tmp_path):
         m = np.zeros((30, 40), bool)
         m[:area_rows, :10] = True
         return Instance(1, mask=m, score=score if area_rows else None, source=Source.AUTO,
-                        prompts={"direction": "forward", "area": int(m.sum()), "object_score": obj})
+                        provenance=Provenance(direction="forward", area=int(m.sum()), object_score=obj))
 
     rows = [(10, 0.9), (10, 0.3), (0, None), (10, 0.9), (25, 0.95), (26, 0.9)]
     for f, (r, s) in enumerate(rows):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..annotations import Source
+from ..annotations import Provenance, Source
 from ..errors import InputError
 from ..store import AnnotationStore
 
@@ -34,7 +34,7 @@ def review_frames(
     """Frames where a mask is doubtful: low predicted IoU, object lost/appeared, area jump.
 
     Works from the store alone (scores and the ``object_score``/``area`` an engine records in
-    ``prompts``), so it also reviews a run made by an earlier process. The area jump compares each
+    ``provenance``), so it also reviews a run made by an earlier process. The area jump compares each
     frame with the previous processed frame of the same object: flagged when the larger area is more
     than ``1 + area_change`` times the smaller.
     """
@@ -47,8 +47,8 @@ def review_frames(
         for frame, inst in store.read_object(oid, decode=False).items():
             if (start is not None and frame < start) or (stop is not None and frame > stop):
                 continue
-            p = inst.prompts or {}
-            area = p.get("area")
+            prov = inst.provenance or Provenance()
+            area = prov.area
             if area is None:
                 area = 0 if inst.is_empty else store.read_frame(frame).by_object()[oid].area
             area = int(area)
@@ -66,8 +66,7 @@ def review_frames(
                     if ratio > 1 + area_change:
                         reasons.append(f"area changed x{ratio:.2f} vs frame {pf} ({pa} -> {area} px)")
             if reasons:
-                os_ = p.get("object_score")
-                out.append(ReviewItem(frame, oid, reasons, inst.score, None if os_ is None else float(os_), area))
+                out.append(ReviewItem(frame, oid, reasons, inst.score, prov.object_score, area))
             prev = (frame, area)
     out.sort(key=lambda r: (r.frame, r.object_id))
     return out

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..annotations import Instance
+from ..annotations import Clicks, Instance
 from ..errors import DlUtilsError, FrameIndexError, InputError
 from .session import VideoSession
 
@@ -105,10 +105,12 @@ def load_prompts(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def same_prompt(stored: Instance | None, entry: dict[str, Any]) -> bool:
+    """True when ``stored`` is a keyframe made from exactly ``entry``'s clicks (a re-run skips it)."""
     if stored is None or not stored.keyframe:
         return False
-    p = stored.prompts or {}
-    return p.get("points") == entry["points"] and p.get("box") == entry["box"]
+    c = stored.clicks or Clicks()
+    want = Clicks(points=tuple(tuple(pt) for pt in entry["points"] or ()), box=entry["box"])
+    return c.points == want.points and c.box == want.box
 
 
 def frame_ranges(frames: list[int]) -> str:

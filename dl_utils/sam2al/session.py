@@ -9,11 +9,11 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from ..annotations import Instance, Instances, Source
+from ..annotations import Box, Clicks, Instance, Instances, Provenance, Source
 from ..errors import DlUtilsError, FrameIndexError, InputError, MaskError
 from ..models import DEFAULT_MODEL
 from ..sam2_loader import (
@@ -56,7 +56,7 @@ def dependent_frames(store: Any, source: Any, oid: int, idx: int, locked: Iterab
     prv = max((i for i in locked if i < idx), default=-1)
     stale = []
     for f, old in store.read_object(oid, decode=False).items():
-        d = (old.prompts or {}).get("direction")
+        d = old.provenance.direction if old.provenance is not None else None
         if old.keyframe or old.source != Source.AUTO or d is None:
             continue
         try:
@@ -221,6 +221,10 @@ class VideoSession:
         return self.store.read_frame(int(frame))
 
     # ------------------------------------------------------------------ objects
+    def _provenance(self, **fields: Any) -> Provenance:
+        """What this session's instances were made by (the model), with per-instance ``fields``."""
+        return Provenance(engine="sam2-video", model=self.model_name, **fields)
+
     def _ensure_object(self, oid: int, label: str | None) -> None:
         known = {o.id: o for o in self.store.objects()}
         if oid in known:
@@ -312,8 +316,8 @@ class VideoSession:
                 t = (t >= 0.5).float()
             out, _ = self._run_prompt(idx, oid, None, t, None)
         inst = Instance(oid, mask=m, score=None, source=Source.MANUAL, keyframe=True,
-                        prompts={"mask": "given", "model": self.model_name,
-                                 "object_score": _score(out), "area": int(m.sum())})
+                        clicks=Clicks(mask="given"),
+                        provenance=self._provenance(object_score=_score(out), area=int(m.sum())))
         self._after_prompt(idx, oid, inst)
         return inst
 
@@ -354,16 +358,13 @@ class VideoSession:
             prev, refined = self._prev_logits(idx, oid, frame) if refine else (None, False)
             out, iou = self._run_prompt(idx, oid, point_inputs, None, prev)
             mask = self._video_masks([out["pred_masks"]], hw)[0]
-        prompts: dict[str, Any] = {}
-        if pts is not None:
-            prompts["points"] = [[float(x), float(y), int(v)] for (x, y), v in zip(pts[0], pts[1])]
-        if bx is not None:
-            prompts["box"] = [float(v) for v in bx]
-        if refined:
-            prompts["refined"] = True
-        prompts.update(model=self.model_name, object_score=_score(out), area=int(mask.sum()))
-        inst = Instance(oid, mask=mask, score=float(iou), source=Source.SEMI_AUTO, prompts=prompts,
-                        keyframe=True)
+        clicks = Clicks(
+            points=() if pts is None else tuple((float(x), float(y), int(v)) for (x, y), v in zip(pts[0], pts[1])),
+            box=None if bx is None else cast(Box, tuple(float(v) for v in bx)),
+            refined=bool(refined),
+        )
+        inst = Instance(oid, mask=mask, score=float(iou), source=Source.SEMI_AUTO, keyframe=True, clicks=clicks,
+                        provenance=self._provenance(object_score=_score(out), area=int(mask.sum())))
         if write:
             self._after_prompt(idx, oid, inst)
         return inst
@@ -487,11 +488,11 @@ class VideoSession:
             except DlUtilsError:
                 continue
             inst = self.store.read_frame(frame).by_object()[oid]
-            p = inst.prompts or {}
-            if ("points" in p or "box" in p) and inst.source == Source.SEMI_AUTO:
-                pts = p.get("points")
-                self._add_prompt(frame, oid, points=pts, box=p.get("box"), label=None,
-                                 refine=bool(p.get("refined")), write=False)
+            c = inst.clicks
+            if c is not None and (c.points or c.box is not None) and inst.source == Source.SEMI_AUTO:
+                self._add_prompt(frame, oid, points=[list(pt) for pt in c.points] or None,
+                                 box=None if c.box is None else list(c.box), label=None,
+                                 refine=c.refined, write=False)
             elif inst.mask is not None:
                 self._replay_mask(idx, oid, inst.mask)
             else:
@@ -726,8 +727,7 @@ class VideoSession:
                     area = int(m.sum())
                     insts.append(Instance(
                         oid, mask=m, score=iou if area else None, source=Source.AUTO,
-                        prompts={"model": self.model_name, "direction": name,
-                                 "object_score": _score(out), "area": area},
+                        provenance=self._provenance(direction=name, object_score=_score(out), area=area),
                     ))
                 frame = self._numbers[f]
                 self.store.write_frame(frame, insts, run_id=run_id)
