@@ -209,11 +209,24 @@ sam2 = build_sam2_model("sam2.1_hiera_tiny", image_size={image_size}, random_wei
                         video=True, device="cpu")
 
 class TimedAnnotator(Annotator):
-    # records when the frame layer's image was handed to the comm (bench only)
-    def _put(self, layer, data, fallback, at=(0, 0)):
-        super()._put(layer, data, fallback, at)
-        if layer == 0 and getattr(self, "t_sent", None) is None:
-            self.t_sent = time.time()
+    # records when the frame layer's image was handed to the comm (bench only): wraps the view's put
+    def __init__(self, *args, **kwargs):
+        self.t_sent = None
+        super().__init__(*args, **kwargs)
+
+    @property
+    def ui(self):
+        return self.__dict__.get("_timed_ui")
+
+    @ui.setter
+    def ui(self, view):
+        put = view.put
+        def timed(layer, data, fallback, at=(0, 0)):
+            put(layer, data, fallback, at)
+            if layer == 0 and self.t_sent is None:
+                self.t_sent = time.time()
+        view.put = timed
+        self.__dict__["_timed_ui"] = view
 """ + RAW_PREDICT
     clicks = f"""ann = Annotator({str(clip)!r}, TMP / "clicks.sqlite", sam_model=sam2, default_label="object")
 time_network(ann)

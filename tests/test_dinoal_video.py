@@ -82,10 +82,14 @@ class PerfectSession:
         self.lost: set[int] = set()
         self._cancel = threading.Event()
         self.calls: list[tuple] = []
+        self.origins: dict[int, object] = {}
 
     @property
     def object_ids(self) -> list[int]:
         return sorted(self.locked)
+
+    def set_origin(self, object_id: int, origin: object) -> None:
+        self.origins[object_id] = origin
 
     def locked_frames(self, object_id: int) -> list[int]:
         return sorted(self.locked.get(object_id, ()))
@@ -176,6 +180,10 @@ def test_object_entering_mid_video_gets_a_new_id_and_is_tracked_back(tmp_path):
     assert visible_frames(store, 2) == list(range(43, 100))
     assert min(store.read_object(2)) == 40
     assert ("box", 50, 2) in sess.calls and ("backward", 40, 50) in sess.calls
+    # the session is told where each new object came from (it writes the masks, with these facts)
+    from dl_utils.dinoal.video import TRACKER_SAM2
+    assert sorted(sess.origins) == [1, 2]
+    assert all(o.tracker == TRACKER_SAM2 and o.caption for o in sess.origins.values())
     # the pass was only interrupted where a prompt was needed
     assert [c for c in sess.calls if c[0] == "forward"] == [("forward", 0, 99), ("forward", 50, 99)]
 

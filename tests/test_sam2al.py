@@ -711,3 +711,21 @@ def test_segment_mixed_size_image_folder(tiny_sam2_video, tmp_path):
     bad = _prompts(tmp_path, [{"frame": 2, "object": 1, "label": "a", "points": [[150, 100, 1]]}], "bad.json")
     with pytest.raises(InputError, match=r"frame 2, object 1: point 0 .* outside the 240x90 image"):
         run_segment(folder, out, bad, sam_model=tiny_sam2_video, progress=False)
+
+
+def test_set_origin_is_carried_by_every_instance_of_the_object(tiny_sam2_video, short_clip, tmp_path):
+    """What a tracker tells the session about an object (caption, tracker mode) reaches the keyframe
+    and every propagated instance; the session's own facts (engine, model, direction) win."""
+    from dl_utils.annotations import Provenance
+
+    ses = session(short_clip, tmp_path / "origin.sqlite", tiny_sam2_video)
+    ses.set_origin(1, Provenance(engine="groundingdino", caption="bed. lamp", tracker="t-mode", detector="gd"))
+    ses.add_box(0, 1, B3["box"], label="bed")
+    ses.add_points(0, 2, P1["points"], label="lamp")  # no origin: the session's facts only
+    ses.propagate("forward", stop=3, progress=False)
+    for f in range(4):
+        got = ses.store.read_frame(f).by_object()
+        p1, p2 = got[1].provenance, got[2].provenance
+        assert (p1.caption, p1.tracker, p1.detector, p1.engine) == ("bed. lamp", "t-mode", "gd", "sam2-video")
+        assert p1.model == p2.model and p2.caption is None and p2.tracker is None
+        assert (p1.direction == "forward") == (f > 0)

@@ -42,6 +42,9 @@ KEYFRAMES_KEY = "dinoal.keyframes"
 KEEP_KEYFRAMES = 64
 #: ``Provenance.tracker`` of the boxes :func:`track_boxes` links (keyframe boxes, no SAM2)
 TRACKER_BOXES = "keyframe-boxes"
+#: ``Provenance.tracker`` of the masks :class:`GroundedVideoTracker` writes (SAM2 tracks, keyframe
+#: detections start, re-anchor and revive objects)
+TRACKER_SAM2 = "sam2-keyframe-detections"
 
 
 def _tracked_masks(instances: Instances) -> dict[int, Any]:
@@ -140,7 +143,10 @@ class GroundedVideoTracker:
             s.add_box(frame, rv.object_id, rv.box)
             back.append((rv.object_id, lo))
         first = self.source.frame_numbers[0]
+        caption = None if dets is None else dets.caption
         for n in decision.new:
+            # the session writes the masks: tell it what made the object, so each carries it
+            s.set_origin(n.object_id, Provenance(caption=caption, tracker=TRACKER_SAM2))
             s.add_box(frame, n.object_id, n.box, label=n.label or "object")
             back.append((n.object_id, first if n.back_to is None else n.back_to))
         return back
@@ -380,4 +386,4 @@ def track_boxes(
     }
 
 
-__all__ = ["TRACKER_BOXES", "GroundedVideoTracker", "track_boxes"]
+__all__ = ["TRACKER_BOXES", "TRACKER_SAM2", "GroundedVideoTracker", "track_boxes"]

@@ -155,7 +155,8 @@ def run_into_store(
     detector_options = detector_options or DetectorOptions()
     sam = sam or SamOptions()
     track = track or TrackOptions()
-    tracked = span is not None or (bool(track.track) and src.kind == "video")
+    # a session given by the caller (the widget on a frame folder) means the video path too
+    tracked = span is not None or (bool(track.track) and (src.kind == "video" or session is not None))
     out: dict[str, Any] = {"tracked": tracked, "every": track.every_for(tracked)}
     where = clicks_file if clicks_file is not None else "prompts"
     if tracked:
@@ -207,13 +208,13 @@ def _video(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clic
                 from ..dinoal.video import GroundedVideoTracker
 
                 assert session is not None
-                res = GroundedVideoTracker(session, det, prompt, every=every, max_gap=track.max_gap,
-                                           max_objects=track.max_objects).run(progress=progress, callback=callback)
+                res = GroundedVideoTracker(session, det, prompt, every=every,
+                                           config=track.tracker_config()).run(progress=progress, callback=callback)
             else:
                 from ..dinoal.video import track_boxes
 
                 res = track_boxes(src, store, det, prompt, every=every, progress=progress, run_id=run_id,
-                                  max_gap=track.max_gap, max_objects=track.max_objects)
+                                  config=track.tracker_config())
             if ledger:
                 if res["status"] not in ("done", "no objects found"):
                     raise InputError(f"the text step stopped ({res['status']}); run again to resume")

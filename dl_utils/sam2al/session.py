@@ -8,7 +8,7 @@ import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import numpy as np
@@ -141,6 +141,7 @@ class VideoSession:
         self._numbers = list(media.frames)
         self._cancel = threading.Event()
         self._locked: dict[int, set[int]] = {}  # object id -> locked frame indices
+        self._origins: dict[int, Provenance] = {}  # object id -> where it came from (set_origin)
         self.peak_memory_frames = 0  # most non-conditioning outputs held at once (all objects)
         frames_dev = torch.device("cpu") if offload_video_to_cpu else self.device
         self.frames = LazyFrames(self.source, self.engine.image_size, frames_dev, cache_frames=frame_cache)
@@ -221,9 +222,24 @@ class VideoSession:
         return self.store.read_frame(int(frame))
 
     # ------------------------------------------------------------------ objects
-    def _provenance(self, **fields: Any) -> Provenance:
-        """What this session's instances were made by (the model), with per-instance ``fields``."""
-        return Provenance(engine="sam2-video", model=self.model_name, **fields)
+    def _provenance(self, oid: int, **fields: Any) -> Provenance:
+        """What this session's instances were made by (the model), with the object's origin (see
+        :meth:`set_origin`) and per-instance ``fields``."""
+        origin = self._origins.get(oid)
+        if origin is None:
+            return Provenance(engine="sam2-video", model=self.model_name, **fields)
+        return replace(origin, engine="sam2-video", model=self.model_name, **fields)
+
+    def set_origin(self, object_id: int, origin: Provenance) -> None:
+        """Object-level facts (``detector``, ``caption``, ``tracker`` mode...) that every instance this
+        session writes for the object carries from now on.
+
+        A text-prompt tracker knows where an object came from, but the session writes its masks: the
+        tracker hands the facts over here. ``engine``, ``model`` and the per-frame fields (direction,
+        scores, area) are the session's own and replace the origin's. Held in memory: a session
+        opened again starts without origins (the instances already written keep theirs).
+        """
+        self._origins[_as_oid(object_id)] = origin
 
     def _ensure_object(self, oid: int, label: str | None) -> None:
         known = {o.id: o for o in self.store.objects()}
@@ -317,7 +333,7 @@ class VideoSession:
             out, _ = self._run_prompt(idx, oid, None, t, None)
         inst = Instance(oid, mask=m, score=None, source=Source.MANUAL, keyframe=True,
                         clicks=Clicks(mask="given"),
-                        provenance=self._provenance(object_score=_score(out), area=int(m.sum())))
+                        provenance=self._provenance(oid, object_score=_score(out), area=int(m.sum())))
         self._after_prompt(idx, oid, inst)
         return inst
 
@@ -364,7 +380,7 @@ class VideoSession:
             refined=bool(refined),
         )
         inst = Instance(oid, mask=mask, score=float(iou), source=Source.SEMI_AUTO, keyframe=True, clicks=clicks,
-                        provenance=self._provenance(object_score=_score(out), area=int(mask.sum())))
+                        provenance=self._provenance(oid, object_score=_score(out), area=int(mask.sum())))
         if write:
             self._after_prompt(idx, oid, inst)
         return inst
@@ -727,7 +743,7 @@ class VideoSession:
                     area = int(m.sum())
                     insts.append(Instance(
                         oid, mask=m, score=iou if area else None, source=Source.AUTO,
-                        provenance=self._provenance(direction=name, object_score=_score(out), area=area),
+                        provenance=self._provenance(oid, direction=name, object_score=_score(out), area=area),
                     ))
                 frame = self._numbers[f]
                 self.store.write_frame(frame, insts, run_id=run_id)
