@@ -333,3 +333,34 @@ def test_command_line_code_lives_in_drivers_or_ui():
     gone = sorted(set(KNOWN_CLI) - found)
     assert not new, f"command-line code below the drivers layer (move it to dl_utils/drivers): {new}"
     assert not gone, f"no longer there, delete from KNOWN_CLI in {__file__}: {gone}"
+
+
+def _graph() -> dict[str, set[str]]:
+    """Top-level module -> the other top-level modules it imports (any import form)."""
+    edges: dict[str, set[str]] = {m: set() for m in LAYERS}
+    for module, path in _modules().items():
+        for imp in _imports(module, path):
+            a, b = _top(imp.importer), _top(imp.imported)
+            if a != b:
+                edges[a].add(b)
+    return edges
+
+
+def test_import_graph_in_the_docs_is_the_code():
+    """docs/architecture.md's "Import graph" table is the graph the code has, row for row."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text.split("## Import graph", 1)[1]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = (cells[1], {c.strip().strip("`") for c in cells[2].split(",")} - {"—"})
+    code = _graph()
+    code.pop("__init__")
+    assert set(rows) == set(code), "modules missing from / unknown to the table: " + str(set(rows) ^ set(code))
+    for module, (layer, imports) in rows.items():
+        assert layer == LAYERS[module], f"{module}: the table says layer {layer}, LAYERS says {LAYERS[module]}"
+        assert imports == code[module], (
+            f"{module}: the docs list {sorted(imports)}, the code imports {sorted(code[module])}; "
+            "redraw the table in docs/architecture.md"
+        )
