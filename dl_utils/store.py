@@ -1146,10 +1146,30 @@ def staged_store(
         raise StoreError(f"{path} is a folder; give a file path for the store (e.g. {Path(path) / 'job.sqlite'})")
     if keep_existing and not target.is_file():
         raise StoreError(f"annotation store {path} does not exist; leave out --append to create it")
+    tmp = _stage_file(target)
+    store: AnnotationStore | None = None
+    try:
+        store = _open_staged(tmp, target, keep_existing=keep_existing, media=media)
+        yield store
+        store.close()
+        _replace_with_staged(tmp, target)
+    except BaseException:
+        if store is not None:
+            try:
+                store.close()
+            except sqlite3.Error:
+                pass
+        _unlink_store_files(tmp)
+        raise
+
+
+def _stage_file(target: Path) -> Path:
+    """An empty temporary file beside ``target`` (same file system: the rename is atomic), after
+    removing what killed imports of the same store left there."""
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        for e in parent.iterdir():  # leftovers of a killed import of the same store
+        for e in parent.iterdir():
             m = _STAGE_RE.match(e.name)
             if m and m.group("name") == target.name and not _pid_alive(int(m.group("pid"))):
                 e.unlink(missing_ok=True)
@@ -1159,57 +1179,56 @@ def staged_store(
         os.close(fd)
     except OSError as e:
         raise AnnotationStore._os_error_for(target, e) from None
-    tmp = Path(tmp_name)
-    store: AnnotationStore | None = None
-    try:
-        if keep_existing:
-            src_store = AnnotationStore(target, readonly=True)  # checks it is a store
-            try:
-                dst = sqlite3.connect(str(tmp))
-                try:
-                    src_store._conn.backup(dst)  # a consistent copy, -wal content included
-                finally:
-                    dst.close()
-            except sqlite3.DatabaseError as e:
-                raise AnnotationStore._db_error_for(tmp, e) from None
-            finally:
-                src_store.close()
-            store = AnnotationStore(tmp)
-            if media is not None:
-                store.check_media(media)
-        else:
-            store = AnnotationStore(tmp, _create=True)
-            if media is not None:
-                store.set_media(media)
-        store.path = target  # messages name the store the user gave, not the temporary file
-        yield store
-        store.close()
+    return Path(tmp_name)
+
+
+def _open_staged(tmp: Path, target: Path, *, keep_existing: bool, media: MediaInfo | None) -> AnnotationStore:
+    """The store to build in ``tmp``: a consistent copy of ``target`` (``-wal`` content included)
+    or a new one; its messages name ``target``, the store the user gave."""
+    if keep_existing:
+        src_store = AnnotationStore(target, readonly=True)  # checks it is a store
         try:
-            _settle(tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            if target.exists() and Path(str(target) + "-wal").exists():
-                try:
-                    _settle(target)  # the old store's commits go into its file, not a stray -wal
-                except sqlite3.DatabaseError:
-                    pass  # not a store, or damaged: its side files mean nothing for the new one
-                for suffix in ("-wal", "-shm"):
-                    Path(str(target) + suffix).unlink(missing_ok=True)
-            os.replace(tmp, target)
-            for suffix in ("-wal", "-shm", "-journal"):
-                Path(str(target) + suffix).unlink(missing_ok=True)
-        except OSError as e:
-            raise AnnotationStore._os_error_for(target, e) from None
-        except sqlite3.DatabaseError as e:
-            raise AnnotationStore._db_error_for(target, e) from None
-    except BaseException:
-        if store is not None:
+            dst = sqlite3.connect(str(tmp))
             try:
-                store.close()
-            except sqlite3.Error:
-                pass
-        _unlink_store_files(tmp)
-        raise
+                src_store._conn.backup(dst)
+            finally:
+                dst.close()
+        except sqlite3.DatabaseError as e:
+            raise AnnotationStore._db_error_for(tmp, e) from None
+        finally:
+            src_store.close()
+        store = AnnotationStore(tmp)
+        if media is not None:
+            store.check_media(media)
+    else:
+        store = AnnotationStore(tmp, _create=True)
+        if media is not None:
+            store.set_media(media)
+    store.path = target
+    return store
+
+
+def _replace_with_staged(tmp: Path, target: Path) -> None:
+    """Flush ``tmp`` to disk and rename it over ``target``; the old store's side files go so none
+    can be applied to the new one."""
+    try:
+        _settle(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        if target.exists() and Path(str(target) + "-wal").exists():
+            try:
+                _settle(target)  # the old store's commits go into its file, not a stray -wal
+            except sqlite3.DatabaseError:
+                pass  # not a store, or damaged: its side files mean nothing for the new one
+            for suffix in ("-wal", "-shm"):
+                Path(str(target) + suffix).unlink(missing_ok=True)
+        os.replace(tmp, target)
+        for suffix in ("-wal", "-shm", "-journal"):
+            Path(str(target) + suffix).unlink(missing_ok=True)
+    except OSError as e:
+        raise AnnotationStore._os_error_for(target, e) from None
+    except sqlite3.DatabaseError as e:
+        raise AnnotationStore._db_error_for(target, e) from None
 
 
 __all__ = ["AnnotationStore", "SCHEMA_VERSION", "SYNC_RECORD_PREFIX", "SYNC_RECORD_VERSION", "staged_store",
