@@ -39,6 +39,7 @@ LAYERS = {
     "cv_utils": "base",
     "video_utils": "base",
     "classes": "base",
+    "splits": "base",
     "store": "store",
     "models": "engines",
     "sam2_loader": "engines",
