@@ -49,6 +49,7 @@ LAYERS = {
     "dinoal": "engines",
     "tracking": "engines",
     "interactive": "engines",
+    "finetune": "engines",
     "formats": "sinks",
     "cvat": "sinks",
     "annotate": "drivers",

@@ -1,0 +1,281 @@
+"""dl_utils.finetune: the data (stores, folder pairs, selection), the split, click sampling, the
+forward's parity with upstream, training (learns, resumes after SIGKILL to the same weights, cache).
+
+The data set is made here: shapes of three kinds (disc, rectangle, triangle) in solid colours with
+noise on textured backgrounds, written as image folders, as stores of keyframe instances, as a
+folder pair, and as short videos. SAM2 is the tiny config at 256 px with seeded random weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from dl_utils.annotations import Clicks, Instance, MediaInfo, Provenance, Source
+from dl_utils.errors import InputError, MaskError, MediaError
+from dl_utils.finetune.clicks import ClickSampling, fixed_clicks, sample_clicks
+from dl_utils.finetune.data import MaskDataset, from_folder_pair, from_stores
+from dl_utils.splits import split_groups
+from dl_utils.store import AnnotationStore
+from dl_utils.video_utils import open_frames, write_video
+
+H, W = 96, 128
+
+
+# ----------------------------------------------------------------------------- synthetic data
+def scene(rng: np.random.Generator, h: int = H, w: int = W, n: int = 2) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A textured background with ``n`` non-overlapping shapes; returns (RGB image, [masks])."""
+    y, x = np.mgrid[0:h, 0:w]
+    period, angle = rng.uniform(6, 14), rng.uniform(0, np.pi)
+    stripes = np.sin((x * np.cos(angle) + y * np.sin(angle)) * 2 * np.pi / period)
+    base = rng.integers(60, 190, 3)
+    img = base[None, None, :] + 30 * stripes[..., None] + rng.normal(0, 12, (h, w, 3))
+    masks: list[np.ndarray] = []
+    taken = np.zeros((h, w), bool)
+    for _ in range(50):
+        if len(masks) == n:
+            break
+        m = np.zeros((h, w), np.uint8)
+        kind = rng.integers(0, 3)
+        cx, cy = int(rng.integers(18, w - 18)), int(rng.integers(18, h - 18))
+        s = int(rng.integers(8, 17))
+        if kind == 0:
+            cv2.circle(m, (cx, cy), s, 1, -1)
+        elif kind == 1:
+            cv2.rectangle(m, (cx - s, cy - s // 2 - 2), (cx + s, cy + s // 2 + 2), 1, -1)
+        else:
+            pts = np.array([[cx, cy - s], [cx - s, cy + s], [cx + s, cy + s]], np.int32)
+            cv2.fillPoly(m, [pts], 1)
+        mb = m.astype(bool)
+        if (mb & cv2.dilate(taken.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)).any():
+            continue
+        taken |= mb
+        colour = rng.integers(0, 256, 3)
+        img[mb] = colour + rng.normal(0, 8, (int(mb.sum()), 3))
+        masks.append(mb)
+    return np.clip(img, 0, 255).astype(np.uint8), masks
+
+
+def write_image_set(folder: Path, n_images: int, seed: int) -> list[list[np.ndarray]]:
+    """PNG images in ``folder``; returns each image's masks."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n_images):
+        img, masks = scene(rng)
+        cv2.imwrite(str(folder / f"img_{i:03d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        out.append(masks)
+    return out
+
+
+def keyframe(oid: int, mask: np.ndarray) -> Instance:
+    ys, xs = np.nonzero(mask)
+    return Instance(oid, mask=mask, source=Source.SEMI_AUTO, keyframe=True,
+                    clicks=Clicks(points=((float(xs.mean()), float(ys.mean()), 1),)),
+                    provenance=Provenance(engine="sam2-image", model="sam2.1_hiera_tiny"))
+
+
+def engine_output(oid: int, mask: np.ndarray) -> Instance:
+    return Instance(oid, mask=mask, source=Source.AUTO,
+                    provenance=Provenance(engine="sam2-video", direction="forward"))
+
+
+def store_of(path: Path, media: str, frames_masks: dict[int, list[np.ndarray]],
+             make=keyframe, label: str = "shape") -> Path:
+    """A store on ``media`` whose frame ``f`` holds objects 1..k with ``frames_masks[f]``."""
+    info = open_frames(media).media_info()
+    with AnnotationStore.create(path, info) as store:
+        n = max(len(m) for m in frames_masks.values())
+        for _ in range(n):
+            store.add_object(label)
+        for f, masks in frames_masks.items():
+            store.write_frame(f, [make(k + 1, m) for k, m in enumerate(masks)])
+    return path
+
+
+def folder_pair(root: Path, n_images: int, seed: int) -> Path:
+    masks = write_image_set(root / "images", n_images, seed)
+    (root / "masks").mkdir(parents=True)
+    for i, ms in enumerate(masks):
+        for k, m in enumerate(ms):
+            cv2.imwrite(str(root / "masks" / f"img_{i:03d}_{k + 1}.png"), m.astype(np.uint8) * 255)
+    return root
+
+
+def write_clip(path: Path, n_frames: int, seed: int) -> list[list[np.ndarray]]:
+    """A short video: one scene whose shapes stay put while the background noise changes."""
+    rng = np.random.default_rng(seed)
+    img, masks = scene(rng)
+    frames = [np.clip(img.astype(int) + rng.integers(-4, 5, img.shape), 0, 255).astype(np.uint8)
+              for _ in range(n_frames)]
+    write_video(path, frames, fps=5, crf=0)
+    return [masks] * n_frames
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    """``images/`` + a keyframe store ``images.sqlite`` on it, and the same set as a folder pair."""
+    root = tmp_path_factory.mktemp("shapes")
+    masks = write_image_set(root / "set" / "images", 6, seed=1)
+    store_of(root / "set.sqlite", str(root / "set" / "images"), dict(enumerate(masks)))
+    folder_pair(root / "pair", 6, seed=1)
+    return root
+
+
+# ----------------------------------------------------------------------------- data
+def test_store_and_folder_pair_give_the_same_masks(shapes):
+    a = from_stores([shapes / "set.sqlite"])
+    b = from_folder_pair(shapes / "pair")
+    assert len(a) == len(b) == sum(1 for _ in a.samples) and len(a) >= 10
+    for sa, sb in zip(a.samples, b.samples):
+        assert np.array_equal(sa.mask, sb.mask)
+        assert np.array_equal(a.image(sa.ref), b.image(sb.ref))
+        assert sa.object_id == sb.object_id
+    assert {s.origin for s in a.samples} == {"keyframe"} and {s.origin for s in b.samples} == {"folder"}
+    assert a.labels() == ["shape"] and b.labels() == ["pair"]
+    assert a.by == b.by == "item"
+    assert len(a.groups()) == 6 and len(a.frames()) == 6  # each image is its own split unit
+    assert a.image(a.frames()[0]).shape == (H, W, 3)
+    sub = a.subset(a.groups()[:2])
+    assert len(sub.frames()) == 2 and a.fingerprint() != sub.fingerprint()
+
+
+def test_selection_keeps_people_and_drops_the_engine_by_default(tmp_path):
+    masks = write_image_set(tmp_path / "imgs", 4, seed=2)
+
+    def mixed(oid: int, m: np.ndarray) -> Instance:
+        return keyframe(oid, m) if oid == 1 else engine_output(oid, m)
+
+    store = store_of(tmp_path / "s.sqlite", str(tmp_path / "imgs"), dict(enumerate(masks)), make=mixed)
+    with AnnotationStore.open(store) as s:  # a CVAT pull, an import, an empty instance
+        s.write_frame(3, [Instance(1, mask=masks[3][0], source=Source.MANUAL,
+                                   provenance=Provenance(engine="cvat")),
+                          Instance(2, mask=np.zeros((H, W), bool), source=Source.MANUAL)])
+    reviewed = from_stores([store])
+    everything = from_stores([store], select="all")
+    assert {s.origin for s in reviewed.samples} == {"keyframe", "cvat"}
+    assert all(s.object_id == 1 for s in reviewed.samples) and len(reviewed) == 4
+    assert len(everything) == 7 and {s.origin for s in everything.samples} == {"keyframe", "cvat", "engine"}
+
+    only_engine = store_of(tmp_path / "e.sqlite", str(tmp_path / "imgs"), dict(enumerate(masks)),
+                           make=engine_output)
+    with pytest.raises(InputError, match="select='reviewed' found no masks.*--select all"):
+        from_stores([only_engine])
+    assert len(from_stores([only_engine], select="all")) == 8
+
+
+def test_split_by_video_never_puts_a_video_on_both_sides(tmp_path):
+    stores = []
+    for v in range(5):
+        clip = tmp_path / f"clip{v}.mp4"
+        masks = write_clip(clip, 4, seed=10 + v)
+        stores.append(store_of(tmp_path / f"clip{v}.sqlite", str(clip), dict(enumerate(masks))))
+    data = from_stores(stores)
+    assert data.by == "group" and len(data.groups()) == 5
+    assert data.samples[0].ref.name == "clip0.mp4 frame 0"
+    split = split_groups(data.groups(), val_fraction=0.4, seed=3, by=data.by)
+    assert split == split_groups(reversed(data.groups()), val_fraction=0.4, seed=3, by=data.by)
+    train, val = data.subset(split.train), data.subset(split.val)
+    assert len(train) + len(val) == len(data)
+    assert not {f.media for f in train.frames()} & {f.media for f in val.frames()}
+    assert len(val.groups()) == 2
+    frame = data.image(data.frames()[5])
+    assert frame.shape == (H, W, 3)
+    with pytest.raises(InputError, match="by='item'"):
+        split_groups(data.subset(data.groups()[:1]).groups(), by="group")
+
+
+def test_bad_inputs_name_the_file(tmp_path):
+    masks = write_image_set(tmp_path / "imgs", 2, seed=3)
+    store = store_of(tmp_path / "s.sqlite", str(tmp_path / "imgs"), dict(enumerate(masks)))
+    data = from_stores([store])
+    os.remove(tmp_path / "imgs" / "img_001.png")  # one frame went missing
+    (tmp_path / "imgs" / "img_000.png").write_bytes(b"not a png")
+    with pytest.raises(MediaError, match=r"img_000.png: cannot read frame 0 of .*imgs"):
+        data.image(data.frames()[0])
+
+    clip = tmp_path / "c.mp4"
+    write_clip(clip, 2, seed=4)
+    s2 = store_of(tmp_path / "c.sqlite", str(clip), {0: write_clip(tmp_path / "other.mp4", 1, 5)[0]})
+    os.remove(clip)
+    with pytest.raises(MediaError, match=r"c.sqlite: its media .*c.mp4 does not exist"):
+        from_stores([s2])
+
+    pair = folder_pair(tmp_path / "pair", 2, seed=6)
+    cv2.imwrite(str(pair / "masks" / "img_000_1.png"), np.zeros((10, 10), np.uint8))
+    with pytest.raises(MaskError, match=r"img_000_1.png: mask is 10x10 but its image img_000.png is 128x96"):
+        from_folder_pair(pair)
+    cv2.imwrite(str(pair / "masks" / "img_000_1.png"), np.zeros((H, W), np.uint8))
+    cv2.imwrite(str(pair / "masks" / "stray.png"), np.zeros((H, W), np.uint8))
+    with pytest.raises(InputError, match=r"stray.png: no image .* has the stem 'stray'"):
+        from_folder_pair(pair)
+    os.remove(pair / "masks" / "stray.png")
+    for f in (pair / "masks").glob("img_001_*.png"):
+        os.remove(f)
+    with pytest.raises(InputError, match=r"img_001.png: no mask .*img_001.png"):
+        from_folder_pair(pair)
+    with pytest.raises(InputError, match="select='best'"):
+        from_stores([store], select="best")
+
+
+def test_mask_of_another_size_in_a_store_is_refused(tmp_path):
+    """A store written before per-frame sizes, of an image set whose images differ: the mask fits
+    the first image, not its own (the store could not check it)."""
+    masks = write_image_set(tmp_path / "imgs", 1, seed=7)
+    small = cv2.resize(cv2.imread(str(tmp_path / "imgs" / "img_000.png")), (64, 48))
+    cv2.imwrite(str(tmp_path / "imgs" / "img_001.png"), small)
+    info = MediaInfo(name="imgs", width=W, height=H, frames=[0, 1], frame_names=["img_000.png", "img_001.png"],
+                     path=str(tmp_path / "imgs"))
+    with AnnotationStore.create(tmp_path / "s.sqlite", info) as s:
+        s.add_object("shape")
+        s.write_frame(1, [keyframe(1, masks[0][0])])
+    with AnnotationStore.open(tmp_path / "s.sqlite") as s:  # the frame's real size, recorded later
+        s.set_media(MediaInfo(name="imgs", width=W, height=H, frames=[0, 1],
+                              frame_names=["img_000.png", "img_001.png"], path=str(tmp_path / "imgs"),
+                              frame_sizes=[(W, H), (64, 48)]))
+    with pytest.raises(MaskError, match=r"s.sqlite: frame 1, object 1: mask is 128x96 but the frame is 64x48"):
+        from_stores([tmp_path / "s.sqlite"])
+
+
+# ----------------------------------------------------------------------------- clicks
+def test_clicks_look_like_a_persons_and_replay():
+    rng = np.random.default_rng(0)
+    _, masks = scene(rng, n=1)
+    m = masks[0]
+    dist = cv2.distanceTransform(np.pad(m.astype(np.uint8), 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    sampling = ClickSampling(points=(2, 3), negatives=2, box=1.0)
+    near = cv2.dilate(m.astype(np.uint8), np.ones((25, 25), np.uint8)).astype(bool)
+    inner = []
+    for k in range(50):
+        c = sample_clicks(m, np.random.default_rng(k), sampling)
+        assert c == sample_clicks(m, np.random.default_rng(k), sampling)
+        pos = [(int(x), int(y)) for x, y, v in c.points if v == 1]
+        neg = [(int(x), int(y)) for x, y, v in c.points if v == 0]
+        assert 2 <= len(pos) <= 3 and len(neg) <= 2
+        assert all(m[y, x] for x, y in pos) and all(not m[y, x] and near[y, x] for x, y in neg)
+        inner += [dist[y, x] for x, y in pos]
+        assert c.box is not None
+        x1, y1, x2, y2 = c.box
+        ys, xs = np.nonzero(m)
+        bw, bh = xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()
+        assert abs(x1 - xs.min()) <= 0.1 * bw + 1e-6 and abs(y2 - ys.max() - 1) <= 0.1 * bh + 1e-6
+    assert np.mean(inner) > 1.5 * dist[m].mean()  # away from the border, as people click
+    assert sample_clicks(m, np.random.default_rng(1), ClickSampling(box=0.0)).box is None
+    with pytest.raises(MaskError, match="no object pixel"):
+        sample_clicks(np.zeros((5, 5), bool), np.random.default_rng(0))
+    with pytest.raises(InputError, match="points="):
+        ClickSampling(points=(3, 1))
+
+
+def test_fixed_clicks_are_per_sample(shapes):
+    data = from_stores([shapes / "set.sqlite"])
+    a = fixed_clicks(data.samples, seed=5)
+    b = fixed_clicks(list(reversed(data.samples)), seed=5)
+    assert a == list(reversed(b))
+    assert fixed_clicks(data.samples[:3], seed=5) == a[:3]
+    assert fixed_clicks(data.samples, seed=6) != a
+    assert isinstance(data, MaskDataset)
