@@ -19,6 +19,10 @@ sends them back, and
 the shapes of ours they absorbed are handed over to people (forgotten by the push record).
 Non-key frames of people's tracks (CVAT interpolates them) are not pulled: keyframes are what
 people actually placed.
+
+The report's ``changes`` (:mod:`.changes`) says how much people changed what was pushed: per
+object and per label, the cells (object on frame) left unchanged, edited (with the IoU of pushed vs
+pulled), deleted and drawn by hand, measured against the store before the pull overwrites it.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from ..formats import (
 )
 from ..store import AnnotationStore
 from ._wire import item_hash
+from .changes import CellChange, cell_iou, format_changes, summarize
 from .connection import CvatConnection, cvat_error
 from .labels import ServerLabel, task_labels
 from .records import SyncState, UnitKey, UnitRecord
@@ -74,16 +79,25 @@ class PullReport:
     bytes_received: int = 0
     seconds: float = 0.0
     dry_run: bool = False
+    #: how much people changed what was pushed, per object and frame, summed per label, per object
+    #: and overall (:func:`dl_utils.cvat.changes.summarize`): does the pre-annotation pay?
+    changes: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    def format_changes(self) -> str:
+        """The ``changes`` as a table for people (empty when the pull read nothing)."""
+        return format_changes(self.changes) if self.changes.get("objects") else ""
+
     def __str__(self) -> str:
         verb = "would write" if self.dry_run else "wrote"
-        return (f"task {self.task_id}: read {self.shapes} shapes and {self.tracks} tracks"
+        line = (f"task {self.task_id}: read {self.shapes} shapes and {self.tracks} tracks"
                 f" ({self.own_unchanged} ours unchanged, {self.edited} edited, {self.deleted} deleted,"
                 f" {self.foreign} drawn in CVAT); {verb} {self.instances} instances on {self.frames}"
                 f" frames, {len(self.objects_created)} new objects")
+        table = self.format_changes()
+        return f"{line}\nwhat people changed (objects on frames):\n{table}" if table else line
 
 
 @dataclass
@@ -318,6 +332,40 @@ def _instances(reader: _JobReader, deleted_cells: set[Cell], ids: dict[tuple, in
     return by_frame
 
 
+def _cell_changes(store: AnnotationStore, reader: _JobReader, deleted_cells: set[Cell],
+                  ids: dict[tuple, int], by_frame: dict[int, list[Instance]],
+                  media: MediaInfo) -> list[CellChange]:
+    """Report phase: each cell as unchanged, edited (with the IoU of pushed vs pulled), deleted or
+    added, read from the store *before* the write replaces the pushed instances."""
+    sizes = media.sizes()
+    before_frames: dict[int, dict[int, Instance]] = {}
+    out: list[CellChange] = []
+    for cell in sorted(set(reader.cells) | deleted_cells, key=lambda c: (c[0], str(c[1]))):
+        f, okey = cell
+        oid = okey[1] if okey[0] == "o" else ids.get(okey, -1)
+        label = (reader.objects[oid].label if okey[0] == "o" and oid in reader.objects
+                 else reader.new_keys[okey].label if okey in reader.new_keys else "?")
+        units = reader.touched_units.get(cell, set())
+        human = any(p.keyframe for p in reader.cells.get(cell, [])) or cell in deleted_cells
+        sf = media.frames[f]
+        if not units:
+            out.append(CellChange(sf, oid, label, "added"))
+            continue
+        if not human:
+            out.append(CellChange(sf, oid, label, "unchanged", 1.0))
+            continue
+        after = next((i for i in by_frame.get(sf, []) if i.object_id == oid), None)
+        if sf not in before_frames:
+            before_frames[sf] = store.read_frame(sf).by_object() if store.media is not None else {}
+        fw, fh = sizes[f]
+        if after is None or after.is_empty:
+            out.append(CellChange(sf, oid, label, "deleted", 0.0))
+        else:
+            iou = cell_iou(before_frames[sf].get(oid), after, units, fh, fw)
+            out.append(CellChange(sf, oid, label, "edited", round(iou, 6)))
+    return out
+
+
 def _write(store: AnnotationStore, by_frame: dict[int, list[Instance]], state: SyncState | None,
            handed: set[str]) -> None:
     """Write phase: instances in batched transactions, then the units handed over to people are
@@ -360,7 +408,8 @@ def pull(
     """Bring task ``task_id``'s annotations into ``store`` (see the module doc).
 
     Phases: fetch and parse every job (:class:`_JobReader`), find our deleted units, merge into
-    objects and instances (:func:`_new_objects`, :func:`_instances`), write (:func:`_write`).
+    objects and instances (:func:`_new_objects`, :func:`_instances`), measure what people changed
+    against the store before it is overwritten (:func:`_cell_changes`), write (:func:`_write`).
     """
     t0 = time.perf_counter()
     before = conn.stats.copy()
@@ -378,6 +427,7 @@ def pull(
     by_frame = _instances(reader, deleted_cells, ids, media, conn.host, rasterize, handed)
     rep.instances = sum(len(v) for v in by_frame.values())
     rep.frames = len(by_frame)
+    rep.changes = summarize(_cell_changes(store, reader, deleted_cells, ids, by_frame, media))
     if not dry_run:
         _write(store, by_frame, state, handed)
     d = conn.stats.since(before)
