@@ -768,7 +768,192 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str], *, download: bool =
     return _download_hf(text, None, force=False, local_only=True)
 
 
+# ----------------------------------------------------------------------------- fine-tuned checkpoints
+#: ``format`` of the JSON that ``dl-utils finetune`` writes beside a tuned checkpoint (``tuned.pt.json``)
+FINETUNE_FORMAT = "dl-utils-finetune"
+#: the local registry of fine-tuned checkpoints, in :func:`models_dir`
+FINETUNED_REGISTRY = "finetuned.json"
+
+
+@dataclass(frozen=True)
+class FinetunedInfo:
+    """What the sidecar of a fine-tuned checkpoint says (the fields loading and listing need)."""
+
+    path: Path  # the checkpoint
+    sidecar: Path
+    base_model: str
+    image_size: int | None = None
+    iou_before: float | None = None
+    iou_after: float | None = None
+    steps: int | None = None
+    sha256: str | None = None
+
+    @property
+    def improved(self) -> bool | None:
+        """Whether val IoU went up (None when the sidecar has no before/after figures)."""
+        if self.iou_before is None or self.iou_after is None:
+            return None
+        return self.iou_after > self.iou_before
+
+
+def sidecar_path(checkpoint: str | os.PathLike[str]) -> Path:
+    """``tuned.pt`` -> ``tuned.pt.json``: the suffix is appended, so ``tuned.pt`` and ``tuned.pth``
+    never share one."""
+    return Path(os.fspath(checkpoint) + ".json")
+
+
+def _number(doc: dict[str, Any], key: str, kind: type, sidecar: Path) -> Any:
+    v = doc.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not float(v).is_integer()):
+        raise ModelError(f"{sidecar}: field {key!r} is {v!r}, not a number; fix or delete the field "
+                         "(or run `dl-utils finetune` again to rewrite the file)")
+    return kind(v)
+
+
+def finetuned_info(path: str | os.PathLike[str]) -> FinetunedInfo | None:
+    """The sidecar of a fine-tuned checkpoint, or None when ``path`` has none (an official file).
+
+    The one reader of the sidecar: SAM2's options, the widget, the auto-annotation function and
+    ``models list`` all take the base model and input size from here, so a tuned file loads with
+    ``--checkpoint tuned.pt`` alone. A JSON beside the file that is not ours is ignored; one that
+    says it is ours but cannot be used is a :class:`ModelError` naming the file and the field.
+    """
+    import json
+
+    sidecar = sidecar_path(path)
+    if not sidecar.is_file():
+        return None
+    try:
+        doc = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"cannot read the fine-tune sidecar {sidecar} ({e}); restore it, or delete it "
+                         "and pass --model NAME --image-size N with the checkpoint") from None
+    if not isinstance(doc, dict) or doc.get("format") != FINETUNE_FORMAT:
+        return None
+    base = doc.get("base_model")
+    if not isinstance(base, str) or not base.strip():
+        raise ModelError(f"{sidecar}: field 'base_model' is {base!r}; it must name the SAM2 model the "
+                         "checkpoint was tuned from (e.g. sam2.1_hiera_small)")
+    sha = doc.get("sha256")
+    return FinetunedInfo(
+        path=Path(path), sidecar=sidecar, base_model=base.strip(),
+        image_size=_number(doc, "image_size", int, sidecar), iou_before=_number(doc, "iou_before", float, sidecar),
+        iou_after=_number(doc, "iou_after", float, sidecar), steps=_number(doc, "steps", int, sidecar),
+        sha256=sha if isinstance(sha, str) else None,
+    )
+
+
+def _canonical(name: str) -> str:
+    spec = find_spec(name)
+    return spec.name if spec is not None else name.strip()
+
+
+def resolve_finetuned(model: str | None, checkpoint: str | os.PathLike[str] | None,
+                      image_size: int | None) -> tuple[str | None, int | None]:
+    """``(model, image_size)`` to build for ``checkpoint``: a fine-tuned file's base model and input
+    size fill what was not given; a given model that contradicts the sidecar is refused.
+
+    Anything but an existing file with a dl-utils sidecar passes through unchanged.
+    """
+    if checkpoint is None or not Path(os.fspath(checkpoint)).is_file():
+        return model, image_size
+    info = finetuned_info(checkpoint)
+    if info is None:
+        return model, image_size
+    if model is not None and _canonical(str(model)) != _canonical(info.base_model):
+        raise ModelError(
+            f"model {model!r} does not match checkpoint {info.path}: its sidecar {info.sidecar.name} says it "
+            f"was fine-tuned from {info.base_model}; leave the model out (it is taken from the sidecar) or "
+            f"pass {info.base_model}"
+        )
+    return (model if model is not None else info.base_model,
+            image_size if image_size is not None else info.image_size)
+
+
+def finetuned_registry() -> Path:
+    """The local list of fine-tuned checkpoints ``dl-utils models list`` shows."""
+    return models_dir() / FINETUNED_REGISTRY
+
+
+def _read_registry(path: Path) -> list[dict[str, Any]]:
+    import json
+
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"cannot read the fine-tuned registry {path} ({e}); delete it (the checkpoints "
+                         "stay; register them again with their next `dl-utils finetune` run)") from None
+    entries = doc.get("checkpoints") if isinstance(doc, dict) else None
+    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("path"), str)] if isinstance(
+        entries, list) else []
+
+
+def register_finetuned(info: FinetunedInfo, *, date: str | None = None) -> Path:
+    """Add (or replace, by absolute path) ``info`` in :func:`finetuned_registry`; returns the registry.
+
+    Written to a temporary file and renamed, so a crash never leaves a half-written list.
+    """
+    import datetime
+    import json
+
+    reg = finetuned_registry()
+    key = str(info.path.resolve())
+    entries = [e for e in _read_registry(reg) if e["path"] != key]
+    entries.append({
+        "path": key, "base_model": info.base_model, "image_size": info.image_size,
+        "date": date or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "steps": info.steps, "iou_before": info.iou_before, "iou_after": info.iou_after,
+    })
+    try:
+        reg.parent.mkdir(parents=True, exist_ok=True)
+        tmp = reg.with_name(reg.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"checkpoints": entries}, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, reg)
+    except OSError as e:
+        raise ModelError(f"cannot write the fine-tuned registry {reg} ({e.strerror or e}); set "
+                         "DL_UTILS_MODELS to a writable folder (the checkpoint itself was written)") from None
+    return reg
+
+
+def list_finetuned() -> list[dict[str, Any]]:
+    """The registered fine-tuned checkpoints, newest last, each with ``present`` (False: the file is gone)."""
+    rows = []
+    for e in _read_registry(finetuned_registry()):
+        rows.append({**e, "present": Path(e["path"]).is_file()})
+    return rows
+
+
+def _iou(v: Any) -> str:
+    return f"{100 * float(v):.1f}%" if isinstance(v, (int, float)) else "?"
+
+
+def format_finetuned_table(rows: list[dict[str, Any]]) -> str:
+    """The second table of ``dl-utils models list``: local fine-tuned checkpoints."""
+    if not rows:
+        return "fine-tuned: none yet (dl-utils finetune STORE... --out tuned.pt)"
+    head = ("fine-tuned checkpoint", "base", "date", "val IoU before -> after", "status")
+    body = [(r["path"], str(r.get("base_model")), str(r.get("date") or "?")[:10],
+             f"{_iou(r.get('iou_before'))} -> {_iou(r.get('iou_after'))}",
+             "ok" if r.get("present") else "missing") for r in rows]
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head, *body])
+
+
 __all__ = [
+    "FINETUNE_FORMAT",
+    "FINETUNED_REGISTRY",
+    "FinetunedInfo",
+    "finetuned_info",
+    "finetuned_registry",
+    "format_finetuned_table",
+    "list_finetuned",
+    "register_finetuned",
+    "resolve_finetuned",
+    "sidecar_path",
     "ALIASES",
     "OFFICIAL_EXTRA_KEYS",
     "OFFICIAL_KEY_PREFIXES",

@@ -224,6 +224,11 @@ def check_counts(*, every: Any = None, max_gap: Any = None, max_objects: Any = N
 
 
 # ----------------------------------------------------------------------------- SAM2
+class _DefaultModel(str):
+    """``segment``'s ``--model`` default: equal to the name, but tells :meth:`SamOptions.from_args` that
+    the user did not type it (so a fine-tuned checkpoint's base model is taken, not contradicted)."""
+
+
 @dataclass
 class SamOptions:
     """SAM2: which model and checkpoint, input size, device, and the direction clicks propagate.
@@ -274,8 +279,12 @@ class SamOptions:
             parser.add_argument("--direction", choices=DIRECTIONS, default=cls._DIRECTION[command],
                                 help=cls._HELP["direction"][command])
         if command == "segment":
-            parser.add_argument("--model", default=DEFAULT_SAM2, help=f"SAM2 model name (default {DEFAULT_SAM2})")
-            parser.add_argument("--checkpoint", default=None, help="official-format checkpoint {'model': state_dict}")
+            parser.add_argument("--model", default=_DefaultModel(DEFAULT_SAM2),
+                                help=f"SAM2 model name (default {DEFAULT_SAM2}; with a fine-tuned --checkpoint: "
+                                     "its base model)")
+            parser.add_argument("--checkpoint", default=None,
+                                help="official-format checkpoint {'model': state_dict}; a fine-tuned one "
+                                     "(dl-utils finetune) brings its base model and image size")
         else:
             parser.add_argument("--sam-model", default=None, dest="sam_model", help=cls._HELP["sam_model"][command])
             parser.add_argument("--sam-checkpoint", default=None, dest="sam_checkpoint",
@@ -288,7 +297,19 @@ class SamOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace, *, command: str = "segment") -> SamOptions:
         _check(command)
-        return cls(**_values(cls, args, cls._DEST[command]))
+        values = _values(cls, args, cls._DEST[command])
+        if isinstance(values.get("model"), _DefaultModel):  # not typed by the user: a sidecar may choose
+            values["model"] = None
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        """A fine-tuned checkpoint names its base model and input size in its sidecar
+        (:func:`dl_utils.models.resolve_finetuned`, the one reader): they fill what was not given, so
+        every command, the widget and the auto-annotation function load ``tuned.pt`` alone, and a
+        contradicting ``model`` is refused here, before anything is opened."""
+        from ..models import resolve_finetuned
+
+        self.model, self.image_size = resolve_finetuned(self.model, self.checkpoint, self.image_size)
 
     @property
     def model_name(self) -> str:

@@ -56,6 +56,7 @@ class Annotator:
         cvat: tuple[CvatConnection, int] | None = None,
         sam_model: object = None,
         model: str | None = None,
+        checkpoint: str | Path | None = None,
         image_size: int | None = None,
         device: object = None,
         max_size: tuple[int, int] = (1280, 720),
@@ -73,8 +74,9 @@ class Annotator:
             self.ui.build(self)
         self.open(source_or_session, store)
         if c.source is not None and c.session is None and c.engine is None and (
-                sam_model is not None or model is not None):
-            self.load_model(sam_model=sam_model, model=model, image_size=image_size, device=device)
+                sam_model is not None or model is not None or checkpoint is not None):
+            self.load_model(sam_model=sam_model, model=model, checkpoint=checkpoint, image_size=image_size,
+                            device=device)
 
     # ------------------------------------------------------------------ state, read through
     @property
@@ -228,10 +230,11 @@ class Annotator:
                                           source_or_session, store))
 
     def load_model(self, model: str | None = None, *, sam_model: object = None, image_size: int | None = None,
-                   device: object = None) -> bool:
-        """Build the SAM2 session for the open media (``model``: a registry name; or a built ``sam_model``)."""
+                   device: object = None, checkpoint: str | Path | None = None) -> bool:
+        """Build the SAM2 session for the open media (``model``: a registry name; ``checkpoint``: a weights
+        file, a fine-tuned one bringing its base model and size; or a built ``sam_model``)."""
         return bool(self.controller.guard("loading the SAM2 model", self.controller.load_model, model, sam_model,
-                                          image_size, device))
+                                          image_size, device, checkpoint))
 
     # ------------------------------------------------------------------ objects
     def objects(self) -> list[ObjectInfo]:

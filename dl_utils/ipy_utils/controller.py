@@ -202,21 +202,26 @@ class AnnotatorController:
                 if inst.keyframe and c is not None and (c.points or c.box is not None):
                     self.clicks.set(obj.id, f, Clicks(points=c.points, box=c.box))
 
-    def load_model(self, model: str | None, sam_model: object, image_size: int | None, device: object) -> bool:
-        from ..models import DEFAULT_MODEL
+    def load_model(self, model: str | None, sam_model: object, image_size: int | None, device: object,
+                   checkpoint: str | Path | None = None) -> bool:
+        from ..models import DEFAULT_MODEL, resolve_finetuned
 
         if self.source is None or self.store is None:
             raise InputError("open a video or an image folder first (annotator.open(path))")
+        if sam_model is None:  # a fine-tuned checkpoint names its base model and size (one reader)
+            model, image_size = resolve_finetuned(model, checkpoint, image_size)
         if self.source.kind == "video":
             from ..sam2al import VideoSession
 
             self.session = VideoSession(self.source, self.store, model=model or DEFAULT_MODEL,
+                                        checkpoint=checkpoint if sam_model is None else None,
                                         sam_model=sam_model, image_size=image_size, device=device)
             self.engine = VideoClickEngine(self.session)
         else:
             from ..samal import ImageSegmenter
 
             seg = ImageSegmenter(sam_model if sam_model is not None else (model or DEFAULT_MODEL),
+                                 checkpoint if sam_model is None else None,
                                  image_size=image_size if sam_model is None else None,
                                  device=device if sam_model is None else None)
             self.engine = ImageClickEngine(seg, self.source, self.store)
