@@ -146,7 +146,7 @@ cmd_lab() {
     exec "$ROOT/dockerPreAnnotation/run.sh" "${flags[@]+"${flags[@]}"}" "$@"
   fi
   say "mode: local ($VENV)"
-  ensure_env "jupyter,sam2,dino,cvat"
+  ensure_env "jupyter,sam2,dino,cvat,train"
   local token="${DL_UTILS_TOKEN:-}"
   if [ -z "$token" ]; then
     token="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
