@@ -145,11 +145,11 @@ def test_failure_mid_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
     real = fmod._write_array
     written: list[Path] = []
 
-    def boom(path: Path, array: np.ndarray) -> None:
+    def boom(path: Path, array: np.ndarray, durable: bool = False) -> None:
         if written:
             raise KeyboardInterrupt
         written.append(path)
-        real(path, array)
+        real(path, array, durable)
 
     monkeypatch.setattr(fmod, "_write_array", boom)
     cache = FeatureCache(tmp_path, model_key="m")
@@ -164,8 +164,8 @@ import os, sys
 import numpy as np
 from dl_utils.finetune import features as fmod
 real = fmod._write_array
-def die(path, array):
-    real(path, array)
+def die(path, array, durable=False):
+    real(path, array, durable)
     os._exit(3)  # the process dies half-way through the entry: no cleanup runs
 fmod._write_array = die
 sys.path.insert(0, {tests!r})
@@ -192,11 +192,11 @@ def test_disk_full_is_a_typed_error_and_the_partial_entry_goes(
     real = fmod._write_array
     calls = []
 
-    def full(path: Path, array: np.ndarray) -> None:
+    def full(path: Path, array: np.ndarray, durable: bool = False) -> None:
         calls.append(path)
         if len(calls) == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, array)
+        real(path, array, durable)
 
     monkeypatch.setattr(fmod, "_write_array", full)
     cache = FeatureCache(tmp_path / "feats", model_key="m")
@@ -268,6 +268,13 @@ def test_concurrent_writers_of_the_same_frames(tmp_path: Path) -> None:
             np.testing.assert_array_equal(results[(i, n)], results[(0, n)])
     assert len(entry_folders(tmp_path)) == 6
     assert [p for p in (tmp_path / ".tmp").iterdir()] == []
+
+
+def test_durable_writes_read_back_the_same(tmp_path: Path) -> None:
+    enc = Encoder()
+    fast = FeatureCache(tmp_path / "a", model_key="m").get(frame(1), enc)
+    safe = FeatureCache(tmp_path / "b", model_key="m", durable=True).get(frame(1), enc)
+    np.testing.assert_array_equal(fast.image_embed, safe.image_embed)
 
 
 def test_clear_removes_everything(tmp_path: Path) -> None:
