@@ -384,9 +384,10 @@ class FeatureCache:
 
     def _os_error(self, e: OSError) -> OutputError:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            cap_gb = self.max_bytes / 2**30
             return OutputError(
                 f"cannot write the feature cache in {self.root}: no space left on the device; free space"
-                f" on {mount_point(self.root)}, lower the cache cap (now {self.max_bytes / 2**30:.1f} GiB)"
+                f" on {mount_point(self.root)}, lower the cache cap (--cache-max-gb, now {cap_gb:.1f})"
                 " or put the cache on a bigger disk with --cache-dir (the partial entry was removed)")
         if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             return OutputError(
