@@ -68,6 +68,19 @@ def test_hit_and_miss_counting_no_compute_on_hit(tmp_path: Path) -> None:
     assert frame(1) in cache and frame(3) not in cache
 
 
+def test_lookup_by_key_skips_decoding_and_hashing(tmp_path: Path) -> None:
+    enc = Encoder()
+    cache = FeatureCache(tmp_path, model_key="m")
+    k = cache.key(frame(1))
+    assert cache.lookup(k) is None and (cache.hits, cache.misses) == (0, 0)
+    first = cache.get(frame(1), enc, key=k)
+    got = cache.lookup(k)
+    assert got is not None and isinstance(got.image_embed, np.memmap) and cache.hits == 1
+    np.testing.assert_array_equal(got.image_embed, first.image_embed)
+    cache.get(frame(1), enc, key=k)
+    assert enc.calls == 1 and cache.hits == 2
+
+
 def test_key_depends_on_model_content_shape_and_dtype(tmp_path: Path) -> None:
     c1 = FeatureCache(tmp_path, model_key="tiny/aaa")
     c2 = FeatureCache(tmp_path, model_key="tiny/bbb")

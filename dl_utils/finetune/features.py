@@ -218,14 +218,18 @@ class FeatureCache:
         h.update(arr.data.cast("B") if arr.ndim and arr.size else arr.tobytes())
         return h.hexdigest()
 
-    def get(self, image: np.ndarray, compute: Callable[[np.ndarray], FrameFeatures]) -> FrameFeatures:
-        """The features of ``image``: from disk on a hit, else ``compute(image)`` stored first."""
-        key = self.key(image)
-        found = self._load(key)
+    def get(
+        self, image: np.ndarray, compute: Callable[[np.ndarray], FrameFeatures], *, key: str | None = None
+    ) -> FrameFeatures:
+        """The features of ``image``: from disk on a hit, else ``compute(image)`` stored first.
+
+        ``key`` is ``self.key(image)`` when the caller has it already (it skips hashing the pixels
+        again); a wrong key stores the features under the wrong frame, so pass only what ``key``
+        returned for this image.
+        """
+        key = self.key(image) if key is None else key
+        found = self.lookup(key)
         if found is not None:
-            self.hits += 1
-            known = self._index.get(key) or _scan_entry(self._entry_dir(key))
-            self._touch(key, known.nbytes if known is not None else found.nbytes)
             return found
         self.misses += 1
         feats = compute(image)
@@ -233,6 +237,22 @@ class FeatureCache:
             raise InputError(f"the compute function given to FeatureCache.get returned "
                              f"{type(feats).__name__}, not FrameFeatures")
         return self._store(key, np.asarray(image), feats)
+
+    def lookup(self, key: str) -> FrameFeatures | None:
+        """The entry ``key`` (from :meth:`key`) memory-mapped and counted as a hit, or None.
+
+        For a training loop that remembers each frame's key (a 64-character string) instead of the
+        arrays: a later epoch maps the entry without decoding or hashing the frame, and nothing
+        stays in RAM between steps. None (not counted as a miss) means: decode the frame and
+        :meth:`get` it.
+        """
+        found = self._load(key)
+        if found is None:
+            return None
+        self.hits += 1
+        known = self._index.get(key) or _scan_entry(self._entry_dir(key))
+        self._touch(key, known.nbytes if known is not None else found.nbytes)
+        return found
 
     def __contains__(self, image: object) -> bool:
         return isinstance(image, np.ndarray) and (self._entry_dir(self.key(image)) / META).is_file()
