@@ -14,6 +14,7 @@ import pytest
 from dl_utils.cv_utils import load_image, mask_iou, save_image
 from dl_utils.errors import InputError, MediaError, ModelError
 from dl_utils.finetune.clicks import fixed_clicks
+from dl_utils.models import FINETUNE_FORMAT
 from dl_utils.finetune.data import FrameRef, MaskDataset, MaskSample
 from dl_utils.finetune.evaluate import (
     SHEET_PAD,
@@ -87,7 +88,8 @@ def _save_checkpoint(path: Path, seed: int, sidecar: bool) -> Path:
     net = build_tiny(256, seed)
     torch.save({"model": net.state_dict()}, path)
     if sidecar:
-        path.with_name(path.name + ".json").write_text(json.dumps({"base_model": TINY, "image_size": 256}))
+        path.with_name(path.name + ".json").write_text(json.dumps({"format": FINETUNE_FORMAT, "base_model": TINY,
+                                                                "image_size": 256}))
     return path
 
 
@@ -129,7 +131,7 @@ def test_evaluate_matches_the_engine_by_hand(dataset, checkpoints, tmp_path):
     sheet = tmp_path / "out" / "sheet.png"
     rep = evaluate(dataset, [base, str(tuned)], image_size=256, seed=3, device="cpu", progress=False,
                    sheet=sheet, sheet_rows=2)
-    assert [m.name for m in rep.models] == ["base", "tuned"] and rep.image_size == 256
+    assert [m.name for m in rep.models] == ["base.pt", "tuned.pt"] and rep.image_size == 256
     assert rep.models[0].base_model == TINY and rep.models[1].base_model == TINY  # sidecar / guessed
     assert rep.models[0].iou == _by_hand(build_tiny(256, 0), dataset, 3)
     assert rep.models[1].iou == _by_hand(build_tiny(256, 1), dataset, 3)
@@ -140,7 +142,7 @@ def test_evaluate_matches_the_engine_by_hand(dataset, checkpoints, tmp_path):
     assert doc["models"][1]["iou"] == rep.models[1].iou and len(doc["samples"]) == 5
     assert doc["better"] == (np.mean(rep.models[1].iou) > np.mean(rep.models[0].iou))
     table = rep.format_table()
-    for word in ("car", "person", "base", "tuned", "all", "objects"):
+    for word in ("car", "person", "base.pt", "tuned.pt", "all", "objects"):
         assert word in table
     assert ("not better" in table) != rep.better()
     # the contact sheet: rows of four square panels, written whole (no temporary file left)
@@ -167,14 +169,15 @@ def test_bad_inputs_are_named(dataset, checkpoints, tmp_path):
         evaluate(dataset, [tmp_path / "missing.pt"], progress=False)
     wrong = tmp_path / "wrong.pt"
     wrong.write_bytes(tuned.read_bytes())
-    wrong.with_name("wrong.pt.json").write_text(json.dumps({"base_model": "sam2.1_hiera_small"}))
+    wrong.with_name("wrong.pt.json").write_text(json.dumps({"format": FINETUNE_FORMAT,
+                                                            "base_model": "sam2.1_hiera_small"}))
     with pytest.raises(ModelError, match=r"model 1 of 1, .*wrong\.pt \(base model sam2.1_hiera_small\).*"
                                          r"does not match"):
         evaluate(dataset, [wrong], image_size=256, device="cpu", progress=False)
     bad_side = tmp_path / "side.pt"
     bad_side.write_bytes(b"x")
     bad_side.with_name("side.pt.json").write_text("{not json")
-    with pytest.raises(ModelError, match="side.pt.json"):
+    with pytest.raises(ModelError, match="sidecar .*side.pt.json"):
         evaluate(dataset, [bad_side], progress=False)
     gone = tmp_path / "gone.png"
     save_image(gone, test_image(120, 160))

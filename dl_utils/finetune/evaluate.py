@@ -21,7 +21,6 @@ models, because a person judges masks faster by looking than by reading numbers.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -34,6 +33,7 @@ import numpy as np
 
 from ..cv_utils import contact_sheet, decode_coco_rle, draw_overlay, encode_coco_rle, mask_iou
 from ..errors import InputError, MaskError, ModelError, OutputError
+from ..models import finetuned_info
 from .clicks import ClickSampling, fixed_clicks
 from .data import MaskDataset, MaskSample
 
@@ -238,20 +238,6 @@ class _ModelSpec:
     image_size: int | None  # from a sidecar
 
 
-def _read_sidecar(path: Path) -> dict[str, Any] | None:
-    side = path.with_name(path.name + ".json")
-    if not side.is_file():
-        return None
-    try:
-        doc = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot read {side} ({e}); it describes checkpoint {path}: fix or delete it") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("base_model"), str):
-        raise ModelError(f"{side} has no 'base_model' (the registry model {path.name} was fine-tuned from);"
-                         " add it, e.g. {\"base_model\": \"sam2.1_hiera_tiny\", \"image_size\": 1024}")
-    return doc
-
-
 def _guess_base(path: Path) -> str:
     """A checkpoint without a sidecar: the registry model its shapes belong to, else the default."""
     from ..models import DEFAULT_MODEL
@@ -268,15 +254,15 @@ def _guess_base(path: Path) -> str:
 
 
 def _resolve(item: str | os.PathLike[str], base_model: str | None) -> _ModelSpec:
-    """A checkpoint file (its sidecar names the base model) or a registry name."""
+    """A checkpoint file (a fine-tuned one's sidecar names its base model and input size) or a
+    registry name."""
     text = os.fspath(item)
     path = Path(text).expanduser()
     if path.is_file():
-        side = _read_sidecar(path)
+        side = finetuned_info(path)  # the one reader of `dl-utils finetune`'s sidecar
         if side is not None:
-            size = side.get("image_size")
-            return _ModelSpec(path.stem, side["base_model"], path, int(size) if size else None)
-        return _ModelSpec(path.stem, base_model or _guess_base(path), path, None)
+            return _ModelSpec(path.name, side.base_model, path, side.image_size)
+        return _ModelSpec(path.name, base_model or _guess_base(path), path, None)
     if path.suffix.lower() in _CHECKPOINT_SUFFIXES or path.exists():
         raise ModelError(f"checkpoint {path} does not exist (or is not a file); check the path, or name a"
                          " registry model such as sam2.1_hiera_tiny (`dl-utils models list`)")
