@@ -110,16 +110,19 @@ def cmd_classes_check(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- models
 def cmd_models_list(args: argparse.Namespace) -> int:
     from .dino_models import list_dino_models
-    from .models import find_spec, format_model_table, list_models
+    from .models import find_spec, format_finetuned_table, format_model_table, list_finetuned, list_models
 
     dino = list_dino_models()
     for r in dino:  # `models download tiny` means SAM2's tiny: show only the aliases that reach DINO
         r["aliases"] = [a for a in r["aliases"] if find_spec(a) is None]
     rows = list_models() + dino
-    if args.json:
-        _print_json(rows)
+    tuned = list_finetuned()
+    if args.json:  # fine-tuned checkpoints: family "sam2-finetuned", named by their path
+        _print_json(rows + [{**t, "name": t["path"], "family": "sam2-finetuned"} for t in tuned])
     else:
         print(format_model_table(rows))
+        print()
+        print(format_finetuned_table(tuned))
     return 0
 
 
@@ -183,6 +186,19 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return run_detect_cli(args)
 
 
+# ---------------------------------------------------------------- finetune / evaluate
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .drivers.finetune import run_finetune_cli
+
+    return run_finetune_cli(args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .drivers.finetune import run_evaluate_cli
+
+    return run_evaluate_cli(args)
+
+
 # ---------------------------------------------------------------- parser
 def cmd_annotate(args: argparse.Namespace) -> int:
     from .drivers.annotate import run_annotate_cli
@@ -206,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_commands(sub)
     _add_models_commands(sub)
     _add_engine_commands(sub)
+    _add_finetune_commands(sub)
 
     from .drivers.cvat import add_cvat_arguments  # cvat-sdk is imported only when a cvat command runs
 
@@ -302,6 +319,18 @@ def _add_engine_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     )
     add_annotate_arguments(ann)
     ann.set_defaults(func=cmd_annotate)
+
+
+def _add_finetune_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """finetune, evaluate: their options live with their driver (torch-free to import)."""
+    from .drivers.finetune import add_evaluate_arguments, add_finetune_arguments
+
+    ft = sub.add_parser("finetune", help="teach SAM2 people's corrected masks (stores, a folder pair) -> tuned.pt")
+    add_finetune_arguments(ft)
+    ft.set_defaults(func=cmd_finetune)
+    ev = sub.add_parser("evaluate", help="score checkpoints (files or registry names) on the same masks and prompts")
+    add_evaluate_arguments(ev)
+    ev.set_defaults(func=cmd_evaluate)
 
 
 def _add_classes_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

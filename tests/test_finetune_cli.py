@@ -74,12 +74,21 @@ def test_finetune_help_lists_every_option_with_its_default():
         assert flag in text, flag
     if not HAVE_FINETUNE:
         pytest.skip("dl_utils.finetune.train (TrainOptions) has not landed yet")
-    from dl_utils.finetune import TrainOptions
+    from dataclasses import is_dataclass
+
+    from dl_utils.finetune.train import TrainOptions
 
     for f in fields(TrainOptions):
-        if f.name in ("image_size", "device", "select"):
+        if f.name in ("image_size", "device", "select"):  # --image-size, --device: the base's; --select: data's
             continue
-        assert "--" + f.name.replace("_", "-") in text, f.name
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        if is_dataclass(default):  # the click sampling: one option per field
+            for g in fields(default):
+                assert f"--{f.name}-{g.name}".replace("_", "-") in text, (f.name, g.name)
+        elif f.name == "cache_max_bytes":
+            assert "--cache-max-gb" in text
+        else:
+            assert "--" + f.name.replace("_", "-") in text, f.name
     for flag in ("--steps", "--batch-size", "--lr", "--accumulate", "--val-fraction", "--seed",
                  "--checkpoint-every", "--cache-dir", "--cache-max-gb", "--train-memory", "--restart"):
         assert flag in text, flag
@@ -94,6 +103,29 @@ def test_evaluate_help_and_required_checkpoint(capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["evaluate", "a.sqlite"])
     assert e.value.code == 2 and "--checkpoint" in capsys.readouterr().err
+
+
+def test_options_reach_train_options(tmp_path):
+    """Each option lands in its TrainOptions field (GiB -> bytes, the click sampling, --select, the size)."""
+    if not HAVE_FINETUNE:
+        pytest.skip("dl_utils.finetune.train (TrainOptions) has not landed yet")
+    from dl_utils.drivers.finetune import train_options
+    from dl_utils.drivers.options import SamOptions
+
+    args = build_parser().parse_args([
+        "finetune", "a.sqlite", "--out", str(tmp_path / "t.pt"), "--steps", "7", "--batch-size", "3",
+        "--lr", "0.001", "--accumulate", "2", "--val-fraction", "0.3", "--seed", "5", "--checkpoint-every", "4",
+        "--cache-dir", str(tmp_path / "c"), "--cache-max-gb", "0.5", "--select", "all", "--image-size", "512",
+        "--sampling-points", "2", "4", "--no-amp", "--restart"])
+    o = train_options(args, SamOptions.from_args(args, command="segment"))
+    assert (o.steps, o.batch_size, o.lr, o.accumulate, o.val_fraction, o.seed, o.checkpoint_every) == (
+        7, 3, 0.001, 2, 0.3, 5, 4)
+    assert o.cache_dir == str(tmp_path / "c") and o.cache_max_bytes == 1 << 29 and o.select == "all"
+    assert o.image_size == 512 and o.sampling.points == (2, 4) and o.amp is False and args.restart
+    default = train_options(build_parser().parse_args(["finetune", "--out", "t.pt"]), SamOptions())
+    from dl_utils.finetune.train import TrainOptions
+
+    assert default == TrainOptions()
 
 
 def test_finetune_without_data_is_one_line_error(tmp_path, capsys):
@@ -332,8 +364,23 @@ def test_finetune_then_segment_models_list_and_evaluate(tmp_path, _models_dir):
     assert set(sd) == {"model"}
     listed = run_cli("models", "list", env=env)
     assert listed.returncode == 0 and str(out.resolve()) in listed.stdout
-    ev = run_cli("evaluate", str(store), "--checkpoint", TINY, "--checkpoint", str(out), "--image-size", "256",
+    # segment with the tuned file alone: base model and 256 px from the sidecar, its weights in provenance
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps([{"frame": 0, "object": 1, "label": "disc", "points": [[30, 40, 1]]}]))
+    record = Path(str(out) + ".sha256")
+    record.unlink()  # written again by the first strict load of tuned.pt: the proof that it was loaded
+    seg = run_cli("segment", str(tmp_path / "people_frames"), "--out", str(tmp_path / "seg.sqlite"),
+                  "--prompts", str(prompts), "--checkpoint", str(out), "--device", "cpu", env=env)
+    assert seg.returncode == 0, seg.stderr
+    from dl_utils.store import AnnotationStore
+
+    with AnnotationStore.open(tmp_path / "seg.sqlite", readonly=True) as st:
+        prov = next(iter(st.read_frame(st.frames()[0]))).provenance
+        assert prov is not None and prov.model == TINY
+    assert record.read_text().split()[0] == side["sha256"]
+    # evaluate the base (a registry name) against the tuned file on the val side of the run's split
+    ev = run_cli("evaluate", str(store), "--checkpoint", TINY, "--checkpoint", str(out), "--split", str(out),
                  "--device", "cpu", "--json", str(tmp_path / "ev.json"), env=env)
     assert ev.returncode == 0, ev.stderr
-    assert TINY in ev.stdout and "tuned.pt" in ev.stdout
-    assert (tmp_path / "ev.json").is_file()
+    assert TINY in ev.stdout and "tuned" in ev.stdout and "mean IoU" in ev.stdout
+    assert json.loads((tmp_path / "ev.json").read_text())
