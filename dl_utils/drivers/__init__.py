@@ -11,7 +11,9 @@ import this package; drivers put them together:
   the ``dl-utils annotate|detect|segment`` commands (``run_*`` library calls, ``add_*_arguments``,
   ``run_*_cli``);
 * :mod:`~dl_utils.drivers.cvat`: the ``dl-utils cvat labels|create-task|push|pull`` commands over the
-  sink :mod:`dl_utils.cvat` (command-line code does not belong in a sink).
+  sink :mod:`dl_utils.cvat` (command-line code does not belong in a sink);
+* :mod:`~dl_utils.drivers.finetune`: the ``dl-utils finetune|evaluate`` commands over
+  :mod:`dl_utils.finetune` (training options derived from ``TrainOptions``, the fine-tuned registry).
 
 Importing this package (and the options) needs neither torch nor the models; see docs/drivers.md.
 """
