@@ -73,7 +73,7 @@ def test_notebooks_in_git_carry_no_outputs():
     """Outputs are stripped in git (they could hold secrets, paths, large images)."""
     names = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
     assert {"00_frames_store_exports.ipynb", "01_click_to_masks.ipynb", "02_text_prompt.ipynb",
-            "03_cvat_round_trip.ipynb"} <= set(names)
+            "03_cvat_round_trip.ipynb", "04_learn_from_corrections.ipynb"} <= set(names)
     for name in names:
         nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
         nbformat.validate(nb)
@@ -145,3 +145,35 @@ def test_03_cvat_round_trip(tmp_path, monkeypatch, cvat_server):
         for s in shapes:
             m = st.read_frame(s["frame"]).by_object()[s["group"]].mask
             assert np.array_equal(decode_cvat_rle(s["points"], *m.shape), m), (s["frame"], s["group"])
+
+
+def test_04_learn_from_corrections(tmp_path, monkeypatch):
+    """The loop without a server: stand-in corrections, a few steps of tiny random SAM2 at 256 px, the
+    before/after table and sheet, the next video annotated with the tuned checkpoint alone."""
+    import json
+
+    from tests.sam2_fixtures import HAVE_SAM2, SKIP_REASON
+
+    if not HAVE_SAM2:
+        pytest.skip(SKIP_REASON)
+    from dl_utils.store import AnnotationStore
+
+    models = tmp_path / "models"
+    monkeypatch.setenv("DL_UTILS_NB_TEST", "1")
+    monkeypatch.setenv("DL_UTILS_MODELS", str(models))  # random weights and the registry stay here
+    monkeypatch.delenv("CVAT_HOST", raising=False)
+    nb = run_notebook("04_learn_from_corrections.ipynb", tmp_path)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    work = tmp_path / "repo" / "notebooks" / "work" / "04_learn_from_corrections"
+    side = json.loads((work / "tuned.pt.json").read_text())
+    assert side["format"] == "dl-utils-finetune" and side["base_model"] == "sam2.1_hiera_tiny"
+    assert side["image_size"] == 256 and (work / "tuned.pt").is_file()
+    registry = json.loads((models / "finetuned.json").read_text())
+    assert [e["path"] for e in registry["checkpoints"]] == [str((work / "tuned.pt").resolve())]
+    text = json.dumps(outputs)
+    assert "val mean IoU: before" in text and "sam2.1_hiera_tiny" in text
+    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs)
+    with AnnotationStore.open(work / "next.sqlite", readonly=True) as st:
+        assert {o.label for o in st.objects()} == {"bed", "lamp"} and st.frames()
+    assert (work / "next_annotations.xml").is_file()
