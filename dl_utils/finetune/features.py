@@ -192,6 +192,7 @@ class FeatureCache:
         self._lock = threading.Lock()
         self._last_ns = 0
         self._index: dict[str, _IndexEntry] = {}
+        self._total = 0  # sum of the index's nbytes, kept as it changes (a put must not sum 10,000 entries)
         try:
             (self.root / TMP).mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -202,7 +203,7 @@ class FeatureCache:
     @property
     def bytes(self) -> int:
         """Bytes of the entries this instance knows of (rescanned from disk whenever it evicts)."""
-        return sum(e.nbytes for e in self._index.values())
+        return self._total
 
     @property
     def entries(self) -> int:
@@ -266,6 +267,7 @@ class FeatureCache:
                 if leftover.name.startswith("trash-"):
                     _remove_tree(leftover)
             self._index.clear()
+            self._total = 0
 
     def info(self) -> dict[str, int]:
         """Counters and size, for logs and benchmarks."""
@@ -283,7 +285,7 @@ class FeatureCache:
         try:
             meta = json.loads((folder / META).read_text())
         except FileNotFoundError:
-            self._index.pop(key, None)
+            self._drop(key)
             return None
         except (OSError, ValueError) as e:
             self._damaged(key, f"meta.json unreadable ({e})")
@@ -292,7 +294,7 @@ class FeatureCache:
             return self._map(folder, meta)
         except FileNotFoundError as e:
             if not (folder / META).is_file():  # removed whole by another process while we opened it
-                self._index.pop(key, None)
+                self._drop(key)
                 return None
             self._damaged(key, f"a file is missing ({e.filename})")
             return None
@@ -322,7 +324,7 @@ class FeatureCache:
         log.warning("feature cache entry %s is damaged (%s); removing it and recomputing",
                     self._entry_dir(key), why)
         self._discard(self._entry_dir(key))
-        self._index.pop(key, None)
+        self._drop(key)
 
     def _touch(self, key: str, nbytes: int) -> None:
         """Mark ``key`` as just used, on disk (meta.json's mtime) so other processes see it too."""
@@ -331,7 +333,14 @@ class FeatureCache:
             os.utime(self._entry_dir(key) / META, ns=(now, now))
         except OSError:
             pass  # evicted meanwhile, or a read-only cache: recency is a hint, not a promise
+        self._drop(key)
         self._index[key] = _IndexEntry(nbytes, now)
+        self._total += nbytes
+
+    def _drop(self, key: str) -> None:
+        old = self._index.pop(key, None)
+        if old is not None:
+            self._total -= old.nbytes
 
     def _now_ns(self) -> int:
         """Strictly increasing within the process, so two hits in one clock tick keep their order."""
@@ -434,7 +443,7 @@ class FeatureCache:
                 if key == keep:
                     continue
                 self._discard(self._entry_dir(key))
-                del self._index[key]
+                self._drop(key)
                 total -= entry.nbytes
                 self.evicted += 1
 
@@ -470,6 +479,7 @@ class FeatureCache:
                 if entry is not None:
                     index[folder.name] = entry
         self._index = index
+        self._total = sum(e.nbytes for e in index.values())
         self._drop_stale_tmp()
 
     def _drop_stale_tmp(self) -> None:
