@@ -233,11 +233,13 @@ def finetune_report(info: FinetunedInfo) -> list[str]:
     return lines
 
 
-def _register(out: Path) -> FinetunedInfo:
-    """Record the finished checkpoint's digest and add it to the local registry (``models list``)."""
+def register_checkpoint(out: str | os.PathLike[str]) -> FinetunedInfo:
+    """Record a finished checkpoint's digest and add it to the local registry (``models list``);
+    what ``dl-utils finetune`` does after training, for library runs (the notebook) too."""
     from ..errors import ModelError
     from ..models import finetuned_info, record_sha256, register_finetuned
 
+    out = Path(out)
     info = finetuned_info(out)
     if info is None:
         raise ModelError(f"{out} was written without its sidecar {out}.json; run dl-utils finetune again "
@@ -281,7 +283,7 @@ def _run_finetune_cli(args: argparse.Namespace) -> int:
     extra = _restart_keyword(finetune, out) if getattr(args, "restart", False) else {}
     finetune(dataset, model=sam.model_name, checkpoint=sam.checkpoint, out=out, options=options,
              device=sam.device, progress=True, **extra)
-    info = _register(out)
+    info = register_checkpoint(out)
     print(f"fine-tuned checkpoint: {out} (what it is: {info.sidecar})")
     for line in finetune_report(info):
         print(line)
@@ -370,6 +372,7 @@ __all__ = [
     "finetune_report",
     "load_dataset",
     "load_split",
+    "register_checkpoint",
     "run_evaluate_cli",
     "run_finetune_cli",
     "train_options",
