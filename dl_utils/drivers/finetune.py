@@ -213,7 +213,7 @@ def train_options(args: argparse.Namespace, sam: SamOptions) -> TrainOptions:
 
 
 def _percent(v: float | None) -> str:
-    return "?" if v is None else f"{100 * v:.1f}%"
+    return "?" if v is None else f"{100 * v:.2f}%"
 
 
 def finetune_report(info: FinetunedInfo) -> list[str]:
@@ -222,8 +222,9 @@ def finetune_report(info: FinetunedInfo) -> list[str]:
              f"val mean IoU: before {_percent(info.iou_before)}, after {_percent(info.iou_after)}"]
     if info.improved:
         gain = 100 * ((info.iou_after or 0.0) - (info.iou_before or 0.0))
-        lines.append(f"better: +{gain:.1f} IoU points on the val split; use it with --checkpoint {info.path} "
-                     f"(annotate: --sam-checkpoint {info.path})")
+        small = " (a negligible gain: more steps or more corrections may do better)" if gain < 0.5 else ""
+        lines.append(f"better: +{gain:.2f} IoU points on the val split{small}; use it with --checkpoint "
+                     f"{info.path} (annotate: --sam-checkpoint {info.path})")
     elif info.improved is None:
         lines.append("no before/after figures (empty val split?): the run is not shown to be better")
     else:
