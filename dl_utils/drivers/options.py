@@ -251,8 +251,10 @@ class SamOptions:
             "annotate": "SAM2 model name (default tiny)",
         },
         "sam_checkpoint": {
-            "detect": "--segment: SAM2 checkpoint file {'model': state_dict}",
-            "annotate": "SAM2 checkpoint file {'model': state_dict}",
+            "detect": "--segment: SAM2 checkpoint file {'model': state_dict}; a fine-tuned one brings its base "
+                      "model and image size",
+            "annotate": "SAM2 checkpoint file {'model': state_dict}; a fine-tuned one (dl-utils finetune) brings "
+                        "its base model and image size",
         },
         "image_size": {
             "detect": "--segment: SAM2 input size override (tests and benchmarks)",
