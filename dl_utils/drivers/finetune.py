@@ -88,8 +88,11 @@ def _default(f: Any) -> Any:
 
 
 def _add_field(group: Any, f: Any, dest: str, default: Any, help_key: str) -> None:
-    """One option for one dataclass field; its type, arity and default follow the field's default."""
+    """One option for one dataclass field; its type, arity and default follow the field's default.
+    A flag the command already has (a field added later under a taken name) is left to that option."""
     flag = "--" + dest.replace("_", "-")
+    if flag in group._option_string_actions:
+        return
     text = _TRAIN_HELP.get(help_key, help_key.replace("_", " ").replace(".", " "))
     if dest in {d for d, _ in _RENAMED.values()}:
         factor = next(k for d, k in _RENAMED.values() if d == dest)
@@ -126,8 +129,9 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
                 _add_field(group, sub, f"{f.name}_{sub.name}", getattr(default, sub.name), f"{f.name}.{sub.name}")
         else:
             _add_field(group, f, _RENAMED.get(f.name, (f.name, 1.0))[0], default, f.name)
-    group.add_argument("--restart", action="store_true",
-                       help="start over instead of resuming from OUT.ckpt/ (default: resume)")
+    if "--restart" not in group._option_string_actions:
+        group.add_argument("--restart", action="store_true",
+                           help="start over instead of resuming from OUT.ckpt/ (default: resume)")
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
