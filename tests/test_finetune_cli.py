@@ -206,6 +206,30 @@ def test_auto_annotation_and_library_calls_resolve_through_the_options(tmp_path)
     assert (s.model_name, s.image_size) == ("sam2.1_hiera_base_plus", 320)
 
 
+def test_auto_annotation_function_takes_the_base_from_the_sidecar(tmp_path, monkeypatch):
+    """``cvat-cli ... -p sam2_checkpoint=str:tuned.pt``: the SAM2 the function builds is the tuned one's base."""
+    pytest.importorskip("cvat_sdk")
+    from dl_utils import auto_annotation
+    from dl_utils.drivers.options import DetectorOptions, SamOptions
+
+    class Detector:
+        def resolve_prompt(self, text):
+            from dl_utils.dinoal.caption import parse_caption
+
+            return parse_caption(text)
+
+    built = []
+    monkeypatch.setattr(DetectorOptions, "build", lambda self, table=None: Detector())
+    monkeypatch.setattr(SamOptions, "image_segmenter", lambda self: built.append(self) or object())
+    ckpt = tmp_path / "tuned.pt"
+    ckpt.write_bytes(b"weights")
+    write_sidecar(ckpt, base="sam2.1_hiera_small", image_size=512)
+    auto_annotation.create("bed", sam2_checkpoint=str(ckpt))
+    assert (built[0].model_name, built[0].image_size, built[0].checkpoint) == ("sam2.1_hiera_small", 512, str(ckpt))
+    with pytest.raises(ModelError, match="sam2.1_hiera_small"):
+        auto_annotation.create("bed", sam2="tiny", sam2_checkpoint=str(ckpt))
+
+
 # ----------------------------------------------------------------------------- the local registry
 def test_registry_and_models_list(tmp_path, _models_dir, capsys):
     ckpt = tmp_path / "tuned.pt"
