@@ -60,6 +60,11 @@ class CvatError(DlUtilsError):
     """The CVAT server refused a request or does not match the local data."""
 
 
+class TrainingError(DlUtilsError):
+    """Fine-tuning cannot go on: the loss diverged, a training checkpoint is damaged or belongs to
+    another run, cached features do not fit their frame. The message says how to resume or restart."""
+
+
 def mount_point(path: str | os.PathLike[str]) -> Path:
     """The mount point holding ``path``: what a user frees space on when a write finds the disk
     full (store commits, exports, video parts all name it the same way)."""
@@ -85,4 +90,5 @@ __all__ = [
     "StoreVersionError",
     "ModelError",
     "CvatError",
+    "TrainingError",
 ]

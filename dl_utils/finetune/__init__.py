@@ -11,3 +11,22 @@ Only :mod:`.data`, :mod:`.clicks` need no torch; the package imports nothing hea
 """
 
 from __future__ import annotations
+
+from .clicks import ClickSampling, fixed_clicks, sample_clicks
+from .data import FrameRef, MaskDataset, MaskSample, from_folder_pair, from_stores
+from .train import FinetuneResult, TrainOptions, finetune, read_sidecar
+
+__all__ = [
+    "ClickSampling",
+    "FinetuneResult",
+    "FrameRef",
+    "MaskDataset",
+    "MaskSample",
+    "TrainOptions",
+    "finetune",
+    "fixed_clicks",
+    "from_folder_pair",
+    "from_stores",
+    "read_sidecar",
+    "sample_clicks",
+]
