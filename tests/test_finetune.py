@@ -8,6 +8,7 @@ folder pair, and as short videos. SAM2 is the tiny config at 256 px with seeded 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -395,3 +396,115 @@ def test_training_raises_held_out_iou_and_loads_in_the_engine(learnable, tmp_pat
     again = finetune(data, model=base, out=out, options=tiny_options(tmp_path, steps=5), progress=False,
                      restart=True)
     assert again.cache_misses == 0 and again.cache_hits == len(data.frames())  # no encoder call
+
+
+def _train_main() -> None:
+    """Subprocess entry of the SIGKILL test: ``python -c '...' STORE OUT FEATURES``; prints the
+    step it resumed from (or None) as its last line."""
+    import sys
+
+    import torch
+
+    from dl_utils.finetune import finetune
+
+    torch.set_num_threads(1)
+    store, out, features = sys.argv[1:4]
+    r = finetune(from_stores([store]), model=build_tiny(), out=out, progress=False,
+                 options=tiny_options(Path(features).parent, steps=30, batch_size=2, warmup=2, checkpoint_every=3,
+                                      cache_dir=features))
+    print(r.resumed_from, flush=True)
+
+
+def _trainer(store: Path, out: Path, features: Path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-c", "from tests.test_finetune import _train_main; _train_main()",
+                             str(store), str(out), str(features)], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@requires_sam2
+def test_resume_after_sigkill_reaches_the_same_weights(tmp_path):
+    import signal
+    import time
+
+    import torch
+
+    masks = write_image_set(tmp_path / "imgs", 6, seed=21)
+    store = store_of(tmp_path / "s.sqlite", str(tmp_path / "imgs"), dict(enumerate(masks)))
+    features = tmp_path / "features"
+
+    whole = _trainer(store, tmp_path / "whole.pt", features)
+    out, err = whole.communicate(timeout=600)
+    assert whole.returncode == 0, err[-3000:]
+    assert out.split()[-1] == "None"
+
+    killed = _trainer(store, tmp_path / "resumed.pt", features)
+    last = tmp_path / "resumed.pt.ckpt" / "last.pt"
+    deadline = time.time() + 600
+    while not last.exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.communicate()
+    assert killed.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (tmp_path / "resumed.pt").exists()
+    step = torch.load(last, weights_only=False)["step"]
+    assert 3 <= step < 30
+
+    again = _trainer(store, tmp_path / "resumed.pt", features)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-3000:]
+    resumed_from = int(out.split()[-1])
+    assert 3 <= resumed_from < 30 and resumed_from % 3 == 0
+
+    a = torch.load(tmp_path / "whole.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "resumed.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sa = json.loads((tmp_path / "whole.pt.json").read_text())
+    sb = json.loads((tmp_path / "resumed.pt.json").read_text())
+    # (the files' bytes differ: torch.save names the zip's folder after the temporary file)
+    assert sa["iou_after"] == sb["iou_after"] and sa["steps"] == sb["steps"] == 30
+
+
+@requires_sam2
+def test_training_refuses_bad_input(tmp_path, one_thread):
+    import torch
+
+    from dl_utils.errors import ModelError
+    from dl_utils.finetune import finetune
+    from dl_utils.splits import Split
+
+    masks = write_image_set(tmp_path / "imgs", 4, seed=31)
+    data = from_stores([store_of(tmp_path / "s.sqlite", str(tmp_path / "imgs"), dict(enumerate(masks)))])
+    net = build_tiny()
+    opts = tiny_options(tmp_path, steps=2, batch_size=1, checkpoint_every=1)
+    no_val = Split(train=tuple(data.groups()), val=(str(tmp_path / "elsewhere.png"),), seed=0,
+                   val_fraction=0.2, by="item")
+    with pytest.raises(InputError, match="the val side of the split holds no mask.*--val-fraction"):
+        finetune(data, model=net, out=tmp_path / "t.pt", options=opts, split=no_val, progress=False)
+    partial = Split(train=tuple(data.groups()[:1]), val=tuple(data.groups()[1:2]), seed=0, val_fraction=0.5, by="item")
+    with pytest.raises(InputError, match="in neither side of the given split"):
+        finetune(data, model=net, out=tmp_path / "t.pt", options=opts, split=partial, progress=False)
+    with pytest.raises(InputError, match="train_memory"):
+        finetune(data, model=net, out=tmp_path / "t.pt", options=tiny_options(tmp_path, train_memory=True),
+                 progress=False)
+
+    r = finetune(data, model=net, out=tmp_path / "t.pt", options=opts, progress=False)
+    assert r.steps == 2
+    with pytest.raises(InputError, match=r"t.pt.ckpt holds a run on other data.*--restart"):
+        finetune(data, model=net, out=tmp_path / "t.pt", options=tiny_options(tmp_path, steps=2, lr=1e-3),
+                 progress=False)
+    with pytest.raises(InputError, match=r"t.pt.ckpt holds a run on other data"):
+        finetune(data.subset(data.groups()[:3]), model=net, out=tmp_path / "t.pt", options=opts, progress=False)
+    done = finetune(data, model=net, out=tmp_path / "t.pt", options=opts, progress=False)  # same run: done
+    assert done.resumed_from == 2 and done.steps == 2
+
+    torch.save({"model": net.state_dict()}, tmp_path / "tiny.pt")
+    with pytest.raises(ModelError, match="does not match config.*sam2.1_hiera_tiny"):
+        finetune(data, model="sam2.1_hiera_small", checkpoint=tmp_path / "tiny.pt", out=tmp_path / "u.pt",
+                 options=tiny_options(tmp_path, image_size=TEST_IMAGE_SIZE), device="cpu", progress=False)
+    with pytest.raises(InputError, match="select="):
+        tiny_options(tmp_path, select="everything")
