@@ -508,3 +508,35 @@ def test_training_refuses_bad_input(tmp_path, one_thread):
                  options=tiny_options(tmp_path, image_size=TEST_IMAGE_SIZE), device="cpu", progress=False)
     with pytest.raises(InputError, match="select="):
         tiny_options(tmp_path, select="everything")
+
+
+@requires_sam2
+def test_losses_and_options(one_thread):
+    import torch
+
+    from dl_utils.finetune import TrainOptions
+    from dl_utils.finetune.forward import encoder, freeze_for_finetuning
+    from dl_utils.finetune.train import sample_loss
+
+    o = TrainOptions(sampling=ClickSampling(points=(2, 2), box=0.0))
+    back = TrainOptions.from_json(json.loads(json.dumps(o.to_json())))
+    assert back == o and back.sampling == ClickSampling(points=(2, 2), box=0.0)
+    assert "cache_dir" not in o.identity() and "lr" in o.identity()
+    for bad in (dict(loss="dice"), dict(steps=0), dict(lr=0.0)):
+        with pytest.raises(InputError):
+            TrainOptions(**bad)
+
+    net = build_tiny()
+    img, masks = scene(np.random.default_rng(5))
+    f = encoder(net)(img).to_torch("cpu"), img.shape[:2]
+    c = sample_clicks(masks[0], np.random.default_rng(0))
+    freeze_for_finetuning(net)
+    values = {}
+    for loss in ("bce", "focal"):
+        value = sample_loss(net, f[0], f[1], c, masks[0], TrainOptions(loss=loss, dice_weight=0.5))
+        value.backward()
+        assert torch.isfinite(value) and net.sam_mask_decoder.mask_tokens.weight.grad is not None
+        assert net.image_encoder.trunk.patch_embed.proj.weight.grad is None  # frozen
+        values[loss] = float(value.detach())
+        net.zero_grad()
+    assert values["focal"] < values["bce"]

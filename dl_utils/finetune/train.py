@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..annotations import Clicks
-from ..errors import DlUtilsError, InputError, ModelError, OutputError, TrainingError
+from ..errors import InputError, MaskError, OutputError, TrainingError
 from ..splits import Split, split_groups
 from .clicks import ClickSampling, fixed_clicks, sample_clicks
 from .data import SELECT, FrameRef, MaskDataset, MaskSample
@@ -475,6 +475,11 @@ def _train(run: _Run, train: MaskDataset, feats: _Features, options: TrainOption
                 for s in picked:
                     clicks = sample_clicks(s.mask, run.clicks_rng, options.sampling)
                     tensors, hw = feats.tensors(s.ref)
+                    if s.mask.shape != hw:
+                        raise MaskError(
+                            f"{s.ref.name}: the mask of object {s.object_id} is {s.mask.shape[1]}x{s.mask.shape[0]}"
+                            f" but the frame is {hw[1]}x{hw[0]}; the media changed since it was annotated:"
+                            " put the original back or leave this store out")
                     with amp:
                         loss = loss + sample_loss(run.net, tensors, hw, clicks, s.mask, options)
                 loss = loss / (len(picked) * options.accumulate)
