@@ -386,6 +386,15 @@ def test_finetune_then_segment_models_list_and_evaluate(tmp_path, _models_dir):
     assert side["sha256"] == sha256_file(out)
     sd = torch.load(out, map_location="cpu", weights_only=True)
     assert set(sd) == {"model"}
+    again = run_cli("finetune", str(store), "--model", TINY, "--image-size", "256", "--out", str(out),
+                    "--steps", "4", "--batch-size", "2", "--val-fraction", "0.34", "--checkpoint-every", "2",
+                    "--device", "cpu", env=env)  # the same run again: resumes at its end, same weights
+    assert again.returncode == 0, again.stderr
+    assert "already trained" in again.stdout
+    sd_again = torch.load(out, map_location="cpu", weights_only=True)["model"]
+    assert all(torch.equal(sd_again[k], v) for k, v in sd["model"].items())
+    side = json.loads(Path(str(out) + ".json").read_text())
+    assert side["sha256"] == sha256_file(out)
     listed = run_cli("models", "list", env=env)
     assert listed.returncode == 0 and str(out.resolve()) in listed.stdout
     # segment with the tuned file alone: base model and 256 px from the sidecar, its weights in provenance

@@ -287,10 +287,15 @@ def _run_finetune_cli(args: argparse.Namespace) -> int:
     options = train_options(args, sam)
     dataset = load_dataset(args.stores, args.folder, args.select)
     extra = _restart_keyword(finetune, out) if getattr(args, "restart", False) else {}
-    finetune(dataset, model=sam.model_name, checkpoint=sam.checkpoint, out=out, options=options,
-             device=sam.device, progress=True, **extra)
+    result = finetune(dataset, model=sam.model_name, checkpoint=sam.checkpoint, out=out, options=options,
+                      device=sam.device, progress=True, **extra)
     info = register_checkpoint(out)
     print(f"fine-tuned checkpoint: {out} (what it is: {info.sidecar})")
+    resumed = getattr(result, "resumed_from", None)
+    how = ("; already trained to the last step, nothing to do (--restart starts over)" if resumed and
+           resumed == info.steps else f"; resumed from step {resumed}" if resumed else "")
+    print(f"{info.steps} steps on {getattr(result, 'train_size', '?')} train masks, scored on "
+          f"{getattr(result, 'val_size', '?')} val masks{how}")
     for line in finetune_report(info):
         print(line)
     if info.improved is False:
