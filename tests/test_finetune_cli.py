@@ -330,6 +330,36 @@ def test_widget_loads_a_tuned_checkpoint(tmp_path):
     assert net.dl_utils_checkpoint == str(ckpt) and net.dl_utils_sha256 == sha256_file(ckpt)
 
 
+def test_stores_and_a_folder_pair_make_one_dataset(tmp_path):
+    """``finetune STORE --folder ROOT``: both sources in one dataset; a split file or a tuned checkpoint
+    picks the val side for ``evaluate --split``."""
+    if not HAVE_FINETUNE:
+        pytest.skip("dl_utils.finetune has not landed yet")
+    from dl_utils.cv_utils import save_image
+    from dl_utils.drivers.finetune import _val_only, load_dataset
+    from dl_utils.splits import Split
+
+    store = _reviewed_store(tmp_path / "people.sqlite", frames=3)
+    root = tmp_path / "pair"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for k in range(2):
+        save_image(root / "images" / f"im{k}.png", np.full((40, 50, 3), 90, np.uint8))
+        m = np.zeros((40, 50), np.uint8)
+        m[10:30, 10:30] = 255
+        save_image(root / "masks" / f"im{k}.png", m)
+    both = load_dataset([store], root)
+    assert len(both) == len(load_dataset([store], None)) + len(load_dataset([], root)) == 5
+    groups = sorted(both.groups())
+    Split(train=tuple(groups[1:]), val=(groups[0],), seed=0, val_fraction=0.5, by="item").save(tmp_path / "s.json")
+    assert {s.ref.group for s in _val_only(both, tmp_path / "s.json")} == {groups[0]}
+    ckpt = tmp_path / "t.pt"
+    ckpt.write_bytes(b"w")
+    write_sidecar(ckpt, split={"train": groups[1:], "val": groups[:1], "seed": 0, "val_fraction": 0.5,
+                               "by": "item"})
+    assert len(_val_only(both, ckpt)) == len(_val_only(both, tmp_path / "s.json"))
+
+
 # ----------------------------------------------------------------------------- the loop, end to end
 def _reviewed_store(path: Path, frames: int = 6, size: tuple[int, int] = (96, 128)) -> Path:
     """A store of people's masks (imported: they count as reviewed) of shapes on texture."""
