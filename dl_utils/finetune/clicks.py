@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -125,9 +126,11 @@ def sample_clicks(
 
 
 def sample_seed(sample: MaskSample, seed: int) -> int:
-    """A generator seed of one sample's identity (media, frame, object): the same whatever other
-    samples are evaluated with it or in what order."""
-    key = f"{seed}\0{sample.ref.media}\0{sample.ref.frame}\0{sample.object_id}"
+    """A generator seed of one sample's identity (media file name, frame, object): the same whatever
+    other samples are evaluated with it, in what order, and wherever the data lies (a copied or
+    moved data set is scored with the same clicks)."""
+    ref = sample.ref
+    key = f"{seed}\0{Path(ref.media).name}\0{ref.name}\0{ref.frame}\0{sample.object_id}"
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little")
 
 
