@@ -354,7 +354,10 @@ def test_forward_matches_upstream_predictor(one_thread):
 def test_training_raises_held_out_iou_and_loads_in_the_engine(learnable, tmp_path, one_thread):
     import torch
 
-    from dl_utils.finetune import finetune, read_sidecar
+    import json
+
+    from dl_utils.finetune import finetune
+    from dl_utils.models import finetuned_info
     from dl_utils.finetune.forward import encode_fp32, predict_mask
     from dl_utils.samal import ImageSegmenter
     from dl_utils.sam2_loader import build_sam2_model
@@ -374,7 +377,9 @@ def test_training_raises_held_out_iou_and_loads_in_the_engine(learnable, tmp_pat
     assert np.mean(r.losses[-20:]) < np.mean(r.losses[:20])
     assert r.cache_misses == len(data.frames())  # each frame encoded once over ~20 epochs
 
-    side = read_sidecar(out)
+    side = json.loads(out.with_name(out.name + ".json").read_text())
+    info = finetuned_info(out)  # the one reader the engines use
+    assert info is not None and info.base_model == TINY and info.image_size == TEST_IMAGE_SIZE
     assert side["format"] == "dl-utils-finetune" and side["base_model"] == TINY
     assert side["image_size"] == TEST_IMAGE_SIZE and side["steps"] == 150 and side["select"] == "reviewed"
     assert side["iou_after"] == pytest.approx(r.iou_after) and side["data"] == [str(learnable)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .clicks import ClickSampling, fixed_clicks, sample_clicks
 from .data import FrameRef, MaskDataset, MaskSample, from_folder_pair, from_stores
-from .train import FinetuneResult, TrainOptions, finetune, read_sidecar
+from .train import FinetuneResult, TrainOptions, finetune
 
 __all__ = [
     "ClickSampling",
@@ -27,6 +27,5 @@ __all__ = [
     "fixed_clicks",
     "from_folder_pair",
     "from_stores",
-    "read_sidecar",
     "sample_clicks",
 ]

@@ -597,27 +597,11 @@ def finetune(
     )
 
 
-def read_sidecar(out: str | os.PathLike[str]) -> dict[str, Any]:
-    """The sidecar ``out.json`` of a fine-tuned checkpoint, checked to be one."""
-    path = Path(f"{out}.json")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise InputError(f"cannot read {path} ({e.strerror or e}); it is written beside the checkpoint by"
-                         " dl-utils finetune") from None
-    except ValueError as e:
-        raise InputError(f"{path} is not JSON ({e})") from None
-    if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise InputError(f"{path} is not a dl-utils fine-tuning sidecar (format {FORMAT!r})")
-    return d
-
-
 __all__ = [
     "FinetuneResult",
     "TrainOptions",
     "default_cache_dir",
     "finetune",
     "mean_iou",
-    "read_sidecar",
     "sample_loss",
 ]
