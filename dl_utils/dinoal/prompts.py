@@ -5,28 +5,7 @@ Kept so notebooks and modules written against the old names (``from dl_utils.din
 parse_prompt``) still import; new code imports from :mod:`dl_utils.dinoal.caption`.
 """
 
-from .caption import (
-    ON_UNKNOWN,
-    Caption,
-    LabelMapper,
-    PhraseLabel,
-    Prompt,
-    UnknownPhraseWarning,
-    parse_caption,
-    parse_prompt,
-    phrase_index_of_tokens,
-    phrase_scores,
-)
+from . import caption as _caption
+from .caption import *  # noqa: F403  (the same names, one list: caption.__all__)
 
-__all__ = [
-    "ON_UNKNOWN",
-    "Caption",
-    "LabelMapper",
-    "PhraseLabel",
-    "Prompt",
-    "UnknownPhraseWarning",
-    "parse_caption",
-    "parse_prompt",
-    "phrase_index_of_tokens",
-    "phrase_scores",
-]
+__all__ = list(_caption.__all__)
