@@ -50,8 +50,8 @@ _TRAIN_HELP = {
     "cache_dir": "folder of the image-feature cache, fp16, memory-mapped (default: the user cache, "
                  "$XDG_CACHE_HOME/dl-utils/sam2-features)",
     "cache_max_bytes": "size cap of the feature cache in GiB; least recently used frames are evicted",
-    "train_memory": "also train the memory attention and memory encoder (needs video-sequence training, "
-                    "which the trainer does not do yet: refused when on)",
+    "train_memory": "also train the video memory path (memory attention, memory encoder, object pointer) on "
+                    "pairs of one object's masks 1-8 frames apart in a video; needs videos, refused for image sets",
     "amp": "mixed precision (bf16 autocast) where a GPU is present",
     "compile": "torch.compile the decoder where a GPU is present",
     "sampling.points": "MIN MAX positive points sampled in each mask per step",

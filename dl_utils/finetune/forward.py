@@ -38,8 +38,12 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Modules of SAM2Base that train (the prompt path), and what inside them stays frozen.
 TRAINED = ("sam_prompt_encoder", "sam_mask_decoder")
 FROZEN_INSIDE = ("sam_mask_decoder.conv_s0.", "sam_mask_decoder.conv_s1.")
-#: Unfrozen on top with ``train_memory`` (the video path).
-MEMORY = ("memory_attention", "memory_encoder")
+#: Unfrozen on top with ``train_memory`` (the video path): memory attention and encoder, and the
+#: pieces that carry the object pointer and the memories' time encoding into memory attention.
+#: ``mask_downsample`` (mask prompts only) gets no gradient from a click-prompted pair, and
+#: ``no_mem_embed`` is baked into the cached image features, so both stay frozen.
+MEMORY = ("memory_attention", "memory_encoder", "maskmem_tpos_enc", "obj_ptr_proj", "obj_ptr_tpos_proj",
+          "no_obj_ptr", "no_obj_embed_spatial")
 
 
 def trainable_parameters(model: Any, *, memory: bool = False) -> Iterator[tuple[str, "torch.nn.Parameter"]]:

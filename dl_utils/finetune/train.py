@@ -21,6 +21,11 @@ decoder then always returns its first mask token for a multi-click prompt instea
 the most stable candidate; that fallback is an inference-time rescue). A single point asks for three
 candidates; the loss takes the candidate closest to the truth (as SAM does) and the IoU head learns
 all three. Evaluation runs in eval mode, as the engines do.
+
+``train_memory`` adds the video memory path (:mod:`~dl_utils.finetune.video_forward`): each
+micro-batch also takes ``batch_size`` pairs of one object's masks a few frames apart in one video
+(:func:`frame_pairs`), the later frame predicted from the clicked earlier frame's memory alone, so
+memory attention and the memory encoder learn what ``sam2al`` propagation should produce.
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ from ..splits import Split, split_groups
 from .clicks import ClickSampling, fixed_clicks, sample_clicks
 from .data import SELECT, FrameRef, MaskDataset, MaskSample
 from .features import FeatureCache, FrameFeatures
-from .forward import TRAINED, decode, encoder, freeze_for_finetuning, predict_mask, upscale
+from .forward import MEMORY, TRAINED, decode, encoder, freeze_for_finetuning, predict_mask, upscale
+from .video_forward import MAX_GAP, pair_forward, video_features
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -77,7 +83,7 @@ class TrainOptions:
     seed: int = 0
     image_size: int | None = None  # SAM2 input size; None = the model's (1024)
     checkpoint_every: int = 100  # steps between resumable checkpoints
-    train_memory: bool = False  # also unfreeze memory attention/encoder (needs video training)
+    train_memory: bool = False  # also train memory attention/encoder on frame pairs of videos
     amp: bool = True  # bf16 autocast, CUDA only
     compile: bool = False  # torch.compile the decoder, CUDA only
     cache_dir: str | None = None  # feature cache; None = $XDG_CACHE_HOME/dl-utils/sam2-features
@@ -240,12 +246,17 @@ def _target(mask: np.ndarray, size: int) -> np.ndarray:
 def sample_loss(net: Any, tensors: dict[str, Any], orig_hw: tuple[int, int], clicks: Clicks,
                 mask: np.ndarray, options: TrainOptions) -> "torch.Tensor":
     """Segmentation loss of the best candidate + ``iou_weight`` x |predicted - actual IoU| of all."""
+    out = decode(net, tensors, orig_hw, clicks)
+    return _mask_loss(out.low_res, out.iou, mask, int(net.image_size), options)
+
+
+def _mask_loss(low_res: "torch.Tensor", iou: "torch.Tensor", mask: np.ndarray, size: int,
+               options: TrainOptions) -> "torch.Tensor":
+    """The loss of :func:`sample_loss` on decoder output ``(1, C, s/4, s/4)`` and IoU ``(1, C)``."""
     import torch
     import torch.nn.functional as F
 
-    size = int(net.image_size)
-    out = decode(net, tensors, orig_hw, clicks)
-    logits = upscale(out.low_res, (size, size))[0]  # (C, S, S)
+    logits = upscale(low_res, (size, size))[0]  # (C, S, S)
     target = torch.from_numpy(_target(mask, size)).to(logits.device)[None].expand_as(logits)
     if options.loss == "focal":
         p = torch.sigmoid(logits)
@@ -265,8 +276,42 @@ def sample_loss(net: Any, tensors: dict[str, Any], orig_hw: tuple[int, int], cli
         union = (pred | truth).sum(dim=(1, 2)).float()
         actual = torch.where(union > 0, (pred & truth).sum(dim=(1, 2)).float() / union.clamp(min=1),
                              torch.ones_like(union))
-    iou_loss = (out.iou[0].float() - actual).abs().mean()
+    iou_loss = (iou[0].float() - actual).abs().mean()
     return seg.min() + options.iou_weight * iou_loss
+
+
+#: Weight of the object-score term in a pair's loss (the mask is there: the score should say so). With
+#: the object judged absent the decoder outputs a constant mask, so this term is then the only
+#: gradient; SAM2's own training weighs it as its Dice term.
+OBJECT_WEIGHT = 1.0
+
+
+def frame_pairs(dataset: MaskDataset, max_gap: int = MAX_GAP) -> list[tuple[MaskSample, MaskSample]]:
+    """``(earlier, later)`` masks of one object in one media, 1 to ``max_gap`` frames apart, in a
+    stable order: what ``train_memory`` trains on (an image set has none)."""
+    tracks: dict[tuple[str, str, int], list[MaskSample]] = {}
+    for smp in dataset.samples:
+        tracks.setdefault((smp.ref.group, smp.ref.media, smp.object_id), []).append(smp)
+    out: list[tuple[MaskSample, MaskSample]] = []
+    for key in sorted(tracks):
+        track = sorted(tracks[key], key=lambda x: x.ref.frame)
+        for i, a in enumerate(track):
+            out += [(a, b) for b in track[i + 1:] if 0 < b.ref.frame - a.ref.frame <= max_gap]
+    return out
+
+
+def pair_loss(net: Any, cond: FrameFeatures, target: FrameFeatures, clicks: Clicks, gap: int,
+              mask: np.ndarray, options: TrainOptions) -> "torch.Tensor":
+    """The loss of :func:`sample_loss` on the predicted frame of a pair (no clicks there, memory of
+    the clicked frame), plus ``OBJECT_WEIGHT`` x BCE of its object score against "present"."""
+    import torch
+    import torch.nn.functional as F
+
+    dev = next(net.parameters()).device
+    out = pair_forward(net, video_features(net, cond, dev), clicks, video_features(net, target, dev), gap)
+    score = out.object_score.float()
+    present = F.binary_cross_entropy_with_logits(score, torch.ones_like(score))
+    return _mask_loss(out.multimasks, out.ious, mask, int(net.image_size), options) + OBJECT_WEIGHT * present
 
 
 # ----------------------------------------------------------------------------- the run's state
@@ -350,6 +395,7 @@ class _Run:
     scheduler: Any
     sampler: _Sampler
     clicks_rng: np.random.Generator
+    pairs: _Sampler | None = None  # over frame_pairs(train) with train_memory
     step: int = 0
     losses: list[float] = field(default_factory=list)
     iou_before: float | None = None
@@ -361,7 +407,8 @@ class _Run:
             "format": FORMAT, "version": VERSION, "identity": identity, "step": self.step,
             "trainable": {n: p.detach().cpu().clone() for n, p in self._trainable()},
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "sampler": self.sampler.state(), "clicks_rng": self.clicks_rng.bit_generator.state,
+            "sampler": self.sampler.state(), "pairs": None if self.pairs is None else self.pairs.state(),
+            "clicks_rng": self.clicks_rng.bit_generator.state,
             "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(),
             "losses": list(self.losses), "iou_before": self.iou_before,
         }, path)
@@ -381,6 +428,8 @@ class _Run:
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
         self.sampler.load(ck["sampler"])
+        if self.pairs is not None:
+            self.pairs.load(ck["pairs"])
         self.clicks_rng.bit_generator.state = ck["clicks_rng"]
         random.setstate(_as_tuple(ck["python_rng"]))
         torch.set_rng_state(ck["torch_rng"])
@@ -429,14 +478,17 @@ def _identity(dataset: MaskDataset, split: Split, options: TrainOptions, base: _
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _new_run(net: Any, n_train: int, options: TrainOptions) -> _Run:
+def _new_run(net: Any, n_train: int, options: TrainOptions, n_pairs: int = 0) -> _Run:
     import torch
 
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(options))
-    seeds = np.random.SeedSequence(options.seed).spawn(2)
-    return _Run(net, opt, sched, _Sampler(n_train, np.random.default_rng(seeds[0])), np.random.default_rng(seeds[1]))
+    # spawn(3)[:2] == spawn(2): the pair sampler's stream leaves a single-frame run's draws as they were
+    seeds = np.random.SeedSequence(options.seed).spawn(3)
+    pairs = _Sampler(n_pairs, np.random.default_rng(seeds[2])) if n_pairs else None
+    return _Run(net, opt, sched, _Sampler(n_train, np.random.default_rng(seeds[0])), np.random.default_rng(seeds[1]),
+                pairs)
 
 
 def _resume(run: _Run, ckpt: Path, identity: str, restart: bool, progress: bool) -> int | None:
@@ -457,14 +509,46 @@ def _resume(run: _Run, ckpt: Path, identity: str, restart: bool, progress: bool)
     return run.step
 
 
+def _check_size(s: MaskSample, hw: tuple[int, int]) -> None:
+    if s.mask.shape != hw:
+        raise MaskError(
+            f"{s.ref.name}: the mask of object {s.object_id} is {s.mask.shape[1]}x{s.mask.shape[0]}"
+            f" but the frame is {hw[1]}x{hw[0]}; the media changed since it was annotated:"
+            " put the original back or leave this store out")
+
+
+def _pairs_loss(run: _Run, pairs: Sequence[tuple[MaskSample, MaskSample]], feats: _Features,
+                options: TrainOptions, amp: Any) -> tuple[Any, list[MaskSample]]:
+    """Summed :func:`pair_loss` of ``batch_size`` pairs drawn by ``run.pairs`` (none without it)."""
+    loss: Any = 0.0
+    used: list[MaskSample] = []
+    if run.pairs is None:
+        return loss, used
+    for cond, target in (pairs[i] for i in run.pairs.take(options.batch_size)):
+        fc, ft = feats.get(cond.ref), feats.get(target.ref)
+        _check_size(cond, fc.orig_hw)
+        _check_size(target, ft.orig_hw)
+        clicks = sample_clicks(cond.mask, run.clicks_rng, options.sampling)
+        with amp:
+            loss = loss + pair_loss(run.net, fc, ft, clicks, target.ref.frame - cond.ref.frame, target.mask, options)
+        used += [cond, target]
+    return loss, used
+
+
 def _train(run: _Run, train: MaskDataset, feats: _Features, options: TrainOptions, ckpt: Path,
            identity: str, amp: Any, progress: bool) -> None:
-    """The optimiser steps from ``run.step`` to ``options.steps``, checkpointing as it goes."""
+    """The optimiser steps from ``run.step`` to ``options.steps``, checkpointing as it goes; with
+    ``train_memory`` each micro-batch adds ``batch_size`` frame pairs to its single frames."""
+    import torch
     from tqdm.auto import tqdm
 
+    pairs = frame_pairs(train) if run.pairs is not None else []
     bar = tqdm(total=options.steps, initial=run.step, desc="fine-tuning", unit="step", disable=not progress)
-    for name in TRAINED:  # SAM2's own training mode: no stability fallback between mask tokens
-        getattr(run.net, name).train()
+    # SAM2's own training mode: no stability fallback between mask tokens (the network's top level
+    # stays in eval mode, so memory encoding treats the clicked frame's mask as inference does)
+    for name in TRAINED + (MEMORY if run.pairs is not None else ()):
+        if isinstance(getattr(run.net, name, None), torch.nn.Module):
+            getattr(run.net, name).train()
     try:
         while run.step < options.steps:
             run.optimizer.zero_grad(set_to_none=True)
@@ -475,14 +559,12 @@ def _train(run: _Run, train: MaskDataset, feats: _Features, options: TrainOption
                 for s in picked:
                     clicks = sample_clicks(s.mask, run.clicks_rng, options.sampling)
                     tensors, hw = feats.tensors(s.ref)
-                    if s.mask.shape != hw:
-                        raise MaskError(
-                            f"{s.ref.name}: the mask of object {s.object_id} is {s.mask.shape[1]}x{s.mask.shape[0]}"
-                            f" but the frame is {hw[1]}x{hw[0]}; the media changed since it was annotated:"
-                            " put the original back or leave this store out")
+                    _check_size(s, hw)
                     with amp:
                         loss = loss + sample_loss(run.net, tensors, hw, clicks, s.mask, options)
-                loss = loss / (len(picked) * options.accumulate)
+                extra, used = _pairs_loss(run, pairs, feats, options, amp)
+                loss = (loss + extra) / ((len(picked) + len(used) // 2) * options.accumulate)
+                picked = picked + used
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise TrainingError(
@@ -551,9 +633,6 @@ def finetune(
     from ..sam2_loader import pick_device
 
     options = options or TrainOptions()
-    if options.train_memory:
-        raise InputError("finetune: train_memory needs training on video sequences (memory attention and"
-                         " encoder see no image-only prompt), which this trainer does not do; leave it off")
     started, out = time.time(), Path(out)
     if out.is_dir():
         raise OutputError(f"--out {out} is a folder; give the checkpoint file to write, e.g. {out / 'tuned.pt'}")
@@ -561,19 +640,28 @@ def finetune(
     dev = pick_device(device)
     base = _build(model, checkpoint, options.image_size, dev)
     split, train, val = _split_for(dataset, split, options)
+    n_pairs = len(frame_pairs(train)) if options.train_memory else 0
+    if options.train_memory and not n_pairs:
+        raise InputError(
+            "finetune: train_memory trains on pairs of one object's masks 1 to"
+            f" {MAX_GAP} frames apart in one video, and the training side holds none (image sets have no"
+            " pairs); annotate keyframes a few frames apart in videos, or leave train_memory off")
     identity = _identity(dataset, split, options, base)
     net = base.net
-    freeze_for_finetuning(net)
+    freeze_for_finetuning(net, memory=options.train_memory)
     cache = FeatureCache(options.cache_dir or default_cache_dir(), model_key=f"{base.name}|{base.sha}|{base.image_size}",
                          max_bytes=options.cache_max_bytes)
     feats = _Features(dataset, cache, encoder(net), dev)
-    run = _new_run(net, len(train), options)
+    run = _new_run(net, len(train), options, n_pairs)
     ckpt = Path(f"{out}.ckpt") / LAST
     use_amp = dev.type == "cuda" and options.amp
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
     if dev.type == "cuda" and options.compile:
         net.sam_mask_decoder.compile()
-    with _deterministic():
+    # memory attention's dropout (train_memory) draws from torch's generator: seeded here so a run
+    # repeats, saved in checkpoints so a resume continues it, the caller's state restored afterwards
+    with _deterministic(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(options.seed)
         resumed = _resume(run, ckpt, identity, restart, progress)
         feats.warm(dataset.subset(split.train + split.val).frames(), progress)
         val_clicks = fixed_clicks(val.samples, options.seed, options.sampling)
@@ -598,10 +686,13 @@ def finetune(
 
 
 __all__ = [
+    "OBJECT_WEIGHT",
     "FinetuneResult",
     "TrainOptions",
     "default_cache_dir",
     "finetune",
+    "frame_pairs",
     "mean_iou",
+    "pair_loss",
     "sample_loss",
 ]
