@@ -55,6 +55,7 @@ LAYERS = {
     "annotate": "drivers",
     "auto_annotation": "drivers",
     "drivers": "drivers",
+    "batch": "drivers",
     "ipy_utils": "ui",
     "cli": "ui",
     "__main__": "ui",

@@ -1,0 +1,157 @@
+"""Executors: who runs :func:`~dl_utils.batch.worker.run_source` for each source.
+
+An :class:`Executor` takes the planned sources and calls ``on_result`` once per source with its final
+:class:`~dl_utils.batch.worker.SourceResult` (after its retries) and ``on_frames(n)`` as workers
+write frames. :class:`LocalExecutor` is a process pool on this machine; the Ray executor
+(:mod:`dl_utils.batch.ray_executor`, the ``ray`` extra) spreads the same calls over a cluster.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any, Protocol
+
+from .options import BatchOptions
+from .plan import BatchSource
+from .worker import SourceResult, run_source, worker_name
+
+
+class Executor(Protocol):
+    """Runs every source once to a final result (done, skipped or failed after ``attempts`` tries)."""
+
+    def run(self, sources: Sequence[BatchSource], options: BatchOptions, out_dir: Path, *, attempts: int,
+            on_result: Callable[[SourceResult], None], on_frames: Callable[[int], None]) -> None: ...
+
+
+def gpu_count() -> int:
+    """CUDA devices visible here (0 without torch or CUDA)."""
+    try:
+        import torch
+
+        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
+
+
+# ----------------------------------------------------------------------------- worker process side
+_STATE: dict[str, Any] = {}
+
+
+def _init(progress: Any, threads: int, counter: Any, gpus: int) -> None:
+    """Pool initializer: this process's progress queue, torch threads, GPU and local work folder."""
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    if gpus > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:  # one GPU per worker, round robin
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+    _STATE.update(queue=progress, threads=threads,
+                  work_dir=Path(tempfile.mkdtemp(prefix=f"dl_utils-batch-{os.getpid()}-")))
+
+
+def _work(src: BatchSource, options: BatchOptions, out_dir: Path, attempt: int) -> SourceResult:
+    q = _STATE["queue"]
+    return run_source(src, options, _STATE["work_dir"], out_dir, on_frames=lambda n: q.put(n),
+                      threads=_STATE["threads"], attempt=attempt)
+
+
+# ----------------------------------------------------------------------------- driver side
+class LocalExecutor:
+    """A spawn-context process pool: ``workers`` processes (default one per GPU, else 1), each with
+    ``threads`` torch threads (default the cores divided among the workers), models loaded once per
+    process. A failed source is tried again up to ``attempts`` times; a worker process that dies
+    (killed, out of memory) is replaced and its source tried again from its last published store.
+    Ctrl-C stops scheduling, waits for running sources to publish what they committed, and re-raises."""
+
+    def __init__(self, workers: int | None = None, threads: int | None = None) -> None:
+        self.gpus = gpu_count()
+        self.workers = max(1, int(workers)) if workers else max(1, self.gpus)
+        self.threads = max(1, int(threads)) if threads else max(1, (os.cpu_count() or 1) // self.workers)
+
+    def _pool(self, ctx: Any, progress: Any, counter: Any) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init,
+                                   initargs=(progress, self.threads, counter, self.gpus))
+
+    def run(self, sources: Sequence[BatchSource], options: BatchOptions, out_dir: Path, *, attempts: int,
+            on_result: Callable[[SourceResult], None], on_frames: Callable[[int], None]) -> None:
+        ctx = mp.get_context("spawn")
+        progress, counter = ctx.Queue(), ctx.Value("i", 0)
+        stop = threading.Event()
+        drain = threading.Thread(target=_drain, args=(progress, on_frames, stop), daemon=True)
+        drain.start()
+        try:
+            self._schedule(ctx, progress, counter, sources, options, Path(out_dir), attempts, on_result)
+        finally:
+            stop.set()
+            drain.join()
+
+    def _schedule(self, ctx: Any, progress: Any, counter: Any, sources: Sequence[BatchSource],
+                  options: BatchOptions, out_dir: Path, attempts: int,
+                  on_result: Callable[[SourceResult], None]) -> None:
+        todo: list[tuple[BatchSource, int]] = [(s, 1) for s in reversed(sources)]
+        pool = self._pool(ctx, progress, counter)
+        running: dict[Future[SourceResult], tuple[BatchSource, int]] = {}
+        try:
+            while todo or running:
+                while todo and len(running) < self.workers:
+                    src, attempt = todo.pop()
+                    running[pool.submit(_work, src, options, out_dir, attempt)] = (src, attempt)
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                broken = False
+                for fut in finished:
+                    src, attempt = running.pop(fut)
+                    res = _result(fut, src, out_dir, attempt)
+                    broken |= isinstance(fut.exception(), BrokenProcessPool)
+                    if res.status == "failed" and attempt < attempts:
+                        todo.append((src, attempt + 1))
+                    else:
+                        on_result(res)
+                if broken:  # a worker died: every running source failed with it; start a fresh pool
+                    for fut, (src, attempt) in running.items():
+                        todo.append((src, attempt)) if attempt < attempts else on_result(
+                            _result(fut, src, out_dir, attempt))
+                    running.clear()
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    pool = self._pool(ctx, progress, counter)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=True, cancel_futures=True)  # running sources publish what they committed
+            raise
+        pool.shutdown(wait=True)
+
+
+def _result(fut: Future[SourceResult], src: BatchSource, out_dir: Path, attempt: int) -> SourceResult:
+    """The future's result, or a failed one naming why the worker gave none."""
+    from .worker import one_line
+
+    exc = fut.exception() if fut.done() else None
+    if exc is None and fut.done():
+        return fut.result()
+    if isinstance(exc, KeyboardInterrupt):
+        raise KeyboardInterrupt
+    err = one_line(exc) if exc is not None else "the worker stopped before the source finished"
+    if isinstance(exc, BrokenProcessPool):
+        err = "the worker process died (killed or out of memory); " + err
+    return SourceResult(name=src.name, store=str(out_dir / src.store_name), status="failed", error=err,
+                        attempt=attempt, worker=worker_name())
+
+
+def _drain(progress: Any, on_frames: Callable[[int], None], stop: threading.Event) -> None:
+    """Feed the workers' frame counts to ``on_frames`` until stopped (then what is left)."""
+    while True:
+        try:
+            on_frames(int(progress.get(timeout=0.2)))
+        except queue_mod.Empty:
+            if stop.is_set():
+                return
+        except (EOFError, OSError):
+            return
+
+
+__all__ = ["Executor", "LocalExecutor", "gpu_count"]

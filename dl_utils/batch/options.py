@@ -1,0 +1,37 @@
+"""What every worker needs to run one source exactly like ``dl-utils annotate``.
+
+:class:`BatchOptions` is shipped to worker processes (pickled by ``multiprocessing`` or Ray), so it
+holds only plain values: the annotate driver's options objects, no models, no connections and no
+secrets (CVAT credentials stay with the driver: a Ray runtime environment is visible on its dashboard).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..drivers.options import DetectorOptions, SamOptions, TrackOptions
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """The per-batch settings of :func:`dl_utils.drivers.annotate.annotate` (a source's own text and
+    points come from its :class:`~dl_utils.batch.plan.BatchSource`).
+
+    ``detector``, ``sam`` and ``track`` are the options objects ``dl-utils annotate`` builds from the
+    same command-line flags; ``progress`` turns the per-source tqdm bars of the engines on (off in
+    workers: the batch shows one bar for sources and one for frames)."""
+
+    detector: DetectorOptions = field(default_factory=DetectorOptions)
+    sam: SamOptions = field(default_factory=SamOptions)
+    track: TrackOptions = field(default_factory=TrackOptions)
+    progress: bool = False
+
+    def cache_key(self) -> str:
+        """Which loaded models a worker may reuse: equal keys, equal models (the per-process cache
+        of :mod:`dl_utils.batch.worker`)."""
+        d, s = self.detector, self.sam
+        return repr((d.backend, str(d.model), str(d.text_encoder), d.device, d.box_threshold, d.text_threshold,
+                     d.detector_size, str(d.classes), s.model_name, str(s.checkpoint), s.image_size, s.device))
+
+
+__all__ = ["BatchOptions"]
