@@ -67,7 +67,7 @@ def _walk(folder: Path) -> list[Path]:
         if any(Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in filenames):
             found.append(d)
         found += [d / f for f in sorted(filenames) if Path(f).suffix.lower() in VIDEO_EXTENSIONS]
-    return found
+    return sorted(found, key=lambda p: p.relative_to(folder).parts)  # by relative name, folders mixed in
 
 
 def _expand(item: str) -> tuple[list[Path], Path]:

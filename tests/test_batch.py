@@ -1,0 +1,194 @@
+"""``dl-utils batch`` with the local executor: planning, the one-source worker, the process pool.
+
+Tiny random-weight SAM2 from a checkpoint file (as a user passes ``--sam-checkpoint``), synthetic
+clips made here, clicks only (no detector). Each store must equal what ``dl-utils annotate`` writes
+for the clip alone with the same torch thread count (bit-exact masks); a re-run is a no-op; a broken
+source is reported with its one-line error while the others finish, after its retries.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dl_utils.batch.plan import BatchSource, plan_from_inputs, plan_from_manifest
+from dl_utils.errors import InputError
+from tests.conftest import synthetic_frame
+from tests.sam2_fixtures import requires_sam2, tiny_sam2_video  # noqa: F401  (fixture)
+
+CLICK = [{"frame": 1, "object": 1, "label": "square", "points": [[20, 20, 1], [100, 80, 0]]}]
+THREADS = 1
+
+
+# ----------------------------------------------------------------------------- planning (no models)
+def _tree(root: Path) -> Path:
+    for rel in ("a/clip.mp4", "b/clip.mp4", "b/clip.avi", "c/deep/x.mkv"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"")
+    (root / "imgs").mkdir()
+    (root / "imgs" / "0001.jpg").write_bytes(b"")
+    return root
+
+
+def test_plan_names_are_relative_and_never_collide(tmp_path):
+    root = _tree(tmp_path / "in")
+    plan = plan_from_inputs([str(root)], text="car")
+    names = {s.name: s.store_name for s in plan}
+    assert names == {"a/clip.mp4": "a/clip.mp4.sqlite", "b/clip.avi": "b/clip.avi.sqlite",
+                     "b/clip.mp4": "b/clip.mp4.sqlite", "c/deep/x.mkv": "c/deep/x.mkv.sqlite",
+                     "imgs": "imgs.sqlite"}
+    assert all(s.text == "car" and s.points is None for s in plan)
+    glob = plan_from_inputs([str(root / "*" / "clip.mp4")])
+    assert [s.name for s in glob] == ["a/clip.mp4", "b/clip.mp4"]
+    assert [s.name for s in plan_from_inputs([str(root / "imgs")])] == ["imgs"]  # an image folder: one source
+    with pytest.raises(InputError, match="no such file"):
+        plan_from_inputs([str(root / "missing.mp4")])
+
+
+def test_points_dir_matches_the_same_relative_names(tmp_path):
+    root = _tree(tmp_path / "in")
+    pts = tmp_path / "pts"
+    (pts / "a").mkdir(parents=True)
+    (pts / "b").mkdir()
+    (pts / "a" / "clip.json").write_text("[]")  # a/clip.mp4 -> a/clip.json (suffix dropped)
+    (pts / "b" / "clip.mp4.json").write_text("[]")  # b/clip.mp4 -> the full name wins
+    plan = {s.name: s.points for s in plan_from_inputs([str(root)], points_dir=pts)}
+    assert plan["a/clip.mp4"] == pts / "a" / "clip.json"
+    assert plan["b/clip.mp4"] == pts / "b" / "clip.mp4.json"
+    assert plan["c/deep/x.mkv"] is None
+
+
+def test_manifest_csv_jsonl_and_its_errors(tmp_path):
+    root = _tree(tmp_path)
+    (tmp_path / "p.json").write_text("[]")
+    csv = tmp_path / "m.csv"
+    csv.write_text("source,text,points,out,cvat_task\na/clip.mp4,car,p.json,,12\nb/clip.mp4,person,,bb.sqlite,\n")
+    rows = plan_from_manifest(csv)
+    assert rows[0] == BatchSource(source=root / "a/clip.mp4", name="a/clip.mp4", store_name="a/clip.mp4.sqlite",
+                                  text="car", points=tmp_path / "p.json", cvat_task=12)
+    assert rows[1].store_name == "bb.sqlite" and rows[1].text == "person" and rows[1].points is None
+    jl = tmp_path / "m.jsonl"
+    jl.write_text(json.dumps({"source": "imgs", "text": "box"}) + "\n")
+    assert plan_from_manifest(jl)[0].store_name == "imgs.sqlite"
+    bad = {"unknown column colour": "source,colour\na/clip.mp4,red\n",
+           r"row 2: source .*nope.mp4: no such file": "source\na/clip.mp4\nnope.mp4\n",
+           r"row 2: .*both write the store x.sqlite": "source,out\na/clip.mp4,x.sqlite\nb/clip.mp4,x.sqlite\n",
+           r"row 1: points .*: no such file": "source,points\na/clip.mp4,none.json\n",
+           r"row 1: cvat_task 'x'": "source,cvat_task\na/clip.mp4,x\n"}
+    for i, (msg, text) in enumerate(bad.items()):
+        m = tmp_path / f"bad{i}.csv"
+        m.write_text(text)
+        with pytest.raises(InputError, match=msg):
+            plan_from_manifest(m)
+
+
+def test_summary_table():
+    from dl_utils.batch.run import format_summary
+    from dl_utils.batch.worker import SourceResult
+
+    t = format_summary([SourceResult("a.mp4", "a.sqlite", "done", 2, 8, 1.25),
+                        SourceResult("b.mp4", "b.sqlite", "failed", error="MediaError: cannot open b.mp4", attempt=3)])
+    assert "a.mp4" in t and "MediaError: cannot open b.mp4" in t and t.splitlines()[-1] == "1 done, 1 failed"
+
+
+# ----------------------------------------------------------------------------- running (tiny SAM2)
+def _clip(path: Path, n: int, shift: int = 0) -> Path:
+    from dl_utils.video_utils import write_video
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(write_video(path, (synthetic_frame(i + shift) for i in range(n)), fps=30, preset="ultrafast"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, tiny_sam2_video):  # noqa: F811
+    """Three 4-frame clips (two named clip.mp4 in different folders), a clicks file for each through
+    --points-dir, and the tiny checkpoint."""
+    import torch
+
+    root = tmp_path_factory.mktemp("batch")
+    ckpt = root / "sam.pt"
+    torch.save({"model": tiny_sam2_video.state_dict()}, ckpt)
+    clips = [_clip(root / "in" / rel, 4, shift=i) for i, rel in enumerate(("a/clip.mp4", "b/clip.mp4", "c.mp4"))]
+    for c in clips:
+        p = root / "pts" / c.relative_to(root / "in").with_suffix(".json")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(CLICK))
+    return {"root": root, "ckpt": ckpt, "clips": clips}
+
+
+def _options(data):
+    from dl_utils.batch.options import BatchOptions
+    from dl_utils.drivers.options import SamOptions
+
+    return BatchOptions(sam=SamOptions(checkpoint=data["ckpt"], image_size=256, device="cpu"))
+
+
+def _masks(path: Path) -> dict[tuple[int, int], bytes]:
+    from dl_utils.store import AnnotationStore
+
+    with AnnotationStore.open(path, readonly=True) as st:
+        return {(f, inst.object_id): np.packbits(inst.mask).tobytes() + str(inst.mask.shape).encode()
+                for f in st.frames() for inst in st.read_frame(f)}
+
+
+@requires_sam2
+def test_local_pool_equals_annotate_rerun_is_a_no_op_and_failures_are_reported(data, tmp_path):
+    import torch
+
+    from dl_utils.batch.executors import LocalExecutor
+    from dl_utils.batch.run import SUMMARY, run_batch
+    from dl_utils.drivers.annotate import annotate
+    from dl_utils.drivers.options import SamOptions
+
+    broken = data["root"] / "in" / "d" / "broken.mp4"
+    broken.parent.mkdir(exist_ok=True)
+    broken.write_bytes(b"not a video")
+    plan = plan_from_inputs([str(data["root"] / "in")], points_dir=data["root"] / "pts")
+    assert [s.name for s in plan] == ["a/clip.mp4", "b/clip.mp4", "c.mp4", "d/broken.mp4"]
+    out = tmp_path / "out"
+    ex = LocalExecutor(workers=2, threads=THREADS)
+    res = {r.name: r for r in run_batch(plan, _options(data), out, executor=ex, attempts=2, progress=False)}
+    assert {n: r.status for n, r in res.items()} == {"a/clip.mp4": "done", "b/clip.mp4": "done",
+                                                     "c.mp4": "done", "d/broken.mp4": "failed"}
+    bad = res["d/broken.mp4"]
+    assert bad.attempt == 2 and "broken.mp4" in (bad.error or "") and "\n" not in (bad.error or "")
+    assert not (out / "d" / "broken.mp4.sqlite").exists()
+    assert all(res[n].frames == 4 and res[n].objects == 1 for n in ("a/clip.mp4", "b/clip.mp4", "c.mp4"))
+    assert len((out / SUMMARY).read_text().splitlines()) == 4
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:  # the reference: dl-utils annotate on each clip alone
+        for s in plan[:3]:
+            ref = tmp_path / "ref" / s.store_name
+            annotate(s.source, ref, points=s.points, progress=False,
+                     sam=SamOptions(checkpoint=data["ckpt"], image_size=256, device="cpu"))
+            assert _masks(out / s.store_name) == _masks(ref), s.name
+    finally:
+        torch.set_num_threads(before)
+
+    again = {r.name: r for r in run_batch(plan[:3], _options(data), out, executor=LocalExecutor(1, THREADS),
+                                          attempts=1, progress=False)}
+    assert {r.status for r in again.values()} == {"skipped"}
+    assert all(r.frames == 4 for r in again.values())
+
+
+@requires_sam2
+def test_run_source_resumes_a_half_done_store_and_publishes_whole(data, tmp_path):
+    from dl_utils.batch.worker import run_source, store_done
+
+    src = BatchSource(source=data["clips"][2], name="c.mp4", store_name="c.mp4.sqlite",
+                      points=data["root"] / "pts" / "c.json")
+    out, work = tmp_path / "out", tmp_path / "work"
+    seen: list[int] = []
+    r = run_source(src, _options(data), work, out, on_frames=seen.append, threads=THREADS)
+    assert r.status == "done" and store_done(out / "c.mp4.sqlite", src) and sum(seen) == 4
+    assert sorted(p.name for p in out.iterdir()) == ["c.mp4.sqlite"]  # no -wal, no temp left beside it
+    assert not any(work.rglob("*.sqlite*"))
+    assert run_source(src, _options(data), work, out).status == "skipped"
+    nothing = BatchSource(source=data["clips"][2], name="c.mp4", store_name="n.sqlite")
+    failed = run_source(nothing, _options(data), work, out)
+    assert failed.status == "failed" and failed.error and failed.error.startswith("InputError: nothing to annotate")
