@@ -206,6 +206,12 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     return run_annotate_cli(args)
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .drivers.batch import run_batch_cli
+
+    return run_batch_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``dl-utils`` parser; each command group is added by a function of its own, in the order
     ``dl-utils --help`` lists them."""
@@ -319,6 +325,12 @@ def _add_engine_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     )
     add_annotate_arguments(ann)
     ann.set_defaults(func=cmd_annotate)
+
+    from .drivers.batch import add_batch_arguments
+
+    bat = sub.add_parser("batch", help="annotate many videos and image folders (local processes or Ray), resumable")
+    add_batch_arguments(bat)
+    bat.set_defaults(func=cmd_batch)
 
 
 def _add_finetune_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -192,3 +192,37 @@ def test_run_source_resumes_a_half_done_store_and_publishes_whole(data, tmp_path
     nothing = BatchSource(source=data["clips"][2], name="c.mp4", store_name="n.sqlite")
     failed = run_source(nothing, _options(data), work, out)
     assert failed.status == "failed" and failed.error and failed.error.startswith("InputError: nothing to annotate")
+
+
+# ----------------------------------------------------------------------------- the command
+def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
+    from dl_utils.cli import main
+
+    root = _tree(tmp_path / "in")
+    m = tmp_path / "m.csv"
+    m.write_text("source,colour\nin/a/clip.mp4,red\n")
+    cases = [(["batch", str(root), "--out", str(tmp_path / "o")], "nothing to annotate"),
+             (["batch", "--out", str(tmp_path / "o"), "--text", "car"], "nothing to annotate"),
+             (["batch", "--manifest", str(m), "--out", str(tmp_path / "o")], "row 1: unknown column colour"),
+             (["batch", str(root), "--text", "car", "--out", str(tmp_path / "o"), "--workers", "0"], "--workers 0"),
+             (["batch", str(root), "--text", "car", "--out", str(tmp_path / "o"), "--cvat-project", "3"],
+              "--cvat-project is not available yet")]
+    for argv, msg in cases:
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert msg in err and "\n" not in err, err
+    assert not (tmp_path / "o").exists()  # nothing written
+
+
+@requires_sam2
+def test_cli_runs_the_batch_and_prints_the_table(data, tmp_path, capsys):
+    from dl_utils.cli import main
+
+    out = tmp_path / "out"
+    argv = ["batch", str(data["clips"][2]), "--points-dir", str(data["root"] / "pts"), "--out", str(out),
+            "--sam-checkpoint", str(data["ckpt"]), "--image-size", "256", "--device", "cpu", "--threads", "1"]
+    assert main(argv) == 0  # c.mp4 -> pts/c.json
+    table = capsys.readouterr().out
+    assert "c.mp4" in table and "1 done" in table
+    line = json.loads((out / "summary.jsonl").read_text())
+    assert line["status"] == "done" and line["frames"] == 4 and (out / "c.mp4.sqlite").is_file()

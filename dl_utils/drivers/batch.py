@@ -1,0 +1,123 @@
+"""``dl-utils batch``: many videos and image folders, one command, resumable (see docs/batch.md).
+
+    dl-utils batch footage/ --text "car. person" --out stores/ [--workers 2] [--executor ray --address auto]
+    dl-utils batch --manifest jobs.csv --out stores/
+
+Every source runs through ``dl-utils annotate``'s code path (:mod:`dl_utils.batch.worker`); this
+module only parses the options, plans the sources, picks the executor and prints the table. Torch-free
+to import (the CLI builds its parser from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import InputError
+from .options import DetectorOptions, SamOptions, TrackOptions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..batch.executors import Executor
+    from ..batch.plan import BatchSource
+
+
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``dl-utils batch`` options: inputs or a manifest, the output folder, annotate's model and
+    threshold options (the same options objects), the executor and its sizes."""
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
+                        help="videos, image folders, folders of them, or globs (quote globs)")
+    parser.add_argument("--manifest", default=None,
+                        help="CSV or JSONL, one row per source: source, text, points, out, cvat_task")
+    parser.add_argument("--out", required=True, help="folder of the stores (one per source) and summary.jsonl")
+    parser.add_argument("--text", default=None, help='objects to find in every source, e.g. "car. person"')
+    parser.add_argument("--points-dir", default=None, dest="points_dir",
+                        help="folder of PROMPTS.json files named like the sources (a/clip.mp4 -> a/clip.mp4.json "
+                             "or a/clip.json)")
+    SamOptions.add_arguments(parser, command="annotate")
+    TrackOptions.add_arguments(parser, command="annotate")
+    DetectorOptions.add_arguments(parser, command="annotate")
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="local: a process pool here (default); ray: Ray actors on a machine or cluster")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes (default: one per GPU, else 1; ray: what the cluster fits)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per worker (default: the cores divided among the workers)")
+    parser.add_argument("--attempts", type=int, default=3, help="tries per source before it is reported failed")
+    parser.add_argument("--address", default=None, help="ray: auto (a running cluster) or ray://HOST:PORT")
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0, dest="gpus_per_worker",
+                        help="ray: GPU share of each worker (0.5 packs two on a GPU)")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0, dest="cpus_per_worker",
+                        help="ray: CPUs reserved per worker")
+    parser.add_argument("--cvat-project", type=int, default=None, dest="cvat_project",
+                        help="one CVAT task per source in this project, pushed as sources finish (not yet)")
+    parser.add_argument("--verbose", action="store_true", help="print each source's result as it arrives")
+
+
+def plan(args: argparse.Namespace) -> list[BatchSource]:
+    """The sources of the command line (inputs or ``--manifest``, not both)."""
+    from ..batch.plan import plan_from_inputs, plan_from_manifest
+
+    if args.manifest is not None:
+        if args.inputs or args.text is not None or args.points_dir is not None:
+            raise InputError("--manifest gives each source its own settings: leave out INPUT, --text and "
+                             "--points-dir (or drop --manifest)")
+        return plan_from_manifest(args.manifest)
+    if not args.inputs:
+        raise InputError("nothing to annotate: give INPUT (videos, folders, globs) or --manifest FILE")
+    if args.text is None and args.points_dir is None:
+        raise InputError('nothing to annotate: give --text "car. person" and/or --points-dir FOLDER')
+    return plan_from_inputs(args.inputs, text=args.text, points_dir=args.points_dir)
+
+
+def make_executor(args: argparse.Namespace) -> Executor:
+    """The executor ``--executor`` names, sized by ``--workers`` / ``--threads`` (and Ray's options)."""
+    for name in ("workers", "threads", "attempts"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise InputError(f"--{name} {v}: use 1 or more")
+    if args.executor == "local":
+        from ..batch.executors import LocalExecutor
+
+        return LocalExecutor(args.workers, args.threads)
+    try:
+        from ..batch.ray_executor import RayExecutor
+    except ImportError as e:
+        raise InputError(f"--executor ray: the Ray executor is missing ({e}); install the ray extra: "
+                         "pip install 'dl-utils[ray]'") from None
+    return RayExecutor(args.address, args.workers, args.gpus_per_worker, args.cpus_per_worker, args.threads)
+
+
+def run_batch_cli(args: argparse.Namespace) -> int:
+    """Run ``dl-utils batch``; prints the final table; exits 1 when a source failed."""
+    from ..models import cli_warnings
+
+    with cli_warnings(getattr(args, "debug", False)):
+        return _run_batch_cli(args)
+
+
+def _run_batch_cli(args: argparse.Namespace) -> int:
+    from ..batch.options import BatchOptions
+    from ..batch.run import SUMMARY, format_summary, run_batch
+
+    if args.cvat_project is not None:
+        raise InputError("--cvat-project is not available yet: run the batch, then push each store with "
+                         "`dl-utils cvat create-task` and `dl-utils cvat push`")
+    sources = plan(args)
+    options = BatchOptions(detector=DetectorOptions.from_args(args),
+                           sam=SamOptions.from_args(args, command="annotate"), track=TrackOptions.from_args(args))
+    options.track.check()
+    options.sam.check_direction()
+    executor = make_executor(args)
+    if args.verbose:
+        print(f"{len(sources)} source(s) -> {args.out} ({args.executor} executor)", file=sys.stderr)
+    results = run_batch(sources, options, Path(args.out), executor=executor, attempts=args.attempts,
+                        progress=True)
+    print(format_summary(results))
+    print(f"summary: {Path(args.out) / SUMMARY}")
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
+__all__ = ["add_batch_arguments", "make_executor", "plan", "run_batch_cli"]
