@@ -17,6 +17,7 @@ import pytest
 from dl_utils.batch.plan import BatchSource, plan_from_inputs, plan_from_manifest
 from dl_utils.errors import InputError
 from tests.conftest import synthetic_frame
+from tests.cvat_standin.fixtures import cvat_server  # noqa: F401  (fixture)
 from tests.sam2_fixtures import requires_sam2, tiny_sam2_video  # noqa: F401  (fixture)
 
 CLICK = [{"frame": 1, "object": 1, "label": "square", "points": [[20, 20, 1], [100, 80, 0]]}]
@@ -204,9 +205,7 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
     cases = [(["batch", str(root), "--out", str(tmp_path / "o")], "nothing to annotate"),
              (["batch", "--out", str(tmp_path / "o"), "--text", "car"], "nothing to annotate"),
              (["batch", "--manifest", str(m), "--out", str(tmp_path / "o")], "row 1: unknown column colour"),
-             (["batch", str(root), "--text", "car", "--out", str(tmp_path / "o"), "--workers", "0"], "--workers 0"),
-             (["batch", str(root), "--text", "car", "--out", str(tmp_path / "o"), "--cvat-project", "3"],
-              "--cvat-project is not available yet")]
+             (["batch", str(root), "--text", "car", "--out", str(tmp_path / "o"), "--workers", "0"], "--workers 0")]
     for argv, msg in cases:
         assert main(argv) == 1
         err = capsys.readouterr().err.strip()
@@ -226,3 +225,29 @@ def test_cli_runs_the_batch_and_prints_the_table(data, tmp_path, capsys):
     assert "c.mp4" in table and "1 done" in table
     line = json.loads((out / "summary.jsonl").read_text())
     assert line["status"] == "done" and line["frames"] == 4 and (out / "c.mp4.sqlite").is_file()
+
+
+@requires_sam2
+def test_cvat_project_one_task_per_source_and_a_rerun_pushes_nothing(data, tmp_path, cvat_server):  # noqa: F811
+    from dl_utils.batch.executors import LocalExecutor
+    from dl_utils.batch.run import run_batch
+    from dl_utils.cvat import connect
+    from dl_utils.drivers.batch import CvatProject
+
+    conn = connect(cvat_server.url, token=cvat_server.token, prompt=False)
+    proj = conn.request("POST", "/api/projects", body={"name": "p", "labels": [
+        {"name": "square", "color": "#ff0000", "type": "any", "attributes": []}]}, what="project")
+    plan = plan_from_inputs([str(data["clips"][0]), str(data["clips"][2])], points_dir=data["root"] / "pts")
+    out = tmp_path / "out"
+    step = CvatProject(proj["id"], connection=conn)
+    first = run_batch(plan, _options(data), out, executor=LocalExecutor(1, THREADS), progress=False, finish=step)
+    assert {r.status for r in first} == {"done"}, [r.error for r in first]
+    tasks = cvat_server.state.tasks
+    assert len(tasks) == 2 and {t["project_id"] for t in tasks.values()} == {proj["id"]}
+    shapes = [sh for a in cvat_server.state.annotations.values() for sh in a.shapes.values()]
+    assert len(shapes) == 8  # 4 frames x 1 object x 2 sources
+    mark = len(cvat_server.log)
+    again = run_batch(plan, _options(data), out, executor=LocalExecutor(1, THREADS), progress=False, finish=step)
+    assert {r.status for r in again} == {"skipped"} and len(cvat_server.state.tasks) == 2
+    assert not [e for e in cvat_server.log[mark:] if e.method != "GET"]
+    conn.close()

@@ -8,7 +8,7 @@ results (skipped sources included), so the last line of a source is its current 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .executors import Executor
@@ -30,9 +30,12 @@ def append_line(path: Path, line: str) -> None:
 
 
 def run_batch(sources: Sequence[BatchSource], options: BatchOptions, out_dir: str | os.PathLike[str], *,
-              executor: Executor, attempts: int = 3, progress: bool = True) -> list[SourceResult]:
+              executor: Executor, attempts: int = 3, progress: bool = True,
+              finish: Callable[[SourceResult, BatchSource], SourceResult] | None = None) -> list[SourceResult]:
     """Run every source through ``executor``; results in the order they finished. One tqdm bar counts
-    sources, one the frames written across all workers."""
+    sources, one the frames written across all workers. ``finish(result, source)`` runs in this
+    process on each final result before it is recorded (the CVAT push of ``--cvat-project``: the
+    driver's job, never a worker's)."""
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
@@ -41,7 +44,11 @@ def run_batch(sources: Sequence[BatchSource], options: BatchOptions, out_dir: st
     bar = tqdm(total=len(sources), desc="sources", unit="source", disable=not progress, position=0)
     fbar = tqdm(desc="frames", unit="frame", disable=not progress, position=1)
 
+    by_name = {s.name: s for s in sources}
+
     def on_result(r: SourceResult) -> None:
+        if finish is not None:
+            r = finish(r, by_name[r.name])
         results.append(r)
         append_line(out / SUMMARY, r.to_json())
         bar.update(1)

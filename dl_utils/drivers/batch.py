@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,8 @@ from .options import DetectorOptions, SamOptions, TrackOptions
 if TYPE_CHECKING:  # pragma: no cover
     from ..batch.executors import Executor
     from ..batch.plan import BatchSource
+    from ..batch.worker import SourceResult
+    from ..cvat import CvatConnection
 
 
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +55,8 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpus-per-worker", type=float, default=1.0, dest="cpus_per_worker",
                         help="ray: CPUs reserved per worker")
     parser.add_argument("--cvat-project", type=int, default=None, dest="cvat_project",
-                        help="one CVAT task per source in this project, pushed as sources finish (not yet)")
+                        help="one CVAT task per source in this project, pushed as each source finishes "
+                             "(credentials from CVAT_* variables; a re-run pushes only what changed)")
     parser.add_argument("--verbose", action="store_true", help="print each source's result as it arrives")
 
 
@@ -90,6 +94,64 @@ def make_executor(args: argparse.Namespace) -> Executor:
     return RayExecutor(args.address, args.workers, args.gpus_per_worker, args.cpus_per_worker, args.threads)
 
 
+class CvatProject:
+    """``--cvat-project``: one task per source in the project, pushed as each source finishes.
+
+    Runs in the driver only (credentials from the ``CVAT_*`` variables never reach a worker). The
+    task of a store is remembered in the store (``create_task_for_store`` records it per server), so a
+    re-run finds it and pushes only what changed: nothing, when nothing did. A manifest row's
+    ``cvat_task`` names an existing task instead. The store is updated on a local copy and published
+    back whole, as the workers do. A CVAT error fails that source (its store is kept) and the batch goes on."""
+
+    def __init__(self, project: int, *, shape: str = "mask", connection: CvatConnection | None = None) -> None:
+        from ..cvat import connect
+
+        self.project, self.shape = int(project), shape
+        self.conn = connection or connect()
+        self._own = connection is None
+        self.conn.request("GET", f"/api/projects/{self.project}", what=f"reading CVAT project {self.project}")
+
+    def close(self) -> None:
+        if self._own:
+            self.conn.close()
+
+    def __call__(self, r: SourceResult, src: BatchSource) -> SourceResult:
+        import tempfile
+
+        from ..batch.worker import one_line, publish
+        from ..errors import DlUtilsError
+
+        store = Path(r.store)
+        if r.status == "failed" or not store.is_file():
+            return r
+        with tempfile.TemporaryDirectory(prefix="dl_utils-cvat-") as tmp:
+            work = Path(tmp) / store.name
+            shutil.copyfile(store, work)
+            try:
+                self._push(work, src)
+            except DlUtilsError as e:
+                return dataclasses.replace(r, status="failed", error=f"CVAT: {one_line(e)}")
+            publish(work, store)
+        return r
+
+    def _push(self, path: Path, src: BatchSource) -> None:
+        from ..cvat import push
+        from ..cvat.tasks import TaskInfo, create_task_for_store
+        from ..store import AnnotationStore
+
+        with AnnotationStore.open(path) as st:
+            task = src.cvat_task
+            if task is None:
+                known = (st.get_meta("cvat.tasks", {}) or {}).get(self.conn.host) or []
+                if known:
+                    task = int(known[-1])
+                else:
+                    info = create_task_for_store(self.conn, st, name=src.name, project_id=self.project)
+                    assert isinstance(info, TaskInfo)
+                    task = info.id
+            push(st, self.conn, task, shape=self.shape)
+
+
 def run_batch_cli(args: argparse.Namespace) -> int:
     """Run ``dl-utils batch``; prints the final table; exits 1 when a source failed."""
     from ..models import cli_warnings
@@ -102,9 +164,6 @@ def _run_batch_cli(args: argparse.Namespace) -> int:
     from ..batch.options import BatchOptions
     from ..batch.run import SUMMARY, format_summary, run_batch
 
-    if args.cvat_project is not None:
-        raise InputError("--cvat-project is not available yet: run the batch, then push each store with "
-                         "`dl-utils cvat create-task` and `dl-utils cvat push`")
     sources = plan(args)
     options = BatchOptions(detector=DetectorOptions.from_args(args),
                            sam=SamOptions.from_args(args, command="annotate"), track=TrackOptions.from_args(args))
@@ -113,11 +172,16 @@ def _run_batch_cli(args: argparse.Namespace) -> int:
     executor = make_executor(args)
     if args.verbose:
         print(f"{len(sources)} source(s) -> {args.out} ({args.executor} executor)", file=sys.stderr)
-    results = run_batch(sources, options, Path(args.out), executor=executor, attempts=args.attempts,
-                        progress=True)
+    cvat = CvatProject(args.cvat_project) if args.cvat_project is not None else None  # checked before any work
+    try:
+        results = run_batch(sources, options, Path(args.out), executor=executor, attempts=args.attempts,
+                            progress=True, finish=cvat)
+    finally:
+        if cvat is not None:
+            cvat.close()
     print(format_summary(results))
     print(f"summary: {Path(args.out) / SUMMARY}")
     return 1 if any(r.status == "failed" for r in results) else 0
 
 
-__all__ = ["add_batch_arguments", "make_executor", "plan", "run_batch_cli"]
+__all__ = ["CvatProject", "add_batch_arguments", "make_executor", "plan", "run_batch_cli"]
