@@ -251,3 +251,34 @@ def test_cvat_project_one_task_per_source_and_a_rerun_pushes_nothing(data, tmp_p
     assert {r.status for r in again} == {"skipped"} and len(cvat_server.state.tasks) == 2
     assert not [e for e in cvat_server.log[mark:] if e.method != "GET"]
     conn.close()
+
+
+@requires_sam2
+def test_a_killed_worker_is_replaced_and_its_source_finishes_in_one_store(data, tmp_path):
+    import multiprocessing
+    import os
+    import signal
+
+    from dl_utils.batch.executors import LocalExecutor
+    from dl_utils.batch.run import run_batch
+
+    long = _clip(data["root"] / "long" / "long.mp4", 24, shift=5)
+    (data["root"] / "pts" / "long.json").write_text(json.dumps(CLICK))
+    plan = plan_from_inputs([str(long)], points_dir=data["root"] / "pts")
+    killed: list[int] = []
+
+    class KillOnFirstFrames(LocalExecutor):
+        def run(self, sources, options, out_dir, *, attempts, on_result, on_frames):
+            def frames(n):
+                if not killed:
+                    for child in multiprocessing.active_children():
+                        killed.append(child.pid)
+                        os.kill(child.pid, signal.SIGKILL)
+                on_frames(n)
+
+            super().run(sources, options, out_dir, attempts=attempts, on_result=on_result, on_frames=frames)
+
+    out = tmp_path / "out"
+    [r] = run_batch(plan, _options(data), out, executor=KillOnFirstFrames(1, THREADS), attempts=3, progress=False)
+    assert killed and r.status == "done" and r.attempt == 2 and r.frames == 24, r
+    assert sorted(p.name for p in out.iterdir()) == ["long.mp4.sqlite", "summary.jsonl"]

@@ -9,8 +9,10 @@ write frames. :class:`LocalExecutor` is a process pool on this machine; the Ray 
 from __future__ import annotations
 
 import multiprocessing as mp
+import multiprocessing.util as mp_util
 import os
 import queue as queue_mod
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
@@ -52,8 +54,9 @@ def _init(progress: Any, threads: int, counter: Any, gpus: int) -> None:
         counter.value += 1
     if gpus > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:  # one GPU per worker, round robin
         os.environ["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
-    _STATE.update(queue=progress, threads=threads,
-                  work_dir=Path(tempfile.mkdtemp(prefix=f"dl_utils-batch-{os.getpid()}-")))
+    work_dir = tempfile.mkdtemp(prefix=f"dl_utils-batch-{os.getpid()}-")
+    mp_util.Finalize(None, shutil.rmtree, args=(work_dir, True), exitpriority=10)  # gone when the worker exits
+    _STATE.update(queue=progress, threads=threads, work_dir=Path(work_dir))
 
 
 def _work(src: BatchSource, options: BatchOptions, out_dir: Path, attempt: int) -> SourceResult:
