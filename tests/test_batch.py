@@ -219,10 +219,12 @@ def test_cli_runs_the_batch_and_prints_the_table(data, tmp_path, capsys):
 
     out = tmp_path / "out"
     argv = ["batch", str(data["clips"][2]), "--points-dir", str(data["root"] / "pts"), "--out", str(out),
-            "--sam-checkpoint", str(data["ckpt"]), "--image-size", "256", "--device", "cpu", "--threads", "1"]
+            "--sam-checkpoint", str(data["ckpt"]), "--image-size", "256", "--device", "cpu", "--threads", "1",
+            "--verbose"]
     assert main(argv) == 0  # c.mp4 -> pts/c.json
-    table = capsys.readouterr().out
-    assert "c.mp4" in table and "1 done" in table
+    cap = capsys.readouterr()
+    assert "c.mp4" in cap.out and "1 done" in cap.out
+    assert "c.mp4 done (try 1, 4 frames" in cap.err
     line = json.loads((out / "summary.jsonl").read_text())
     assert line["status"] == "done" and line["frames"] == 4 and (out / "c.mp4.sqlite").is_file()
 

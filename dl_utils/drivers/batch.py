@@ -173,9 +173,17 @@ def _run_batch_cli(args: argparse.Namespace) -> int:
     if args.verbose:
         print(f"{len(sources)} source(s) -> {args.out} ({args.executor} executor)", file=sys.stderr)
     cvat = CvatProject(args.cvat_project) if args.cvat_project is not None else None  # checked before any work
+
+    def finish(r: SourceResult, src: BatchSource) -> SourceResult:
+        r = cvat(r, src) if cvat is not None else r
+        if args.verbose:  # per-worker status: which worker ran what, how it ended
+            print(f"{r.worker}: {r.name} {r.status} (try {r.attempt}, {r.frames} frames, {r.seconds:.1f}s)"
+                  + (f": {r.error}" if r.error else ""), file=sys.stderr)
+        return r
+
     try:
         results = run_batch(sources, options, Path(args.out), executor=executor, attempts=args.attempts,
-                            progress=True, finish=cvat)
+                            progress=True, finish=finish)
     finally:
         if cvat is not None:
             cvat.close()
