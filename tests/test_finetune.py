@@ -402,7 +402,8 @@ def test_training_raises_held_out_iou_and_loads_in_the_engine(learnable, tmp_pat
 
     again = finetune(data, model=base, out=out, options=tiny_options(tmp_path, steps=5), progress=False,
                      restart=True)
-    assert again.cache_misses == 0 and again.cache_hits == len(data.frames())  # no encoder call
+    # no encoder call: every frame mapped from the cache (a hit each time a step reads it)
+    assert again.cache_misses == 0 and again.cache_hits >= len(data.frames())
 
 
 def _train_main() -> None:

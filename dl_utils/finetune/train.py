@@ -39,7 +39,6 @@ import random
 import shutil
 import tempfile
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
@@ -189,27 +188,30 @@ def _build(model: Any, checkpoint: str | os.PathLike[str] | None, image_size: in
 
 # ----------------------------------------------------------------------------- features
 class _Features:
-    """Frame -> features: the disk cache, with the last ``keep`` frames' (memory-mapped) entries held
-    so a step neither decodes the frame nor hashes its pixels again."""
+    """Frame -> features: the disk cache, remembering each frame's cache key (a short string) so a
+    later step maps the entry without decoding the frame or hashing its pixels again.
+
+    Only keys are held, never the arrays: memory stays flat however many frames the data has (the
+    memory-mapped pages of held entries would count as the process's memory)."""
 
     def __init__(self, dataset: MaskDataset, cache: FeatureCache, compute: Callable[[np.ndarray], FrameFeatures],
-                 device: "torch.device", keep: int = 1024):
-        self.dataset, self.cache, self.compute, self.device, self.keep = dataset, cache, compute, device, keep
-        self._held: OrderedDict[FrameRef, FrameFeatures] = OrderedDict()
+                 device: "torch.device"):
+        self.dataset, self.cache, self.compute, self.device = dataset, cache, compute, device
+        self._keys: dict[FrameRef, str] = {}
 
     def get(self, ref: FrameRef) -> FrameFeatures:
-        f = self._held.get(ref)
-        if f is None:
-            image = self.dataset.image(ref)
-            f = self.cache.get(image, self.compute)
-            if f.orig_hw != image.shape[:2]:
-                raise TrainingError(f"{ref.name}: cached features are for a {f.orig_hw} frame, the frame is "
-                                    f"{image.shape[:2]}; clear the feature cache ({self.cache.root})")
-            self._held[ref] = f
-            if len(self._held) > self.keep:
-                self._held.popitem(last=False)
-        else:
-            self._held.move_to_end(ref)
+        key = self._keys.get(ref)
+        if key is not None:
+            found = self.cache.lookup(key)
+            if found is not None:
+                return found
+        image = self.dataset.image(ref)
+        key = self.cache.key(image)
+        f = self.cache.get(image, self.compute, key=key)
+        if f.orig_hw != image.shape[:2]:
+            raise TrainingError(f"{ref.name}: cached features are for a {f.orig_hw} frame, the frame is "
+                                f"{image.shape[:2]}; clear the feature cache ({self.cache.root})")
+        self._keys[ref] = key
         return f
 
     def tensors(self, ref: FrameRef) -> tuple[dict[str, Any], tuple[int, int]]:
