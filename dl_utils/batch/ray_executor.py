@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 INSTALL = "pip install 'dl-utils[ray]'"
 FLUSH_SECONDS = 0.5  # how often a worker sends its frame count to the driver
+PLACE_SECONDS = 600  # how long workers may wait for room on the cluster (an autoscaler adds nodes)
 
 
 def import_ray() -> Any:
@@ -111,6 +112,7 @@ class _Running:
     actor: Any
     src: BatchSource
     attempt: int
+    t0: float = dataclasses.field(default_factory=time.perf_counter)
 
 
 class RayExecutor:
@@ -134,6 +136,9 @@ class RayExecutor:
         self.gpus_per_worker, self.cpus_per_worker = gpus_per_worker, cpus_per_worker
         self.threads = threads if threads is not None else max(1, int(cpus_per_worker))
         self.actors: list[Any] = []  # the live actors of the current run (tests find their pids here)
+        #: (source, seconds from submit to result on the driver, seconds run_source took): the
+        #: difference is Ray's scheduling overhead per source (bench/bench_batch.py prints it)
+        self.round_trips: list[tuple[str, float, float]] = []
 
     # -- connecting ---------------------------------------------------------------------------------
     def connect(self) -> Any:
@@ -143,8 +148,7 @@ class RayExecutor:
             if self.address not in (None, "auto"):
                 _probe(self.address)
             try:
-                ray.init(address=self.address, include_dashboard=None if self.address else False,
-                         log_to_driver=False, ignore_reinit_error=True)
+                ray.init(address=self.address, log_to_driver=False, ignore_reinit_error=True)
             except (ConnectionError, RuntimeError, TimeoutError) as e:
                 where = self.address or "a local Ray"
                 raise InputError(f"Ray at {where} does not answer ({_first_line(e)}): start the cluster "
@@ -173,6 +177,7 @@ class RayExecutor:
         if not sources:
             return
         ray = self.connect()
+        self.round_trips = []
         frames = ray.remote(num_cpus=0)(_Frames).remote()
         n = self.pool_size(ray, len(sources))
         self.actors = [self._new_actor(ray, frames) for _ in range(n)]
@@ -194,7 +199,15 @@ class RayExecutor:
 
     def _check_out_dir(self, ray: Any, out_dir: str) -> None:
         """Every worker's node must see ``out_dir``: a one-line error before any work otherwise."""
-        for why in ray.get([a.check_out_dir.remote(out_dir) for a in self.actors]):
+        from ray.exceptions import GetTimeoutError
+
+        try:
+            answers = ray.get([a.check_out_dir.remote(out_dir) for a in self.actors], timeout=PLACE_SECONDS)
+        except GetTimeoutError:
+            raise InputError(f"{len(self.actors)} Ray workers of {self.cpus_per_worker} CPU and "
+                             f"{self.gpus_per_worker} GPU each could not start in {PLACE_SECONDS} s: the "
+                             "cluster has no room for them; lower --workers or --cpus-per-worker") from None
+        for why in answers:
             if why:
                 raise InputError(f"--out {why}: with Ray, --out must be a folder every node mounts at the "
                                  "same path (NFS, a shared volume)")
@@ -236,6 +249,7 @@ class _Schedule:
         for ref in ready:
             job = self.running.pop(ref)
             res, actor = self._result(ref, job)
+            self.ex.round_trips.append((job.src.name, time.perf_counter() - job.t0, res.seconds))
             idle.append(actor)
             if res.status == "failed" and job.attempt < self.attempts:
                 queue.appendleft(job.src)  # tried again first, on whichever worker is free
