@@ -57,6 +57,11 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cvat-project", type=int, default=None, dest="cvat_project",
                         help="one CVAT task per source in this project, pushed as each source finishes "
                              "(credentials from CVAT_* variables; a re-run pushes only what changed)")
+    parser.add_argument("--cvat-shape", choices=("mask", "polygon", "box"), default="mask", dest="cvat_shape",
+                        help="--cvat-project: what each object is pushed as (default mask)")
+    from .cvat import add_server_arguments
+
+    add_server_arguments(parser)
     parser.add_argument("--verbose", action="store_true", help="print each source's result as it arrives")
 
 
@@ -103,12 +108,13 @@ class CvatProject:
     ``cvat_task`` names an existing task instead. The store is updated on a local copy and published
     back whole, as the workers do. A CVAT error fails that source (its store is kept) and the batch goes on."""
 
-    def __init__(self, project: int, *, shape: str = "mask", connection: CvatConnection | None = None) -> None:
+    def __init__(self, project: int, *, shape: str = "mask", connection: CvatConnection | None = None,
+                 own: bool = False) -> None:
         from ..cvat import connect
 
         self.project, self.shape = int(project), shape
         self.conn = connection or connect()
-        self._own = connection is None
+        self._own = connection is None or own  # closed by close()
         self.conn.request("GET", f"/api/projects/{self.project}", what=f"reading CVAT project {self.project}")
 
     def close(self) -> None:
@@ -172,7 +178,11 @@ def _run_batch_cli(args: argparse.Namespace) -> int:
     executor = make_executor(args)
     if args.verbose:
         print(f"{len(sources)} source(s) -> {args.out} ({args.executor} executor)", file=sys.stderr)
-    cvat = CvatProject(args.cvat_project) if args.cvat_project is not None else None  # checked before any work
+    cvat = None
+    if args.cvat_project is not None:  # connected and checked before any work
+        from .cvat import connect_from_args
+
+        cvat = CvatProject(args.cvat_project, shape=args.cvat_shape, connection=connect_from_args(args), own=True)
 
     def finish(r: SourceResult, src: BatchSource) -> SourceResult:
         r = cvat(r, src) if cvat is not None else r

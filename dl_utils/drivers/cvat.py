@@ -33,7 +33,9 @@ def _print(obj: object, as_json: bool) -> None:
         print(json.dumps(obj, indent=2, default=str))
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def add_server_arguments(p: argparse.ArgumentParser) -> None:
+    """The server options every command that talks to CVAT shares (``dl-utils cvat ...``, ``batch
+    --cvat-project``): one definition, so ``--retries`` means the same everywhere."""
     g = p.add_argument_group("server (token from CVAT_ACCESS_TOKEN, never an option)")
     g.add_argument("--host", help="CVAT address, e.g. https://app.cvat.ai (default: $CVAT_HOST)")
     g.add_argument("--org", help="organisation slug (default: $CVAT_ORG; '' = personal workspace)")
@@ -41,11 +43,16 @@ def _common(p: argparse.ArgumentParser) -> None:
                    " instead of a token")
     g.add_argument("--retries", type=int, default=5, help="retries per request (default 5)")
     g.add_argument("--no-prompt", action="store_true", help="never ask for a secret; fail instead")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    add_server_arguments(p)
     p.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def _connect(args: argparse.Namespace) -> CvatConnection:
+def connect_from_args(args: argparse.Namespace) -> CvatConnection:
+    """The connection :func:`add_server_arguments`' options describe."""
     from ..cvat.connection import RetryPolicy, connect
 
     if args.retries < 0:
@@ -78,7 +85,7 @@ def cmd_cvat_labels(args: argparse.Namespace) -> int:
         source: ClassTable | AnnotationStore = ClassTable.load(args.classes)
     else:
         source = _open_store(args.store, readonly=True)
-    with _connect(args) as conn:
+    with connect_from_args(args) as conn:
         res = sync_labels(conn, source, task_id=args.task, project_id=args.project,
                           label_type=args.type, dry_run=args.dry_run)
     if args.json:
@@ -101,7 +108,7 @@ def cmd_cvat_create_task(args: argparse.Namespace) -> int:
     from ..cvat.tasks import TaskInfo, create_task_for_store
 
     store = _open_store(args.store, readonly=args.dry_run)
-    with store, _connect(args) as conn:
+    with store, connect_from_args(args) as conn:
         res = create_task_for_store(
             conn, store, name=args.name, files=args.files, project_id=args.project,
             resource=args.resource, cloud_storage_id=args.cloud_storage,
@@ -140,7 +147,7 @@ def cmd_cvat_push(args: argparse.Namespace) -> int:
     if args.max_request_mb <= 0:
         raise InputError(f"--max-request-mb {args.max_request_mb}: use a positive size")
     store = _open_store(args.store, readonly=args.dry_run)
-    with store, _connect(args) as conn:
+    with store, connect_from_args(args) as conn:
         rep = push(store, conn, args.task, shape=args.shape,
                    tracks=False if args.shapes_only else None, objects=objects,
                    max_request_bytes=int(args.max_request_mb * 1024 * 1024),
@@ -172,7 +179,7 @@ def cmd_cvat_pull(args: argparse.Namespace) -> int:
         store = (AnnotationStore.create(path) if created
                  else AnnotationStore.open(path, readonly=args.dry_run))
     try:
-        with store, _connect(args) as conn:
+        with store, connect_from_args(args) as conn:
             rep = pull(store, conn, args.task, rasterize=not args.no_rasterize,
                        include_own=args.include_own, dry_run=args.dry_run)
     except BaseException:
