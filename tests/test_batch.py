@@ -284,3 +284,49 @@ def test_a_killed_worker_is_replaced_and_its_source_finishes_in_one_store(data, 
     [r] = run_batch(plan, _options(data), out, executor=KillOnFirstFrames(1, THREADS), attempts=3, progress=False)
     assert killed and r.status == "done" and r.attempt == 2 and r.frames == 24, r
     assert sorted(p.name for p in out.iterdir()) == ["long.mp4.sqlite", "summary.jsonl"]
+
+
+@requires_sam2
+def test_ctrl_c_stops_keeps_what_was_done_and_a_rerun_finishes(data, tmp_path):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while the second source runs: exit
+    130, the finished source is in the summary, the running one publishes what it committed, and a
+    re-run skips the first and completes the second in its one store."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import shutil
+
+    here = data["root"] / "ctrlc"  # its own folder (others plan all of in/): names c.mp4, long.mp4
+    here.mkdir(exist_ok=True)
+    short = Path(shutil.copy(data["clips"][2], here / "c.mp4"))
+    long = _clip(here / "long.mp4", 40, shift=7)
+    (data["root"] / "pts" / "long.json").write_text(json.dumps(CLICK))
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "dl_utils", "batch", str(short), str(long), "--points-dir",
+            str(data["root"] / "pts"), "--out", str(out), "--sam-checkpoint", str(data["ckpt"]),
+            "--image-size", "256", "--device", "cpu", "--threads", "1", "--workers", "1"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    summary = out / "summary.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if summary.is_file() and summary.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.2)
+    time.sleep(3)  # into the long clip
+    assert proc.poll() is None, proc.communicate()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    done = [json.loads(line) for line in summary.read_text().splitlines()]
+    assert [(d["name"], d["status"]) for d in done] == [("c.mp4", "done")]
+    leftovers = sorted(p.name for p in out.iterdir())
+    assert leftovers in (["c.mp4.sqlite", "summary.jsonl"], ["c.mp4.sqlite", "long.mp4.sqlite", "summary.jsonl"])
+    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    last = [json.loads(line) for line in summary.read_text().splitlines()][-2:]
+    assert {(d["name"], d["status"]) for d in last} == {("c.mp4", "skipped"), ("long.mp4", "done")}
+    assert {(f, o) for f, o in _masks(out / "long.mp4.sqlite")} == {(f, 1) for f in range(1, 40)} | {(0, 1)}
