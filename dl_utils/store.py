@@ -1111,9 +1111,10 @@ def _unlink_store_files(path: str | os.PathLike[str]) -> None:
         Path(str(path) + suffix).unlink(missing_ok=True)
 
 
-def _settle(path: Path) -> None:
+def settle_store(path: str | os.PathLike[str]) -> None:
     """Merge ``path``'s WAL into the file and leave it in rollback mode: one self-contained file
-    (what may be renamed), no ``-wal`` that could be replayed onto another database."""
+    (what may be renamed or copied elsewhere), no ``-wal`` that could be replayed onto another
+    database. Imports use it before their rename, batch workers before publishing a store."""
     conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
     try:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -1212,12 +1213,12 @@ def _replace_with_staged(tmp: Path, target: Path) -> None:
     """Flush ``tmp`` to disk and rename it over ``target``; the old store's side files go so none
     can be applied to the new one."""
     try:
-        _settle(tmp)
+        settle_store(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         if target.exists() and Path(str(target) + "-wal").exists():
             try:
-                _settle(target)  # the old store's commits go into its file, not a stray -wal
+                settle_store(target)  # the old store's commits go into its file, not a stray -wal
             except sqlite3.DatabaseError:
                 pass  # not a store, or damaged: its side files mean nothing for the new one
             for suffix in ("-wal", "-shm"):
@@ -1231,5 +1232,5 @@ def _replace_with_staged(tmp: Path, target: Path) -> None:
         raise AnnotationStore._db_error_for(target, e) from None
 
 
-__all__ = ["AnnotationStore", "SCHEMA_VERSION", "SYNC_RECORD_PREFIX", "SYNC_RECORD_VERSION", "staged_store",
+__all__ = ["AnnotationStore", "SCHEMA_VERSION", "SYNC_RECORD_PREFIX", "SYNC_RECORD_VERSION", "settle_store", "staged_store",
            "upgrade_sync_record", "upgrade_sync_unit"]

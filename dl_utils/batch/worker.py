@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import socket
-import sqlite3
 import threading
 import time
 import uuid
@@ -107,19 +106,11 @@ def _counts(path: Path) -> tuple[int, int]:
         return 0, 0
 
 
-def settle(path: Path) -> None:
-    """Merge the store's WAL into its file and leave rollback mode: one self-contained file to copy."""
-    conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
-    try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        conn.execute("PRAGMA journal_mode = DELETE")
-    finally:
-        conn.close()
-
-
 def publish(work: Path, target: Path) -> None:
     """Copy ``work`` to ``target`` atomically: settle, copy beside the target, ``os.replace``."""
-    settle(work)
+    from ..store import settle_store
+
+    settle_store(work)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
     try:
