@@ -45,3 +45,14 @@ def synthetic_frame(index: int, height: int = 96, width: int = 128) -> np.ndarra
     y0 = (index * 3) % (height - s)
     img[y0 : y0 + s, x0 : x0 + s] = 255
     return img
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No worker process outlives the run: an orphan keeps the runner's stdout open and CI waits on it
+    until its own time limit (it did, once, after a test timed out waiting on a stuck worker)."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        print(f"\nconftest: terminating leftover worker process {child.pid} ({child.name})")
+        child.kill()
+        child.join(5)

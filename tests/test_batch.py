@@ -330,3 +330,28 @@ def test_ctrl_c_stops_keeps_what_was_done_and_a_rerun_finishes(data, tmp_path):
     last = [json.loads(line) for line in summary.read_text().splitlines()][-2:]
     assert {(d["name"], d["status"]) for d in last} == {("c.mp4", "skipped"), ("long.mp4", "done")}
     assert {(f, o) for f, o in _masks(out / "long.mp4.sqlite")} == {(f, 1) for f in range(1, 40)} | {(0, 1)}
+
+
+def _put_progress(n: int) -> int:
+    from dl_utils.batch.executors import _STATE
+
+    _STATE["queue"].put(n)
+    return n
+
+
+def test_a_progress_queue_left_locked_by_a_killed_worker_does_not_hang_the_pool():
+    """A worker SIGKILLed while writing progress leaves the queue's shared write lock held for good;
+    the workers that share that queue must still exit (CI once hung 75 minutes on this)."""
+    import multiprocessing
+    import time
+
+    from dl_utils.batch.executors import _Pool
+
+    ctx = multiprocessing.get_context("spawn")
+    seen: list[int] = []
+    pool = _Pool(ctx, 1, 1, ctx.Value("i", 0), 0, seen.append)
+    assert pool.progress._wlock.acquire(timeout=5)  # as a dead writer would leave it
+    assert pool.submit(_put_progress, 7).result(timeout=120) == 7
+    t0 = time.monotonic()
+    pool.close(grace=30)
+    assert time.monotonic() - t0 < 30 and not multiprocessing.active_children()

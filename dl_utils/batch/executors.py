@@ -49,11 +49,20 @@ _STATE: dict[str, Any] = {}
 
 def _init(progress: Any, threads: int, counter: Any, gpus: int) -> None:
     """Pool initializer: this process's progress queue, torch threads, GPU and local work folder."""
-    with counter.get_lock():
-        index = counter.value
-        counter.value += 1
+    lock = counter.get_lock()
+    if lock.acquire(timeout=10):  # a worker killed holding it must not stall its replacements
+        try:
+            index = counter.value
+            counter.value += 1
+        finally:
+            lock.release()
+    else:
+        index = os.getpid()
     if gpus > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:  # one GPU per worker, round robin
         os.environ["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+    # Progress is best-effort: a worker must never wait at exit for its queue's feeder thread, which
+    # blocks forever if a sibling was killed while holding the queue's shared write lock.
+    progress.cancel_join_thread()
     work_dir = tempfile.mkdtemp(prefix=f"dl_utils-batch-{os.getpid()}-")
     mp_util.Finalize(None, shutil.rmtree, args=(work_dir, True), exitpriority=10)  # gone when the worker exits
     _STATE.update(queue=progress, threads=threads, work_dir=Path(work_dir))
@@ -78,39 +87,23 @@ class LocalExecutor:
         self.workers = max(1, int(workers)) if workers else max(1, self.gpus)
         self.threads = max(1, int(threads)) if threads else max(1, (os.cpu_count() or 1) // self.workers)
 
-    def _pool(self, ctx: Any, progress: Any, counter: Any) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init,
-                                   initargs=(progress, self.threads, counter, self.gpus))
-
     def run(self, sources: Sequence[BatchSource], options: BatchOptions, out_dir: Path, *, attempts: int,
             on_result: Callable[[SourceResult], None], on_frames: Callable[[int], None]) -> None:
         ctx = mp.get_context("spawn")
-        progress, counter = ctx.Queue(), ctx.Value("i", 0)
-        stop = threading.Event()
-        drain = threading.Thread(target=_drain, args=(progress, on_frames, stop), daemon=True)
-        drain.start()
-        try:
-            self._schedule(ctx, progress, counter, sources, options, Path(out_dir), attempts, on_result)
-        finally:
-            stop.set()
-            drain.join()
-
-    def _schedule(self, ctx: Any, progress: Any, counter: Any, sources: Sequence[BatchSource],
-                  options: BatchOptions, out_dir: Path, attempts: int,
-                  on_result: Callable[[SourceResult], None]) -> None:
+        counter = ctx.Value("i", 0)
         todo: list[tuple[BatchSource, int]] = [(s, 1) for s in reversed(sources)]
-        pool = self._pool(ctx, progress, counter)
+        pool = _Pool(ctx, self.workers, self.threads, counter, self.gpus, on_frames)
         running: dict[Future[SourceResult], tuple[BatchSource, int]] = {}
         try:
             while todo or running:
                 while todo and len(running) < self.workers:
                     src, attempt = todo.pop()
-                    running[pool.submit(_work, src, options, out_dir, attempt)] = (src, attempt)
+                    running[pool.submit(_work, src, options, Path(out_dir), attempt)] = (src, attempt)
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 broken = False
                 for fut in finished:
                     src, attempt = running.pop(fut)
-                    res = _result(fut, src, out_dir, attempt)
+                    res = _result(fut, src, Path(out_dir), attempt)
                     broken |= isinstance(fut.exception(), BrokenProcessPool)
                     if res.status == "failed" and attempt < attempts:
                         todo.append((src, attempt + 1))
@@ -119,14 +112,52 @@ class LocalExecutor:
                 if broken:  # a worker died: every running source failed with it; start a fresh pool
                     for fut, (src, attempt) in running.items():
                         todo.append((src, attempt)) if attempt < attempts else on_result(
-                            _result(fut, src, out_dir, attempt))
+                            _result(fut, src, Path(out_dir), attempt))
                     running.clear()
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    pool = self._pool(ctx, progress, counter)
+                    pool.close(cancel=True)
+                    pool = _Pool(ctx, self.workers, self.threads, counter, self.gpus, on_frames)
         except KeyboardInterrupt:
-            pool.shutdown(wait=True, cancel_futures=True)  # running sources publish what they committed
+            pool.close(cancel=True, grace=None)  # running sources publish what they committed
             raise
-        pool.shutdown(wait=True)
+        pool.close()
+
+
+class _Pool:
+    """One generation of worker processes with its own progress queue and drain thread.
+
+    A worker killed while it writes to a ``multiprocessing.Queue`` leaves the queue's shared write lock
+    held for good, so a replaced pool never reuses its predecessor's queue, and closing never waits
+    without bound for a worker that does not exit (it is terminated after ``grace`` seconds)."""
+
+    def __init__(self, ctx: Any, workers: int, threads: int, counter: Any, gpus: int,
+                 on_frames: Callable[[int], None]) -> None:
+        self.progress = ctx.Queue()
+        self.stop = threading.Event()
+        self.drain = threading.Thread(target=_drain, args=(self.progress, on_frames, self.stop), daemon=True)
+        self.drain.start()
+        self.executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init,
+                                            initargs=(self.progress, threads, counter, gpus))
+
+    def submit(self, fn: Callable[..., SourceResult], *args: Any) -> Future[SourceResult]:
+        return self.executor.submit(fn, *args)
+
+    def close(self, *, cancel: bool = False, grace: float | None = 60.0) -> None:
+        """Shut the pool down; with ``grace`` None wait as long as the workers take (Ctrl-C: they
+        publish what they committed), else terminate any worker still alive after ``grace`` seconds."""
+        procs = list((getattr(self.executor, "_processes", None) or {}).values())
+        if grace is None:
+            self.executor.shutdown(wait=True, cancel_futures=cancel)
+        else:
+            self.executor.shutdown(wait=False, cancel_futures=cancel)
+            for proc in procs:
+                proc.join(grace)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(5)
+        self.stop.set()
+        self.drain.join()
+        self.progress.cancel_join_thread()
+        self.progress.close()
 
 
 def _result(fut: Future[SourceResult], src: BatchSource, out_dir: Path, attempt: int) -> SourceResult:
