@@ -46,6 +46,7 @@ LAYERS = {
     "dino_models": "engines",
     "samal": "engines",
     "sam2al": "engines",
+    "sam3al": "engines",
     "dinoal": "engines",
     "tracking": "engines",
     "interactive": "engines",

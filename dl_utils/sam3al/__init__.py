@@ -1,0 +1,14 @@
+"""SAM 3 (text/exemplar concept prompts -> masks) as a third engine beside SAM2 and GroundingDINO.
+
+Meta's ``sam3`` wheel builds only the released 1008-px model, fetches its weights from the hub,
+needs CUDA in a few places and prints instead of failing on a bad checkpoint. This package keeps
+sam3's networks and inference code as they are (so results equal upstream's) and adds what dl_utils
+needs around them: a size-parameterized build (:mod:`.build`: tests run a tiny random-weight model on
+CPU, users build the released one), a strict checkpoint loader with one-line errors
+(:mod:`.checkpoint`), and an image engine that returns dl_utils detections labelled from the job's
+class table (:mod:`.image`). sam3 is imported only when this package is.
+"""
+
+from .build import OFFICIAL, Sam3Spec, build_image_model, build_video_model, cuda_free
+
+__all__ = ["OFFICIAL", "Sam3Spec", "build_image_model", "build_video_model", "cuda_free"]
