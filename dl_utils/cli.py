@@ -111,11 +111,12 @@ def cmd_classes_check(args: argparse.Namespace) -> int:
 def cmd_models_list(args: argparse.Namespace) -> int:
     from .dino_models import list_dino_models
     from .models import find_spec, format_finetuned_table, format_model_table, list_finetuned, list_models
+    from .sam3_weights import list_sam3_models
 
     dino = list_dino_models()
     for r in dino:  # `models download tiny` means SAM2's tiny: show only the aliases that reach DINO
         r["aliases"] = [a for a in r["aliases"] if find_spec(a) is None]
-    rows = list_models() + dino
+    rows = list_models() + dino + list_sam3_models()
     tuned = list_finetuned()
     if args.json:  # fine-tuned checkpoints: family "sam2-finetuned", named by their path
         _print_json(rows + [{**t, "name": t["path"], "family": "sam2-finetuned"} for t in tuned])
@@ -136,6 +137,14 @@ def cmd_models_download(args: argparse.Namespace) -> int:
     from .dino_models import download_dino, find_dino_spec
     from .models import find_spec
 
+    from .sam3_weights import download_sam3, find_sam3_spec
+
+    sam3 = find_sam3_spec(args.name) if find_spec(args.name) is None else None
+    if sam3 is not None:  # SAM 3's official source is Hugging Face: --from changes nothing; --url: a mirror
+        print(download_sam3(args.name, force=args.force, url=args.url))
+        if not args.no_verify and sam3.name == "sam3":
+            print("(sha256 recorded; the strict load of SAM 3 runs at first use)", file=sys.stderr)
+        return 0
     # SAM2 names win over the GroundingDINO registry's short aliases ("tiny", "base")
     dino = find_dino_spec(args.name) if find_spec(args.name) is None else None
     if dino is not None:
@@ -288,7 +297,7 @@ def _add_models_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     mlist.add_argument("--json", action="store_true", help="print JSON")
     mlist.set_defaults(func=cmd_models_list)
     mdl = msub.add_parser("download", help="fetch a checkpoint (resumable, size-checked, strict load)")
-    mdl.add_argument("name", help="registry name or alias (see 'models list': SAM2 and GroundingDINO)"
+    mdl.add_argument("name", help="registry name or alias (see 'models list': SAM2, GroundingDINO, SAM 3)"
                      " or a Hugging Face id")
     mdl.add_argument("--force", action="store_true", help="download again even if present")
     mdl.add_argument("--from", dest="source", default="official", choices=("official", "hf"),

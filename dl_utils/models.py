@@ -359,6 +359,9 @@ def is_registry_download(path: str | os.PathLike[str]) -> bool:
         from .dino_models import DINO_MODELS
 
         names |= {s.filename for s in DINO_MODELS.values()}
+        from .sam3_weights import SAM3_MODELS
+
+        names |= {s.filename for s in SAM3_MODELS.values()}
     except ImportError:  # pragma: no cover
         pass
     return p.name in names

@@ -44,6 +44,7 @@ LAYERS = {
     "models": "engines",
     "sam2_loader": "engines",
     "dino_models": "engines",
+    "sam3_weights": "engines",
     "samal": "engines",
     "sam2al": "engines",
     "sam3al": "engines",
