@@ -74,7 +74,7 @@ class Sam3LazyFrames(LazyFrames):
         from PIL import Image
 
         # TF.resize(pil, (S, S)) is pil.resize((S, S), BILINEAR) (torchvision's PIL backend)
-        return np.array(Image.fromarray(rgb).convert("RGB").resize((s, s), Image.BILINEAR))
+        return np.array(Image.fromarray(rgb).convert("RGB").resize((s, s), Image.Resampling.BILINEAR))
 
     def __getitem__(self, i: int) -> torch.Tensor:
         import torch

@@ -1,0 +1,615 @@
+"""``Sam3VideoSession``: SAM 3 text-prompted video segmentation into the annotation store.
+
+A caption (``"car. person"``) becomes one SAM 3 concept prompt per phrase; SAM 3 detects every
+instance of the concept on every frame, tracks it with a stable id and picks up objects that enter
+later by itself. This module drives sam3's own ``propagate_in_video`` (no copy of its tracking
+logic) and changes only what is around it:
+
+- **No whole video in memory.** sam3's ``init_state`` decodes the entire video into one tensor; the
+  state here is built with :class:`~dl_utils.sam3al.frames.Sam3LazyFrames` (each frame decoded when
+  the model asks, bit-exact to sam3's loader) and a lazy per-frame query list, so the inputs cost
+  the same for 100 or 100,000 frames.
+- **One state per phrase, in lockstep.** sam3 holds one text prompt per state (``add_prompt``
+  resets the state). Each phrase gets its own state over the *same* decoded frames; the phrases'
+  generators are advanced together, one frame each, so a frame is decoded once and written once
+  with every phrase's instances (one store transaction). sam3 numbers objects from 0 in each state;
+  the store object of ``(phrase, sam3 id)`` is created on first sight, so ids are unique across
+  phrases and stable through the video.
+- **Memory flat in video length** (``trim_memory``): what sam3's state keeps per frame and never
+  reads again once the frame is written is dropped after each frame (see :meth:`_trim`, and
+  docs/sam3al_video.md for what still grows).
+- **Cancel and resume.** :meth:`cancel` stops after the current frame; what was written stays. A
+  later :meth:`propagate` on the same session continues sam3's suspended generators (exact, nothing
+  recomputed). A new session on a store with progress cannot restart sam3's tracker mid-video
+  faithfully (its memory, hot-start bookkeeping and ids live only in the state), so
+  ``resume="replay"`` recomputes from the first frame and writes only the frames not yet written
+  (identical results), while ``resume="redetect"`` starts fresh at the first missing frame (fast,
+  but objects get new ids there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..annotations import Instance, Instances, Provenance, Source
+from ..errors import InputError
+from ..store import AnnotationStore
+from .frames import PREPROCESS, Sam3LazyFrames
+
+ENGINE = "sam3"
+RESUME = ("replay", "redetect")
+PROGRESS_KEY = "sam3_video.progress"  # store meta: {caption text: {"done_through": i, "start": s}}
+
+
+@dataclass(frozen=True)
+class Sam3VideoOptions:
+    """Settings of one session. ``None`` thresholds keep the model's own values (the released
+    model: detection 0.5, new object 0.7, NMS IoU 0.1, association IoU 0.1); a value set here is
+    applied to the shared model only while this session runs it and restored afterwards."""
+
+    score_threshold_detection: float | None = None  # detections kept above this probability
+    new_det_thresh: float | None = None  # an unmatched detection becomes a new object above this
+    det_nms_thresh: float | None = None  # IoU of the detector's mask NMS (0 turns NMS off)
+    assoc_iou_thresh: float | None = None  # detection <-> track matching IoU
+    preprocess: str = "image_folder"  # sam3's loader flavour to reproduce (see sam3al.frames)
+    trim_memory: bool = True
+    frame_cache: int = 16  # resized frames kept decoded (phrases share them)
+    resume: str = "replay"
+    frames_device: str | None = None  # where decoded frames live; None: the model's device
+
+    def __post_init__(self) -> None:
+        for name in ("score_threshold_detection", "new_det_thresh", "det_nms_thresh", "assoc_iou_thresh"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and 0.0 <= float(v) <= 1.0):
+                raise InputError(f"{name}={v!r}: give a number between 0 and 1 (or None for the model's)")
+        if self.preprocess not in PREPROCESS:
+            raise InputError(f"preprocess={self.preprocess!r}: use one of {', '.join(PREPROCESS)}")
+        if self.resume not in RESUME:
+            raise InputError(f"resume={self.resume!r}: use one of {', '.join(RESUME)}")
+        if int(self.frame_cache) < 2:
+            raise InputError(f"frame_cache={self.frame_cache!r}: keep at least 2 frames (sam3 reads one ahead)")
+
+    def model_overrides(self) -> dict[str, float]:
+        return {k: float(v) for k in ("score_threshold_detection", "new_det_thresh", "det_nms_thresh",
+                                       "assoc_iou_thresh") if (v := getattr(self, k)) is not None}
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    """An example box for a phrase on the first frame: ``box`` ``(x1, y1, x2, y2)`` in source
+    pixels, ``positive=False`` for "not this". sam3 reads it with the phrase's text
+    (``add_prompt(boxes_xywh=..., box_labels=...)``); the first box of a frame is its visual prompt."""
+
+    box: tuple[float, float, float, float]
+    positive: bool = True
+    phrase: str | None = None
+
+
+class _FindInputs(Sequence[Any]):
+    """sam3's per-frame ``FindStage`` list, made on demand.
+
+    ``_construct_initial_input_batch`` builds one ``FindStage`` per frame up front (a few KB each:
+    300 MB for a 100,000-frame video). They differ only in ``img_ids``; ``text_ids`` is written for
+    every frame at once by ``add_prompt``/``reset_state`` (``find_inputs[t].text_ids[...] = id``),
+    so all stages share one ``text_ids`` tensor and a write through any of them is seen by all.
+    """
+
+    def __init__(self, n: int, device: Any):
+        import torch
+
+        self.n = n
+        self.device = device
+        self.text_ids = torch.zeros(1, dtype=torch.long, device=device)
+        self._last: tuple[int, Any] | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, t: Any) -> Any:
+        import torch
+        from sam3.model.data_misc import FindStage, convert_my_tensors
+        from sam3.model.utils.misc import copy_data_to_device
+
+        t = int(t)
+        if not 0 <= t < self.n:
+            raise IndexError(t)
+        if self._last is not None and self._last[0] == t:
+            return self._last[1]
+        stage = convert_my_tensors(FindStage(
+            img_ids=[t], text_ids=[0],
+            input_boxes=[torch.zeros(258)],  # sam3's "historical default" embedding sizes
+            input_boxes_mask=[torch.empty(0, dtype=torch.bool)],
+            input_boxes_label=[torch.empty(0, dtype=torch.long)],
+            input_points=[torch.empty(0, 257)],
+            input_points_mask=[torch.empty(0)],
+            object_ids=[],
+        ))
+        stage = copy_data_to_device(stage, self.device, non_blocking=True)
+        stage.text_ids = self.text_ids
+        self._last = (t, stage)
+        return stage
+
+
+@dataclass
+class _Phrase:
+    index: int
+    phrase: str
+    label: str
+    color: str | None
+    state: dict[str, Any] = field(default_factory=dict)
+    gen: Iterator[tuple[int, Any]] | None = None
+    objects: dict[int, int] = field(default_factory=dict)  # sam3 id -> store object id
+
+
+class Sam3VideoSession:
+    """SAM 3 over one video (or image sequence) for one caption, into one annotation store.
+
+    ``model``: a built ``Sam3VideoInferenceWithInstanceInteractivity``
+    (:func:`dl_utils.sam3al.build.build_video_model`), shared; its thresholds are changed only while
+    this session runs it (``options``). ``source``: a :class:`~dl_utils.video_utils.FrameSource`
+    (or anything ``open_frames`` takes). ``store``: an :class:`AnnotationStore` or a path. ``caption``:
+    ``"car. person"`` or a :class:`~dl_utils.dinoal.caption.Caption`; each phrase is mapped to a
+    label through ``classes`` as GroundingDINO's are (``on_unknown``, ``superclass``); a phrase
+    that maps to no label is not run. ``exemplars``: boxes on the first frame (see
+    :class:`Exemplar`).
+    """
+
+    def __init__(self, model: Any, source: Any, store: Any, caption: Any, *, classes: Any = None,
+                 on_unknown: str = "warn", superclass: bool = False,
+                 options: Sam3VideoOptions | None = None, exemplars: Sequence[Exemplar] = (),
+                 model_name: str | None = None):
+        import os
+
+        from ..dinoal.caption import LabelMapper, parse_caption
+        from ..video_utils import FrameSource, open_frames
+
+        self.caption = parse_caption(caption)  # InputError on a missing/empty caption, before any work
+        self.options = options if options is not None else Sam3VideoOptions()
+        if not isinstance(self.options, Sam3VideoOptions):
+            raise InputError(f"options must be a Sam3VideoOptions, got {type(self.options).__name__}")
+        if model is None or not hasattr(model, "propagate_in_video") or not hasattr(model, "tracker"):
+            raise InputError(
+                "model must be a built SAM 3 video model (dl_utils.sam3al.build.build_video_model), "
+                f"got {type(model).__name__}"
+            )
+        self.model = model
+        self.model_name = model_name or getattr(model, "dl_utils_name", None) or type(model).__name__
+        self.source = source if isinstance(source, FrameSource) else open_frames(source)
+        media = self.source.media_info()
+        if isinstance(store, AnnotationStore):
+            self.store = store
+            if store.media is None:
+                store.set_media(media)
+            else:
+                store.check_media(media)
+        elif isinstance(store, (str, os.PathLike)):
+            self.store = AnnotationStore.open_or_create(store, media)
+        else:
+            raise InputError(f"store must be an AnnotationStore or a path, got {type(store).__name__}")
+        self.media = media
+        self._numbers = list(media.frames)
+        if media.frame_sizes is not None and len(set(media.frame_sizes)) > 1:
+            raise InputError(
+                f"{self.source.name}: images of different sizes; SAM 3's video model needs one frame "
+                "size (resize the images, or segment them one by one)"
+            )
+        mapped = LabelMapper(classes, on_unknown=on_unknown, superclass=superclass).map(self.caption)
+        self.phrases = [_Phrase(k, pl.phrase, pl.label, pl.color)
+                        for k, pl in enumerate(mapped) if pl.label is not None]
+        if not self.phrases:
+            raise InputError(
+                f"no phrase of the prompt {self.caption.text!r} maps to a class; fix the prompt or the "
+                "class table (or on_unknown='keep')"
+            )
+        self.exemplars = self._check_exemplars(exemplars)
+        dev = self.options.frames_device or model.device
+        self.frames = Sam3LazyFrames(self.source, int(model.image_size), dev,
+                                     preprocess=self.options.preprocess,
+                                     mean=tuple(model.image_mean), std=tuple(model.image_std),
+                                     cache_frames=int(self.options.frame_cache))
+        self._cancel = threading.Event()
+        self._started = False
+        self._start_idx = 0
+        self._next_idx = 0  # the next frame index the generators yield
+        self.peak_memory: dict[str, int] = {}
+        self._restore_objects()
+
+    # ------------------------------------------------------------------ setup
+    def _check_exemplars(self, exemplars: Sequence[Exemplar]) -> list[Exemplar]:
+        out = []
+        names = [p.phrase for p in self.phrases]
+        for e in exemplars:
+            if not isinstance(e, Exemplar):
+                raise InputError(f"exemplars must be Exemplar(box=..., positive=..., phrase=...), got {e!r}")
+            ph = e.phrase if e.phrase is not None else (names[0] if len(names) == 1 else None)
+            if ph is None or ph not in names:
+                raise InputError(
+                    f"exemplar {e.box}: name its phrase (one of {names}) with Exemplar(..., phrase=...)"
+                )
+            x1, y1, x2, y2 = (float(v) for v in e.box)
+            if not (0 <= x1 < x2 <= self.media.width and 0 <= y1 < y2 <= self.media.height):
+                raise InputError(
+                    f"exemplar box {e.box} is not inside the {self.media.width}x{self.media.height} frame "
+                    "with x1 < x2, y1 < y2; give (x1, y1, x2, y2) in pixels"
+                )
+            out.append(Exemplar((x1, y1, x2, y2), bool(e.positive), ph))
+        return out
+
+    def _progress(self) -> dict[str, Any] | None:
+        got = self.store.get_meta(PROGRESS_KEY, {}) or {}
+        entry = got.get(self.caption.text) if isinstance(got, dict) else None
+        return entry if isinstance(entry, dict) else None
+
+    def _set_progress(self, done_through: int) -> None:
+        got = self.store.get_meta(PROGRESS_KEY, {}) or {}
+        got = dict(got) if isinstance(got, dict) else {}
+        got[self.caption.text] = {"done_through": int(done_through), "start": int(self._start_idx)}
+        self.store.set_meta(PROGRESS_KEY, got)
+
+    def _restore_objects(self) -> None:
+        """Re-link store objects made by an earlier session for this caption (resume by replay)."""
+        for obj in self.store.objects():
+            a = obj.attributes.get("sam3") if isinstance(obj.attributes, dict) else None
+            if not isinstance(a, dict) or a.get("caption") != self.caption.text:
+                continue
+            for ph in self.phrases:
+                if a.get("phrase") == ph.phrase and a.get("start") == self._start_idx:
+                    ph.objects[int(a["id"])] = obj.id
+
+    def _init_state(self) -> dict[str, Any]:
+        """sam3's ``init_state`` + ``_construct_initial_input_batch`` over the lazy frames."""
+        import torch
+        from sam3.model.data_misc import BatchedDatapoint
+        from sam3.model.geometry_encoders import Prompt
+
+        n = len(self.frames)
+        device = self.model.device
+        st: dict[str, Any] = {
+            "image_size": self.model.image_size,
+            "num_frames": n,
+            "orig_height": self.media.height,
+            "orig_width": self.media.width,
+            "constants": {},
+        }
+        st["input_batch"] = BatchedDatapoint(
+            img_batch=self.frames,  # indexable, as sam3's async loaders are
+            find_text_batch=["<text placeholder>", "visual"],
+            find_inputs=_FindInputs(n, device),
+            find_targets=[None] * n,
+            find_metadatas=[None] * n,
+        )
+        bs = 1
+        st["constants"]["empty_geometric_prompt"] = Prompt(
+            box_embeddings=torch.zeros(0, bs, 4, device=device),
+            box_mask=torch.zeros(bs, 0, device=device, dtype=torch.bool),
+            box_labels=torch.zeros(0, bs, device=device, dtype=torch.long),
+            point_embeddings=torch.zeros(0, bs, 2, device=device),
+            point_mask=torch.zeros(bs, 0, device=device, dtype=torch.bool),
+            point_labels=torch.zeros(0, bs, device=device, dtype=torch.long),
+        )
+        st["previous_stages_out"] = [None] * n
+        st["text_prompt"] = None
+        st["per_frame_raw_point_input"] = [None] * n
+        st["per_frame_raw_box_input"] = [None] * n
+        st["per_frame_visual_prompt"] = [None] * n
+        st["per_frame_geometric_prompt"] = [None] * n
+        st["per_frame_cur_step"] = [0] * n
+        st["visual_prompt_embed"] = None
+        st["visual_prompt_mask"] = None
+        st["tracker_inference_states"] = []
+        st["tracker_metadata"] = {}
+        st["feature_cache"] = {}
+        st["cached_frame_outputs"] = {}
+        st["action_history"] = []
+        st["is_image_only"] = False
+        return st
+
+    def _start(self, start_idx: int) -> None:
+        """A fresh state per phrase, its text (and exemplar boxes) on ``start_idx``, its generator."""
+        self._start_idx = start_idx
+        self._next_idx = start_idx
+        for ph in self.phrases:
+            ph.objects = {}
+        self._restore_objects()
+        w, h = self.media.width, self.media.height
+        for ph in self.phrases:
+            ph.state = self._init_state()
+            boxes = [e for e in self.exemplars if e.phrase == ph.phrase]
+            kw: dict[str, Any] = {}
+            if boxes:
+                kw["boxes_xywh"] = [[b.box[0] / w, b.box[1] / h, (b.box[2] - b.box[0]) / w,
+                                     (b.box[3] - b.box[1]) / h] for b in boxes]
+                kw["box_labels"] = [1 if b.positive else 0 for b in boxes]
+            self.model.add_prompt(ph.state, frame_idx=start_idx, text_str=ph.phrase, **kw)
+            ph.gen = iter(self.model.propagate_in_video(ph.state))
+        self._started = True
+
+    @contextlib.contextmanager
+    def _model_settings(self) -> Iterator[None]:
+        """The options' thresholds on the shared model while this session drives it, then the old ones.
+
+        Also bfloat16 autocast on the model's device: sam3's tracker enters a CUDA bf16 autocast at
+        construction and never leaves it (``Sam3TrackerPredictor.__init__``), and its detector casts
+        the tracker's backbone features to bf16, so the model only runs inside such a context. Autocast
+        state is per thread, so a session driven from another thread (the widget) would fail without it.
+        """
+        import torch
+
+        over = self.options.model_overrides()
+        old = {k: getattr(self.model, k) for k in over}
+        try:
+            for k, v in over.items():
+                setattr(self.model, k, v)
+            with torch.inference_mode(), torch.autocast(device_type=self.model.device.type,
+                                                        dtype=torch.bfloat16):
+                yield
+        finally:
+            for k, v in old.items():
+                setattr(self.model, k, v)
+
+    # ------------------------------------------------------------------ propagation
+    def cancel(self) -> None:
+        """Stop the running :meth:`propagate` after the current frame (thread-safe; what is written stays)."""
+        self._cancel.set()
+
+    def frame_number(self, index: int) -> int:
+        return self._numbers[index]
+
+    def propagate(self, callback: Callable[[int, Instances], Any] | None = None) -> dict[str, Any]:
+        """Segment every phrase's instances on every frame, writing each frame as it is produced.
+
+        ``callback(frame, instances)`` gets each written frame (source frame number; it may call
+        :meth:`cancel`). Frames the store already holds for this caption are not written again (see
+        the module doc for what is recomputed). Returns a summary; the run is recorded in the store
+        (``done``, ``cancelled`` on cancel or Ctrl-C, ``failed`` on an error).
+        """
+        self._cancel.clear()
+        t0 = time.perf_counter()
+        prog = self._progress()
+        done_through = int(prog["done_through"]) if prog is not None else -1
+        n = len(self.frames)
+        params = {"caption": self.caption.text, "phrases": [p.phrase for p in self.phrases],
+                  "model": self.model_name, **self.options.model_overrides()}
+        stats = {"frames_written": 0, "instances_written": 0, "frames_computed": 0, "frames_skipped": 0}
+        if done_through >= n - 1 and not self._started:
+            return {"run_id": None, "status": "done", "caption": self.caption.text, **stats,
+                    "seconds": round(time.perf_counter() - t0, 3)}
+        run_id = self.store.begin_run("sam3-propagate", params)
+        status = "failed"
+        try:
+            with self._model_settings():
+                if not self._started:
+                    start = done_through + 1 if (self.options.resume == "redetect" and done_through >= 0) else 0
+                    if prog is not None and self.options.resume == "replay":
+                        start = int(prog.get("start", 0))
+                        if start > done_through + 1:
+                            start = 0
+                    self._start(start)
+                status = self._loop(callback, run_id, done_through, stats)
+        except KeyboardInterrupt:
+            status = "cancelled"
+            raise
+        finally:
+            self.store.finish_run(run_id, status)
+        return {"run_id": run_id, "status": status, "caption": self.caption.text,
+                "objects": sorted(o for ph in self.phrases for o in ph.objects.values()), **stats,
+                "seconds": round(time.perf_counter() - t0, 3)}
+
+    def _loop(self, callback: Callable[[int, Instances], Any] | None, run_id: int, done_through: int,
+              stats: dict[str, int]) -> str:
+        while True:
+            if self._cancel.is_set():
+                return "cancelled"
+            items = [next(ph.gen, None) if ph.gen is not None else None for ph in self.phrases]
+            if all(it is None for it in items):
+                for ph in self.phrases:
+                    ph.gen = None
+                return "done"
+            idx = {int(it[0]) for it in items if it is not None}
+            if len(idx) != 1 or any(it is None for it in items):
+                raise RuntimeError(f"sam3 phrase states went out of step: frames {sorted(idx)}")
+            f_idx = idx.pop()
+            self._next_idx = f_idx + 1
+            stats["frames_computed"] += 1
+            if f_idx <= done_through:
+                stats["frames_skipped"] += 1
+            else:
+                frame = self._numbers[f_idx]
+                insts: list[Instance] = []
+                for ph, (_, out) in zip(self.phrases, items):  # type: ignore[misc]
+                    insts += self._instances(ph, f_idx, out)
+                self.store.write_frame(frame, insts, run_id=run_id)
+                self._set_progress(f_idx)
+                stats["frames_written"] += 1
+                stats["instances_written"] += len(insts)
+                if callback is not None:
+                    callback(frame, Instances(insts, frame=frame))
+            if self.options.trim_memory:
+                for ph in self.phrases:
+                    self._trim(ph.state, f_idx)
+            self._note_memory()
+
+    def _object_id(self, ph: _Phrase, sam_id: int) -> int:
+        oid = ph.objects.get(sam_id)
+        if oid is None:
+            attrs = {"sam3": {"caption": self.caption.text, "phrase": ph.phrase, "id": int(sam_id),
+                              "start": int(self._start_idx)}}
+            oid = self.store.add_object(ph.label, color=ph.color, attributes=attrs).id
+            ph.objects[sam_id] = oid
+        return oid
+
+    def _instances(self, ph: _Phrase, f_idx: int, out: dict[str, Any]) -> list[Instance]:
+        """One yielded sam3 frame output -> store instances (``out_binary_masks`` are at video size)."""
+        ids = np.asarray(out["out_obj_ids"]).reshape(-1)
+        probs = np.asarray(out["out_probs"]).reshape(-1)
+        masks = np.asarray(out["out_binary_masks"])
+        tm = ph.state.get("tracker_metadata") or {}
+        trk = (tm.get("obj_id_to_tracker_score_frame_wise") or {}).get(f_idx, {})
+        insts = []
+        for sam_id, p, m in zip(ids.tolist(), probs.tolist(), masks):
+            oid = self._object_id(ph, int(sam_id))
+            ts = trk.get(sam_id)
+            extra: dict[str, Any] = {"sam3_id": int(sam_id)}
+            logit = None
+            if ts is not None and np.isfinite(ts):
+                extra["tracker_score"] = float(ts)
+                q = min(max(float(ts), 1e-7), 1 - 1e-7)
+                logit = math.log(q / (1 - q))
+            m = np.asarray(m, dtype=bool)
+            insts.append(Instance(
+                oid, mask=m, score=float(p), source=Source.AUTO, label=ph.label,
+                provenance=Provenance(engine=ENGINE, model=self.model_name, caption=self.caption.text,
+                                      phrase=ph.phrase, detector_score=float(p), direction="forward",
+                                      object_score=logit, area=int(m.sum()), extra=extra),
+            ))
+        return insts
+
+    # ------------------------------------------------------------------ memory
+    def _trim(self, st: dict[str, Any], written: int) -> None:
+        """Drop what sam3's state holds for frames that are written and that no later frame reads.
+
+        - ``cached_frame_outputs[t]`` (video-size masks of every object): read only by a later
+          refinement/fetch pass, which this session does not run; dropped up to the written frame.
+        - ``tracker_metadata["obj_id_to_tracker_score_frame_wise"][t]`` and
+          ``rank0_metadata["suppressed_obj_ids"][t]``: read for the current frame only (sam3
+          deep-copies the whole frame-wise dict on every frame, so trimming also keeps the per-frame
+          cost flat); dropped up to the written frame.
+        - each tracker state's non-conditioning outputs (memory features, object pointers): kept
+          only for frames the memory attention of a later frame can still select (see
+          :func:`_tracker_keep`); conditioning outputs beyond the ``max_cond_frames_in_attn`` most
+          recent ones (and the first, where the tracker keeps it) likewise.
+        """
+        st["cached_frame_outputs"] = {t: v for t, v in st["cached_frame_outputs"].items() if t > written}
+        tm = st.get("tracker_metadata") or {}
+        fw = tm.get("obj_id_to_tracker_score_frame_wise")
+        if fw is not None:
+            for t in [t for t in fw if t <= written]:
+                del fw[t]
+        r0 = tm.get("rank0_metadata") or {}
+        sup = r0.get("suppressed_obj_ids")
+        if sup is not None:
+            for t in [t for t in sup if t <= written]:
+                del sup[t]
+        # the generator may have run ahead (hot-start delay): later reads start after the last
+        # frame it processed
+        done = [t for t, v in enumerate(st["previous_stages_out"]) if v is not None]
+        nxt = (max(done) if done else written) + 1
+        for ts in st["tracker_inference_states"]:
+            _trim_tracker_state(self.model.tracker, ts, nxt)
+
+    def _note_memory(self) -> None:
+        info = self.memory_info()
+        for k, v in info.items():
+            self.peak_memory[k] = max(self.peak_memory.get(k, 0), v)
+
+    def memory_info(self) -> dict[str, int]:
+        """Per-frame entries sam3's states hold now (all phrases): flat in video length when trimmed."""
+        cached = frame_wise = suppressed = non_cond = cond = tracked = 0
+        for ph in self.phrases:
+            st = ph.state
+            if not st:
+                continue
+            cached += len(st["cached_frame_outputs"])
+            tm = st.get("tracker_metadata") or {}
+            frame_wise += len(tm.get("obj_id_to_tracker_score_frame_wise") or {})
+            suppressed += len((tm.get("rank0_metadata") or {}).get("suppressed_obj_ids") or {})
+            for ts in st["tracker_inference_states"]:
+                non_cond += len(ts["output_dict"]["non_cond_frame_outputs"])
+                cond += len(ts["output_dict"]["cond_frame_outputs"])
+                tracked += len(ts["frames_already_tracked"])
+        return {"cached_frame_outputs": cached, "tracker_score_frames": frame_wise,
+                "suppressed_frames": suppressed, "tracker_non_cond_outputs": non_cond,
+                "tracker_cond_outputs": cond, "tracker_frames_tracked": tracked,
+                "decoded_frames_cached": self.frames.cache_info()["cached"]}
+
+    def close(self) -> None:
+        for ph in self.phrases:
+            if ph.gen is not None:
+                close = getattr(ph.gen, "close", None)
+                if close is not None:
+                    close()
+            ph.gen = None
+            ph.state = {}
+        self._started = False
+        self.frames.close()
+        self.source.close()
+
+
+def _tracker_keep(tracker: Any, ts: dict[str, Any], g: int) -> tuple[set[int], set[int]]:
+    """(non-conditioning, conditioning) frame indices a tracker state may read for any frame >= ``g``
+    when tracking forward.
+
+    Mirrors ``Sam3TrackerBase._prepare_memory_conditioned_features``: without memory selection the
+    reads are the previous frame, ``num_maskmem - 2`` frames every ``r`` frames behind it and
+    ``max_obj_ptrs_in_encoder - 1`` object pointers, all within a window that moves with ``g``; with
+    memory selection (``frame_filter``) they are the previous frame and, per stride class, the most
+    recent ``max_num - 1`` frames whose ``eff_iou_score`` passes ``mf_threshold``, which only newer
+    frames can displace. Conditioning frames: ``select_closest_cond_frames`` picks, going forward,
+    the most recent ``max_cond_frames_in_attn`` (and the first if ``keep_first_cond_frame``);
+    unselected ones are read only inside the window.
+    """
+    r = max(1, int(getattr(tracker, "memory_temporal_stride_for_eval", 1)))
+    num_frames = ts["num_frames"]
+    max_ptrs = min(num_frames, int(tracker.max_obj_ptrs_in_encoder))
+    span = max(r * int(tracker.num_maskmem) + 2, max_ptrs + 1)
+    lo = g - span
+    od = ts["output_dict"]
+    non_cond = {t for t in od["non_cond_frame_outputs"] if t >= lo}
+    if getattr(tracker, "use_memory_selection", False):
+        thr = tracker.mf_threshold
+        per_class: dict[int, int] = {}
+        for t in sorted(od["non_cond_frame_outputs"], reverse=True):
+            if t >= g:
+                non_cond.add(t)
+                continue
+            out = od["non_cond_frame_outputs"][t]
+            if "eff_iou_score" not in out:
+                continue
+            try:
+                valid = bool(out["eff_iou_score"] > thr)
+            except (RuntimeError, ValueError):  # a batched score: keep it, never guess
+                valid = True
+            k = (g - 1 - t) % r
+            if valid and per_class.get(k, 0) < max_ptrs - 1:
+                per_class[k] = per_class.get(k, 0) + 1
+                non_cond.add(t)
+    conds = od["cond_frame_outputs"]
+    max_cond = int(getattr(tracker, "max_cond_frames_in_attn", -1))
+    if max_cond == -1 or len(conds) <= max_cond:
+        cond = set(conds)
+    else:
+        cond = {t for t in conds if t >= lo}
+        cond |= set(sorted(conds, reverse=True)[:max_cond])
+        if getattr(tracker, "keep_first_cond_frame", False) and conds:
+            cond.add(min(conds))
+    return non_cond, cond
+
+
+def _trim_tracker_state(tracker: Any, ts: dict[str, Any], g: int) -> None:
+    """Drop a tracker state's outputs no frame >= ``g`` reads (batched dict, per-object views, indices)."""
+    keep_nc, keep_c = _tracker_keep(tracker, ts, g)
+    for key, keep in (("non_cond_frame_outputs", keep_nc), ("cond_frame_outputs", keep_c)):
+        for d in [ts["output_dict"], *ts["output_dict_per_obj"].values()]:
+            for t in [t for t in d[key] if t not in keep]:
+                del d[key][t]
+        inds = ts["consolidated_frame_inds"][key]
+        for t in [t for t in inds if t not in keep]:
+            inds.discard(t)
+    gone_before = g - 1
+    for t in [t for t in ts["frames_already_tracked"] if t < gone_before and t not in keep_c]:
+        del ts["frames_already_tracked"][t]
+    for per_obj in (ts["point_inputs_per_obj"], ts["mask_inputs_per_obj"]):
+        for d in per_obj.values():
+            for t in [t for t in d if t < gone_before and t not in keep_c]:
+                del d[t]
+
+
+__all__ = ["ENGINE", "PROGRESS_KEY", "RESUME", "Exemplar", "Sam3VideoOptions", "Sam3VideoSession"]
