@@ -203,3 +203,30 @@ def test_options_checked(tmp_path: Path) -> None:
     for bad in ({"score_threshold_detection": 2.0}, {"preprocess": "jpeg"}, {"resume": "later"}):
         with pytest.raises(InputError):
             Sam3VideoOptions(**bad)  # type: ignore[arg-type]
+
+
+def test_trimming_changes_nothing_and_bounds_memory(tiny_sam3_video_model: Any, tmp_path: Path) -> None:  # noqa: F811
+    """24 frames: past the tracker's memory window (9 here), so its trimming runs; trimmed and
+    untrimmed runs store the same masks, and the trimmed state holds fewer per-frame entries."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(DATA))
+    for i in range(24):
+        ok, f = cap.read()
+        assert ok
+        cv2.imwrite(str(tmp_path / f"{i}.png"), cv2.resize(f, SIZE, interpolation=cv2.INTER_AREA))
+    cap.release()
+    res, peak = {}, {}
+    for trim in (True, False):
+        s = session(tiny_sam3_video_model, tmp_path, tmp_path / f"t{trim}.db", caption="person", trim_memory=trim)
+        with sam3_cpu_run():
+            s.propagate()
+        res[trim], peak[trim] = stored(s.store, "person"), dict(s.peak_memory)
+        s.close()
+    assert sum(len(v[0]) for v in res[True].values()) > 0
+    for f in res[False]:
+        assert res[True][f][0] == res[False][f][0] and res[True][f][1] == res[False][f][1]
+        assert np.array_equal(res[True][f][2], res[False][f][2])
+    assert peak[False]["cached_frame_outputs"] == 24 and peak[True]["cached_frame_outputs"] < 24
+    assert peak[True]["tracker_non_cond_outputs"] < peak[False]["tracker_non_cond_outputs"]
+    assert peak[True]["tracker_frames_tracked"] < peak[False]["tracker_frames_tracked"]
