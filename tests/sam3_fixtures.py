@@ -234,7 +234,7 @@ class _TorchOnDevice:
 def sam3_on_device(target: str = "cpu") -> Iterator[None]:
     """Run sam3's own code (the parity reference) with its hard-coded CUDA placement sent to
     ``target``: the module-level ``torch`` of the sam3 modules that name "cuda", ``Tensor.cuda``
-    (only while the block runs) and ``TransformerDecoder._get_coords``."""
+    and ``Tensor.pin_memory`` (only while the block runs) and ``TransformerDecoder._get_coords``."""
     import torch
 
     with contextlib.ExitStack() as stack:
@@ -245,6 +245,9 @@ def sam3_on_device(target: str = "cpu") -> Iterator[None]:
         stack.enter_context(
             mock.patch.object(torch.Tensor, "cuda", lambda self, *a, **k: self.to(target))
         )
+        if not target.startswith("cuda"):
+            # pinning needs a CUDA driver and never changes values
+            stack.enter_context(mock.patch.object(torch.Tensor, "pin_memory", lambda self, *a, **k: self))
         from sam3.model.decoder import TransformerDecoder
 
         orig = TransformerDecoder._get_coords

@@ -36,7 +36,8 @@ class Detections:
     * ``class_ids``: the class id in the table, -1 without one;
     * ``phrase_ids``: index of the caption phrase the label came from (-1 unknown);
     * ``phrase_scores``: ``(N, P)`` highest token probability per caption phrase (None when absent);
-    * ``caption``: the text the model read (``"car. person."``).
+    * ``caption``: the text the model read (``"car. person."``);
+    * ``masks``: ``(N, H, W)`` bool full-image masks from an engine that segments (SAM 3), else None.
 
     It is also what :class:`dl_utils.tracking.TrackManager` takes on a keyframe, as it is (it has
     the ``boxes``/``scores``/``labels`` of :class:`dl_utils.tracking.DetectionsLike`).
@@ -51,6 +52,7 @@ class Detections:
     phrase_scores: np.ndarray | None = None
     caption: str = ""
     image_size: tuple[int, int] | None = None  # (height, width)
+    masks: np.ndarray | None = None
 
     # written out (dataclass(init=False)) only to take ``prompt=``, the field's pre-rename name that
     # backends and tests outside this package still pass; everything else is the dataclass's own
@@ -67,6 +69,7 @@ class Detections:
         image_size: tuple[int, int] | None = None,
         *,
         prompt: str | None = None,
+        masks: ArrayLike | None = None,
     ) -> None:
         self.boxes, self.scores = np.asarray(boxes), np.asarray(scores)
         self.phrases, self.labels = list(phrases), list(labels)
@@ -74,6 +77,7 @@ class Detections:
         self.phrase_scores = None if phrase_scores is None else np.asarray(phrase_scores)
         self.caption = caption if prompt is None else prompt
         self.image_size = image_size
+        self.masks = None if masks is None else np.asarray(masks, dtype=bool)
         self.__post_init__()
 
     def __post_init__(self) -> None:
@@ -93,6 +97,8 @@ class Detections:
                         ("class_ids", self.class_ids), ("phrase_ids", self.phrase_ids)):
             if len(v) != n:
                 raise InputError(f"Detections: {n} boxes but {len(v)} {name}; give one per box")
+        if self.masks is not None and (self.masks.ndim != 3 or len(self.masks) != n):
+            raise InputError(f"Detections: {n} boxes but masks of shape {self.masks.shape}; give (N, H, W)")
 
     # ------------------------------------------------------------------ container
     def __len__(self) -> int:
@@ -112,6 +118,7 @@ class Detections:
             class_ids=self.class_ids[idx],
             phrase_ids=self.phrase_ids[idx],
             phrase_scores=None if self.phrase_scores is None else self.phrase_scores[idx],
+            masks=None if self.masks is None else self.masks[idx],
         )
 
     def __repr__(self) -> str:
@@ -144,6 +151,8 @@ class Detections:
             phrase_scores=np.concatenate(ps) if scores_ok else None,  # type: ignore[arg-type]
             caption=parts[0].caption,
             image_size=parts[0].image_size,
+            masks=(np.concatenate([p.masks for p in parts])
+                   if all(p.masks is not None for p in parts) else None),
         )
 
     @property

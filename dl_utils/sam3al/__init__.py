@@ -10,5 +10,17 @@ class table (:mod:`.image`). sam3 is imported only when this package is.
 """
 
 from .build import OFFICIAL, Sam3Spec, build_image_model, build_video_model, cuda_free
+from .checkpoint import load_sam3_checkpoint
+from .image import Exemplar, Sam3ImageEngine, exemplar_box
 
-__all__ = ["OFFICIAL", "Sam3Spec", "build_image_model", "build_video_model", "cuda_free"]
+__all__ = [
+    "OFFICIAL",
+    "Exemplar",
+    "Sam3ImageEngine",
+    "Sam3Spec",
+    "build_image_model",
+    "build_video_model",
+    "cuda_free",
+    "exemplar_box",
+    "load_sam3_checkpoint",
+]
