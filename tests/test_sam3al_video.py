@@ -14,7 +14,6 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -49,32 +48,33 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextlib.contextmanager
 def sam3_cpu_run() -> Iterator[None]:
-    import cv2
-    import torch
-    import sam3.perflib.connected_components as cc
+    """sam3's own code on the CPU: its CUDA placements moved (test-only) and the library's CPU
+    fallbacks (pinning, connected components) that our session runs under too."""
+    from dl_utils.sam3al.cpu import cpu_fallbacks
 
-    def single(values: Any) -> Any:  # skimage.measure.label's 8-connectivity, via OpenCV
-        n, labels = cv2.connectedComponents(values.cpu().numpy().astype(np.uint8), connectivity=8)
-        lab = torch.from_numpy(labels.astype(np.int64))
-        counts = torch.zeros_like(lab)
-        for i in range(1, n):
-            cur = lab == i
-            counts[cur] = cur.sum()
-        return lab, counts
-
-    orig = cc.connected_components_cpu
-
-    def batch(x: Any) -> Any:
-        if x.shape[0] == 0:
-            z = torch.zeros(x.shape, dtype=torch.int64, device=x.device)
-            return z, z.clone()
-        return orig(x)
-
-    with sam3_on_device("cpu"), \
-            mock.patch.object(torch.Tensor, "pin_memory", lambda self, *a, **k: self), \
-            mock.patch.object(cc, "connected_components_cpu_single", single), \
-            mock.patch.object(cc, "connected_components_cpu", batch):
+    with sam3_on_device("cpu"), cpu_fallbacks("cpu"):
         yield
+
+
+def test_cpu_connected_components_match_scipy_sizes_and_take_an_empty_batch():
+    import scipy.ndimage as ndi
+    import torch
+
+    from dl_utils.sam3al.cpu import _connected_components_cpu
+
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.random((3, 1, 20, 24)) > 0.6)
+    labels, sizes = _connected_components_cpu(x)
+    assert labels.shape == sizes.shape == x.shape
+    for b in range(3):
+        ref, n = ndi.label(x[b, 0].numpy(), structure=np.ones((3, 3)))
+        want = np.zeros_like(ref)
+        for i in range(1, n + 1):
+            want[ref == i] = (ref == i).sum()
+        assert np.array_equal(sizes[b, 0].numpy(), want)
+        assert labels[b, 0].max().item() == n
+    z_labels, z_sizes = _connected_components_cpu(torch.zeros((0, 1, 5, 5), dtype=torch.bool))
+    assert z_labels.shape == z_sizes.shape == (0, 1, 5, 5)
 
 
 def reference(model: Any, folder: Path, phrase: str) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:

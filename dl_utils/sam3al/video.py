@@ -336,12 +336,14 @@ class Sam3VideoSession:
     def _model_settings(self) -> Iterator[None]:
         """The options' thresholds on the shared model while this session drives it, then the old ones.
 
-        Also bfloat16 autocast on the model's device: sam3's tracker enters a CUDA bf16 autocast at
-        construction and never leaves it (``Sam3TrackerPredictor.__init__``), and its detector casts
+        Also sam3's CPU fallbacks (:mod:`dl_utils.sam3al.cpu`) off CUDA, and bfloat16 autocast on the
+        model's device: sam3's tracker enters a CUDA bf16 autocast at construction and never leaves it (``Sam3TrackerPredictor.__init__``), and its detector casts
         the tracker's backbone features to bf16, so the model only runs inside such a context. Autocast
         state is per thread, so a session driven from another thread (the widget) would fail without it.
         """
         import torch
+
+        from .cpu import cpu_fallbacks
 
         over = self.options.model_overrides()
         old = {k: getattr(self.model, k) for k in over}
@@ -349,7 +351,7 @@ class Sam3VideoSession:
             for k, v in over.items():
                 setattr(self.model, k, v)
             with torch.inference_mode(), torch.autocast(device_type=self.model.device.type,
-                                                        dtype=torch.bfloat16):
+                                                        dtype=torch.bfloat16), cpu_fallbacks(self.model.device):
                 yield
         finally:
             for k, v in old.items():
