@@ -218,3 +218,23 @@ def test_bad_files_are_one_line_model_errors(tmp_path, official_layout_file, tin
     _one_line_model_error(image, tmp_path / "absent.pt", match="not found")
     assert capsys.readouterr().out == ""
     assert msg
+
+
+def test_tiny_instance_interactivity_runs() -> None:
+    """The instance predictor's feature sizes follow the spec (upstream hard-codes 288/144/72):
+    a click on the tiny image+instance model gives three full-size masks."""
+    import numpy as np
+    from PIL import Image
+    from sam3.model.sam3_image_processor import Sam3Processor
+
+    from tests.sam3_fixtures import build_tiny_image
+
+    model = build_tiny_image(inst=True)
+    proc = Sam3Processor(model, resolution=tiny_spec().image_size, device="cpu")
+    img = (np.random.default_rng(0).random((90, 120, 3)) * 255).astype(np.uint8)
+    with sam3_on_device("cpu"):
+        state = proc.set_image(Image.fromarray(img))
+        masks, scores, _ = model.predict_inst(
+            state, point_coords=np.array([[60, 45]]), point_labels=np.array([1]), multimask_output=True
+        )
+    assert masks.shape == (3, 90, 120) and scores.shape == (3,)
