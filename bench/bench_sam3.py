@@ -168,35 +168,27 @@ def mp4_clip(n: int, size: tuple[int, int]) -> Path:
 
 
 @contextlib.contextmanager
-def sam3_cpu() -> Iterator[None]:
-    """The patches tests/test_sam3al_video.py runs sam3 under on CPU (both sides get them)."""
-    import cv2
-    import sam3.perflib.connected_components as cc
-    import torch
+def sam3_cpu(fallbacks: str = "session") -> Iterator[None]:
+    """What sam3 needs on CPU, as tests/test_sam3al_video.py runs it.
 
+    Always ``tests.sam3_fixtures.sam3_on_device("cpu")`` (sam3's CUDA placements by name, and
+    ``pin_memory`` patched to a no-op). ``fallbacks="session"``: also
+    :func:`dl_utils.sam3al.cpu.cpu_fallbacks`, what the session enters itself (OpenCV connected
+    components, and ``cuda_free()``: a ``TorchFunctionMode`` that sees every torch call) - the
+    baseline then runs under exactly the session's patches. ``"patch"``: the same connected components
+    patched in, no function mode (the cheapest way to run sam3's own path on CPU).
+    """
+    import sam3.perflib.connected_components as cc
+
+    from dl_utils.sam3al import cpu
     from tests.sam3_fixtures import sam3_on_device
 
-    def single(values: Any) -> Any:  # skimage.measure.label's 8-connectivity, via OpenCV
-        n, labels = cv2.connectedComponents(values.cpu().numpy().astype(np.uint8), connectivity=8)
-        lab = torch.from_numpy(labels.astype(np.int64))
-        counts = torch.zeros_like(lab)
-        for i in range(1, n):
-            cur = lab == i
-            counts[cur] = cur.sum()
-        return lab, counts
-
-    orig = cc.connected_components_cpu
-
-    def batch(x: Any) -> Any:
-        if x.shape[0] == 0:
-            z = torch.zeros(x.shape, dtype=torch.int64, device=x.device)
-            return z, z.clone()
-        return orig(x)
-
-    with sam3_on_device("cpu"), \
-            mock.patch.object(torch.Tensor, "pin_memory", lambda self, *a, **k: self), \
-            mock.patch.object(cc, "connected_components_cpu_single", single), \
-            mock.patch.object(cc, "connected_components_cpu", batch):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(sam3_on_device("cpu"))
+        if fallbacks == "session":
+            stack.enter_context(cpu.cpu_fallbacks("cpu"))
+        elif fallbacks == "patch":
+            stack.enter_context(mock.patch.object(cc, "connected_components_cpu", cpu._connected_components_cpu))
         yield
 
 
@@ -228,7 +220,7 @@ def hwm_mb() -> float:
 
 # ------------------------------------------------------------------------------------ runners
 def run_theirs(model: Any, folder: Path, prompt: str, over: dict[str, float], *, keep: bool = False,
-               sample_every: int = 0) -> dict[str, Any]:
+               sample_every: int = 0, fallbacks: str = "session") -> dict[str, Any]:
     """sam3's own path: init_state (all frames loaded) + add_prompt + propagate_in_video."""
     import torch
 
@@ -236,7 +228,7 @@ def run_theirs(model: Any, folder: Path, prompt: str, over: dict[str, float], *,
     samples: list[tuple[int, float]] = []
     n = 0
     t0 = time.perf_counter()
-    with sam3_cpu(), model_thresholds(model, over), torch.inference_mode(), \
+    with sam3_cpu(fallbacks), model_thresholds(model, over), torch.inference_mode(), \
             torch.autocast("cpu", dtype=torch.bfloat16):
         st = model.init_state(resource_path=str(folder), offload_video_to_cpu=True)
         t1 = time.perf_counter()
@@ -276,7 +268,7 @@ def run_ours(model: Any, source: Path, prompt: str, over: dict[str, float], stor
 
     db = store_dir / f"ours_{os.getpid()}_{time.monotonic_ns()}.sqlite"
     t0 = time.perf_counter()
-    with sam3_cpu():
+    with sam3_cpu("none"):  # the session enters cpu_fallbacks itself
         ses = Sam3VideoSession(model, str(source), str(db), prompt, options=Sam3VideoOptions(**over))
         t1 = time.perf_counter()
         res = ses.propagate(callback=cb)
@@ -306,18 +298,21 @@ def throughput(args: argparse.Namespace, model: Any, tmp: Path) -> dict[str, Any
     warm = jpeg_clip(4, args.clip)
     run_theirs(model, warm, args.prompt, over)
     run_ours(model, warm, args.prompt, over, tmp)
-    theirs, ours = [], []
+    theirs, ours, bare = [], [], []
+    whos = ["theirs", "ours"] + ([] if args.no_bare else ["bare"])
     for r in range(args.repeats):
         first = r == 0
-        order = (("theirs", "ours") if r % 2 == 0 else ("ours", "theirs"))
-        for who in order:
+        for who in (whos if r % 2 == 0 else whos[::-1]):
             if who == "theirs":
                 theirs.append(run_theirs(model, folder, args.prompt, over, keep=first))
+            elif who == "bare":
+                bare.append(run_theirs(model, folder, args.prompt, over, keep=first, fallbacks="patch"))
             else:
                 ours.append(run_ours(model, folder, args.prompt, over, tmp, keep=first))
         print(f"  repeat {r + 1}: theirs {theirs[-1]['total_s']:.2f} s (init {theirs[-1]['init_s']:.2f}), "
-              f"ours {ours[-1]['total_s']:.2f} s (init {ours[-1]['init_s']:.2f})", flush=True)
-    same = theirs[0]["objects"] == ours[0]["objects"]
+              f"ours {ours[-1]['total_s']:.2f} s (init {ours[-1]['init_s']:.2f})"
+              + (f", theirs without the function mode {bare[-1]['total_s']:.2f} s" if bare else ""), flush=True)
+    same = theirs[0]["objects"] == ours[0]["objects"] and (not bare or bare[0]["objects"] == ours[0]["objects"])
     if not same:
         print("  WARNING: the two paths' objects differ on some frame (first repeat)", flush=True)
     med = {k: {who: statistics.median(x[k] for x in runs) for who, runs in (("theirs", theirs), ("ours", ours))}
@@ -334,6 +329,10 @@ def throughput(args: argparse.Namespace, model: Any, tmp: Path) -> dict[str, Any
     }
     res["ratio"] = res["ours_fps"] / res["theirs_fps"]
     res["propagate_ratio"] = res["ours_propagate_fps"] / res["theirs_propagate_fps"]
+    if bare:
+        res["bare_s"] = [x["total_s"] for x in bare]
+        res["bare_fps"] = n / statistics.median(res["bare_s"])
+        res["ratio_vs_bare"] = res["ours_fps"] / res["bare_fps"]
     return res
 
 
@@ -514,6 +513,8 @@ def main() -> None:
     ap.add_argument("--sample-every", type=int, default=50, help="RSS sample spacing in frames (memory)")
     ap.add_argument("--memory-who", default="ours,theirs",
                     help="memory: whose runs (ours,theirs; theirs at 1,000 frames takes as long as ours)")
+    ap.add_argument("--no-bare", action="store_true",
+                    help="throughput: skip the third run (theirs without the session's TorchFunctionMode)")
     ap.add_argument("--skip", default="", help="comma list: throughput,memory,compare")
     ap.add_argument("--profile", action="store_true", help="print a cProfile of one run of ours")
     ap.add_argument("--json", default=None, help="write the results here")
@@ -567,6 +568,9 @@ def main() -> None:
                      f"({t['objects_per_frame']:.1f} obj/frame)",
                      f"{t['ours_fps']:.2f} fps", f"{t['theirs_fps']:.2f} fps",
                      f"{t['ratio']:.3f}x (goal >= 0.95)"))
+        if "bare_fps" in t:
+            rows.append(("  theirs without cuda_free()'s TorchFunctionMode (plain patches; CPU only)",
+                         f"{t['ours_fps']:.2f} fps", f"{t['bare_fps']:.2f} fps", f"{t['ratio_vs_bare']:.3f}x"))
         rows.append(("  propagation only (theirs without init_state)", f"{t['ours_propagate_fps']:.2f} fps",
                      f"{t['theirs_propagate_fps']:.2f} fps", f"{t['propagate_ratio']:.3f}x"))
         dump()
