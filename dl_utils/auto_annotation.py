@@ -14,9 +14,10 @@ or from Python with cvat-sdk's own driver::
 
 Parameters of :func:`create` (``-p name=type:value``): ``text`` (the prompt; its phrases are the
 labels, matched by name to the task's labels), ``classes`` (a class table: labels and synonyms
-from it instead), ``shape`` (``mask``, default, or ``rectangle`` to skip SAM2), ``backend``,
+from it instead), ``shape`` (``mask``, default, or ``rectangle`` to skip SAM2), ``backend``
+(``groundingdino``, ``transformers``, or ``sam3``: SAM 3 finds the masks itself, no SAM2 is loaded),
 ``model`` (detector weights: file, folder, registry name or hub id), ``text_encoder`` (groundingdino
-backend: a local BERT folder), ``sam2`` (SAM2 model name), ``sam2_checkpoint`` (a checkpoint file for
+backend: a local BERT folder), ``bpe`` (sam3 backend: its tokenizer vocabulary file), ``sam2`` (SAM2 model name), ``sam2_checkpoint`` (a checkpoint file for
 it), ``image_size`` (SAM2 input size override), ``device``, ``box_threshold``, ``text_threshold``. cvat-sdk passes ``conf_threshold`` (detections below it are dropped) and
 ``conv_mask_to_poly`` (masks are sent as polygons) through the context.
 
@@ -58,14 +59,16 @@ class GroundedSamFunction:
     ``Detections``); ``segmenter`` follows :class:`dl_utils.samal.ImageSegmenter` (used through
     :func:`dl_utils.dinoal.segment_detections`), and may be ``None`` for ``shape="rectangle"``.
     ``labels`` are the label names the function declares (the detector's output labels); ``prompt``
-    the text handed to the detector (``None``: the detector's own).
+    the text handed to the detector (``None``: the detector's own). ``masks=True``: the detector
+    segments as it detects (SAM 3); its masks are sent and ``segmenter`` may be ``None``.
     """
 
     def __init__(self, detector: Detector, segmenter: ImageSegmenter | None = None, *, labels: Sequence[str],
-                 prompt: str | Prompt | None = None, shape: str = "mask") -> None:
+                 prompt: str | Prompt | None = None, shape: str = "mask", masks: bool = False) -> None:
         if shape not in SHAPES:
             raise InputError(f"shape {shape!r}: use one of {', '.join(SHAPES)}")
-        if shape == "mask" and segmenter is None:
+        self.masks = bool(masks)  # the detector's detections carry masks (SAM 3): no segmenter needed
+        if shape == "mask" and segmenter is None and not self.masks:
             raise InputError("shape='mask' needs a SAM2 segmenter; pass one or use shape='rectangle'")
         names = [str(n) for n in labels]
         if not names or len(set(names)) != len(names):
@@ -107,11 +110,15 @@ class GroundedSamFunction:
                 box = [float(v) for v in dets.boxes[k]]
                 out.append(cvataa.rectangle(self._ids[dets.labels[k]], box))
             return out
-        from .dinoal.pipeline import segment_detections
+        from .dinoal.pipeline import masked_instances, segment_detections
 
-        if self.segmenter is None:  # pragma: no cover  (__init__ refuses shape="mask" without one)
-            raise InputError("shape='mask' needs a SAM2 segmenter; pass one or use shape='rectangle'")
-        insts = segment_detections(self.segmenter, arr, dets)
+        if dets.masks is not None:  # the detector's own masks (SAM 3): no second segmenter
+            insts = masked_instances(dets, list(range(1, len(dets) + 1)))
+        elif self.segmenter is None:  # __init__ refuses shape="mask" without one unless masks=True
+            raise InputError("shape='mask' needs a SAM2 segmenter (these detections carry no masks); pass one "
+                             "or use shape='rectangle'")
+        else:
+            insts = segment_detections(self.segmenter, arr, dets)
         to_poly = bool(getattr(context, "conv_mask_to_poly", False))
         for k, inst in enumerate(insts):
             if inst.mask is None or not inst.mask.any():
@@ -139,13 +146,16 @@ def create(
     device: str | None = None,
     box_threshold: float | None = None,
     text_threshold: float | None = None,
+    bpe: str | None = None,
 ) -> GroundedSamFunction:
     """Build the function for cvat-cli's ``--function-module`` (see the module doc)."""
     from .drivers.options import DetectorOptions, SamOptions
 
     if text is None and classes is None:
         raise InputError('give the objects to find: -p text=str:"car. person" (or -p classes=str:TABLE.xlsx)')
-    opts = DetectorOptions(backend=backend, model=model, text_encoder=text_encoder, device=device, classes=classes)
+    opts = DetectorOptions(backend=backend, model=model, text_encoder=text_encoder, device=device, classes=classes,
+                           bpe=bpe)
+    opts.check_sam3()
     if box_threshold is not None:
         opts.box_threshold = float(box_threshold)
     if text_threshold is not None:
@@ -155,10 +165,11 @@ def create(
     prompt = detector.resolve_prompt(text)
     labels = _label_names(table, text, prompt.phrases)
     segmenter: ImageSegmenter | None = None
-    if shape == "mask":
+    sam3 = backend == "sam3"
+    if shape == "mask" and not sam3:
         segmenter = SamOptions(model=sam2, checkpoint=sam2_checkpoint, image_size=image_size,
                                device=device).image_segmenter()
-    return GroundedSamFunction(detector, segmenter, labels=labels, prompt=prompt, shape=shape)
+    return GroundedSamFunction(detector, segmenter, labels=labels, prompt=prompt, shape=shape, masks=sam3)
 
 
 def _label_names(table: ClassTable | None, text: str | None, phrases: Sequence[str]) -> list[str]:

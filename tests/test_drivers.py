@@ -41,7 +41,8 @@ BEFORE = {
         '--text': ('text', None, 'None', None, True, '_StoreAction'),
         '--out': ('out', None, 'None', None, True, '_StoreAction'),
         '--every': ('every', None, 'int', None, False, '_StoreAction'),
-        '--backend': ('backend', 'groundingdino', 'None', ('groundingdino', 'transformers'), False, '_StoreAction'),
+        '--backend': ('backend', 'groundingdino', 'None', ('groundingdino', 'transformers', 'sam3'), False,
+                      '_StoreAction'),  # sam3: issue 17
         '--model': ('model', None, 'None', None, False, '_StoreAction'),
         '--box-threshold': ('box_threshold', 0.35, 'float', None, False, '_StoreAction'),
         '--text-threshold': ('text_threshold', 0.25, 'float', None, False, '_StoreAction'),
@@ -49,6 +50,7 @@ BEFORE = {
         '--classes': ('classes', None, 'None', None, False, '_StoreAction'),
         '--device': ('device', None, 'None', None, False, '_StoreAction'),
         '--text-encoder': ('text_encoder', None, 'None', None, False, '_StoreAction'),
+        '--bpe': ('bpe', None, 'None', None, False, '_StoreAction'),  # issue 17: SAM 3's vocabulary
         '--no-track': ('track', True, 'None', None, False, '_StoreFalseAction'),
         '--max-gap': ('max_gap', 30, 'int', None, False, '_StoreAction'),
         '--max-objects': ('max_objects', None, 'int', None, False, '_StoreAction'),
@@ -66,12 +68,14 @@ BEFORE = {
         '--cvat-shape': ('cvat_shape', 'mask', 'None', ('mask', 'polygon', 'box'), False, '_StoreAction'),
         '--direction': ('direction', 'both', 'None', ('forward', 'backward', 'both'), False, '_StoreAction'),
         '--every': ('every', None, 'int', None, False, '_StoreAction'),
-        '--backend': ('backend', 'groundingdino', 'None', ('groundingdino', 'transformers'), False, '_StoreAction'),
+        '--backend': ('backend', 'groundingdino', 'None', ('groundingdino', 'transformers', 'sam3'), False,
+                      '_StoreAction'),  # sam3: issue 17
         '--model': ('model', None, 'None', None, False, '_StoreAction'),
         '--box-threshold': ('box_threshold', 0.35, 'float', None, False, '_StoreAction'),
         '--text-threshold': ('text_threshold', 0.25, 'float', None, False, '_StoreAction'),
         '--classes': ('classes', None, 'None', None, False, '_StoreAction'),
         '--text-encoder': ('text_encoder', None, 'None', None, False, '_StoreAction'),
+        '--bpe': ('bpe', None, 'None', None, False, '_StoreAction'),  # issue 17: SAM 3's vocabulary
         '--max-gap': ('max_gap', 30, 'int', None, False, '_StoreAction'),
         '--max-objects': ('max_objects', None, 'int', None, False, '_StoreAction'),
         '--sam-model': ('sam_model', None, 'None', None, False, '_StoreAction'),

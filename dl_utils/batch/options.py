@@ -30,8 +30,10 @@ class BatchOptions:
         """Which loaded models a worker may reuse: equal keys, equal models (the per-process cache
         of :mod:`dl_utils.batch.worker`)."""
         d, s = self.detector, self.sam
-        return repr((d.backend, str(d.model), str(d.text_encoder), d.device, d.box_threshold, d.text_threshold,
-                     d.detector_size, str(d.classes), s.model_name, str(s.checkpoint), s.image_size, s.device))
+        # the threshold's type too: an untyped default means SAM 3's own threshold, the same value typed does not
+        return repr((d.backend, str(d.model), str(d.text_encoder), d.device, d.box_threshold,
+                     type(d.box_threshold).__name__, d.text_threshold, d.detector_size, str(d.classes), str(d.bpe),
+                     s.model_name, str(s.checkpoint), s.image_size, s.device))
 
 
 __all__ = ["BatchOptions"]

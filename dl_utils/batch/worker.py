@@ -10,7 +10,8 @@ itself :func:`~dl_utils.drivers.run.run_into_store` with the store ledger) on on
   ``out_dir`` whole: WAL merged, copied beside the target, then ``os.replace``d. A reader of
   ``out_dir`` sees the previous store or the new one, never a torn file; a failed source's partial
   store is published the same way, so the next attempt resumes from it;
-* **models once per process**: the SAM2 network, the detector and the image segmenter are kept in a
+* **models once per process**: the SAM2 network, the detector and the image segmenter (with
+  ``--backend sam3``: SAM 3's image and video models, and SAM2 only for clicks) are kept in a
   per-process cache keyed by :meth:`~dl_utils.batch.options.BatchOptions.cache_key`.
 """
 
@@ -72,9 +73,10 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg[0] if msg else ''}".rstrip(": ")
 
 
-def store_done(path: Path, src: BatchSource) -> bool:
-    """Whether the store at ``path`` records every step ``src`` asks for as done (the annotate ledger)."""
-    from ..drivers.run import steps
+def store_done(path: Path, src: BatchSource, backend: str | None = None) -> bool:
+    """Whether the store at ``path`` records every step ``src`` asks for as done (the annotate ledger),
+    by ``backend`` when given."""
+    from ..drivers.run import recorded_backend, steps
     from ..store import AnnotationStore
 
     if not path.is_file():
@@ -82,6 +84,7 @@ def store_done(path: Path, src: BatchSource) -> bool:
     try:
         with AnnotationStore.open(path, readonly=True) as st:
             led = steps(st)
+            rec = recorded_backend(st)
     except Exception:  # a store that does not open is not done: the run says why
         return False
     if src.points is not None and (led.get("points") or {}).get("status") != "done":
@@ -91,6 +94,10 @@ def store_done(path: Path, src: BatchSource) -> bool:
 
         t = led.get("text") or {}
         if t.get("status") != "done" or t.get("prompt") != parse_caption(src.text).caption:
+            return False
+        # another backend's finished store is not "done" for this one: the run refuses it, and the
+        # summary says why, instead of a silent "skipped"
+        if backend is not None and rec is not None and rec["backend"] != backend:
             return False
     return src.points is not None or src.text is not None
 
@@ -127,10 +134,16 @@ def _unlink_store(path: Path) -> None:
         Path(str(path) + suffix).unlink(missing_ok=True)
 
 
-def models_for(options: BatchOptions, *, video: bool, text: bool) -> dict[str, Any]:
+def models_for(options: BatchOptions, *, video: bool, text: bool, points: bool = True) -> dict[str, Any]:
     """This process's models for ``options`` (built on first use, then reused): the keyword
-    arguments :func:`~dl_utils.drivers.annotate.annotate` takes pre-built models through."""
+    arguments :func:`~dl_utils.drivers.annotate.annotate` takes pre-built models through.
+
+    With ``--backend sam3`` the text step needs SAM 3 alone (its video model on video, its image
+    model on images) and SAM2 is built only for ``points`` on images (clicks on video are refused
+    with SAM 3 by the driver, so nothing is built for them here)."""
     cache = _MODELS.setdefault(options.cache_key(), {})
+    if options.detector.backend == "sam3":
+        return _sam3_models_for(options, cache, video=video, text=text, points=points)
     s = options.sam
     if video and "sam_video" not in cache:
         from ..sam2_loader import build_sam2_model
@@ -144,6 +157,33 @@ def models_for(options: BatchOptions, *, video: bool, text: bool) -> dict[str, A
     out: dict[str, Any] = {"sam_video_model": cache["sam_video"]} if video else {"segmenter": cache["segmenter"]}
     if text:
         out["detector"] = cache["detector"]
+    return out
+
+
+def _sam3_models_for(options: BatchOptions, cache: dict[str, Any], *, video: bool, text: bool,
+                     points: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    d = options.detector
+    if text and video and not points:  # with points the driver refuses before it needs a model
+        if "sam3_video" not in cache:
+            cache["sam3_video"] = d.build_sam3("video")
+        out["sam3_video_model"] = cache["sam3_video"]
+    if text and not video:
+        if "sam3_image" not in cache:
+            cache["sam3_image"] = d.build_sam3("image")
+        out["sam3_model"] = cache["sam3_image"]
+    if points and not video:
+        if "segmenter" not in cache:
+            cache["segmenter"] = options.sam.image_segmenter()
+        out["segmenter"] = cache["segmenter"]
+    if points and video and not text:  # clicks alone: SAM2's video path, whatever --backend says
+        if "sam_video" not in cache:
+            from ..sam2_loader import build_sam2_model
+
+            s = options.sam
+            cache["sam_video"] = build_sam2_model(s.model_name, s.checkpoint, image_size=s.image_size,
+                                                  device=s.device, video=True)
+        out["sam_video_model"] = cache["sam_video"]
     return out
 
 
@@ -190,7 +230,7 @@ def run_source(src: BatchSource, options: BatchOptions, work_dir: Path, out_dir:
     t0 = time.perf_counter()
     target = Path(out_dir) / src.store_name
     res = SourceResult(name=src.name, store=str(target), status="failed", attempt=attempt, worker=worker_name())
-    if store_done(target, src):
+    if store_done(target, src, options.detector.backend):
         res.status = "skipped"
         res.objects, res.frames = _counts(target)
         return res
@@ -225,7 +265,7 @@ def _annotate(src: BatchSource, options: BatchOptions, work: Path) -> dict[str, 
 
     with open_frames(src.source) as fs:  # image folder or video: which models annotate will ask for
         video = fs.kind == "video"
-    models = models_for(options, video=video, text=src.text is not None)
+    models = models_for(options, video=video, text=src.text is not None, points=src.points is not None)
     return annotate(src.source, work, text=src.text, points=src.points, detector_options=options.detector,
                     sam=options.sam, track=options.track, progress=options.progress, **models)
 

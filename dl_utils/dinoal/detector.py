@@ -36,7 +36,10 @@ from .detections import (
 )
 from .caption import Caption, LabelMapper, parse_caption
 
-BACKENDS = ("groundingdino", "transformers")
+#: the text engines of the drivers' ``--backend``: the first two give boxes (SAM2 makes masks and tracks);
+#: ``sam3`` is SAM 3, which detects, segments and tracks alone (built by
+#: :meth:`dl_utils.drivers.options.DetectorOptions.build`, not by :func:`load_detector`)
+BACKENDS = ("groundingdino", "transformers", "sam3")
 
 
 @runtime_checkable
@@ -236,6 +239,10 @@ def load_detector(
             raise InputError("image_size applies to the groundingdino backend; the transformers processor "
                              "resizes as its preprocessor_config.json says")
         be = TransformersBackend(model, device=device, download=download)
+    elif backend == "sam3":
+        raise InputError("backend 'sam3' is not a GroundingDINO backend: build it with "
+                         "dl_utils.drivers.options.DetectorOptions(backend='sam3').build() (or "
+                         "dl_utils.sam3al.image.Sam3ImageEngine)")
     else:
         raise InputError(f"backend {backend!r}: use one of {', '.join(BACKENDS)}")
     return GroundedDetector(be, **options)

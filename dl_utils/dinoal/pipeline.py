@@ -110,12 +110,20 @@ def store_detections(
     classes: ClassTable | None = None,
     run_id: int | None = None,
     model: str | None = None,
+    engine: str | None = None,
 ) -> Instances:
     """Write one frame's detections: new objects, then box-only or (with ``segmenter``) masked
-    instances in one transaction. Returns what was written."""
+    instances in one transaction. Returns what was written.
+
+    Detections that carry their own ``masks`` (SAM 3 segments as it detects) are written with those
+    masks as they are and ``segmenter`` is not called: a second segmenter would replace the engine's
+    masks with another model's. ``engine`` names that engine in the provenance (default: the
+    detections' own, GroundingDINO's)."""
     objs = add_detection_objects(store, dets, classes)
     ids = [o.id for o in objs]
-    if segmenter is not None:
+    if dets.masks is not None:
+        insts = masked_instances(dets, ids, frame=frame, model=model, engine=engine)
+    elif segmenter is not None:
         if image is None:
             raise InputError("segmenting detections needs the image; pass image=")
         insts = segment_detections(segmenter, image, dets, ids, frame=frame, detector=model)
@@ -123,6 +131,28 @@ def store_detections(
         insts = dets.to_instances(ids, frame=frame, model=model)
     store.write_frame(frame, list(insts), run_id=run_id)
     return insts
+
+
+def masked_instances(dets: Detections, object_ids: Sequence[int], *, frame: int | None = None,
+                     model: str | None = None, engine: str | None = None) -> Instances:
+    """Instances of detections that carry masks (an engine that segments, SAM 3): each mask as the
+    engine gave it, its box derived from the mask (what the store keeps for every mask), the
+    detector's score, label and provenance (``engine`` replacing GroundingDINO's name there)."""
+    from ..annotations import Source
+
+    if dets.masks is None:
+        raise InputError("these detections carry no masks; segment their boxes (segment_detections)")
+    ids = [int(i) for i in object_ids]
+    if len(ids) != len(dets):
+        raise InputError(f"{len(dets)} detections but {len(ids)} object ids; give one id per detection")
+    out = []
+    for k, oid in enumerate(ids):
+        prov = dets.provenance(k, model=model)
+        if engine is not None:
+            prov = replace(prov, engine=engine)
+        out.append(Instance(oid, mask=dets.masks[k], score=float(dets.scores[k]), source=Source.AUTO,
+                            label=dets.labels[k], provenance=prov))
+    return Instances(out, frame=frame)
 
 
 # ----------------------------------------------------------------------------- frames
@@ -186,6 +216,7 @@ __all__ = [
     "add_detection_objects",
     "detect_frames",
     "ensure_labels",
+    "masked_instances",
     "segment_detections",
     "store_detections",
     "with_detection",

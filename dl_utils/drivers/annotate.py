@@ -11,6 +11,9 @@ Steps, each driven by the library and each safe to run again (the store is the l
    enter (:class:`~dl_utils.dinoal.video.GroundedVideoTracker`). Clicked objects are taken over by
    the tracker, so the detector does not start them a second time. An interrupted run resumes on the
    same keyframe grid; a finished one is not run again.
+   With ``--backend sam3`` SAM 3 alone finds, segments and tracks the objects (every frame, its own
+   tracker; clicks on video are refused with it). A store keeps the backend of its first text run:
+   another one is refused (use a new ``--out``).
 3. **CVAT** (``--cvat-task``): the store is pushed to the task (idempotent: only what changed).
 
 Image folders are not tracked: clicks and detections are segmented image by image. Steps 1 and 2 are
@@ -86,19 +89,23 @@ def run_annotate(
     sam_video_model: Any = None,
     segmenter: ImageSegmenter | None = None,
     connection: CvatConnection | None = None,
+    bpe: str | os.PathLike[str] | None = _D.bpe,
+    sam3_model: Any = None,
+    sam3_video_model: Any = None,
 ) -> dict[str, Any]:
     """Run the steps of the module doc; return a summary (:func:`annotate`, loose arguments).
-    Pre-built models and a CVAT connection may be passed in (notebooks, tests)."""
+    Pre-built models (SAM 3's too: ``sam3_model``, ``sam3_video_model``) and a CVAT connection may
+    be passed in (notebooks, tests)."""
     return annotate(
         source, out, text=text, points=points, cvat_task=cvat_task, cvat_shape=cvat_shape,
         detector_options=DetectorOptions(backend=backend, model=model, box_threshold=box_threshold,
                                          text_threshold=text_threshold, text_encoder=text_encoder,
-                                         device=device, classes=classes),
+                                         device=device, classes=classes, bpe=bpe),
         sam=SamOptions(model=sam_model, checkpoint=sam_checkpoint, image_size=image_size, device=device,
                        direction=direction),
         track=TrackOptions(every=every, max_gap=max_gap, max_objects=max_objects),
         progress=progress, detector=detector, sam_video_model=sam_video_model, segmenter=segmenter,
-        connection=connection,
+        connection=connection, sam3_model=sam3_model, sam3_video_model=sam3_video_model,
     )
 
 
@@ -118,14 +125,17 @@ def annotate(
     sam_video_model: Any = None,
     segmenter: ImageSegmenter | None = None,
     connection: CvatConnection | None = None,
+    sam3_model: Any = None,
+    sam3_video_model: Any = None,
 ) -> dict[str, Any]:
-    """:func:`run_annotate` with the options objects. Input is checked before any model is loaded."""
+    """:func:`run_annotate` with the options objects. Input is checked before any model is loaded
+    (another backend recorded in an existing store included)."""
     from ..dinoal.pipeline import ensure_labels
     from ..dinoal.caption import parse_caption
     from ..sam2al import load_prompts
     from ..store import AnnotationStore
     from ..video_utils import open_frames
-    from .run import run_into_store
+    from .run import check_store_backend, run_into_store
 
     opts = detector_options or DetectorOptions()
     sam = sam or SamOptions()
@@ -135,9 +145,12 @@ def annotate(
     sam.check_direction()
     # everything that can be checked without models is checked before any is loaded
     track.check()
+    opts.check_sam3()
     caption = parse_caption(text) if text is not None else None
     entries = load_prompts(points) if points is not None else []
     table = opts.class_table()
+    if caption is not None:
+        check_store_backend(out, opts)
     t0 = time.perf_counter()
     summary: dict[str, Any] = {"store": str(out)}
     src = open_frames(source)
@@ -154,7 +167,7 @@ def annotate(
             res = run_into_store(src, store, prompt=caption, clicks=entries, clicks_file=points,
                                  detector=detector, detector_options=opts, sam=sam, track=track, table=table,
                                  ledger=True, sam_video_model=sam_video_model, segmenter=segmenter,
-                                 progress=progress)
+                                 progress=progress, sam3_model=sam3_model, sam3_video_model=sam3_video_model)
             summary.update(_step_summaries(res))
             if cvat_task is not None:
                 summary["cvat"] = _push(store, cvat_task, cvat_shape, connection)
@@ -182,6 +195,8 @@ def _step_summaries(res: dict[str, Any]) -> dict[str, Any]:
         else:
             out["text"] = {"status": text["status"], "objects": text["objects"], "ended": text["ended"],
                            "keyframes": len(text["keyframes"]), "detections": text["detections"]}
+            if "frames" in text:  # SAM 3: every frame detected, no keyframes
+                out["text"]["frames"] = text["frames"]
     return out
 
 

@@ -175,6 +175,7 @@ def _run_batch_cli(args: argparse.Namespace) -> int:
                            sam=SamOptions.from_args(args, command="annotate"), track=TrackOptions.from_args(args))
     options.track.check()
     options.sam.check_direction()
+    options.detector.check_sam3()  # --text-encoder etc. with --backend sam3: refused before any worker starts
     executor = make_executor(args)
     if args.verbose:
         print(f"{len(sources)} source(s) -> {args.out} ({args.executor} executor)", file=sys.stderr)

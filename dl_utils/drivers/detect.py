@@ -2,7 +2,8 @@
 
 A thin driver: the options come from :class:`DetectorOptions`, :class:`TrackOptions` and
 :class:`SamOptions`, the work from :func:`~dl_utils.drivers.run.run_into_store` (the path annotate and
-the widget take too). The engine pieces (``detect_frames``, ``store_detections``,
+the widget take too). With ``--backend sam3`` SAM 3 alone gives the masks (``--segment`` is implied)
+and, on video, tracks them on every frame. The engine pieces (``detect_frames``, ``store_detections``,
 ``segment_detections``) stay in :mod:`dl_utils.dinoal`.
 """
 
@@ -14,6 +15,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..errors import InputError
 from .options import DetectorOptions, SamOptions, SourceSpec, TrackOptions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,7 +31,8 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="image, image folder, glob, pattern or video")
     parser.add_argument("--text", required=True, help='what to find, e.g. "car. person. traffic light"')
     parser.add_argument("--out", required=True, help="annotation store (.sqlite); added to when it exists")
-    parser.add_argument("--segment", action="store_true", help="turn boxes into SAM2 masks")
+    parser.add_argument("--segment", action="store_true",
+                        help="turn boxes into SAM2 masks (--backend sam3: always masks, SAM 3's own)")
     DetectorOptions.add_arguments(parser, command="detect")
     TrackOptions.add_arguments(parser, command="detect")
     SamOptions.add_arguments(parser, command="detect")
@@ -60,6 +63,9 @@ def run_detect(
     sam_video_model: Any = None,
     progress: bool = True,
     detector_size: int | None = _D.detector_size,
+    bpe: str | os.PathLike[str] | None = _D.bpe,
+    sam3_model: Any = None,
+    sam3_video_model: Any = None,
 ) -> dict[str, Any]:
     """Detect (and optionally segment) into a store; return a summary (:func:`detect`, loose arguments).
 
@@ -67,16 +73,18 @@ def run_detect(
     object. Videos with ``track=True`` (the default): objects keep stable ids through the video —
     with ``segment`` SAM2 tracks masks between keyframes (:class:`~dl_utils.dinoal.video.GroundedVideoTracker`),
     without it keyframe boxes are linked (:func:`~dl_utils.dinoal.video.track_boxes`).
-    ``detector``/``segmenter``/``sam_video_model`` may be given pre-built (tests, notebooks).
+    ``detector``/``segmenter``/``sam_video_model`` may be given pre-built (tests, notebooks), and
+    with ``backend="sam3"`` ``sam3_model`` / ``sam3_video_model`` (SAM 3 image / video models).
     """
     return detect(
         source, out, text, segment=segment,
         detector_options=DetectorOptions(backend=backend, model=model, box_threshold=box_threshold,
                                          text_threshold=text_threshold, text_encoder=text_encoder,
-                                         device=device, detector_size=detector_size, classes=classes),
+                                         device=device, detector_size=detector_size, classes=classes, bpe=bpe),
         sam=SamOptions(model=sam_model, checkpoint=sam_checkpoint, image_size=image_size, device=device),
         track=TrackOptions(every=every, max_gap=max_gap, max_objects=max_objects, track=track),
         detector=detector, segmenter=segmenter, sam_video_model=sam_video_model, progress=progress,
+        sam3_model=sam3_model, sam3_video_model=sam3_video_model,
     )
 
 
@@ -93,42 +101,58 @@ def detect(
     segmenter: ImageSegmenter | None = None,
     sam_video_model: Any = None,
     progress: bool = True,
+    sam3_model: Any = None,
+    sam3_video_model: Any = None,
 ) -> dict[str, Any]:
     """:func:`run_detect` with the options objects. Everything that can fail without the store (counts,
-    the caption, the class table, the models) fails before the store is created."""
+    the caption, the class table, the models, another backend recorded in an existing store) fails
+    before the store is created or changed."""
     from ..dinoal.pipeline import ensure_labels
     from ..dinoal.caption import parse_caption
     from ..store import AnnotationStore
     from ..video_utils import open_frames
-    from .run import run_into_store
+    from .run import check_store_backend, run_into_store
 
     opts = detector_options or DetectorOptions()
     sam = sam or SamOptions()
     track = track or TrackOptions()
     track.check()
+    opts.check_sam3()
+    sam3 = opts.backend == "sam3"
+    segment = segment or sam3  # SAM 3 segments as it detects
     caption = parse_caption(text)  # an empty caption fails before any model is loaded
     table = opts.class_table()
+    check_store_backend(out, opts)
     src = open_frames(source)
     try:
         tracked = bool(track.track) and src.kind == "video"
-        every = track.every_for(tracked)
+        every = 1 if (sam3 and tracked) else track.every_for(tracked)
         media = src.media_info()
-        if detector is None:
-            detector = opts.build(table)
-        if segment and segmenter is None and not tracked:
+        if sam3 and tracked:
+            if track.every is not None:
+                raise InputError(f"--every {track.every}: SAM 3 detects on every frame of a video; leave "
+                                 "--every out with --backend sam3 (or use --no-track for independent keyframes)")
+            if sam3_video_model is None:
+                sam3_video_model = opts.build_sam3("video")
+        elif detector is None:
+            detector = opts.build(table) if not (sam3 and sam3_model is not None) else \
+                opts.sam3_detector(sam3_model, table)
+        if segment and segmenter is None and not tracked and not sam3:
             segmenter = sam.image_segmenter()
         t0 = time.perf_counter()
         store = AnnotationStore.open_or_create(out, media)  # an existing store must be for this media
         try:
             if table is not None:
                 ensure_labels(store, [], table)
-            run = store.begin_run("detect", {"text": caption.text, "backend": getattr(detector, "name", "?"),
+            run = store.begin_run("detect", {"text": caption.text,
+                                             "backend": opts.backend if sam3 else getattr(detector, "name", "?"),
                                              "every": every, "segment": bool(segment), "track": tracked})
             status = "failed"
             try:
                 res = run_into_store(src, store, prompt=caption, detector=detector, detector_options=opts, sam=sam,
                                      track=track, table=table, segment=segment, run_id=run,
-                                     sam_video_model=sam_video_model, segmenter=segmenter, progress=progress)
+                                     sam_video_model=sam_video_model, segmenter=segmenter, progress=progress,
+                                     sam3_video_model=sam3_video_model)
                 status = "done"
             except KeyboardInterrupt:
                 status = "cancelled"
@@ -136,7 +160,7 @@ def detect(
             finally:
                 store.finish_run(run, status)
             found = res["text"]
-            frames = len(found["keyframes"]) if tracked else found["frames"]
+            frames = found["frames"] if (not tracked or "frames" in found) else len(found["keyframes"])
             summary: dict[str, Any] = {
                 "store": str(out),
                 "frames": frames,

@@ -52,6 +52,20 @@ def _detector_default(name: str) -> Any:
     return inspect.signature(GroundedDetector.__init__).parameters[name].default
 
 
+class EngineDefault(float):
+    """A threshold the user did not set: equal to GroundingDINO's default, but it tells the SAM 3
+    backend to keep SAM 3's own (its released score threshold, 0.5), so ``--backend sam3`` alone
+    does not run SAM 3 at GroundingDINO's 0.35. A typed ``--box-threshold`` is a plain float and is
+    used by every backend. Pickles and prints as the float it is (batch workers, JSON summaries)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (EngineDefault, (float(self),))
+
+
+#: the SAM 3 defaults: ``--model`` (a registry name of :mod:`dl_utils.sam3_weights`)
+SAM3_DEFAULT_MODEL = "sam3"
+
+
 def _check(command: str) -> None:
     if command not in COMMANDS:
         raise ValueError(f"command {command!r}: use one of {', '.join(COMMANDS)}")
@@ -74,18 +88,19 @@ class DetectorOptions:
 
     backend: str = "groundingdino"
     model: PathLike | None = None
-    box_threshold: float = _detector_default("box_threshold")
+    box_threshold: float = EngineDefault(_detector_default("box_threshold"))
     text_threshold: float = _detector_default("text_threshold")
     text_encoder: PathLike | None = None
     device: str | None = None
     detector_size: int | None = None
     classes: PathLike | ClassTable | None = None
+    bpe: PathLike | None = None
 
     _HELP = {
         "model": {
             "detect": "groundingdino: .pth file, registry name or URL; transformers: save_pretrained folder, "
-                      "registry name or Hugging Face id",
-            "annotate": "detector weights: file, folder, registry name or hub id",
+                      "registry name or Hugging Face id; sam3: sam3.pt file or registry name (default sam3)",
+            "annotate": "detector weights: file, folder, registry name or hub id (sam3: sam3.pt or sam3)",
         },
         "text_encoder": {
             "detect": "groundingdino backend: local BERT folder (default: bert-base-uncased in the models folder)",
@@ -102,14 +117,23 @@ class DetectorOptions:
 
         _check(command)
         d = cls()
-        parser.add_argument("--backend", choices=BACKENDS, default=d.backend)
+        parser.add_argument("--backend", choices=BACKENDS, default=d.backend,
+                            help="groundingdino or transformers: boxes (SAM2 makes masks and tracks); sam3: "
+                                 "SAM 3 alone detects, segments and tracks (default groundingdino)")
         parser.add_argument("--model", default=d.model, help=cls._HELP["model"][command])
-        parser.add_argument("--box-threshold", type=float, default=d.box_threshold, dest="box_threshold")
-        parser.add_argument("--text-threshold", type=float, default=d.text_threshold, dest="text_threshold")
+        parser.add_argument("--box-threshold", type=float, default=d.box_threshold, dest="box_threshold",
+                            help=f"lowest box score kept (default {float(d.box_threshold)}); sam3: SAM 3's "
+                                 "score threshold (default: SAM 3's own, 0.5)")
+        parser.add_argument("--text-threshold", type=float, default=d.text_threshold, dest="text_threshold",
+                            help=f"GroundingDINO token threshold of a box's phrase (default {d.text_threshold}); "
+                                 "not used by sam3")
         parser.add_argument("--classes", default=d.classes,
                             help="class table (.csv/.xlsx) the labels must come from")
         parser.add_argument("--text-encoder", default=d.text_encoder, dest="text_encoder",
                             help=cls._HELP["text_encoder"][command])
+        parser.add_argument("--bpe", default=d.bpe, metavar="FILE",
+                            help="sam3 backend: the tokenizer vocabulary bpe_simple_vocab_16e6.txt.gz (default: "
+                                 "the one in the models folder, dl-utils models download sam3)")
         if device:
             add_device_argument(parser)
         if command == "detect":
@@ -130,13 +154,130 @@ class DetectorOptions:
             return ClassTable.load(c if isinstance(c, str) else Path(os.fsdecode(c)))
         return c
 
-    def build(self, table: ClassTable | None = None) -> GroundedDetector:
-        """The detector these options describe (``table``: the loaded class table, if any)."""
+    def build(self, table: ClassTable | None = None) -> GroundedDetector | Sam3Detector:
+        """The detector these options describe (``table``: the loaded class table, if any).
+
+        ``sam3``: the released SAM 3 image model (:meth:`build_sam3` ``"image"``) behind
+        :class:`Sam3Detector`, whose detections carry their masks."""
         from ..dinoal.detector import load_detector
 
+        if self.backend == "sam3":
+            return self.sam3_detector(self.build_sam3("image"), table)
         return load_detector(self.backend, self.model, text_encoder=self.text_encoder, device=self.device,
                              classes=table, box_threshold=self.box_threshold,
                              text_threshold=self.text_threshold, image_size=self.detector_size)
+
+    # ------------------------------------------------------------------ SAM 3
+    @property
+    def model_label(self) -> str:
+        """The model name the store records for the text step (``--model`` as given, else the backend's
+        default: ``sam3`` for SAM 3, the backend name for the others, whose default weights it names)."""
+        if self.model is not None:
+            return os.fspath(self.model)
+        return SAM3_DEFAULT_MODEL if self.backend == "sam3" else self.backend
+
+    def sam3_score_threshold(self) -> float | None:
+        """``box_threshold`` for SAM 3: None (SAM 3's own) unless the user set it."""
+        return None if isinstance(self.box_threshold, EngineDefault) else float(self.box_threshold)
+
+    def check_sam3(self) -> None:
+        """Refuse the GroundingDINO-only options with ``--backend sam3`` (before any file is read):
+        a silently ignored ``--text-encoder`` or ``--detector-size`` would look like it had an effect."""
+        if self.backend != "sam3":
+            if self.bpe is not None:
+                raise InputError(f"--bpe is the sam3 backend's tokenizer vocabulary; the {self.backend} backend "
+                                 "does not read it (drop --bpe or use --backend sam3)")
+            return
+        if self.text_encoder is not None:
+            raise InputError("--text-encoder applies to the groundingdino backend; SAM 3 reads its tokenizer "
+                             "vocabulary from --bpe")
+        if self.detector_size is not None:
+            raise InputError("--detector-size applies to the groundingdino backend; SAM 3 runs at its own "
+                             "input size (1008)")
+        t = self.sam3_score_threshold()
+        if t is not None and not 0.0 <= t < 1.0:
+            raise InputError(f"--box-threshold {t}: SAM 3's score threshold is a probability in [0, 1)")
+
+    def build_sam3(self, kind: str = "image") -> Any:
+        """The released SAM 3 ``"image"`` (single images) or ``"video"`` (tracking) model on ``device``.
+
+        The files are resolved first (:func:`dl_utils.sam3_weights.sam3_files`: a missing or foreign
+        ``--model`` is a one-line :class:`~dl_utils.errors.ModelError` before torch or sam3 is
+        imported), then the network is built at the official size and loaded strictly
+        (:func:`dl_utils.sam3al.checkpoint.load_sam3_checkpoint`)."""
+        from ..errors import ModelError
+        from ..sam3_weights import sam3_files
+
+        self.check_sam3()
+        files = sam3_files(self.model, bpe=self.bpe)
+        try:
+            from ..dinoal.backends import pick_device
+            from ..sam3al.build import OFFICIAL, build_image_model, build_video_model
+            from ..sam3al.checkpoint import load_sam3_checkpoint
+        except ImportError as e:
+            raise ModelError(f"--backend sam3 needs torch and sam3: pip install 'dl-utils[sam3]' ({e})") from None
+        dev = pick_device(self.device)
+        if kind == "image":
+            model = build_image_model(OFFICIAL, bpe_path=files.bpe, device=dev)
+        elif kind == "video":
+            model = build_video_model(OFFICIAL, bpe_path=files.bpe, device=dev)
+        else:
+            raise ValueError(f"kind {kind!r}: use 'image' or 'video'")
+        load_sam3_checkpoint(model, files.checkpoint, kind="image" if kind == "image" else "video")
+        return model
+
+    def sam3_detector(self, model: Any, table: ClassTable | None = None) -> Sam3Detector:
+        """:class:`Sam3Detector` over a built SAM 3 image model (the released one, or a test's tiny one)."""
+        from ..dinoal.backends import pick_device
+        from ..sam3al.image import Sam3ImageEngine
+
+        self.check_sam3()
+        t = self.sam3_score_threshold()
+        kw: dict[str, Any] = {} if t is None else {"score_threshold": t}
+        dev = next((p.device for p in model.parameters()), None) if self.device is None else pick_device(self.device)
+        engine = Sam3ImageEngine(model, device=dev if dev is not None else "cpu", classes=table, **kw)
+        return Sam3Detector(engine, name=self.model_label, classes=table)
+
+
+class Sam3Detector:
+    """SAM 3's image engine behind the :class:`~dl_utils.dinoal.detector.Detector` protocol.
+
+    Why: the drivers' image path, the auto-annotation function and notebooks call ``detect(image,
+    caption)`` on whatever detector the options built; with SAM 3 the returned detections carry
+    full-image ``masks``, which :func:`~dl_utils.dinoal.pipeline.store_detections` writes as they
+    are (no SAM2). ``engine`` is a :class:`~dl_utils.sam3al.image.Sam3ImageEngine`; ``name`` the model
+    the provenance and store record; ``classes`` the class table (a caption-less call prompts its
+    leaf classes, as :class:`~dl_utils.dinoal.detector.GroundedDetector` does).
+    """
+
+    #: the provenance ``engine`` of what it finds
+    engine_name = "sam3"
+
+    def __init__(self, engine: Any, *, name: str = SAM3_DEFAULT_MODEL, classes: ClassTable | None = None) -> None:
+        self.engine = engine
+        self.name = name
+        self.classes = classes
+
+    def resolve_caption(self, caption: Any = None) -> Any:
+        """The caption to run: the one given, else the class table's leaf classes."""
+        from ..dinoal.caption import parse_caption
+
+        if caption is not None:
+            return parse_caption(caption)
+        if self.classes is not None:
+            return parse_caption(self.classes.prompt(self.classes.leaves(), synonyms=True))
+        raise InputError("no prompt: pass one (e.g. \"car. person\") or build the detector with classes=")
+
+    resolve_prompt = resolve_caption
+
+    def detect(self, image: Any, prompt: Any = None) -> Any:
+        """SAM 3's labelled detections with masks on one RGB image."""
+        return self.engine.segment(image, self.resolve_caption(prompt))
+
+    def detect_batch(self, images: Sequence[Any], prompt: Any = None) -> list[Any]:
+        """:meth:`detect` image by image (SAM 3's image engine computes one image's features at a time)."""
+        caption = self.resolve_caption(prompt)
+        return [self.engine.segment(im, caption) for im in images]
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
@@ -331,6 +472,9 @@ class SamOptions:
 
 __all__ = [
     "COMMANDS",
+    "EngineDefault",
+    "SAM3_DEFAULT_MODEL",
+    "Sam3Detector",
     "DEFAULT_EVERY_TRACKED",
     "DEFAULT_MAX_GAP",
     "DEFAULT_SAM2",

@@ -13,6 +13,16 @@ and store, it picks the path and runs the steps.
   detections become new objects (:func:`~dl_utils.dinoal.pipeline.store_detections`), masks when a
   segmenter is given or ``segment`` is set.
 
+``backend="sam3"`` (:class:`DetectorOptions`): SAM 3 alone detects, segments and tracks. On images its
+detections carry their masks (written as they are; no SAM2 model is built for the text step); on the
+video path the text runs as a :class:`~dl_utils.sam3al.video.Sam3VideoSession` (every frame, SAM 3's
+own tracker) instead of the keyframe tracker, and no SAM2 session is opened. Clicks on video with a
+SAM 3 text step are refused (the session takes no clicks yet); clicks on images still go to SAM2.
+
+The text step's backend and model are recorded in the store (meta :data:`BACKEND_KEY`, at the first
+text run, with or without the ledger): a later text run with another backend is refused,
+since one store would then mix two engines' objects, ids and scores.
+
 ``span`` (``segment``) runs the clicks the way ``dl-utils segment`` does: on the video path whatever
 the source (an image folder is a sequence to SAM2's video model), every object of the store
 propagated within ``start..stop`` (not only the clicked ones), changed prompts' drops reported, and a
@@ -45,11 +55,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..dinoal.caption import Prompt
     from ..samal import ImageSegmenter
     from ..sam2al import VideoSession
-    from ..store import AnnotationStore
+    from ..store import AnnotationStore, StoreReader
     from ..video_utils import FrameSource
 
 #: store meta key: {step: {"status": ..., ...}} of the annotate runs on this store
 STEPS_KEY = "annotate.steps"
+#: store meta key: {"backend": ..., "model": ...} of the first text run into this store
+BACKEND_KEY = "text.backend"
 
 #: a click entry of a PROMPTS.json (:func:`dl_utils.sam2al.load_prompts`)
 Click = dict[str, Any]
@@ -98,6 +110,45 @@ def from_ranges(ranges: list[list[int]]) -> set[int]:
     return {f for a, b in ranges for f in range(int(a), int(b) + 1)}
 
 
+# ----------------------------------------------------------------------------- the backend record
+def recorded_backend(store: StoreReader) -> dict[str, Any] | None:
+    """The text backend recorded in ``store`` (``{"backend", "model"}``), None before any text run."""
+    got = store.get_meta(BACKEND_KEY)
+    return dict(got) if isinstance(got, dict) and got.get("backend") else None
+
+
+def check_backend(store: StoreReader, options: DetectorOptions) -> None:
+    """Refuse a text run whose backend differs from the one recorded in ``store``.
+
+    Why: each backend numbers, scores and tracks its objects its own way (SAM 3 its own ids on every
+    frame, the keyframe tracker SAM2's), and the annotate ledger and SAM 3's resume read the store as
+    their own; mixing two in one store would corrupt both. Stores from before the record are accepted."""
+    rec = recorded_backend(store)
+    if rec is not None and rec["backend"] != options.backend:
+        raise InputError(f"{store.path} was annotated with backend {rec['backend']}; use a new --out for "
+                         f"backend {options.backend}")
+
+
+def check_store_backend(path: str | os.PathLike[str], options: DetectorOptions) -> None:
+    """:func:`check_backend` on the store at ``path`` when it exists, read-only: the drivers call it
+    before loading a model (a 3.4 GB SAM 3 load should not precede the refusal)."""
+    from pathlib import Path
+
+    from ..store import AnnotationStore
+
+    if not Path(path).is_file():
+        return
+    with AnnotationStore.open(path, readonly=True) as st:
+        check_backend(st, options)
+
+
+def record_backend(store: AnnotationStore, options: DetectorOptions) -> None:
+    """Check, then record at the first text run, the backend and model of the text step."""
+    check_backend(store, options)
+    if recorded_backend(store) is None:
+        store.set_meta(BACKEND_KEY, {"backend": options.backend, "model": options.model_label})
+
+
 # ----------------------------------------------------------------------------- models
 def open_session(src: FrameSource, store: AnnotationStore, sam: SamOptions,
                  sam_video_model: Any = None) -> VideoSession:
@@ -134,6 +185,8 @@ def run_into_store(
     progress: bool = True,
     callback: Callable[[int, Instances], Any] | None = None,
     span: ClickSpan | None = None,
+    sam3_model: Any = None,
+    sam3_video_model: Any = None,
 ) -> dict[str, Any]:
     """Run ``clicks`` (PROMPTS.json entries) and ``prompt`` into ``store``; see the module doc.
 
@@ -144,10 +197,13 @@ def run_into_store(
     frame number (the widget's current image). ``session``: an open video session (the
     widget's; left open), else one is opened from ``sam`` and closed. ``callback(frame, instances)`` is
     called for every frame the tracker writes. ``span``: segment's propagation (see the module doc).
+    ``sam3_model`` / ``sam3_video_model``: pre-built SAM 3 image / video models for ``backend="sam3"``
+    (else the released one is built from ``detector_options`` when a step needs it).
 
     Returns ``{"tracked", "every", "resumed" (video), "points": {...}, "text": {...}}``: ``points``
     has ``applied`` (and, on video, ``objects``, ``frames_written``); ``text`` the tracker's summary
-    (``status``, ``objects``, ``ended``, ``keyframes``, ``detections``) or, on images, ``status``,
+    (``status``, ``objects``, ``ended``, ``keyframes``, ``detections``; SAM 3's session adds ``frames``,
+    the frames written, and has no keyframes: it detects on every frame) or, on images, ``status``,
     ``detections``, ``frames`` (detected now) and ``images`` (all finished ones, with ``ledger``).
     With ``span``, ``points`` also has ``dropped`` ({object: [frames]}) and ``propagation`` (the
     session's propagation summary).
@@ -163,12 +219,12 @@ def run_into_store(
         out.update(_video(src, store, prompt, list(clicks), where, detector=detector, options=detector_options,
                           sam=sam, track=track, table=table, segment=segment, ledger=ledger, run_id=run_id,
                           session=session, sam_video_model=sam_video_model, progress=progress,
-                          callback=callback, span=span))
+                          callback=callback, span=span, sam3_video_model=sam3_video_model))
     else:
         out.update(_images(src, store, prompt, list(clicks), where, detector=detector, options=detector_options,
                            sam=sam, every=out["every"], table=table, segment=segment, ledger=ledger,
                            run_id=run_id, frames=frames, images=images, segmenter=segmenter,
-                           progress=progress))
+                           progress=progress, sam3_model=sam3_model))
     return out
 
 
@@ -176,10 +232,21 @@ def _video(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clic
            detector: Detector | None, options: DetectorOptions, sam: SamOptions, track: TrackOptions,
            table: ClassTable | None, segment: bool, ledger: bool, run_id: int | None,
            session: VideoSession | None, sam_video_model: Any, progress: bool,
-           callback: Callable[[int, Instances], Any] | None, span: ClickSpan | None = None) -> dict[str, Any]:
+           callback: Callable[[int, Instances], Any] | None, span: ClickSpan | None = None,
+           sam3_video_model: Any = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     every = track.every_for(True)
-    own = session is None and (bool(clicks) or span is not None or (prompt is not None and segment))
+    sam3 = prompt is not None and options.backend == "sam3"
+    if sam3:
+        options.check_sam3()
+        if clicks or span is not None:
+            raise InputError(f"{where}: clicks with --backend sam3 on video are not supported yet (SAM 3's "
+                             "session takes a text prompt only); run the clicks into their own store, or use "
+                             "--backend groundingdino")
+        if track.every is not None:
+            raise InputError(f"--every {track.every}: SAM 3 detects on every frame of a video; leave --every "
+                             "out with --backend sam3 (or use --no-track for independent keyframes)")
+    own = session is None and (bool(clicks) or span is not None or (prompt is not None and segment and not sam3))
     if own:
         session = open_session(src, store, sam, sam_video_model)
     try:
@@ -192,6 +259,7 @@ def _video(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clic
             if ledger:
                 mark(store, "points", status="done", objects=out["points"]["objects"])
         if prompt is not None:
+            check_backend(store, options)  # before "already done": another backend's finished run is not ours
             done = steps(store).get("text") or {} if ledger else {}
             if done.get("status") == "done" and done.get("prompt") == prompt.caption:
                 out["text"] = {"status": "already done", **{k: v for k, v in done.items() if k != "status"}}
@@ -201,8 +269,19 @@ def _video(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clic
                     f"{store.path} was annotated with the text {done['prompt']!r}; use a new --out for "
                     f"{prompt.caption!r} (or export and merge)"
                 )
+            record_backend(store, options)
             if ledger:
                 mark(store, "text", status="running", prompt=prompt.caption)
+            if sam3:
+                res = text_into_video_sam3(src, store, prompt, options, table=table, model=sam3_video_model,
+                                           progress=progress, callback=callback)
+                if ledger:
+                    if res["status"] != "done":
+                        raise InputError(f"the text step stopped ({res['status']}); run again to resume")
+                    mark(store, "text", status="done", prompt=prompt.caption, objects=res["objects"],
+                         keyframes=0, frames=res["frames"])
+                out["text"] = res
+                return out
             det = detector or options.build(table)
             if segment:
                 from ..dinoal.video import GroundedVideoTracker
@@ -225,6 +304,43 @@ def _video(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clic
         if own and session is not None:
             session.close()
     return out
+
+
+def text_into_video_sam3(src: FrameSource, store: AnnotationStore, prompt: Prompt, options: DetectorOptions, *,
+                         table: ClassTable | None = None, model: Any = None, progress: bool = True,
+                         callback: Callable[[int, Instances], Any] | None = None) -> dict[str, Any]:
+    """The text step on video with SAM 3: a :class:`~dl_utils.sam3al.video.Sam3VideoSession` over
+    the whole source (``model``: a pre-built SAM 3 video model, else the released one from
+    ``options``), written frame by frame; a re-run resumes from the store (the session's replay).
+
+    Returns the keyframe tracker's summary keys (``status``, ``objects``, ``ended`` (empty: SAM 3
+    keeps no ended list), ``keyframes`` (empty: it detects on every frame), ``detections``: the
+    instances written) plus ``frames`` (frames written) and ``engine``. Phrases that map to no class
+    of ``table`` are an error (SAM 3 would spend a whole pass on a concept then dropped)."""
+    from tqdm.auto import tqdm
+
+    from ..sam3al.video import Sam3VideoOptions, Sam3VideoSession
+
+    options.check_sam3()
+    if model is None:
+        model = options.build_sam3("video")
+    session = Sam3VideoSession(model, src, store, prompt, classes=table, on_unknown="error",
+                               options=Sam3VideoOptions(score_threshold_detection=options.sam3_score_threshold()),
+                               model_name=options.model_label)
+    bar = tqdm(total=len(src), desc="sam3", unit="frame", disable=None if progress else True)
+
+    def each(frame: int, instances: Instances) -> Any:
+        bar.update(1)
+        return callback(frame, instances) if callback is not None else None
+
+    try:
+        with bar:
+            r = session.propagate(each)
+    finally:
+        session.close()  # the states and the decoded frames; the source reopens when read again
+    return {"status": r["status"], "objects": list(r.get("objects", [])), "ended": [], "keyframes": [],
+            "detections": int(r.get("instances_written", 0)), "frames": int(r.get("frames_written", 0)),
+            "frames_skipped": int(r.get("frames_skipped", 0)), "engine": "sam3", "seconds": r.get("seconds")}
 
 
 def clicks_into_video(session: VideoSession, clicks: list[Click], where: Any, *, direction: str,
@@ -259,19 +375,31 @@ def _images(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, cli
             detector: Detector | None, options: DetectorOptions, sam: SamOptions, every: int,
             table: ClassTable | None, segment: bool, ledger: bool, run_id: int | None,
             frames: Sequence[int] | None, images: Mapping[int, np.ndarray] | None,
-            segmenter: ImageSegmenter | None, progress: bool) -> dict[str, Any]:
-    """Image sets (and untracked video): every click entry and every image's detections on their own."""
+            segmenter: ImageSegmenter | None, progress: bool, sam3_model: Any = None) -> dict[str, Any]:
+    """Image sets (and untracked video): every click entry and every image's detections on their own.
+
+    With ``backend="sam3"`` the detections carry SAM 3's masks: a SAM2 segmenter is built only for
+    clicks, and the text step does not use it."""
     out: dict[str, Any] = {}
-    if segmenter is None and (clicks or (prompt is not None and segment)):
+    sam3 = prompt is not None and options.backend == "sam3"
+    if sam3:
+        options.check_sam3()
+    if segmenter is None and (clicks or (prompt is not None and segment and not sam3)):
         segmenter = sam.image_segmenter()
     if clicks:
         assert segmenter is not None
         out["points"] = clicks_into_images(src, store, segmenter, clicks, where, progress=progress)
     if prompt is not None:
-        det = detector or options.build(table)
-        out["text"] = text_into_images(src, store, det, prompt, segmenter=segmenter, table=table, every=every,
-                                       frames=frames, images=images, ledger=ledger, run_id=run_id,
-                                       progress=progress)
+        record_backend(store, options)
+        if detector is not None:
+            det = detector
+        elif sam3 and sam3_model is not None:
+            det = options.sam3_detector(sam3_model, table)
+        else:
+            det = options.build(table)
+        out["text"] = text_into_images(src, store, det, prompt, segmenter=None if sam3 else segmenter,
+                                       table=table, every=every, frames=frames, images=images, ledger=ledger,
+                                       run_id=run_id, progress=progress)
     return out
 
 
@@ -319,8 +447,9 @@ def text_into_images(src: FrameSource, store: AnnotationStore, detector: Detecto
                      frames: Sequence[int] | None = None, images: Mapping[int, np.ndarray] | None = None,
                      ledger: bool = False, run_id: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Detect on every ``every``-th image (or on ``frames``); each box a new object, a mask with
-    ``segmenter``. With ``ledger`` the finished images are recorded (positions among the source's
-    images) and skipped on the next run, under a store run of their own."""
+    ``segmenter`` (or the detector's own mask: SAM 3). With ``ledger`` the finished images are
+    recorded (positions among the source's images) and skipped on the next run, under a store run of
+    their own."""
     from tqdm.auto import tqdm
 
     from ..dinoal.pipeline import store_detections
@@ -343,7 +472,7 @@ def text_into_images(src: FrameSource, store: AnnotationStore, detector: Detecto
             frame = src.frame_numbers[i]
             dets = detector.detect(image, prompt)
             store_detections(store, frame, image, dets, segmenter=segmenter, classes=table, run_id=run,
-                             model=getattr(detector, "name", None))
+                             model=getattr(detector, "name", None), engine=getattr(detector, "engine_name", None))
             n += len(dets)
             n_frames += 1
             if ledger:
@@ -379,8 +508,14 @@ def _images_at(src: FrameSource, positions: list[int], known: Mapping[int, np.nd
 
 
 __all__ = [
+    "BACKEND_KEY",
     "STEPS_KEY",
     "ClickSpan",
+    "check_backend",
+    "check_store_backend",
+    "record_backend",
+    "recorded_backend",
+    "text_into_video_sam3",
     "clicks_into_images",
     "clicks_into_video",
     "from_ranges",
