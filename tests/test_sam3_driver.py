@@ -328,3 +328,38 @@ def test_batch_workers_build_sam3_alone(tmp_path: Path) -> None:
     src = BatchSource(source=tmp_path / "s", name="s", store_name="s.sqlite", text="bed")
     assert worker.store_done(path, src, "groundingdino") and worker.store_done(path, src)
     assert not worker.store_done(path, src, "sam3")
+
+
+@requires_sam3
+def test_models_built_from_files_without_injection(tiny_sam3_video_model: Any, images: Path,  # noqa: F811
+                                                   tmp_path: Path) -> None:
+    """``--model FILE --bpe FILE``: DetectorOptions.build_sam3 resolves the files, builds and loads
+    strictly (at the tiny spec here: OFFICIAL patched), and detect runs on what it built."""
+    import torch
+
+    from dl_utils.drivers.detect import detect
+    from dl_utils.sam3al.image import Sam3ImageEngine
+    from dl_utils.store import AnnotationStore
+    from dl_utils.video_utils import open_frames
+    from tests.sam3_fixtures import tiny_bpe_path, tiny_spec
+
+    ckpt = tmp_path / "sam3_tiny.pt"
+    torch.save({"model": tiny_sam3_video_model.state_dict()}, ckpt)  # the release's layout
+    o = opts(model=str(ckpt), bpe=str(tiny_bpe_path()), device="cpu", box_threshold=IMAGE_THRESHOLD)
+    # the tiny spec for OFFICIAL, and the tiny vocabulary passes the check of the real one's size
+    with mock.patch("dl_utils.sam3al.build.OFFICIAL", tiny_spec()), \
+            mock.patch("dl_utils.sam3_weights._check_bpe", lambda p, **kw: p):
+        video = o.build_sam3("video")
+        want = tiny_sam3_video_model.state_dict()
+        assert all(torch.equal(v, want[k]) for k, v in video.state_dict().items())
+        image = o.build_sam3("image")
+        out = tmp_path / "s.sqlite"
+        s = detect(images, out, "bed", detector_options=o, progress=False)
+    assert s["frames"] == 3 and s["segmented"]
+    engine = Sam3ImageEngine(image, score_threshold=IMAGE_THRESHOLD)
+    with open_frames(images) as src, AnnotationStore.open(out) as st:
+        for i, f in enumerate(src.frame_numbers):
+            d = engine.segment(src[i], "bed")
+            got = instances(st, f)
+            assert len(got) == len(d) and all(np.array_equal(g.mask, d.masks[k]) for k, g in enumerate(got))
+            assert all(g.provenance.detector == str(ckpt) for g in got)
