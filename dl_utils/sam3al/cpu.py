@@ -1,9 +1,12 @@
 """What sam3 0.1.4 needs to run where torch has no CUDA, scoped to the calls our engines make.
 
-sam3's inference assumes a GPU in two places beyond device placement:
+sam3's inference assumes a GPU:
 
-* ``Tensor.pin_memory`` raises without a CUDA driver (:func:`dl_utils.sam3al.build.cuda_free`
-  turns it into a no-op for the ``with`` block);
+* its tracker places tensors on CUDA by name (``tensor.cuda()`` on memory features,
+  ``storage_device = torch.device("cuda")`` for every tracker state, ``.to(storage_device)``);
+  inside :func:`cpu_fallbacks` a torch function mode sends those placements to the CPU (values are
+  unchanged: it only picks the device), and ``Tensor.pin_memory``, which raises without a CUDA
+  driver, returns the tensor itself;
 * its CPU connected-components fallback (``sam3.perflib.connected_components``, used by the video
   model's hole filling and sprinkle removal) imports scikit-image, which sam3 does not declare, and
   ``torch.stack``s an empty list on a frame with no masks to fill (a crash on every frame without new
@@ -19,11 +22,12 @@ device nothing is patched.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from unittest import mock
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 
 
 def _labels_and_sizes(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,18 +56,38 @@ def _connected_components_cpu(input_tensor: torch.Tensor) -> tuple[torch.Tensor,
     return labels.view(shape), sizes.view(shape)
 
 
+def _is_cuda(device: object) -> bool:
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    return isinstance(device, str) and device.split(":")[0] == "cuda"
+
+
+class _CudaOnCpu(TorchFunctionMode):
+    """``.cuda()``, ``.to("cuda")``/``.to(torch.device("cuda"))``, ``device="cuda"`` factories and
+    ``pin_memory()`` stay on the CPU while active (this thread, this block)."""
+
+    def __torch_function__(self, func: Callable[..., object], types: object,
+                           args: tuple[object, ...] = (), kwargs: dict[str, object] | None = None) -> object:
+        kwargs = dict(kwargs or {})
+        if func is torch.Tensor.cuda or func is torch.Tensor.pin_memory:
+            return args[0]
+        if func is torch.Tensor.to:
+            args = tuple("cpu" if _is_cuda(a) else a for a in args)
+        if _is_cuda(kwargs.get("device")):
+            kwargs["device"] = "cpu"
+        return func(*args, **kwargs)
+
+
 @contextlib.contextmanager
 def cpu_fallbacks(device: torch.device | str) -> Iterator[None]:
-    """Run sam3 inference on ``device``: on a CPU, pinning is a no-op and connected components come
-    from OpenCV (see the module doc); on CUDA, nothing changes."""
+    """Run sam3 inference on ``device``: on a CPU, CUDA placements stay on the CPU, pinning is a
+    no-op and connected components come from OpenCV (see the module doc); on CUDA, nothing changes."""
     if torch.device(device).type == "cuda":
         yield
         return
     import sam3.perflib.connected_components as cc
 
-    from .build import cuda_free
-
-    with cuda_free(), mock.patch.object(cc, "connected_components_cpu", _connected_components_cpu):
+    with _CudaOnCpu(), mock.patch.object(cc, "connected_components_cpu", _connected_components_cpu):
         yield
 
 
