@@ -5,12 +5,15 @@ needs CUDA in a few places and prints instead of failing on a bad checkpoint. Th
 sam3's networks and inference code as they are (so results equal upstream's) and adds what dl_utils
 needs around them: a size-parameterized build (:mod:`.build`: tests run a tiny random-weight model on
 CPU, users build the released one), a strict checkpoint loader with one-line errors
-(:mod:`.checkpoint`), and an image engine that returns dl_utils detections labelled from the job's
-class table (:mod:`.image`). sam3 is imported only when this package is.
+(:mod:`.checkpoint`), what sam3 needs to run without CUDA (:mod:`.cpu`), an image engine that returns
+dl_utils detections labelled from the job's class table (:mod:`.image`), and a video session that
+writes every phrase's instances into the store frame by frame (:mod:`.video`, frames decoded on demand
+by :mod:`.frames`). sam3 is imported only when this package is.
 """
 
 from .build import OFFICIAL, Sam3Spec, build_image_model, build_video_model, cuda_free
 from .checkpoint import load_sam3_checkpoint
+from .cpu import cpu_fallbacks
 from .image import Exemplar, Sam3ImageEngine, exemplar_box
 
 __all__ = [
@@ -20,6 +23,7 @@ __all__ = [
     "Sam3Spec",
     "build_image_model",
     "build_video_model",
+    "cpu_fallbacks",
     "cuda_free",
     "exemplar_box",
     "load_sam3_checkpoint",

@@ -26,7 +26,7 @@ from ..classes import ClassTable
 from ..dinoal.caption import Caption, LabelMapper, PhraseLabel, parse_caption
 from ..dinoal.detections import Detections
 from ..errors import InputError
-from .build import cuda_free
+from .cpu import cpu_fallbacks
 
 # the text upstream's add_geometric_prompt reads when a prompt has boxes and no text
 VISUAL_ONLY_TEXT = "visual"
@@ -145,7 +145,7 @@ class Sam3ImageEngine:
         text = "" if parsed is None else parsed.text
 
         parts: list[Detections] = []
-        with cuda_free(), torch.inference_mode():
+        with cpu_fallbacks(self.device), torch.inference_mode():
             state = self.processor.set_image(Image.fromarray(image))
             for k, pl in enumerate(plabels):
                 if pl.label is None:  # on_unknown="warn": dropped, already reported
