@@ -210,28 +210,10 @@ def download_dino(
         if source == "hf" and url is None:
             _models._download_hf(spec.hf_id, spec, force=force)  # type: ignore[arg-type]
         else:
-            _fetch_file(url or spec.url, dest, spec, force=force, progress=progress, timeout=timeout)
+            _models.fetch_to(url or spec.url, dest, spec, force=force, progress=progress, timeout=timeout)
     if text_encoder:
         download_dino(DEFAULT_TEXT_ENCODER, force=False, progress=progress)
     return dest
-
-
-def _fetch_file(url: str, dest: Path, spec: ModelSpec, *, force: bool, progress: bool,
-                timeout: float) -> None:
-    """``models._http_download`` into ``<dest>.part`` then the atomic rename, as models.download does."""
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ModelError(
-            f"cannot create the models folder {dest.parent} ({e}); set DL_UTILS_MODELS to a writable folder"
-        ) from None
-    part = dest.with_name(dest.name + ".part")
-    if force:
-        part.unlink(missing_ok=True)
-    _models._http_download(url, part, spec=spec, dest=dest, progress=progress, timeout=timeout,
-                           chunk_size=1 << 20)
-    dest.with_name(dest.name + ".sha256").unlink(missing_ok=True)  # recorded again at the next load
-    os.replace(part, dest)
 
 
 def _slug(repo_id: str) -> str:
@@ -290,7 +272,7 @@ def resolve_groundingdino_weights(
         if not dest.is_file():
             adhoc = spec or ModelSpec(name=name, family="groundingdino", config="GroundingDINO_SwinT_OGC.py",
                                       url=text, filename=name)
-            _fetch_file(text, dest, adhoc, force=False, progress=True, timeout=60.0)
+            _models.fetch_to(text, dest, adhoc, force=False, progress=True, timeout=60.0)
         return dest, spec
     p = Path(text).expanduser()
     if p.is_file():

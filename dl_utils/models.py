@@ -511,6 +511,15 @@ def download(
         return dest
     if url is None and (source == "hf" or text == spec.hf_id):
         return _download_hf(spec.hf_id, spec, force=force)  # type: ignore[arg-type]
+    fetch_to(url or spec.url, dest, spec, force=force, progress=progress, timeout=timeout, chunk_size=chunk_size)
+    return dest
+
+
+def fetch_to(url: str, dest: Path, spec: ModelSpec, *, force: bool = False, progress: bool = True,
+             timeout: float = 60.0, chunk_size: int = 1 << 20) -> None:
+    """The registry's resumable HTTP download of ``url`` into ``<dest>.part``, then the atomic rename
+    (every family's files: SAM2, GroundingDINO, SAM 3). The old digest record goes with the old file:
+    a new file's digest is recorded again at its first strict load or by the caller."""
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -520,12 +529,9 @@ def download(
     part = dest.with_name(dest.name + ".part")
     if force:
         part.unlink(missing_ok=True)
-    _http_download(url or spec.url, part, spec=spec, dest=dest, progress=progress, timeout=timeout,
-                   chunk_size=chunk_size)
-    sha = _sha_path(dest)
-    sha.unlink(missing_ok=True)  # a new file: its digest is recorded again at the first strict load
+    _http_download(url, part, spec=spec, dest=dest, progress=progress, timeout=timeout, chunk_size=chunk_size)
+    _sha_path(dest).unlink(missing_ok=True)
     os.replace(part, dest)
-    return dest
 
 
 _download_checkpoint = download  # resolve_checkpoint's ``download`` flag shadows the function

@@ -163,7 +163,7 @@ def download_sam3(
     dest = sam3_checkpoint_path()
     if force or not dest.is_file():
         if url is not None:
-            _fetch(url, dest, spec, force=force, progress=progress, timeout=timeout)
+            _models.fetch_to(url, dest, spec, force=force, progress=progress, timeout=timeout)
         else:
             _download_hf_checkpoint(dest, force=force, token=token)
         _record_after_download(dest)
@@ -182,7 +182,7 @@ def download_bpe(*, force: bool = False, progress: bool = True, url: str | None 
     errors = []
     for u in [url] if url else list(BPE_URLS):
         try:
-            _fetch(u, dest, spec, force=force, progress=progress, timeout=timeout)
+            _models.fetch_to(u, dest, spec, force=force, progress=progress, timeout=timeout)
             break
         except ModelError as e:
             errors.append(str(e))
@@ -200,23 +200,6 @@ def download_bpe(*, force: bool = False, progress: bool = True, url: str | None 
         )
     _models.record_sha256(dest, got)
     return dest
-
-
-def _fetch(url: str, dest: Path, spec: ModelSpec, *, force: bool, progress: bool, timeout: float) -> None:
-    """The registry's resumable HTTP download into ``<dest>.part``, then the atomic rename."""
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ModelError(
-            f"cannot create the models folder {dest.parent} ({e}); set DL_UTILS_MODELS to a writable folder"
-        ) from None
-    part = dest.with_name(dest.name + ".part")
-    if force:
-        part.unlink(missing_ok=True)
-    _models._http_download(url, part, spec=spec, dest=dest, progress=progress, timeout=timeout,
-                           chunk_size=1 << 20)
-    dest.with_name(dest.name + ".sha256").unlink(missing_ok=True)
-    os.replace(part, dest)
 
 
 def _status(e: BaseException) -> int | None:
