@@ -14,7 +14,8 @@ by :mod:`.frames`). sam3 is imported only when this package is.
 from .build import OFFICIAL, Sam3Spec, build_image_model, build_video_model, cuda_free
 from .checkpoint import load_sam3_checkpoint
 from .cpu import cpu_fallbacks
-from .image import Exemplar, Sam3ImageEngine, exemplar_box
+from .image import Sam3ImageEngine, exemplar_box
+from .prompts import Exemplar
 
 __all__ = [
     "OFFICIAL",

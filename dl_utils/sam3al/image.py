@@ -14,8 +14,6 @@ processor's own, so masks, boxes and scores equal upstream's bit for bit
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from PIL import Image
@@ -27,18 +25,10 @@ from ..dinoal.caption import Caption, LabelMapper, PhraseLabel, parse_caption
 from ..dinoal.detections import Detections
 from ..errors import InputError
 from .cpu import cpu_fallbacks
+from .prompts import Exemplar  # one type for images and video (kept importable from here)
 
 # the text upstream's add_geometric_prompt reads when a prompt has boxes and no text
 VISUAL_ONLY_TEXT = "visual"
-
-
-@dataclass(frozen=True)
-class Exemplar:
-    """A box around one example of the concept (``positive``) or of what it is not, in source
-    pixels ``(x1, y1, x2, y2)``."""
-
-    box_xyxy: tuple[float, float, float, float]
-    positive: bool = True
 
 
 def _check_image(image: np.ndarray) -> tuple[int, int]:
@@ -55,15 +45,7 @@ def _check_image(image: np.ndarray) -> tuple[int, int]:
 
 def exemplar_box(ex: Exemplar, height: int, width: int) -> list[float]:
     """``ex``'s box as upstream's ``add_geometric_prompt`` wants it: ``[cx, cy, w, h]`` in [0, 1]."""
-    try:
-        x1, y1, x2, y2 = (float(v) for v in ex.box_xyxy)
-    except (TypeError, ValueError):
-        raise InputError(f"exemplar box {ex.box_xyxy!r}: give four numbers (x1, y1, x2, y2) in pixels") from None
-    if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
-        raise InputError(
-            f"exemplar box {ex.box_xyxy!r} is not a box inside the {width}x{height} image; "
-            "give (x1, y1, x2, y2) in pixels with x1 < x2, y1 < y2"
-        )
+    x1, y1, x2, y2 = ex.checked_box(width, height, "image")
     return [(x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height]
 
 
@@ -126,7 +108,7 @@ class Sam3ImageEngine:
         exemplars = tuple(exemplars)
         for ex in exemplars:
             if not isinstance(ex, Exemplar):
-                raise InputError(f"exemplars must be Exemplar(box_xyxy, positive), got {type(ex).__name__}")
+                raise InputError(f"exemplars must be Exemplar(box, positive), got {type(ex).__name__}")
         empty = caption is None or (isinstance(caption, str) and not caption.replace(".", "").strip())
         if empty and not exemplars:
             raise InputError('SAM 3 needs a caption (e.g. "car. person") or exemplar boxes; got neither')
@@ -136,6 +118,12 @@ class Sam3ImageEngine:
                 f"exemplar boxes show one concept but the caption has {len(parsed)} phrases "
                 f"({parsed.text!r}); give one phrase with exemplars"
             )
+        for ex in exemplars:
+            if ex.phrase is not None and (parsed is None or ex.phrase != parsed.phrases[0]):
+                raise InputError(
+                    f"exemplar {ex.box} names phrase {ex.phrase!r}, which is not the caption's "
+                    f"({'none' if parsed is None else repr(parsed.phrases[0])}); drop phrase= or fix the caption"
+                )
         boxes = [exemplar_box(ex, h, w) for ex in exemplars]
         plabels: list[PhraseLabel]
         if parsed is None:

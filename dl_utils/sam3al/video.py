@@ -43,6 +43,7 @@ from ..annotations import Instance, Instances, Provenance, Source
 from ..errors import InputError
 from ..store import AnnotationStore
 from .frames import PREPROCESS, Sam3LazyFrames
+from .prompts import Exemplar  # one type for images and video (kept importable from here)
 
 ENGINE = "sam3"
 RESUME = ("replay", "redetect")
@@ -80,17 +81,6 @@ class Sam3VideoOptions:
     def model_overrides(self) -> dict[str, float]:
         return {k: float(v) for k in ("score_threshold_detection", "new_det_thresh", "det_nms_thresh",
                                        "assoc_iou_thresh") if (v := getattr(self, k)) is not None}
-
-
-@dataclass(frozen=True)
-class Exemplar:
-    """An example box for a phrase on the first frame: ``box`` ``(x1, y1, x2, y2)`` in source
-    pixels, ``positive=False`` for "not this". sam3 reads it with the phrase's text
-    (``add_prompt(boxes_xywh=..., box_labels=...)``); the first box of a frame is its visual prompt."""
-
-    box: tuple[float, float, float, float]
-    positive: bool = True
-    phrase: str | None = None
 
 
 class _FindInputs(Sequence[Any]):
@@ -228,19 +218,19 @@ class Sam3VideoSession:
         names = [p.phrase for p in self.phrases]
         for e in exemplars:
             if not isinstance(e, Exemplar):
-                raise InputError(f"exemplars must be Exemplar(box=..., positive=..., phrase=...), got {e!r}")
+                raise InputError(f"exemplars must be Exemplar(box=..., positive=..., phrase=..., frame=...), got {e!r}")
             ph = e.phrase if e.phrase is not None else (names[0] if len(names) == 1 else None)
             if ph is None or ph not in names:
                 raise InputError(
                     f"exemplar {e.box}: name its phrase (one of {names}) with Exemplar(..., phrase=...)"
                 )
-            x1, y1, x2, y2 = (float(v) for v in e.box)
-            if not (0 <= x1 < x2 <= self.media.width and 0 <= y1 < y2 <= self.media.height):
+            x1, y1, x2, y2 = e.checked_box(self.media.width, self.media.height, "frame")
+            if e.frame is not None and e.frame not in self._numbers[:1]:
                 raise InputError(
-                    f"exemplar box {e.box} is not inside the {self.media.width}x{self.media.height} frame "
-                    "with x1 < x2, y1 < y2; give (x1, y1, x2, y2) in pixels"
+                    f"exemplar {e.box} on frame {e.frame}: boxes given to the session go on the run's first "
+                    f"frame ({self._numbers[0]}); leave frame=None"
                 )
-            out.append(Exemplar((x1, y1, x2, y2), bool(e.positive), ph))
+            out.append(Exemplar((x1, y1, x2, y2), bool(e.positive), ph, e.frame))
         return out
 
     def _progress(self) -> dict[str, Any] | None:
