@@ -331,6 +331,7 @@ def throughput(args: argparse.Namespace, model: Any, tmp: Path) -> dict[str, Any
     # each repeat's own ratio (its runs are adjacent in time): robust to load that drifts over minutes
     res["paired_ratios"] = [t["total_s"] / o["total_s"] for t, o in zip(theirs, ours)]
     res["paired_ratio_median"] = statistics.median(res["paired_ratios"])
+    res["best_ratio"] = min(x["total_s"] for x in theirs) / min(x["total_s"] for x in ours)  # best of repeats
     res["propagate_ratio"] = res["ours_propagate_fps"] / res["theirs_propagate_fps"]
     if bare:
         res["bare_s"] = [x["total_s"] for x in bare]
@@ -338,6 +339,8 @@ def throughput(args: argparse.Namespace, model: Any, tmp: Path) -> dict[str, Any
         res["ratio_vs_bare"] = res["ours_fps"] / res["bare_fps"]
         res["paired_ratios_vs_bare"] = [b["total_s"] / o["total_s"] for b, o in zip(bare, ours)]
         res["mode_cost"] = statistics.median(t["total_s"] / b["total_s"] for t, b in zip(theirs, bare))
+        res["best_ratio_vs_bare"] = min(res["bare_s"]) / min(x["total_s"] for x in ours)
+        res["best_mode_cost"] = min(x["total_s"] for x in theirs) / min(res["bare_s"])
     return res
 
 
@@ -573,7 +576,7 @@ def main() -> None:
                      f"({t['objects_per_frame']:.1f} obj/frame)",
                      f"{t['ours_fps']:.2f} fps", f"{t['theirs_fps']:.2f} fps",
                      f"{t['ratio']:.3f}x (goal >= 0.95); median of per-repeat ratios "
-                     f"{t['paired_ratio_median']:.3f}x"))
+                     f"{t['paired_ratio_median']:.3f}x; best of repeats {t['best_ratio']:.3f}x"))
         if "bare_fps" in t:
             rows.append(("  theirs without cuda_free()'s TorchFunctionMode (plain patches; CPU only)",
                          f"{t['ours_fps']:.2f} fps", f"{t['bare_fps']:.2f} fps",
