@@ -505,7 +505,8 @@ def compare(args: argparse.Namespace, model: Any, tmp: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--frames", type=int, default=30, help="frames of the throughput/compare clip (<= 200)")
+    ap.add_argument("--frames", type=int, default=30,
+                    help="frames of the throughput/compare clip (bedroom.mp4 has 200; past them it plays backwards)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--mem-frames", default="100,1000", help="the two lengths of the memory section")
     ap.add_argument("--image-size", type=int, default=0, help="SAM 3 input size (default: tiny spec, 112)")
