@@ -55,6 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..dinoal.caption import Prompt
     from ..samal import ImageSegmenter
     from ..sam2al import VideoSession
+    from ..sam3al.image import Exemplar
     from ..store import AnnotationStore, StoreReader
     from ..video_utils import FrameSource
 
@@ -187,6 +188,7 @@ def run_into_store(
     span: ClickSpan | None = None,
     sam3_model: Any = None,
     sam3_video_model: Any = None,
+    exemplars: Mapping[int, Sequence[Exemplar]] | None = None,
 ) -> dict[str, Any]:
     """Run ``clicks`` (PROMPTS.json entries) and ``prompt`` into ``store``; see the module doc.
 
@@ -199,6 +201,9 @@ def run_into_store(
     called for every frame the tracker writes. ``span``: segment's propagation (see the module doc).
     ``sam3_model`` / ``sam3_video_model``: pre-built SAM 3 image / video models for ``backend="sam3"``
     (else the released one is built from ``detector_options`` when a step needs it).
+    ``exemplars``: SAM 3's box exemplars ("more like this one"), by frame number, on the image path
+    only: an image with exemplars is segmented with its caption and those boxes
+    (``Sam3ImageEngine.segment(image, caption, exemplars)``); they are pixels of that one image.
 
     Returns ``{"tracked", "every", "resumed" (video), "points": {...}, "text": {...}}``: ``points``
     has ``applied`` (and, on video, ``objects``, ``frames_written``); ``text`` the tracker's summary
@@ -215,6 +220,8 @@ def run_into_store(
     tracked = span is not None or (bool(track.track) and (src.kind == "video" or session is not None))
     out: dict[str, Any] = {"tracked": tracked, "every": track.every_for(tracked)}
     where = clicks_file if clicks_file is not None else "prompts"
+    if exemplars and (tracked or detector_options.backend != "sam3" or prompt is None):
+        raise InputError("exemplar boxes go with a text prompt, --backend sam3 and the image path (track=False)")
     if tracked:
         out.update(_video(src, store, prompt, list(clicks), where, detector=detector, options=detector_options,
                           sam=sam, track=track, table=table, segment=segment, ledger=ledger, run_id=run_id,
@@ -224,7 +231,7 @@ def run_into_store(
         out.update(_images(src, store, prompt, list(clicks), where, detector=detector, options=detector_options,
                            sam=sam, every=out["every"], table=table, segment=segment, ledger=ledger,
                            run_id=run_id, frames=frames, images=images, segmenter=segmenter,
-                           progress=progress, sam3_model=sam3_model))
+                           progress=progress, sam3_model=sam3_model, exemplars=exemplars))
     return out
 
 
@@ -375,7 +382,8 @@ def _images(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, cli
             detector: Detector | None, options: DetectorOptions, sam: SamOptions, every: int,
             table: ClassTable | None, segment: bool, ledger: bool, run_id: int | None,
             frames: Sequence[int] | None, images: Mapping[int, np.ndarray] | None,
-            segmenter: ImageSegmenter | None, progress: bool, sam3_model: Any = None) -> dict[str, Any]:
+            segmenter: ImageSegmenter | None, progress: bool, sam3_model: Any = None,
+            exemplars: Mapping[int, Sequence[Exemplar]] | None = None) -> dict[str, Any]:
     """Image sets (and untracked video): every click entry and every image's detections on their own.
 
     With ``backend="sam3"`` the detections carry SAM 3's masks: a SAM2 segmenter is built only for
@@ -399,7 +407,7 @@ def _images(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, cli
             det = options.build(table)
         out["text"] = text_into_images(src, store, det, prompt, segmenter=None if sam3 else segmenter,
                                        table=table, every=every, frames=frames, images=images, ledger=ledger,
-                                       run_id=run_id, progress=progress)
+                                       run_id=run_id, progress=progress, exemplars=exemplars)
     return out
 
 
@@ -445,11 +453,12 @@ def clicks_into_images(src: FrameSource, store: AnnotationStore, segmenter: Imag
 def text_into_images(src: FrameSource, store: AnnotationStore, detector: Detector, prompt: Prompt, *,
                      segmenter: ImageSegmenter | None = None, table: ClassTable | None = None, every: int = 1,
                      frames: Sequence[int] | None = None, images: Mapping[int, np.ndarray] | None = None,
-                     ledger: bool = False, run_id: int | None = None, progress: bool = True) -> dict[str, Any]:
+                     ledger: bool = False, run_id: int | None = None, progress: bool = True,
+                     exemplars: Mapping[int, Sequence[Exemplar]] | None = None) -> dict[str, Any]:
     """Detect on every ``every``-th image (or on ``frames``); each box a new object, a mask with
     ``segmenter`` (or the detector's own mask: SAM 3). With ``ledger`` the finished images are
     recorded (positions among the source's images) and skipped on the next run, under a store run of
-    their own."""
+    their own. ``exemplars``: SAM 3 box exemplars by frame number (see :func:`run_into_store`)."""
     from tqdm.auto import tqdm
 
     from ..dinoal.pipeline import store_detections
@@ -470,7 +479,8 @@ def text_into_images(src: FrameSource, store: AnnotationStore, detector: Detecto
         for i, image in tqdm(_images_at(src, todo, images or {}), total=len(todo), desc="detect", unit="image",
                              disable=None if progress else True):
             frame = src.frame_numbers[i]
-            dets = detector.detect(image, prompt)
+            exs = (exemplars or {}).get(frame)
+            dets = _detect_with_exemplars(detector, image, prompt, exs) if exs else detector.detect(image, prompt)
             store_detections(store, frame, image, dets, segmenter=segmenter, classes=table, run_id=run,
                              model=getattr(detector, "name", None), engine=getattr(detector, "engine_name", None))
             n += len(dets)
@@ -487,6 +497,19 @@ def text_into_images(src: FrameSource, store: AnnotationStore, detector: Detecto
         mark(store, "text", status="done", prompt=prompt.caption, images=to_ranges(finished))
         res["images"] = len(finished)
     return res
+
+
+def _detect_with_exemplars(detector: Detector, image: np.ndarray, prompt: Prompt,
+                           exemplars: Sequence[Exemplar]) -> Any:
+    """One image's detections with SAM 3 box exemplars. Why not ``detector.detect``: the Detector
+    protocol takes (image, caption) only; exemplars are pixels of one image, so they go straight to
+    the :class:`~dl_utils.drivers.options.Sam3Detector`'s engine with the caption it would run."""
+    engine = getattr(detector, "engine", None)
+    resolve = getattr(detector, "resolve_caption", None)
+    if engine is None or resolve is None or not hasattr(engine, "segment"):
+        raise InputError(f"exemplar boxes need SAM 3's image engine; the detector {type(detector).__name__} "
+                         "takes text only")
+    return engine.segment(image, resolve(prompt), exemplars)
 
 
 def _images_at(src: FrameSource, positions: list[int], known: Mapping[int, np.ndarray]

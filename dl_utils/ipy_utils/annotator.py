@@ -27,8 +27,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..classes import ClassTable
     from ..cvat.connection import CvatConnection
     from ..dinoal.detector import Detector
+    from ..drivers.options import DetectorOptions
     from ..interactive import InteractiveEngine
     from ..sam2al import VideoSession
+    from ..sam3al.image import Exemplar
     from ..store import AnnotationStore
     from ..video_utils import FrameSource
 
@@ -44,6 +46,12 @@ class Annotator:
     :class:`~dl_utils.classes.ClassTable` (or path) for the label dropdown. ``detector``: anything
     with ``detect(image, caption)`` (GroundingDINO, see dl_utils.dinoal). ``cvat``: ``(connection,
     task_id)`` for the Push button. ``max_size``: the canvas fits in this (width, height) at zoom 1.
+
+    SAM 3 (see docs/ipy_utils.md): ``detector=DetectorOptions(backend="sam3").sam3_detector(model)``
+    (the image model: image sets, the shown frame, exemplar boxes) and/or ``sam3_video_model=`` (a
+    built SAM 3 video model: Detect on a video runs SAM 3's session over it); ``detector_options``
+    (backend ``"sam3"``): the video session's score threshold (``box_threshold``) and model label.
+    Detect then needs no SAM2 model.
     """
 
     def __init__(
@@ -53,6 +61,8 @@ class Annotator:
         *,
         classes: ClassTable | str | Path | None = None,
         detector: Detector | None = None,
+        sam3_video_model: object = None,
+        detector_options: DetectorOptions | None = None,
         cvat: tuple[CvatConnection, int] | None = None,
         sam_model: object = None,
         model: str | None = None,
@@ -66,7 +76,8 @@ class Annotator:
         widgets: bool = True,
     ):
         self.controller = c = AnnotatorController(detector=detector, cvat=cvat, classes=_load_classes(classes),
-                                                  default_label=default_label)
+                                                  default_label=default_label, sam3_video_model=sam3_video_model,
+                                                  detector_options=detector_options)
         self.ui = AnnotatorView(c, max_size=max_size, scale=scale, alpha=alpha, widgets=widgets)
         self.input = InputHandler(c, self.ui)
         c.listener = self.ui
@@ -114,6 +125,39 @@ class Annotator:
     @detector.setter
     def detector(self, detector: Detector | None) -> None:
         self.controller.detector = detector
+        self.ui.detector_changed()
+
+    @property
+    def sam3_video_model(self) -> object:
+        """A built SAM 3 video model: Detect on a video runs SAM 3's session (no SAM2)."""
+        return self.controller.sam3_video_model
+
+    @sam3_video_model.setter
+    def sam3_video_model(self, model: object) -> None:
+        self.controller.sam3_video_model = model
+        self.ui.detector_changed()
+
+    @property
+    def text_backend(self) -> str:
+        """What Detect runs: ``"sam3"`` or ``"groundingdino"`` (GroundingDINO boxes, SAM2 masks)."""
+        return self.controller.text_backend
+
+    @property
+    def exemplars(self) -> dict[int, list[Exemplar]]:
+        """SAM 3 exemplar boxes per frame, drawn and not yet used by Detect."""
+        return self.controller.exemplars
+
+    @property
+    def exemplar_mode(self) -> bool:
+        """A drag draws a SAM 3 exemplar box ("more like this one") instead of a SAM2 box prompt."""
+        return self.controller.exemplar_mode
+
+    @exemplar_mode.setter
+    def exemplar_mode(self, on: bool) -> None:
+        if self.ui.has_widgets:
+            self.ui.w_exemplar.value = bool(on)  # its observer tells the controller
+        if bool(on) != self.controller.exemplar_mode:
+            self.controller.guard("exemplar mode", self.controller.set_exemplar_mode, bool(on))
 
     @property
     def classes(self) -> ClassTable | None:
@@ -280,6 +324,16 @@ class Annotator:
         """A box ``(x1, y1, x2, y2)`` in source pixels (exclusive right/bottom)."""
         return self.controller.guard("box", self.controller.add_box, box, frame, object_id)
 
+    def exemplar(self, box: tuple[int, int, int, int], positive: bool = True, *,
+                 frame: int | None = None) -> Exemplar | None:
+        """A SAM 3 exemplar box ``(x1, y1, x2, y2)`` (source pixels) on the shown frame: the next Detect
+        finds more like it (``positive``) or not like it. Needs the SAM 3 backend."""
+        return self.controller.guard("exemplar", self.controller.add_exemplar, box, positive, frame)
+
+    def clear_exemplars(self) -> int:
+        """Forget the exemplar boxes Detect has not used."""
+        return int(self.controller.guard("clearing exemplars", self.controller.clear_exemplars) or 0)
+
     def undo(self) -> bool:
         return bool(self.controller.guard("undo", self.controller.undo_redo, True))
 
@@ -326,7 +380,8 @@ class Annotator:
         return bool(self.controller.guard(f"propagate {direction}", self.controller.jobs.propagate, direction))
 
     def detect(self, text: str) -> bool:
-        """Caption -> GroundingDINO boxes -> SAM2 masks, in the background (the drivers' run_into_store)."""
+        """Caption -> GroundingDINO boxes -> SAM2 masks, or SAM 3 (with the shown frame's exemplar boxes), in
+        the background (the drivers' run_into_store)."""
         return bool(self.controller.guard("detect", self.controller.jobs.detect, text))
 
     def push(self) -> bool:

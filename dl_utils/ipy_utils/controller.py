@@ -33,11 +33,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..classes import ClassTable
     from ..cvat.connection import CvatConnection
     from ..dinoal.detector import Detector
+    from ..drivers.options import DetectorOptions
     from ..sam2al import VideoSession
+    from ..sam3al.image import Exemplar
     from ..store import AnnotationStore
     from ..video_utils import FrameSource
 
 log = logging.getLogger("dl_utils.ipy_utils")
+
+#: the Detect button's tooltip per text backend: which engine a press runs
+DETECT_TIPS = {"groundingdino": "GroundingDINO boxes -> SAM2 masks", "sam3": "SAM 3: find, segment, track"}
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -105,7 +110,8 @@ class AnnotatorController:
 
     def __init__(self, *, detector: Detector | None = None, cvat: tuple[CvatConnection, int] | None = None,
                  classes: ClassTable | None = None, default_label: str | None = None,
-                 listener: Listener | None = None):
+                 listener: Listener | None = None, sam3_video_model: object = None,
+                 detector_options: DetectorOptions | None = None):
         self.lock = threading.RLock()  # widget callbacks may arrive on another thread
         self.listener: Listener = listener or NullListener()
         self.session: VideoSession | None = None
@@ -113,7 +119,15 @@ class AnnotatorController:
         self.source: FrameSource | None = None
         self.store: AnnotationStore | None = None
         self.detector, self.cvat, self.classes = detector, cvat, classes
+        #: a built SAM 3 video model: Detect on a video then runs SAM 3's session over the whole source
+        self.sam3_video_model = sam3_video_model
+        #: the text step's options for run_into_store (SAM 3: score threshold, model label)
+        self.detector_options = detector_options
         self.default_label = default_label
+        #: SAM 3 box exemplars ("more like this one") per frame, until Detect consumes them
+        self.exemplars: dict[int, list[Exemplar]] = {}
+        #: a drag draws an exemplar instead of a SAM2 box prompt
+        self.exemplar_mode = False
         #: after a correction, re-propagate (both ways) the frames it made stale, in the background
         self.auto_propagate = False
         self.history = History()
@@ -161,6 +175,7 @@ class AnnotatorController:
         self.engine = VideoClickEngine(self.session) if self.session is not None else None
         self.history.clear()
         self.clicks = ClickBook()
+        self.exemplars = {}
         self._load_clicks()
         media = self.source.media_info()
         objs = self.store.objects()
@@ -227,6 +242,87 @@ class AnnotatorController:
             self.engine = ImageClickEngine(seg, self.source, self.store)
         self.say(f"SAM2 ready ({getattr(self.session, 'model_name', None) or 'image model'})")
         return True
+
+    # ------------------------------------------------------------------ the text backend, exemplars
+    @property
+    def text_backend(self) -> str:
+        """``"sam3"`` when Detect runs SAM 3 (a SAM 3 detector, a SAM 3 video model, or SAM 3 options),
+        else ``"groundingdino"`` (GroundingDINO boxes, SAM2 masks)."""
+        opts = self.detector_options
+        if (getattr(self.detector, "engine_name", None) == "sam3" or self.sam3_video_model is not None
+                or (opts is not None and opts.backend == "sam3")):
+            return "sam3"
+        return opts.backend if opts is not None else "groundingdino"
+
+    def detect_tip(self) -> str:
+        return DETECT_TIPS.get(self.text_backend, DETECT_TIPS["groundingdino"])
+
+    def sam3_options(self) -> DetectorOptions:
+        """The options run_into_store gets with SAM 3: the ones given, else SAM 3's defaults under the
+        detector's model name (the store records it). Why refuse a mix: one store, one text backend
+        (run_into_store refuses the second anyway, after a model load)."""
+        from ..drivers.options import DetectorOptions
+
+        det_backend = getattr(self.detector, "engine_name", None)
+        if self.detector is not None and det_backend != "sam3":
+            raise InputError("detector= is not SAM 3 but sam3_video_model= is: give SAM 3's detector "
+                             "(DetectorOptions(backend='sam3').sam3_detector(model)) or leave one out")
+        opts = self.detector_options
+        if opts is None:
+            return DetectorOptions(backend="sam3", model=getattr(self.detector, "name", None))
+        if opts.backend != "sam3":
+            raise InputError(f"detector_options has backend {opts.backend!r} but the models given are SAM 3; "
+                             "use DetectorOptions(backend='sam3', ...)")
+        return opts
+
+    def set_exemplar_mode(self, on: bool) -> None:
+        self.exemplar_mode = bool(on)
+        if not self.exemplar_mode:
+            self.say("exemplar mode off: a drag is a box prompt again")
+        elif self.text_backend != "sam3":
+            self.say(f"exemplar mode on, but exemplar boxes need SAM 3 (the detector here is {self.text_backend})",
+                     "warn")
+        else:
+            self.say("exemplar mode: drag a box around an example (Shift/Ctrl/right drag: not like this), "
+                     "then type what it is and press detect")
+
+    def add_exemplar(self, box: tuple[int, int, int, int], positive: bool, frame: int | None) -> Exemplar:
+        """A box exemplar on a frame (source pixels, exclusive right/bottom): Detect passes it to SAM 3."""
+        self.need_store()
+        if self.text_backend != "sam3":
+            raise InputError("exemplar boxes need SAM 3: pass detector=DetectorOptions(backend='sam3')"
+                             f".sam3_detector(model) to Annotator (the {self.text_backend} detector takes text only)")
+        from ..sam3al.image import Exemplar
+
+        f = self._frame(frame)
+        x1, y1, x2, y2 = (int(v) for v in box)
+        ex = Exemplar((float(x1), float(y1), float(x2), float(y2)), bool(positive))
+        self.exemplars.setdefault(f, []).append(ex)
+        if f == self.frame:
+            self.listener.masks_changed()
+        n = len(self.exemplars[f])
+        self.say(f"exemplar {n} on frame {f}: {'like' if positive else 'not like'} ({x1}, {y1}, {x2}, {y2}); "
+                 "type what it is and press detect (Esc clears)")
+        return ex
+
+    def clear_exemplars(self) -> int:
+        """Forget every exemplar not yet used by Detect; returns how many there were."""
+        n = sum(len(v) for v in self.exemplars.values())
+        self.exemplars = {}
+        self.listener.masks_changed()
+        self.say(f"{n} exemplar box{'es' if n != 1 else ''} cleared" if n else "no exemplars to clear",
+                 "info" if n else "warn")
+        return n
+
+    def consume_exemplars(self, frame: int, used: list[Exemplar]) -> None:
+        """Detect finished with ``used`` on ``frame``: drop them (ones drawn meanwhile stay)."""
+        left = [e for e in self.exemplars.get(frame, []) if e not in used]
+        if left:
+            self.exemplars[frame] = left
+        else:
+            self.exemplars.pop(frame, None)
+        if frame == self.frame:
+            self.listener.masks_changed()
 
     # ------------------------------------------------------------------ preconditions
     def need_store(self) -> AnnotationStore:
@@ -444,4 +540,5 @@ class AnnotatorController:
         return self.store.read_frame(f) if self.store is not None and f is not None else Instances([])
 
 
-__all__ = ["AnnotatorController", "DeletedObject", "Listener", "NullListener", "ObjectState", "object_title"]
+__all__ = ["DETECT_TIPS", "AnnotatorController", "DeletedObject", "Listener", "NullListener", "ObjectState",
+           "object_title"]

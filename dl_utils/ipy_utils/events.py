@@ -2,7 +2,8 @@
 
 Input comes from ipyevents because ipycanvas' own mouse events carry no button or modifier. A press
 and release closer than :data:`DRAG_THRESHOLD` display pixels is a click, farther a box; the middle
-button or Alt pans. Positions are mapped to source pixels with the exact mapping of :mod:`.geometry`.
+button or Alt pans. In exemplar mode (``e``) a drag is a SAM 3 exemplar box instead of a SAM2 box
+prompt: "more like this one", or with Shift, Ctrl or the right button "not like this". Positions are mapped to source pixels with the exact mapping of :mod:`.geometry`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ class Drag:
     shift: bool
     pan: bool
     last: tuple[float, float]
+    ctrl: bool = False
+    exemplar: bool = False  # exemplar mode was on at the press: the drag draws an exemplar box
+
+    @property
+    def negative(self) -> bool:
+        """An exemplar of what the concept is not: Shift, Ctrl (Cmd) or the right button."""
+        return self.shift or self.ctrl or self.button == 2
 
 
 class InputHandler:
@@ -61,8 +69,10 @@ class InputHandler:
         x, y = self._xy(ev)
         if kind == "mousedown":
             button = int(ev.get("button", 0))
-            self.drag = Drag((x, y), button, bool(ev.get("shiftKey")), button == 1 or bool(ev.get("altKey")),
-                             (x, y))
+            pan = button == 1 or bool(ev.get("altKey"))
+            self.drag = Drag((x, y), button, bool(ev.get("shiftKey")), pan, (x, y),
+                             ctrl=bool(ev.get("ctrlKey") or ev.get("metaKey")),
+                             exemplar=self.c.exemplar_mode and not pan)
         elif kind == "mousemove":
             self._move(x, y)
         elif kind == "mouseup":
@@ -81,9 +91,11 @@ class InputHandler:
             lx, ly = d.last
             d.last = (x, y)
             self.v.set_view(geo.pan(view, x - lx, y - ly))
-        elif math.hypot(x - d.start[0], y - d.start[1]) > DRAG_THRESHOLD and d.button == 0:
+        elif math.hypot(x - d.start[0], y - d.start[1]) > DRAG_THRESHOLD and (
+                d.button == 0 or (d.exemplar and d.button == 2)):
             sx, sy = d.start
             self.v.drag_box = (min(sx, x), min(sy, y), max(sx, x), max(sy, y))
+            self.v.drag_kind = ("negative" if d.negative else "positive") if d.exemplar else "box"
             self.v.draw_clicks()
 
     def _release(self, x: float, y: float) -> object:
@@ -93,6 +105,14 @@ class InputHandler:
         if d is None or d.pan or view is None:
             return None
         sx, sy = d.start
+        if d.exemplar:
+            if math.hypot(x - sx, y - sy) <= DRAG_THRESHOLD or d.button not in (0, 2):
+                self.v.draw_clicks()
+                self.c.say("exemplar mode: drag a box around an example (e: back to clicks)", "warn")
+                return None
+            box = geo.drag_box(view, (sx, sy), (x, y))
+            self.v.draw_clicks()
+            return self.c.add_exemplar(box, not d.negative, None)
         if math.hypot(x - sx, y - sy) > DRAG_THRESHOLD:
             if d.button != 0:
                 return None  # a right-button drag means nothing
@@ -115,6 +135,8 @@ class InputHandler:
                 self.drag, self.v.drag_box = None, None
                 self.v.draw_clicks()
                 return None
+            if not self.c.jobs.busy and self.c.exemplars:  # a job first: stopping it matters more
+                return self.c.clear_exemplars()
             return self.c.jobs.cancel()
         if key.isdigit() and key != "0":
             self._select_nth(int(key))
@@ -146,6 +168,7 @@ class InputHandler:
             "b": lambda: c.jobs.propagate("backward"),
             "a": lambda: c.jobs.propagate("both"),
             "c": v.toggle_contour,
+            "e": v.toggle_exemplar,
             "h": v.toggle_help,
             " ": v.toggle_play,
         }

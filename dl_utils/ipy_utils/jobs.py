@@ -18,9 +18,22 @@ from ..interactive import ImageClickEngine, PropagatingEngine
 from .worker import Emit, Worker, kernel_scheduler
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..dinoal.caption import Caption
+    from ..sam3al.image import Exemplar
+    from ..store import AnnotationStore
+    from ..video_utils import FrameSource
     from .controller import AnnotatorController
 
 log = logging.getLogger("dl_utils.ipy_utils")
+
+class DetectCancelled(KeyboardInterrupt):
+    """Raised from SAM 3's per-frame callback when cancel was pressed.
+
+    Why an exception: run_into_store builds SAM 3's video session itself, so the widget has no
+    session to call ``cancel()`` on; the callback runs right after a frame is written, and a
+    KeyboardInterrupt is what the session records as ``cancelled`` (what was written stays, a later
+    Detect resumes). The job catches it; it never reaches the user."""
+
 
 #: a job: runs in the worker thread with (emit, cancelled) and returns its summary
 Job = Callable[[Emit, threading.Event], Any]
@@ -70,11 +83,19 @@ class JobRunner:
         return True
 
     def detect(self, text: str) -> bool:
-        """The caption through the drivers' run_into_store: the tracker on video, the current image alone."""
-        engine = self.c.need_engine()
+        """The caption through the drivers' run_into_store: the tracker on video, the current image alone.
+
+        With SAM 3 (:meth:`~.controller.AnnotatorController.text_backend`) SAM 3 alone finds, segments
+        and tracks: see :meth:`_detect_sam3`."""
+        sam3 = self.c.text_backend == "sam3"
+        engine = None if sam3 else self.c.need_engine()
         store, source = self.c.need_store(), self.c.source
         if not text or not str(text).strip():
             raise InputError("type what to find (e.g. 'car. person') before pressing detect")
+        if sam3:
+            assert source is not None  # a store is open, so is its source
+            return self._detect_sam3(str(text), store, source)
+        assert engine is not None
         if self.c.detector is None:
             raise InputError("no detector: pass detector= (dl_utils.dinoal.load_detector(...)) to Annotator")
         assert source is not None  # a store is open, so is its source
@@ -103,6 +124,67 @@ class JobRunner:
 
         self._start("detect", job, session.cancel if video and session is not None else None,
                     len(source) if video else 1)
+        return True
+
+    def _detect_sam3(self, text: str, store: AnnotationStore, source: FrameSource) -> bool:
+        """SAM 3 through run_into_store: on a video with a SAM 3 video model, its session over the whole
+        source (progress per frame; cancel stops after the current frame); else the shown image with
+        SAM 3's image model, and with the exemplar boxes drawn on it ("more like this one"). No SAM2."""
+        from ..dinoal.caption import parse_caption
+        from ..drivers.options import TrackOptions
+        from ..drivers.run import run_into_store
+
+        options = self.c.sam3_options()
+        caption, table, frame, image = parse_caption(text), self.c.classes, self.c.frame, self.c.image
+        exs = list(self.c.exemplars.get(frame, [])) if frame is not None else []
+        video_model = self.c.sam3_video_model
+        video = source.kind == "video" and video_model is not None and not exs
+        if exs and len(caption) > 1:
+            raise InputError(f"exemplar boxes show one concept but {caption.text!r} has {len(caption)} phrases; "
+                             "type one phrase (what the boxes show), or clear the exemplars (Esc)")
+        if not video:
+            if self.c.detector is None:
+                raise InputError(("exemplar boxes run on the shown image with SAM 3's image model" if exs else
+                                  "this source has no frames for SAM 3's video model; SAM 3 on images needs its "
+                                  "image model") + ": pass detector=DetectorOptions(backend='sam3')"
+                                 ".sam3_detector(model) to Annotator")
+            if frame is None or image is None:
+                raise InputError("nothing is shown: open a video first")
+        detector = self.c.detector
+
+        if video:
+            def job(emit: Emit, cancelled: threading.Event) -> Any:
+                def each(f: int, insts: Any) -> None:
+                    emit("frame", f)
+                    if cancelled.is_set():
+                        raise DetectCancelled
+
+                try:
+                    res = run_into_store(source, store, prompt=caption, detector_options=options, table=table,
+                                         track=TrackOptions(track=True), progress=False, callback=each,
+                                         sam3_video_model=video_model)
+                except DetectCancelled:
+                    return {"status": "cancelled", "engine": "sam3"}
+                return res["text"]
+
+            self._start("detect", job, None, len(source))
+            return True
+
+        assert frame is not None and image is not None
+        shown = {frame: image}
+
+        def image_job(emit: Emit, cancelled: threading.Event) -> Any:
+            res = run_into_store(source, store, prompt=caption, detector=detector, detector_options=options,
+                                 table=table, track=TrackOptions(track=False), progress=False, frames=[frame],
+                                 images=shown, exemplars={frame: exs} if exs else None)
+            emit("frame", frame)  # the image path reports no frames itself
+            return {**res["text"], "exemplars": (frame, exs)} if exs else res["text"]
+
+        self._start("detect", image_job, None, 1)
+        if exs:
+            n = len(exs)
+            self.c.say(f"detect running on frame {frame} with {n} exemplar box{'es' if n != 1 else ''} "
+                       f"(SAM 3: more like {'these' if n != 1 else 'this one'})")
         return True
 
     def push(self, dry_run: bool) -> bool:
@@ -169,6 +251,9 @@ class JobRunner:
                        else f"pushed to CVAT: {result}")
             return
         status = result.get("status", "done") if isinstance(result, dict) else "done"
+        used = result.get("exemplars") if isinstance(result, dict) else None
+        if used is not None:  # Detect consumed them; the ones drawn meanwhile stay
+            self.c.consume_exemplars(*used)
         if status == "cancelled":
             self.c.listener.job_ended("warning")
             self.c.say(f"{name} cancelled; {self.progress[0]} frames written so far are kept", "warn")
@@ -179,4 +264,4 @@ class JobRunner:
         self.c.show_frame(self.c.frame)
 
 
-__all__ = ["Job", "JobRunner"]
+__all__ = ["DetectCancelled", "Job", "JobRunner"]

@@ -40,12 +40,18 @@ SHORTCUTS: list[tuple[str, str]] = [
     ("z / Ctrl+Z", "undo"),
     ("y / Ctrl+Shift+Z / Ctrl+Y", "redo"),
     ("f / b / a", "propagate forward / backward / both"),
-    ("Esc", "cancel the running job (what is written stays), or the drag"),
+    ("e", "exemplar mode on / off (SAM 3): a drag is an example box, 'more like this one'"),
+    ("Shift / Ctrl / right drag in exemplar mode", "an exemplar of what it is not"),
+    ("Esc", "cancel the drag, else the running job (what is written stays), else clear the exemplars"),
     ("← / →", "previous / next frame"),
     ("Space", "play / pause"),
     ("c", "contour only on / off"),
     ("h", "show / hide this help"),
 ]
+
+
+#: exemplar boxes on the canvas: positive ("like this") green, negative red
+EXEMPLAR_COLORS = {True: "#00e000", False: "#ff2020"}
 
 
 def _help_html() -> str:
@@ -69,6 +75,7 @@ class AnnotatorView:
         self.show_labels = False
         self.view: geo.View | None = None
         self.drag_box: tuple[float, float, float, float] | None = None  # display pixels, while dragging
+        self.drag_kind = "box"  # what the drag draws: "box" (SAM2 prompt), "positive" / "negative" exemplar
         self.has_widgets = bool(widgets)
         self._base: np.ndarray | None = None
         self._syncing = False
@@ -171,7 +178,13 @@ class AnnotatorView:
                           button_style="warning")
         self.w_progress = W.IntProgress(value=0, min=0, max=1, description="", layout=W.Layout(width="240px"))
         self.w_text = W.Text(placeholder="car. person", description="detect", layout=W.Layout(width="300px"))
-        self.w_detect = b("detect", "GroundingDINO boxes -> SAM2 masks", lambda: ann.detect(self.w_text.value))
+        self.w_detect = b("detect", self.c.detect_tip(), lambda: ann.detect(self.w_text.value))
+        self.w_exemplar = W.ToggleButton(value=False, description="exemplars (e)",
+                                         tooltip="SAM 3: a drag is an example box, 'more like this one' "
+                                                 "(Shift/Ctrl/right drag: not like this); detect uses them",
+                                         layout=W.Layout(width="auto"))
+        self._observe(self.w_exemplar, "exemplar mode", self._exemplar_toggled)
+        self.w_clear_exemplars = b("clear exemplars", "forget the exemplar boxes (Esc)", ann.clear_exemplars)
         self.w_push = b("push to CVAT", "dry run first, then confirm", ann.push)
         self.w_confirm = b("confirm push", "send what the dry run listed", ann.confirm_push,
                            button_style="danger")
@@ -182,7 +195,8 @@ class AnnotatorView:
         self.w_open = b("open", "open another video or folder", lambda: ann.open(self.w_path.value, None))
         return W.VBox([
             W.HBox([self.w_fwd, self.w_back, self.w_both, self.w_cancel, self.w_progress]),
-            W.HBox([self.w_text, self.w_detect, self.w_push, self.w_confirm]),
+            W.HBox([self.w_text, self.w_detect, self.w_exemplar, self.w_clear_exemplars, self.w_push,
+                    self.w_confirm]),
             self.w_push_info,
             W.HBox([self.w_path, self.w_open]),
         ])
@@ -195,6 +209,15 @@ class AnnotatorView:
         n = src.frame_number(int(index))
         if n != self.c.frame:
             self.c.show_frame(n)
+
+    def _exemplar_toggled(self, on: bool) -> None:
+        if not self._syncing and bool(on) != self.c.exemplar_mode:
+            self.c.set_exemplar_mode(bool(on))
+
+    def detector_changed(self) -> None:
+        """The Detect button names the engine a press runs (the detector or SAM 3 model changed)."""
+        if self.has_widgets:
+            self.w_detect.tooltip = self.c.detect_tip()
 
     def _object_picked(self, oid: int | None) -> None:
         if not self._syncing and oid is not None:
@@ -379,7 +402,8 @@ class AnnotatorView:
         self.draw_clicks()
 
     def draw_clicks(self) -> None:
-        """Clicks as rings (the clicked pixel itself stays visible), boxes and the drag rectangle, on layer 2."""
+        """Clicks as rings (the clicked pixel itself stays visible), boxes, the SAM 3 exemplars of the shown
+        frame (dashed: green "like this", red "not like this") and the drag rectangle, on layer 2."""
         if not self.has_widgets or self.view is None or self.c.frame is None:
             return
         from ipycanvas import hold_canvas
@@ -399,12 +423,20 @@ class AnnotatorView:
                     x2, y2 = geo.to_display(view, k.box[2], k.box[3])
                     c.stroke_style = "#ffffff"
                     c.stroke_rect(x1, y1, x2 - x1, y2 - y1)
+            c.line_width = 2
+            c.set_line_dash([6, 4])
+            for ex in self.c.exemplars.get(self.c.frame, []):
+                x1, y1 = geo.to_display(view, ex.box_xyxy[0], ex.box_xyxy[1])
+                x2, y2 = geo.to_display(view, ex.box_xyxy[2], ex.box_xyxy[3])
+                c.stroke_style = EXEMPLAR_COLORS[ex.positive]
+                c.stroke_rect(x1, y1, x2 - x1, y2 - y1)
             if self.drag_box is not None:
                 x1, y1, x2, y2 = self.drag_box
-                c.stroke_style = "#ffff00"
+                c.stroke_style = {"positive": EXEMPLAR_COLORS[True],
+                                  "negative": EXEMPLAR_COLORS[False]}.get(self.drag_kind, "#ffff00")
                 c.set_line_dash([4, 3])
                 c.stroke_rect(x1, y1, x2 - x1, y2 - y1)
-                c.set_line_dash([])
+            c.set_line_dash([])
 
     # ------------------------------------------------------------------ view-only keys
     def toggle_contour(self) -> None:
@@ -417,9 +449,15 @@ class AnnotatorView:
         if self.has_widgets:
             self.w_help_box.selected_index = None if self.w_help_box.selected_index == 0 else 0
 
+    def toggle_exemplar(self) -> None:
+        if self.has_widgets:
+            self.w_exemplar.value = not self.w_exemplar.value  # its observer tells the controller
+        else:
+            self.c.set_exemplar_mode(not self.c.exemplar_mode)
+
     def toggle_play(self) -> None:
         if self.has_widgets:
             self.w_play.playing = not self.w_play.playing
 
 
-__all__ = ["SHORTCUTS", "AnnotatorView"]
+__all__ = ["EXEMPLAR_COLORS", "SHORTCUTS", "AnnotatorView"]

@@ -1,0 +1,250 @@
+"""The widget's Detect with SAM 3 (issue 17), driven headless through the facade and ipyevents dicts.
+
+With the tiny random-weight SAM 3 models of tests/sam3_fixtures.py injected, Detect writes exactly
+what the engines give when called directly: Sam3ImageEngine on the shown image (also with the
+exemplar boxes dragged on the canvas), Sam3VideoSession over a clip; cancel stops after the current
+frame and keeps what was written. Exemplars without SAM 3 are a one-line message.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import pytest
+
+from tests.sam3_fixtures import requires_sam3, tiny_sam3_image_model, tiny_sam3_video_model  # noqa: F401
+from tests.test_sam3_driver import (  # noqa: F401  (fixtures)
+    IMAGE_THRESHOLD,
+    N_FRAMES,
+    VIDEO_CAPTION,
+    VIDEO_THRESHOLD,
+    clip,
+    images,
+    instances,
+    opts,
+)
+
+pytest.importorskip("ipycanvas")
+pytest.importorskip("ipyevents")
+
+SAM3_TIP = "SAM 3: find, segment, track"
+GDINO_TIP = "GroundingDINO boxes -> SAM2 masks"
+# with the exemplars below random weights score around 0.21-0.25: this keeps some
+EXEMPLAR_THRESHOLD = 0.2
+
+
+def _ev(kind: str, x: float, y: float, button: int = 0, **kw: Any) -> dict[str, Any]:
+    return {"type": kind, "relativeX": x, "relativeY": y, "button": button, **kw}
+
+
+def _drag(a: Any, start: tuple[float, float], end: tuple[float, float], button: int = 0, **mods: Any) -> None:
+    a.handle_event(_ev("mousedown", *start, button, **mods))
+    a.handle_event(_ev("mousemove", *end, button, **mods))
+    a.handle_event(_ev("mouseup", *end, button, **mods))
+
+
+def _same(got: list[Any], want: Any) -> None:
+    """The store's instances of a frame are the engine's detections, in order, masks bit for bit."""
+    assert len(got) == len(want) > 0
+    for k, inst in enumerate(got):
+        assert np.array_equal(inst.mask, want.masks[k])
+        assert inst.score == pytest.approx(float(want.scores[k]))
+        assert inst.label == want.labels[k] and inst.provenance.engine == "sam3"
+
+
+def _strokes() -> tuple[list[tuple[str, tuple[float, ...]]], Any]:
+    """A stand-in for Canvas.stroke_rect that records each rectangle with its colour."""
+    calls: list[tuple[str, tuple[float, ...]]] = []
+
+    def stroke_rect(canvas: Any, x: float, y: float, w: float, h: float) -> None:
+        calls.append((str(canvas.stroke_style), (x, y, w, h)))
+
+    return calls, stroke_rect
+
+
+# ----------------------------------------------------------------------------- no model needed
+def test_exemplar_without_sam3_is_a_message(images: Path, tmp_path: Path) -> None:  # noqa: F811
+    from dl_utils.ipy_utils import Annotator
+
+    class Gdino:  # a GroundingDINO-like detector: text only
+        name = "stub"
+
+        def detect(self, image: Any, prompt: Any = None) -> Any:
+            raise AssertionError("not called")
+
+    a = Annotator(images, tmp_path / "g.sqlite", detector=Gdino())
+    assert a.text_backend == "groundingdino" and a.w_detect.tooltip == GDINO_TIP
+    a.handle_event({"type": "keydown", "key": "e"})
+    assert a.exemplar_mode and a.w_exemplar.value and "need SAM 3" in a.status
+    _drag(a, (10, 10), (40, 30))
+    level, text = a.messages[-1]
+    assert level == "error" and "exemplar boxes need SAM 3" in text and "\n" not in text
+    assert a.exemplars == {} and a.clicks.objects() == []  # neither an exemplar nor a SAM2 box prompt
+    a.exemplar_mode = False
+    assert not a.w_exemplar.value and not a.exemplar_mode
+
+
+# ----------------------------------------------------------------------------- images
+@requires_sam3
+def test_image_detect_with_sam3_writes_what_the_engine_gives(tiny_sam3_image_model: Any,  # noqa: F811
+                                                             images: Path, tmp_path: Path) -> None:
+    from dl_utils.ipy_utils import Annotator
+    from dl_utils.sam3al.image import Sam3ImageEngine
+
+    det = opts(box_threshold=IMAGE_THRESHOLD).sam3_detector(tiny_sam3_image_model)
+    a = Annotator(images, tmp_path / "i.sqlite", detector=det)
+    assert a.text_backend == "sam3" and a.w_detect.tooltip == SAM3_TIP and a.engine is None  # no SAM2
+    engine = Sam3ImageEngine(tiny_sam3_image_model, score_threshold=IMAGE_THRESHOLD)
+    caption = "bed. lamp"
+    with mock.patch("dl_utils.drivers.options.SamOptions.image_segmenter",
+                    side_effect=AssertionError("no SAM2 with SAM 3")):
+        for frame in (a.source.frame_numbers[0], a.source.frame_numbers[2]):  # two sizes
+            a.show(frame)
+            a.w_text.value = caption
+            a.w_detect.click()
+            assert a.wait(120) and "detect finished" in a.status, a.messages[-3:]
+            _same(instances(a.store, frame), engine.segment(a.source[a.source.index_of(frame)], caption))
+            assert a.w_progress.value == a.w_progress.max == 1
+    assert a.store.frames() == [a.source.frame_numbers[0], a.source.frame_numbers[2]]
+    assert a.store.get_meta("text.backend")["backend"] == "sam3"
+
+
+@requires_sam3
+def test_exemplar_drag_then_detect_passes_the_exemplars(tiny_sam3_image_model: Any,  # noqa: F811
+                                                        images: Path, tmp_path: Path) -> None:
+    from ipycanvas import Canvas
+
+    from dl_utils.ipy_utils import drag_box
+    from dl_utils.ipy_utils import Annotator
+    from dl_utils.sam3al.image import Exemplar, Sam3ImageEngine
+
+    det = opts(box_threshold=EXEMPLAR_THRESHOLD).sam3_detector(tiny_sam3_image_model)
+    a = Annotator(images, tmp_path / "x.sqlite", detector=det)
+    frame, image = a.frame, a.source[0]
+    a.handle_event({"type": "keydown", "key": "e"})  # exemplar mode
+    assert a.exemplar_mode and a.w_exemplar.value
+    strokes, stroke_rect = _strokes()
+    with mock.patch.object(Canvas, "stroke_rect", stroke_rect):
+        _drag(a, (20, 15), (70, 60))  # "more like this one"
+        _drag(a, (90, 20), (120, 50), ctrlKey=True)  # "not like this"
+    view = a.view
+    want_ex = [Exemplar(tuple(float(v) for v in drag_box(view, (20, 15), (70, 60))), True),
+               Exemplar(tuple(float(v) for v in drag_box(view, (90, 20), (120, 50))), False)]
+    assert a.exemplars == {frame: want_ex} and a.clicks.objects() == []  # exemplars, not SAM2 box prompts
+    assert "exemplar 2 on frame" in a.status and "not like" in a.status
+    drawn = {c for c, _ in strokes}
+    assert {"#00e000", "#ff2020"} <= drawn  # dashed green and red on the clicks layer
+    # Esc clears them; Shift+drag and a right-button drag are negative too
+    _drag(a, (5, 5), (30, 30), shiftKey=True)
+    _drag(a, (5, 5), (30, 30), button=2)
+    assert [e.positive for e in a.exemplars[frame]] == [True, False, False, False]
+    a.handle_event({"type": "keydown", "key": "Escape"})
+    assert a.exemplars == {} and "4 exemplar boxes cleared" in a.status
+    for start, end, mods in (((20, 15), (70, 60), {}), ((90, 20), (120, 50), {"ctrlKey": True})):
+        _drag(a, start, end, **mods)
+    # Detect: the caption with the shown frame's exemplars, exactly Sam3ImageEngine.segment(image, caption, exs)
+    a.w_text.value = "bed"
+    a.w_detect.click()
+    assert "2 exemplar boxes" in a.status
+    assert a.wait(120) and "detect finished" in a.status, a.messages[-3:]
+    engine = Sam3ImageEngine(tiny_sam3_image_model, score_threshold=EXEMPLAR_THRESHOLD)
+    want = engine.segment(image, "bed", want_ex)
+    _same(instances(a.store, frame), want)
+    text_only = engine.segment(image, "bed")
+    assert len(text_only) != len(want) or not np.array_equal(text_only.scores, want.scores)  # they mattered
+    assert a.exemplars == {}  # consumed
+    # more than one phrase with exemplars: a one-line refusal before anything runs
+    _drag(a, (20, 15), (70, 60))
+    a.detect("bed. lamp")
+    assert "one phrase" in a.status and a.messages[-1][0] == "error" and not a.worker.busy
+    assert len(a.exemplars[frame]) == 1
+    a.clear_exemplars()
+    assert a.exemplars == {}
+
+
+# ----------------------------------------------------------------------------- video
+def _reference(model: Any, clip_path: Path, path: Path) -> dict[int, list[Any]]:
+    from dl_utils.sam3al.video import Sam3VideoOptions, Sam3VideoSession
+    from dl_utils.store import AnnotationStore
+    from dl_utils.video_utils import open_frames
+
+    with open_frames(clip_path) as src, AnnotationStore.open_or_create(path, src.media_info()) as ref:
+        sess = Sam3VideoSession(model, src, ref, VIDEO_CAPTION, on_unknown="error", model_name="sam3",
+                                options=Sam3VideoOptions(score_threshold_detection=VIDEO_THRESHOLD))
+        try:
+            assert sess.propagate()["status"] == "done"
+        finally:
+            sess.close()
+        return {f: instances(ref, f) for f in src.media_info().frames}
+
+
+@pytest.fixture(scope="module")
+def video_reference(tiny_sam3_video_model: Any, clip: Path,  # noqa: F811
+                    tmp_path_factory: pytest.TempPathFactory) -> dict[int, list[Any]]:
+    with mock.patch.object(tiny_sam3_video_model, "new_det_thresh", VIDEO_THRESHOLD):
+        return _reference(tiny_sam3_video_model, clip, tmp_path_factory.mktemp("ref") / "ref.sqlite")
+
+
+def _video_annotator(model: Any, clip_path: Path, store: Path) -> Any:
+    from dl_utils.ipy_utils import Annotator
+
+    return Annotator(clip_path, store, sam3_video_model=model, detector_options=opts(box_threshold=VIDEO_THRESHOLD))
+
+
+@requires_sam3
+def test_video_detect_with_sam3_writes_what_the_session_gives(tiny_sam3_video_model: Any,  # noqa: F811
+                                                              clip: Path, tmp_path: Path,  # noqa: F811
+                                                              video_reference: dict[int, list[Any]]) -> None:
+    model = tiny_sam3_video_model
+    a = _video_annotator(model, clip, tmp_path / "v.sqlite")
+    assert a.text_backend == "sam3" and a.w_detect.tooltip == SAM3_TIP and a.session is None  # no SAM2
+    with mock.patch.object(model, "new_det_thresh", VIDEO_THRESHOLD), \
+            mock.patch("dl_utils.drivers.run.open_session", side_effect=AssertionError("no SAM2 session")):
+        assert a.detect(VIDEO_CAPTION)
+        assert a.w_progress.max == N_FRAMES
+        assert a.wait(180) and "detect finished: 4 frames written" in a.status, a.messages[-3:]
+    assert a.w_progress.value == N_FRAMES and a.w_progress.bar_style == "success"
+    n = 0
+    for f, want in video_reference.items():
+        got = instances(a.store, f)
+        assert [x.object_id for x in got] == [x.object_id for x in want]
+        for g, w in zip(got, want):
+            assert np.array_equal(g.mask, w.mask) and g.score == w.score and g.label == w.label
+            n += 1
+    assert n > 0
+    assert a.job_summary["engine"] == "sam3" and a.job_summary["frames"] == N_FRAMES
+
+
+@requires_sam3
+def test_video_detect_cancel_keeps_what_was_written(tiny_sam3_video_model: Any, clip: Path,  # noqa: F811
+                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_sam3_video_model
+    a = _video_annotator(model, clip, tmp_path / "c.sqlite")
+    reached, go = threading.Event(), threading.Event()
+    real = a.store.write_frame
+
+    def gated(frame: int, insts: Any, **kw: Any) -> Any:
+        out = real(frame, insts, **kw)
+        reached.set()
+        go.wait(30)  # hold the job after its first frame until the test pressed Esc
+        return out
+
+    monkeypatch.setattr(a.store, "write_frame", gated)
+    with mock.patch.object(model, "new_det_thresh", VIDEO_THRESHOLD):
+        assert a.detect(VIDEO_CAPTION)
+        assert reached.wait(120)
+        a.handle_event({"type": "keydown", "key": "Escape"})  # the stop key, as the cancel button
+        go.set()
+        assert a.wait(120)
+        assert "detect cancelled; 1 frames written so far are kept" in a.status, a.messages[-3:]
+        assert a.w_progress.bar_style == "warning"
+        first = a.source.frame_numbers[0]
+        assert a.store.frames() == [first] and a.store.runs()[-1]["status"] == "cancelled"
+        # a later Detect resumes and fills the rest
+        monkeypatch.setattr(a.store, "write_frame", real)
+        assert a.detect(VIDEO_CAPTION) and a.wait(180) and "detect finished" in a.status, a.messages[-3:]
+    assert a.store.frames() == list(a.source.frame_numbers)
