@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..annotations import Instance, Instances, Provenance, Source
+from ..annotations import Clicks, Instance, Instances, Provenance, Source
 from ..errors import InputError
 from ..store import AnnotationStore
 from .frames import PREPROCESS, Sam3LazyFrames
@@ -137,6 +137,38 @@ class _Phrase:
     state: dict[str, Any] = field(default_factory=dict)
     gen: Iterator[tuple[int, Any]] | None = None
     objects: dict[int, int] = field(default_factory=dict)  # sam3 id -> store object id
+    # what trimming takes out of sam3's state and a refinement gives back (see Sam3VideoSession.refine)
+    scores: dict[int, dict[int, float]] = field(default_factory=dict)  # frame -> tracker score per sam3 id
+    suppressed: dict[int, set[int]] = field(default_factory=dict)  # frame -> suppressed sam3 ids
+    residue: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)  # frame -> id -> lost pixels
+
+
+class _StoreBackedOutputs(dict):
+    """sam3's ``cached_frame_outputs`` read back from the store, one frame at a time.
+
+    sam3's partial propagation and point refinement read ``cached_frame_outputs[t]`` (every object's
+    video-size mask on frame ``t``, before sam3's non-overlap rule) for each frame they yield. The
+    session trimmed those after writing; they are exactly the written masks plus, per object, the
+    pixels the non-overlap rule gave to another object (kept as flat indices: ``residue``, small), so
+    a frame is rebuilt when sam3 asks for it and dropped once it is written again (memory stays flat).
+    Frames sam3 writes (``_cache_frame_outputs``) are plain dict entries and win over the store.
+    """
+
+    def __init__(self, frames: range, load: Callable[[int], dict[int, Any]]):
+        super().__init__()
+        self._frames = frames
+        self._load = load
+
+    def __contains__(self, t: object) -> bool:
+        return dict.__contains__(self, t) or t in self._frames
+
+    def __getitem__(self, t: Any) -> Any:
+        if not dict.__contains__(self, t) and t in self._frames:
+            dict.__setitem__(self, t, self._load(int(t)))
+        return dict.__getitem__(self, t)
+
+    def get(self, t: Any, default: Any = None) -> Any:
+        return self[t] if t in self else default
 
 
 class Sam3VideoSession:
@@ -210,6 +242,7 @@ class Sam3VideoSession:
         self._start_idx = 0
         self._next_idx = 0  # the next frame index the generators yield
         self.peak_memory: dict[str, int] = {}
+        self.refinements: dict[int, dict[int, Clicks]] = {}  # store object -> frame -> clicks (refine)
         self._restore_objects()
 
     # ------------------------------------------------------------------ setup
@@ -425,8 +458,9 @@ class Sam3VideoSession:
                 if callback is not None:
                     callback(frame, Instances(insts, frame=frame))
             if self.options.trim_memory:
-                for ph in self.phrases:
-                    self._trim(ph.state, f_idx)
+                for ph, (_, out) in zip(self.phrases, items):  # type: ignore[misc]
+                    self._keep_residue(ph, f_idx, out)
+                    self._trim(ph.state, f_idx, ph)
             self._note_memory()
 
     def _object_id(self, ph: _Phrase, sam_id: int) -> int:
@@ -438,8 +472,10 @@ class Sam3VideoSession:
             ph.objects[sam_id] = oid
         return oid
 
-    def _instances(self, ph: _Phrase, f_idx: int, out: dict[str, Any]) -> list[Instance]:
-        """One yielded sam3 frame output -> store instances (``out_binary_masks`` are at video size)."""
+    def _instances(self, ph: _Phrase, f_idx: int, out: dict[str, Any], direction: str = "forward",
+                   keyframe: tuple[int, Clicks] | None = None) -> list[Instance]:
+        """One yielded sam3 frame output -> store instances (``out_binary_masks`` are at video size);
+        ``keyframe``: (sam3 id, clicks) of the object a person refined on this frame."""
         ids = np.asarray(out["out_obj_ids"]).reshape(-1)
         probs = np.asarray(out["out_probs"]).reshape(-1)
         masks = np.asarray(out["out_binary_masks"])
@@ -456,16 +492,257 @@ class Sam3VideoSession:
                 q = min(max(float(ts), 1e-7), 1 - 1e-7)
                 logit = math.log(q / (1 - q))
             m = np.asarray(m, dtype=bool)
+            key = keyframe is not None and keyframe[0] == int(sam_id)
             insts.append(Instance(
-                oid, mask=m, score=float(p), source=Source.AUTO, label=ph.label,
+                oid, mask=m, score=float(p), source=Source.SEMI_AUTO if key else Source.AUTO, label=ph.label,
+                keyframe=key, clicks=keyframe[1] if keyframe is not None and key else None,
                 provenance=Provenance(engine=ENGINE, model=self.model_name, caption=self.caption.text,
-                                      phrase=ph.phrase, detector_score=float(p), direction="forward",
+                                      phrase=ph.phrase, detector_score=float(p), direction=direction,
                                       object_score=logit, area=int(m.sum()), extra=extra),
             ))
         return insts
 
+    # ------------------------------------------------------------------ refinement
+    def sam3_object(self, object_id: int) -> tuple[str, int]:
+        """(phrase, sam3 id) of a store object this session made; one-line InputError otherwise."""
+        for ph in self.phrases:
+            for sam_id, oid in ph.objects.items():
+                if oid == object_id:
+                    return ph.phrase, sam_id
+        known = sorted(o for ph in self.phrases for o in ph.objects.values())
+        raise InputError(
+            f"object {object_id} is not one SAM 3 found for {self.caption.text!r} in this session "
+            f"(its objects: {known[:20]}{' ...' if len(known) > 20 else ''}); pick one of them"
+        )
+
+    def _frame_index(self, frame: int) -> int:
+        try:
+            idx = self._numbers.index(int(frame))
+        except (ValueError, TypeError):
+            raise InputError(
+                f"frame {frame!r} is not in {self.source.name} (frames {self._numbers[0]}..{self._numbers[-1]}); "
+                "give a source frame number"
+            ) from None
+        if idx < self._start_idx:
+            raise InputError(
+                f"frame {frame} is before frame {self._numbers[self._start_idx]}, where this SAM 3 run "
+                "started; refine on a frame the run covers"
+            )
+        return idx
+
+    def _click_prompt(self, frame: int, object_id: int, clicks: Clicks) -> tuple[list[list[float]], list[int]]:
+        """``clicks`` as sam3's relative points and labels: a box is its two corners with labels 2
+        and 3 ahead of the clicks, which is what sam3's tracker does with ``box=`` itself
+        (``add_new_points_or_box``; ``add_prompt`` passes points only)."""
+        if not isinstance(clicks, Clicks):
+            raise InputError(f"object {object_id}, frame {frame}: give Clicks(points=..., box=...), "
+                             f"got {type(clicks).__name__}")
+        if not clicks.points and clicks.box is None:
+            raise InputError(f"object {object_id}, frame {frame}: no clicks and no box to refine with")
+        w, h = self.media.width, self.media.height
+        pts: list[list[float]] = []
+        labels: list[int] = []
+        if clicks.box is not None:
+            x1, y1, x2, y2 = (float(v) for v in clicks.box)
+            if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
+                raise InputError(f"object {object_id}, frame {frame}: box {clicks.box} is not inside the "
+                                 f"{w}x{h} frame with x1 < x2, y1 < y2; give (x1, y1, x2, y2) in pixels")
+            pts += [[x1 / w, y1 / h], [x2 / w, y2 / h]]
+            labels += [2, 3]
+        for x, y, v in clicks.points:
+            if not (0 <= x < w and 0 <= y < h) or v not in (0, 1):
+                raise InputError(f"object {object_id}, frame {frame}: click ({x}, {y}, {v}) is not a point "
+                                 f"inside the {w}x{h} frame with label 1 (positive) or 0 (negative)")
+            pts.append([x / w, y / h])
+            labels.append(int(v))
+        return pts, labels
+
+    def _ensure_finished(self) -> None:
+        """sam3's state after its whole run: what its refinement starts from. A session that did not
+        run it (a new session on a finished store) replays it, writing nothing (see the module doc)."""
+        if self._started and all(ph.gen is None for ph in self.phrases):
+            return
+        if self._started:
+            raise InputError(
+                f"{self.caption.text!r}: SAM 3's run stopped at frame {self._numbers[max(self._next_idx - 1, 0)]}; "
+                "finish it (propagate()) before refining"
+            )
+        prog = self._progress()
+        n = len(self.frames)
+        if prog is None or int(prog["done_through"]) < n - 1:
+            raise InputError(f"{self.caption.text!r}: run propagate() to the end before refining")
+        stats = {"frames_written": 0, "instances_written": 0, "frames_computed": 0, "frames_skipped": 0}
+        with self._model_settings():
+            self._start(int(prog.get("start", 0)))
+            self._loop(None, 0, n - 1, stats)
+
+    def _load_cached(self, ph: _Phrase, t: int) -> dict[int, Any]:
+        """``cached_frame_outputs[t]`` of ``ph`` rebuilt: stored mask | residue per sam3 id."""
+        import torch
+
+        by_oid = {oid: sam_id for sam_id, oid in ph.objects.items()}
+        h, w = self.media.height, self.media.width
+        flat: dict[int, np.ndarray] = {}
+        for inst in self.store.read_frame(self._numbers[t]):
+            sam_id = by_oid.get(inst.object_id)
+            if sam_id is not None and inst.mask is not None:
+                flat[sam_id] = np.asarray(inst.mask, dtype=bool).reshape(-1).copy()
+        for sam_id, idx in ph.residue.get(t, {}).items():
+            m = flat.setdefault(sam_id, np.zeros(h * w, dtype=bool))
+            m[idx] = True
+        dev = self.model.device
+        return {i: torch.from_numpy(m.reshape(1, h, w)).to(dev) for i, m in sorted(flat.items())}
+
+    def _rehydrate(self, ph: _Phrase) -> None:
+        """Put back into sam3's state what trimming took out and its refinement reads."""
+        st = ph.state
+        tm = st["tracker_metadata"]
+        tm["obj_id_to_tracker_score_frame_wise"].update(ph.scores)
+        tm["rank0_metadata"]["suppressed_obj_ids"].update(ph.suppressed)
+        ph.scores, ph.suppressed = {}, {}
+        kept = dict(st["cached_frame_outputs"])
+        lazy = _StoreBackedOutputs(range(self._start_idx, len(self.frames)), lambda t: self._load_cached(ph, t))
+        for t, v in kept.items():
+            dict.__setitem__(lazy, t, v)
+        st["cached_frame_outputs"] = lazy
+
+    def _retrim(self, ph: _Phrase) -> None:
+        st = ph.state
+        cached = st["cached_frame_outputs"]
+        st["cached_frame_outputs"] = {}
+        n = len(self.frames)
+        self._trim(st, n - 1, ph)
+        for ts in st["tracker_inference_states"]:
+            _trim_tracker_state(self.model.tracker, ts, n)
+        del cached
+
+    def refine(self, frame: int, object_id: int, clicks: Clicks,
+               callback: Callable[[int, Instances], Any] | None = None) -> dict[str, Any]:
+        """Correct one object with clicks on one frame and carry the correction through the video.
+
+        Drives sam3's own instance refinement on the object's phrase state: ``add_prompt(points=...,
+        point_labels=..., obj_id=<sam3 id>)`` on ``frame`` (positive/negative clicks; ``clicks.box``
+        as sam3's box corners), then sam3's partial propagation (``propagate_in_video`` with the
+        action history it keeps: only the refined object is tracked again, the other objects' masks
+        come from its cache) forward from ``frame`` to the end and backward to the run's start.
+        Every frame sam3 yields is written: the phrase's instances that changed (the refined object;
+        a same-phrase neighbour only where sam3's non-overlap rule moves pixels between them) are
+        replaced, others are left as they are, instances of other phrases are never touched. Store
+        object ids stay (sam3 keeps the object's id). ``callback(frame, instances)`` gets each frame.
+
+        Why re-hydrate rather than keep: sam3 reads ``cached_frame_outputs`` (every object's
+        video-size masks) for every frame it yields, and per-frame scores and suppressions. Keeping
+        the masks would make memory grow with the video, which trimming exists to avoid; the store
+        already holds them, so the session keeps only what the store cannot give back (a few scores
+        per frame, and the pixels sam3's non-overlap rule moved: usually none) and rebuilds a frame's
+        cache when sam3 asks for it. The tracker's memory of frames before ``frame`` that trimming
+        dropped (older than its memory window; all kept with ``trim_memory=False``) cannot be rebuilt:
+        there the forward pass starts from the clicked frame alone (sam3 skips missing memory
+        frames), so results equal sam3's untrimmed run exactly only within the window of the run's
+        end, or with ``trim_memory=False``. Returns a summary; recorded as a ``sam3-refine`` run.
+        """
+        t0 = time.perf_counter()
+        _, sam_id = self.sam3_object(int(object_id))
+        k = self._frame_index(frame)
+        pts, labels = self._click_prompt(frame, object_id, clicks)
+        ph = next(p for p in self.phrases if object_id in p.objects.values())
+        self._ensure_finished()
+        n = len(self.frames)
+        run_id = self.store.begin_run("sam3-refine", {"caption": self.caption.text, "phrase": ph.phrase,
+                                                      "object": int(object_id), "frame": int(frame),
+                                                      "clicks": clicks.to_json(), "model": self.model_name})
+        stats = {"frames_written": 0, "instances_written": 0, "frames_computed": 0}
+        status = "failed"
+        try:
+            with self._model_settings():
+                if self.options.trim_memory:
+                    self._rehydrate(ph)
+                try:
+                    _, out = self.model.add_prompt(ph.state, frame_idx=k, points=pts, point_labels=labels,
+                                                   obj_id=sam_id)
+                    self._write_refined(ph, k, out, "forward", (sam_id, clicks), run_id, stats, callback, sam_id)
+                    self._drop_cached(ph, k, out)
+                    passes: list[tuple[bool, int | None]] = []
+                    if k < n - 1 or k == self._start_idx:  # sam3 takes a pass from the last frame as done
+                        passes.append((False, None))
+                    if k > self._start_idx:  # None: sam3's own bound (it reads it back) when the run starts at 0
+                        passes.append((True, k - self._start_idx if self._start_idx else None))
+                    for reverse, limit in passes:
+                        for t, out in self.model.propagate_in_video(ph.state, start_frame_idx=k,
+                                                                    max_frame_num_to_track=limit,
+                                                                    reverse=reverse):
+                            stats["frames_computed"] += 1
+                            key = (sam_id, clicks) if t == k else None
+                            self._write_refined(ph, t, out, "backward" if reverse else "forward", key,
+                                                run_id, stats, callback, sam_id)
+                            self._drop_cached(ph, t, out)
+                finally:
+                    if self.options.trim_memory:
+                        self._retrim(ph)
+            self.refinements.setdefault(int(object_id), {})[int(frame)] = clicks
+            status = "done"
+        finally:
+            self.store.finish_run(run_id, status)
+        return {"run_id": run_id, "status": status, "object": int(object_id), "frame": int(frame), **stats,
+                "seconds": round(time.perf_counter() - t0, 3)}
+
+    def _drop_cached(self, ph: _Phrase, t: int, out: dict[str, Any]) -> None:
+        """After a refined frame is written (trimming on): keep its residue, drop sam3's cache of it."""
+        if not self.options.trim_memory:
+            return
+        cached = ph.state["cached_frame_outputs"]
+        self._keep_residue(ph, t, out)
+        if dict.__contains__(cached, t):
+            dict.__delitem__(cached, t)
+
+    def _write_refined(self, ph: _Phrase, t: int, out: dict[str, Any], direction: str,
+                       keyframe: tuple[int, Clicks] | None, run_id: int, stats: dict[str, int],
+                       callback: Callable[[int, Instances], Any] | None, refined_id: int | None = None) -> None:
+        """Write the phrase's instances on frame ``t`` that differ from the stored ones; delete the
+        phrase's instances sam3 no longer shows there."""
+        frame = self._numbers[t]
+        new = self._instances(ph, t, out, direction, keyframe)
+        mine = set(ph.objects.values())
+        old = {x.object_id: x for x in self.store.read_frame(frame) if x.object_id in mine}
+        refined = ph.objects.get(refined_id) if refined_id is not None else None
+        changed = [x for x in new if x.object_id not in old or x.object_id == refined
+                   or old[x.object_id].mask is None or old[x.object_id].score != x.score
+                   or not np.array_equal(np.asarray(old[x.object_id].mask), np.asarray(x.mask))]
+        gone = set(old) - {x.object_id for x in new}
+        if changed:
+            self.store.write_frame(frame, changed, run_id=run_id)
+        for oid in sorted(gone):
+            self.store.delete_instances(object_id=oid, frames=[frame])
+        stats["frames_written"] += 1
+        stats["instances_written"] += len(changed)
+        if callback is not None:
+            callback(frame, self.store.read_frame(frame))
+
     # ------------------------------------------------------------------ memory
-    def _trim(self, st: dict[str, Any], written: int) -> None:
+    def _keep_residue(self, ph: _Phrase, t: int, out: dict[str, Any]) -> None:
+        """Before ``cached_frame_outputs[t]`` is dropped: per object, the pixels of sam3's cached mask
+        that its output (what the store gets) lacks, i.e. what the non-overlap rule gave to another
+        object. With the stored masks they rebuild the cache exactly (:class:`_StoreBackedOutputs`)."""
+        cached = ph.state.get("cached_frame_outputs", {})
+        if not dict.__contains__(cached, t):
+            ph.residue.pop(t, None)
+            return
+        shown = {int(i): np.asarray(m, dtype=bool) for i, m in
+                 zip(np.asarray(out["out_obj_ids"]).reshape(-1).tolist(), np.asarray(out["out_binary_masks"]))}
+        res: dict[int, np.ndarray] = {}
+        for sam_id, m in dict.__getitem__(cached, t).items():
+            pre = m.detach().cpu().numpy().reshape(-1).astype(bool)
+            post = shown.get(int(sam_id))
+            lost = pre if post is None else pre & ~post.reshape(-1)
+            idx = np.flatnonzero(lost)
+            if idx.size:
+                res[int(sam_id)] = idx.astype(np.int32)
+        if res:
+            ph.residue[t] = res
+        else:
+            ph.residue.pop(t, None)
+
+    def _trim(self, st: dict[str, Any], written: int, ph: _Phrase | None = None) -> None:
         """Drop what sam3's state holds for frames that are written and that no later frame reads.
 
         - ``cached_frame_outputs[t]`` (video-size masks of every object): read only by a later
@@ -473,22 +750,27 @@ class Sam3VideoSession:
         - ``tracker_metadata["obj_id_to_tracker_score_frame_wise"][t]`` and
           ``rank0_metadata["suppressed_obj_ids"][t]``: read for the current frame only (sam3
           deep-copies the whole frame-wise dict on every frame, so trimming also keeps the per-frame
-          cost flat); dropped up to the written frame.
+          cost flat); dropped up to the written frame (moved to the phrase's ``scores`` and
+          ``suppressed``, a few numbers per frame, which :meth:`refine` puts back).
         - each tracker state's non-conditioning outputs (memory features, object pointers): kept
           only for frames the memory attention of a later frame can still select (see
           :func:`_tracker_keep`); conditioning outputs beyond the ``max_cond_frames_in_attn`` most
           recent ones (and the first, where the tracker keeps it) likewise.
         """
-        st["cached_frame_outputs"] = {t: v for t, v in st["cached_frame_outputs"].items() if t > written}
+        st["cached_frame_outputs"] = {t: v for t, v in dict.items(st["cached_frame_outputs"]) if t > written}
         tm = st.get("tracker_metadata") or {}
         fw = tm.get("obj_id_to_tracker_score_frame_wise")
         if fw is not None:
             for t in [t for t in fw if t <= written]:
+                if ph is not None:  # a few floats per frame, for a later refinement
+                    ph.scores[t] = fw[t]
                 del fw[t]
         r0 = tm.get("rank0_metadata") or {}
         sup = r0.get("suppressed_obj_ids")
         if sup is not None:
             for t in [t for t in sup if t <= written]:
+                if ph is not None:
+                    ph.suppressed[t] = sup[t]
                 del sup[t]
         # the generator may have run ahead (hot-start delay): later reads start after the last
         # frame it processed
@@ -533,6 +815,53 @@ class Sam3VideoSession:
         self._started = False
         self.frames.close()
         self.source.close()
+
+
+class Sam3ClickEngine:
+    """:class:`dl_utils.interactive.PropagatingEngine` over a :class:`Sam3VideoSession`, so the click
+    widget can drive SAM 3 as it drives SAM2: ``add_clicks`` is :meth:`Sam3VideoSession.refine` (the
+    correction is carried through the whole video at once, as sam3's partial propagation does),
+    ``propagate`` runs (or finishes) the caption's text run, which goes forward only.
+
+    Not offered by sam3's refinement, so refused with a one-line InputError: undoing a frame's clicks
+    (``clear_clicks``: sam3 keeps no per-frame undo; refine again with other clicks) and dropping an
+    object from sam3's tracking (``remove_object``: delete the store object instead).
+    """
+
+    can_propagate = True
+
+    def __init__(self, session: Sam3VideoSession):
+        if not isinstance(session, Sam3VideoSession):
+            raise InputError(f"Sam3ClickEngine needs a Sam3VideoSession, got {type(session).__name__}")
+        self.session = session
+
+    def add_clicks(self, frame: int, object_id: int, clicks: Clicks) -> Instance:
+        self.session.refine(frame, object_id, clicks)
+        for inst in self.session.store.read_frame(frame):
+            if inst.object_id == object_id:
+                return inst
+        h, w = self.session.media.height, self.session.media.width
+        return Instance(object_id, mask=np.zeros((h, w), dtype=bool), source=Source.SEMI_AUTO,
+                        keyframe=True, clicks=clicks)
+
+    def clear_clicks(self, frame: int, object_id: int) -> None:
+        raise InputError(f"object {object_id}, frame {frame}: SAM 3 cannot undo clicks on a frame; "
+                         "refine again with the clicks you want")
+
+    def remove_object(self, object_id: int) -> None:
+        raise InputError(f"object {object_id}: SAM 3's session cannot stop tracking one object; "
+                         "delete it from the store instead")
+
+    def keyframes(self) -> dict[int, list[int]]:
+        return {o: sorted(f) for o, f in self.session.refinements.items()}
+
+    def propagate(self, direction: str, callback: Callable[[int, Instances], object]) -> dict[str, Any]:
+        if direction not in ("forward", "both"):
+            raise InputError(f"direction={direction!r}: SAM 3's text run goes forward only; use 'forward'")
+        return self.session.propagate(callback=callback)
+
+    def cancel(self) -> None:
+        self.session.cancel()
 
 
 def _tracker_keep(tracker: Any, ts: dict[str, Any], g: int) -> tuple[set[int], set[int]]:
@@ -604,4 +933,4 @@ def _trim_tracker_state(tracker: Any, ts: dict[str, Any], g: int) -> None:
                 del d[t]
 
 
-__all__ = ["ENGINE", "PROGRESS_KEY", "RESUME", "Exemplar", "Sam3VideoOptions", "Sam3VideoSession"]
+__all__ = ["ENGINE", "PROGRESS_KEY", "RESUME", "Exemplar", "Sam3ClickEngine", "Sam3VideoOptions", "Sam3VideoSession"]

@@ -1,0 +1,135 @@
+"""Sam3VideoSession.refine (clicks on one instance) against sam3's own API on the same clip.
+
+Reference: sam3's ``init_state(folder)`` + ``add_prompt(text)`` + ``propagate_in_video``, then
+``add_prompt(points=..., point_labels=..., obj_id=...)`` on frame k and its partial propagation
+forward from k and backward from k (``propagate_in_video(start_frame_idx=k[, reverse=True])``); each
+frame's last yield is what it ends with. Our session runs with its default memory trimming, so the
+comparison also checks the cache it rebuilds from the store. Clip, thresholds and the CPU context of
+sam3's side come from tests/test_sam3al_video.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.sam3_fixtures import requires_sam3, tiny_sam3_video_model  # noqa: F401
+from tests.test_sam3al_video import DATA, SIZE, THRESH, clip, sam3_cpu_run, session, stored  # noqa: F401
+
+pytestmark = [requires_sam3,
+              pytest.mark.skipif(not DATA.exists(), reason=f"{DATA} is absent (see ../shared/data/README)")]
+
+PHRASE = "person"
+K = 3
+
+
+def reference_refine(model: Any, folder: Path, k: int, pick: Any) -> tuple[dict[int, Any], dict[int, Any], Any]:
+    """(frames after the text run, frames after the refinement, the prompt used)."""
+    import torch
+
+    def grab(o: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return o["out_obj_ids"].copy(), o["out_probs"].copy(), o["out_binary_masks"].copy()
+
+    old = {n: getattr(model, n) for n in THRESH}
+    try:
+        for n, v in THRESH.items():
+            setattr(model, n, v)
+        with sam3_cpu_run(), torch.autocast("cpu", dtype=torch.bfloat16):
+            st = model.init_state(resource_path=str(folder), offload_video_to_cpu=True)
+            model.add_prompt(st, frame_idx=0, text_str=PHRASE)
+            first = {int(f): grab(o) for f, o in model.propagate_in_video(st)}
+            sam_id, pts, labels = pick(first)
+            after = dict(first)
+            f, o = model.add_prompt(st, frame_idx=k, points=pts, point_labels=labels, obj_id=sam_id)
+            after[int(f)] = grab(o)
+            for f, o in model.propagate_in_video(st, start_frame_idx=k):
+                after[int(f)] = grab(o)
+            for f, o in model.propagate_in_video(st, start_frame_idx=k, reverse=True):
+                after[int(f)] = grab(o)
+            return first, after, (sam_id, pts, labels)
+    finally:
+        for n, v in old.items():
+            setattr(model, n, v)
+
+
+def pick_clicks(frames: dict[int, Any]) -> tuple[int, list[list[float]], list[int]]:
+    """A box around the first object on frame K, a negative click in its middle, a positive one
+    at a corner of the box (relative coordinates, box corners labelled 2 and 3)."""
+    ids, _, masks = frames[K]
+    assert len(ids) > 0, "tune THRESH: no object on frame K"
+    ys, xs = np.nonzero(masks[0])
+    w, h = SIZE
+    x1, y1, x2, y2 = xs.min() * 0.5, ys.min() * 0.5, min(xs.max() * 0.8 + 1, w), min(ys.max() * 0.8 + 1, h)
+    pts = [[x1 / w, y1 / h], [x2 / w, y2 / h], [(x1 + x2) / 2 / w, (y1 + y2) / 2 / h], [(x1 + 2) / w, (y1 + 2) / h]]
+    return int(ids[0]), pts, [2, 3, 0, 1]
+
+
+def test_refine_same_as_sam3(tiny_sam3_video_model: Any, clip: Path, tmp_path: Path) -> None:  # noqa: F811
+    from dl_utils.annotations import Clicks
+
+    first, after, (sam_id, pts, labels) = reference_refine(tiny_sam3_video_model, clip, K, pick_clicks)
+    s = session(tiny_sam3_video_model, clip, tmp_path / "r.db", caption=PHRASE)
+    s.propagate()
+    ours = stored(s.store, PHRASE)
+    for f, (ids, _, masks) in first.items():
+        assert ours[f][0] == ids.tolist() and np.array_equal(ours[f][2], masks), f
+    assert s.memory_info()["cached_frame_outputs"] == 0  # trimmed: refine rebuilds it from the store
+    w, h = SIZE
+    (bx1, by1), (bx2, by2) = (pts[0][0] * w, pts[0][1] * h), (pts[1][0] * w, pts[1][1] * h)
+    clicks = Clicks(points=tuple((x * w, y * h, v) for (x, y), v in zip(pts[2:], labels[2:])), box=(bx1, by1, bx2, by2))
+    oid = s.phrases[0].objects[sam_id]
+    seen: list[int] = []
+    summary = s.refine(K, oid, clicks, callback=lambda f, _: seen.append(f))
+    assert summary["status"] == "done" and K in seen
+    ours = stored(s.store, PHRASE)
+    changed = 0
+    for f, (ids, probs, masks) in after.items():
+        o_ids, o_probs, o_masks = ours[f]
+        assert np.array_equal(np.asarray(o_ids, dtype=np.int64), ids), f
+        assert np.array_equal(np.asarray(o_probs, dtype=np.float32), probs.astype(np.float32)), f
+        assert np.array_equal(o_masks, masks), f
+        changed += int(not np.array_equal(masks, first[f][2]) or not np.array_equal(ids, first[f][0]))
+    assert changed > 0, "the clicks changed nothing: pick other clicks"
+    # ids stable: same store objects, the clicked frame is the object's keyframe with its clicks
+    assert sorted(o.id for o in s.store.objects()) == sorted(s.phrases[0].objects.values())
+    key = [x for x in s.store.read_frame(K) if x.object_id == oid]
+    if key:
+        assert key[0].keyframe and key[0].clicks == clicks
+    assert s.memory_info()["cached_frame_outputs"] == 0
+    s.close()
+
+
+def test_refine_errors_are_one_line(tiny_sam3_video_model: Any, clip: Path, tmp_path: Path) -> None:  # noqa: F811
+    from dl_utils.annotations import Clicks
+    from dl_utils.errors import InputError
+
+    s = session(tiny_sam3_video_model, clip, tmp_path / "e.db", caption=PHRASE)
+    good = Clicks(points=((5.0, 5.0, 1),))
+    bad = [
+        lambda: s.refine(0, 12345, good),  # unknown object
+        lambda: s.refine(0, 1, good),  # nothing run yet: no objects
+    ]
+    for call in bad:
+        with pytest.raises(InputError) as e:
+            call()
+        assert "\n" not in str(e.value)
+    s.phrases[0].objects[0] = 77  # as if sam3 had made it
+    for call in (lambda: s.refine(99, 77, good), lambda: s.refine(0, 77, Clicks(points=((500.0, 5.0, 1),))),
+                 lambda: s.refine(0, 77, Clicks()), lambda: s.refine(0, 77, Clicks(box=(10, 10, 5, 5))),
+                 lambda: s.refine(0, 77, good)):  # last: propagate() not run
+        with pytest.raises(InputError) as e:
+            call()
+        assert "\n" not in str(e.value)
+    from dl_utils.interactive import PropagatingEngine
+    from dl_utils.sam3al.video import Sam3ClickEngine
+
+    eng = Sam3ClickEngine(s)
+    assert isinstance(eng, PropagatingEngine) and eng.keyframes() == {}
+    for call in (lambda: eng.clear_clicks(0, 77), lambda: eng.remove_object(77),
+                 lambda: eng.propagate("backward", lambda f, i: None)):
+        with pytest.raises(InputError):
+            call()
+    s.close()
