@@ -248,3 +248,30 @@ def test_video_detect_cancel_keeps_what_was_written(tiny_sam3_video_model: Any, 
         monkeypatch.setattr(a.store, "write_frame", real)
         assert a.detect(VIDEO_CAPTION) and a.wait(180) and "detect finished" in a.status, a.messages[-3:]
     assert a.store.frames() == list(a.source.frame_numbers)
+
+
+@requires_sam3
+def test_video_with_exemplars_runs_the_shown_frame(tiny_sam3_image_model: Any,  # noqa: F811
+                                                   tiny_sam3_video_model: Any, clip: Path,  # noqa: F811
+                                                   tmp_path: Path) -> None:
+    """On a video, exemplars are pixels of the shown frame: Detect runs SAM 3's image engine on that
+    frame with them (not the video session), and refuses with one line without the image model."""
+    from dl_utils.ipy_utils import Annotator
+    from dl_utils.sam3al.image import Sam3ImageEngine
+
+    a = Annotator(clip, tmp_path / "e.sqlite", sam3_video_model=tiny_sam3_video_model,
+                  detector_options=opts(box_threshold=VIDEO_THRESHOLD))
+    a.show(a.source.frame_numbers[1])
+    assert a.exemplar((10, 10, 60, 50)) is not None
+    a.detect("bed")
+    assert a.messages[-1][0] == "error" and "image model" in a.status and "\n" not in a.status
+    assert not a.worker.busy and a.store.frames() == []
+    a.detector = opts(box_threshold=0.1).sam3_detector(tiny_sam3_image_model)
+    assert a.w_detect.tooltip == SAM3_TIP
+    exs = list(a.exemplars[a.frame])
+    with mock.patch("dl_utils.drivers.run.text_into_video_sam3", side_effect=AssertionError("not the session")):
+        assert a.detect("bed") and a.wait(120) and "detect finished" in a.status, a.messages[-3:]
+    image = a.source[1]
+    want = Sam3ImageEngine(tiny_sam3_image_model, score_threshold=0.1).segment(image, "bed", exs)
+    _same(instances(a.store, a.frame), want)
+    assert a.store.frames() == [a.frame] and a.exemplars == {}
