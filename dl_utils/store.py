@@ -513,6 +513,20 @@ class AnnotationStore:
                 store.check_media(media)
         return store
 
+    @classmethod
+    def for_media(cls, store: "AnnotationStore | str | os.PathLike[str]", media: MediaInfo) -> "AnnotationStore":
+        """The store an engine session writes into: an open store given its media (or checked against
+        it), a path opened or created for it; anything else an :class:`InputError` naming the type."""
+        if isinstance(store, AnnotationStore):
+            if store.media is None:
+                store.set_media(media)
+            else:
+                store.check_media(media)
+            return store
+        if isinstance(store, (str, os.PathLike)):
+            return cls.open_or_create(store, media)
+        raise InputError(f"store must be an AnnotationStore or a path, got {type(store).__name__}")
+
     def _setup_schema(self, create: bool) -> None:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {

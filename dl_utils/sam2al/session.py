@@ -109,16 +109,7 @@ class VideoSession:
 
         self.source = source if isinstance(source, FrameSource) else open_frames(source)
         media = self.source.media_info()
-        if isinstance(store, AnnotationStore):
-            self.store = store
-            if store.media is None:
-                store.set_media(media)
-            else:
-                store.check_media(media)
-        elif isinstance(store, (str, os.PathLike)):
-            self.store = AnnotationStore.open_or_create(store, media)
-        else:
-            raise InputError(f"store must be an AnnotationStore or a path, got {type(store).__name__}")
+        self.store = AnnotationStore.for_media(store, media)
         if sam_model is None:
             sam_model = build_sam2_model(
                 model, checkpoint, image_size=image_size, device=device, video=True, download=download

@@ -206,16 +206,7 @@ class Sam3VideoSession:
         self.model_name = model_name or getattr(model, "dl_utils_name", None) or type(model).__name__
         self.source = source if isinstance(source, FrameSource) else open_frames(source)
         media = self.source.media_info()
-        if isinstance(store, AnnotationStore):
-            self.store = store
-            if store.media is None:
-                store.set_media(media)
-            else:
-                store.check_media(media)
-        elif isinstance(store, (str, os.PathLike)):
-            self.store = AnnotationStore.open_or_create(store, media)
-        else:
-            raise InputError(f"store must be an AnnotationStore or a path, got {type(store).__name__}")
+        self.store = AnnotationStore.for_media(store, media)
         self.media = media
         self._numbers = list(media.frames)
         if media.frame_sizes is not None and len(set(media.frame_sizes)) > 1:
