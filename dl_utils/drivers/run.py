@@ -16,8 +16,10 @@ and store, it picks the path and runs the steps.
 ``backend="sam3"`` (:class:`DetectorOptions`): SAM 3 alone detects, segments and tracks. On images its
 detections carry their masks (written as they are; no SAM2 model is built for the text step); on the
 video path the text runs as a :class:`~dl_utils.sam3al.video.Sam3VideoSession` (every frame, SAM 3's
-own tracker) instead of the keyframe tracker, and no SAM2 session is opened. Clicks on video with a
-SAM 3 text step are refused (the session takes no clicks yet); clicks on images still go to SAM2.
+own tracker) instead of the keyframe tracker, and no SAM2 session is opened. Clicks on video with
+``backend="sam3"`` refine SAM 3's own objects (:func:`clicks_into_video_sam3`: each entry's
+``object`` is a store object SAM 3 made), after the text step when there is one; on a store with no
+SAM 3 run they are refused. Clicks on images still go to SAM2.
 
 The text step's backend and model are recorded in the store (meta :data:`BACKEND_KEY`, at the first
 text run, with or without the ledger): a later text run with another backend is refused,
@@ -38,6 +40,7 @@ Models are built from the options objects only when a step needs them, unless gi
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,6 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..samal import ImageSegmenter
     from ..sam2al import VideoSession
     from ..sam3al.image import Exemplar
+    from ..sam3al.video import Sam3VideoSession
     from ..store import AnnotationStore, StoreReader
     from ..video_utils import FrameSource
 
@@ -211,7 +215,8 @@ def run_into_store(
     the frames written, and has no keyframes: it detects on every frame) or, on images, ``status``,
     ``detections``, ``frames`` (detected now) and ``images`` (all finished ones, with ``ledger``).
     With ``span``, ``points`` also has ``dropped`` ({object: [frames]}) and ``propagation`` (the
-    session's propagation summary).
+    session's propagation summary). With ``backend="sam3"`` on video the clicks refine SAM 3's
+    objects after the text step (:func:`clicks_into_video_sam3`), the same ``points`` keys.
     """
     detector_options = detector_options or DetectorOptions()
     sam = sam or SamOptions()
@@ -244,22 +249,30 @@ def _video(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clic
     out: dict[str, Any] = {}
     every = track.every_for(True)
     sam3 = prompt is not None and options.backend == "sam3"
-    if sam3:
+    if options.backend == "sam3" and (sam3 or clicks):
         options.check_sam3()
-        if clicks or span is not None:
-            raise InputError(f"{where}: clicks with --backend sam3 on video are not supported yet (SAM 3's "
-                             "session takes a text prompt only); run the clicks into their own store, or use "
-                             "--backend groundingdino")
-        if track.every is not None:
+        if span is not None:
+            raise InputError(f"{where}: segment's span does not apply to --backend sam3 on video (SAM 3 refines "
+                             "one object through the whole video); leave --start/--stop out")
+        if track.every is not None and sam3:
             raise InputError(f"--every {track.every}: SAM 3 detects on every frame of a video; leave --every "
                              "out with --backend sam3 (or use --no-track for independent keyframes)")
-    own = session is None and (bool(clicks) or span is not None or (prompt is not None and segment and not sam3))
+        if clicks and not sam3 and not sam3_captions(store):
+            raise InputError(f"{where}: clicks with --backend sam3 on video refine SAM 3's objects, and "
+                             f"{store.path} has no SAM 3 run; run the text step first (--text ... --backend sam3)")
+        if not sam3:  # clicks alone: refine what an earlier text run made
+            out["points"] = clicks_into_video_sam3(src, store, clicks, where, options, table=table,
+                                                   model=sam3_video_model, progress=progress, callback=callback)
+            if ledger:
+                mark(store, "points", status="done", objects=out["points"]["objects"])
+            return out
+    own = session is None and not sam3 and (bool(clicks) or span is not None or (prompt is not None and segment))
     if own:
         session = open_session(src, store, sam, sam_video_model)
     try:
         if session is not None:
             out["resumed"] = bool(session.object_ids)
-        if clicks or span is not None:
+        if (clicks or span is not None) and not sam3:
             assert session is not None
             out["points"] = clicks_into_video(session, clicks, where, direction=sam.direction, progress=progress,
                                               span=span)
@@ -270,6 +283,11 @@ def _video(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clic
             done = steps(store).get("text") or {} if ledger else {}
             if done.get("status") == "done" and done.get("prompt") == prompt.caption:
                 out["text"] = {"status": "already done", **{k: v for k, v in done.items() if k != "status"}}
+                if sam3 and clicks:
+                    out["points"] = clicks_into_video_sam3(src, store, clicks, where, options, table=table,
+                                                           model=sam3_video_model, progress=progress,
+                                                           callback=callback)
+                    mark(store, "points", status="done", objects=out["points"]["objects"])
                 return out
             if done.get("prompt") not in (None, prompt.caption):
                 raise InputError(
@@ -277,17 +295,30 @@ def _video(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clic
                     f"{prompt.caption!r} (or export and merge)"
                 )
             record_backend(store, options)
+            if sam3 and clicks:  # what can be told before SAM 3's whole pass (objects it makes are not there yet)
+                check_sam3_entries(src, store, clicks, where)
             if ledger:
                 mark(store, "text", status="running", prompt=prompt.caption)
             if sam3:
-                res = text_into_video_sam3(src, store, prompt, options, table=table, model=sam3_video_model,
-                                           progress=progress, callback=callback)
-                if ledger:
-                    if res["status"] != "done":
-                        raise InputError(f"the text step stopped ({res['status']}); run again to resume")
-                    mark(store, "text", status="done", prompt=prompt.caption, objects=res["objects"],
-                         keyframes=0, frames=res["frames"])
-                out["text"] = res
+                s3 = open_sam3_session(src, store, prompt, options, table=table, model=sam3_video_model)
+                try:
+                    res = text_into_video_sam3(src, store, prompt, options, progress=progress, callback=callback,
+                                               session=s3)
+                    if ledger or clicks:
+                        if res["status"] != "done":
+                            raise InputError(f"the text step stopped ({res['status']}); run again to resume")
+                    if ledger:
+                        mark(store, "text", status="done", prompt=prompt.caption, objects=res["objects"],
+                             keyframes=0, frames=res["frames"])
+                    out["text"] = res
+                    if clicks:  # on the text run's own session: its state is the finished run, no replay
+                        out["points"] = clicks_into_video_sam3(src, store, clicks, where, options, table=table,
+                                                               progress=progress, callback=callback,
+                                                               sessions={prompt.caption: s3})
+                        if ledger:
+                            mark(store, "points", status="done", objects=out["points"]["objects"])
+                finally:
+                    s3.close()
                 return out
             det = detector or options.build(table)
             if segment:
@@ -313,12 +344,31 @@ def _video(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clic
     return out
 
 
+def open_sam3_session(src: FrameSource, store: AnnotationStore, caption: Prompt | str, options: DetectorOptions, *,
+                      table: ClassTable | None = None, model: Any = None) -> Sam3VideoSession:
+    """A :class:`~dl_utils.sam3al.video.Sam3VideoSession` for ``caption`` on ``src`` into ``store``
+    (``model``: a pre-built SAM 3 video model, else the released one from ``options``), with the
+    driver's settings: phrases naming no class of ``table`` are an error (SAM 3 would spend a whole
+    pass on a concept then dropped), the score threshold and model label of ``options``."""
+    from ..sam3al.video import Sam3VideoOptions, Sam3VideoSession
+
+    options.check_sam3()
+    if model is None:
+        model = options.build_sam3("video")
+    return Sam3VideoSession(model, src, store, caption, classes=table, on_unknown="error",
+                            options=Sam3VideoOptions(score_threshold_detection=options.sam3_score_threshold()),
+                            model_name=options.model_label)
+
+
 def text_into_video_sam3(src: FrameSource, store: AnnotationStore, prompt: Prompt, options: DetectorOptions, *,
                          table: ClassTable | None = None, model: Any = None, progress: bool = True,
-                         callback: Callable[[int, Instances], Any] | None = None) -> dict[str, Any]:
+                         callback: Callable[[int, Instances], Any] | None = None,
+                         session: Sam3VideoSession | None = None) -> dict[str, Any]:
     """The text step on video with SAM 3: a :class:`~dl_utils.sam3al.video.Sam3VideoSession` over
     the whole source (``model``: a pre-built SAM 3 video model, else the released one from
     ``options``), written frame by frame; a re-run resumes from the store (the session's replay).
+    ``session``: one from :func:`open_sam3_session`, used and left open (the clicks that follow
+    refine on its finished state); else one is opened and closed here.
 
     Returns the keyframe tracker's summary keys (``status``, ``objects``, ``ended`` (empty: SAM 3
     keeps no ended list), ``keyframes`` (empty: it detects on every frame), ``detections``: the
@@ -326,14 +376,9 @@ def text_into_video_sam3(src: FrameSource, store: AnnotationStore, prompt: Promp
     of ``table`` are an error (SAM 3 would spend a whole pass on a concept then dropped)."""
     from tqdm.auto import tqdm
 
-    from ..sam3al.video import Sam3VideoOptions, Sam3VideoSession
-
-    options.check_sam3()
-    if model is None:
-        model = options.build_sam3("video")
-    session = Sam3VideoSession(model, src, store, prompt, classes=table, on_unknown="error",
-                               options=Sam3VideoOptions(score_threshold_detection=options.sam3_score_threshold()),
-                               model_name=options.model_label)
+    own = session is None
+    if session is None:
+        session = open_sam3_session(src, store, prompt, options, table=table, model=model)
     bar = tqdm(total=len(src), desc="sam3", unit="frame", disable=None if progress else True)
 
     def each(frame: int, instances: Instances) -> Any:
@@ -344,10 +389,113 @@ def text_into_video_sam3(src: FrameSource, store: AnnotationStore, prompt: Promp
         with bar:
             r = session.propagate(each)
     finally:
-        session.close()  # the states and the decoded frames; the source reopens when read again
+        if own:
+            session.close()  # the states and the decoded frames; the source reopens when read again
     return {"status": r["status"], "objects": list(r.get("objects", [])), "ended": [], "keyframes": [],
             "detections": int(r.get("instances_written", 0)), "frames": int(r.get("frames_written", 0)),
             "frames_skipped": int(r.get("frames_skipped", 0)), "engine": "sam3", "seconds": r.get("seconds")}
+
+
+def sam3_captions(store: StoreReader) -> list[str]:
+    """The captions of the SAM 3 text runs in ``store`` (finished or not), in the order first run."""
+    from ..sam3al.video import PROGRESS_KEY
+
+    got = store.get_meta(PROGRESS_KEY, {}) or {}
+    return [str(c) for c in got] if isinstance(got, dict) else []
+
+
+def sam3_caption_of(store: StoreReader, object_id: int) -> str | None:
+    """The caption of the SAM 3 run that made store object ``object_id``; None for any other object
+    (clicked with SAM2, detected by GroundingDINO, or absent)."""
+    try:
+        obj = store.get_object(int(object_id))
+    except Exception:  # an unknown id: the caller says which entry and what to use
+        return None
+    a = obj.attributes.get("sam3") if isinstance(obj.attributes, dict) else None
+    return str(a["caption"]) if isinstance(a, dict) and a.get("caption") is not None else None
+
+
+def check_sam3_entries(src: FrameSource, store: StoreReader, clicks: list[Click], where: Any) -> None:
+    """Before the text step: each entry's frame is in ``src`` and its object, when the store
+    already has it, is one SAM 3 made (a SAM2 or GroundingDINO object would fail only after the pass)."""
+    from ..sam2al.segment import check_entry
+
+    ids = {o.id for o in store.objects()}
+    for i, e in enumerate(clicks):
+        check_entry(src, e, i, where)
+        if e["object"] in ids and sam3_caption_of(store, e["object"]) is None:
+            raise InputError(_not_sam3(where, i, e, store))
+
+
+def _not_sam3(where: Any, i: int, e: Click, store: StoreReader) -> str:
+    return (f"{where}: entry {i}: object {e['object']} is not an object SAM 3 made in {store.path}; with "
+            "--backend sam3 clicks refine SAM 3's objects: use an object id from the store (listed by "
+            "`dl-utils store info` or the widget)")
+
+
+def clicks_into_video_sam3(src: FrameSource, store: AnnotationStore, clicks: list[Click], where: Any,
+                           options: DetectorOptions, *, table: ClassTable | None = None, model: Any = None,
+                           progress: bool = True, callback: Callable[[int, Instances], Any] | None = None,
+                           sessions: Mapping[str, Sam3VideoSession] | None = None) -> dict[str, Any]:
+    """Click entries refining SAM 3's own objects (:meth:`Sam3VideoSession.refine`): each entry's
+    ``object`` must be a store object a SAM 3 text run made; its clicks go to sam3's refinement of
+    that instance on the entry's frame, carried through the whole video, ids kept.
+    ``{"applied", "objects", "frames_written"}`` as the SAM2 path.
+
+    ``sessions``: open sessions by caption (the text run just finished on one: no replay); a caption
+    without one gets a new session, which replays its finished text run first (writing nothing), as
+    refine requires. Resume: when every entry is already applied (a keyframe with the same clicks
+    in the store, or a finished ``sam3-refine`` run of the store with the same object, frame and
+    clicks: refined masks may leave the clicked frame without the object, so no keyframe), nothing
+    runs. Why re-run all of them when only some are: sam3's refinements build on each
+    other in its state, which a new session does not have (it replays the text run only), so the
+    earlier entries are refined again (same result, deterministic) before the new ones; ``applied``
+    counts the new ones. Every entry is checked before any model work."""
+    from tqdm.auto import tqdm
+
+    from ..annotations import Clicks
+    from ..sam2al.segment import check_entry, same_prompt
+
+    captions: list[str | None] = []
+    for i, e in enumerate(clicks):
+        check_entry(src, e, i, where)
+        cap = sam3_caption_of(store, e["object"])
+        if cap is None:
+            raise InputError(_not_sam3(where, i, e, store))
+        captions.append(cap)
+    def entry_clicks(e: Click) -> Clicks:
+        return Clicks(points=tuple(tuple(pt) for pt in e["points"] or ()), box=e["box"])
+
+    def key(caption: Any, oid: Any, frame: Any, c: Any) -> str:
+        return json.dumps([caption, int(oid), int(frame), c], sort_keys=True)
+
+    done = {key(r["params"].get("caption"), r["params"].get("object"), r["params"].get("frame"),
+                r["params"].get("clicks"))
+            for r in store.runs(status="done") if r["kind"] == "sam3-refine" and isinstance(r.get("params"), dict)}
+    new = [i for i, e in enumerate(clicks)
+           if not same_prompt(store.read_frame(e["frame"]).by_object().get(e["object"]), e)
+           and key(captions[i], e["object"], e["frame"], entry_clicks(e).to_json()) not in done]
+    objects = sorted({int(e["object"]) for e in clicks})
+    if not new:
+        return {"applied": 0, "objects": objects, "frames_written": 0}
+    opened: dict[str, Sam3VideoSession] = {}
+    frames = 0
+    try:
+        for i, e in enumerate(tqdm(clicks, desc="sam3 refine", unit="entry", disable=None if progress else True)):
+            cap = captions[i]
+            assert cap is not None
+            s = (sessions or {}).get(cap) or opened.get(cap)
+            if s is None:
+                s = opened[cap] = open_sam3_session(src, store, cap, options, table=table, model=model)
+            try:
+                r = s.refine(e["frame"], int(e["object"]), entry_clicks(e), callback=callback)
+            except InputError as err:
+                raise type(err)(f"{where}: entry {i}: {err}") from None
+            frames += int(r["frames_written"])
+    finally:
+        for s in opened.values():
+            s.close()
+    return {"applied": len(new), "objects": objects, "frames_written": frames}
 
 
 def clicks_into_video(session: VideoSession, clicks: list[Click], where: Any, *, direction: str,
@@ -539,6 +687,10 @@ __all__ = [
     "record_backend",
     "recorded_backend",
     "text_into_video_sam3",
+    "open_sam3_session",
+    "clicks_into_video_sam3",
+    "sam3_captions",
+    "sam3_caption_of",
     "clicks_into_images",
     "clicks_into_video",
     "from_ranges",

@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..drivers.options import DetectorOptions
     from ..sam2al import VideoSession
     from ..sam3al.image import Exemplar
+    from ..sam3al.video import Sam3ClickEngine
     from ..store import AnnotationStore
     from ..video_utils import FrameSource
 
@@ -130,6 +131,9 @@ class AnnotatorController:
         self.exemplar_mode = False
         #: after a correction, re-propagate (both ways) the frames it made stale, in the background
         self.auto_propagate = False
+        #: SAM 3 refiners by caption (clicks on SAM 3's objects): opened at the first click, dropped
+        #: by Detect and open (their sam3 state is that of the text run they replayed)
+        self.sam3_engines: dict[str, Sam3ClickEngine] = {}
         self.history = History()
         self.clicks = ClickBook()
         self.selected: int | None = None
@@ -173,6 +177,7 @@ class AnnotatorController:
                 raise MediaError(f"{src} has no frames; check the file")
             self.store, self.source, self.session = self._store_for(source, store), source, None
         self.engine = VideoClickEngine(self.session) if self.session is not None else None
+        self.drop_sam3_engines()
         self.history.clear()
         self.clicks = ClickBook()
         self.exemplars = {}
@@ -443,21 +448,74 @@ class AnnotatorController:
             return self.new_object(None, None, None).id
         return self.selected
 
-    def add_point(self, x: int, y: int, positive: bool, frame: int | None, object_id: int | None) -> Instance:
+    def add_point(self, x: int, y: int, positive: bool, frame: int | None,
+                  object_id: int | None) -> Instance | None:
+        """A click on the object (SAM2; on a SAM 3 object, SAM 3's refine in the background: None)."""
+        text = f"{'positive' if positive else 'negative'} point ({x}, {y})"
+        caption = self.refine_target(object_id if object_id is not None else self.selected)
+        if caption is not None:
+            self.not_busy("add a prompt")
+            f, oid = self._frame(frame), self._target(object_id)
+            self.jobs.refine(caption, oid, f, self.clicks.with_point(oid, f, x, y, positive), text)
+            return None
         self.need_engine()
         self.not_busy("add a prompt")
         f = self._frame(frame)
         oid = self._target(object_id)
-        return self.set_clicks(oid, f, self.clicks.with_point(oid, f, x, y, positive),
-                               f"{'positive' if positive else 'negative'} point ({x}, {y})")
+        return self.set_clicks(oid, f, self.clicks.with_point(oid, f, x, y, positive), text)
 
-    def add_box(self, box: tuple[int, int, int, int], frame: int | None, object_id: int | None) -> Instance:
+    def add_box(self, box: tuple[int, int, int, int], frame: int | None,
+                object_id: int | None) -> Instance | None:
+        """A box prompt on the object (SAM2; on a SAM 3 object, SAM 3's refine in the background: None)."""
+        b = (int(box[0]), int(box[1]), int(box[2]), int(box[3]))
+        caption = self.refine_target(object_id if object_id is not None else self.selected)
+        if caption is not None:
+            self.not_busy("add a prompt")
+            f, oid = self._frame(frame), self._target(object_id)
+            self.jobs.refine(caption, oid, f, self.clicks.with_box(oid, f, b), f"box {tuple(box)}")
+            return None
         self.need_engine()
         self.not_busy("add a prompt")
         f = self._frame(frame)
         oid = self._target(object_id)
-        b = (int(box[0]), int(box[1]), int(box[2]), int(box[3]))
         return self.set_clicks(oid, f, self.clicks.with_box(oid, f, b), f"box {tuple(box)}")
+
+    # ------------------------------------------------------------------ SAM 3 refinement
+    def refine_target(self, object_id: int | None) -> str | None:
+        """The caption of the SAM 3 run that made ``object_id`` when clicks on it go to SAM 3's
+        refine: Detect runs SAM 3's video session here (a SAM 3 text backend with a
+        ``sam3_video_model``, on a video) and the object is one SAM 3 made. Else None: SAM2 takes
+        the click as before (objects clicked with SAM2 or found by GroundingDINO, image folders).
+
+        Why by object: one store may hold both, and SAM 3's refinement only knows its own instances
+        (sam3 ids); SAM2's clicks on them would fight SAM 3's tracking of the same object."""
+        if (object_id is None or self.store is None or self.source is None or self.source.kind != "video"
+                or self.sam3_video_model is None or self.text_backend != "sam3"):
+            return None
+        from ..drivers.run import sam3_caption_of
+
+        return sam3_caption_of(self.store, int(object_id))
+
+    def sam3_engine(self, caption: str) -> Sam3ClickEngine:
+        """The :class:`~dl_utils.sam3al.video.Sam3ClickEngine` refining ``caption``'s objects, opened
+        at its first use (its first refine replays the finished text run, writing nothing: the
+        session Detect ran is closed by then). Called from the refine job's thread."""
+        eng = self.sam3_engines.get(caption)
+        if eng is None:
+            from ..drivers.run import open_sam3_session
+            from ..sam3al.video import Sam3ClickEngine
+
+            assert self.source is not None
+            s = open_sam3_session(self.source, self.need_store(), caption, self.sam3_options(), table=self.classes,
+                                  model=self.sam3_video_model)
+            eng = self.sam3_engines[caption] = Sam3ClickEngine(s)
+        return eng
+
+    def drop_sam3_engines(self) -> None:
+        """Close the SAM 3 refiners (a new Detect or another store makes their state stale)."""
+        engines, self.sam3_engines = self.sam3_engines, {}
+        for eng in engines.values():
+            eng.session.close()
 
     def _frame(self, frame: int | None) -> int:
         if frame is not None:

@@ -18,6 +18,7 @@ from ..interactive import ImageClickEngine, PropagatingEngine
 from .worker import Emit, Worker, kernel_scheduler
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..annotations import Clicks
     from ..dinoal.caption import Caption
     from ..sam3al.image import Exemplar
     from ..store import AnnotationStore
@@ -82,6 +83,27 @@ class JobRunner:
         self._start(f"propagate {direction}", job, engine.cancel, total)
         return True
 
+    def refine(self, caption: str, oid: int, frame: int, clicks: Clicks, text: str) -> bool:
+        """Clicks on a SAM 3 object: :meth:`Sam3VideoSession.refine` through the caption's
+        :class:`~dl_utils.sam3al.video.Sam3ClickEngine`, in the background (it re-tracks the object
+        through the whole video: a propagation, not a click's instant answer). Progress per frame
+        written; the clicks join the click book (and show) once it finished.
+
+        Not cancellable: sam3's refinement has no stop between frames, and stopping it half-way would
+        leave its state and the store out of step (forward frames refined, backward ones not). No
+        undo either (sam3 keeps none): refine again with other clicks."""
+        c = self.c
+
+        def job(emit: Emit, cancelled: threading.Event) -> Any:
+            engine = c.sam3_engine(caption)
+            r = engine.session.refine(frame, oid, clicks, callback=lambda f, insts: emit("frame", f))
+            return {**r, "refined": (oid, frame, clicks)}
+
+        self._start("refine", job, None, len(c.source) if c.source is not None else 1)
+        c.say(f"refine running in the background: SAM 3 re-tracks object {oid} through the video from "
+              f"the {text} on frame {frame} (it cannot be cancelled; no undo)")
+        return True
+
     def detect(self, text: str) -> bool:
         """The caption through the drivers' run_into_store: the tracker on video, the current image alone.
 
@@ -94,6 +116,8 @@ class JobRunner:
             raise InputError("type what to find (e.g. 'car. person') before pressing detect")
         if sam3:
             assert source is not None  # a store is open, so is its source
+            self.c.not_busy("start detect")  # a running refine uses them
+            self.c.drop_sam3_engines()  # the run may change what their replayed state holds
             return self._detect_sam3(str(text), store, source)
         assert engine is not None
         if self.c.detector is None:
@@ -207,6 +231,10 @@ class JobRunner:
 
     def cancel(self) -> bool:
         with self.c.lock:
+            if self.job == "refine" and self.worker.busy:
+                self.c.say("refine cannot be cancelled (SAM 3's refinement has no stop between frames); "
+                           "it ends on its own", "warn")
+                return False
             if not self.worker.cancel():
                 self.c.say("nothing is running", "warn")
                 return False
@@ -254,6 +282,10 @@ class JobRunner:
         used = result.get("exemplars") if isinstance(result, dict) else None
         if used is not None:  # Detect consumed them; the ones drawn meanwhile stay
             self.c.consume_exemplars(*used)
+        refined = result.get("refined") if isinstance(result, dict) else None
+        if refined is not None:  # the clicks SAM 3 refined with: shown, and the next click adds to them
+            oid, frame, clicks = refined
+            self.c.clicks.set(oid, frame, clicks)
         if status == "cancelled":
             self.c.listener.job_ended("warning")
             self.c.say(f"{name} cancelled; {self.progress[0]} frames written so far are kept", "warn")
