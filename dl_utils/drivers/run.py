@@ -409,7 +409,7 @@ def sam3_caption_of(store: StoreReader, object_id: int) -> str | None:
     (clicked with SAM2, detected by GroundingDINO, or absent)."""
     try:
         obj = store.get_object(int(object_id))
-    except Exception:  # an unknown id: the caller says which entry and what to use
+    except InputError:  # an unknown id: the caller says which entry and what to use
         return None
     a = obj.attributes.get("sam3") if isinstance(obj.attributes, dict) else None
     return str(a["caption"]) if isinstance(a, dict) and a.get("caption") is not None else None
