@@ -223,7 +223,7 @@ def test_video_stores_what_the_session_gives(tiny_sam3_video_model: Any, clip: P
             assert again["text"]["status"] == "already done"
             # clicks with SAM 3 on video, --every: one-line refusals before anything runs
             click = {"frame": media.frames[0], "object": 99, "label": "bed", "points": [[10, 10, 1]], "box": None}
-            with pytest.raises(InputError, match="clicks with --backend sam3 on video are not supported"):
+            with pytest.raises(InputError, match="is not an object SAM 3 made"):
                 run_into_store(src, st, prompt=parse_caption(CAPTION), clicks=[click], progress=False,
                                detector_options=opts(), sam3_video_model=model)
             with pytest.raises(InputError, match="SAM 3 detects on every frame"):
@@ -317,7 +317,8 @@ def test_batch_workers_build_sam3_alone(tmp_path: Path) -> None:
         assert worker.models_for(o, video=False, text=True, points=False) == {"sam3_model": "sam3-image"}
         assert worker.models_for(o, video=False, text=True, points=True) == {"sam3_model": "sam3-image",
                                                                               "segmenter": "sam2-images"}
-        assert worker.models_for(o, video=True, text=True, points=True) == {}  # the driver refuses clicks
+        assert worker.models_for(o, video=True, text=True, points=True) == {"sam3_video_model": "sam3-video"}
+        assert worker.models_for(o, video=True, text=False, points=True) == {"sam3_video_model": "sam3-video"}
     # a store finished by another backend is not skipped as done: the run refuses it and says why
     from dl_utils.annotations import MediaInfo
 

@@ -139,8 +139,8 @@ def models_for(options: BatchOptions, *, video: bool, text: bool, points: bool =
     arguments :func:`~dl_utils.drivers.annotate.annotate` takes pre-built models through.
 
     With ``--backend sam3`` the text step needs SAM 3 alone (its video model on video, its image
-    model on images) and SAM2 is built only for ``points`` on images (clicks on video are refused
-    with SAM 3 by the driver, so nothing is built for them here)."""
+    model on images); clicks on video refine SAM 3's objects (its video model too), and SAM2 is built
+    only for ``points`` on images."""
     cache = _MODELS.setdefault(options.cache_key(), {})
     if options.detector.backend == "sam3":
         return _sam3_models_for(options, cache, video=video, text=text, points=points)
@@ -164,7 +164,7 @@ def _sam3_models_for(options: BatchOptions, cache: dict[str, Any], *, video: boo
                      points: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     d = options.detector
-    if text and video and not points:  # with points the driver refuses before it needs a model
+    if video and (text or points):  # the text step and clicks (they refine SAM 3's objects) on video
         if "sam3_video" not in cache:
             cache["sam3_video"] = d.build_sam3("video")
         out["sam3_video_model"] = cache["sam3_video"]
@@ -176,14 +176,6 @@ def _sam3_models_for(options: BatchOptions, cache: dict[str, Any], *, video: boo
         if "segmenter" not in cache:
             cache["segmenter"] = options.sam.image_segmenter()
         out["segmenter"] = cache["segmenter"]
-    if points and video and not text:  # clicks alone: SAM2's video path, whatever --backend says
-        if "sam_video" not in cache:
-            from ..sam2_loader import build_sam2_model
-
-            s = options.sam
-            cache["sam_video"] = build_sam2_model(s.model_name, s.checkpoint, image_size=s.image_size,
-                                                  device=s.device, video=True)
-        out["sam_video_model"] = cache["sam_video"]
     return out
 
 

@@ -12,7 +12,7 @@ Steps, each driven by the library and each safe to run again (the store is the l
    the tracker, so the detector does not start them a second time. An interrupted run resumes on the
    same keyframe grid; a finished one is not run again.
    With ``--backend sam3`` SAM 3 alone finds, segments and tracks the objects (every frame, its own
-   tracker; clicks on video are refused with it). A store keeps the backend of its first text run:
+   tracker; clicks on video then refine SAM 3's objects). A store keeps the backend of its first text run:
    another one is refused (use a new ``--out``).
 3. **CVAT** (``--cvat-task``): the store is pushed to the task (idempotent: only what changed).
 
