@@ -202,14 +202,8 @@ class AnnotatorController:
         from ..store import AnnotationStore
 
         media = source.media_info()
-        if isinstance(store, AnnotationStore):
-            if store.media is None:
-                store.set_media(media)
-            else:
-                store.check_media(media)
-            return store
         if store is not None:
-            return AnnotationStore.open_or_create(store, media)
+            return AnnotationStore.for_media(store, media)
         path = Path(tempfile.mkdtemp(prefix="dl_utils_annotator_")) / "annotations.sqlite"
         return AnnotationStore.create(path, media)
 
