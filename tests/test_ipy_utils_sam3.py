@@ -254,13 +254,13 @@ def test_video_detect_cancel_keeps_what_was_written(tiny_sam3_video_model: Any, 
 def test_video_with_exemplars_runs_the_shown_frame(tiny_sam3_image_model: Any,  # noqa: F811
                                                    tiny_sam3_video_model: Any, clip: Path,  # noqa: F811
                                                    tmp_path: Path) -> None:
-    """On a video, exemplars are pixels of the shown frame: Detect runs SAM 3's image engine on that
-    frame with them (not the video session), and refuses with one line without the image model."""
+    """On a video without SAM 3's video model, exemplars are pixels of the shown frame: Detect runs
+    SAM 3's image engine on that frame with them, and refuses with one line without the image model.
+    (With the video model they are tracked: tests/test_sam3al_exemplars.py.)"""
     from dl_utils.ipy_utils import Annotator
     from dl_utils.sam3al.image import Sam3ImageEngine
 
-    a = Annotator(clip, tmp_path / "e.sqlite", sam3_video_model=tiny_sam3_video_model,
-                  detector_options=opts(box_threshold=VIDEO_THRESHOLD))
+    a = Annotator(clip, tmp_path / "e.sqlite", detector_options=opts(box_threshold=VIDEO_THRESHOLD))
     a.show(a.source.frame_numbers[1])
     assert a.exemplar((10, 10, 60, 50)) is not None
     a.detect("bed")

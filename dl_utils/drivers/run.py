@@ -205,9 +205,12 @@ def run_into_store(
     called for every frame the tracker writes. ``span``: segment's propagation (see the module doc).
     ``sam3_model`` / ``sam3_video_model``: pre-built SAM 3 image / video models for ``backend="sam3"``
     (else the released one is built from ``detector_options`` when a step needs it).
-    ``exemplars``: SAM 3's box exemplars ("more like this one"), by frame number, on the image path
-    only: an image with exemplars is segmented with its caption and those boxes
-    (``Sam3ImageEngine.segment(image, caption, exemplars)``); they are pixels of that one image.
+    ``exemplars``: SAM 3's box exemplars ("more like this one"), by frame number. On the image path
+    an image with exemplars is segmented with its caption and those boxes
+    (``Sam3ImageEngine.segment(image, caption, exemplars)``); they are pixels of that one image. On
+    the video path they go to SAM 3's video session with the text (one frame, one box per phrase;
+    on a frame after the first the session tracks forward then backward from it: see
+    :class:`~dl_utils.sam3al.video.Sam3VideoSession`), so every instance is tracked through the video.
 
     Returns ``{"tracked", "every", "resumed" (video), "points": {...}, "text": {...}}``: ``points``
     has ``applied`` (and, on video, ``objects``, ``frames_written``); ``text`` the tracker's summary
@@ -225,13 +228,13 @@ def run_into_store(
     tracked = span is not None or (bool(track.track) and (src.kind == "video" or session is not None))
     out: dict[str, Any] = {"tracked": tracked, "every": track.every_for(tracked)}
     where = clicks_file if clicks_file is not None else "prompts"
-    if exemplars and (tracked or detector_options.backend != "sam3" or prompt is None):
-        raise InputError("exemplar boxes go with a text prompt, --backend sam3 and the image path (track=False)")
+    if exemplars and (detector_options.backend != "sam3" or prompt is None or span is not None):
+        raise InputError("exemplar boxes go with a text prompt and --backend sam3 (not with segment's span)")
     if tracked:
         out.update(_video(src, store, prompt, list(clicks), where, detector=detector, options=detector_options,
                           sam=sam, track=track, table=table, segment=segment, ledger=ledger, run_id=run_id,
                           session=session, sam_video_model=sam_video_model, progress=progress,
-                          callback=callback, span=span, sam3_video_model=sam3_video_model))
+                          callback=callback, span=span, sam3_video_model=sam3_video_model, exemplars=exemplars))
     else:
         out.update(_images(src, store, prompt, list(clicks), where, detector=detector, options=detector_options,
                            sam=sam, every=out["every"], table=table, segment=segment, ledger=ledger,
@@ -245,7 +248,7 @@ def _video(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clic
            table: ClassTable | None, segment: bool, ledger: bool, run_id: int | None,
            session: VideoSession | None, sam_video_model: Any, progress: bool,
            callback: Callable[[int, Instances], Any] | None, span: ClickSpan | None = None,
-           sam3_video_model: Any = None) -> dict[str, Any]:
+           sam3_video_model: Any = None, exemplars: Mapping[int, Sequence[Exemplar]] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     every = track.every_for(True)
     sam3 = prompt is not None and options.backend == "sam3"
@@ -300,7 +303,8 @@ def _video(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clic
             if ledger:
                 mark(store, "text", status="running", prompt=prompt.caption)
             if sam3:
-                s3 = open_sam3_session(src, store, prompt, options, table=table, model=sam3_video_model)
+                s3 = open_sam3_session(src, store, prompt, options, table=table, model=sam3_video_model,
+                                       exemplars=exemplars)
                 try:
                     res = text_into_video_sam3(src, store, prompt, options, progress=progress, callback=callback,
                                                session=s3)
@@ -345,19 +349,26 @@ def _video(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clic
 
 
 def open_sam3_session(src: FrameSource, store: AnnotationStore, caption: Prompt | str, options: DetectorOptions, *,
-                      table: ClassTable | None = None, model: Any = None) -> Sam3VideoSession:
+                      table: ClassTable | None = None, model: Any = None,
+                      exemplars: Mapping[int, Sequence[Exemplar]] | None = None) -> Sam3VideoSession:
     """A :class:`~dl_utils.sam3al.video.Sam3VideoSession` for ``caption`` on ``src`` into ``store``
     (``model``: a pre-built SAM 3 video model, else the released one from ``options``), with the
     driver's settings: phrases naming no class of ``table`` are an error (SAM 3 would spend a whole
-    pass on a concept then dropped), the score threshold and model label of ``options``."""
+    pass on a concept then dropped), the score threshold and model label of ``options``.
+    ``exemplars``: box exemplars by frame number, handed to the session with their frame."""
+    import dataclasses
+
+    from ..sam3al.prompts import Exemplar as _Exemplar
     from ..sam3al.video import Sam3VideoOptions, Sam3VideoSession
 
     options.check_sam3()
     if model is None:
         model = options.build_sam3("video")
+    exs = [dataclasses.replace(e, frame=int(f)) if isinstance(e, _Exemplar) else e
+           for f, es in (exemplars or {}).items() for e in es]
     return Sam3VideoSession(model, src, store, caption, classes=table, on_unknown="error",
                             options=Sam3VideoOptions(score_threshold_detection=options.sam3_score_threshold()),
-                            model_name=options.model_label)
+                            model_name=options.model_label, exemplars=exs)
 
 
 def text_into_video_sam3(src: FrameSource, store: AnnotationStore, prompt: Prompt, options: DetectorOptions, *,

@@ -152,8 +152,10 @@ class JobRunner:
 
     def _detect_sam3(self, text: str, store: AnnotationStore, source: FrameSource) -> bool:
         """SAM 3 through run_into_store: on a video with a SAM 3 video model, its session over the whole
-        source (progress per frame; cancel stops after the current frame); else the shown image with
-        SAM 3's image model, and with the exemplar boxes drawn on it ("more like this one"). No SAM2."""
+        source (progress per frame; cancel stops after the current frame), with the exemplar box drawn
+        on the shown frame ("more like this one") as the session's prompt there, so what it finds is
+        tracked through the whole video (forward then backward from that frame); else the shown image
+        with SAM 3's image model, and with the exemplar boxes drawn on it. No SAM2."""
         from ..dinoal.caption import parse_caption
         from ..drivers.options import TrackOptions
         from ..drivers.run import run_into_store
@@ -162,10 +164,13 @@ class JobRunner:
         caption, table, frame, image = parse_caption(text), self.c.classes, self.c.frame, self.c.image
         exs = list(self.c.exemplars.get(frame, [])) if frame is not None else []
         video_model = self.c.sam3_video_model
-        video = source.kind == "video" and video_model is not None and not exs
+        video = source.kind == "video" and video_model is not None
         if exs and len(caption) > 1:
             raise InputError(f"exemplar boxes show one concept but {caption.text!r} has {len(caption)} phrases; "
                              "type one phrase (what the boxes show), or clear the exemplars (Esc)")
+        if video and len(exs) > 1:  # sam3's video add_prompt takes one box on its prompt frame
+            raise InputError(f"{len(exs)} exemplar boxes on frame {frame}: SAM 3's video model takes one; "
+                             "clear them (Esc) and draw one")
         if not video:
             if self.c.detector is None:
                 raise InputError(("exemplar boxes run on the shown image with SAM 3's image model" if exs else
@@ -186,12 +191,15 @@ class JobRunner:
                 try:
                     res = run_into_store(source, store, prompt=caption, detector_options=options, table=table,
                                          track=TrackOptions(track=True), progress=False, callback=each,
-                                         sam3_video_model=video_model)
+                                         sam3_video_model=video_model,
+                                         exemplars={frame: exs} if exs and frame is not None else None)
                 except DetectCancelled:
                     return {"status": "cancelled", "engine": "sam3"}
-                return res["text"]
+                return {**res["text"], "exemplars": (frame, exs)} if exs else res["text"]
 
             self._start("detect", job, None, len(source))
+            if exs:
+                self.c.say(f"detect tracking the exemplar box on frame {frame} through the video (SAM 3)")
             return True
 
         assert frame is not None and image is not None

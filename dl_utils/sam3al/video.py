@@ -30,6 +30,7 @@ logic) and changes only what is around it:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import threading
 import time
@@ -47,7 +48,9 @@ from .prompts import Exemplar  # one type for images and video (kept importable 
 
 ENGINE = "sam3"
 RESUME = ("replay", "redetect")
-PROGRESS_KEY = "sam3_video.progress"  # store meta: {caption text: {"done_through": i, "start": s}}
+# store meta: {caption text: {"done_through": i, "start": s}}; a run prompted on frame k > 0 (exemplars
+# there) adds {"forward_done_through": i, "backward_done_through": j, "exemplars": [...]} (see _set_progress)
+PROGRESS_KEY = "sam3_video.progress"
 
 
 @dataclass(frozen=True)
@@ -181,7 +184,9 @@ class Sam3VideoSession:
     ``"car. person"`` or a :class:`~dl_utils.dinoal.caption.Caption`; each phrase is mapped to a
     label through ``classes`` as GroundingDINO's are (``on_unknown``, ``superclass``); a phrase
     that maps to no label is not run. ``exemplars``: boxes on the first frame (see
-    :class:`Exemplar`).
+    :class:`Exemplar`), all on one frame: the run's first frame (``frame=None``) or any frame ``k``;
+    on ``k > 0`` the session does what sam3's own demo does with a prompt on a middle frame
+    (``add_prompt`` on ``k``, ``propagate_in_video`` forward from ``k``, then backward from ``k``).
     """
 
     def __init__(self, model: Any, source: Any, store: Any, caption: Any, *, classes: Any = None,
@@ -249,24 +254,84 @@ class Sam3VideoSession:
                     f"exemplar {e.box}: name its phrase (one of {names}) with Exemplar(..., phrase=...)"
                 )
             x1, y1, x2, y2 = e.checked_box(self.media.width, self.media.height, "frame")
-            if e.frame is not None and e.frame not in self._numbers[:1]:
+            if e.frame is not None and e.frame not in self._numbers:
                 raise InputError(
-                    f"exemplar {e.box} on frame {e.frame}: boxes given to the session go on the run's first "
-                    f"frame ({self._numbers[0]}); leave frame=None"
+                    f"exemplar {e.box} on frame {e.frame}: {self.source.name} has no such frame "
+                    f"(frames {self._numbers[0]}..{self._numbers[-1]}); give a source frame number"
                 )
             out.append(Exemplar((x1, y1, x2, y2), bool(e.positive), ph, e.frame))
+        frames = sorted({self._numbers[0] if e.frame is None else int(e.frame) for e in out})
+        if len(frames) > 1:  # sam3's add_prompt resets the state: one prompt frame per run
+            raise InputError(
+                f"exemplar boxes on frames {frames}: SAM 3 takes one prompt frame per run (a new prompt "
+                "restarts it); draw all boxes on one frame"
+            )
+        for ph in names:
+            mine = [e.box for e in out if e.phrase == ph]
+            if len(mine) > 1:  # sam3's _get_visual_prompt: a fresh prompt frame takes a single box
+                raise InputError(
+                    f"exemplar boxes {mine} for {ph!r}: SAM 3's video model takes one box per phrase "
+                    "(positive or negative); keep one, or segment the frame with the image model"
+                )
+        self._prompt_idx = self._numbers.index(frames[0]) if frames else 0
+        if self._prompt_idx > 0 and self._prompt_idx == len(self._numbers) - 1:
+            # sam3 takes a first pass that starts on the last frame as the whole run: its backward
+            # pass would only fetch (parse_action_history_for_propagation), not segment
+            raise InputError(
+                f"exemplar boxes on frame {frames[0]}, the last frame: SAM 3 cannot track back from the "
+                "last frame; draw them on an earlier frame"
+            )
         return out
+
+    @property
+    def bidirectional(self) -> bool:
+        """True when the run is prompted on a frame after the first (exemplars there): sam3's forward
+        pass from that frame, then its backward pass from it."""
+        return self._prompt_idx > 0
+
+    def _exemplars_json(self) -> list[list[Any]]:
+        return [[*e.box, bool(e.positive), e.phrase] for e in self.exemplars]
 
     def _progress(self) -> dict[str, Any] | None:
         got = self.store.get_meta(PROGRESS_KEY, {}) or {}
         entry = got.get(self.caption.text) if isinstance(got, dict) else None
         return entry if isinstance(entry, dict) else None
 
-    def _set_progress(self, done_through: int) -> None:
+    def _set_progress(self, f_idx: int) -> None:
+        """Record frame index ``f_idx`` as written. A run from the first frame keeps
+        ``{"done_through": i, "start": s}``. A run prompted on ``k > 0`` writes its forward pass
+        (``k`` .. end) then its backward pass (``k - 1`` .. 0): ``forward_done_through`` is the last
+        forward frame written (``k - 1`` before any), ``backward_done_through`` the last backward
+        frame written (``k`` before any), ``done_through`` the last frame of the run's order
+        (forward then backward) written, as an index into that order, so ``done_through == n - 1``
+        means finished for both kinds; ``exemplars`` the boxes, so a resume can tell it replays the
+        same prompt."""
         got = self.store.get_meta(PROGRESS_KEY, {}) or {}
         got = dict(got) if isinstance(got, dict) else {}
-        got[self.caption.text] = {"done_through": int(done_through), "start": int(self._start_idx)}
+        if not self.bidirectional:
+            got[self.caption.text] = {"done_through": int(f_idx), "start": int(self._start_idx)}
+        else:
+            k, n = self._prompt_idx, len(self._numbers)
+            old = got.get(self.caption.text) if isinstance(got.get(self.caption.text), dict) else None
+            fwd = int(old.get("forward_done_through", k - 1)) if old and old.get("start") == k else k - 1
+            bwd = int(old.get("backward_done_through", k)) if old and old.get("start") == k else k
+            if f_idx >= k:
+                fwd = max(fwd, int(f_idx))
+            else:
+                bwd = min(bwd, int(f_idx))
+            got[self.caption.text] = {"start": k, "forward_done_through": fwd, "backward_done_through": bwd,
+                                      "done_through": (fwd - k) + (k - bwd), "exemplars": self._exemplars_json()}
         self.store.set_meta(PROGRESS_KEY, got)
+
+    def _written(self, prog: dict[str, Any] | None) -> Callable[[int], bool]:
+        """Whether frame index ``t`` is already written by this caption's run (see _set_progress)."""
+        if prog is None:
+            return lambda t: False
+        if "forward_done_through" in prog:
+            k, fwd, bwd = int(prog["start"]), int(prog["forward_done_through"]), int(prog["backward_done_through"])
+            return lambda t: k <= t <= fwd or bwd <= t < k
+        done = int(prog["done_through"])
+        return lambda t: t <= done
 
     def _restore_objects(self) -> None:
         """Re-link store objects made by an earlier session for this caption (resume by replay)."""
@@ -343,7 +408,15 @@ class Sam3VideoSession:
                                      (b.box[3] - b.box[1]) / h] for b in boxes]
                 kw["box_labels"] = [1 if b.positive else 0 for b in boxes]
             self.model.add_prompt(ph.state, frame_idx=start_idx, text_str=ph.phrase, **kw)
-            ph.gen = iter(self.model.propagate_in_video(ph.state))
+            if start_idx > 0 and self.bidirectional:
+                # sam3's demo with a prompt on a middle frame: forward from it, then backward from it
+                # (the second generator's body, where sam3 reads its action history, runs only once
+                # the first is exhausted)
+                ph.gen = itertools.chain(
+                    self.model.propagate_in_video(ph.state, start_frame_idx=start_idx, reverse=False),
+                    self.model.propagate_in_video(ph.state, start_frame_idx=start_idx, reverse=True))
+            else:
+                ph.gen = iter(self.model.propagate_in_video(ph.state))
         self._started = True
 
     @contextlib.contextmanager
@@ -391,6 +464,7 @@ class Sam3VideoSession:
         t0 = time.perf_counter()
         prog = self._progress()
         done_through = int(prog["done_through"]) if prog is not None else -1
+        written = self._written(prog)
         n = len(self.frames)
         params = {"caption": self.caption.text, "phrases": [p.phrase for p in self.phrases],
                   "model": self.model_name, **self.options.model_overrides()}
@@ -402,6 +476,9 @@ class Sam3VideoSession:
         status = "failed"
         try:
             with self._model_settings():
+                if not self._started and (self.bidirectional or (prog is not None and "forward_done_through" in prog)):
+                    self._check_same_prompt(prog)
+                    self._start(self._prompt_idx)  # replay: sam3's ids before k depend on the whole run
                 if not self._started:
                     start = done_through + 1 if (self.options.resume == "redetect" and done_through >= 0) else 0
                     if prog is not None and self.options.resume == "replay":
@@ -409,7 +486,7 @@ class Sam3VideoSession:
                         if start > done_through + 1:
                             start = 0
                     self._start(start)
-                status = self._loop(callback, run_id, done_through, stats)
+                status = self._loop(callback, run_id, written, stats)
         except KeyboardInterrupt:
             status = "cancelled"
             raise
@@ -419,7 +496,22 @@ class Sam3VideoSession:
                 "objects": sorted(o for ph in self.phrases for o in ph.objects.values()), **stats,
                 "seconds": round(time.perf_counter() - t0, 3)}
 
-    def _loop(self, callback: Callable[[int, Instances], Any] | None, run_id: int, done_through: int,
+    def _check_same_prompt(self, prog: dict[str, Any] | None) -> None:
+        """A run prompted on frame k > 0 resumes only by replaying the same prompt (sam3's ids on
+        frames before k come from its backward pass, after the whole forward one)."""
+        if prog is None:
+            return
+        same = ("forward_done_through" in prog and self.bidirectional and int(prog["start"]) == self._prompt_idx
+                and prog.get("exemplars") == self._exemplars_json())
+        if not same:
+            was = (f"exemplar boxes {prog.get('exemplars')} on frame {self._numbers[int(prog['start'])]}"
+                   if "forward_done_through" in prog else f"a prompt on frame {self._numbers[int(prog.get('start', 0))]}")
+            raise InputError(
+                f"{self.store.path}: {self.caption.text!r} was started with {was}; resume with the same "
+                "exemplars, or use a new store for other ones"
+            )
+
+    def _loop(self, callback: Callable[[int, Instances], Any] | None, run_id: int, written: Callable[[int], bool],
               stats: dict[str, int]) -> str:
         while True:
             if self._cancel.is_set():
@@ -435,13 +527,14 @@ class Sam3VideoSession:
             f_idx = idx.pop()
             self._next_idx = f_idx + 1
             stats["frames_computed"] += 1
-            if f_idx <= done_through:
+            backward = self.bidirectional and f_idx < self._prompt_idx
+            if written(f_idx):
                 stats["frames_skipped"] += 1
             else:
                 frame = self._numbers[f_idx]
                 insts: list[Instance] = []
                 for ph, (_, out) in zip(self.phrases, items):  # type: ignore[misc]
-                    insts += self._instances(ph, f_idx, out)
+                    insts += self._instances(ph, f_idx, out, "backward" if backward else "forward")
                 self.store.write_frame(frame, insts, run_id=run_id)
                 self._set_progress(f_idx)
                 stats["frames_written"] += 1
@@ -451,7 +544,7 @@ class Sam3VideoSession:
             if self.options.trim_memory:
                 for ph, (_, out) in zip(self.phrases, items):  # type: ignore[misc]
                     self._keep_residue(ph, f_idx, out)
-                    self._trim(ph.state, f_idx, ph)
+                    self._trim(ph.state, f_idx, ph, reverse=backward)
             self._note_memory()
 
     def _object_id(self, ph: _Phrase, sam_id: int) -> int:
@@ -565,7 +658,7 @@ class Sam3VideoSession:
         stats = {"frames_written": 0, "instances_written": 0, "frames_computed": 0, "frames_skipped": 0}
         with self._model_settings():
             self._start(int(prog.get("start", 0)))
-            self._loop(None, 0, n - 1, stats)
+            self._loop(None, 0, lambda t: True, stats)
 
     def _load_cached(self, ph: _Phrase, t: int) -> dict[int, Any]:
         """``cached_frame_outputs[t]`` of ``ph`` rebuilt: stored mask | residue per sam3 id."""
@@ -633,6 +726,13 @@ class Sam3VideoSession:
         end, or with ``trim_memory=False``. Returns a summary; recorded as a ``sam3-refine`` run.
         """
         t0 = time.perf_counter()
+        prog = self._progress()
+        if self.bidirectional or (prog is not None and "forward_done_through" in prog):
+            k = self._numbers[self._prompt_idx if self.bidirectional else int(prog["start"])]  # type: ignore[index]
+            raise InputError(
+                f"object {object_id}, frame {frame}: refining a SAM 3 run prompted on frame {k} (exemplars "
+                "after the first frame) is not supported yet; put the exemplars on the first frame to refine"
+            )
         _, sam_id = self.sam3_object(int(object_id))
         k = self._frame_index(frame)
         pts, labels = self._click_prompt(frame, object_id, clicks)
@@ -733,8 +833,14 @@ class Sam3VideoSession:
         else:
             ph.residue.pop(t, None)
 
-    def _trim(self, st: dict[str, Any], written: int, ph: _Phrase | None = None) -> None:
+    def _trim(self, st: dict[str, Any], written: int, ph: _Phrase | None = None, reverse: bool = False) -> None:
         """Drop what sam3's state holds for frames that are written and that no later frame reads.
+
+        ``reverse``: ``written`` is a frame of the backward pass of a run prompted on frame k > 0, so
+        the written frames are ``written`` and after. In such a run the tracker states are not
+        trimmed in either pass: the backward pass reads the forward pass's memory around k (its
+        window and sam3's closest conditioning frames, both directions), which the forward trimming
+        below would drop; mirrored trimming is not written yet, so that memory grows with the video.
 
         - ``cached_frame_outputs[t]`` (video-size masks of every object): read only by a later
           refinement/fetch pass, which this session does not run; dropped up to the written frame.
@@ -748,25 +854,30 @@ class Sam3VideoSession:
           :func:`_tracker_keep`); conditioning outputs beyond the ``max_cond_frames_in_attn`` most
           recent ones (and the first, where the tracker keeps it) likewise.
         """
-        st["cached_frame_outputs"] = {t: v for t, v in dict.items(st["cached_frame_outputs"]) if t > written}
+        def done(t: int) -> bool:
+            return t >= written if reverse else t <= written
+
+        st["cached_frame_outputs"] = {t: v for t, v in dict.items(st["cached_frame_outputs"]) if not done(t)}
         tm = st.get("tracker_metadata") or {}
         fw = tm.get("obj_id_to_tracker_score_frame_wise")
         if fw is not None:
-            for t in [t for t in fw if t <= written]:
+            for t in [t for t in fw if done(t)]:
                 if ph is not None:  # a few floats per frame, for a later refinement
                     ph.scores[t] = fw[t]
                 del fw[t]
         r0 = tm.get("rank0_metadata") or {}
         sup = r0.get("suppressed_obj_ids")
         if sup is not None:
-            for t in [t for t in sup if t <= written]:
+            for t in [t for t in sup if done(t)]:
                 if ph is not None:
                     ph.suppressed[t] = sup[t]
                 del sup[t]
+        if self.bidirectional:
+            return
         # the generator may have run ahead (hot-start delay): later reads start after the last
         # frame it processed
-        done = [t for t, v in enumerate(st["previous_stages_out"]) if v is not None]
-        nxt = (max(done) if done else written) + 1
+        done_ = [t for t, v in enumerate(st["previous_stages_out"]) if v is not None]
+        nxt = (max(done_) if done_ else written) + 1
         for ts in st["tracker_inference_states"]:
             _trim_tracker_state(self.model.tracker, ts, nxt)
 
