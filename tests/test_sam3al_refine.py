@@ -55,6 +55,19 @@ def reference_refine(model: Any, folder: Path, k: int, pick: Any) -> tuple[dict[
             setattr(model, n, v)
 
 
+def shown(store: Any) -> dict[int, Any]:
+    """``stored`` without the empty-mask keyframe a refinement leaves where sam3 shows the refined
+    object nowhere on the clicked frame (a mark of the clicks, not one of sam3's outputs)."""
+    out = {}
+    for i, frame in enumerate(store.media.frames):
+        insts = [x for x in store.read_frame(frame) if x.provenance and x.provenance.phrase == PHRASE
+                 and not (x.keyframe and not np.asarray(x.mask).any())]
+        insts.sort(key=lambda x: x.provenance.extra["sam3_id"])
+        masks = np.stack([x.mask for x in insts]) if insts else np.zeros((0, SIZE[1], SIZE[0]), bool)
+        out[i] = ([int(x.provenance.extra["sam3_id"]) for x in insts], [x.score for x in insts], masks)
+    return out
+
+
 def pick_clicks(frames: dict[int, Any]) -> tuple[int, list[list[float]], list[int]]:
     """A box around the first object on frame K, a negative click in its middle, a positive one
     at a corner of the box (relative coordinates, box corners labelled 2 and 3)."""
@@ -83,8 +96,8 @@ def test_refine_same_as_sam3(tiny_sam3_video_model: Any, clip: Path, tmp_path: P
     oid = s.phrases[0].objects[sam_id]
     seen: list[int] = []
     summary = s.refine(K, oid, clicks, callback=lambda f, _: seen.append(f))
-    assert summary["status"] == "done" and K in seen
-    ours = stored(s.store, PHRASE)
+    assert summary["status"] == "done" and K in seen and summary["frames_written"] == len(set(seen))
+    ours = shown(s.store)
     changed = 0
     for f, (ids, probs, masks) in after.items():
         o_ids, o_probs, o_masks = ours[f]
@@ -95,9 +108,10 @@ def test_refine_same_as_sam3(tiny_sam3_video_model: Any, clip: Path, tmp_path: P
     assert changed > 0, "the clicks changed nothing: pick other clicks"
     # ids stable: same store objects, the clicked frame is the object's keyframe with its clicks
     assert sorted(o.id for o in s.store.objects()) == sorted(s.phrases[0].objects.values())
+    # (kept also where sam3 shows it nowhere on frame K: an empty-mask keyframe)
     key = [x for x in s.store.read_frame(K) if x.object_id == oid]
-    if key:
-        assert key[0].keyframe and key[0].clicks == clicks
+    assert len(key) == 1 and key[0].keyframe and key[0].clicks == clicks
+    assert key[0].mask.any() == (sam_id in after[K][0].tolist())
     assert s.memory_info()["cached_frame_outputs"] == 0
     s.close()
 
@@ -132,4 +146,55 @@ def test_refine_errors_are_one_line(tiny_sam3_video_model: Any, clip: Path, tmp_
                  lambda: eng.propagate("backward", lambda f, i: None)):
         with pytest.raises(InputError):
             call()
+    s.close()
+
+
+def test_refine_counts_frames_once_cancels_between_frames_and_keeps_empty_keyframes(
+        tiny_sam3_video_model: Any, clip: Path, tmp_path: Path) -> None:  # noqa: F811
+    from dl_utils.annotations import Clicks
+
+    from tests.test_sam3al_video import N_FRAMES
+
+    s = session(tiny_sam3_video_model, clip, tmp_path / "k.db", caption=PHRASE)
+    s.propagate()
+    ids, _, masks = stored(s.store, PHRASE)[K]
+    assert ids, "tune THRESH: no object on frame K"
+    ys, xs = np.nonzero(masks[0])
+    clicks = Clicks(points=((float(xs[0]), float(ys[0]), 1),))
+    oid = s.phrases[0].objects[ids[0]]
+    seen: list[int] = []
+    r = s.refine(K, oid, clicks, callback=lambda f, _: seen.append(f))
+    assert r["status"] == "done" and r["frames_written"] == N_FRAMES == len(set(seen))  # K once
+    before = {f: [(x.object_id, x.mask.copy()) for x in s.store.read_frame(f)] for f in range(N_FRAMES)}
+
+    # cancel between frames: stops after the first frame of the forward pass past K
+    clicks2 = Clicks(points=((float(xs[0]), float(ys[0]), 1), (float(xs[-1]), float(ys[-1]), 0)))
+    got: list[int] = []
+    r2 = s.refine(K, oid, clicks2, callback=lambda f, _: (got.append(f), s.cancel() if f == K + 1 else None))
+    assert r2["status"] == "cancelled" and got[-1] == K + 1 and r2["frames_written"] == len(set(got)) == 2
+    assert s.store.runs()[-1]["status"] == "cancelled" and s.refinements[oid][K] == clicks2
+    for f in range(N_FRAMES):  # frames not reached: as before; the store stays one row per object
+        rows = s.store.read_frame(f)
+        assert len({x.object_id for x in rows}) == len(rows)
+        if f not in got:
+            assert [(x.object_id, x.mask.tolist()) for x in rows] == [(o, m.tolist()) for o, m in before[f]]
+    key = [x for x in s.store.read_frame(K) if x.object_id == oid]
+    assert key and key[0].keyframe and key[0].clicks == clicks2
+    # a later refine completes the video
+    r3 = s.refine(K, oid, clicks2)
+    assert r3["status"] == "done" and r3["frames_written"] == N_FRAMES
+
+    # sam3 shows the refined object nowhere on the clicked frame: an empty-mask keyframe with the clicks
+    ph = s.phrases[0]
+    w, h = SIZE
+    empty = {"out_obj_ids": np.zeros(0, np.int64), "out_probs": np.zeros(0, np.float32),
+             "out_binary_masks": np.zeros((0, h, w), bool)}
+    run_id = s.store.begin_run("test", {})
+    stats = {"frames_written": 0, "instances_written": 0, "frames_computed": 0}
+    s._write_refined(ph, K, empty, "forward", (ids[0], clicks), run_id, stats, None, ids[0], clicks_frame=True)
+    s.store.finish_run(run_id, "done")
+    key = [x for x in s.store.read_frame(K) if x.object_id == oid]
+    assert len(key) == 1 and key[0].keyframe and key[0].clicks == clicks and not key[0].mask.any()
+    assert all(x.object_id == oid for x in s.store.read_frame(K))  # the others sam3 no longer shows: gone
+    assert ids[0] not in s._load_cached(ph, K)  # an empty keyframe is not an object in sam3's cache
     s.close()

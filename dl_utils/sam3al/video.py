@@ -669,7 +669,7 @@ class Sam3VideoSession:
         flat: dict[int, np.ndarray] = {}
         for inst in self.store.read_frame(self._numbers[t]):
             sam_id = by_oid.get(inst.object_id)
-            if sam_id is not None and inst.mask is not None:
+            if sam_id is not None and inst.mask is not None and np.asarray(inst.mask).any():  # empty: a keyframe mark
                 flat[sam_id] = np.asarray(inst.mask, dtype=bool).reshape(-1).copy()
         for sam_id, idx in ph.residue.get(t, {}).items():
             m = flat.setdefault(sam_id, np.zeros(h * w, dtype=bool))
@@ -723,7 +723,17 @@ class Sam3VideoSession:
         dropped (older than its memory window; all kept with ``trim_memory=False``) cannot be rebuilt:
         there the forward pass starts from the clicked frame alone (sam3 skips missing memory
         frames), so results equal sam3's untrimmed run exactly only within the window of the run's
-        end, or with ``trim_memory=False``. Returns a summary; recorded as a ``sam3-refine`` run.
+        end, or with ``trim_memory=False``. Returns a summary (``frames_written`` counts each frame
+        once; the clicked frame is yielded by ``add_prompt`` and again by the forward pass); recorded
+        as a ``sam3-refine`` run.
+
+        :meth:`cancel` stops between frames (``status="cancelled"``): every frame written is whole
+        (the phrase's instances as sam3 gave them), frames not reached keep what the store had
+        before, and the clicks stay recorded (``refinements``, the clicked frame's keyframe): sam3
+        holds them as the object's prompt. A later :meth:`refine` of the same object carries its
+        clicks through the whole video again (forward and backward), so it also completes the
+        frames the cancelled one did not reach; :meth:`propagate` has nothing left to do (the text
+        run is finished) and writes nothing.
         """
         t0 = time.perf_counter()
         prog = self._progress()
@@ -743,7 +753,10 @@ class Sam3VideoSession:
                                                       "object": int(object_id), "frame": int(frame),
                                                       "clicks": clicks.to_json(), "model": self.model_name})
         stats = {"frames_written": 0, "instances_written": 0, "frames_computed": 0}
+        seen: set[int] = set()  # frames written (the clicked frame comes from add_prompt and the forward pass)
         status = "failed"
+        self._cancel.clear()
+        cancelled = False
         try:
             with self._model_settings():
                 if self.options.trim_memory:
@@ -751,27 +764,41 @@ class Sam3VideoSession:
                 try:
                     _, out = self.model.add_prompt(ph.state, frame_idx=k, points=pts, point_labels=labels,
                                                    obj_id=sam_id)
-                    self._write_refined(ph, k, out, "forward", (sam_id, clicks), run_id, stats, callback, sam_id)
+                    self._write_refined(ph, k, out, "forward", (sam_id, clicks), run_id, stats, callback, sam_id,
+                                        clicks_frame=True)
+                    seen.add(k)
                     self._drop_cached(ph, k, out)
+                    cancelled = self._cancel.is_set()
                     passes: list[tuple[bool, int | None]] = []
                     if k < n - 1 or k == self._start_idx:  # sam3 takes a pass from the last frame as done
                         passes.append((False, None))
                     if k > self._start_idx:  # None: sam3's own bound (it reads it back) when the run starts at 0
                         passes.append((True, k - self._start_idx if self._start_idx else None))
                     for reverse, limit in passes:
-                        for t, out in self.model.propagate_in_video(ph.state, start_frame_idx=k,
-                                                                    max_frame_num_to_track=limit,
-                                                                    reverse=reverse):
-                            stats["frames_computed"] += 1
-                            key = (sam_id, clicks) if t == k else None
-                            self._write_refined(ph, t, out, "backward" if reverse else "forward", key,
-                                                run_id, stats, callback, sam_id)
-                            self._drop_cached(ph, t, out)
+                        if cancelled:
+                            break
+                        gen = self.model.propagate_in_video(ph.state, start_frame_idx=k,
+                                                            max_frame_num_to_track=limit, reverse=reverse)
+                        try:
+                            for t, out in gen:
+                                stats["frames_computed"] += 1
+                                key = (sam_id, clicks) if t == k else None
+                                self._write_refined(ph, t, out, "backward" if reverse else "forward", key,
+                                                    run_id, stats, callback, sam_id, clicks_frame=t == k)
+                                seen.add(int(t))
+                                self._drop_cached(ph, t, out)
+                                if self._cancel.is_set():  # between frames: this one is written whole
+                                    cancelled = True
+                                    break
+                        finally:
+                            gen.close()
                 finally:
+                    stats["frames_written"] = len(seen)
                     if self.options.trim_memory:
                         self._retrim(ph)
+            # the clicks are sam3's prompt now (on frame k), also when the passes were cut short
             self.refinements.setdefault(int(object_id), {})[int(frame)] = clicks
-            status = "done"
+            status = "cancelled" if cancelled else "done"
         finally:
             self.store.finish_run(run_id, status)
         return {"run_id": run_id, "status": status, "object": int(object_id), "frame": int(frame), **stats,
@@ -788,14 +815,27 @@ class Sam3VideoSession:
 
     def _write_refined(self, ph: _Phrase, t: int, out: dict[str, Any], direction: str,
                        keyframe: tuple[int, Clicks] | None, run_id: int, stats: dict[str, int],
-                       callback: Callable[[int, Instances], Any] | None, refined_id: int | None = None) -> None:
+                       callback: Callable[[int, Instances], Any] | None, refined_id: int | None = None,
+                       clicks_frame: bool = False) -> None:
         """Write the phrase's instances on frame ``t`` that differ from the stored ones; delete the
-        phrase's instances sam3 no longer shows there."""
+        phrase's instances sam3 no longer shows there. ``clicks_frame``: ``t`` is the clicked frame;
+        when sam3 shows the refined object nowhere there (negative clicks took it all) it gets an
+        empty-mask keyframe instance with the clicks, so the correction stays recorded where it
+        was made (the store's way to say "processed, not visible")."""
         frame = self._numbers[t]
         new = self._instances(ph, t, out, direction, keyframe)
         mine = set(ph.objects.values())
         old = {x.object_id: x for x in self.store.read_frame(frame) if x.object_id in mine}
         refined = ph.objects.get(refined_id) if refined_id is not None else None
+        if clicks_frame and keyframe is not None and refined is not None and \
+                all(x.object_id != refined for x in new):
+            h, w = self.media.height, self.media.width
+            new.append(Instance(refined, mask=np.zeros((h, w), dtype=bool), score=0.0, source=Source.SEMI_AUTO,
+                                label=ph.label, keyframe=True, clicks=keyframe[1],
+                                provenance=Provenance(engine=ENGINE, model=self.model_name,
+                                                      caption=self.caption.text, phrase=ph.phrase,
+                                                      direction=direction, area=0,
+                                                      extra={"sam3_id": int(keyframe[0])})))
         changed = [x for x in new if x.object_id not in old or x.object_id == refined
                    or old[x.object_id].mask is None or old[x.object_id].score != x.score
                    or not np.array_equal(np.asarray(old[x.object_id].mask), np.asarray(x.mask))]
@@ -804,7 +844,6 @@ class Sam3VideoSession:
             self.store.write_frame(frame, changed, run_id=run_id)
         for oid in sorted(gone):
             self.store.delete_instances(object_id=oid, frames=[frame])
-        stats["frames_written"] += 1
         stats["instances_written"] += len(changed)
         if callback is not None:
             callback(frame, self.store.read_frame(frame))
