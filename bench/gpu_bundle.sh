@@ -56,7 +56,7 @@ PINS=(
 # the torch stack. ~12 MiB more: with it the bundle no longer travels beside the working tree within
 # the device tool's 64 MiB.
 COMPLETE=(
-  "PyYAML==6.0.4" "portalocker==4.4.2" "tqdm==4.70.1" "packaging==26.4" "timm==1.0.31" "hf-xet==1.8.0"
+  "PyYAML==6.0.4" "portalocker==4.4.2" "tqdm==4.67.3" "packaging==26.4" "timm==1.0.31" "hf-xet==1.8.0"
   "safetensors==0.8.0" "regex==2026.12.2"
   "requests==2.34.2" "urllib3==2.8.0" "idna==3.21" "certifi==2026.10.19.post1" "charset-normalizer==3.5.3"
   # tests/dino_fixtures.py (the random-weight detectors) imports pytest
