@@ -266,3 +266,28 @@ def test_widget_detect_with_exemplar_on_video_tracks_it(tiny_sam3_video_model: A
         a.exemplar((70, 5, 120, 40), False)
         a.detect("bed")
         assert a.messages[-1][0] == "error" and "takes one" in a.status and "\n" not in a.status
+
+
+def test_finished_run_with_other_exemplars_is_refused(tiny_sam3_video_model: Any, clip: Path,  # noqa: F811
+                                                      tmp_path: Path) -> None:
+    """A finished caption returns at once; with exemplars it was not run with, that would drop them
+    silently, so it is a one-line error (same exemplars: done, nothing written)."""
+    from dl_utils.errors import InputError
+    from dl_utils.sam3al.prompts import Exemplar
+
+    db = tmp_path / "f.db"
+    s = session(tiny_sam3_video_model, clip, db, "person", [])
+    assert s.propagate()["status"] == "done"
+    s.close()
+    for exs in ([Exemplar(POS, frame=K)], [Exemplar(POS)]):
+        with pytest.raises(InputError) as e:
+            session(tiny_sam3_video_model, clip, db, "person", exs).propagate()
+        assert "\n" not in str(e.value) and "without exemplar boxes" in str(e.value)
+    db2 = tmp_path / "g.db"
+    s2 = session(tiny_sam3_video_model, clip, db2, "person", [Exemplar(POS)])
+    assert s2.propagate()["status"] == "done"
+    s2.close()
+    assert session(tiny_sam3_video_model, clip, db2, "person", [Exemplar(POS)]).propagate()["frames_written"] == 0
+    with pytest.raises(InputError) as e:
+        session(tiny_sam3_video_model, clip, db2, "person", [Exemplar(NEG, False)]).propagate()
+    assert "with other exemplar boxes" in str(e.value)

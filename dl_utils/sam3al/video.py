@@ -25,6 +25,9 @@ logic) and changes only what is around it:
   ``resume="replay"`` recomputes from the first frame and writes only the frames not yet written
   (identical results), while ``resume="redetect"`` starts fresh at the first missing frame (fast,
   but objects get new ids there).
+- **Exemplars on frame k.** Boxes (:class:`Exemplar`) go with the text to sam3's ``add_prompt`` on
+  their frame; on a frame after the first the run is sam3's demo's "both": forward from k, then
+  backward from k (two chained generators per phrase, still in lockstep), resumed by replay only.
 """
 
 from __future__ import annotations
@@ -309,7 +312,10 @@ class Sam3VideoSession:
         got = self.store.get_meta(PROGRESS_KEY, {}) or {}
         got = dict(got) if isinstance(got, dict) else {}
         if not self.bidirectional:
-            got[self.caption.text] = {"done_through": int(f_idx), "start": int(self._start_idx)}
+            entry: dict[str, Any] = {"done_through": int(f_idx), "start": int(self._start_idx)}
+            if self.exemplars:  # what a finished run was prompted with (see propagate)
+                entry["exemplars"] = self._exemplars_json()
+            got[self.caption.text] = entry
         else:
             k, n = self._prompt_idx, len(self._numbers)
             old = got.get(self.caption.text) if isinstance(got.get(self.caption.text), dict) else None
@@ -470,6 +476,13 @@ class Sam3VideoSession:
                   "model": self.model_name, **self.options.model_overrides()}
         stats = {"frames_written": 0, "instances_written": 0, "frames_computed": 0, "frames_skipped": 0}
         if done_through >= n - 1 and not self._started:
+            if self.exemplars and prog is not None and prog.get("exemplars") != self._exemplars_json():
+                # finished with another prompt: returning "done" would drop these boxes silently
+                raise InputError(
+                    f"{self.store.path}: {self.caption.text!r} is already segmented "
+                    f"{'with other exemplar boxes' if prog.get('exemplars') else 'without exemplar boxes'}; "
+                    "use a new store for these exemplars (or another caption)"
+                )
             return {"run_id": None, "status": "done", "caption": self.caption.text, **stats,
                     "seconds": round(time.perf_counter() - t0, 3)}
         run_id = self.store.begin_run("sam3-propagate", params)
