@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.sam3_fixtures import tiny_sam3_video_model  # noqa: F401
-from tests.test_sam3al_video import (N_FRAMES, SIZE, THRESH, clip, pytestmark, sam3_cpu_run,  # noqa: F401
+from tests.test_sam3al_video import (N_FRAMES, SIZE, THRESH, clip, grab, pytestmark, sam3_cpu_run, sam3_reference,  # noqa: F401
                                      stored)
 
 K = 3  # the prompt frame (index = source frame number in the PNG folder)
@@ -26,26 +26,17 @@ NEG = (70.0, 5.0, 120.0, 40.0)
 
 def reference(model: Any, folder: Path, phrase: str, boxes: list[tuple[tuple[float, ...], bool]], k: int
               ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    import torch
-
-    old = {a: getattr(model, a) for a in THRESH}
-    try:
-        for a, v in THRESH.items():
-            setattr(model, a, v)
-        with sam3_cpu_run(), torch.autocast("cpu", dtype=torch.bfloat16):
-            st = model.init_state(resource_path=str(folder), offload_video_to_cpu=True)
-            xywh = [[b[0] / W, b[1] / H, (b[2] - b[0]) / W, (b[3] - b[1]) / H] for b, _ in boxes]
-            model.add_prompt(st, frame_idx=k, text_str=phrase, boxes_xywh=xywh,
-                             box_labels=[1 if pos else 0 for _, pos in boxes])
-            out = {}
-            for rev in (False, True):
-                for f, o in model.propagate_in_video(st, start_frame_idx=k, reverse=rev):
-                    assert int(f) not in out
-                    out[int(f)] = (o["out_obj_ids"].copy(), o["out_probs"].copy(), o["out_binary_masks"].copy())
-            return out
-    finally:
-        for a, v in old.items():
-            setattr(model, a, v)
+    with sam3_reference(model):
+        st = model.init_state(resource_path=str(folder), offload_video_to_cpu=True)
+        xywh = [[b[0] / W, b[1] / H, (b[2] - b[0]) / W, (b[3] - b[1]) / H] for b, _ in boxes]
+        model.add_prompt(st, frame_idx=k, text_str=phrase, boxes_xywh=xywh,
+                         box_labels=[1 if pos else 0 for _, pos in boxes])
+        out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for rev in (False, True):
+            for f, o in model.propagate_in_video(st, start_frame_idx=k, reverse=rev):
+                assert int(f) not in out
+                out[int(f)] = grab(o)
+        return out
 
 
 def assert_same(store: Any, phrase: str, ref: dict[int, Any]) -> None:

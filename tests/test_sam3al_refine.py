@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from tests.sam3_fixtures import requires_sam3, tiny_sam3_video_model  # noqa: F401
-from tests.test_sam3al_video import DATA, SIZE, THRESH, clip, sam3_cpu_run, session, stored  # noqa: F401
+from tests.test_sam3al_video import (DATA, SIZE, THRESH, clip, grab, sam3_cpu_run, sam3_reference,  # noqa: F401
+                                     session, stored)
 
 pytestmark = [requires_sam3,
               pytest.mark.skipif(not DATA.exists(), reason=f"{DATA} is absent (see ../shared/data/README)")]
@@ -28,31 +29,19 @@ K = 3
 
 def reference_refine(model: Any, folder: Path, k: int, pick: Any) -> tuple[dict[int, Any], dict[int, Any], Any]:
     """(frames after the text run, frames after the refinement, the prompt used)."""
-    import torch
-
-    def grab(o: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return o["out_obj_ids"].copy(), o["out_probs"].copy(), o["out_binary_masks"].copy()
-
-    old = {n: getattr(model, n) for n in THRESH}
-    try:
-        for n, v in THRESH.items():
-            setattr(model, n, v)
-        with sam3_cpu_run(), torch.autocast("cpu", dtype=torch.bfloat16):
-            st = model.init_state(resource_path=str(folder), offload_video_to_cpu=True)
-            model.add_prompt(st, frame_idx=0, text_str=PHRASE)
-            first = {int(f): grab(o) for f, o in model.propagate_in_video(st)}
-            sam_id, pts, labels = pick(first)
-            after = dict(first)
-            f, o = model.add_prompt(st, frame_idx=k, points=pts, point_labels=labels, obj_id=sam_id)
+    with sam3_reference(model):
+        st = model.init_state(resource_path=str(folder), offload_video_to_cpu=True)
+        model.add_prompt(st, frame_idx=0, text_str=PHRASE)
+        first = {int(f): grab(o) for f, o in model.propagate_in_video(st)}
+        sam_id, pts, labels = pick(first)
+        after = dict(first)
+        f, o = model.add_prompt(st, frame_idx=k, points=pts, point_labels=labels, obj_id=sam_id)
+        after[int(f)] = grab(o)
+        for f, o in model.propagate_in_video(st, start_frame_idx=k):
             after[int(f)] = grab(o)
-            for f, o in model.propagate_in_video(st, start_frame_idx=k):
-                after[int(f)] = grab(o)
-            for f, o in model.propagate_in_video(st, start_frame_idx=k, reverse=True):
-                after[int(f)] = grab(o)
-            return first, after, (sam_id, pts, labels)
-    finally:
-        for n, v in old.items():
-            setattr(model, n, v)
+        for f, o in model.propagate_in_video(st, start_frame_idx=k, reverse=True):
+            after[int(f)] = grab(o)
+        return first, after, (sam_id, pts, labels)
 
 
 def shown(store: Any) -> dict[int, Any]:

@@ -77,7 +77,10 @@ def test_cpu_connected_components_match_scipy_sizes_and_take_an_empty_batch():
     assert z_labels.shape == z_sizes.shape == (0, 1, 5, 5)
 
 
-def reference(model: Any, folder: Path, phrase: str) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+@contextlib.contextmanager
+def sam3_reference(model: Any) -> Iterator[None]:
+    """sam3's own code as the parity reference: the tests' thresholds on the model (restored after),
+    its CUDA placements on the CPU, and the bf16 autocast sam3 runs in."""
     import torch
 
     old = {k: getattr(model, k) for k in THRESH}
@@ -85,13 +88,22 @@ def reference(model: Any, folder: Path, phrase: str) -> dict[int, tuple[np.ndarr
         for k, v in THRESH.items():
             setattr(model, k, v)
         with sam3_cpu_run(), torch.autocast("cpu", dtype=torch.bfloat16):
-            st = model.init_state(resource_path=str(folder), offload_video_to_cpu=True)
-            model.add_prompt(st, frame_idx=0, text_str=phrase)
-            return {int(f): (o["out_obj_ids"].copy(), o["out_probs"].copy(), o["out_binary_masks"].copy())
-                    for f, o in model.propagate_in_video(st)}
+            yield
     finally:
         for k, v in old.items():
             setattr(model, k, v)
+
+
+def grab(o: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One frame of sam3's output: ids, probabilities and binary masks (copied)."""
+    return o["out_obj_ids"].copy(), o["out_probs"].copy(), o["out_binary_masks"].copy()
+
+
+def reference(model: Any, folder: Path, phrase: str) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    with sam3_reference(model):
+        st = model.init_state(resource_path=str(folder), offload_video_to_cpu=True)
+        model.add_prompt(st, frame_idx=0, text_str=phrase)
+        return {int(f): grab(o) for f, o in model.propagate_in_video(st)}
 
 
 @pytest.fixture(scope="module")
