@@ -729,3 +729,28 @@ def test_set_origin_is_carried_by_every_instance_of_the_object(tiny_sam2_video, 
         assert (p1.caption, p1.tracker, p1.detector, p1.engine) == ("bed. lamp", "t-mode", "gd", "sam2-video")
         assert p1.model == p2.model and p2.caption is None and p2.tracker is None
         assert (p1.direction == "forward") == (f > 0)
+
+
+def test_review_frames_reads_sam3_stores(tmp_path):
+    """SAM 3 writes no row where it no longer shows an object: on frames other objects have rows,
+    the absence is "object lost", the return "object appeared"; its score is a detection score."""
+    from dl_utils.sam2al import review_frames
+
+    store = AnnotationStore.create(tmp_path / "s3.sqlite", MediaInfo("v", 40, 30, list(range(6))))
+    store.add_object("person", id=1)
+    store.add_object("bed", id=2)
+
+    def inst(oid, score):
+        m = np.zeros((30, 40), bool)
+        m[:10, :10] = True
+        return Instance(oid, mask=m, score=score, source=Source.AUTO,
+                        provenance=Provenance(engine="sam3", phrase="x", area=int(m.sum())))
+
+    for f in range(6):  # object 2 on every frame; object 1 from frame 1, gone on 3-4, back on 5
+        store.write_frame(f, [inst(2, 0.9)] + ([inst(1, 0.4 if f == 1 else 0.9)] if f in (1, 2, 5) else []))
+    got = {(i.frame, i.object_id): i.reasons for i in review_frames(store, min_iou=0.5)}
+    assert got == {
+        (1, 1): ["low detection score 0.40 < 0.5"],
+        (3, 1): ["object lost (visible on frame 2)"],
+        (5, 1): ["object appeared (not visible on frame 4)"],
+    }
