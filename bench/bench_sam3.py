@@ -174,7 +174,7 @@ def sam3_cpu(fallbacks: str = "session") -> Iterator[None]:
     Always ``tests.sam3_fixtures.sam3_on_device("cpu")`` (sam3's CUDA placements by name, and
     ``pin_memory`` patched to a no-op). ``fallbacks="session"``: also
     :func:`dl_utils.sam3al.cpu.cpu_fallbacks`, what the session enters itself (OpenCV connected
-    components, and ``cuda_free()``: a ``TorchFunctionMode`` that sees every torch call) - the
+    components, and its ``TorchFunctionMode`` that sees every torch call) - the
     baseline then runs under exactly the session's patches. ``"patch"``: the same connected components
     patched in, no function mode (the cheapest way to run sam3's own path on CPU).
     """
@@ -579,7 +579,7 @@ def main() -> None:
                      f"{t['ratio']:.3f}x (goal >= 0.95); median of per-repeat ratios "
                      f"{t['paired_ratio_median']:.3f}x; best of repeats {t['best_ratio']:.3f}x"))
         if "bare_fps" in t:
-            rows.append(("  theirs without cuda_free()'s TorchFunctionMode (plain patches; CPU only)",
+            rows.append(("  theirs without cpu_fallbacks' TorchFunctionMode (plain patches; CPU only)",
                          f"{t['ours_fps']:.2f} fps", f"{t['bare_fps']:.2f} fps",
                          f"{t['ratio_vs_bare']:.3f}x; the mode costs theirs {t['mode_cost']:.2f}x"))
         rows.append(("  propagation only (theirs without init_state)", f"{t['ours_propagate_fps']:.2f} fps",

@@ -11,7 +11,7 @@ writes every phrase's instances into the store frame by frame (:mod:`.video`, fr
 by :mod:`.frames`). sam3 is imported only when this package is.
 """
 
-from .build import OFFICIAL, Sam3Spec, build_image_model, build_video_model, cuda_free
+from .build import OFFICIAL, Sam3Spec, build_image_model, build_video_model
 from .checkpoint import load_sam3_checkpoint
 from .cpu import cpu_fallbacks
 from .image import Sam3ImageEngine, exemplar_box
@@ -25,7 +25,6 @@ __all__ = [
     "build_image_model",
     "build_video_model",
     "cpu_fallbacks",
-    "cuda_free",
     "exemplar_box",
     "load_sam3_checkpoint",
 ]

@@ -464,32 +464,6 @@ class _DropPathRatesOnCpu(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class _PinMemoryIsANoOp(TorchFunctionMode):
-    """sam3 stages small host tensors with ``tensor.pin_memory().to(device, non_blocking=True)``
-    (e.g. the geometry encoder's box scale); without a CUDA driver ``pin_memory`` raises. Pinning
-    never changes values, so inside this mode it returns the tensor itself."""
-
-    def __torch_function__(
-        self,
-        func: Callable[..., object],
-        types: object,
-        args: tuple[object, ...] = (),
-        kwargs: dict[str, object] | None = None,
-    ) -> object:
-        if func is torch.Tensor.pin_memory:
-            return args[0]
-        return func(*args, **(kwargs or {}))
-
-
-def cuda_free() -> contextlib.AbstractContextManager[object]:
-    """Wrap calls into sam3's inference with this so they run where torch has no CUDA: scoped to
-    the ``with`` block and this thread (a torch function mode, not a patch of sam3 or torch); a
-    no-op where CUDA is available."""
-    if torch.cuda.is_available():
-        return contextlib.nullcontext()
-    return _PinMemoryIsANoOp()
-
-
 @contextlib.contextmanager
 def on_device(dev: torch.device) -> Iterator[None]:
     """Where the builders construct modules: ``torch.device(dev)``, and for ``meta`` the one
@@ -604,7 +578,6 @@ __all__ = [
     "OFFICIAL",
     "Sam3Spec",
     "build_image_model",
-    "cuda_free",
     "on_device",
     "build_video_model",
 ]
