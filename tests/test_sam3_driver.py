@@ -124,6 +124,44 @@ def test_images_store_what_the_engine_gives(tiny_sam3_image_model: Any, images: 
 
 
 @requires_sam3
+def test_image_ledger_keeps_exemplars(tiny_sam3_image_model: Any, images: Path,  # noqa: F811
+                                      tmp_path: Path) -> None:
+    """The ledger records the boxes each image was detected with: the same boxes again is "done"
+    (nothing added), other boxes (or boxes on an image detected without any) a one-line refusal."""
+    from dl_utils.dinoal.caption import parse_caption
+    from dl_utils.drivers.run import STEPS_KEY, run_into_store
+    from dl_utils.errors import InputError
+    from dl_utils.sam3al.prompts import Exemplar
+    from dl_utils.video_utils import open_frames
+
+    def run(src: Any, st: Any, exs: Any) -> dict[str, Any]:
+        return run_into_store(src, st, prompt=parse_caption("bed"),
+                              detector_options=opts(box_threshold=IMAGE_THRESHOLD), sam3_model=tiny_sam3_image_model, ledger=True, progress=False, exemplars=exs)
+
+    with open_frames(images) as src, AnnotationStore_open(tmp_path / "s.sqlite", src.media_info()) as st:
+        f0, f1 = src.frame_numbers[0], src.frame_numbers[1]
+        box = {f0: [Exemplar((10, 10, 60, 50), phrase="bed")]}
+        first = run(src, st, box)
+        assert first["text"]["frames"] == 3
+        recorded = st.get_meta(STEPS_KEY)["text"]["exemplars"]
+        assert recorded == {str(f0): [[f0, 10.0, 10.0, 60.0, 50.0, True, "bed"]]}
+        n = st.count_instances()
+        again = run(src, st, {f0: [Exemplar((10.0, 10.0, 60.0, 50.0), True, "bed")]})
+        assert again["text"]["frames"] == 0 and st.count_instances() == n  # same boxes: nothing redone
+        with pytest.raises(InputError, match=f"image {f0} is already annotated with 'bed.' with other exemplar"):
+            run(src, st, {f0: [Exemplar((12, 10, 60, 50), phrase="bed")]})
+        with pytest.raises(InputError, match=f"image {f1} is already annotated .* without exemplar boxes"):
+            run(src, st, {f1: [Exemplar((12, 10, 60, 50), phrase="bed")]})
+        assert st.count_instances() == n  # refused before anything was written
+
+
+def AnnotationStore_open(path: Path, media: Any) -> Any:
+    from dl_utils.store import AnnotationStore
+
+    return AnnotationStore.open_or_create(path, media)
+
+
+@requires_sam3
 def test_backend_switch_is_refused(tiny_sam3_image_model: Any, images: Path, tmp_path: Path) -> None:  # noqa: F811
     from dl_utils.drivers.annotate import annotate
     from dl_utils.drivers.detect import detect
@@ -221,6 +259,13 @@ def test_video_stores_what_the_session_gives(tiny_sam3_video_model: Any, clip: P
             again = run_into_store(src, st, prompt=parse_caption(VIDEO_CAPTION), ledger=True, progress=False,
                                    detector_options=opts(box_threshold=VIDEO_THRESHOLD), sam3_video_model=model)
             assert again["text"]["status"] == "already done"
+            # ... but not with exemplar boxes it was not run with: skipping would drop them silently
+            from dl_utils.sam3al.prompts import Exemplar
+
+            with pytest.raises(InputError, match="already annotated with 'bed.' without exemplar boxes"):
+                run_into_store(src, st, prompt=parse_caption(VIDEO_CAPTION), ledger=True, progress=False,
+                               detector_options=opts(box_threshold=VIDEO_THRESHOLD), sam3_video_model=model,
+                               exemplars={media.frames[0]: [Exemplar((4, 4, 40, 30))]})
             # clicks with SAM 3 on video, --every: one-line refusals before anything runs
             click = {"frame": media.frames[0], "object": 99, "label": "bed", "points": [[10, 10, 1]], "box": None}
             with pytest.raises(InputError, match="is not an object SAM 3 made"):

@@ -99,6 +99,35 @@ def mark(store: AnnotationStore, step: str, **info: Any) -> None:
     store.set_meta(STEPS_KEY, s)
 
 
+def exemplar_record(src: FrameSource, prompt: Prompt, exemplars: Mapping[int, Sequence[Exemplar]] | None
+                    ) -> list[list[Any]]:
+    """SAM 3 exemplar boxes as the ledger keeps them: sorted ``[frame, x1, y1, x2, y2, positive,
+    phrase]`` rows (a box without a phrase on a one-phrase caption names that phrase), so the same
+    boxes compare equal however they were given."""
+    phrases = list(prompt.phrases)
+    rows = []
+    for f, es in (exemplars or {}).items():
+        for e in es:
+            ph = e.phrase if e.phrase is not None else (phrases[0] if len(phrases) == 1 else None)
+            rows.append([int(f), *(float(v) for v in e.box), bool(e.positive), ph])
+    return sorted(rows, key=lambda r: (r[0], r[1:5], r[5], str(r[6])))
+
+
+def check_same_exemplars(store: AnnotationStore, prompt: Prompt, done: Sequence[Any], wanted: Sequence[Any],
+                         frame: int | None = None) -> None:
+    """The ledger's answer to a finished text step asked again: with the boxes it was run with (or
+    none given) it is "already done"; with other boxes a one-line InputError, because skipping would
+    drop the new boxes silently and re-running would add every instance a second time."""
+    if not wanted or [list(r) for r in done] == [list(r) for r in wanted]:
+        return
+    what = f"image {frame}" if frame is not None else "the video"
+    raise InputError(
+        f"{store.path}: {what} is already annotated with {prompt.text!r} "
+        f"{'with other exemplar boxes' if done else 'without exemplar boxes'}; use a new --out (store) for "
+        "these boxes, or another caption"
+    )
+
+
 def to_ranges(frames: set[int]) -> list[list[int]]:
     """Sorted numbers as ``[[first, last], ...]`` runs: the record written after every image
     stays a few numbers long (images are done in order), not one that grows with the folder."""
@@ -284,7 +313,9 @@ def _video(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clic
         if prompt is not None:
             check_backend(store, options)  # before "already done": another backend's finished run is not ours
             done = steps(store).get("text") or {} if ledger else {}
+            wanted = exemplar_record(src, prompt, exemplars) if sam3 else []
             if done.get("status") == "done" and done.get("prompt") == prompt.caption:
+                check_same_exemplars(store, prompt, done.get("exemplars") or [], wanted)
                 out["text"] = {"status": "already done", **{k: v for k, v in done.items() if k != "status"}}
                 if sam3 and clicks:
                     out["points"] = clicks_into_video_sam3(src, store, clicks, where, options, table=table,
@@ -313,7 +344,7 @@ def _video(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clic
                             raise InputError(f"the text step stopped ({res['status']}); run again to resume")
                     if ledger:
                         mark(store, "text", status="done", prompt=prompt.caption, objects=res["objects"],
-                             keyframes=0, frames=res["frames"])
+                             keyframes=0, frames=res["frames"], **({"exemplars": wanted} if wanted else {}))
                     out["text"] = res
                     if clicks:  # on the text run's own session: its state is the finished run, no replay
                         out["points"] = clicks_into_video_sam3(src, store, clicks, where, options, table=table,
@@ -624,6 +655,17 @@ def text_into_images(src: FrameSource, store: AnnotationStore, detector: Detecto
 
     text = steps(store).get("text") or {} if ledger else {}
     finished = from_ranges(text.get("images", [])) if text.get("prompt") == prompt.caption else set()
+    # exemplar boxes each finished image was detected with ({frame: record}); a finished image asked
+    # again with other boxes is refused, not skipped (skipping would drop the boxes silently)
+    done_exs: dict[str, Any] = dict(text.get("exemplars") or {}) if text.get("prompt") == prompt.caption else {}
+    for f in sorted({*map(int, exemplars or {}), *map(int, done_exs)}):
+        try:
+            i = src.index_of(f)
+        except Exception:  # noqa: BLE001  a frame not in the source: the detect loop names it
+            continue
+        if i in finished:
+            check_same_exemplars(store, prompt, done_exs.get(str(f)) or [],
+                                 exemplar_record(src, prompt, {f: (exemplars or {}).get(f) or ()}), frame=f)
     if frames is not None:
         wanted = [src.index_of(f) for f in frames]
     else:
@@ -646,14 +688,18 @@ def text_into_images(src: FrameSource, store: AnnotationStore, detector: Detecto
             n_frames += 1
             if ledger:
                 finished.add(i)
-                mark(store, "text", status="running", prompt=prompt.caption, images=to_ranges(finished))
+                if exs:
+                    done_exs[str(frame)] = exemplar_record(src, prompt, {frame: exs})
+                mark(store, "text", status="running", prompt=prompt.caption, images=to_ranges(finished),
+                     **({"exemplars": done_exs} if done_exs else {}))
         status = "done"
     finally:
         if run is not None and run_id is None:
             store.finish_run(run, status)
     res: dict[str, Any] = {"status": "done", "detections": n, "frames": n_frames}
     if ledger:
-        mark(store, "text", status="done", prompt=prompt.caption, images=to_ranges(finished))
+        mark(store, "text", status="done", prompt=prompt.caption, images=to_ranges(finished),
+             **({"exemplars": done_exs} if done_exs else {}))
         res["images"] = len(finished)
     return res
 
