@@ -3,7 +3,10 @@
 With the tiny random-weight SAM 3 models of tests/sam3_fixtures.py injected, Detect writes exactly
 what the engines give when called directly: Sam3ImageEngine on the shown image (also with the
 exemplar boxes dragged on the canvas), Sam3VideoSession over a clip; cancel stops after the current
-frame and keeps what was written. Exemplars without SAM 3 are a one-line message.
+frame and keeps what was written. Exemplars without SAM 3 are a one-line message. SAM 3's refine (a
+click on a SAM 3 object): Esc stops it between frames, exactly as the session's own cancel does, and
+a second click completes it; one undo step reverts a whole refine (the store is the text run's
+again, bit for bit), redo repeats it (the store is the refined one again).
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from tests.test_sam3_driver import (  # noqa: F401  (fixtures)
     images,
     instances,
     opts,
+    video_on_cpu,
 )
+from tests.test_sam3_refine_driver import _clicks, _snapshot, reference  # noqa: F401  (a fixture)
 
 pytest.importorskip("ipycanvas")
 pytest.importorskip("ipyevents")
@@ -275,3 +280,112 @@ def test_video_with_exemplars_runs_the_shown_frame(tiny_sam3_image_model: Any,  
     want = Sam3ImageEngine(tiny_sam3_image_model, score_threshold=0.1).segment(image, "bed", exs)
     _same(instances(a.store, a.frame), want)
     assert a.store.frames() == [a.frame] and a.exemplars == {}
+
+
+# ----------------------------------------------------------------------------- video: SAM 3's refine, Esc and undo
+def _refine_reference(model: Any, clip_path: Path, path: Path, e: dict[str, Any],
+                      second: Any) -> tuple[dict[int, Any], dict[int, Any], dict[str, Any]]:
+    """The session called directly, as the widget drives it: the text run, a refine cancelled after
+    its first frame, then a refine with ``second`` clicks. (store after the cancel, after the second
+    refine, the cancelled refine's summary)."""
+    from dl_utils.sam3al.video import Sam3VideoOptions, Sam3VideoSession
+    from dl_utils.store import AnnotationStore
+    from dl_utils.video_utils import open_frames
+
+    with open_frames(clip_path) as src, AnnotationStore.open_or_create(path, src.media_info()) as st:
+        s = Sam3VideoSession(model, src, st, VIDEO_CAPTION, on_unknown="error", model_name="sam3",
+                             options=Sam3VideoOptions(score_threshold_detection=VIDEO_THRESHOLD))
+        try:
+            assert s.propagate()["status"] == "done"
+            cut = s.refine(e["frame"], e["object"], _clicks(e), callback=lambda f, insts: s.cancel())
+            mid = _snapshot(st)
+            assert s.refine(e["frame"], e["object"], second)["status"] == "done"
+        finally:
+            s.close()
+        return mid, _snapshot(st), cut
+
+
+def _detected(model: Any, clip_path: Path, store: Path) -> Any:
+    """The widget after a SAM 3 Detect on the clip (SAM2 never loaded)."""
+    a = _video_annotator(model, clip_path, store)
+    assert a.detect(VIDEO_CAPTION) and a.wait(180) and "detect finished" in a.status, a.messages[-3:]
+    return a
+
+
+def _refine_click(a: Any, e: dict[str, Any]) -> None:
+    """The driver entry's box (already in the click book) plus its point, clicked: SAM 3's refine starts."""
+    a.show(e["frame"])
+    a.controller.clicks.set(e["object"], e["frame"], _clicks({**e, "points": []}))
+    x, y, _ = e["points"][0]
+    assert a.click(int(x), int(y), True, object_id=e["object"]) is None and a.job == "refine", a.messages[-3:]
+
+
+@requires_sam3
+def test_video_refine_esc_keeps_whole_frames_and_a_second_refine_completes(
+        tiny_sam3_video_model: Any, clip: Path, tmp_path: Path,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch, reference: Any) -> None:
+    """Esc during SAM 3's refine stops it after the frame being written (the session's cancel):
+    that frame is whole and holds the refined object, the others keep the text run's rows, the
+    cancelled refine is an undo step; a second click refines through the whole video again. Both
+    equal the session called directly with the same cancel and clicks."""
+    from dl_utils.annotations import Clicks
+    from dl_utils.ipy_utils.history import SAM3_REFINE
+
+    e, text, _ = reference
+    model = tiny_sam3_video_model
+    x, y, _ = e["points"][0]
+    second = Clicks(points=(*_clicks(e).points, (int(x), int(y), 1)), box=_clicks(e).box)
+    with video_on_cpu(model), mock.patch("dl_utils.drivers.run.open_session", side_effect=AssertionError("no SAM2")):
+        mid, final, cut = _refine_reference(model, clip, tmp_path / "ref.sqlite", e, second)
+        assert cut["status"] == "cancelled" and cut["frames_written"] == 1
+        a = _detected(model, clip, tmp_path / "r.sqlite")
+        _same_store(_snapshot(a.store), text)
+        reached, go = threading.Event(), threading.Event()
+        real = a.store.write_frame
+
+        def gated(frame: int, insts: Any, **kw: Any) -> Any:
+            out = real(frame, insts, **kw)
+            reached.set()
+            go.wait(30)  # hold the refine on its first frame until Esc was pressed
+            return out
+
+        monkeypatch.setattr(a.store, "write_frame", gated)
+        _refine_click(a, e)
+        assert "Esc stops it" in a.status
+        assert reached.wait(120)
+        a.handle_event({"type": "keydown", "key": "Escape"})
+        assert "cancelling refine" in a.status, a.messages[-3:]
+        go.set()
+        assert a.wait(180)
+        monkeypatch.setattr(a.store, "write_frame", real)
+        assert a.messages[-1] == ("warn", "refine cancelled; 1 frames written are kept; refine again (or undo) "
+                                          "to complete"), a.messages[-3:]
+        assert a.w_progress.bar_style == "warning" and a.job_summary["status"] == "cancelled"
+        assert a.job_summary["frames_written"] == 1 < N_FRAMES
+        assert a.store.runs()[-1]["kind"] == "sam3-refine" and a.store.runs()[-1]["status"] == "cancelled"
+        got = _snapshot(a.store)
+        _same_store(got, mid)  # exactly what the session keeps after the same cancel
+        clicked = {x[0]: x for x in got[e["frame"]]}[e["object"]]
+        assert clicked[3] and clicked[4] == _clicks(e)  # the written frame holds the refined object, whole
+        assert [f for f in got if f != e["frame"]] and all(
+            _rows_equal(got[f], text[f]) for f in got if f != e["frame"])  # not reached: the text run's rows
+        assert a.controller.clicks.get(e["object"], e["frame"]) == _clicks(e)
+        assert [act.kind for act in a.controller.history.actions()] == [SAM3_REFINE]  # undoable
+        # a second click (the same point again) refines through the whole video: every frame is written
+        a.click(int(x), int(y), True, object_id=e["object"])
+        assert a.wait(180) and "refine finished" in a.status, a.messages[-3:]
+        assert a.job_summary["status"] == "done" and a.job_summary["frames_written"] == N_FRAMES
+    _same_store(_snapshot(a.store), final)
+    assert a.controller.clicks.get(e["object"], e["frame"]) == second
+    assert len(a.controller.history.actions(SAM3_REFINE)) == 2
+
+
+def _rows_equal(a: list[Any], b: list[Any]) -> bool:
+    return len(a) == len(b) and all(x[0] == y[0] and x[1] == y[1] and np.array_equal(x[2], y[2]) and x[3] == y[3]
+                                    and x[4] == y[4] for x, y in zip(a, b))
+
+
+def _same_store(got: dict[int, list[Any]], want: dict[int, list[Any]]) -> None:
+    assert got.keys() == want.keys()
+    for f in got:
+        assert _rows_equal(got[f], want[f]), f

@@ -26,7 +26,7 @@ from ..annotations import Clicks, Instance, Instances, ObjectInfo
 from ..cv_utils import color_for_index, palette
 from ..errors import DlUtilsError, InputError, MediaError
 from ..interactive import ImageClickEngine, InteractiveEngine, VideoClickEngine
-from .history import CLICKS, OBJECT, Action, ClickBook, History
+from .history import CLICKS, OBJECT, SAM3_REFINE, Action, ClickBook, History, Sam3Refine
 from .jobs import JobRunner
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -505,11 +505,14 @@ class AnnotatorController:
             eng = self.sam3_engines[caption] = Sam3ClickEngine(s)
         return eng
 
-    def drop_sam3_engines(self) -> None:
-        """Close the SAM 3 refiners (a new Detect or another store makes their state stale)."""
+    def drop_sam3_engines(self) -> int:
+        """Close the SAM 3 refiners (a new Detect or another store makes their state stale) and forget
+        the undo steps of their refines (returns how many): undoing one is the closed session's work
+        (it kept the rows each refine replaced), so no later session could do it."""
         engines, self.sam3_engines = self.sam3_engines, {}
         for eng in engines.values():
             eng.session.close()
+        return self.history.drop(SAM3_REFINE)
 
     def _frame(self, frame: int | None) -> int:
         if frame is not None:
@@ -549,6 +552,8 @@ class AnnotatorController:
 
     # ------------------------------------------------------------------ undo / redo
     def undo_redo(self, undo: bool) -> bool:
+        """Undo or redo the latest edit. A SAM 3 refine is undone or redone in the background (it
+        rewrites many frames): see :meth:`~.jobs.JobRunner.undo_refine`; its message comes when it ends."""
         self.not_busy("undo" if undo else "redo")
         a = self.history.undo() if undo else self.history.redo()
         if a is None:
@@ -556,6 +561,8 @@ class AnnotatorController:
             return False
         state = a.before if undo else a.after
         try:
+            if a.kind == SAM3_REFINE:
+                return self._undo_redo_refine(a, undo)
             if a.kind == CLICKS:
                 oid, f = cast("tuple[int, int]", a.target)
                 self._apply_clicks(oid, f, state if isinstance(state, Clicks) else Clicks())
@@ -568,6 +575,17 @@ class AnnotatorController:
             raise
         self.say(f"{'undid' if undo else 'redid'} {a.text}")
         return True
+
+    def _undo_redo_refine(self, a: Action, undo: bool) -> bool:
+        """Start the job: undo reverts the session's latest refine, redo refines again with the same clicks."""
+        t = a.target
+        if not isinstance(t, Sam3Refine) or not isinstance(a.after, Clicks):
+            raise InputError(f"{a.text!r}: not a SAM 3 refine action ({type(t).__name__} target)")
+        if t.frame != self.frame:
+            self.show_frame(t.frame)
+        if undo:
+            return self.jobs.undo_refine(a)
+        return self.jobs.refine(t.caption, t.object_id, t.frame, a.after, "same clicks", redo=a)
 
     # ------------------------------------------------------------------ frames
     def show_frame(self, frame: int | None) -> None:

@@ -5,6 +5,11 @@ Every edit is recorded as an :class:`Action` holding the state *before* and *aft
 trivially correct when an apply step is not exactly invertible (a SAM2 re-run, a store write): the
 annotator only needs one ``apply(kind, target, state)`` per kind.
 
+A SAM 3 refinement (:data:`SAM3_REFINE`) is one action too, though its states are only the clicked
+frame's clicks: the frames it rewrote are put back by SAM 3's session itself
+(:meth:`~dl_utils.sam3al.video.Sam3ClickEngine.undo`), which keeps the rows it replaced; redo runs
+the refinement again with the ``after`` clicks. Both are background jobs (they write many frames).
+
 :class:`ClickBook` keeps the current clicks of every (object, frame): the points and the box the
 user gave there (:class:`~dl_utils.annotations.Clicks`), which is what SAM2 needs again on every new
 click (``VideoSession.add_points`` replaces a frame's earlier clicks).
@@ -24,6 +29,18 @@ EMPTY = Clicks()
 CLICKS = "clicks"  # target (object_id, frame); state: Clicks (empty: none)
 PROMPT = CLICKS  # the earlier name
 OBJECT = "object"  # target object_id; state: ObjectState, a DeletedObject snapshot, or None (deleted)
+SAM3_REFINE = "sam3-refine"  # target Sam3Refine; state: Clicks of the clicked frame (empty: none)
+
+
+@dataclass(frozen=True)
+class Sam3Refine:
+    """What a SAM 3 refinement action refers to: the caption whose SAM 3 session refined (each caption
+    has its own :class:`~dl_utils.sam3al.video.Sam3ClickEngine`, and its undo reverts that session's
+    latest refine), the store object and the clicked frame."""
+
+    caption: str
+    object_id: int
+    frame: int
 
 
 @dataclass(frozen=True)
@@ -84,6 +101,20 @@ class History:
     def clear(self) -> None:
         self._done.clear()
         self._undone.clear()
+
+    def drop(self, kind: str) -> int:
+        """Forget every action of ``kind`` (done and undone); returns how many.
+
+        Why not clear all: a new SAM 3 Detect closes the SAM 3 sessions whose refinements these
+        actions undo, but SAM2 click and object edits stay valid and undoable."""
+        n = len(self._done) + len(self._undone)
+        self._done[:] = [a for a in self._done if a.kind != kind]
+        self._undone[:] = [a for a in self._undone if a.kind != kind]
+        return n - len(self._done) - len(self._undone)
+
+    def actions(self, kind: str | None = None) -> list[Action]:
+        """The done actions (oldest first), of ``kind`` only when given."""
+        return [a for a in self._done if kind is None or a.kind == kind]
 
     def __len__(self) -> int:
         return len(self._done)
@@ -148,4 +179,5 @@ class LegacyPromptView:
         return self._book.objects()
 
 
-__all__ = ["CLICKS", "OBJECT", "PROMPT", "Action", "ClickBook", "History", "LegacyPromptView", "PromptBook"]
+__all__ = ["CLICKS", "OBJECT", "PROMPT", "SAM3_REFINE", "Action", "ClickBook", "History", "LegacyPromptView",
+           "PromptBook", "Sam3Refine"]

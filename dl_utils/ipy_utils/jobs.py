@@ -1,4 +1,5 @@
-"""The annotator's background jobs: propagate, detect and push, one at a time (no widgets here).
+"""The annotator's background jobs: propagate, detect, push and SAM 3's refine and its undo, one at a time
+(no widgets here).
 
 A job runs in :class:`~.worker.Worker`'s thread and only emits messages; :meth:`JobRunner.on_message`
 applies them on the kernel's thread, under the controller's lock, and tells the view through the
@@ -13,12 +14,13 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..annotations import Clicks
 from ..errors import DlUtilsError, InputError
 from ..interactive import ImageClickEngine, PropagatingEngine
+from .history import SAM3_REFINE, Action, Sam3Refine
 from .worker import Emit, Worker, kernel_scheduler
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..annotations import Clicks
     from ..dinoal.caption import Caption
     from ..sam3al.image import Exemplar
     from ..store import AnnotationStore
@@ -50,18 +52,26 @@ class JobRunner:
         self.job_summary: object = None
         self.pending_push: object = None
         self.progress = (0, 1)
+        self._record: Action | None = None
+        self._replay: tuple[Action, bool] | None = None
 
     @property
     def busy(self) -> bool:
         return self.worker.busy
 
-    def _start(self, name: str, job: Job, cancel: Callable[[], None] | None, total: int) -> None:
+    def _start(self, name: str, job: Job, cancel: Callable[[], None] | None, total: int, *,
+               record: Action | None = None, replay: tuple[Action, bool] | None = None,
+               note: str = "Esc cancels; results appear as they come") -> None:
+        """``record``: the undo action a fresh SAM 3 refine adds once it ends (done or cancelled: both
+        changed frames); ``replay``: (the history action, undo?) an undo/redo job applies, put back
+        where it was if the job fails."""
         self.c.not_busy(f"start {name}")
         self.job, self.job_summary = name, None
+        self._record, self._replay = record, replay
         self.progress = (0, max(1, total))
         self.c.listener.job_started(max(1, total))
         self.worker.start(name, job, cancel)
-        self.c.say(f"{name} running in the background (Esc cancels; results appear as they come)")
+        self.c.say(f"{name} running in the background ({note})")
 
     def propagate(self, direction: str) -> bool:
         engine = self.c.need_engine()
@@ -83,25 +93,78 @@ class JobRunner:
         self._start(f"propagate {direction}", job, engine.cancel, total)
         return True
 
-    def refine(self, caption: str, oid: int, frame: int, clicks: Clicks, text: str) -> bool:
+    def refine(self, caption: str, oid: int, frame: int, clicks: Clicks, text: str, *,
+               redo: Action | None = None) -> bool:
         """Clicks on a SAM 3 object: :meth:`Sam3VideoSession.refine` through the caption's
         :class:`~dl_utils.sam3al.video.Sam3ClickEngine`, in the background (it re-tracks the object
         through the whole video: a propagation, not a click's instant answer). Progress per frame
-        written; the clicks join the click book (and show) once it finished.
+        written; the clicks join the click book (and show) once it ended.
 
-        Not cancellable: sam3's refinement has no stop between frames, and stopping it half-way would
-        leave its state and the store out of step (forward frames refined, backward ones not). No
-        undo either (sam3 keeps none): refine again with other clicks."""
+        Esc stops it between frames (the session's ``cancel``): the frames written are whole, the
+        others keep what they had; refining again carries the clicks through the whole video, undo
+        puts the written frames back. The refine is one undo action (:data:`~.history.SAM3_REFINE`,
+        the clicked frame's clicks before and after), added when it ends; ``redo`` is that action
+        when the history's redo runs it again (it is in the history already).
+
+        Why the session is cancelled only once it wrote a frame (the callback forwards a cancel
+        pressed earlier): a session's first refine replays the finished text run inside ``refine``,
+        and a cancel there would cut the replay short, not the refine."""
         c = self.c
+        refining = threading.Event()  # the session is past its replay: its cancel stops the refine
 
         def job(emit: Emit, cancelled: threading.Event) -> Any:
             engine = c.sam3_engine(caption)
-            r = engine.session.refine(frame, oid, clicks, callback=lambda f, insts: emit("frame", f))
+
+            def each(f: int, insts: Any) -> None:
+                emit("frame", f)
+                refining.set()
+                if cancelled.is_set():  # Esc before the first frame (or a race with it): stop here
+                    engine.cancel()
+
+            r = engine.session.refine(frame, oid, clicks, callback=each)
             return {**r, "refined": (oid, frame, clicks)}
 
-        self._start("refine", job, None, len(c.source) if c.source is not None else 1)
+        def cancel() -> None:
+            engine = c.sam3_engines.get(caption)
+            if engine is not None and refining.is_set():
+                engine.cancel()
+
+        target = Sam3Refine(caption, int(oid), int(frame))
+        record = None if redo is not None else Action(
+            SAM3_REFINE, target, c.clicks.get(oid, frame), clicks,
+            f"SAM 3 refine of object {oid} ({text} on frame {frame})")
+        self._start("refine", job, cancel, len(c.source) if c.source is not None else 1,
+                    record=record, replay=None if redo is None else (redo, False))
         c.say(f"refine running in the background: SAM 3 re-tracks object {oid} through the video from "
-              f"the {text} on frame {frame} (it cannot be cancelled; no undo)")
+              f"the {text} on frame {frame} (Esc stops it after the current frame; undo reverts it)")
+        return True
+
+    def undo_refine(self, action: Action) -> bool:
+        """Revert a SAM 3 refine (``action``, just taken off the history): the session's
+        :meth:`~dl_utils.sam3al.video.Sam3ClickEngine.undo` puts back every store row the refine
+        changed, in the background (it may be the whole video); the click book gets the clicked
+        frame's clicks from before it when it finished.
+
+        Why check ``can_undo`` first: the history and the session's own refine list must agree;
+        refusing here keeps the action where it was and the store untouched."""
+        t = action.target
+        if not isinstance(t, Sam3Refine):
+            raise InputError(f"undo: {action.text!r} is not a SAM 3 refine ({type(t).__name__} target)")
+        engine = self.c.sam3_engines.get(t.caption)
+        if engine is None or not engine.session.can_undo:
+            raise InputError(f"object {t.object_id}, frame {t.frame}: SAM 3's session for {t.caption!r} has no "
+                             "refine to undo (a Detect or open closed it); refine again with the clicks you want")
+
+        def job(emit: Emit, cancelled: threading.Event) -> Any:
+            r = engine.undo()
+            restored = r.get("frames_restored")
+            for f in restored if isinstance(restored, (list, tuple, set)) else ():
+                emit("frame", int(f))
+            return {**r, "undone": action}
+
+        n = len(self.c.source) if self.c.source is not None else 1
+        self._start("undo refine", job, None, n, replay=(action, True),
+                    note=f"putting back the frames of {action.text}")
         return True
 
     def detect(self, text: str) -> bool:
@@ -117,8 +180,13 @@ class JobRunner:
         if sam3:
             assert source is not None  # a store is open, so is its source
             self.c.not_busy("start detect")  # a running refine uses them
-            self.c.drop_sam3_engines()  # the run may change what their replayed state holds
-            return self._detect_sam3(str(text), store, source)
+            dropped = self.c.drop_sam3_engines()  # the run may change what their replayed state holds
+            try:
+                return self._detect_sam3(str(text), store, source)
+            finally:  # gone also when this Detect is refused: said either way
+                if dropped:
+                    self.c.say(f"{dropped} SAM 3 refine{'s' if dropped != 1 else ''} left the undo history: "
+                               "a new Detect closes the SAM 3 sessions that could undo them", "warn")
         assert engine is not None
         if self.c.detector is None:
             raise InputError("no detector: pass detector= (dl_utils.dinoal.load_detector(...)) to Annotator")
@@ -239,8 +307,8 @@ class JobRunner:
 
     def cancel(self) -> bool:
         with self.c.lock:
-            if self.job == "refine" and self.worker.busy:
-                self.c.say("refine cannot be cancelled (SAM 3's refinement has no stop between frames); "
+            if self.job == "undo refine" and self.worker.busy:
+                self.c.say("undo refine cannot be stopped half-way (it puts the refined frames back together); "
                            "it ends on its own", "warn")
                 return False
             if not self.worker.cancel():
@@ -265,6 +333,9 @@ class JobRunner:
 
     def _failed(self, name: str, e: BaseException) -> None:
         self.job = None
+        replay, self._record, self._replay = self._replay, None, None
+        if replay is not None:  # the undo/redo did not happen: its action goes back where it was
+            self.c.history.rollback(replay[0], undone=replay[1])
         self.c.listener.job_ended("danger")
         msg = str(e) if isinstance(e, DlUtilsError) else f"{type(e).__name__}: {e}"
         if not isinstance(e, DlUtilsError):
@@ -287,6 +358,7 @@ class JobRunner:
                        else f"pushed to CVAT: {result}")
             return
         status = result.get("status", "done") if isinstance(result, dict) else "done"
+        record, replay, self._record, self._replay = self._record, self._replay, None, None
         used = result.get("exemplars") if isinstance(result, dict) else None
         if used is not None:  # Detect consumed them; the ones drawn meanwhile stay
             self.c.consume_exemplars(*used)
@@ -294,7 +366,14 @@ class JobRunner:
         if refined is not None:  # the clicks SAM 3 refined with: shown, and the next click adds to them
             oid, frame, clicks = refined
             self.c.clicks.set(oid, frame, clicks)
-        if status == "cancelled":
+            if record is not None:  # done or cancelled, it changed frames: one undo step
+                self.c.history.push(record)
+        undone = result.get("undone") if isinstance(result, dict) else None
+        if isinstance(undone, Action):
+            self._finish_undo(undone, result)
+        elif refined is not None:
+            self._finish_refine(result, redo=replay is not None)
+        elif status == "cancelled":
             self.c.listener.job_ended("warning")
             self.c.say(f"{name} cancelled; {self.progress[0]} frames written so far are kept", "warn")
         else:
@@ -302,6 +381,34 @@ class JobRunner:
             self.c.say(f"{name} finished: {self.progress[0]} frames written")
         self.c.listener.objects_changed()
         self.c.show_frame(self.c.frame)
+
+    def _finish_refine(self, r: dict[str, Any], *, redo: bool) -> None:
+        """The refine's own count (the clicked frame is reported twice, so the progress is not it)."""
+        n = int(r.get("frames_written", self.progress[0]))
+        oid, frame = r.get("object"), r.get("frame")
+        if r.get("status") == "cancelled":
+            self.c.listener.job_ended("warning")
+            self.c.say(f"refine cancelled; {n} frames written are kept; refine again (or undo) to complete", "warn")
+        else:
+            self.c.listener.job_ended("success")
+            self.c.say(f"{'redid SAM 3 refine' if redo else 'refine finished'} of object {oid} on frame {frame}: "
+                       f"{n} frames written")
+
+    def _finish_undo(self, action: Action, r: dict[str, Any]) -> None:
+        """The rows are back; so are the clicked frame's clicks from before the refine."""
+        t = action.target
+        assert isinstance(t, Sam3Refine)
+        self.c.clicks.set(t.object_id, t.frame, action.before if isinstance(action.before, Clicks) else None)
+        restored = r.get("frames_restored")
+        n = len(restored) if isinstance(restored, (list, tuple, set)) else int(restored or 0)
+        self.c.listener.job_ended("success")
+        if (r.get("object"), r.get("frame")) != (t.object_id, t.frame):  # the history and the session disagree
+            log.warning("undo %r reverted SAM 3's refine of object %s on frame %s", action.text, r.get("object"),
+                        r.get("frame"))
+            self.c.say(f"undid SAM 3's refine of object {r.get('object')} on frame {r.get('frame')}, not "
+                       f"{action.text}: {n} frames restored; check the object", "warn")
+            return
+        self.c.say(f"undid {action.text}: {n} frames restored")
 
 
 __all__ = ["DetectCancelled", "Job", "JobRunner"]
