@@ -17,7 +17,11 @@ from typing import Callable, Sequence
 from . import __version__
 from .errors import DlUtilsError, InputError
 
-EXPORT_FORMATS = ("cvat-video", "cvat-images", "coco", "png-masks")
+EXPORT_FORMATS = ("cvat-video", "cvat-images", "coco", "png-masks", "mattes")
+#: export options that only the mattes format reads (argparse dest -> the option as typed)
+_MATTE_OPTIONS = {"pattern": "--pattern", "combine": "--combine", "bit_depth": "--bit-depth",
+                  "dilate": "--dilate", "feather": "--feather", "exr": "--exr",
+                  "skip_empty": "--skip-empty", "json": "--json", "force": "--force"}
 
 
 def _print_json(obj: object) -> None:
@@ -73,15 +77,46 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .formats import export_store
+    from .formats import export_mattes, export_store
     from .store import AnnotationStore
 
-    opts = {}
+    objects: list[int] | None = None
+    if args.objects:
+        try:
+            objects = [int(v) for v in args.objects.split(",") if v.strip()]
+        except ValueError:
+            raise InputError(f"--objects {args.objects!r}: give ids separated by commas, e.g. 1,2,5") from None
+    opts: dict[str, object] = {}
     if args.shape:
         opts["shape"] = args.shape
+    if objects is not None:
+        opts["objects"] = objects
+    if args.start is not None:
+        opts["start"] = args.start
+    if args.stop is not None:
+        opts["stop"] = args.stop
+    if args.format != "mattes":
+        given = [flag for dest, flag in _MATTE_OPTIONS.items() if getattr(args, dest) not in (None, False)]
+        if given:
+            raise InputError(f"{', '.join(given)} apply to --format mattes only, not {args.format}")
+        with AnnotationStore.open(args.store, readonly=True) as store:
+            written = export_store(store, args.format, args.out, **opts)
+        print(f"exported {args.store} as {args.format} -> {written if written else args.out}")
+        return 0
+    if args.shape:
+        raise InputError("--shape does not apply to mattes (a matte is pixels: boxes and polygons are filled)")
     with AnnotationStore.open(args.store, readonly=True) as store:
-        written = export_store(store, args.format, args.out, **opts)
-    print(f"exported {args.store} as {args.format} -> {written if written else args.out}")
+        result = export_mattes(
+            store, args.out, pattern=args.pattern, objects=objects, start=args.start, stop=args.stop,
+            combine=args.combine, bit_depth=args.bit_depth, dilate=args.dilate, feather=args.feather,
+            exr=args.exr, skip_empty=args.skip_empty, force=args.force,
+        )
+    if args.json:  # one object on stdout, nothing else: plugins parse it
+        print(json.dumps(result.summary()))
+    else:
+        s = result.summary()
+        print(f"exported {args.store} as mattes -> {s['pattern']} ({s['file_count']} files,"
+              f" frames {s['first_frame']}..{s['last_frame']})")
     return 0
 
 
@@ -273,12 +308,29 @@ def _add_import_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _add_export_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    exp = sub.add_parser("export", help="write a store as CVAT XML, COCO JSON or PNG masks")
+    exp = sub.add_parser("export", help="write a store as CVAT XML, COCO JSON, PNG masks or matte sequences")
     exp.add_argument("store")
     exp.add_argument("--format", required=True, choices=EXPORT_FORMATS)
-    exp.add_argument("--out", required=True, help="output file (XML/JSON) or folder (png-masks)")
+    exp.add_argument("--out", required=True, help="output file (XML/JSON) or folder (png-masks, mattes)")
     exp.add_argument("--shape", choices=("mask", "polygon", "box"),
                      help="geometry to write (default: each instance's own)")
+    exp.add_argument("--objects", help="only these object ids, e.g. 1,2,5")
+    exp.add_argument("--start", type=int, help="first source frame (inclusive)")
+    exp.add_argument("--stop", type=int, help="last source frame (inclusive)")
+    m = exp.add_argument_group("mattes", "options of --format mattes (docs/formats_mattes.md)")
+    m.add_argument("--pattern", help="file name in --out with a frame field %%04d, %%d or ####, and"
+                   " {object} / {label} for one sequence per object / label (default mask_%%04d.png)")
+    m.add_argument("--combine", action="store_true", help="one matte of all selected objects")
+    m.add_argument("--bit-depth", type=int, help="8 (default for PNG) or 16; EXR is always half float")
+    m.add_argument("--dilate", type=int, default=0, metavar="PX", help="grow the matte by PX pixels")
+    m.add_argument("--feather", type=int, default=0, metavar="PX",
+                   help="soft edge: Gaussian ramp PX pixels each side of the edge")
+    m.add_argument("--exr", action="store_true", help="single-channel (A) half-float OpenEXR instead of PNG")
+    m.add_argument("--skip-empty", action="store_true",
+                   help="no file for frames without a mask (default: a black file, an unbroken sequence)")
+    m.add_argument("--json", action="store_true", help="print a JSON summary (pattern, frames, files)")
+    m.add_argument("--force", action="store_true",
+                   help="replace files in --out that no matte export wrote (never symlinks or devices)")
     exp.set_defaults(func=cmd_export)
 
 

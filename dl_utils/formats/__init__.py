@@ -1,9 +1,10 @@
-"""Offline exports and imports: CVAT XML (video, images 1.1), COCO instances JSON, PNG masks.
+"""Offline exports and imports: CVAT XML (video, images 1.1), COCO instances JSON, PNG masks, mattes.
 
 Formats are sinks: they read and write the annotation store only (never an engine), so they work on
 a machine without torch or a GPU. Entry points (used by ``dl-utils export`` / ``dl-utils import``):
 
 * :func:`export_store` ``(store, fmt, out, **opts) -> Path``
+* :func:`export_mattes` ``(store, out, pattern=..., **opts) -> MatteExport`` (``--json`` needs its summary)
 * :func:`import_file` ``(path, store, format="auto") -> dict``
 * :func:`detect_format` ``(path) -> "cvat" | "coco"``
 """
@@ -35,22 +36,26 @@ from ._common import (
 )
 from .coco import export_coco, import_coco
 from .cvat_xml import export_cvat, group_ids, import_cvat
+from .mattes import MatteExport, MattePattern, export_mattes
 from .png_masks import export_png_masks
 
 if TYPE_CHECKING:
     from ..store import StoreReader, StoreReaderWriter
 
-EXPORT_FORMATS = ("cvat-video", "cvat-images", "coco", "png-masks")
+EXPORT_FORMATS = ("cvat-video", "cvat-images", "coco", "png-masks", "mattes")
 IMPORT_FORMATS = ("auto", "cvat", "coco")
 
 
 def export_store(store: StoreReader, fmt: str, out: str | os.PathLike[str], **opts: Any) -> Path:
-    """Write ``store`` as ``fmt`` to ``out`` (a file, or a folder for ``png-masks``); returns the path.
+    """Write ``store`` as ``fmt`` to ``out`` (a file, or a folder for ``png-masks`` and ``mattes``);
+    returns the path.
 
     Options: ``shape=None|"mask"|"polygon"|"box"`` (geometry to write; None = each instance's own;
     ignored by png-masks), ``objects=[ids]``, ``start=``/``stop=`` (source frames, stop inclusive),
     ``include_empty=True`` (COCO images / CVAT ``<image>`` for frames without shapes), and for
-    png-masks ``sequence="media"|"visible"``, ``index=True``. Parent folders are created.
+    png-masks ``sequence="media"|"visible"``, ``index=True``; for mattes the options of
+    :func:`~dl_utils.formats.mattes.export_mattes` (``pattern``, ``combine``, ``bit_depth``, ``dilate``,
+    ``feather``, ``exr``, ``skip_empty``, ``force``). Parent folders are created.
     """
     if fmt not in EXPORT_FORMATS:
         raise InputError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
@@ -60,10 +65,13 @@ def export_store(store: StoreReader, fmt: str, out: str | os.PathLike[str], **op
     allowed = {"shape", "objects", "start", "stop", "include_empty"}
     if fmt == "png-masks":
         allowed = {"shape", "objects", "start", "stop", "sequence", "index"}
+    if fmt == "mattes":
+        allowed = {"objects", "start", "stop", "pattern", "combine", "bit_depth", "dilate", "feather",
+                   "exr", "skip_empty", "force"}
     unknown = sorted(set(opts) - allowed)
     if unknown:
         raise InputError(f"export option(s) {unknown} do not apply to {fmt}; use {sorted(allowed)}")
-    if fmt != "png-masks":
+    if fmt not in ("png-masks", "mattes"):
         # a folder, device or dangling link is refused before any work
         output_file(out, ".json" if fmt == "coco" else ".xml")
     if fmt == "cvat-video":
@@ -72,6 +80,8 @@ def export_store(store: StoreReader, fmt: str, out: str | os.PathLike[str], **op
         return export_cvat(store, out, video=False, **opts)
     if fmt == "coco":
         return export_coco(store, out, **opts)
+    if fmt == "mattes":
+        return export_mattes(store, out, **opts).out
     return export_png_masks(store, out, **opts)
 
 
@@ -158,6 +168,9 @@ __all__ = [
     "export_coco",
     "import_coco",
     "export_png_masks",
+    "export_mattes",
+    "MatteExport",
+    "MattePattern",
     # shared with the CVAT sink (dl_utils.cvat), which exports to and imports from a server the
     # way these modules do files: public here so it needs no private module of this package
     "WRITE_BATCH",
