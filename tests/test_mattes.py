@@ -480,3 +480,48 @@ def test_cli_matte_options_refused_for_other_formats(shot, tmp_path, capsys):
     doc = json.loads((tmp_path / "c.json").read_text())
     assert len(doc["images"]) == 1 and [a["category_id"] for a in doc["annotations"]] == [
         next(c["id"] for c in doc["categories"] if c["name"] == "person")]
+
+
+def test_interrupted_export_keeps_what_it_wrote(shot, tmp_path, monkeypatch):
+    """A failure mid-way (here the third file) leaves the files written so far recorded as ours."""
+    import dl_utils.formats.mattes as mattes
+
+    src, _ = shot
+    out = tmp_path / "m"
+    real = mattes._Writer.write
+    calls = []
+
+    def failing(self, path, matte, size):
+        calls.append(path.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(self, path, matte, size)
+
+    monkeypatch.setattr(mattes._Writer, "write", failing)
+    with pytest.raises(KeyboardInterrupt):
+        export(src, out, objects=[1])
+    assert listing(out) == ["mask_1001.png", "mask_1002.png"]
+    doc = json.loads((out / MANIFEST).read_text())
+    assert sorted(doc["files"]) == ["mask_1001.png", "mask_1002.png"] and doc["pending"] == {}
+    monkeypatch.setattr(mattes._Writer, "write", real)
+    export(src, out, objects=[1])  # the rerun replaces them without --force
+    assert listing(out) == [f"mask_{f}.png" for f in FRAMES]
+
+
+@pytest.mark.parametrize("where", ["interior", "top-left border", "right border", "two pieces"])
+def test_matte_on_the_masks_box_equals_the_whole_frame(where):
+    """make_matte works on the mask's grown box only: the same values as on the whole frame."""
+    from dl_utils.formats.mattes import _matte_of, matte_pixels
+
+    m = {"interior": square(20, 30, 12), "top-left border": square(0, 0, 15),
+         "right border": square(25, W - 10, 10),
+         "two pieces": square(2, 3, 5) | square(45, 60, 8)}[where]
+    for opts in (MatteOptions(dilate=3), MatteOptions(feather=4), MatteOptions(dilate=2, feather=6),
+                 MatteOptions(bit_depth=16, dilate=1), MatteOptions(exr=True, bit_depth=16, feather=3)):
+        whole = _matte_of(m, opts)  # OpenCV's filter sums in another order on another size: float noise
+        assert np.allclose(make_matte(m, opts), whole, rtol=0, atol=1e-5), (where, opts)
+        top = 1.0 if opts.exr else opts.max_value
+        px = matte_pixels(m, opts)
+        ref = whole.astype(np.float16) if opts.exr else np.rint(whole * top)
+        assert np.abs(px.astype(np.float64) - ref).max() <= (1e-3 if opts.exr else 1), (where, opts)
+    assert not make_matte(np.zeros((H, W), bool), MatteOptions(dilate=2, feather=2)).any()

@@ -221,6 +221,46 @@ def make_matte(mask: np.ndarray, opts: MatteOptions) -> np.ndarray:
     with the whole soft fringe outside it. Frame borders replicate (a matte touching the border
     does not fade there).
     """
+    out = np.zeros(mask.shape, np.float32)
+    box = _grown_box(mask, opts)
+    if box is not None:
+        out[box] = _matte_of(mask[box], opts)
+    return out
+
+
+def matte_pixels(mask: np.ndarray, opts: MatteOptions) -> np.ndarray:
+    """The matte as written: uint8 0..255, uint16 0..65535 or float16 0..1 (EXR), whole frame.
+
+    Only the mask's grown box is computed and quantised; a hard matte (no feather) skips floats."""
+    dtype = np.float16 if opts.exr else (np.uint16 if opts.bit_depth == 16 else np.uint8)
+    out = np.zeros(mask.shape, dtype)
+    box = _grown_box(mask, opts)
+    if box is None:
+        return out
+    if opts.feather:
+        out[box] = _quantise(_matte_of(mask[box], opts), opts)
+    else:
+        hard = _matte_of(mask[box], MatteOptions(opts.bit_depth, opts.dilate, 0, opts.exr)) > 0
+        out[box] = hard.astype(dtype) * (1 if opts.exr else opts.max_value)
+    return out
+
+
+def _grown_box(mask: np.ndarray, opts: MatteOptions) -> tuple[slice, slice] | None:
+    """The mask's box grown by dilate + feather + 1 (None for an empty mask).
+
+    Outside it the matte is 0; inside it the result equals the whole frame's (the box's edge pixels
+    are 0 either way, and where the box meets the frame border it replicates the same pixels), at a
+    fraction of the cost for objects smaller than the frame."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not rows.size:
+        return None
+    h, w = mask.shape
+    r = int(opts.dilate) + int(opts.feather) + 1
+    return (slice(max(0, int(rows[0]) - r), min(h, int(rows[-1]) + 1 + r)),
+            slice(max(0, int(cols[0]) - r), min(w, int(cols[-1]) + 1 + r)))
+
+
+def _matte_of(mask: np.ndarray, opts: MatteOptions) -> np.ndarray:
     m: np.ndarray = mask.astype(np.uint8)
     if opts.dilate:
         m = cv2.dilate(m, disk(int(opts.dilate)), borderType=cv2.BORDER_CONSTANT, borderValue=0)
@@ -499,8 +539,8 @@ class _Writer:
         self.exr = _import_openexr() if opts.exr else None
         self.blacks: dict[tuple[int, int], bytes] = {}
 
-    def write(self, path: Path, matte: np.ndarray | None, size: tuple[int, int]) -> None:
-        """``matte`` None: a black frame (encoded once per frame size)."""
+    def write(self, path: Path, pixels: np.ndarray | None, size: tuple[int, int]) -> None:
+        """``pixels`` from :func:`matte_pixels`; None: a black frame (a PNG encoded once per size)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.part-{os.getpid()}-", dir=path.parent)
@@ -512,12 +552,12 @@ class _Writer:
                 if self.exr is not None:
                     os.close(fd)
                     w, h = size
-                    data = np.zeros((h, w), np.float16) if matte is None else _quantise(matte, self.opts)
+                    data = np.zeros((h, w), np.float16) if pixels is None else pixels
                     header = {"compression": self.exr.ZIP_COMPRESSION, "type": self.exr.scanlineimage}
                     self.exr.File(header, {EXR_CHANNEL: self.exr.Channel(data)}).write(tmp)
                 else:
                     with os.fdopen(fd, "wb") as f:
-                        f.write(self._png(matte, size))
+                        f.write(self._png(pixels, size))
                 os.replace(tmp, path)
             except OSError as e:
                 raise output_error(path, e) from None
@@ -525,9 +565,9 @@ class _Writer:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def _png(self, matte: np.ndarray | None, size: tuple[int, int]) -> bytes:
-        if matte is not None:
-            return _png_bytes(_quantise(matte, self.opts))
+    def _png(self, pixels: np.ndarray | None, size: tuple[int, int]) -> bytes:
+        if pixels is not None:
+            return _png_bytes(pixels)
         if size not in self.blacks:
             w, h = size
             self.blacks[size] = _png_bytes(
@@ -619,8 +659,9 @@ def export_mattes(
     try:
         for f, insts in iter_store_frames(store, frames, objs, desc="mattes"):
             _write_frame(f, insts, media, groups, planned, result, writer, root, written)
-    except BaseException:
+    except BaseException:  # Ctrl-C, a full disk: what was written stays ours, names never written do not
         _record(manifest, root, written, canon)
+        manifest.pending = {rel: c for rel, c in manifest.pending.items() if (root / rel).exists()}
         manifest.save(manifest_path)
         raise
     _record(manifest, root, written, canon)
@@ -677,12 +718,12 @@ def _write_frame(
         rel = planned.get((f, gi))
         if rel is None:  # skip_empty planned no file here and there is still nothing to draw
             continue
-        matte = None
+        pixels = None
         if mine:
             union = mine[0] if len(mine) == 1 else np.logical_or.reduce(mine)
-            matte = make_matte(union, result.options)
+            pixels = matte_pixels(union, result.options)
         path = root / rel
-        writer.write(path, matte, (w, h))
+        writer.write(path, pixels, (w, h))
         written[rel] = path
         seq.frames.append(f)
         seq.files.append(path)
