@@ -141,6 +141,8 @@ def test_exr_pattern_must_end_in_exr():
     (dict(combine=True, pattern="{object}_%04d.png"), "drop --combine"),
     (dict(objects=[9]), "object id(s) [9]"),
     (dict(objects=[1], start=2000), "no frame of"),
+    (dict(objects=[1], dilate=81), "--dilate 81 is more than the frame's larger side (80 px"),
+    (dict(objects=[1], feather=500), "--feather 500 is more than"),
 ])
 def test_bad_input_writes_nothing(shot, tmp_path, opts, needle):
     src, _ = shot
@@ -390,10 +392,12 @@ def test_killed_export_leftovers(shot, tmp_path):
                           text=True).stdout.strip()
     temp = out / f".mask_1001.png.part-{dead}-abc123"
     temp.write_bytes(b"half")
+    other = out / f".notes.txt.part-{dead}-abc123"  # not a matte's temporary file: kept
+    other.write_bytes(b"someone else's")
     (out / "mask_1002.png").write_bytes(b"written by the killed run")
     (out / MANIFEST).write_text(json.dumps({"files": {}, "pending": {"mask_1002.png": "mask_%04d.png"}}))
     export(src, out, objects=[1])
-    assert not temp.exists() and read(out / "mask_1002.png").any()
+    assert not temp.exists() and other.exists() and read(out / "mask_1002.png").any()
     doc = json.loads((out / MANIFEST).read_text())
     assert doc["pending"] == {} and sorted(doc["files"]) == [f"mask_{f}.png" for f in FRAMES]
 
@@ -525,3 +529,16 @@ def test_matte_on_the_masks_box_equals_the_whole_frame(where):
         ref = whole.astype(np.float16) if opts.exr else np.rint(whole * top)
         assert np.abs(px.astype(np.float64) - ref).max() <= (1e-3 if opts.exr else 1), (where, opts)
     assert not make_matte(np.zeros((H, W), bool), MatteOptions(dilate=2, feather=2)).any()
+
+
+def test_replaced_matte_keeps_its_permissions(shot, tmp_path):
+    src, _ = shot
+    out = tmp_path / "m"
+    export(src, out, objects=[1])
+    os.chmod(out / "mask_1003.png", 0o640)
+    st = (out / "mask_1003.png").stat()
+    doc = json.loads((out / MANIFEST).read_text())  # chmod changes ctime, not size or mtime: still ours
+    assert doc["files"]["mask_1003.png"]["mtime_ns"] == st.st_mtime_ns
+    export(src, out, objects=[1], exr=False, bit_depth=16)
+    assert (out / "mask_1003.png").stat().st_mode & 0o777 == 0o640
+    assert read(out / "mask_1003.png").dtype == np.uint16

@@ -57,7 +57,7 @@ BIT_DEPTHS = (8, 16)
 FIELDS = ("object", "label")
 
 _TOKEN = re.compile(r"%%|%(?P<pad>0\d+)?d|(?P<hashes>#+)|\{\{|\}\}|\{(?P<field>[^{}]*)\}|%|\{|\}")
-_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.part-(?P<pid>\d+)-\w+$")
+_TEMP_RE = re.compile(r"^\.(?P<name>.+\.(?:png|exr))\.part-(?P<pid>\d+)-\w+$", re.IGNORECASE)
 
 
 # ---------------------------------------------------------------------------------------- pattern
@@ -540,24 +540,26 @@ class _Writer:
         self.blacks: dict[tuple[int, int], bytes] = {}
 
     def write(self, path: Path, pixels: np.ndarray | None, size: tuple[int, int]) -> None:
-        """``pixels`` from :func:`matte_pixels`; None: a black frame (a PNG encoded once per size)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """``pixels`` from :func:`matte_pixels`; None: a black frame (a PNG encoded once per size).
+
+        The new file keeps the permissions of the one it replaces (else the umask's)."""
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else self.mode
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.part-{os.getpid()}-", dir=path.parent)
         except OSError as e:
             raise output_error(path, e) from None
         try:
             try:
-                os.fchmod(fd, self.mode)
-                if self.exr is not None:
-                    os.close(fd)
+                with os.fdopen(fd, "wb") as f:
+                    os.fchmod(f.fileno(), mode)
+                    if self.exr is None:
+                        f.write(self._png(pixels, size))
+                if self.exr is not None:  # the bindings write by file name
                     w, h = size
                     data = np.zeros((h, w), np.float16) if pixels is None else pixels
                     header = {"compression": self.exr.ZIP_COMPRESSION, "type": self.exr.scanlineimage}
                     self.exr.File(header, {EXR_CHANNEL: self.exr.Channel(data)}).write(tmp)
-                else:
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(self._png(pixels, size))
                 os.replace(tmp, path)
             except OSError as e:
                 raise output_error(path, e) from None
@@ -619,6 +621,13 @@ def export_mattes(
     if exr:
         _import_openexr()
     media: MediaInfo = require_media(store)
+    side = max([media.width, media.height] + [max(wh) for wh in media.frame_sizes or []])
+    for name, v in (("--dilate", opts.dilate), ("--feather", opts.feather)):
+        if v > side:
+            raise InputError(
+                f"{name} {v} is more than the frame's larger side ({side} px in {media.name!r});"
+                " give a smaller number of pixels"
+            )
     frames = select_frames(media, start, stop)
     objs = select_objects(store, objects)
     groups = plan_groups(pat, objs, combine)
