@@ -506,6 +506,11 @@ class Instances(Sequence[Instance]):
         return {i.object_id: i for i in self._items}
 
 
+#: how a source's frames are numbered (:func:`dl_utils.video_utils.open_frames` ``frame_numbers``):
+#: by position from a first frame, or by the numbers in the image file names
+FRAME_NUMBERINGS = ("index", "names")
+
+
 @dataclass
 class MediaInfo:
     """What the store and the sinks need to know about the annotated media.
@@ -519,6 +524,12 @@ class MediaInfo:
     ``frame_sizes``: one ``(width, height)`` per entry of ``frames``. Read a frame's size with
     :meth:`size_of`, never ``width``/``height`` directly, wherever a frame may be an image. Stores
     written before per-frame sizes existed have ``frame_sizes=None`` and open unchanged.
+
+    ``numbering`` and ``first_frame`` say how the source's pictures were numbered, so that the
+    store is reopened with the same numbers and a CVAT task is made from the right files:
+    ``"index"`` counts positions from ``first_frame`` (0: the numbering of every store made before
+    the option existed, and of CVAT), ``"names"`` reads each image's number from its file name (gaps
+    kept). Only a non-default numbering is written to the record, so old records stay byte-equal.
     """
 
     name: str
@@ -532,10 +543,20 @@ class MediaInfo:
     frame_names: list[str] | None = None
     path: str | None = None
     frame_sizes: list[tuple[int, int]] | None = None
+    numbering: str = "index"
+    first_frame: int = 0
 
     def __post_init__(self) -> None:
         if self.width <= 0 or self.height <= 0:
             raise InputError(f"media {self.name!r}: size {self.width}x{self.height} is not positive")
+        if self.numbering not in FRAME_NUMBERINGS:
+            raise InputError(f"media {self.name!r}: numbering {self.numbering!r} is not known; use 'index'"
+                             " or 'names'")
+        if isinstance(self.first_frame, bool) or not isinstance(self.first_frame, int) or self.first_frame < 0:
+            raise InputError(f"media {self.name!r}: first frame {self.first_frame!r} must be an integer >= 0")
+        if self.numbering == "names" and self.first_frame:
+            raise InputError(f"media {self.name!r}: numbering 'names' takes the numbers from the file"
+                             f" names; first_frame={self.first_frame} must be 0 with it")
         if self.frame_names is not None and len(self.frame_names) != len(self.frames):
             raise InputError(
                 f"media {self.name!r}: {len(self.frame_names)} frame names for {len(self.frames)} frames"
@@ -552,6 +573,31 @@ class MediaInfo:
             # one size for all: keep the compact form (what a video or a uniform set has)
             uniform = all(wh == (self.width, self.height) for wh in sizes)
             self.frame_sizes = None if uniform else sizes
+
+    @property
+    def plain_numbering(self) -> bool:
+        """True when frame numbers are positions in the source (CVAT's own numbering of a task made
+        from every file of the source); False for ``first_frame`` > 0 or names numbering."""
+        return self.numbering == "index" and self.first_frame == 0
+
+    def numbering_text(self) -> str:
+        """How the frames are numbered, in the words of the command-line options."""
+        if self.numbering == "names":
+            return "--frame-numbers names"
+        return f"--first-frame {self.first_frame}" if self.first_frame else "--frame-numbers index"
+
+    def task_frames(self) -> list[int]:
+        """The CVAT frame number (``start_frame + i * step`` of a task's data meta) of each frame,
+        for a task made from this media by :func:`dl_utils.cvat.create_task`.
+
+        Plain numbering: the frame numbers themselves. ``first_frame`` N: the numbers less N (the
+        task holds the whole video or image set, counted from 0). Names: 0, 1, 2 ... (the task holds
+        just the kept files, in order: a gapped sequence is a frame list, not start + i * step).
+        Either way task frame i is the i-th entry of ``frames`` (:meth:`task_index`).
+        """
+        if self.numbering == "names":
+            return list(range(len(self.frames)))
+        return [f - self.first_frame for f in self.frames]
 
     @property
     def mixed_sizes(self) -> bool:
@@ -611,6 +657,9 @@ class MediaInfo:
             "path": self.path,
             # written only when the sizes differ, so a uniform store's meta stays what it was
             **({"frame_sizes": [list(wh) for wh in self.frame_sizes]} if self.frame_sizes else {}),
+            # likewise only a non-default numbering: a store made without the options is unchanged
+            **({"numbering": self.numbering} if self.numbering != "index" else {}),
+            **({"first_frame": self.first_frame} if self.first_frame else {}),
         }
 
     @classmethod
@@ -631,6 +680,7 @@ __all__ = [
     "Provenance",
     "split_legacy_prompts",
     "legacy_prompts",
+    "FRAME_NUMBERINGS",
     "MediaInfo",
     "box_from_mask",
     "normalize_color",

@@ -639,6 +639,13 @@ class AnnotationStore:
         mine = self.media
         if mine is None:
             return
+        if (mine.numbering, mine.first_frame) != (media.numbering, media.first_frame):
+            # the same pictures under other numbers: every stored frame number would name another picture
+            raise StoreError(
+                f"{self.path} numbers the frames of {mine.name!r} with {mine.numbering_text()} but"
+                f" {media.name!r} is opened with {media.numbering_text()}; give the store's numbering"
+                " again, or write to a new --out store"
+            )
         problems = []
         if (mine.width, mine.height) != (media.width, media.height):
             problems.append(

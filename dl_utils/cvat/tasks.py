@@ -2,9 +2,17 @@
 existing task's data meta and refuse a store that does not match it.
 
 CVAT's frame ``i`` of a task is source frame ``start_frame + i * step`` (``stop_frame`` inclusive),
-exactly the store's numbering (:class:`~dl_utils.annotations.MediaInfo`), so a task is created with
-the store's ``start``/``stop``/``step`` and every push or pull converts with
-:meth:`MediaInfo.task_index` and ``media.frames[i]``.
+exactly the store's plain numbering (:class:`~dl_utils.annotations.MediaInfo`), so a task is created
+with the store's ``start``/``stop``/``step``. Every push or pull converts by POSITION: task frame
+``i`` is ``media.frames[i]`` and a store frame's task frame is :meth:`MediaInfo.task_index`, which
+holds for every numbering:
+
+* ``first_frame`` N (a shot's video numbered from 1001): the task holds the whole video or image set
+  with ``start_frame``/``stop_frame`` less N (:meth:`MediaInfo.task_frames`);
+* ``names`` (``shot.1001.png``..., gaps kept): a gapped sequence is a frame list, not
+  ``start + i * step``, so the task is made from just the kept files, in order (task frames 0..n-1).
+
+The task's data meta is checked against :meth:`MediaInfo.task_frames`, never the shot numbers.
 """
 
 from __future__ import annotations
@@ -140,10 +148,14 @@ def check_task_media(store_media: MediaInfo, task: TaskInfo, store_name: str = "
     if len(store_media.frames) != len(tm.frames):
         problems.append(f"{len(store_media.frames)} frames in {store_name} but {len(tm.frames)} in"
                         f" task {task.id}")
-    if list(store_media.frames) != list(tm.frames):
+    want = _task_frames(store_media)
+    if want != list(tm.frames):
+        shot = ("" if _plain(store_media) else
+                f" (task frames of its {store_media.numbering_text()} frames"
+                f" {store_media.frames[0] if store_media.frames else None}..)")
         problems.append(
-            f"numbering start={store_media.frames[0] if store_media.frames else None}"
-            f" step={store_media.step} in {store_name} but start={tm.start} step={tm.step} in task"
+            f"numbering start={want[0] if want else None}"
+            f" step={store_media.step} in {store_name}{shot} but start={tm.start} step={tm.step} in task"
             f" {task.id}"
         )
     if not problems:
@@ -194,11 +206,30 @@ def _resource_kind(resource: str) -> Any:
     return kinds[resource]
 
 
+def _plain(media: MediaInfo) -> bool:
+    """Frame numbers are positions in the source (CVAT's numbering); media from elsewhere (a test's
+    stand-in) without the numbering fields is plain."""
+    return bool(getattr(media, "plain_numbering", True))
+
+
+def _task_frames(media: MediaInfo) -> list[int]:
+    """The CVAT frame numbers a task made from ``media`` has (``MediaInfo.task_frames``)."""
+    return media.task_frames() if hasattr(media, "task_frames") else list(media.frames)
+
+
+def _file_positions(media: MediaInfo) -> list[int]:
+    """Index into :func:`files_for_media`'s list of each frame of ``media``."""
+    if getattr(media, "numbering", "index") == "names":
+        return list(range(len(media.frames)))
+    return _task_frames(media)
+
+
 def files_for_media(media: MediaInfo) -> list[Path]:
     """The local files to upload for a store's media: the video, or every image of its source.
 
     All images are uploaded (not just the kept ones) so that ``start``/``step`` number them exactly
-    as the source does.
+    as the source does; except for frames numbered by file names, where just the kept files go, in
+    order (a sequence with gaps cannot be described by ``start``/``step``).
     """
     if not media.path:
         raise InputError(f"media {media.name!r} has no path; give the files to upload (files=/--files)")
@@ -209,8 +240,15 @@ def files_for_media(media: MediaInfo) -> list[Path]:
         return [p]
     from ..video_utils import open_frames
 
-    src = open_frames(p)
+    named = getattr(media, "numbering", "index") == "names"
+    src = open_frames(p, frame_numbers="names") if named else open_frames(p)
     try:
+        if named:
+            missing = [f for f in media.frames if f not in set(src.frame_numbers)]
+            if missing:
+                raise InputError(f"frame {missing[0]} of media {media.name!r} has no file in {p} any more"
+                                 f" ({len(missing)} missing); restore the files or give files=/--files")
+            return [src.file_of(f) for f in media.frames]  # type: ignore[attr-defined]
         return list(src.files)  # type: ignore[attr-defined]
     finally:
         src.close()
@@ -237,10 +275,11 @@ def create_task(
     poll_interval: float = 2.0,
     dry_run: bool = False,
 ) -> TaskInfo | dict[str, Any]:
-    """Create a task whose frame ``i`` is source frame ``start + i * step``.
+    """Create a task whose frame ``i`` is source frame ``start + i * step`` (of a store made with
+    ``first_frame`` or names numbering: the store's i-th frame, see the module doc).
 
     ``media`` (a store's :class:`MediaInfo`) gives the numbering and, when ``files`` is not given,
-    the files. ``resource``: ``local`` (upload), ``share`` (paths on the server's share), ``cloud``
+    the files (for names numbering: the kept files, in order, which ``files`` must then be too). ``resource``: ``local`` (upload), ``share`` (paths on the server's share), ``cloud``
     (paths in cloud storage ``cloud_storage_id``) or ``remote`` (URLs). After the upload the task's
     data meta is read back and compared with ``media``. ``dry_run`` returns the plan only.
     """
@@ -279,7 +318,18 @@ def create_task(
 
 def _numbering(media: MediaInfo | None, start: int | None, stop: int | None,
                step: int | None) -> tuple[int, int | None, int]:
-    """``start``, ``stop`` (inclusive), ``step``: the arguments, else the media's."""
+    """``start``, ``stop`` (inclusive), ``step`` in CVAT's numbering: the arguments, else the media's
+    (less its first frame; names numbering: 0, None, 1 over the kept files)."""
+    if media is not None and not _plain(media):
+        if (start, stop, step) != (None, None, None):
+            raise InputError(
+                f"media {media.name!r} is numbered with {media.numbering_text()}: a task made from it"
+                " holds the store's frames, so leave out start/stop/step (--start/--stop/--step), or make"
+                " the store with the frame range you want")
+        if media.numbering == "names":
+            return 0, None, 1
+        tf = media.task_frames()
+        return tf[0], tf[-1], media.step
     if media is not None:
         start = media.start if start is None else start
         stop = (media.frames[-1] if media.frames else media.stop) if stop is None else stop
@@ -386,20 +436,20 @@ def _check_local_sizes(media: MediaInfo, files: Sequence[str]) -> None:
         return
     from PIL import Image
 
-    for f in media.frames:
-        if not 0 <= f < len(files):
+    for f, k in zip(media.frames, _file_positions(media)):
+        if not 0 <= k < len(files):
             raise InputError(f"frame {f} of media {media.name!r} has no file among the {len(files)}"
                              " given; give every image of the source, in its order")
         try:
-            with Image.open(files[f]) as im:
+            with Image.open(files[k]) as im:
                 w, h = im.size
         except Exception as e:
-            raise InputError(f"{files[f]} (frame {f}) cannot be read as an image ({type(e).__name__});"
+            raise InputError(f"{files[k]} (frame {f}) cannot be read as an image ({type(e).__name__});"
                              " fix or remove it") from None
         want = media.size_of(f) if hasattr(media, "size_of") else (media.width, media.height)
         if (w, h) != tuple(want):
             raise InputError(
-                f"{files[f]} (frame {f}) is {w}x{h} but the store has {want[0]}x{want[1]} for it;"
+                f"{files[k]} (frame {f}) is {w}x{h} but the store has {want[0]}x{want[1]} for it;"
                 " the files changed since the store was made: make the store again from these"
                 " files (nothing was created on the server)")
 

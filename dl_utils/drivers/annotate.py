@@ -32,7 +32,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
-from .options import DetectorOptions, SamOptions, SourceSpec, TrackOptions
+from .options import DetectorOptions, SamOptions, SourceOptions, SourceSpec, TrackOptions
 from .run import STEPS_KEY, steps
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..store import AnnotationStore
     from ..video_utils import FrameSource
 
-_D, _S, _T = DetectorOptions(), SamOptions(), TrackOptions()
+_D, _S, _T, _N = DetectorOptions(), SamOptions(), TrackOptions(), SourceOptions()
 
 
 def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +57,7 @@ def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="push the result to this CVAT task (credentials from CVAT_* variables)")
     parser.add_argument("--cvat-shape", default="mask", choices=("mask", "polygon", "box"), dest="cvat_shape",
                         help="shape type pushed to CVAT (default mask: exact)")
+    SourceOptions.add_arguments(parser, command="annotate")
     SamOptions.add_arguments(parser, command="annotate")
     TrackOptions.add_arguments(parser, command="annotate")
     DetectorOptions.add_arguments(parser, command="annotate")
@@ -92,6 +93,8 @@ def run_annotate(
     bpe: str | os.PathLike[str] | None = _D.bpe,
     sam3_model: Any = None,
     sam3_video_model: Any = None,
+    frame_numbers: str = _N.frame_numbers,
+    first_frame: int = _N.first_frame,
 ) -> dict[str, Any]:
     """Run the steps of the module doc; return a summary (:func:`annotate`, loose arguments).
     Pre-built models (SAM 3's too: ``sam3_model``, ``sam3_video_model``) and a CVAT connection may
@@ -106,6 +109,7 @@ def run_annotate(
         track=TrackOptions(every=every, max_gap=max_gap, max_objects=max_objects),
         progress=progress, detector=detector, sam_video_model=sam_video_model, segmenter=segmenter,
         connection=connection, sam3_model=sam3_model, sam3_video_model=sam3_video_model,
+        numbering=SourceOptions(frame_numbers=frame_numbers, first_frame=first_frame),
     )
 
 
@@ -127,19 +131,22 @@ def annotate(
     connection: CvatConnection | None = None,
     sam3_model: Any = None,
     sam3_video_model: Any = None,
+    numbering: SourceOptions | None = None,
 ) -> dict[str, Any]:
     """:func:`run_annotate` with the options objects. Input is checked before any model is loaded
-    (another backend recorded in an existing store included)."""
+    (another backend recorded in an existing store included). ``numbering`` numbers the source's
+    frames (``--frame-numbers``/``--first-frame``): PROMPTS.json frames are in those numbers."""
     from ..dinoal.pipeline import ensure_labels
     from ..dinoal.caption import parse_caption
     from ..sam2al import load_prompts
     from ..store import AnnotationStore
-    from ..video_utils import open_frames
     from .run import check_store_backend, run_into_store
 
     opts = detector_options or DetectorOptions()
     sam = sam or SamOptions()
     track = track or TrackOptions()
+    numbering = numbering or SourceOptions()
+    numbering.check()
     if text is None and points is None:
         raise InputError('nothing to annotate: give --text "car. person" and/or --points PROMPTS.json')
     sam.check_direction()
@@ -153,7 +160,7 @@ def annotate(
         check_store_backend(out, opts)
     t0 = time.perf_counter()
     summary: dict[str, Any] = {"store": str(out)}
-    src = open_frames(source)
+    src = numbering.open(source)
     try:
         if cvat_task is not None:  # server, credentials, task, frames, labels: before any model or store
             summary["cvat_preflight"] = _cvat_preflight(src, out, caption, entries, cvat_task, cvat_shape,
@@ -241,7 +248,8 @@ def run_annotate_cli(args: argparse.Namespace) -> int:
 def _run_annotate_cli(args: argparse.Namespace) -> int:
     s = annotate(args.source, args.out, text=args.text, points=args.points, cvat_task=args.cvat_task,
                  cvat_shape=args.cvat_shape, detector_options=DetectorOptions.from_args(args),
-                 sam=SamOptions.from_args(args, command="annotate"), track=TrackOptions.from_args(args))
+                 sam=SamOptions.from_args(args, command="annotate"), track=TrackOptions.from_args(args),
+                 numbering=SourceOptions.from_args(args))
     print(json.dumps(s, indent=2, default=str))
     return 0
 

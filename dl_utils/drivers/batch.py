@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
-from .options import DetectorOptions, SamOptions, TrackOptions
+from .options import DetectorOptions, SamOptions, SourceOptions, TrackOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..batch.executors import Executor
@@ -39,6 +39,7 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--points-dir", default=None, dest="points_dir",
                         help="folder of PROMPTS.json files named like the sources (a/clip.mp4 -> a/clip.mp4.json "
                              "or a/clip.json)")
+    SourceOptions.add_arguments(parser, command="annotate")
     SamOptions.add_arguments(parser, command="annotate")
     TrackOptions.add_arguments(parser, command="annotate")
     DetectorOptions.add_arguments(parser, command="annotate")
@@ -170,6 +171,13 @@ def _run_batch_cli(args: argparse.Namespace) -> int:
     from ..batch.options import BatchOptions
     from ..batch.run import SUMMARY, format_summary, run_batch
 
+    numbering = SourceOptions.from_args(args)
+    numbering.check()
+    if numbering != SourceOptions():
+        # the workers run annotate from BatchOptions, which has no numbering field yet: running them
+        # with the default numbering would silently give every store other frame numbers
+        raise InputError(f"dl-utils batch: {_numbering_flags(numbering)} is not passed to the batch workers"
+                         " yet; run `dl-utils annotate` per source with it, or leave it out")
     sources = plan(args)
     options = BatchOptions(detector=DetectorOptions.from_args(args),
                            sam=SamOptions.from_args(args, command="annotate"), track=TrackOptions.from_args(args))
@@ -201,6 +209,11 @@ def _run_batch_cli(args: argparse.Namespace) -> int:
     print(format_summary(results))
     print(f"summary: {Path(args.out) / SUMMARY}")
     return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def _numbering_flags(n: SourceOptions) -> str:
+    return " ".join(f for f in (f"--frame-numbers {n.frame_numbers}" if n.frame_numbers != "index" else "",
+                                f"--first-frame {n.first_frame}" if n.first_frame else "") if f)
 
 
 __all__ = ["CvatProject", "add_batch_arguments", "make_executor", "plan", "run_batch_cli"]

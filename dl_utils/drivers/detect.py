@@ -16,14 +16,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
-from .options import DetectorOptions, SamOptions, SourceSpec, TrackOptions
+from .options import DetectorOptions, SamOptions, SourceOptions, SourceSpec, TrackOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..classes import ClassTable
     from ..dinoal.detector import Detector
     from ..samal import ImageSegmenter
 
-_D, _T = DetectorOptions(), TrackOptions()
+_D, _T, _N = DetectorOptions(), TrackOptions(), SourceOptions()
 
 
 def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +33,7 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="annotation store (.sqlite); added to when it exists")
     parser.add_argument("--segment", action="store_true",
                         help="turn boxes into SAM2 masks (--backend sam3: always masks, SAM 3's own)")
+    SourceOptions.add_arguments(parser, command="detect")
     DetectorOptions.add_arguments(parser, command="detect")
     TrackOptions.add_arguments(parser, command="detect")
     SamOptions.add_arguments(parser, command="detect")
@@ -66,6 +67,8 @@ def run_detect(
     bpe: str | os.PathLike[str] | None = _D.bpe,
     sam3_model: Any = None,
     sam3_video_model: Any = None,
+    frame_numbers: str = _N.frame_numbers,
+    first_frame: int = _N.first_frame,
 ) -> dict[str, Any]:
     """Detect (and optionally segment) into a store; return a summary (:func:`detect`, loose arguments).
 
@@ -85,6 +88,7 @@ def run_detect(
         track=TrackOptions(every=every, max_gap=max_gap, max_objects=max_objects, track=track),
         detector=detector, segmenter=segmenter, sam_video_model=sam_video_model, progress=progress,
         sam3_model=sam3_model, sam3_video_model=sam3_video_model,
+        numbering=SourceOptions(frame_numbers=frame_numbers, first_frame=first_frame),
     )
 
 
@@ -103,19 +107,21 @@ def detect(
     progress: bool = True,
     sam3_model: Any = None,
     sam3_video_model: Any = None,
+    numbering: SourceOptions | None = None,
 ) -> dict[str, Any]:
-    """:func:`run_detect` with the options objects. Everything that can fail without the store (counts,
+    """:func:`run_detect` with the options objects (``numbering``: ``--frame-numbers``/``--first-frame``). Everything that can fail without the store (counts,
     the caption, the class table, the models, another backend recorded in an existing store) fails
     before the store is created or changed."""
     from ..dinoal.pipeline import ensure_labels
     from ..dinoal.caption import parse_caption
     from ..store import AnnotationStore
-    from ..video_utils import open_frames
     from .run import check_store_backend, run_into_store
 
     opts = detector_options or DetectorOptions()
     sam = sam or SamOptions()
     track = track or TrackOptions()
+    numbering = numbering or SourceOptions()
+    numbering.check()
     track.check()
     opts.check_sam3()
     sam3 = opts.backend == "sam3"
@@ -123,7 +129,7 @@ def detect(
     caption = parse_caption(text)  # an empty caption fails before any model is loaded
     table = opts.class_table()
     check_store_backend(out, opts)
-    src = open_frames(source)
+    src = numbering.open(source)
     try:
         tracked = bool(track.track) and src.kind == "video"
         every = 1 if (sam3 and tracked) else track.every_for(tracked)
@@ -192,7 +198,7 @@ def run_detect_cli(args: argparse.Namespace) -> int:
 def _run_detect_cli(args: argparse.Namespace) -> int:
     s = detect(args.source, args.out, args.text, segment=args.segment,
                detector_options=DetectorOptions.from_args(args), sam=SamOptions.from_args(args, command="detect"),
-               track=TrackOptions.from_args(args))
+               track=TrackOptions.from_args(args), numbering=SourceOptions.from_args(args))
     print(json.dumps(s, indent=2))
     return 0
 

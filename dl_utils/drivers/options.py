@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..dinoal.detector import GroundedDetector
     from ..samal import ImageSegmenter
     from ..tracking import TrackerConfig
+    from ..video_utils import FrameSource
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: what :func:`dl_utils.video_utils.open_frames` opens: a video, an image folder, a glob or pattern, images
@@ -285,6 +286,60 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
 
 
+# ----------------------------------------------------------------------------- source numbering
+@dataclass(frozen=True)
+class SourceOptions:
+    """How the source's frames are numbered: ``--frame-numbers index|names`` and ``--first-frame N``.
+
+    One place for the numbering every command opens its source with, because the numbers are the
+    contract between the source, ``--start``/``--stop``, PROMPTS.json's ``frame`` fields, the store
+    and CVAT: two commands numbering one shot differently would name different pictures "frame 1003".
+    The store records the numbering (:class:`~dl_utils.annotations.MediaInfo`) and refuses a reopen
+    with another one. Plain values only, so it pickles to batch workers.
+    """
+
+    frame_numbers: str = "index"
+    first_frame: int = 0
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser, *, command: str = "annotate") -> None:
+        """``--frame-numbers`` and ``--first-frame`` (the same for every command)."""
+        _check(command)
+        from ..annotations import FRAME_NUMBERINGS
+
+        d = cls()
+        parser.add_argument("--frame-numbers", choices=FRAME_NUMBERINGS, default=d.frame_numbers,
+                            dest="frame_numbers",
+                            help="how source frames are numbered: index (0, 1, 2 ... or from --first-frame; "
+                                 "default) or names (image sequences: the number in each file name, e.g. "
+                                 "shot.1001.png is frame 1001, gaps kept); --start/--stop, PROMPTS.json frames "
+                                 "and the store then use these numbers")
+        parser.add_argument("--first-frame", type=int, default=d.first_frame, dest="first_frame", metavar="N",
+                            help="number the first frame N instead of 0 (a video, or images numbered by "
+                                 "position), e.g. 1001 for a shot; recorded in the store")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> SourceOptions:
+        return cls(**_values(cls, args))
+
+    def check(self) -> None:
+        """Refuse an unknown numbering, a first frame below 0, or both options at once (before any
+        file is read)."""
+        from ..video_utils.sources import check_frame_numbers
+
+        check_frame_numbers(self.frame_numbers, self.first_frame, "--frame-numbers/--first-frame")
+
+    def open_kwargs(self) -> dict[str, Any]:
+        """The :func:`~dl_utils.video_utils.open_frames` keywords of this numbering."""
+        return {"frame_numbers": self.frame_numbers, "first_frame": self.first_frame}
+
+    def open(self, source: SourceSpec) -> FrameSource:
+        """``source`` opened with this numbering."""
+        from ..video_utils import open_frames
+
+        return open_frames(source, **self.open_kwargs())
+
+
 # ----------------------------------------------------------------------------- tracking
 @dataclass
 class TrackOptions:
@@ -482,6 +537,7 @@ __all__ = [
     "DetectorOptions",
     "PathLike",
     "SamOptions",
+    "SourceOptions",
     "SourceSpec",
     "TrackOptions",
     "add_device_argument",

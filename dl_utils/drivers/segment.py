@@ -29,19 +29,22 @@ from ..sam2al.segment import check_entry, frame_ranges, load_prompts, same_promp
 from ..sam2al.session import VideoSession
 from ..store import AnnotationStore
 from ..video_utils import FrameSource
-from .options import SamOptions
+from .options import SamOptions, SourceOptions
 from .run import Click, ClickSpan
 
 
 def _checked_prompts(source: FrameSource | str | os.PathLike[str], prompts_path: str | os.PathLike[str],
-                     direction: str) -> tuple[list[Click], FrameSource]:
+                     direction: str, numbering: SourceOptions | None = None) -> tuple[list[Click], FrameSource]:
     """The prompts and the open source, every entry checked against it: a bad direction, file or
-    entry fails before a store is opened or a model loads (the plan and the run refuse the same)."""
-    from ..video_utils import open_frames
+    entry fails before a store is opened or a model loads (the plan and the run refuse the same).
 
+    A path is opened with ``numbering`` (PROMPTS.json frames are those numbers); an open
+    :class:`FrameSource` keeps the numbering it was opened with."""
     SamOptions(direction=direction).check_direction()
+    numbering = numbering or SourceOptions()
+    numbering.check()
     prompts = load_prompts(prompts_path)
-    src = source if isinstance(source, FrameSource) else open_frames(source)
+    src = source if isinstance(source, FrameSource) else numbering.open(source)
     try:
         for i, e in enumerate(prompts):
             check_entry(src, e, i, prompts_path)
@@ -53,17 +56,19 @@ def _checked_prompts(source: FrameSource | str | os.PathLike[str], prompts_path:
 
 
 def plan_segment(source: FrameSource | str | os.PathLike[str], store_path: str | os.PathLike[str], prompts_path: str | os.PathLike[str], *,
-                 direction: str = "forward", start: int | None = None, stop: int | None = None) -> dict[str, Any]:
+                 direction: str = "forward", start: int | None = None, stop: int | None = None,
+                 numbering: SourceOptions | None = None) -> dict[str, Any]:
     """What ``dl-utils segment`` would do, without a model and without changing anything (``--dry-run``).
 
     Returns ``{"dry_run": True, "prompts": [{"entry", "frame", "object", "action": "apply"|"unchanged"}],
     "dropped": {object: "frames"}, "to_compute": {object: "frames"}, "dropped_outside_range": {...}}``:
     the stored propagated masks the changed prompts would drop (the rule a correction follows) and the
-    frames the propagation would then compute within ``start..stop``.
+    frames the propagation would then compute within ``start..stop``. ``numbering``: how a source
+    path's frames are numbered (``--frame-numbers``/``--first-frame``; default: by position from 0).
     """
     from ..sam2al.session import dependent_frames
 
-    prompts, src = _checked_prompts(source, prompts_path, direction)
+    prompts, src = _checked_prompts(source, prompts_path, direction, numbering)
     nums = list(src.frame_numbers)
     kept = set(nums)
     lo = nums[0] if start is None else max(int(start), nums[0])
@@ -139,18 +144,21 @@ def run_segment(
     progress: bool = True,
     sam_model: Any = None,
     report: Callable[[str], None] | None = None,
+    numbering: SourceOptions | None = None,
 ) -> dict[str, Any]:
     """``dl-utils segment``: prompts from PROMPTS.json, propagation into the store, a summary dict.
 
     A store that already holds results resumes: its keyframes are re-applied, prompts identical to
     the stored ones are not run again, and only missing frames are computed. A changed prompt drops
     the results that depended on it: ``report(message)`` says which (the CLI prints it on stderr) and
-    the summary's ``dropped`` lists them per object.
+    the summary's ``dropped`` lists them per object. ``numbering`` (``--frame-numbers names`` or
+    ``--first-frame N``) numbers a source path's frames: ``start``/``stop`` and the prompts' frames
+    are in those numbers, and the store records it (a store made with another numbering is refused).
     """
     from .run import run_into_store
 
     t0 = time.perf_counter()
-    prompts, src = _checked_prompts(source, prompts_path, direction)
+    prompts, src = _checked_prompts(source, prompts_path, direction, numbering)
     store = AnnotationStore.open_or_create(store_path, src.media_info())
     try:
         session = VideoSession(src, store, model=model, checkpoint=checkpoint, image_size=image_size,
@@ -173,8 +181,11 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="video file, image folder, glob or pattern")
     parser.add_argument("--out", required=True, help="annotation store (.sqlite); resumed when it exists")
     parser.add_argument("--prompts", required=True, help="PROMPTS.json")
-    parser.add_argument("--start", type=int, default=None, help="first source frame (inclusive)")
-    parser.add_argument("--stop", type=int, default=None, help="last source frame (inclusive)")
+    parser.add_argument("--start", type=int, default=None,
+                        help="first source frame (inclusive; in --frame-numbers/--first-frame numbers)")
+    parser.add_argument("--stop", type=int, default=None,
+                        help="last source frame (inclusive; in --frame-numbers/--first-frame numbers)")
+    SourceOptions.add_arguments(parser, command="segment")
     SamOptions.add_arguments(parser, command="segment")
     parser.add_argument("--dry-run", action="store_true", dest="dry_run",
                         help="list the prompts that would be applied, the stored masks they would drop and "
@@ -195,9 +206,10 @@ def run_segment_cli(args: argparse.Namespace) -> int:
 
 def _run_segment_cli(args: argparse.Namespace) -> int:
     sam = SamOptions.from_args(args, command="segment")
+    numbering = SourceOptions.from_args(args)
     if getattr(args, "dry_run", False):
         s = plan_segment(args.source, args.out, args.prompts, direction=sam.direction, start=args.start,
-                         stop=args.stop)
+                         stop=args.stop, numbering=numbering)
         print(json.dumps(s, indent=2))
         return 0
 
@@ -206,7 +218,7 @@ def _run_segment_cli(args: argparse.Namespace) -> int:
 
     s = run_segment(args.source, args.out, args.prompts, direction=sam.direction, start=args.start,
                     stop=args.stop, model=sam.model_name, checkpoint=sam.checkpoint,
-                    image_size=sam.image_size, device=sam.device, report=report)
+                    image_size=sam.image_size, device=sam.device, report=report, numbering=numbering)
     print(json.dumps(s, indent=2))
     return 0
 

@@ -285,8 +285,8 @@ class VideoSource(FrameSource):
     kind = "video"
     path: Path  # always set for a video (FrameSource allows None)
 
-    def __init__(self, path: str | os.PathLike[str], *, start: int = 0, stop: int | None = None,
-                 step: int = 1, resize: object = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, start: int | None = None, stop: int | None = None,
+                 step: int = 1, resize: object = None, first_frame: int = 0) -> None:
         path = Path(path)
         self._ra: _Decoder | None = None
         self._index = idx = build_index(path)
@@ -303,7 +303,7 @@ class VideoSource(FrameSource):
         self._orientation: tuple[int, bool] | None = None
         self._first_size: tuple[int, int] | None = None
         super().__init__(path.name, path, len(idx), start=start, stop=stop, step=step,
-                         resize=resize)
+                         resize=resize, first_frame=first_frame)
 
     # ---------------------------------------------------------------- description
     @property
