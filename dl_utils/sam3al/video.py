@@ -33,10 +33,12 @@ logic) and changes only what is around it:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from ..annotations import Clicks, Instance, Instances, Provenance, Source
+from ..cv_utils.rle import decode_cvat_rle_array, encode_cvat_rle_array
 from ..errors import InputError
 from ..store import AnnotationStore
 from .frames import PREPROCESS, Sam3LazyFrames
@@ -149,6 +152,78 @@ class _Phrase:
     residue: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)  # frame -> id -> lost pixels
 
 
+@dataclass(frozen=True)
+class _SavedRow:
+    """A store row as it was before a refinement replaced or deleted it (``instance`` None: the
+    refinement added the row where there was none). The mask is kept as the store keeps it
+    (zlib-compressed CVAT runs), so an undo log costs what the rows cost on disk, not a decoded mask."""
+
+    instance: Instance | None  # without its mask
+    runs: bytes = b""
+    rle_box: tuple[int, int, int, int] = (0, 0, 0, 0)
+    size: tuple[int, int] = (0, 0)  # (height, width) of the mask; (0, 0): the row had no mask
+
+    @classmethod
+    def of(cls, inst: Instance | None) -> _SavedRow:
+        if inst is None:
+            return cls(None)
+        if inst.mask is None:
+            return cls(inst)
+        runs, box = encode_cvat_rle_array(inst.mask)
+        h, w = inst.mask.shape
+        return cls(dataclasses.replace(inst, mask=None), zlib.compress(runs.astype("<u4").tobytes(), 1),
+                   box, (int(h), int(w)))
+
+    def restored(self) -> Instance | None:
+        """The row as it was (a fresh Instance with its mask decoded)."""
+        if self.instance is None:
+            return None
+        if self.size == (0, 0):
+            return dataclasses.replace(self.instance)
+        runs = np.frombuffer(zlib.decompress(self.runs), dtype="<u4")
+        mask = decode_cvat_rle_array(runs, self.rle_box, *self.size)
+        return dataclasses.replace(self.instance, mask=mask)
+
+
+@dataclass
+class _RefinePass:
+    """One ``propagate_in_video`` call of a refinement, as run: a rebuild replays it exactly (a
+    cancelled refinement's pass stopped after ``frames`` yields; ``None``: it ran to its end)."""
+
+    reverse: bool
+    limit: int | None
+    frames: int | None = None
+
+
+@dataclass
+class _Refinement:
+    """What :meth:`Sam3VideoSession.undo_refine` needs to revert one refinement and what a rebuild of
+    sam3's state needs to re-apply it without writing."""
+
+    run_id: int
+    object_id: int
+    phrase_index: int
+    sam_id: int
+    frame: int  # source frame number
+    f_idx: int
+    points: list[list[float]]
+    labels: list[int]
+    clicks: Clicks
+    prev_clicks: Clicks | None  # refinements[object][frame] before this refinement
+    passes: list[_RefinePass] = field(default_factory=list)
+    prompted: bool = False  # sam3's add_prompt ran (the clicks are in sam3's state)
+    clicks_recorded: bool = False  # the clicks went into Sam3VideoSession.refinements
+    failed: bool = False
+    rows: dict[int, dict[int, _SavedRow]] = field(default_factory=dict)  # frame idx -> object -> row before
+
+    def save(self, t: int, object_id: int, before: Instance | None) -> None:
+        """Keep the row of ``object_id`` on frame index ``t`` as it was before this refinement
+        (the first time only: the clicked frame is written twice, by add_prompt and the forward pass)."""
+        rows = self.rows.setdefault(int(t), {})
+        if object_id not in rows:
+            rows[object_id] = _SavedRow.of(before)
+
+
 class _StoreBackedOutputs(dict):
     """sam3's ``cached_frame_outputs`` read back from the store, one frame at a time.
 
@@ -242,6 +317,9 @@ class Sam3VideoSession:
         self._next_idx = 0  # the next frame index the generators yield
         self.peak_memory: dict[str, int] = {}
         self.refinements: dict[int, dict[int, Clicks]] = {}  # store object -> frame -> clicks (refine)
+        self._undo: list[_Refinement] = []  # refinements not undone, oldest first (undo_refine)
+        self._recording: _Refinement | None = None  # the refinement being run (_write_refined logs into it)
+        self._stale = False  # sam3's state holds clicks of an undone refinement: rebuild before refining
         self._restore_objects()
 
     # ------------------------------------------------------------------ setup
@@ -655,8 +733,13 @@ class Sam3VideoSession:
         return pts, labels
 
     def _ensure_finished(self) -> None:
-        """sam3's state after its whole run: what its refinement starts from. A session that did not
-        run it (a new session on a finished store) replays it, writing nothing (see the module doc)."""
+        """sam3's state after its whole run and the session's refinements: what a refinement starts
+        from. A session that did not run it (a new session on a finished store) replays the run,
+        writing nothing (see the module doc); one whose state holds an undone refinement's clicks
+        (:meth:`undo_refine`) rebuilds it (:meth:`_rebuild`)."""
+        if self._stale:
+            self._rebuild()
+            return
         if self._started and all(ph.gen is None for ph in self.phrases):
             return
         if self._started:
@@ -664,6 +747,10 @@ class Sam3VideoSession:
                 f"{self.caption.text!r}: SAM 3's run stopped at frame {self._numbers[max(self._next_idx - 1, 0)]}; "
                 "finish it (propagate()) before refining"
             )
+        self._replay_run()
+
+    def _replay_run(self) -> None:
+        """The caption's finished run recomputed from its prompt, writing nothing."""
         prog = self._progress()
         n = len(self.frames)
         if prog is None or int(prog["done_through"]) < n - 1:
@@ -673,24 +760,81 @@ class Sam3VideoSession:
             self._start(int(prog.get("start", 0)))
             self._loop(None, 0, lambda t: True, stats)
 
-    def _load_cached(self, ph: _Phrase, t: int) -> dict[int, Any]:
-        """``cached_frame_outputs[t]`` of ``ph`` rebuilt: stored mask | residue per sam3 id."""
+    def _rebuild(self) -> None:
+        """sam3's state without the undone refinements: the run replayed, then each remaining
+        refinement re-applied in order, writing nothing (the store already holds their results).
+
+        Why replay rather than patch: sam3 keeps no per-click undo; an object's clicks live in its
+        tracker state (point inputs, conditioning outputs, memory of every frame it re-tracked) and
+        in the action history that decides what its next propagation does, so the only faithful
+        state without them is one that never saw them. The re-applied refinements read sam3's cache
+        (with trimming, rebuilt from the store) as it was before each of them: the store overlaid
+        with the rows the later refinements replaced (their undo logs), see :meth:`_load_cached`."""
+        for ph in self.phrases:
+            close = getattr(ph.gen, "close", None)
+            if close is not None:
+                close()
+            ph.gen, ph.state = None, {}
+            ph.scores, ph.suppressed, ph.residue = {}, {}, {}
+        self._started = False
+        self._replay_run()
+        with self._model_settings():
+            for i, rec in enumerate(self._undo):
+                if rec.prompted and not rec.failed:
+                    self._reapply(rec, i)
+        self._stale = False
+
+    def _reapply(self, rec: _Refinement, level: int) -> None:
+        """Refinement ``rec`` (``self._undo[level]``) on sam3's state again, as it ran, writing nothing."""
+        ph = self.phrases[rec.phrase_index]
+        seen: set[int] = set()
+        later = self._undo[level + 1:]
+        if self.options.trim_memory:
+            # frames this re-application has yielded read the store as it was after it, others before it
+            self._rehydrate(ph, lambda t: self._load_cached(ph, t, later if t in seen else self._undo[level:]))
+        try:
+            _, out = self.model.add_prompt(ph.state, frame_idx=rec.f_idx, points=rec.points,
+                                           point_labels=rec.labels, obj_id=rec.sam_id)
+            self._drop_cached(ph, rec.f_idx, out)
+            seen.add(rec.f_idx)
+            for p in rec.passes:
+                gen = self.model.propagate_in_video(ph.state, start_frame_idx=rec.f_idx,
+                                                    max_frame_num_to_track=p.limit, reverse=p.reverse)
+                try:
+                    steps = itertools.islice(gen, p.frames) if p.frames is not None else gen
+                    for t, out in steps:
+                        self._drop_cached(ph, int(t), out)
+                        seen.add(int(t))
+                finally:
+                    gen.close()
+        finally:
+            if self.options.trim_memory:
+                self._retrim(ph)
+
+    def _load_cached(self, ph: _Phrase, t: int, undone: Sequence[_Refinement] = ()) -> dict[int, Any]:
+        """``cached_frame_outputs[t]`` of ``ph`` rebuilt: stored mask | residue per sam3 id.
+        ``undone``: refinements whose rows on ``t`` are read as they were before them (the store as
+        it was before the oldest of them; newest applied first, so the oldest's saved row wins)."""
         import torch
 
         by_oid = {oid: sam_id for sam_id, oid in ph.objects.items()}
         h, w = self.media.height, self.media.width
+        rows: dict[int, Instance | None] = {x.object_id: x for x in self.store.read_frame(self._numbers[t])}
+        for rec in reversed(list(undone)):
+            for oid, saved in rec.rows.get(t, {}).items():
+                rows[oid] = saved.restored()
         flat: dict[int, np.ndarray] = {}
-        for inst in self.store.read_frame(self._numbers[t]):
-            sam_id = by_oid.get(inst.object_id)
-            if sam_id is not None and inst.mask is not None and np.asarray(inst.mask).any():  # empty: a keyframe mark
-                flat[sam_id] = np.asarray(inst.mask, dtype=bool).reshape(-1).copy()
+        for inst in rows.values():
+            sam_id = by_oid.get(inst.object_id) if inst is not None else None
+            if inst is not None and sam_id is not None and inst.mask is not None and np.asarray(inst.mask).any():
+                flat[sam_id] = np.asarray(inst.mask, dtype=bool).reshape(-1).copy()  # empty: a keyframe mark
         for sam_id, idx in ph.residue.get(t, {}).items():
             m = flat.setdefault(sam_id, np.zeros(h * w, dtype=bool))
             m[idx] = True
         dev = self.model.device
         return {i: torch.from_numpy(m.reshape(1, h, w)).to(dev) for i, m in sorted(flat.items())}
 
-    def _rehydrate(self, ph: _Phrase) -> None:
+    def _rehydrate(self, ph: _Phrase, load: Callable[[int], dict[int, Any]] | None = None) -> None:
         """Put back into sam3's state what trimming took out and its refinement reads."""
         st = ph.state
         tm = st["tracker_metadata"]
@@ -698,7 +842,8 @@ class Sam3VideoSession:
         tm["rank0_metadata"]["suppressed_obj_ids"].update(ph.suppressed)
         ph.scores, ph.suppressed = {}, {}
         kept = dict(st["cached_frame_outputs"])
-        lazy = _StoreBackedOutputs(range(self._start_idx, len(self.frames)), lambda t: self._load_cached(ph, t))
+        lazy = _StoreBackedOutputs(range(self._first_idx, len(self.frames)),
+                                   load if load is not None else (lambda t: self._load_cached(ph, t)))
         for t, v in kept.items():
             dict.__setitem__(lazy, t, v)
         st["cached_frame_outputs"] = lazy
@@ -712,6 +857,16 @@ class Sam3VideoSession:
         for ts in st["tracker_inference_states"]:
             _trim_tracker_state(self.model.tracker, ts, n)
         del cached
+
+    @property
+    def _first_idx(self) -> int:
+        """The first frame index the run covers (its start; 0 for a run prompted on k > 0)."""
+        return 0 if self.bidirectional else self._start_idx
+
+    @property
+    def can_undo(self) -> bool:
+        """True when :meth:`undo_refine` has a refinement of this session to revert."""
+        return bool(self._undo)
 
     def refine(self, frame: int, object_id: int, clicks: Clicks,
                callback: Callable[[int, Instances], Any] | None = None) -> dict[str, Any]:
@@ -765,6 +920,11 @@ class Sam3VideoSession:
         run_id = self.store.begin_run("sam3-refine", {"caption": self.caption.text, "phrase": ph.phrase,
                                                       "object": int(object_id), "frame": int(frame),
                                                       "clicks": clicks.to_json(), "model": self.model_name})
+        rec = _Refinement(run_id, int(object_id), self.phrases.index(ph),
+                          int(sam_id), int(frame), k, pts, labels, clicks,
+                          self.refinements.get(int(object_id), {}).get(int(frame)))
+        self._undo.append(rec)  # undoable from its first write on (also when cancelled or failed)
+        self._recording = rec
         stats = {"frames_written": 0, "instances_written": 0, "frames_computed": 0}
         seen: set[int] = set()  # frames written (the clicked frame comes from add_prompt and the forward pass)
         status = "failed"
@@ -775,6 +935,7 @@ class Sam3VideoSession:
                 if self.options.trim_memory:
                     self._rehydrate(ph)
                 try:
+                    rec.prompted = True  # from here on sam3's state may hold the clicks
                     _, out = self.model.add_prompt(ph.state, frame_idx=k, points=pts, point_labels=labels,
                                                    obj_id=sam_id)
                     self._write_refined(ph, k, out, "forward", (sam_id, clicks), run_id, stats, callback, sam_id,
@@ -783,17 +944,21 @@ class Sam3VideoSession:
                     self._drop_cached(ph, k, out)
                     cancelled = self._cancel.is_set()
                     passes: list[tuple[bool, int | None]] = []
-                    if k < n - 1 or k == self._start_idx:  # sam3 takes a pass from the last frame as done
+                    first = self._first_idx
+                    if k < n - 1 or k == first:  # sam3 takes a pass from the last frame as done
                         passes.append((False, None))
-                    if k > self._start_idx:  # None: sam3's own bound (it reads it back) when the run starts at 0
-                        passes.append((True, k - self._start_idx if self._start_idx else None))
+                    if k > first:  # None: sam3's own bound (it reads it back) when the run starts at 0
+                        passes.append((True, k - first if first else None))
                     for reverse, limit in passes:
                         if cancelled:
                             break
+                        p = _RefinePass(reverse, limit, 0)
+                        rec.passes.append(p)
                         gen = self.model.propagate_in_video(ph.state, start_frame_idx=k,
                                                             max_frame_num_to_track=limit, reverse=reverse)
                         try:
                             for t, out in gen:
+                                p.frames = (p.frames or 0) + 1
                                 stats["frames_computed"] += 1
                                 key = (sam_id, clicks) if t == k else None
                                 self._write_refined(ph, t, out, "backward" if reverse else "forward", key,
@@ -803,6 +968,8 @@ class Sam3VideoSession:
                                 if self._cancel.is_set():  # between frames: this one is written whole
                                     cancelled = True
                                     break
+                            else:
+                                p.frames = None  # ran to its end
                         finally:
                             gen.close()
                 finally:
@@ -811,11 +978,60 @@ class Sam3VideoSession:
                         self._retrim(ph)
             # the clicks are sam3's prompt now (on frame k), also when the passes were cut short
             self.refinements.setdefault(int(object_id), {})[int(frame)] = clicks
+            rec.clicks_recorded = True
             status = "cancelled" if cancelled else "done"
         finally:
+            self._recording = None
+            if status == "failed":
+                rec.failed = True  # what sam3's state holds is unknown: rebuild it without this one
+                self._stale = rec.prompted or self._stale
             self.store.finish_run(run_id, status)
         return {"run_id": run_id, "status": status, "object": int(object_id), "frame": int(frame), **stats,
                 "seconds": round(time.perf_counter() - t0, 3)}
+
+    def undo_refine(self) -> dict[str, Any]:
+        """Revert the most recent refinement of this session not undone yet (a cancelled one too).
+
+        Every store row it wrote or deleted is put back as it was (rows it added are deleted, rows it
+        replaced are written back with their mask, score, source, keyframe, clicks and provenance),
+        and its clicks leave :attr:`refinements`. Several undos in a row revert refinements newest
+        first. Recorded as a ``sam3-undo`` run. sam3's state still holds the undone clicks, so it is
+        marked stale and rebuilt at the next :meth:`refine` (see :meth:`_rebuild`); :meth:`propagate`
+        has nothing to do (the text run is finished and its rows are untouched by refinements'
+        undo). Why a log of rows rather than re-running: the rows are what the person saw before the
+        refinement, exactly; recomputing them would need the rebuilt state first (a whole replay)."""
+        if not self._undo:
+            raise InputError(f"{self.caption.text!r}: no refinement of this session to undo "
+                             f"(undo reverts refine() calls made through this session)")
+        rec = self._undo[-1]
+        run_id = self.store.begin_run("sam3-undo", {"caption": self.caption.text, "object": rec.object_id,
+                                                    "frame": rec.frame, "undone_run": rec.run_id})
+        status = "failed"
+        try:
+            for t in sorted(rec.rows):
+                frame = self._numbers[t]
+                back = [inst for saved in rec.rows[t].values() if (inst := saved.restored()) is not None]
+                if back:
+                    self.store.write_frame(frame, back, run_id=run_id)
+                for oid, saved in sorted(rec.rows[t].items()):
+                    if saved.instance is None:
+                        self.store.delete_instances(object_id=oid, frames=[frame])
+            status = "done"
+        finally:
+            self.store.finish_run(run_id, status)
+        self._undo.pop()
+        if rec.clicks_recorded:
+            mine = self.refinements.get(rec.object_id, {})
+            if rec.prev_clicks is not None:
+                mine[rec.frame] = rec.prev_clicks
+            else:
+                mine.pop(rec.frame, None)
+            if not mine:
+                self.refinements.pop(rec.object_id, None)
+        if rec.prompted:
+            self._stale = True
+        return {"status": "undone", "object": rec.object_id, "frame": rec.frame,
+                "frames_restored": len(rec.rows), "run_id": rec.run_id}
 
     def _drop_cached(self, ph: _Phrase, t: int, out: dict[str, Any]) -> None:
         """After a refined frame is written (trimming on): keep its residue, drop sam3's cache of it."""
@@ -853,6 +1069,9 @@ class Sam3VideoSession:
                    or old[x.object_id].mask is None or old[x.object_id].score != x.score
                    or not np.array_equal(np.asarray(old[x.object_id].mask), np.asarray(x.mask))]
         gone = set(old) - {x.object_id for x in new}
+        if self._recording is not None:  # the rows as they were, for undo_refine
+            for oid in sorted({x.object_id for x in changed} | gone):
+                self._recording.save(t, oid, old.get(oid))
         if changed:
             self.store.write_frame(frame, changed, run_id=run_id)
         for oid in sorted(gone):
@@ -977,9 +1196,11 @@ class Sam3ClickEngine:
     correction is carried through the whole video at once, as sam3's partial propagation does),
     ``propagate`` runs (or finishes) the caption's text run, which goes forward only.
 
-    Not offered by sam3's refinement, so refused with a one-line InputError: undoing a frame's clicks
-    (``clear_clicks``: sam3 keeps no per-frame undo; refine again with other clicks) and dropping an
-    object from sam3's tracking (``remove_object``: delete the store object instead).
+    :meth:`undo` reverts the last refinement (:meth:`Sam3VideoSession.undo_refine`). Not offered by
+    sam3's refinement, so refused with a one-line InputError: forgetting one frame's clicks
+    (``clear_clicks``: sam3 keeps no per-frame undo; undo the last refinement, or refine again with
+    other clicks) and dropping an object from sam3's tracking (``remove_object``: delete the store
+    object instead).
     """
 
     can_propagate = True
@@ -999,8 +1220,17 @@ class Sam3ClickEngine:
                         keyframe=True, clicks=clicks)
 
     def clear_clicks(self, frame: int, object_id: int) -> None:
-        raise InputError(f"object {object_id}, frame {frame}: SAM 3 cannot undo clicks on a frame; "
-                         "refine again with the clicks you want")
+        raise InputError(f"object {object_id}, frame {frame}: SAM 3 cannot forget one frame's clicks; "
+                         "undo() the last refinement, or refine again with the clicks you want")
+
+    @property
+    def can_undo(self) -> bool:
+        return self.session.can_undo
+
+    def undo(self) -> dict[str, Any]:
+        """Revert the session's last refinement (store rows and clicks); see
+        :meth:`Sam3VideoSession.undo_refine`."""
+        return self.session.undo_refine()
 
     def remove_object(self, object_id: int) -> None:
         raise InputError(f"object {object_id}: SAM 3's session cannot stop tracking one object; "
