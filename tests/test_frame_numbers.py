@@ -314,6 +314,42 @@ def test_detect_writes_shot_numbers(shot, tmp_path):
         detect(shot, out, "car", detector=_Boxes(), progress=False)
 
 
+class _Recorder:
+    """An image segmenter that keeps the image it was given for each frame and masks its top rows."""
+
+    def __init__(self):
+        self.seen: dict[int, np.ndarray] = {}
+
+    def set_image(self, image, key=None, *, frame=None):
+        self.seen[frame], self.frame = image.copy(), frame
+        return True
+
+    def predict_objects(self, prompts):
+        from dl_utils.annotations import Instances
+
+        h, w = self.seen[self.frame].shape[:2]
+        m = np.zeros((h, w), bool)
+        m[: 1 + self.frame % 7] = True
+        return Instances([Instance(oid, mask=m.copy(), score=0.9) for oid in prompts], frame=self.frame)
+
+
+def test_annotate_prompts_speak_shot_numbers(shot, tmp_path):
+    from dl_utils.drivers.annotate import annotate
+
+    pts = tmp_path / "p.json"
+    pts.write_text(json.dumps([{"frame": 1004, "object": 1, "label": "car", "points": [[10, 10, 1]]},
+                               {"frame": 1009, "object": 2, "label": "car", "points": [[20, 10, 1]]}]))
+    seg = _Recorder()
+    out = tmp_path / "a.sqlite"
+    annotate(shot, out, points=pts, segmenter=seg, numbering=SourceOptions("names"), progress=False)
+    assert sorted(seg.seen) == [1004, 1009]
+    for n, img in seg.seen.items():  # the prompt of frame 1004 ran on shot.1004.png
+        assert np.array_equal(img, read_image(shot / f"shot.{n}.png"))
+    with AnnotationStore.open(out, readonly=True) as st:
+        assert st.frames() == [1004, 1009] and st.media.frames == list(SHOT)
+        assert st.read_frame(1009).by_object()[2].mask.sum() == W * (1 + 1009 % 7)
+
+
 @requires_sam2
 def test_segment_names_with_start_writes_shot_numbers(shot, tmp_path, tiny_sam2_video):  # noqa: F811
     """``segment --frame-numbers names --start 1003``: the prompt on frame 1004, the store's frames are

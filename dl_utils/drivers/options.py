@@ -312,7 +312,7 @@ class SourceOptions:
                             dest="frame_numbers",
                             help="how source frames are numbered: index (0, 1, 2 ... or from --first-frame; "
                                  "default) or names (image sequences: the number in each file name, e.g. "
-                                 "shot.1001.png is frame 1001, gaps kept); --start/--stop, PROMPTS.json frames "
+                                 "shot.1001.png is frame 1001, gaps kept); frame ranges, PROMPTS.json frames "
                                  "and the store then use these numbers")
         parser.add_argument("--first-frame", type=int, default=d.first_frame, dest="first_frame", metavar="N",
                             help="number the first frame N instead of 0 (a video, or images numbered by "
