@@ -323,11 +323,12 @@ def _refine_click(a: Any, e: dict[str, Any]) -> None:
 @requires_sam3
 def test_video_refine_esc_keeps_whole_frames_and_a_second_refine_completes(
         tiny_sam3_video_model: Any, clip: Path, tmp_path: Path,  # noqa: F811
-        monkeypatch: pytest.MonkeyPatch, reference: Any) -> None:
+        monkeypatch: pytest.MonkeyPatch, reference: Any) -> None:  # noqa: F811
     """Esc during SAM 3's refine stops it after the frame being written (the session's cancel):
     that frame is whole and holds the refined object, the others keep the text run's rows, the
     cancelled refine is an undo step; a second click refines through the whole video again. Both
-    equal the session called directly with the same cancel and clicks."""
+    equal the session called directly with the same cancel and clicks; two undos, newest first,
+    give back the store after the cancel, then the text run's."""
     from dl_utils.annotations import Clicks
     from dl_utils.ipy_utils.history import SAM3_REFINE
 
@@ -375,9 +376,16 @@ def test_video_refine_esc_keeps_whole_frames_and_a_second_refine_completes(
         a.click(int(x), int(y), True, object_id=e["object"])
         assert a.wait(180) and "refine finished" in a.status, a.messages[-3:]
         assert a.job_summary["status"] == "done" and a.job_summary["frames_written"] == N_FRAMES
-    _same_store(_snapshot(a.store), final)
-    assert a.controller.clicks.get(e["object"], e["frame"]) == second
-    assert len(a.controller.history.actions(SAM3_REFINE)) == 2
+        _same_store(_snapshot(a.store), final)
+        assert a.controller.clicks.get(e["object"], e["frame"]) == second
+        assert len(a.controller.history.actions(SAM3_REFINE)) == 2
+        # two undo steps, newest first: the second refine, then the cancelled one
+        assert a.undo() and a.wait(180) and a.status.startswith("undid SAM 3 refine"), a.messages[-3:]
+        _same_store(_snapshot(a.store), mid)
+        assert a.controller.clicks.get(e["object"], e["frame"]) == _clicks(e)
+        assert a.undo() and a.wait(180) and a.status.startswith("undid SAM 3 refine"), a.messages[-3:]
+    _same_store(_snapshot(a.store), text)
+    assert a.controller.clicks.get(e["object"], e["frame"]) == _clicks({**e, "points": []})
 
 
 def _rows_equal(a: list[Any], b: list[Any]) -> bool:
@@ -389,3 +397,93 @@ def _same_store(got: dict[int, list[Any]], want: dict[int, list[Any]]) -> None:
     assert got.keys() == want.keys()
     for f in got:
         assert _rows_equal(got[f], want[f]), f
+
+
+@requires_sam3
+def test_video_refine_undo_redo_through_the_history(tiny_sam3_video_model: Any, clip: Path,  # noqa: F811
+                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    reference: Any) -> None:  # noqa: F811
+    """A SAM 3 refine is one undo step: undo (z) puts back every frame it changed and the clicked
+    frame's clicks, in the background; redo (y) refines again with the same clicks. Undo while a job
+    runs, with nothing to undo, or with a session that has no refine left, is a message; a new Detect
+    drops SAM 3's steps from the history and says so."""
+    from dl_utils.ipy_utils.history import SAM3_REFINE
+
+    e, text, after = reference
+    model = tiny_sam3_video_model
+    box_only = _clicks({**e, "points": []})
+    with video_on_cpu(model), mock.patch("dl_utils.drivers.run.open_session", side_effect=AssertionError("no SAM2")):
+        a = _detected(model, clip, tmp_path / "u.sqlite")
+        assert not a.undo() and a.messages[-1] == ("warn", "nothing to undo")
+        _refine_click(a, e)
+        assert a.wait(180) and "refine finished" in a.status, a.messages[-3:]
+        _same_store(_snapshot(a.store), after)
+        assert a.controller.clicks.get(e["object"], e["frame"]) == _clicks(e)
+        a.show(a.source.frame_numbers[0])
+        # undo: a background job (Esc does not stop it half-way); the store is the text run's again
+        a.handle_event({"type": "keydown", "key": "z"})
+        assert a.job == "undo refine" and a.frame == e["frame"], a.messages[-3:]
+        assert not a.cancel() and "cannot be stopped" in a.status
+        assert a.wait(180) and a.status.startswith("undid SAM 3 refine of object"), a.messages[-3:]
+        assert "frames restored" in a.status and a.w_progress.bar_style == "success"
+        _same_store(_snapshot(a.store), text)
+        assert a.controller.clicks.get(e["object"], e["frame"]) == box_only
+        assert a.controller.history.actions() == [] and a.controller.history.can_redo
+        # redo: the same clicks refined again, in the background
+        a.handle_event({"type": "keydown", "key": "y", "ctrlKey": True})
+        assert a.job == "refine", a.messages[-3:]
+        assert not a.undo()  # refused while it runs, as a message
+        assert a.messages[-1][0] == "error" and "cannot undo while refine runs: wait, or press Esc" in a.status
+        assert a.wait(180) and "redid SAM 3 refine" in a.status, a.messages[-3:]
+        _same_store(_snapshot(a.store), after)
+        assert a.controller.clicks.get(e["object"], e["frame"]) == _clicks(e)
+        assert [x.kind for x in a.controller.history.actions()] == [SAM3_REFINE] and not a.controller.history.can_redo
+        # the session has no refine left to undo (undone behind the widget's back): a message, the step stays
+        (engine,) = a.controller.sam3_engines.values()  # one caption, one refiner
+        engine.undo()
+        assert not engine.session.can_undo
+        assert not a.undo() and a.messages[-1][0] == "error" and "has no refine left to undo" in a.status
+        assert "\n" not in a.status and not a.worker.busy
+        assert len(a.controller.history.actions(SAM3_REFINE)) == 1
+        # a new Detect closes the SAM 3 sessions: their steps leave the history, with a word
+        assert a.detect(VIDEO_CAPTION)
+        assert "1 SAM 3 refine left the undo history" in a.status, a.messages[-3:]
+        assert a.wait(180)
+        assert a.controller.history.actions(SAM3_REFINE) == [] and not a.controller.history.can_redo
+        assert not a.undo() and a.messages[-1] == ("warn", "nothing to undo")
+
+
+@requires_sam3
+def test_video_refine_that_fails_midway_stays_undoable(tiny_sam3_video_model: Any, clip: Path,  # noqa: F811
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      reference: Any) -> None:  # noqa: F811
+    """A refine that fails after writing a frame: the session keeps it undoable, so the history gets
+    its step too (else the next undo would revert it in place of an older step); undo puts the
+    written frame back."""
+    from dl_utils.ipy_utils.history import SAM3_REFINE
+
+    e, text, _ = reference
+    model = tiny_sam3_video_model
+    with video_on_cpu(model), mock.patch("dl_utils.drivers.run.open_session", side_effect=AssertionError("no SAM2")):
+        a = _detected(model, clip, tmp_path / "f.sqlite")
+        real, writes = a.store.write_frame, []
+
+        def broken(frame: int, insts: Any, **kw: Any) -> Any:
+            writes.append(frame)
+            if len(writes) > 1:
+                raise OSError(f"disk full writing frame {frame}")
+            return real(frame, insts, **kw)
+
+        monkeypatch.setattr(a.store, "write_frame", broken)
+        _refine_click(a, e)
+        assert a.wait(180)
+        monkeypatch.setattr(a.store, "write_frame", real)
+        level, msg = a.messages[-1]
+        assert level == "error" and msg.startswith("refine failed: OSError: disk full"), a.messages[-3:]
+        assert msg.endswith("results written so far are kept (undo reverts them)")
+        assert a.store.runs()[-1]["status"] == "failed" and a.w_progress.bar_style == "danger"
+        assert not _rows_equal(_snapshot(a.store)[e["frame"]], text[e["frame"]])  # the first frame was written
+        assert [x.kind for x in a.controller.history.actions()] == [SAM3_REFINE]
+        assert a.undo() and a.wait(180) and a.status.startswith("undid SAM 3 refine"), a.messages[-3:]
+    _same_store(_snapshot(a.store), text)
+    assert not a.controller.history.actions() and a.controller.history.can_redo

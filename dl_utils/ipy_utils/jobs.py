@@ -21,8 +21,6 @@ from .history import SAM3_REFINE, Action, Sam3Refine
 from .worker import Emit, Worker, kernel_scheduler
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..dinoal.caption import Caption
-    from ..sam3al.image import Exemplar
     from ..store import AnnotationStore
     from ..video_utils import FrameSource
     from .controller import AnnotatorController
@@ -54,6 +52,7 @@ class JobRunner:
         self.progress = (0, 1)
         self._record: Action | None = None
         self._replay: tuple[Action, bool] | None = None
+        self._undoable = False  # the failing refine is an undo step (the session recorded it)
 
     @property
     def busy(self) -> bool:
@@ -67,7 +66,7 @@ class JobRunner:
         where it was if the job fails."""
         self.c.not_busy(f"start {name}")
         self.job, self.job_summary = name, None
-        self._record, self._replay = record, replay
+        self._record, self._replay, self._undoable = record, replay, False
         self.progress = (0, max(1, total))
         self.c.listener.job_started(max(1, total))
         self.worker.start(name, job, cancel)
@@ -107,13 +106,16 @@ class JobRunner:
         when the history's redo runs it again (it is in the history already).
 
         Why the session is cancelled only once it wrote a frame (the callback forwards a cancel
-        pressed earlier): a session's first refine replays the finished text run inside ``refine``,
-        and a cancel there would cut the replay short, not the refine."""
+        pressed earlier): a session's first refine, and the first after an undo, replays the
+        finished text run inside ``refine``, and a cancel there would cut the replay short, not the
+        refine."""
         c = self.c
         refining = threading.Event()  # the session is past its replay: its cancel stops the refine
 
         def job(emit: Emit, cancelled: threading.Event) -> Any:
             engine = c.sam3_engine(caption)
+            store = engine.session.store
+            last_run = max((int(r["id"]) for r in store.runs()), default=0)
 
             def each(f: int, insts: Any) -> None:
                 emit("frame", f)
@@ -121,7 +123,14 @@ class JobRunner:
                 if cancelled.is_set():  # Esc before the first frame (or a race with it): stop here
                     engine.cancel()
 
-            r = engine.session.refine(frame, oid, clicks, callback=each)
+            try:
+                r = engine.session.refine(frame, oid, clicks, callback=each)
+            except BaseException:
+                # the session keeps a refine that failed after it began (its run) undoable: so does
+                # the history, or the next undo would revert it in place of the one it names
+                if any(int(x["id"]) > last_run and x["kind"] == "sam3-refine" for x in store.runs()):
+                    emit("recorded", None)
+                raise
             return {**r, "refined": (oid, frame, clicks)}
 
         def cancel() -> None:
@@ -153,14 +162,11 @@ class JobRunner:
         engine = self.c.sam3_engines.get(t.caption)
         if engine is None or not engine.session.can_undo:
             raise InputError(f"object {t.object_id}, frame {t.frame}: SAM 3's session for {t.caption!r} has no "
-                             "refine to undo (a Detect or open closed it); refine again with the clicks you want")
+                             "refine left to undo (undone outside the widget, or closed by a Detect); refine again "
+                             "with the clicks you want")
 
         def job(emit: Emit, cancelled: threading.Event) -> Any:
-            r = engine.undo()
-            restored = r.get("frames_restored")
-            for f in restored if isinstance(restored, (list, tuple, set)) else ():
-                emit("frame", int(f))
-            return {**r, "undone": action}
+            return {**engine.undo(), "undone": action}
 
         n = len(self.c.source) if self.c.source is not None else 1
         self._start("undo refine", job, None, n, replay=(action, True),
@@ -307,7 +313,7 @@ class JobRunner:
 
     def cancel(self) -> bool:
         with self.c.lock:
-            if self.job == "undo refine" and self.worker.busy:
+            if self.job == "undo refine":  # running, or ended and not yet applied: either way, not stoppable
                 self.c.say("undo refine cannot be stopped half-way (it puts the refined frames back together); "
                            "it ends on its own", "warn")
                 return False
@@ -326,6 +332,10 @@ class JobRunner:
                 self.c.listener.job_progress(done + 1)
                 if payload == self.c.frame:
                     self.c.listener.masks_changed()
+            elif kind == "recorded":  # a failed refine the session can undo: one step, kept
+                if self._record is not None:
+                    self.c.history.push(self._record)
+                self._record, self._replay, self._undoable = None, None, True
             elif kind == "done":
                 self._finish(name, payload)
             elif kind == "error":
@@ -343,7 +353,9 @@ class JobRunner:
         if name.startswith("push"):
             self.pending_push = None
             msg = f"CVAT push failed (is the server reachable?): {msg}"
-        self.c.say(f"{name} failed: {msg}; results written so far are kept", "error")
+        undoable, self._undoable = self._undoable, False
+        self.c.say(f"{name} failed: {msg}; results written so far are kept"
+                   + (" (undo reverts them)" if undoable else ""), "error")
         self.c.listener.objects_changed()
         self.c.show_frame(self.c.frame)
 
@@ -399,8 +411,8 @@ class JobRunner:
         t = action.target
         assert isinstance(t, Sam3Refine)
         self.c.clicks.set(t.object_id, t.frame, action.before if isinstance(action.before, Clicks) else None)
-        restored = r.get("frames_restored")
-        n = len(restored) if isinstance(restored, (list, tuple, set)) else int(restored or 0)
+        n = int(r.get("frames_restored", 0))
+        self.c.listener.job_progress(self.progress[1])  # one step: the rows come back in one go
         self.c.listener.job_ended("success")
         if (r.get("object"), r.get("frame")) != (t.object_id, t.frame):  # the history and the session disagree
             log.warning("undo %r reverted SAM 3's refine of object %s on frame %s", action.text, r.get("object"),
