@@ -40,16 +40,54 @@ def _guard_cls():
 
 
 class _EngineMixin:
-    """Keeps the predicted IoU of the last decoded frame (upstream's ``track_step`` drops it)."""
+    """Keeps the predicted IoU of the last decoded frame (upstream's ``track_step`` drops it) and
+    routes a tracked frame to SAMURAI's seams while the session has set ``dl_samurai`` for it.
+
+    ``dl_samurai`` is a per-call context (which object's filter, the frame size, its memory frames):
+    the session sets it around one ``_run_single_frame_inference`` and clears it after, so the
+    engine is plain SAM2 at every other moment (prompts, ``tracker="sam2"`` sessions) and the
+    shared model the caller passed is never changed (the engine is a per-session view).
+    """
 
     dl_last_iou: Any = None
+    dl_samurai: Any = None  # samurai.SamuraiCall | None
 
     def _track_step(self, *args, **kwargs):
         current_out, sam_outputs, high_res, pix_feat = super()._track_step(*args, **kwargs)
-        # sam_outputs[2]: (B, 3) for multimask (the kept mask is the argmax), (B, 1) otherwise;
-        # for a mask prompt used as output upstream sets it to 1
-        self.dl_last_iou = sam_outputs[2].detach().float().max(dim=-1).values
+        call = self.dl_samurai
+        if call is not None and call.choice is not None:
+            # the kept candidate is SAMURAI's, not necessarily the argmax
+            self.dl_last_iou = sam_outputs[2].detach().float()[:, call.choice.index]
+        else:
+            # sam_outputs[2]: (B, 3) for multimask (the kept mask is the argmax), (B, 1) otherwise;
+            # for a mask prompt used as output upstream sets it to 1
+            self.dl_last_iou = sam_outputs[2].detach().float().max(dim=-1).values
         return current_out, sam_outputs, high_res, pix_feat
+
+    def _forward_sam_heads(self, backbone_features, point_inputs=None, mask_inputs=None,
+                           high_res_features=None, multimask_output=False):
+        call = self.dl_samurai
+        if call is None or mask_inputs is not None:
+            return super()._forward_sam_heads(backbone_features, point_inputs=point_inputs,
+                                              mask_inputs=mask_inputs, high_res_features=high_res_features,
+                                              multimask_output=multimask_output)
+        from .samurai import samurai_sam_heads
+
+        return samurai_sam_heads(self, call, backbone_features, point_inputs=point_inputs,
+                                 high_res_features=high_res_features, multimask_output=multimask_output)
+
+    def _prepare_memory_conditioned_features(self, frame_idx, is_init_cond_frame, current_vision_feats,
+                                             current_vision_pos_embeds, feat_sizes, output_dict, num_frames,
+                                             track_in_reverse=False):
+        call = self.dl_samurai
+        if call is None or is_init_cond_frame or self.num_maskmem == 0:
+            return super()._prepare_memory_conditioned_features(
+                frame_idx, is_init_cond_frame, current_vision_feats, current_vision_pos_embeds, feat_sizes,
+                output_dict, num_frames, track_in_reverse)
+        from .samurai import samurai_memory_features
+
+        return samurai_memory_features(self, call, frame_idx, current_vision_feats, current_vision_pos_embeds,
+                                       feat_sizes, output_dict, num_frames, track_in_reverse)
 
 
 @functools.cache

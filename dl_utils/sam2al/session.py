@@ -27,6 +27,9 @@ from ..store import AnnotationStore
 from .engine import make_engine
 from .frames import LazyFrames
 from .review import ReviewItem, review_frames
+from .samurai import MotionTrack, SamuraiCall, SamuraiConfig, admits, check_tracker, memory_frames
+
+TRACKER_META = "sam2al.tracker"  # store meta: {"tracker": "sam2"|"samurai", "samurai": {...}}
 
 DIRECTIONS = ("forward", "backward", "both")
 
@@ -38,6 +41,15 @@ class _Plan:
     begin: int
     end: int
     write: set[int] = field(default_factory=set)
+    anchor: int | None = None  # the locked frame the run hangs from (SAMURAI replays its filter from it)
+
+
+@dataclass
+class _Motion:
+    """One object's SAMURAI state in one pass: its filter and which computed frames are admitted."""
+
+    track: MotionTrack
+    admitted: dict[int, bool] = field(default_factory=dict)
 
 
 def _as_oid(value: Any) -> int:
@@ -83,6 +95,12 @@ class VideoSession:
 
     Opening a session on a store that holds keyframes (prompts from an earlier session, or manual
     keyframes imported from CVAT) re-applies them as locked frames, so ``propagate`` continues.
+
+    ``tracker``: ``"sam2"`` (SAM2 as upstream runs it) or ``"samurai"`` (motion-aware candidate
+    choice and memory bank, parameters in ``samurai``, a :class:`SamuraiConfig`; see
+    docs/sam2al_samurai.md). The store records the tracker its results were made with; a session
+    with the other tracker is refused unless ``force=True``, which deletes the propagated results of
+    the other tracker (prompts and keyframes stay) so the next ``propagate`` recomputes them.
     """
 
     def __init__(
@@ -101,15 +119,26 @@ class VideoSession:
         frame_cache: int = 16,
         resume_warmup: int | None = 16,
         download: bool = False,
+        tracker: str = "sam2",
+        samurai: SamuraiConfig | None = None,
+        force: bool = False,
     ):
         require_sam2()
         import torch
+
+        self.tracker = check_tracker(tracker)
+        if samurai is not None and not isinstance(samurai, SamuraiConfig):
+            raise InputError(f"samurai={samurai!r}: give a dl_utils.sam2al.SamuraiConfig(...) or leave it out")
+        if samurai is not None and self.tracker != "samurai":
+            raise InputError("samurai= parameters only apply with tracker='samurai'; set tracker='samurai' or drop them")
+        self.samurai: SamuraiConfig | None = (samurai or SamuraiConfig()) if self.tracker == "samurai" else None
 
         from ..video_utils import FrameSource, open_frames
 
         self.source = source if isinstance(source, FrameSource) else open_frames(source)
         media = self.source.media_info()
         self.store = AnnotationStore.for_media(store, media)
+        self._check_tracker(bool(force))
         if sam_model is None:
             sam_model = build_sam2_model(
                 model, checkpoint, image_size=image_size, device=device, video=True, download=download
@@ -138,6 +167,40 @@ class VideoSession:
         self.frames = LazyFrames(self.source, self.engine.image_size, frames_dev, cache_frames=frame_cache)
         self.state = self._init_state(offload_video_to_cpu)
         self._restore_keyframes()
+
+    # ------------------------------------------------------------------ tracker record
+    def _tracker_record(self) -> dict[str, Any]:
+        rec: dict[str, Any] = {"tracker": self.tracker}
+        if self.samurai is not None:
+            rec["samurai"] = self.samurai.to_dict()
+        return rec
+
+    def _stored_tracker(self) -> str | None:
+        """The tracker the store's propagated results were made with (stores from before tracker
+        modes existed, with a propagation run, were made by SAM2)."""
+        rec = self.store.get_meta(TRACKER_META)
+        if isinstance(rec, dict) and rec.get("tracker") in ("sam2", "samurai"):
+            return str(rec["tracker"])
+        if any(r["kind"] == "propagate" for r in self.store.runs()):
+            return "sam2"
+        return None
+
+    def _check_tracker(self, force: bool) -> None:
+        have = self._stored_tracker()
+        if have is None or have == self.tracker:
+            return
+        if not force:
+            raise InputError(
+                f"{self.store.path} holds results tracked with tracker={have!r}, not {self.tracker!r}; "
+                "write to a new store (--out) or pass force=True (--force) to recompute them"
+            )
+        for obj in self.store.objects():  # drop the other tracker's propagated results, keep prompts
+            gone = [f for f, inst in self.store.read_object(obj.id, decode=False).items()
+                    if not inst.keyframe and inst.source == Source.AUTO
+                    and (inst.provenance is None or inst.provenance.engine == "sam2-video")]
+            if gone:
+                self.store.delete_instances(object_id=obj.id, frames=gone)
+        self.store.set_meta(TRACKER_META, self._tracker_record())
 
     # ------------------------------------------------------------------ state
     def _init_state(self, offload_video_to_cpu: bool) -> dict[str, Any]:
@@ -592,7 +655,7 @@ class VideoSession:
                 anchor = min(i for i in locked if i > first)
                 gap = anchor - first
                 begin = anchor if self.resume_warmup is None or gap <= self.resume_warmup + 1 else first + self.resume_warmup
-            plans[oid] = _Plan(begin, missing[-1], set(missing))
+            plans[oid] = _Plan(begin, missing[-1], set(missing), anchor)
         return plans
 
     def _oldest_needed(self, g: int, reverse: bool) -> int:
@@ -617,10 +680,19 @@ class VideoSession:
                 reads.append(g + (n - 1) if reverse else g - (n - 1))
         return max(reads) if reverse else min(reads)
 
-    def _trim(self, non_cond: dict[int, Any], f: int, reverse: bool) -> None:
+    def _trim(self, non_cond: dict[int, Any], f: int, reverse: bool, motion: _Motion | None = None) -> None:
+        """Drop outputs memory attention will not read again. In SAMURAI mode the memory bank may
+        reach behind SAM2's window: the ``num_maskmem - 1`` most recent admitted frames are kept too
+        (frames admitted later are newer, so older admitted ones can never come back): still flat."""
         keep = self._oldest_needed(f - 1 if reverse else f + 1, reverse)
-        for t in [t for t in non_cond if (t > keep if reverse else t < keep)]:
+        protect: set[int] = set()
+        if motion is not None:  # non_cond is bounded, motion.admitted grows with the pass: scan the former
+            ok = sorted((g for g in non_cond if motion.admitted.get(g)), reverse=reverse)
+            protect = set(ok[-(self.engine.num_maskmem - 1):]) if self.engine.num_maskmem > 1 else set()
+        for t in [t for t in non_cond if (t > keep if reverse else t < keep) and t not in protect]:
             del non_cond[t]
+            if motion is not None:
+                motion.admitted.pop(t, None)  # never a memory candidate again
 
     def propagate(
         self,
@@ -656,6 +728,10 @@ class VideoSession:
         t0 = time.perf_counter()
         params = {"direction": direction, "start": self._numbers[lo], "stop": self._numbers[hi],
                   "model": self.model_name, "objects": sorted(only) if only is not None else self.object_ids}
+        if self.tracker != "sam2":  # a SAM2 run records nothing new: stores stay as they were
+            params["tracker"] = self._tracker_record()
+            if self.store.get_meta(TRACKER_META) != self._tracker_record():
+                self.store.set_meta(TRACKER_META, self._tracker_record())
         run_id = self.store.begin_run("propagate", params)
         stats = {"frames_written": 0, "instances_written": 0, "frames_computed": 0}
         status = "failed"
@@ -695,6 +771,7 @@ class VideoSession:
         last = min(p.end for p in plans.values()) if reverse else max(p.end for p in plans.values())
         order = range(first, last + step, step)
         name = "backward" if reverse else "forward"
+        motions = {oid: self._rebuild_motion(oid, p, reverse) for oid, p in plans.items()} if self.samurai else {}
         bar = tqdm(order, desc=f"propagate {name}", unit="frame", disable=None if progress else True)
         try:
             for f in bar:
@@ -703,38 +780,60 @@ class VideoSession:
                 active = [oid for oid, p in plans.items()
                           if (p.end <= f <= p.begin if reverse else p.begin <= f <= p.end)]
                 written_ids, outs, ious = [], [], []
+                made: dict[int, tuple[np.ndarray | None, dict[str, Any]]] = {}  # SAMURAI: mask, provenance extra
                 for oid in active:
                     obj_idx = st["obj_id_to_idx"][oid]
                     od = st["output_dict_per_obj"][obj_idx]
+                    motion = motions.get(oid)
                     if f in od["cond_frame_outputs"]:
+                        if motion is not None:  # a prompt/correction: the filter restarts from its mask
+                            motion.track.reinit(self._stored_box(oid, f, od["cond_frame_outputs"][f])[0])
                         continue  # a locked frame: its prompt's output is used as is
-                    with warnings.catch_warnings():
-                        warnings.filterwarnings("ignore", message=".*cannot import name '_C'.*")
-                        warnings.filterwarnings("ignore", message=".*Skipping the post-processing.*")
-                        out, _ = eng._run_single_frame_inference(
-                            inference_state=st, output_dict=od, frame_idx=f, batch_size=1,
-                            is_init_cond_frame=False, point_inputs=None, mask_inputs=None,
-                            reverse=reverse, run_mem_encoder=True,
-                        )
+                    call = None
+                    if motion is not None:
+                        motion.track.begin_frame()
+                        call = SamuraiCall(motion.track, self.frame_hw(self._numbers[f]), memory_frames(
+                            f, od["non_cond_frame_outputs"].keys(), motion.admitted, eng.num_maskmem - 1, reverse))
+                        eng.dl_samurai = call
+                    try:
+                        with warnings.catch_warnings():
+                            warnings.filterwarnings("ignore", message=".*cannot import name '_C'.*")
+                            warnings.filterwarnings("ignore", message=".*Skipping the post-processing.*")
+                            out, _ = eng._run_single_frame_inference(
+                                inference_state=st, output_dict=od, frame_idx=f, batch_size=1,
+                                is_init_cond_frame=False, point_inputs=None, mask_inputs=None,
+                                reverse=reverse, run_mem_encoder=True,
+                            )
+                    finally:
+                        eng.dl_samurai = None
                     od["non_cond_frame_outputs"][f] = out
                     stats["frames_computed"] += 1
                     if f in plans[oid].write:
                         written_ids.append(oid)
                         outs.append(out)
                         ious.append(float(eng.dl_last_iou[0]))
+                    if motion is not None and call is not None:
+                        made[oid] = self._samurai_step(oid, f, out, call, motion, f in plans[oid].write)
                     if self.trim_memory:
-                        self._trim(od["non_cond_frame_outputs"], f, reverse)
+                        self._trim(od["non_cond_frame_outputs"], f, reverse, motion)
                 held = sum(len(d["non_cond_frame_outputs"]) for d in st["output_dict_per_obj"].values())
                 self.peak_memory_frames = max(self.peak_memory_frames, held)
                 if not written_ids:
                     continue
-                masks = self._video_masks([o["pred_masks"] for o in outs], self.frame_hw(self._numbers[f]))
+                if made:
+                    masks = np.stack([cast(np.ndarray, made[oid][0]) for oid in written_ids])
+                else:
+                    masks = self._video_masks([o["pred_masks"] for o in outs], self.frame_hw(self._numbers[f]))
                 insts = []
                 for oid, out, iou, m in zip(written_ids, outs, ious, masks):
                     area = int(m.sum())
+                    fields_: dict[str, Any] = {"direction": name, "object_score": _score(out), "area": area}
+                    if oid in made:
+                        origin = self._origins.get(oid)
+                        fields_["extra"] = {**(dict(origin.extra) if origin is not None else {}), **made[oid][1]}
                     insts.append(Instance(
                         oid, mask=m, score=iou if area else None, source=Source.AUTO,
-                        provenance=self._provenance(oid, direction=name, object_score=_score(out), area=area),
+                        provenance=self._provenance(oid, **fields_),
                     ))
                 frame = self._numbers[f]
                 self.store.write_frame(frame, insts, run_id=run_id)
@@ -747,6 +846,65 @@ class VideoSession:
             if self.trim_memory:  # the next pass starts from the locked frames: nothing here is read again
                 for d in st["output_dict_per_obj"].values():
                     d["non_cond_frame_outputs"].clear()
+
+    # ------------------------------------------------------------------ SAMURAI
+    def _stored_box(self, oid: int, idx: int, out: dict[str, Any] | None = None):
+        """Box of the object's instance in the store on kept frame ``idx`` (what the filter measures);
+        when the store has none, the box of ``out``'s mask (a frame computed but not written)."""
+        from .samurai import mask_box
+
+        inst = self.store.read_frame(self._numbers[idx], decode=False).by_object().get(oid)
+        if inst is not None:
+            return inst.box, inst.score
+        if out is None:
+            return None, None
+        m = self._video_masks([out["pred_masks"]], self.frame_hw(self._numbers[idx]))[0]
+        return mask_box(m), None
+
+    def _samurai_step(self, oid: int, f: int, out: dict[str, Any], call: SamuraiCall, motion: _Motion,
+                      write: bool) -> tuple[np.ndarray | None, dict[str, Any]]:
+        """After SAMURAI tracked frame ``f``: admit it to the memory bank or not, and feed the filter
+        the box of the object's mask in the store (the one written now, or the one already there)."""
+        from .samurai import Choice, mask_box
+
+        assert self.samurai is not None
+        ch = call.choice or Choice(0, float(self.engine.dl_last_iou[0]), None, None)
+        motion.admitted[f] = admits(self.samurai, ch.iou, _score(out), ch.kf_score)
+        mask = None
+        if write:
+            mask = self._video_masks([out["pred_masks"]], self.frame_hw(self._numbers[f]))[0]
+            motion.track.measure(mask_box(mask), ch.iou)
+        else:
+            box, score = self._stored_box(oid, f, out)
+            motion.track.measure(box, score)
+        extra = {"samurai_candidate": ch.index, "samurai_kf_score": ch.kf_score,
+                 "samurai_memory": motion.admitted[f],
+                 "samurai_predicted_box": None if ch.predicted is None else [float(v) for v in ch.predicted]}
+        return mask, extra
+
+    def _rebuild_motion(self, oid: int, plan: _Plan, reverse: bool) -> _Motion:
+        """The filter a pass starting at ``plan.begin`` would have, rebuilt from the store.
+
+        The filter's state before frame ``g`` depends only on the boxes (and predicted IoUs) of the
+        object's stored masks from the locked ``anchor`` up to ``g`` in pass order: a resumed pass
+        replays them (the anchor's mask re-initialises, every later frame predicts then measures;
+        a frame without a stored instance coasts) and arrives at the very state the interrupted
+        pass had. Frames the pass then recomputes to rebuild SAM2's memory measure their stored
+        masks too, as the live pass did."""
+        assert self.samurai is not None
+        motion = _Motion(MotionTrack(self.samurai))
+        if plan.anchor is None or plan.anchor == plan.begin:
+            return motion  # the pass starts on the locked frame: the loop initialises there
+        stored = self.store.read_object(oid, decode=False)
+        step = -1 if reverse else 1
+        for g in range(plan.anchor, plan.begin, step):
+            inst = stored.get(self._numbers[g])
+            box = None if inst is None else inst.box
+            if g == plan.anchor:
+                motion.track.reinit(box)
+            else:
+                motion.track.replay(box, None if inst is None else inst.score)
+        return motion
 
     # ------------------------------------------------------------------ review
     def review_frames(self, *, min_iou: float = 0.5, area_change: float = 0.5,

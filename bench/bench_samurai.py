@@ -1,0 +1,167 @@
+"""SAMURAI mode against plain SAM2 in dl_utils.sam2al.VideoSession (issue 18 target: >= 0.95x).
+
+1. **throughput**: the same frames (a synthetic clip: two look-alike discs crossing on a gradient,
+   written once as PNGs), the same two objects prompted with masks on frame 0, forward over the clip,
+   masks written to a fresh store each time. Rounds interleave the two modes (sam2, samurai, sam2,
+   samurai, ...) so machine load hits both alike; the figure is the **median of the per-round ratios**
+   ``fps(samurai) / fps(sam2)``. SAMURAI's extra work per object and frame: a Kalman predict/update
+   (8x8 numpy), once stable the three candidates' boxes at source size (one bilinear upsampling),
+   and the memory-bank rule.
+2. **peak memory, N1 vs N2 frames** (optional, ``--rss``): each mode in a fresh subprocess
+   (``ru_maxrss``) over N1 and N2 frames; SAMURAI keeps its memory bank flat as SAM2's trimming does.
+
+Timing does not depend on weight values: the tiny SAM 2.1 config with random weights, on CPU by
+default (``--device cuda`` where there is one).
+
+    .venv/bin/python bench/bench_samurai.py [--frames 40] [--rounds 3] [--image-size 256] [--rss --n1 100 --n2 1000]
+
+Writes only under bench/out/samurai/ (git-ignored). Prints one JSON line per result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out" / "samurai"
+sys.path.insert(0, str(ROOT))
+warnings.filterwarnings("ignore")
+
+W, H = 320, 180
+
+
+def centres(i: int, n: int) -> list[tuple[float, float]]:
+    t = (i % 200) / 199 if n > 1 else 0.0
+    return [(0.15 * W + 0.7 * W * t, 0.45 * H), (0.85 * W - 0.7 * W * t, 0.55 * H)]
+
+
+def disk(i: int, n: int, k: int) -> np.ndarray:
+    y, x = np.mgrid[0:H, 0:W]
+    cx, cy = centres(i, n)[k]
+    return (x - cx) ** 2 + (y - cy) ** 2 < (0.15 * H) ** 2
+
+
+def write_clip(n: int) -> Path:
+    """PNG frames of two identical rings crossing (written once per length; later runs reuse them)."""
+    from PIL import Image
+
+    folder = OUT / f"clip{n}"
+    if (folder / f"{n - 1:05d}.png").exists():
+        return folder
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    y, x = np.mgrid[0:H, 0:W]
+    bg = np.stack([x * 255 // (W - 1), y * 255 // (H - 1), (x + y) % 256], -1).astype(np.uint8)
+    for i in range(n):
+        img = bg.copy()
+        for k in (0, 1):
+            cx, cy = centres(i, n)[k]
+            img[disk(i, n, k)] = 255
+            img[(x - cx) ** 2 + (y - cy) ** 2 < (0.07 * H) ** 2] = 0
+        Image.fromarray(img).save(tmp / f"{i:05d}.png")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def run_once(model, folder: Path, n: int, tracker: str, tag: str) -> float:
+    """Seconds of ``propagate`` (prompts excluded) over the clip, into a fresh store."""
+    from dl_utils.sam2al import VideoSession
+    from dl_utils.store import AnnotationStore
+
+    path = OUT / f"{tag}.sqlite"
+    path.unlink(missing_ok=True)
+    ses = VideoSession(folder, AnnotationStore.create(path), sam_model=model, tracker=tracker)
+    for oid in (1, 2):
+        ses.add_mask(0, oid, disk(0, n, oid - 1), label=f"ring{oid}")
+    t = time.perf_counter()
+    ses.propagate(progress=False)
+    dt = time.perf_counter() - t
+    ses.store.close()
+    ses.close()
+    return dt
+
+
+def build(image_size: int, device: str):
+    from dl_utils.sam2_loader import build_sam2_model
+
+    return build_sam2_model("sam2.1_hiera_tiny", image_size=image_size, device=device, random_weights=True,
+                            seed=0, video=True)
+
+
+def throughput(args) -> dict:
+    folder = write_clip(args.frames)
+    model = build(args.image_size, args.device)
+    run_once(model, folder, args.frames, "samurai", "warm")  # warm-up: allocations, first decode
+    ratios, fps = [], {"sam2": [], "samurai": []}
+    for r in range(args.rounds):
+        order = ("sam2", "samurai") if r % 2 == 0 else ("samurai", "sam2")  # neither always goes first
+        got = {}
+        for tr in order:
+            got[tr] = 2 * (args.frames - 1) / run_once(model, folder, args.frames, tr, tr)  # object-frames/s
+            fps[tr].append(got[tr])
+        ratios.append(got["samurai"] / got["sam2"])
+    return {"bench": "samurai_throughput", "device": args.device, "image_size": args.image_size,
+            "frames": args.frames, "objects": 2, "rounds": args.rounds,
+            "ratio_median": round(statistics.median(ratios), 3), "ratios": [round(x, 3) for x in ratios],
+            "sam2_obj_frames_per_s": round(statistics.median(fps["sam2"]), 2),
+            "samurai_obj_frames_per_s": round(statistics.median(fps["samurai"]), 2), "target": ">= 0.95"}
+
+
+def child(args) -> None:
+    folder = write_clip(args.frames)
+    model = build(args.image_size, args.device)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run_once(model, folder, args.frames, args.tracker, f"rss_{args.tracker}_{args.frames}")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_kib": peak, "grew_kib": peak - before}))
+
+
+def rss(args) -> dict:
+    res: dict = {"bench": "samurai_peak_rss", "image_size": args.image_size, "n1": args.n1, "n2": args.n2}
+    for tr in ("sam2", "samurai"):
+        for n in (args.n1, args.n2):
+            write_clip(n)
+            cmd = [sys.executable, __file__, "--child", "--tracker", tr, "--frames", str(n),
+                   "--image-size", str(args.image_size), "--device", args.device]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            res[f"{tr}_{n}_peak_mib"] = round(json.loads(out)["peak_kib"] / 1024, 1)
+        res[f"{tr}_ratio"] = round(res[f"{tr}_{args.n2}_peak_mib"] / res[f"{tr}_{args.n1}_peak_mib"], 3)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--frames", type=int, default=40, help="frames in the throughput clip")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rss", action="store_true", help="also peak RSS over --n1 vs --n2 frames")
+    ap.add_argument("--n1", type=int, default=100)
+    ap.add_argument("--n2", type=int, default=1000)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--tracker", default="sam2", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    if args.child:
+        child(args)
+        return
+    print(json.dumps(throughput(args)), flush=True)
+    if args.rss:
+        print(json.dumps(rss(args)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
