@@ -77,6 +77,16 @@ def test_names_keep_the_file_numbers_and_the_gaps(shot):
     assert open_frames(shot).frame_numbers == list(range(len(SHOT)))
 
 
+@pytest.mark.parametrize("name, number", [
+    ("shot.1001.png", 1001), ("sh010_v2.1001.exr.png", 1001), ("img_000042.jpg", 42), ("0007.png", 7),
+    ("frame12b.png", 12), ("cover.png", None), ("v2/plate.png", None),
+])
+def test_the_number_of_a_name_is_the_last_run_of_digits_of_its_stem(name, number):
+    from dl_utils.video_utils import number_in_name
+
+    assert number_in_name(Path(name)) == number
+
+
 def test_names_select_with_start_stop_and_step_over_files(shot):
     # start in a gap begins at the next file; stop is inclusive; step counts files (CVAT's frame filter)
     assert open_frames(shot, frame_numbers="names", start=1003).frame_numbers == [1004, 1005, 1006, 1009]
