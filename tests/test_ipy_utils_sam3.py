@@ -285,8 +285,8 @@ def test_video_with_exemplars_runs_the_shown_frame(tiny_sam3_image_model: Any,  
 # ----------------------------------------------------------------------------- video: SAM 3's refine, Esc and undo
 def _refine_reference(model: Any, clip_path: Path, path: Path, e: dict[str, Any],
                       second: Any) -> tuple[dict[int, Any], dict[int, Any], dict[str, Any]]:
-    """The session called directly, as the widget drives it: the text run, a refine cancelled after
-    its first frame, then a refine with ``second`` clicks. (store after the cancel, after the second
+    """The session called directly, as the widget drives it: the text run, a refine cancelled while
+    its forward pass writes its first frame, then a refine with ``second`` clicks. (store after the cancel, after the second
     refine, the cancelled refine's summary)."""
     from dl_utils.sam3al.video import Sam3VideoOptions, Sam3VideoSession
     from dl_utils.store import AnnotationStore
@@ -297,7 +297,14 @@ def _refine_reference(model: Any, clip_path: Path, path: Path, e: dict[str, Any]
                              options=Sam3VideoOptions(score_threshold_detection=VIDEO_THRESHOLD))
         try:
             assert s.propagate()["status"] == "done"
-            cut = s.refine(e["frame"], e["object"], _clicks(e), callback=lambda f, insts: s.cancel())
+            seen: list[int] = []
+
+            def second_frame(f: int, insts: Any) -> None:  # Esc while the forward pass writes
+                seen.append(f)
+                if len(seen) == 2:
+                    s.cancel()
+
+            cut = s.refine(e["frame"], e["object"], _clicks(e), callback=second_frame)
             mid = _snapshot(st)
             assert s.refine(e["frame"], e["object"], second)["status"] == "done"
         finally:
@@ -344,17 +351,22 @@ def test_video_refine_esc_keeps_whole_frames_and_a_second_refine_completes(
         reached, go = threading.Event(), threading.Event()
         real = a.store.write_frame
 
+        writes: list[int] = []
+
         def gated(frame: int, insts: Any, **kw: Any) -> Any:
+            writes.append(frame)
             out = real(frame, insts, **kw)
-            reached.set()
-            go.wait(30)  # hold the refine on its first frame until Esc was pressed
+            if len(writes) == 2:  # the forward pass's first frame (the clicked one, written whole again)
+                reached.set()
+                go.wait(30)  # held there until Esc was pressed
             return out
 
         monkeypatch.setattr(a.store, "write_frame", gated)
         _refine_click(a, e)
         assert "Esc stops it" in a.status
         assert reached.wait(120)
-        a.handle_event({"type": "keydown", "key": "Escape"})
+        assert a.worker.wait_for(lambda: a.w_progress.value == 1)  # the first frame's progress message
+        a.handle_event({"type": "keydown", "key": "Escape"})  # the session's cancel, at once
         assert "cancelling refine" in a.status, a.messages[-3:]
         go.set()
         assert a.wait(180)
@@ -487,3 +499,38 @@ def test_video_refine_that_fails_midway_stays_undoable(tiny_sam3_video_model: An
         assert a.undo() and a.wait(180) and a.status.startswith("undid SAM 3 refine"), a.messages[-3:]
     _same_store(_snapshot(a.store), text)
     assert not a.controller.history.actions() and a.controller.history.can_redo
+
+
+@requires_sam3
+def test_video_refine_esc_before_its_first_frame_stops_it_there(tiny_sam3_video_model: Any, clip: Path,  # noqa: F811
+                                                                tmp_path: Path, reference: Any) -> None:  # noqa: F811
+    """Esc while the refiner opens (its first refine then replays the text run): the cancel waits for
+    the refine's first frame, so the replay is whole: one frame is written, and the next refine of
+    the same session runs through the whole video."""
+    import dl_utils.drivers.run as run
+
+    e, _, _ = reference
+    model = tiny_sam3_video_model
+    opening, go = threading.Event(), threading.Event()
+    real = run.open_sam3_session
+
+    def held(*args: Any, **kw: Any) -> Any:
+        opening.set()
+        go.wait(30)  # held until Esc was pressed
+        return real(*args, **kw)
+
+    with video_on_cpu(model), mock.patch("dl_utils.drivers.run.open_session", side_effect=AssertionError("no SAM2")):
+        a = _detected(model, clip, tmp_path / "o.sqlite")
+        with mock.patch.object(run, "open_sam3_session", held):
+            _refine_click(a, e)
+            assert opening.wait(60)
+            a.handle_event({"type": "keydown", "key": "Escape"})
+            assert "cancelling refine" in a.status
+            go.set()
+            assert a.wait(180)
+        assert a.job_summary["status"] == "cancelled" and a.job_summary["frames_written"] == 1, a.messages[-3:]
+        assert a.status.startswith("refine cancelled; 1 frames written are kept")
+        x, y, _ = e["points"][0]
+        a.click(int(x), int(y), True, object_id=e["object"])
+        assert a.wait(180) and "refine finished" in a.status, a.messages[-3:]
+        assert a.job_summary["status"] == "done" and a.job_summary["frames_written"] == N_FRAMES
