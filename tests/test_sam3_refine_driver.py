@@ -174,7 +174,7 @@ def test_widget_click_on_a_sam3_object_refines_it(tiny_sam3_video_model: Any, cl
         # the box and the click as one prompt, as the driver's entry (the widget's clicks accumulate)
         a.controller.clicks.set(e["object"], e["frame"], _clicks({**e, "points": []}))
         assert a.click(int(x), int(y), True, object_id=e["object"]) is None  # a background job
-        assert "refine" in a.status and not a.cancel(), a.messages[-3:]  # sam3's refine has no stop
+        assert "refine" in a.status, a.messages[-3:]  # Esc on a refine: tests/test_ipy_utils_sam3.py
         assert a.wait(180) and "refine finished" in a.status, a.messages[-3:]
     _same(_snapshot(a.store), after)
     assert a.controller.clicks.get(e["object"], e["frame"]) == _clicks(e)
