@@ -31,6 +31,18 @@ printed beside each figure. Frames are cut from ../shared/data/bedroom.mp4 (resi
    box threshold picked to give ~3 boxes per frame, ``max_objects`` 4). Random weights and reduced
    sizes make this a comparison of plumbing cost, not of model speed.
 
+4. **phrases** (issue 17, :func:`dl_utils.sam3al.backbone.shared_image_backbone`): per-frame cost of
+   a ``--phrase-counts`` (2 and 3) phrase caption through ``Sam3VideoSession`` with one vision-trunk
+   pass per frame shared by all phrases vs one pass per phrase (sam3's one-prompt-per-state design),
+   on ``--phrase-frames`` frames, ``--phrase-rounds`` interleaved rounds (the order alternates), the
+   per-round ratio printed. The session does not enter the sharing itself yet, so the bench wraps
+   ``propagate()`` in it, as the hook would. The model here is built without sam3's hot-start delay
+   (``apply_temporal_disambiguation=False``): with it, a phrase's first propagation step runs 16
+   frames before the next phrase starts, which the default ``keep=2`` does not share (see
+   docs/sam3al_backbone.md), so a short clip would measure that burst, not the steady state. The
+   trunk's own time per call is measured too (the share of a frame the sharing can save), and the
+   stores of both sides are checked equal (masks, scores, ids).
+
 sam3 runs on CPU only with the test patches both sides share (tests/test_sam3al_video.py): its
 hard-coded CUDA placements (``tests.sam3_fixtures.sam3_on_device``), ``Tensor.pin_memory`` and its
 CPU connected-components fallback (needs scikit-image; OpenCV stands in), plus bf16 autocast on CPU
@@ -38,7 +50,8 @@ CPU connected-components fallback (needs scikit-image; OpenCV stands in), plus b
 
     .venv/bin/python bench/bench_sam3.py [--frames 30] [--repeats 3] [--mem-frames 100,1000]
         [--image-size 112] [--depth 2] [--clip-size 480x270] [--every 20]
-        [--skip throughput,memory,compare] [--json OUT] [--profile]
+        [--phrase-counts 2,3] [--phrase-frames 8] [--phrase-rounds 2]
+        [--skip throughput,memory,compare,phrases] [--json OUT] [--profile]
 
 Writes under bench/out/sam3/ (git-ignored: clips, JPEG folders, model folders) and a temp dir
 (stores).
@@ -502,6 +515,109 @@ def compare(args: argparse.Namespace, model: Any, tmp: Path) -> dict[str, Any]:
             "sam2_image_size": TEST_IMAGE_SIZE, "ratio_sam3_over_grounded": s / g}
 
 
+# ------------------------------------------------------------------------------------ 4. phrases
+PHRASE_WORDS = ("person", "bed", "lamp", "window", "chair")  # in the tiny vocabulary (tests/sam3_fixtures)
+
+
+def run_phrases(model: Any, folder: Path, caption: str, over: dict[str, float], store_dir: Path,
+                shared: bool) -> dict[str, Any]:
+    """One session over ``folder`` for ``caption``; ``shared``: inside ``shared_image_backbone``.
+    The trunk's real calls are counted and timed (a wrapper under the sharing)."""
+    from dl_utils.sam3al.backbone import quiet_sam3_progress, shared_image_backbone
+    from dl_utils.sam3al.video import Sam3VideoOptions, Sam3VideoSession
+
+    bb = model.detector.backbone
+    original = bb.forward_image
+    trunk = {"calls": 0, "s": 0.0, "cpu_s": 0.0}
+
+    def timed(samples: Any) -> Any:
+        t, c = time.perf_counter(), time.process_time()
+        out = original(samples)
+        trunk["s"] += time.perf_counter() - t
+        trunk["cpu_s"] += time.process_time() - c
+        trunk["calls"] += 1
+        return out
+
+    db = store_dir / f"phrases_{os.getpid()}_{time.monotonic_ns()}.sqlite"
+    bb.forward_image = timed
+    try:
+        with sam3_cpu("none"), quiet_sam3_progress(), \
+                (shared_image_backbone(model) if shared else contextlib.nullcontext()):
+            ses = Sam3VideoSession(model, str(folder), str(db), caption, options=Sam3VideoOptions(**over))
+            t0, c0 = time.perf_counter(), time.process_time()
+            res = ses.propagate()
+            dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        del bb.__dict__["forward_image"]
+    # what was written, to check both sides equal: per frame, (phrase, sam3 id, score, mask bytes)
+    written = []
+    for f in ses.store.media.frames:
+        written.append(sorted((x.provenance.phrase, int(x.provenance.extra["sam3_id"]), float(x.score or 0.0),
+                               np.packbits(np.asarray(x.mask, dtype=bool)).tobytes())
+                              for x in ses.store.read_frame(f)))
+    ses.close()
+    ses.store.close()
+    db.unlink(missing_ok=True)
+    if res["status"] != "done":
+        raise SystemExit(f"our session stopped: {res}")
+    return {"propagate_s": dt, "cpu_s": cpu, "frames": res["frames_written"], "instances": res["instances_written"],
+            "trunk_calls": trunk["calls"], "trunk_s": trunk["s"], "trunk_cpu_s": trunk["cpu_s"], "written": written}
+
+
+def phrases(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from dl_utils.sam3al.build import build_video_model
+    from tests.sam3_fixtures import _seeded, tiny_bpe_path
+
+    s = spec(args)
+    model = _seeded(lambda: build_video_model(s, bpe_path=tiny_bpe_path(), apply_temporal_disambiguation=False), 0)
+    n = args.phrase_frames
+    folder = jpeg_clip(n, args.clip)
+    over = thresholds(args)
+    print(f"[phrases] {n} frames {args.clip[0]}x{args.clip[1]}, captions of {args.phrase_counts} phrases, "
+          f"{args.phrase_rounds} interleaved rounds, shared trunk vs a trunk pass per phrase", flush=True)
+    run_phrases(model, jpeg_clip(2, args.clip), "person. bed", over, tmp, True)  # warm-up
+    out: dict[str, Any] = {"frames": n, "clip": f"{args.clip[0]}x{args.clip[1]}", "rounds": args.phrase_rounds,
+                           "hotstart_delay": int(model.hotstart_delay), "by_phrases": {}}
+    for p in args.phrase_counts:
+        if not 1 <= p <= len(PHRASE_WORDS):
+            raise SystemExit(f"--phrase-counts: 1..{len(PHRASE_WORDS)} phrases ({', '.join(PHRASE_WORDS)})")
+        caption = ". ".join(PHRASE_WORDS[:p])
+        runs: dict[str, list[dict[str, Any]]] = {"plain": [], "shared": []}
+        for r in range(args.phrase_rounds):
+            for who in (("plain", "shared") if r % 2 == 0 else ("shared", "plain")):
+                runs[who].append(run_phrases(model, folder, caption, over, tmp, who == "shared"))
+            a, b = runs["plain"][-1], runs["shared"][-1]
+            print(f"  {p} phrases, round {r + 1}: per phrase {1000 * a['propagate_s'] / n:.0f} ms/frame "
+                  f"(CPU {1000 * a['cpu_s'] / n:.0f} ms, {a['trunk_calls']} trunk calls), shared "
+                  f"{1000 * b['propagate_s'] / n:.0f} ms/frame (CPU {1000 * b['cpu_s'] / n:.0f} ms, "
+                  f"{b['trunk_calls']} trunk calls), ratio {a['propagate_s'] / b['propagate_s']:.3f}x wall, "
+                  f"{a['cpu_s'] / b['cpu_s']:.3f}x CPU", flush=True)
+        same = all(x["written"] == runs["plain"][0]["written"] for x in runs["plain"] + runs["shared"])
+        if not same:
+            print(f"  WARNING: {p} phrases: the stores differ", flush=True)
+        plain_s = statistics.median(x["propagate_s"] for x in runs["plain"])
+        shared_s = statistics.median(x["propagate_s"] for x in runs["shared"])
+        plain_cpu = statistics.median(x["cpu_s"] for x in runs["plain"])
+        shared_cpu = statistics.median(x["cpu_s"] for x in runs["shared"])
+        trunk_calls = sum(x["trunk_calls"] for x in runs["plain"])
+        trunk_ms = 1000 * sum(x["trunk_cpu_s"] for x in runs["plain"]) / max(1, trunk_calls)  # CPU time
+        out["by_phrases"][p] = {
+            "caption": caption, "plain_ms_per_frame": 1000 * plain_s / n, "shared_ms_per_frame": 1000 * shared_s / n,
+            "ratio": plain_s / shared_s,
+            "paired_ratios": [a["propagate_s"] / b["propagate_s"] for a, b in zip(runs["plain"], runs["shared"])],
+            # CPU time of the process (one torch thread): much less moved by the other jobs on the cores
+            "plain_cpu_ms_per_frame": 1000 * plain_cpu / n, "shared_cpu_ms_per_frame": 1000 * shared_cpu / n,
+            "cpu_ratio": plain_cpu / shared_cpu,
+            "paired_cpu_ratios": [a["cpu_s"] / b["cpu_s"] for a, b in zip(runs["plain"], runs["shared"])],
+            "plain_trunk_calls": runs["plain"][0]["trunk_calls"], "shared_trunk_calls": runs["shared"][0]["trunk_calls"],
+            "trunk_ms_per_call": trunk_ms,
+            "trunk_share_of_plain_frame": (trunk_ms * runs["plain"][0]["trunk_calls"] / n) / (1000 * plain_cpu / n),
+            "instances_per_frame": runs["plain"][0]["instances"] / n, "same_outputs": same,
+            "plain_s": [x["propagate_s"] for x in runs["plain"]], "shared_s": [x["propagate_s"] for x in runs["shared"]],
+        }
+    return out
+
+
 # ------------------------------------------------------------------------------------ main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -524,7 +640,10 @@ def main() -> None:
                     help="memory: whose runs (ours,theirs; theirs at 1,000 frames takes as long as ours)")
     ap.add_argument("--no-bare", action="store_true",
                     help="throughput: skip the third run (theirs without the session's TorchFunctionMode)")
-    ap.add_argument("--skip", default="", help="comma list: throughput,memory,compare")
+    ap.add_argument("--phrase-counts", default="2,3", help="phrases: caption sizes to measure")
+    ap.add_argument("--phrase-frames", type=int, default=8, help="phrases: frames per run")
+    ap.add_argument("--phrase-rounds", type=int, default=2, help="phrases: interleaved rounds")
+    ap.add_argument("--skip", default="", help="comma list: throughput,memory,compare,phrases")
     ap.add_argument("--profile", action="store_true", help="print a cProfile of one run of ours")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -532,14 +651,16 @@ def main() -> None:
     args = ap.parse_args()
     args.clip = parse_size(args.clip_size)
     args.mem_frames = tuple(int(x) for x in args.mem_frames.split(","))
+    args.phrase_counts = tuple(int(x) for x in args.phrase_counts.split(","))
     if not BEDROOM.is_file():
         raise SystemExit(f"{BEDROOM} is absent (see ../shared/data/README.md)")
     if args.child:
         child(args)
         return
     skip = set(filter(None, args.skip.split(",")))
-    if skip - {"throughput", "memory", "compare"}:
-        raise SystemExit(f"--skip: unknown sections {sorted(skip - {'throughput', 'memory', 'compare'})}")
+    sections = {"throughput", "memory", "compare", "phrases"}
+    if skip - sections:
+        raise SystemExit(f"--skip: unknown sections {sorted(skip - sections)}")
     OUT.mkdir(parents=True, exist_ok=True)
     import sam3
     import torch
@@ -608,6 +729,22 @@ def main() -> None:
                      f"{c['grounded_ms_per_frame']:.1f} ms/frame ({c['grounded_instances_per_frame']:.1f} inst/frame, "
                      f"{c['grounded']['keyframes']} keyframes)",
                      f"{c['ratio_sam3_over_grounded']:.2f}x (plumbing cost, random weights)"))
+        dump()
+    if "phrases" not in skip:
+        ph = phrases(args, tmp)
+        results["phrases"] = ph
+        for p, x in ph["by_phrases"].items():
+            rows.append((f"{p}-phrase caption ('{x['caption']}'), {ph['frames']} frames {ph['clip']}, "
+                         f"{x['instances_per_frame']:.1f} inst/frame: one trunk pass per frame (shared) vs one "
+                         "per phrase",
+                         f"{x['shared_ms_per_frame']:.0f} ms/frame, CPU {x['shared_cpu_ms_per_frame']:.0f} ms "
+                         f"({x['shared_trunk_calls']} trunk calls)",
+                         f"{x['plain_ms_per_frame']:.0f} ms/frame, CPU {x['plain_cpu_ms_per_frame']:.0f} ms "
+                         f"({x['plain_trunk_calls']} trunk calls)",
+                         f"CPU {x['cpu_ratio']:.3f}x faster (rounds {', '.join(f'{r:.3f}' for r in x['paired_cpu_ratios'])}); "
+                         f"wall {x['ratio']:.3f}x (rounds {', '.join(f'{r:.3f}' for r in x['paired_ratios'])}); "
+                         f"trunk {x['trunk_ms_per_call']:.0f} ms CPU/call = {100 * x['trunk_share_of_plain_frame']:.0f}% "
+                         f"of the per-phrase frame's CPU; outputs {'equal' if x['same_outputs'] else 'DIFFER'}"))
         dump()
     meta["load_avg_end"] = os.getloadavg()
     dump()

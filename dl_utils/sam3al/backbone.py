@@ -184,10 +184,11 @@ def shared_image_backbone(model: Any, *, keep: int = 2) -> Iterator[BackboneShar
     ``keep``: how many distinct inputs (frames) stay cached, least recently used dropped first. Two
     cover the lockstep phrases of a session (sam3's detector builds frame t+1 ahead while on frame
     t). With sam3's hot-start delay (``model.hotstart_delay``, 15 in the released model with
-    temporal disambiguation) a phrase's first step runs ``hotstart_delay + 1`` frames before the next
-    phrase starts; those first frames are shared only with ``keep >= hotstart_delay + 2``, at the
-    memory of that many frames' features (see docs/sam3al_backbone.md). Later frames are shared with
-    the default.
+    temporal disambiguation) a phrase's first propagation step computes frames 2..hotstart_delay + 1
+    before the next phrase starts; those are shared only when ``keep`` holds them all
+    (``keep=model.hotstart_delay + 2`` does), at the memory of that many frames' features (about
+    223 MB each at the released size, see docs/sam3al_backbone.md). Earlier and later frames are
+    shared with the default.
 
     Re-entrant (an inner block on the same model shares the outer block's cache, its ``keep`` is
     the larger of the two); the original ``forward_image`` is put back when the outermost block
