@@ -187,3 +187,77 @@ def test_refine_counts_frames_once_cancels_between_frames_and_keeps_empty_keyfra
     assert all(x.object_id == oid for x in s.store.read_frame(K))  # the others sam3 no longer shows: gone
     assert ids[0] not in s._load_cached(ph, K)  # an empty keyframe is not an object in sam3's cache
     s.close()
+
+
+# ----------------------------------------------------------------------------- runs prompted on frame k > 0
+EX_K = 3  # the exemplar's frame
+EX_BOX = (10.0, 20.0, 60.0, 60.0)  # x1, y1, x2, y2 in pixels (tests/test_sam3al_exemplars.POS)
+
+
+def reference_bidir_refine(model: Any, folder: Path, c: int, pick: Any) -> tuple[dict[int, Any], dict[int, Any], Any]:
+    """sam3's demo on a prompt on a middle frame: text + box on EX_K, forward then backward from it;
+    then the clicks on frame ``c`` and sam3's partial propagation forward then backward from ``c``."""
+    w, h = SIZE
+    x1, y1, x2, y2 = EX_BOX
+    with sam3_reference(model):
+        st = model.init_state(resource_path=str(folder), offload_video_to_cpu=True)
+        model.add_prompt(st, frame_idx=EX_K, text_str=PHRASE,
+                         boxes_xywh=[[x1 / w, y1 / h, (x2 - x1) / w, (y2 - y1) / h]], box_labels=[1])
+        first: dict[int, Any] = {}
+        for rev in (False, True):
+            first.update({int(f): grab(o) for f, o in model.propagate_in_video(st, start_frame_idx=EX_K, reverse=rev)})
+        sam_id, pts, labels = pick(first, c)
+        after = dict(first)
+        f, o = model.add_prompt(st, frame_idx=c, points=pts, point_labels=labels, obj_id=sam_id)
+        after[int(f)] = grab(o)
+        for rev in (False, True):
+            for f, o in model.propagate_in_video(st, start_frame_idx=c, reverse=rev):
+                after[int(f)] = grab(o)
+        return first, after, (sam_id, pts, labels)
+
+
+def pick_inside(frames: dict[int, Any], c: int) -> tuple[int, list[list[float]], list[int]]:
+    """A negative click in the first object's mask on frame ``c`` and a positive one elsewhere in it."""
+    ids, _, masks = frames[c]
+    assert len(ids) > 0, f"tune THRESH: no object on frame {c}"
+    ys, xs = np.nonzero(masks[0])
+    w, h = SIZE
+    i, j = len(xs) // 2, len(xs) // 5
+    return int(ids[0]), [[float(xs[i]) / w, float(ys[i]) / h], [float(xs[j]) / w, float(ys[j]) / h]], [0, 1]
+
+
+@pytest.mark.parametrize("c,trim", [(1, False), (5, False), (5, True)])  # clicked before / after the exemplar's frame
+def test_refine_run_prompted_on_frame_k_same_as_sam3(tiny_sam3_video_model: Any, clip: Path,  # noqa: F811
+                                                     tmp_path: Path, c: int, trim: bool) -> None:
+    """Untrimmed (``trim_memory=False``): the refinement is sam3's own, frame for frame. Trimmed: the
+    same while the tracker's memory window (17 frames for this model) covers the clip (8 frames), so
+    this checks the cache and scores rebuilt from the store over both passes."""
+    from dl_utils.annotations import Clicks
+    from dl_utils.sam3al.prompts import Exemplar
+
+    from tests.test_sam3al_video import N_FRAMES
+
+    first, after, (sam_id, pts, labels) = reference_bidir_refine(tiny_sam3_video_model, clip, c, pick_inside)
+    from tests.test_sam3al_exemplars import session as ex_session
+
+    s = ex_session(tiny_sam3_video_model, clip, tmp_path / "b.db", PHRASE, [Exemplar(EX_BOX, frame=EX_K)],
+                   trim_memory=trim)
+    s.propagate()
+    w, h = SIZE
+    clicks = Clicks(points=tuple((x * w, y * h, v) for (x, y), v in zip(pts, labels)))
+    oid = s.phrases[0].objects[sam_id]
+    seen: list[int] = []
+    r = s.refine(c, oid, clicks, callback=lambda f, _: seen.append(f))
+    assert r["status"] == "done" and sorted(set(seen)) == list(range(N_FRAMES)) == sorted(after)
+    ours = shown(s.store)
+    changed = 0
+    for f, (ids, probs, masks) in after.items():
+        o_ids, o_probs, o_masks = ours[f]
+        assert np.array_equal(np.asarray(o_ids, dtype=np.int64), ids), f
+        assert np.array_equal(np.asarray(o_probs, dtype=np.float32), probs.astype(np.float32)), f
+        assert np.array_equal(o_masks, masks), f
+        changed += int(not np.array_equal(masks, first[f][2]) or not np.array_equal(ids, first[f][0]))
+    assert changed > 0, "the clicks changed nothing: pick other clicks"
+    key = [x for x in s.store.read_frame(c) if x.object_id == oid]
+    assert len(key) == 1 and key[0].keyframe and key[0].clicks == clicks
+    s.close()

@@ -27,7 +27,11 @@ logic) and changes only what is around it:
   but objects get new ids there).
 - **Exemplars on frame k.** Boxes (:class:`Exemplar`) go with the text to sam3's ``add_prompt`` on
   their frame; on a frame after the first the run is sam3's demo's "both": forward from k, then
-  backward from k (two chained generators per phrase, still in lockstep), resumed by replay only.
+  backward from k (two chained generators per phrase, still in lockstep), resumed by replay only,
+  refined like any run.
+- **Refine and undo.** :meth:`Sam3VideoSession.refine` drives sam3's click refinement of one
+  object through the whole video; :meth:`Sam3VideoSession.undo_refine` puts the store back as it
+  was before the last one and rebuilds sam3's state without its clicks when next needed.
 """
 
 from __future__ import annotations
@@ -698,9 +702,9 @@ class Sam3VideoSession:
                 f"frame {frame!r} is not in {self.source.name} (frames {self._numbers[0]}..{self._numbers[-1]}); "
                 "give a source frame number"
             ) from None
-        if idx < self._start_idx:
+        if idx < self._first_idx:
             raise InputError(
-                f"frame {frame} is before frame {self._numbers[self._start_idx]}, where this SAM 3 run "
+                f"frame {frame} is before frame {self._numbers[self._first_idx]}, where this SAM 3 run "
                 "started; refine on a frame the run covers"
             )
         return idx
@@ -876,7 +880,10 @@ class Sam3VideoSession:
         point_labels=..., obj_id=<sam3 id>)`` on ``frame`` (positive/negative clicks; ``clicks.box``
         as sam3's box corners), then sam3's partial propagation (``propagate_in_video`` with the
         action history it keeps: only the refined object is tracked again, the other objects' masks
-        come from its cache) forward from ``frame`` to the end and backward to the run's start.
+        come from its cache) forward from ``frame`` to the end and backward to the run's start
+        (frame 0 for a run prompted on frame k > 0: its passes covered the whole video, so the clicked
+        frame may be before or after k; sam3's action history treats the bidirectional text run as
+        any finished run).
         Every frame sam3 yields is written: the phrase's instances that changed (the refined object;
         a same-phrase neighbour only where sam3's non-overlap rule moves pixels between them) are
         replaced, others are left as they are, instances of other phrases are never touched. Store
@@ -891,7 +898,9 @@ class Sam3VideoSession:
         dropped (older than its memory window; all kept with ``trim_memory=False``) cannot be rebuilt:
         there the forward pass starts from the clicked frame alone (sam3 skips missing memory
         frames), so results equal sam3's untrimmed run exactly only within the window of the run's
-        end, or with ``trim_memory=False``. Returns a summary (``frames_written`` counts each frame
+        end (for a run prompted on k > 0, whose backward pass ends on frame 0: within the window of
+        frame 0 for the first refinement, of the video's end for later ones), or with
+        ``trim_memory=False``. :meth:`undo_refine` reverts it. Returns a summary (``frames_written`` counts each frame
         once; the clicked frame is yielded by ``add_prompt`` and again by the forward pass); recorded
         as a ``sam3-refine`` run.
 
@@ -905,12 +914,8 @@ class Sam3VideoSession:
         """
         t0 = time.perf_counter()
         prog = self._progress()
-        if self.bidirectional or (prog is not None and "forward_done_through" in prog):
-            k = self._numbers[self._prompt_idx if self.bidirectional else int(prog["start"])]  # type: ignore[index]
-            raise InputError(
-                f"object {object_id}, frame {frame}: refining a SAM 3 run prompted on frame {k} (exemplars "
-                "after the first frame) is not supported yet; put the exemplars on the first frame to refine"
-            )
+        if not self._started and (self.bidirectional or (prog is not None and "forward_done_through" in prog)):
+            self._check_same_prompt(prog)  # a replay must rebuild the run the store holds
         _, sam_id = self.sam3_object(int(object_id))
         k = self._frame_index(frame)
         pts, labels = self._click_prompt(frame, object_id, clicks)
