@@ -282,3 +282,39 @@ def test_quiet_sam3_progress_leaves_other_bars(capsys: pytest.CaptureFixture[str
         with quiet_sam3_progress():
             raise ValueError("x")
     assert vi.tqdm is original
+
+
+def test_threads_calling_at_once_get_exact_results(model: Any) -> None:
+    """Several threads on the same frames inside one block (inference mode is per thread, so each
+    enters it): every result is the unshared one, bit for bit, and every call is counted once."""
+    import threading
+
+    import torch
+
+    from dl_utils.sam3al.backbone import shared_image_backbone
+
+    bb = model.detector.backbone
+    frames = [_frame(10 + i) for i in range(3)]
+    with torch.inference_mode():
+        want = [_tree_clone(type(bb).forward_image(bb, f)) for f in frames]
+    got: list[tuple[int, Any]] = []
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            with torch.inference_mode():
+                for i in (range(3) if k % 2 == 0 else range(2, -1, -1)):
+                    got.append((i, bb.forward_image(frames[i])))
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    with shared_image_backbone(model, keep=3) as st:
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors and len(got) == 12
+    assert all(_tree_equal(out, want[i]) for i, out in got)
+    assert st.calls == 12 and st.bypassed == 0 and 3 <= st.misses <= 12 and st.hits == 12 - st.misses
+    assert "forward_image" not in bb.__dict__
