@@ -8,9 +8,11 @@ CPU, users build the released one), a strict checkpoint loader with one-line err
 (:mod:`.checkpoint`), what sam3 needs to run without CUDA (:mod:`.cpu`), an image engine that returns
 dl_utils detections labelled from the job's class table (:mod:`.image`), and a video session that
 writes every phrase's instances into the store frame by frame (:mod:`.video`, frames decoded on demand
-by :mod:`.frames`). sam3 is imported only when this package is.
+by :mod:`.frames`; one vision-trunk pass per frame for all phrases and sam3's own progress bars off,
+:mod:`.backbone`). sam3 is imported only when this package is.
 """
 
+from .backbone import quiet_sam3_progress, shared_image_backbone
 from .build import OFFICIAL, Sam3Spec, build_image_model, build_video_model
 from .checkpoint import load_sam3_checkpoint
 from .cpu import cpu_fallbacks
@@ -27,4 +29,6 @@ __all__ = [
     "cpu_fallbacks",
     "exemplar_box",
     "load_sam3_checkpoint",
+    "quiet_sam3_progress",
+    "shared_image_backbone",
 ]
