@@ -28,7 +28,7 @@ logic) and changes only what is around it:
 - **Exemplars on frame k.** Boxes (:class:`Exemplar`) go with the text to sam3's ``add_prompt`` on
   their frame; on a frame after the first the run is sam3's demo's "both": forward from k, then
   backward from k (two chained generators per phrase, still in lockstep), resumed by replay only,
-  refined like any run.
+  trimmed by the mirrored rule (:meth:`Sam3VideoSession._trim`), refined like any run.
 - **Refine and undo.** :meth:`Sam3VideoSession.refine` drives sam3's click refinement of one
   object through the whole video; :meth:`Sam3VideoSession.undo_refine` puts the store back as it
   was before the last one and rebuilds sam3's state without its clicks when next needed.
@@ -1008,6 +1008,9 @@ class Sam3VideoSession:
         if not self._undo:
             raise InputError(f"{self.caption.text!r}: no refinement of this session to undo "
                              f"(undo reverts refine() calls made through this session)")
+        if self._recording is not None:
+            raise InputError(f"{self.caption.text!r}: a refinement is running; cancel() it and wait for it "
+                             "to return before undoing")
         rec = self._undo[-1]
         run_id = self.store.begin_run("sam3-undo", {"caption": self.caption.text, "object": rec.object_id,
                                                     "frame": rec.frame, "undone_run": rec.run_id})
@@ -1113,10 +1116,11 @@ class Sam3VideoSession:
         """Drop what sam3's state holds for frames that are written and that no later frame reads.
 
         ``reverse``: ``written`` is a frame of the backward pass of a run prompted on frame k > 0, so
-        the written frames are ``written`` and after. In such a run the tracker states are not
-        trimmed in either pass: the backward pass reads the forward pass's memory around k (its
-        window and sam3's closest conditioning frames, both directions), which the forward trimming
-        below would drop; mirrored trimming is not written yet, so that memory grows with the video.
+        the written frames are ``written`` and after. In such a run the forward pass keeps, besides
+        what a later forward frame reads, what the backward pass will read of it: the memory window
+        after k and the conditioning frames sam3 selects going backward (the earliest ones, see
+        :func:`_tracker_keep` with ``reverse``); the backward pass keeps what a smaller-index frame
+        reads (the mirrored rule). Both are bounded by the tracker's window, not the video.
 
         - ``cached_frame_outputs[t]`` (video-size masks of every object): read only by a later
           refinement/fetch pass, which this session does not run; dropped up to the written frame.
@@ -1148,14 +1152,26 @@ class Sam3VideoSession:
                 if ph is not None:
                     ph.suppressed[t] = sup[t]
                 del sup[t]
-        if self.bidirectional:
-            return
         # the generator may have run ahead (hot-start delay): later reads start after the last
-        # frame it processed
+        # frame it processed (backward: before the earliest)
         done_ = [t for t, v in enumerate(st["previous_stages_out"]) if v is not None]
-        nxt = (max(done_) if done_ else written) + 1
-        for ts in st["tracker_inference_states"]:
-            _trim_tracker_state(self.model.tracker, ts, nxt)
+        tracker = self.model.tracker
+        if not self.bidirectional:
+            nxt = (max(done_) if done_ else written) + 1
+            for ts in st["tracker_inference_states"]:
+                _trim_tracker_state(tracker, ts, nxt)
+            return
+        k = self._prompt_idx
+        if not reverse:  # forward pass: also what the backward pass will read around k
+            fwd = [t for t in done_ if t >= k]
+            nxt = (max(fwd) if fwd else written) + 1
+            for ts in st["tracker_inference_states"]:
+                _trim_tracker_state(tracker, ts, nxt, also=_tracker_keep(tracker, ts, k - 1, reverse=True))
+        else:
+            bwd = [t for t in done_ if t < k]
+            nxt = (min(bwd) if bwd else written) - 1
+            for ts in st["tracker_inference_states"]:
+                _trim_tracker_state(tracker, ts, nxt, reverse=True)
 
     def _note_memory(self) -> None:
         info = self.memory_info()
@@ -1253,31 +1269,37 @@ class Sam3ClickEngine:
         self.session.cancel()
 
 
-def _tracker_keep(tracker: Any, ts: dict[str, Any], g: int) -> tuple[set[int], set[int]]:
+def _tracker_keep(tracker: Any, ts: dict[str, Any], g: int, reverse: bool = False) -> tuple[set[int], set[int]]:
     """(non-conditioning, conditioning) frame indices a tracker state may read for any frame >= ``g``
-    when tracking forward.
+    when tracking forward (``reverse``: for any frame <= ``g`` when tracking backward).
 
     Mirrors ``Sam3TrackerBase._prepare_memory_conditioned_features``: without memory selection the
     reads are the previous frame, ``num_maskmem - 2`` frames every ``r`` frames behind it and
     ``max_obj_ptrs_in_encoder - 1`` object pointers, all within a window that moves with ``g``; with
     memory selection (``frame_filter``) they are the previous frame and, per stride class, the most
     recent ``max_num - 1`` frames whose ``eff_iou_score`` passes ``mf_threshold``, which only newer
-    frames can displace. Conditioning frames: ``select_closest_cond_frames`` picks, going forward,
-    the most recent ``max_cond_frames_in_attn`` (and the first if ``keep_first_cond_frame``);
-    unselected ones are read only inside the window.
+    frames can displace. Conditioning frames: ``select_closest_cond_frames`` picks the temporally
+    closest ``max_cond_frames_in_attn`` (going forward the most recent, going backward the earliest),
+    and with ``keep_first_cond_frame`` the first one before the frame, or when there is none (the
+    backward case) the last one; unselected ones are read only inside the window. Backward, "behind"
+    is "after": every rule is the forward one mirrored (sam3's ``track_in_reverse`` branches).
     """
     r = max(1, int(getattr(tracker, "memory_temporal_stride_for_eval", 1)))
     num_frames = ts["num_frames"]
     max_ptrs = min(num_frames, int(tracker.max_obj_ptrs_in_encoder))
     span = max(r * int(tracker.num_maskmem) + 2, max_ptrs + 1)
-    lo = g - span
+    sign = -1 if reverse else 1  # forward: reads go back in time; backward: forward in time
+
+    def behind(t: int) -> int:  # how far behind the frames still to come (<= 0: not behind)
+        return (g - t) * sign
+
     od = ts["output_dict"]
-    non_cond = {t for t in od["non_cond_frame_outputs"] if t >= lo}
+    non_cond = {t for t in od["non_cond_frame_outputs"] if behind(t) <= span}
     if getattr(tracker, "use_memory_selection", False):
         thr = tracker.mf_threshold
         per_class: dict[int, int] = {}
-        for t in sorted(od["non_cond_frame_outputs"], reverse=True):
-            if t >= g:
+        for t in sorted(od["non_cond_frame_outputs"], key=behind):  # nearest first
+            if behind(t) <= 0:
                 non_cond.add(t)
                 continue
             out = od["non_cond_frame_outputs"][t]
@@ -1287,7 +1309,7 @@ def _tracker_keep(tracker: Any, ts: dict[str, Any], g: int) -> tuple[set[int], s
                 valid = bool(out["eff_iou_score"] > thr)
             except (RuntimeError, ValueError):  # a batched score: keep it, never guess
                 valid = True
-            k = (g - 1 - t) % r
+            k = (behind(t) - 1) % r
             if valid and per_class.get(k, 0) < max_ptrs - 1:
                 per_class[k] = per_class.get(k, 0) + 1
                 non_cond.add(t)
@@ -1296,16 +1318,21 @@ def _tracker_keep(tracker: Any, ts: dict[str, Any], g: int) -> tuple[set[int], s
     if max_cond == -1 or len(conds) <= max_cond:
         cond = set(conds)
     else:
-        cond = {t for t in conds if t >= lo}
-        cond |= set(sorted(conds, reverse=True)[:max_cond])
+        cond = {t for t in conds if behind(t) <= span}
+        cond |= set(sorted(conds, key=behind)[:max_cond])
         if getattr(tracker, "keep_first_cond_frame", False) and conds:
-            cond.add(min(conds))
+            cond.add(max(conds) if reverse else min(conds))
     return non_cond, cond
 
 
-def _trim_tracker_state(tracker: Any, ts: dict[str, Any], g: int) -> None:
-    """Drop a tracker state's outputs no frame >= ``g`` reads (batched dict, per-object views, indices)."""
-    keep_nc, keep_c = _tracker_keep(tracker, ts, g)
+def _trim_tracker_state(tracker: Any, ts: dict[str, Any], g: int, reverse: bool = False,
+                        also: tuple[set[int], set[int]] | None = None) -> None:
+    """Drop a tracker state's outputs no frame >= ``g`` reads (``reverse``: no frame <= ``g``
+    tracking backward) and none in ``also`` (non-cond, cond: what another pass will read), from the
+    batched dict, the per-object views and the indices."""
+    keep_nc, keep_c = _tracker_keep(tracker, ts, g, reverse)
+    if also is not None:
+        keep_nc, keep_c = keep_nc | also[0], keep_c | also[1]
     for key, keep in (("non_cond_frame_outputs", keep_nc), ("cond_frame_outputs", keep_c)):
         for d in [ts["output_dict"], *ts["output_dict_per_obj"].values()]:
             for t in [t for t in d[key] if t not in keep]:
@@ -1313,12 +1340,15 @@ def _trim_tracker_state(tracker: Any, ts: dict[str, Any], g: int) -> None:
         inds = ts["consolidated_frame_inds"][key]
         for t in [t for t in inds if t not in keep]:
             inds.discard(t)
-    gone_before = g - 1
-    for t in [t for t in ts["frames_already_tracked"] if t < gone_before and t not in keep_c]:
+
+    def gone(t: int) -> bool:  # passed by the frames still to come (the frame next to them stays)
+        return t > g + 1 if reverse else t < g - 1
+
+    for t in [t for t in ts["frames_already_tracked"] if gone(t) and t not in keep_c]:
         del ts["frames_already_tracked"][t]
     for per_obj in (ts["point_inputs_per_obj"], ts["mask_inputs_per_obj"]):
         for d in per_obj.values():
-            for t in [t for t in d if t < gone_before and t not in keep_c]:
+            for t in [t for t in d if gone(t) and t not in keep_c]:
                 del d[t]
 
 
