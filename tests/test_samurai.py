@@ -502,3 +502,23 @@ def test_trimming_keeps_what_the_memory_bank_can_select(samurai):
                 assert memory_frames(nxt, non_cond.keys(), motion.admitted, slots, reverse) == \
                     memory_frames(nxt, untrimmed.keys(), untrimmed, slots, reverse), (reverse, p_admit, f)
                 assert len(non_cond) <= ses.engine.max_obj_ptrs_in_encoder + slots
+
+
+@needs_sam2
+@pytest.mark.slow
+def test_a_locked_frame_in_the_pass_restarts_the_filter(clip, model, tmp_path):
+    """A prompt/correction is a conditioning frame: the filter restarts from its mask with zero
+    velocity, so the next frame's prediction is that mask's box (on any frame, mid-pass included)."""
+    from dl_utils.sam2al import SamuraiConfig
+    from dl_utils.sam2al.samurai import mask_box
+
+    ses = _session(clip, tmp_path / "c.sqlite", model, objects=(1,), tracker="samurai",
+                   samurai=SamuraiConfig(**TEST_CFG))
+    ses.add_mask(5, 1, _disk(5, 0))
+    ses.propagate("forward", progress=False)
+    for locked in (PROMPT, 5):
+        want = mask_box(_disk(locked, 0))
+        got = ses.store.read_frame(locked + 1).by_object()[1].provenance.extra["samurai_predicted_box"]
+        assert got == pytest.approx(list(want), abs=1e-9), locked
+    assert ses.store.read_frame(4).by_object()[1].provenance.extra["samurai_predicted_box"] != \
+        pytest.approx(list(mask_box(_disk(PROMPT, 0))), abs=1e-6)  # in between, the filter moved on
