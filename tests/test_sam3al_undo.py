@@ -53,21 +53,32 @@ def objects_on(s: Any, frame: int) -> list[int]:
 
 @pytest.fixture
 def started(tiny_sam3_video_model: Any, clip: Path, tmp_path: Path) -> Any:  # noqa: F811
-    def make(name: str, **opts: Any) -> Any:
-        s = session(tiny_sam3_video_model, clip, tmp_path / f"{name}.db", caption=PHRASE, **opts)
+    def make(name: str, exemplar_frame: int | None = None, **opts: Any) -> Any:
+        if exemplar_frame is None:
+            s = session(tiny_sam3_video_model, clip, tmp_path / f"{name}.db", caption=PHRASE, **opts)
+        else:  # a run prompted on a middle frame: sam3's forward then backward pass
+            from dl_utils.sam3al.prompts import Exemplar
+
+            from tests.test_sam3al_exemplars import session as ex_session
+
+            s = ex_session(tiny_sam3_video_model, clip, tmp_path / f"{name}.db", PHRASE,
+                           [Exemplar((10.0, 20.0, 60.0, 60.0), frame=exemplar_frame)], **opts)
         assert s.propagate()["status"] == "done"
         assert objects_on(s, 3), "tune THRESH: no object on frame 3"
         return s
     return make
 
 
-@pytest.mark.parametrize("trim", [True, False])
-def test_undo_gives_the_store_and_state_of_never_having_refined(started: Any, trim: bool) -> None:
+# a run from frame 0 trimmed (each re-applied refinement reads the cache rebuilt from the store as it
+# was before it), and one prompted on frame 3 untrimmed (the rebuild replays both of its passes)
+@pytest.mark.parametrize("exemplar_frame,trim", [(None, True), (3, False)])
+def test_undo_gives_the_store_and_state_of_never_having_refined(started: Any, exemplar_frame: int | None,
+                                                                trim: bool) -> None:
     from dl_utils.annotations import Clicks
     from dl_utils.errors import InputError
     from dl_utils.sam3al.video import Sam3ClickEngine
 
-    s = started("a", trim_memory=trim)
+    s = started("a", exemplar_frame, trim_memory=trim)
     text_run = rows(s.store)
     o = objects_on(s, 3)[0]
     fb = next(f for f in (5, 6, 4, 7) if o in objects_on(s, f))
@@ -93,7 +104,7 @@ def test_undo_gives_the_store_and_state_of_never_having_refined(started: Any, tr
     assert s.refine(*C)["status"] == "done"  # on sam3's state rebuilt without B
     after_c = visible(s.store)
 
-    fresh = started("b", trim_memory=trim)  # never saw B
+    fresh = started("b", exemplar_frame, trim_memory=trim)  # never saw B
     fresh.refine(*A)
     fresh.refine(*C)
     assert visible(fresh.store) == after_c
