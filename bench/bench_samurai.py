@@ -8,7 +8,10 @@
    on a shared machine). SAMURAI's extra work per object and frame: a Kalman predict/update
    (8x8 numpy), once stable the three candidates' boxes at source size (one bilinear upsampling),
    and the memory-bank rule.
-2. **peak memory, N1 vs N2 frames** (optional, ``--rss``): each mode in a fresh subprocess
+2. **SAMURAI's own cost per object-frame**, timed alone (filter, candidate boxes, rules), and the
+   throughput ratio it implies against the measured SAM2 time per object-frame: the steady figure
+   when the machine is shared and whole rounds are noisy.
+3. **peak memory, N1 vs N2 frames** (optional, ``--rss``): each mode in a fresh subprocess
    (``ru_maxrss``) over N1 and N2 frames; SAMURAI keeps its memory bank flat as SAM2's trimming does.
 
 Timing does not depend on weight values: the tiny SAM 2.1 config with random weights, on CPU by
@@ -127,6 +130,49 @@ def throughput(args) -> dict:
             "samurai_obj_frames_per_s": round(statistics.median(fps["samurai"]), 2), "target": ">= 0.95"}
 
 
+def overhead(args, sam2_obj_frames_per_s: float) -> dict:
+    """SAMURAI's own work per object and frame, timed alone (steady on a loaded machine, where whole
+    propagation rounds are not): predict, the candidates' boxes at source size, the weighted choice,
+    the update and the memory rule. ``implied_ratio`` = SAM2's time per object-frame over that time
+    plus this overhead: the throughput ratio the extra work allows."""
+    import torch
+
+    from dl_utils.sam2al import MotionTrack, SamuraiConfig
+    from dl_utils.sam2al.samurai import admits, candidate_boxes, mask_box, memory_frames
+
+    cfg = SamuraiConfig(stable_frames_threshold=1)
+    track = MotionTrack(cfg)
+    track.reinit((100.0, 60.0, 160.0, 120.0))
+    low = args.image_size // 4
+    g = torch.Generator().manual_seed(0)
+    logits = [torch.randn(1, 3, low, low, generator=g) for _ in range(8)]
+    admitted = {i: bool(i % 3) for i in range(21)}
+    n = 300
+    t = time.perf_counter()
+    for i in range(n):
+        track.begin_frame()
+        lo = logits[i % 8]
+        ch = track.choose(np.array([0.5, 0.4, 0.6]), lambda: candidate_boxes(lo, (H, W)))
+        m = torch.nn.functional.interpolate(lo[:, ch.index:ch.index + 1], size=(H, W), mode="bilinear",
+                                            align_corners=False)[0, 0] > 0  # the written mask (plain mode makes it too)
+        track.measure(mask_box(m.numpy()), ch.iou)
+        admits(cfg, ch.iou, 0.5, ch.kf_score)
+        memory_frames(30, range(9, 30), admitted, 6, False)
+    per = (time.perf_counter() - t) / n
+    t = time.perf_counter()
+    for i in range(n):  # what plain mode does per object-frame on the same data: the written mask
+        lo = logits[i % 8]
+        m = torch.nn.functional.interpolate(lo[:, :1], size=(H, W), mode="bilinear", align_corners=False)[0, 0] > 0
+        m.numpy()
+    base = (time.perf_counter() - t) / n
+    extra = max(per - base, 0.0)
+    frame = 1.0 / sam2_obj_frames_per_s
+    return {"bench": "samurai_overhead", "source": f"{W}x{H}", "image_size": args.image_size,
+            "extra_us_per_object_frame": round(extra * 1e6, 1),
+            "sam2_ms_per_object_frame": round(frame * 1e3, 1),
+            "implied_ratio": round(frame / (frame + extra), 4)}
+
+
 def child(args) -> None:
     folder = write_clip(args.frames)
     model = build(args.image_size, args.device)
@@ -165,7 +211,9 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    print(json.dumps(throughput(args)), flush=True)
+    res = throughput(args)
+    print(json.dumps(res), flush=True)
+    print(json.dumps(overhead(args, res["sam2_obj_frames_per_s"])), flush=True)
     if args.rss:
         print(json.dumps(rss(args)), flush=True)
 
