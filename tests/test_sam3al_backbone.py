@@ -78,7 +78,8 @@ def _run(model: Any, folder: Path, db: Path, wrap: Callable[[], Any]) -> dict[st
     err = io.StringIO()
     with counted(model) as calls, contextlib.redirect_stderr(err), wrap() as stats, \
             (quiet_sam3_progress() if stats is not None else contextlib.nullcontext()):
-        s = session(model, folder, db)
+        # the session's own sharing off: these runs compare sharing wrapped around it with none
+        s = session(model, folder, db, share_backbone=False)
         summary = s.propagate()
     res = {"calls": calls, "stats": stats, "stderr": err.getvalue(), "summary": summary,
            "store": {p: stored(s.store, p) for p in PHRASES}}
@@ -153,8 +154,29 @@ def test_hot_start_burst_is_shared_only_with_a_keep_that_covers_it(runs: dict[st
 
 
 def test_quiet_sam3_progress_in_a_session(runs: dict[str, Any]) -> None:
-    assert "propagate_in_video" in runs["plain"]["stderr"]
+    # the session quiets sam3's bar itself (Sam3VideoSession._model_settings); that sam3 prints it
+    # outside is test_quiet_sam3_progress_leaves_other_bars'
+    assert "propagate_in_video" not in runs["plain"]["stderr"]
     assert "propagate_in_video" not in runs["shared"]["stderr"]
+
+
+def test_the_session_shares_by_default(clip: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Sam3VideoOptions(share_backbone=True), the default: one trunk pass per frame, the store of
+    a session that does not share."""
+    flat = build_tiny_video(apply_temporal_disambiguation=False)
+    with counted(flat) as calls:
+        s = session(flat, clip, tmp_path / "default.db")
+        assert s.propagate()["status"] == "done"
+        got = {p: stored(s.store, p) for p in PHRASES}
+        s.close()
+    assert len(calls) == N_FRAMES
+    with counted(flat) as calls:
+        s = session(flat, clip, tmp_path / "off.db", share_backbone=False)
+        s.propagate()
+        want = {p: stored(s.store, p) for p in PHRASES}
+        s.close()
+    assert len(calls) == len(PHRASES) * N_FRAMES
+    _same_store(got, want)
 
 
 # ---- the cache's key and the context's bookkeeping (the backbone alone: fast) ----------------

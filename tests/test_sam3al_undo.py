@@ -137,3 +137,28 @@ def test_undo_of_a_cancelled_refinement_restores_the_store(started: Any) -> None
     assert s.can_undo
     assert s.refine(4, o, clicks)["status"] == "done"
     s.close()
+
+
+def test_a_cancel_does_not_cut_the_replay_a_refine_needs(started: Any, tiny_sam3_video_model: Any,  # noqa: F811
+                                                         clip: Path, tmp_path: Path) -> None:  # noqa: F811
+    """A new session on a finished store replays the text run inside its first refine; a cancel()
+    left over from before (or pressed during that replay) must not leave sam3's state half-run:
+    the refine equals one on a session that was never cancelled."""
+    import shutil
+
+    from dl_utils.annotations import Clicks
+
+    s = started("r", trim_memory=False)
+    o = objects_on(s, 3)[0]
+    clicks = Clicks(points=(pixel(s, 3, o) + (1,),))
+    s.close()
+    s.store.close()  # all of it in the file (WAL) before the copy
+    shutil.copy(tmp_path / "r.db", tmp_path / "r2.db")
+    plain = session(tiny_sam3_video_model, clip, tmp_path / "r.db", caption=PHRASE, trim_memory=False)
+    assert plain.refine(3, o, clicks)["status"] == "done"
+    cut = session(tiny_sam3_video_model, clip, tmp_path / "r2.db", caption=PHRASE, trim_memory=False)
+    cut.cancel()  # before the refine: its replay runs whole all the same
+    assert cut.refine(3, o, clicks)["status"] == "done"
+    assert visible(cut.store) == visible(plain.store)
+    plain.close()
+    cut.close()

@@ -78,6 +78,9 @@ class Sam3VideoOptions:
     frame_cache: int = 16  # resized frames kept decoded (phrases share them)
     resume: str = "replay"
     frames_device: str | None = None  # where decoded frames live; None: the model's device
+    # one vision-trunk pass per frame for all phrases (exact: dl_utils.sam3al.backbone); False runs
+    # the trunk once per phrase, as sam3's one-prompt states do on their own
+    share_backbone: bool = True
 
     def __post_init__(self) -> None:
         for name in ("score_threshold_detection", "new_det_thresh", "det_nms_thresh", "assoc_iou_thresh"):
@@ -515,9 +518,14 @@ class Sam3VideoSession:
         model's device: sam3's tracker enters a CUDA bf16 autocast at construction and never leaves it (``Sam3TrackerPredictor.__init__``), and its detector casts
         the tracker's backbone features to bf16, so the model only runs inside such a context. Autocast
         state is per thread, so a session driven from another thread (the widget) would fail without it.
+
+        And the phrases share one vision-trunk pass per frame (:func:`~dl_utils.sam3al.backbone.
+        shared_image_backbone`: exact, keyed on the pixels), and sam3's own progress bars are off
+        (ours report the frames).
         """
         import torch
 
+        from .backbone import quiet_sam3_progress, shared_image_backbone
         from .cpu import cpu_fallbacks
 
         over = self.options.model_overrides()
@@ -525,8 +533,9 @@ class Sam3VideoSession:
         try:
             for k, v in over.items():
                 setattr(self.model, k, v)
-            with torch.inference_mode(), torch.autocast(device_type=self.model.device.type,
-                                                        dtype=torch.bfloat16), cpu_fallbacks(self.model.device):
+            share = shared_image_backbone(self.model) if self.options.share_backbone else contextlib.nullcontext()
+            with torch.inference_mode(), torch.autocast(device_type=self.model.device.type, dtype=torch.bfloat16), \
+                    cpu_fallbacks(self.model.device), share, quiet_sam3_progress():
                 yield
         finally:
             for k, v in old.items():
@@ -607,9 +616,9 @@ class Sam3VideoSession:
             )
 
     def _loop(self, callback: Callable[[int, Instances], Any] | None, run_id: int, written: Callable[[int], bool],
-              stats: dict[str, int]) -> str:
+              stats: dict[str, int], cancellable: bool = True) -> str:
         while True:
-            if self._cancel.is_set():
+            if cancellable and self._cancel.is_set():
                 return "cancelled"
             items = [next(ph.gen, None) if ph.gen is not None else None for ph in self.phrases]
             if all(it is None for it in items):
@@ -762,7 +771,9 @@ class Sam3VideoSession:
         stats = {"frames_written": 0, "instances_written": 0, "frames_computed": 0, "frames_skipped": 0}
         with self._model_settings():
             self._start(int(prog.get("start", 0)))
-            self._loop(None, 0, lambda t: True, stats)
+            # not cancellable: a replay cut short would leave sam3's state half-run, and the refine
+            # that needs it would go on from there (cancel() stops the refine itself, between frames)
+            self._loop(None, 0, lambda t: True, stats, cancellable=False)
 
     def _rebuild(self) -> None:
         """sam3's state without the undone refinements: the run replayed, then each remaining
