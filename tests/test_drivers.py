@@ -25,6 +25,8 @@ PKG = Path(__file__).resolve().parent.parent / "dl_utils"
 BEFORE = {
     'segment': {
         'source': ('source', None, 'None', None, True, '_StoreAction'),
+        '--frame-numbers': ('frame_numbers', 'index', 'None', ('index', 'names'), False, '_StoreAction'),
+        '--first-frame': ('first_frame', 0, 'int', None, False, '_StoreAction'),
         '--out': ('out', None, 'None', None, True, '_StoreAction'),
         '--prompts': ('prompts', None, 'None', None, True, '_StoreAction'),
         '--direction': ('direction', 'forward', 'None', ('forward', 'backward', 'both'), False, '_StoreAction'),
@@ -38,6 +40,8 @@ BEFORE = {
     },
     'detect': {
         'source': ('source', None, 'None', None, True, '_StoreAction'),
+        '--frame-numbers': ('frame_numbers', 'index', 'None', ('index', 'names'), False, '_StoreAction'),
+        '--first-frame': ('first_frame', 0, 'int', None, False, '_StoreAction'),
         '--text': ('text', None, 'None', None, True, '_StoreAction'),
         '--out': ('out', None, 'None', None, True, '_StoreAction'),
         '--every': ('every', None, 'int', None, False, '_StoreAction'),
@@ -61,6 +65,8 @@ BEFORE = {
     },
     'annotate': {
         'source': ('source', None, 'None', None, True, '_StoreAction'),
+        '--frame-numbers': ('frame_numbers', 'index', 'None', ('index', 'names'), False, '_StoreAction'),
+        '--first-frame': ('first_frame', 0, 'int', None, False, '_StoreAction'),
         '--out': ('out', None, 'None', None, True, '_StoreAction'),
         '--text': ('text', None, 'None', None, False, '_StoreAction'),
         '--points': ('points', None, 'None', None, False, '_StoreAction'),
