@@ -8,6 +8,8 @@ source is reported with its one-line error while the others finish, after its re
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 
@@ -355,3 +357,38 @@ def test_a_progress_queue_left_locked_by_a_killed_worker_does_not_hang_the_pool(
     t0 = time.monotonic()
     pool.close(grace=30)
     assert time.monotonic() - t0 < 30 and not multiprocessing.active_children()
+
+
+@requires_sam2
+def test_batch_workers_number_frames_as_annotate_does(data, tmp_path):
+    """--first-frame on dl-utils batch reaches the workers (BatchOptions.numbering): the store of a
+    source holds the same frame numbers and masks as dl-utils annotate with the same flag."""
+    import torch
+
+    from dl_utils.batch.executors import LocalExecutor
+    from dl_utils.batch.run import run_batch
+    from dl_utils.drivers.annotate import annotate
+    from dl_utils.drivers.options import SamOptions, SourceOptions
+    from dl_utils.store import AnnotationStore
+
+    clip = data["clips"][2]
+    pts = tmp_path / "pts" / "c.json"
+    pts.parent.mkdir()
+    pts.write_text(json.dumps([{**CLICK[0], "frame": 1001 + CLICK[0]["frame"]}]))
+    plan = plan_from_inputs([str(clip)], points_dir=tmp_path / "pts")
+    numbering = SourceOptions(first_frame=1001)
+    opts = dataclasses.replace(_options(data), numbering=numbering)
+    [r] = run_batch(plan, opts, tmp_path / "out", executor=LocalExecutor(1, THREADS), attempts=1, progress=False)
+    assert r.status == "done" and r.frames == 4, r.error
+    with AnnotationStore.open(tmp_path / "out" / plan[0].store_name, readonly=True) as st:
+        assert st.media.frames == [1001, 1002, 1003, 1004] and st.media.first_frame == 1001
+        assert st.frames() == [1001, 1002, 1003, 1004]
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        ref = tmp_path / "ref.sqlite"
+        annotate(plan[0].source, ref, points=plan[0].points, progress=False, numbering=numbering,
+                 sam=SamOptions(checkpoint=data["ckpt"], image_size=256, device="cpu"))
+    finally:
+        torch.set_num_threads(before)
+    assert _masks(tmp_path / "out" / plan[0].store_name) == _masks(ref)

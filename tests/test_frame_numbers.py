@@ -285,17 +285,6 @@ def test_source_options_check_and_open(shot):
     assert SourceOptions("names").open(shot).frame_numbers == list(SHOT)
 
 
-def test_batch_refuses_numbering_its_workers_do_not_carry_yet(tmp_path):
-    """The batch workers run annotate from BatchOptions (dl_utils/batch), which has no numbering
-    field: a shot-numbered batch is refused in one line rather than run with position numbers."""
-    from dl_utils.drivers.batch import run_batch_cli
-
-    args = _parser("batch").parse_args([str(tmp_path), "--out", str(tmp_path / "o"), "--text", "car",
-                                        "--first-frame", "1001"])
-    with pytest.raises(InputError, match=r"--first-frame 1001 is not passed to the batch workers yet"):
-        run_batch_cli(args)
-
-
 class _Boxes:
     """A detector that finds one 'car' box in every image (its score says which picture it saw)."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..drivers.options import DetectorOptions, SamOptions, TrackOptions
+from ..drivers.options import DetectorOptions, SamOptions, SourceOptions, TrackOptions
 
 
 @dataclass(frozen=True)
@@ -17,13 +17,16 @@ class BatchOptions:
     """The per-batch settings of :func:`dl_utils.drivers.annotate.annotate` (a source's own text and
     points come from its :class:`~dl_utils.batch.plan.BatchSource`).
 
-    ``detector``, ``sam`` and ``track`` are the options objects ``dl-utils annotate`` builds from the
-    same command-line flags; ``progress`` turns the per-source tqdm bars of the engines on (off in
+    ``detector``, ``sam``, ``track`` and ``numbering`` are the options objects ``dl-utils annotate``
+    builds from the same command-line flags; ``progress`` turns the per-source tqdm bars of the engines on (off in
     workers: the batch shows one bar for sources and one for frames)."""
 
     detector: DetectorOptions = field(default_factory=DetectorOptions)
     sam: SamOptions = field(default_factory=SamOptions)
     track: TrackOptions = field(default_factory=TrackOptions)
+    #: how each source's frames are numbered (``--frame-numbers``/``--first-frame``): every store of
+    #: the batch records it, exactly as ``dl-utils annotate`` with the same flags would
+    numbering: SourceOptions = field(default_factory=SourceOptions)
     progress: bool = False
 
     def cache_key(self) -> str:

@@ -253,13 +253,13 @@ def run_source(src: BatchSource, options: BatchOptions, work_dir: Path, out_dir:
 def _annotate(src: BatchSource, options: BatchOptions, work: Path) -> dict[str, Any]:
     """The annotate driver on one source, with this process's cached models."""
     from ..drivers.annotate import annotate
-    from ..video_utils import open_frames
 
-    with open_frames(src.source) as fs:  # image folder or video: which models annotate will ask for
+    with options.numbering.open(src.source) as fs:  # image folder or video: which models annotate will ask for
         video = fs.kind == "video"
     models = models_for(options, video=video, text=src.text is not None, points=src.points is not None)
     return annotate(src.source, work, text=src.text, points=src.points, detector_options=options.detector,
-                    sam=options.sam, track=options.track, progress=options.progress, **models)
+                    sam=options.sam, track=options.track, numbering=options.numbering, progress=options.progress,
+                    **models)
 
 
 __all__ = ["SourceResult", "models_for", "one_line", "publish", "run_source", "store_done", "worker_name"]

@@ -173,14 +173,10 @@ def _run_batch_cli(args: argparse.Namespace) -> int:
 
     numbering = SourceOptions.from_args(args)
     numbering.check()
-    if numbering != SourceOptions():
-        # the workers run annotate from BatchOptions, which has no numbering field yet: running them
-        # with the default numbering would silently give every store other frame numbers
-        raise InputError(f"dl-utils batch: {_numbering_flags(numbering)} is not passed to the batch workers"
-                         " yet; run `dl-utils annotate` per source with it, or leave it out")
     sources = plan(args)
     options = BatchOptions(detector=DetectorOptions.from_args(args),
-                           sam=SamOptions.from_args(args, command="annotate"), track=TrackOptions.from_args(args))
+                           sam=SamOptions.from_args(args, command="annotate"), track=TrackOptions.from_args(args),
+                           numbering=numbering)
     options.track.check()
     options.sam.check_direction()
     options.detector.check_sam3()  # --text-encoder etc. with --backend sam3: refused before any worker starts
@@ -209,11 +205,6 @@ def _run_batch_cli(args: argparse.Namespace) -> int:
     print(format_summary(results))
     print(f"summary: {Path(args.out) / SUMMARY}")
     return 1 if any(r.status == "failed" for r in results) else 0
-
-
-def _numbering_flags(n: SourceOptions) -> str:
-    return " ".join(f for f in (f"--frame-numbers {n.frame_numbers}" if n.frame_numbers != "index" else "",
-                                f"--first-frame {n.first_frame}" if n.first_frame else "") if f)
 
 
 __all__ = ["CvatProject", "add_batch_arguments", "make_executor", "plan", "run_batch_cli"]
