@@ -691,3 +691,29 @@ def test_train_memory_on_images_is_refused(tmp_path, one_thread):
     with pytest.raises(InputError, match="train_memory trains on pairs.*image sets have no pairs"):
         finetune(data, model=build_tiny(), out=tmp_path / "t.pt", progress=False,
                  options=tiny_options(tmp_path, steps=1, batch_size=1, train_memory=True))
+
+
+def test_a_shot_numbered_store_reads_the_pictures_it_names(tmp_path):
+    """A store numbered from file names (``--frame-numbers names``: shot.1001.png, gaps kept) or
+    from ``--first-frame N`` is read back with that numbering: sample frame 1003 is the picture of
+    shot.1003.png, not the fourth file or none (issue 18)."""
+    folder = tmp_path / "shot"
+    masks = write_image_set(folder, 3, seed=5)
+    for i, n in enumerate((1001, 1003, 1007)):  # gaps, as shots have
+        (folder / f"img_{i:03d}.png").rename(folder / f"shot.{n}.png")
+    pictures = {n: cv2.cvtColor(cv2.imread(str(folder / f"shot.{n}.png")), cv2.COLOR_BGR2RGB)
+                for n in (1001, 1003, 1007)}
+    for numbering, kw, frames in (("names", {"frame_numbers": "names"}, (1001, 1003, 1007)),
+                                  ("first", {"first_frame": 50}, (50, 51, 52))):
+        info = open_frames(str(folder), **kw).media_info()
+        path = tmp_path / f"{numbering}.sqlite"
+        with AnnotationStore.create(path, info) as store:
+            store.add_object("shape")
+            for f, ms in zip(frames, masks):
+                store.write_frame(f, [keyframe(1, ms[0])])
+        data = from_stores([path])
+        assert sorted({s.ref.frame for s in data.samples}) == list(frames)
+        for s in data.samples:
+            n = (1001, 1003, 1007)[frames.index(s.ref.frame)]
+            assert np.array_equal(data.image(s.ref), pictures[n]), (numbering, s.ref.frame)
+        data.close()

@@ -48,6 +48,11 @@ class FrameRef:
     frame: int  # source frame number (what open_frames reports)
     group: str  # split unit: the video, or the image file of an image set
     name: str  # for messages: "clip.mp4 frame 12" or "img_003.jpg"
+    # how the store numbered the media's frames (dl_utils.video_utils.open_frames): a shot numbered
+    # from its file names, or a video from --first-frame N, must be reopened the same way, else
+    # frame 1001 would name another picture (or none)
+    numbering: str = "index"
+    first_frame: int = 0
 
 
 @dataclass
@@ -74,7 +79,7 @@ class MaskDataset:
     sources: tuple[str, ...] = ()
     select: str = "reviewed"
     by: str = "item"
-    _open: dict[str, FrameSource] = field(default_factory=dict, repr=False, compare=False)
+    _open: dict[tuple[str, str, int], FrameSource] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -112,9 +117,11 @@ class MaskDataset:
     def image(self, ref: FrameRef) -> np.ndarray:
         """The frame's pixels, RGB uint8 (H, W, 3); ``MediaError`` naming media and frame otherwise."""
         try:
-            src = self._open.get(ref.media)
+            key = (ref.media, ref.numbering, ref.first_frame)
+            src = self._open.get(key)
             if src is None:
-                src = self._open[ref.media] = open_frames(ref.media)
+                src = self._open[key] = open_frames(ref.media, frame_numbers=ref.numbering,
+                                                    first_frame=ref.first_frame)
             img = src.get_frame(ref.frame)
         except DlUtilsError as e:
             raise MediaError(
@@ -185,8 +192,10 @@ def _frame_ref(media: MediaInfo, path: str, frame: int) -> FrameRef:
         except InputError:
             fname = f"frame {frame}"
         group = str(Path(path) / fname) if Path(path).is_dir() else path
-        return FrameRef(media=path, frame=frame, group=group, name=fname)
-    return FrameRef(media=path, frame=frame, group=path, name=f"{Path(path).name} frame {frame}")
+        return FrameRef(media=path, frame=frame, group=group, name=fname, numbering=media.numbering,
+                        first_frame=media.first_frame)
+    return FrameRef(media=path, frame=frame, group=path, name=f"{Path(path).name} frame {frame}",
+                    numbering=media.numbering, first_frame=media.first_frame)
 
 
 def _store_samples(path: Path, select: str) -> tuple[list[MaskSample], bool]:
