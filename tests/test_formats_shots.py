@@ -169,3 +169,29 @@ def test_coco_slice_keeps_numbering(tmp_path):
     assert [im["file_name"] for im in doc["images"]] == ["frame_000003", "frame_000004"]
     with _back(tmp_path, out, "slice") as back:
         assert back.media.frames == [1004, 1005] and back.media.first_frame == 1001
+
+
+def test_datumaro_reads_the_shot_xml_in_task_frames(tmp_path):
+    """A third-party CVAT reader (datumaro, whose parser CVAT's importer shares) skips the numbering
+    comment and sees the task's frames: image i of the task is the i-th kept file."""
+    try:
+        import datumaro as dm
+    except Exception as e:  # pragma: no cover - depends on the environment
+        pytest.skip(f"datumaro is not importable here ({type(e).__name__}: {e}); pip install datumaro")
+    from PIL import Image
+
+    src, masks = _store(tmp_path, NAMES)
+    out = _export(src, "cvat-images", tmp_path / "cvat" / "annotations.xml")
+    (out.parent / "images").mkdir()
+    for name in NAMES.frame_names:
+        Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(out.parent / "images" / name)
+    ds = dm.Dataset.import_from(str(out), "cvat")
+    got = {item.attributes["frame"]: item for item in ds}
+    assert sorted(got) == [0, 1, 2]
+    assert [got[i].id for i in range(3)] == [n.rsplit(".", 1)[0] for n in NAMES.frame_names]
+    for k, f in enumerate(NAMES.frames):
+        anns = got[k].annotations
+        if f in masks:
+            assert len(anns) == 1 and np.array_equal(anns[0].image.astype(bool), masks[f])
+        else:
+            assert anns == []
