@@ -155,9 +155,8 @@ def create(
 ) -> GroundedSamFunction:
     """Build the function for cvat-cli's ``--function-module`` (see the module doc)."""
     from .drivers.options import DetectorOptions, SamOptions
-    from .sam2al.samurai import check_tracker
 
-    check_tracker(tracker)  # an unknown name: the commands' one-line error
+    SamOptions(tracker=tracker)  # an unknown name: the commands' one-line error
     if tracker != "sam2":  # before any model loads; a silently ignored mode would look like it had an effect
         raise InputError(f"tracker={tracker}: CVAT's auto-annotation gives the function one frame at a time, so "
                          "nothing propagates; use dl-utils annotate --tracker samurai on the video and push "
