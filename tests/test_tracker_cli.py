@@ -209,6 +209,8 @@ def test_segment_samurai_equals_the_session_and_switching_needs_force(data, tmp_
     before = _masks(out)
     assert main(base) == 1  # the default tracker on SAMURAI's store
     _one_line(capsys, "tracker='samurai'", "--out", "--force")
+    assert main(base + ["--dry-run"]) == 1  # the plan refuses what the run would
+    _one_line(capsys, "--tracker samurai", "--out", "--force")
     assert _masks(out) == before and _meta(out)["tracker"] == "samurai"
     assert main(base + ["--force"]) == 0  # SAMURAI's results dropped and recomputed by SAM2
     again = json.loads(capsys.readouterr().out)

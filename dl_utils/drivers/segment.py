@@ -217,6 +217,9 @@ def _run_segment_cli(args: argparse.Namespace) -> int:
     sam = SamOptions.from_args(args, command="segment")
     numbering = SourceOptions.from_args(args)
     if getattr(args, "dry_run", False):
+        from .run import check_store_tracker
+
+        check_store_tracker(args.out, sam)  # the run would refuse another tracker's store: so does its plan
         s = plan_segment(args.source, args.out, args.prompts, direction=sam.direction, start=args.start,
                          stop=args.stop, numbering=numbering)
         print(json.dumps(s, indent=2))
