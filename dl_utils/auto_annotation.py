@@ -18,7 +18,11 @@ from it instead), ``shape`` (``mask``, default, or ``rectangle`` to skip SAM2), 
 (``groundingdino``, ``transformers``, or ``sam3``: SAM 3 finds the masks itself, no SAM2 is loaded),
 ``model`` (detector weights: file, folder, registry name or hub id), ``text_encoder`` (groundingdino
 backend: a local BERT folder), ``bpe`` (sam3 backend: its tokenizer vocabulary file), ``sam2`` (SAM2 model name), ``sam2_checkpoint`` (a checkpoint file for
-it), ``image_size`` (SAM2 input size override), ``device``, ``box_threshold``, ``text_threshold``. cvat-sdk passes ``conf_threshold`` (detections below it are dropped) and
+it), ``image_size`` (SAM2 input size override), ``device``, ``box_threshold``, ``text_threshold``,
+``tracker`` (``sam2``, the default and the only mode here: cvat-sdk hands the function one frame at a
+time, so SAM2 segments each image on its own and nothing propagates; ``samurai``, a propagation mode,
+is refused with a message pointing to ``dl-utils annotate --tracker samurai``, and an unknown name is
+the one-line error the commands give). cvat-sdk passes ``conf_threshold`` (detections below it are dropped) and
 ``conv_mask_to_poly`` (masks are sent as polygons) through the context.
 
 The heavy engines (torch, GroundingDINO, SAM2) are imported only when :func:`create` builds them,
@@ -147,10 +151,16 @@ def create(
     box_threshold: float | None = None,
     text_threshold: float | None = None,
     bpe: str | None = None,
+    tracker: str = "sam2",
 ) -> GroundedSamFunction:
     """Build the function for cvat-cli's ``--function-module`` (see the module doc)."""
     from .drivers.options import DetectorOptions, SamOptions
 
+    SamOptions(tracker=tracker)  # an unknown name: the commands' one-line error
+    if tracker != "sam2":  # before any model loads; a silently ignored mode would look like it had an effect
+        raise InputError(f"tracker={tracker}: CVAT's auto-annotation gives the function one frame at a time, so "
+                         "nothing propagates; use dl-utils annotate --tracker samurai on the video and push "
+                         "the store (--cvat-task)")
     if text is None and classes is None:
         raise InputError('give the objects to find: -p text=str:"car. person" (or -p classes=str:TABLE.xlsx)')
     opts = DetectorOptions(backend=backend, model=model, text_encoder=text_encoder, device=device, classes=classes,

@@ -37,6 +37,9 @@ BEFORE = {
         '--image-size': ('image_size', None, 'int', None, False, '_StoreAction'),
         '--device': ('device', None, 'None', None, False, '_StoreAction'),
         '--dry-run': ('dry_run', False, 'None', None, False, '_StoreTrueAction'),
+        '--tracker': ('tracker', 'sam2', 'None', ('sam2', 'samurai'), False, '_StoreAction'),  # issue 18
+        '--samurai': ('samurai', None, 'None', None, False, '_AppendAction'),  # issue 18: SAMURAI parameters
+        '--force': ('force', False, 'None', None, False, '_StoreTrueAction'),  # issue 18: switch tracker
     },
     'detect': {
         'source': ('source', None, 'None', None, True, '_StoreAction'),
@@ -62,6 +65,9 @@ BEFORE = {
         '--sam-checkpoint': ('sam_checkpoint', None, 'None', None, False, '_StoreAction'),
         '--image-size': ('image_size', None, 'int', None, False, '_StoreAction'),
         '--detector-size': ('detector_size', None, 'int', None, False, '_StoreAction'),
+        '--tracker': ('tracker', 'sam2', 'None', ('sam2', 'samurai'), False, '_StoreAction'),  # issue 18
+        '--samurai': ('samurai', None, 'None', None, False, '_AppendAction'),  # issue 18: SAMURAI parameters
+        '--force': ('force', False, 'None', None, False, '_StoreTrueAction'),  # issue 18: switch tracker
     },
     'annotate': {
         'source': ('source', None, 'None', None, True, '_StoreAction'),
@@ -88,6 +94,9 @@ BEFORE = {
         '--sam-checkpoint': ('sam_checkpoint', None, 'None', None, False, '_StoreAction'),
         '--image-size': ('image_size', None, 'int', None, False, '_StoreAction'),
         '--device': ('device', None, 'None', None, False, '_StoreAction'),
+        '--tracker': ('tracker', 'sam2', 'None', ('sam2', 'samurai'), False, '_StoreAction'),  # issue 18
+        '--samurai': ('samurai', None, 'None', None, False, '_AppendAction'),  # issue 18: SAMURAI parameters
+        '--force': ('force', False, 'None', None, False, '_StoreTrueAction'),  # issue 18: switch tracker
     },
 }
 

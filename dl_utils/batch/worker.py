@@ -73,10 +73,10 @@ def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg[0] if msg else ''}".rstrip(": ")
 
 
-def store_done(path: Path, src: BatchSource, backend: str | None = None) -> bool:
+def store_done(path: Path, src: BatchSource, backend: str | None = None, tracker: str | None = None) -> bool:
     """Whether the store at ``path`` records every step ``src`` asks for as done (the annotate ledger),
-    by ``backend`` when given."""
-    from ..drivers.run import recorded_backend, steps
+    by ``backend`` and SAM2 ``tracker`` (``--tracker``) when given."""
+    from ..drivers.run import recorded_backend, steps, stored_tracker
     from ..store import AnnotationStore
 
     if not path.is_file():
@@ -85,7 +85,12 @@ def store_done(path: Path, src: BatchSource, backend: str | None = None) -> bool
         with AnnotationStore.open(path, readonly=True) as st:
             led = steps(st)
             rec = recorded_backend(st)
+            made_by = stored_tracker(st)
     except Exception:  # a store that does not open is not done: the run says why
+        return False
+    # another tracker's finished store is not "done" for this one: the run refuses it (or, with
+    # --force, recomputes), and the summary says so, instead of a silent "skipped"
+    if tracker is not None and made_by is not None and made_by != tracker:
         return False
     if src.points is not None and (led.get("points") or {}).get("status") != "done":
         return False
@@ -222,7 +227,8 @@ def run_source(src: BatchSource, options: BatchOptions, work_dir: Path, out_dir:
     t0 = time.perf_counter()
     target = Path(out_dir) / src.store_name
     res = SourceResult(name=src.name, store=str(target), status="failed", attempt=attempt, worker=worker_name())
-    if store_done(target, src, options.detector.backend):
+    sam2_tracker = options.sam.tracker if options.detector.backend != "sam3" else None
+    if store_done(target, src, options.detector.backend, sam2_tracker):
         res.status = "skipped"
         res.objects, res.frames = _counts(target)
         return res

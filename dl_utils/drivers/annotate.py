@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..cvat import CvatConnection
     from ..dinoal.detector import Detector
     from ..dinoal.caption import Caption
+    from ..sam2al.samurai import SamuraiConfig
     from ..samal import ImageSegmenter
     from ..store import AnnotationStore
     from ..video_utils import FrameSource
@@ -95,17 +96,21 @@ def run_annotate(
     sam3_video_model: Any = None,
     frame_numbers: str = _N.frame_numbers,
     first_frame: int = _N.first_frame,
+    tracker: str = _S.tracker,
+    samurai: SamuraiConfig | dict[str, Any] | None = _S.samurai,
+    force: bool = _S.force,
 ) -> dict[str, Any]:
     """Run the steps of the module doc; return a summary (:func:`annotate`, loose arguments).
     Pre-built models (SAM 3's too: ``sam3_model``, ``sam3_video_model``) and a CVAT connection may
-    be passed in (notebooks, tests)."""
+    be passed in (notebooks, tests). ``tracker``/``samurai``/``force``: SAM2's propagation mode
+    (``--tracker``, ``--samurai``, ``--force``; see :class:`~dl_utils.drivers.options.SamOptions`)."""
     return annotate(
         source, out, text=text, points=points, cvat_task=cvat_task, cvat_shape=cvat_shape,
         detector_options=DetectorOptions(backend=backend, model=model, box_threshold=box_threshold,
                                          text_threshold=text_threshold, text_encoder=text_encoder,
                                          device=device, classes=classes, bpe=bpe),
         sam=SamOptions(model=sam_model, checkpoint=sam_checkpoint, image_size=image_size, device=device,
-                       direction=direction),
+                       direction=direction, tracker=tracker, samurai=samurai, force=force),
         track=TrackOptions(every=every, max_gap=max_gap, max_objects=max_objects),
         progress=progress, detector=detector, sam_video_model=sam_video_model, segmenter=segmenter,
         connection=connection, sam3_model=sam3_model, sam3_video_model=sam3_video_model,
@@ -140,7 +145,7 @@ def annotate(
     from ..dinoal.caption import parse_caption
     from ..sam2al import load_prompts
     from ..store import AnnotationStore
-    from .run import check_store_backend, run_into_store
+    from .run import check_store_backend, check_store_tracker, run_into_store
 
     opts = detector_options or DetectorOptions()
     sam = sam or SamOptions()
@@ -153,11 +158,13 @@ def annotate(
     # everything that can be checked without models is checked before any is loaded
     track.check()
     opts.check_sam3()
+    sam.check_backend(opts.backend)  # --tracker samurai is SAM2's: refused with SAM 3
     caption = parse_caption(text) if text is not None else None
     entries = load_prompts(points) if points is not None else []
     table = opts.class_table()
     if caption is not None:
         check_store_backend(out, opts)
+    check_store_tracker(out, sam)  # another tracker's results: refused before any model loads
     t0 = time.perf_counter()
     summary: dict[str, Any] = {"store": str(out)}
     src = numbering.open(source)

@@ -180,6 +180,7 @@ def _run_batch_cli(args: argparse.Namespace) -> int:
     options.track.check()
     options.sam.check_direction()
     options.detector.check_sam3()  # --text-encoder etc. with --backend sam3: refused before any worker starts
+    options.sam.check_backend(options.detector.backend)  # --tracker samurai with sam3: before any worker starts
     executor = make_executor(args)
     if args.verbose:
         print(f"{len(sources)} source(s) -> {args.out} ({args.executor} executor)", file=sys.stderr)

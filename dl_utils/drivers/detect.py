@@ -21,9 +21,10 @@ from .options import DetectorOptions, SamOptions, SourceOptions, SourceSpec, Tra
 if TYPE_CHECKING:  # pragma: no cover
     from ..classes import ClassTable
     from ..dinoal.detector import Detector
+    from ..sam2al.samurai import SamuraiConfig
     from ..samal import ImageSegmenter
 
-_D, _T, _N = DetectorOptions(), TrackOptions(), SourceOptions()
+_D, _S, _T, _N = DetectorOptions(), SamOptions(), TrackOptions(), SourceOptions()
 
 
 def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +70,9 @@ def run_detect(
     sam3_video_model: Any = None,
     frame_numbers: str = _N.frame_numbers,
     first_frame: int = _N.first_frame,
+    tracker: str = _S.tracker,
+    samurai: SamuraiConfig | dict[str, Any] | None = _S.samurai,
+    force: bool = _S.force,
 ) -> dict[str, Any]:
     """Detect (and optionally segment) into a store; return a summary (:func:`detect`, loose arguments).
 
@@ -78,13 +82,16 @@ def run_detect(
     without it keyframe boxes are linked (:func:`~dl_utils.dinoal.video.track_boxes`).
     ``detector``/``segmenter``/``sam_video_model`` may be given pre-built (tests, notebooks), and
     with ``backend="sam3"`` ``sam3_model`` / ``sam3_video_model`` (SAM 3 image / video models).
+    ``tracker``/``samurai``/``force``: the mode of the SAM2 session that tracks masks between
+    keyframes (``--tracker``, ``--samurai``, ``--force``; ``segment`` on tracked video only).
     """
     return detect(
         source, out, text, segment=segment,
         detector_options=DetectorOptions(backend=backend, model=model, box_threshold=box_threshold,
                                          text_threshold=text_threshold, text_encoder=text_encoder,
                                          device=device, detector_size=detector_size, classes=classes, bpe=bpe),
-        sam=SamOptions(model=sam_model, checkpoint=sam_checkpoint, image_size=image_size, device=device),
+        sam=SamOptions(model=sam_model, checkpoint=sam_checkpoint, image_size=image_size, device=device,
+                       tracker=tracker, samurai=samurai, force=force),
         track=TrackOptions(every=every, max_gap=max_gap, max_objects=max_objects, track=track),
         detector=detector, segmenter=segmenter, sam_video_model=sam_video_model, progress=progress,
         sam3_model=sam3_model, sam3_video_model=sam3_video_model,
@@ -115,7 +122,7 @@ def detect(
     from ..dinoal.pipeline import ensure_labels
     from ..dinoal.caption import parse_caption
     from ..store import AnnotationStore
-    from .run import check_store_backend, run_into_store
+    from .run import check_store_backend, check_store_tracker, run_into_store
 
     opts = detector_options or DetectorOptions()
     sam = sam or SamOptions()
@@ -124,11 +131,14 @@ def detect(
     numbering.check()
     track.check()
     opts.check_sam3()
+    sam.check_backend(opts.backend)  # --tracker samurai is SAM2's: refused with SAM 3
     sam3 = opts.backend == "sam3"
     segment = segment or sam3  # SAM 3 segments as it detects
     caption = parse_caption(text)  # an empty caption fails before any model is loaded
     table = opts.class_table()
     check_store_backend(out, opts)
+    if segment and not sam3:  # a SAM2 session will track: another tracker's store is refused before loading
+        check_store_tracker(out, sam)
     src = numbering.open(source)
     try:
         tracked = bool(track.track) and src.kind == "video"

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from ..errors import InputError
 from ..models import DEFAULT_MODEL as DEFAULT_SAM2
+from ..sam2al.samurai import TRACKERS, SamuraiConfig, check_tracker  # torch-free, like DIRECTIONS
 from ..sam2al.session import DIRECTIONS  # torch-free (the engine imports torch when a model is built)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -420,6 +421,27 @@ def check_counts(*, every: Any = None, max_gap: Any = None, max_objects: Any = N
 
 
 # ----------------------------------------------------------------------------- SAM2
+def parse_samurai(items: Sequence[str]) -> SamuraiConfig:
+    """``--samurai KEY=VALUE`` items as a :class:`~dl_utils.sam2al.SamuraiConfig` (unknown keys and
+    out-of-range values are its one-line errors; ``inf``/``-inf`` are numbers)."""
+    known = [f.name for f in fields(SamuraiConfig)]
+    kw: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = str(item).partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or not key or not raw:
+            raise InputError(f"--samurai {item!r}: write KEY=VALUE, e.g. kf_score_weight=0.15; keys: {', '.join(known)}")
+        if key not in known:
+            raise InputError(f"--samurai {key}: unknown SAMURAI parameter; keys: {', '.join(known)}")
+        try:
+            value: Any = int(raw) if key == "stable_frames_threshold" else float(raw)
+        except ValueError:
+            what = "an integer" if key == "stable_frames_threshold" else "a number"
+            raise InputError(f"--samurai {key}={raw}: the value must be {what}") from None
+        kw[key] = value
+    return SamuraiConfig.from_dict(kw)
+
+
 class _DefaultModel(str):
     """``segment``'s ``--model`` default: equal to the name, but tells :meth:`SamOptions.from_args` that
     the user did not type it (so a fine-tuned checkpoint's base model is taken, not contradicted)."""
@@ -433,6 +455,13 @@ class SamOptions:
     ``--model --checkpoint --image-size --device --direction`` (default forward); on ``detect`` and
     ``annotate``, where ``--model`` is the detector's, ``--sam-model --sam-checkpoint --image-size``
     (``annotate`` adds ``--direction``, default both; ``--device`` is shared with the detector).
+
+    The tracker mode lives here too, the one place every SAM2 video session of the drivers, the
+    batch workers and the widget is built from (:meth:`session_kwargs`): ``tracker`` (``--tracker``,
+    ``"sam2"`` or ``"samurai"``), ``samurai`` (a :class:`~dl_utils.sam2al.SamuraiConfig`, or a dict
+    of its fields; ``--samurai KEY=VALUE``, only with ``tracker="samurai"``) and ``force``
+    (``--force``: continue a store whose propagated results another tracker made, dropping them).
+    A bad name or parameter is refused when the options are built, before anything is opened.
     """
 
     model: str | None = None
@@ -440,6 +469,10 @@ class SamOptions:
     image_size: int | None = None
     device: str | None = None
     direction: str = "both"
+    tracker: str = "sam2"
+    #: a :class:`SamuraiConfig` once built (a dict of its fields is converted by ``__post_init__``)
+    samurai: SamuraiConfig | dict[str, Any] | None = None
+    force: bool = False
 
     _HELP = {
         "sam_model": {
@@ -491,6 +524,22 @@ class SamOptions:
                             help=cls._HELP["image_size"][command])
         if command == "segment":  # detect and annotate share theirs with the detector
             add_device_argument(parser)
+        cls.add_tracker_arguments(parser, command=command)
+
+    @classmethod
+    def add_tracker_arguments(cls, parser: argparse.ArgumentParser, *, command: str = "segment") -> None:
+        """``--tracker --samurai --force``: the same on every command that propagates with SAM2."""
+        _check(command)
+        where = "--segment on video: " if command == "detect" else ""
+        parser.add_argument("--tracker", choices=TRACKERS, default=cls.tracker,
+                            help=f"{where}SAM2 propagation mode: sam2 (upstream's, default) or samurai (motion-aware "
+                                 "mask choice and memory, SAM2's weights; docs/sam2al_samurai.md)")
+        parser.add_argument("--samurai", action="append", default=None, dest="samurai", metavar="KEY=VALUE",
+                            help="a SAMURAI parameter (repeatable; with --tracker samurai), e.g. "
+                                 f"kf_score_weight=0.15; keys: {', '.join(f.name for f in fields(SamuraiConfig))}")
+        parser.add_argument("--force", action="store_true", default=False,
+                            help="continue a store whose propagated results the other tracker made: they are "
+                                 "dropped and recomputed (prompts and keyframes stay)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, *, command: str = "segment") -> SamOptions:
@@ -498,16 +547,41 @@ class SamOptions:
         values = _values(cls, args, cls._DEST[command])
         if isinstance(values.get("model"), _DefaultModel):  # not typed by the user: a sidecar may choose
             values["model"] = None
+        if values.get("samurai") is not None:  # --samurai KEY=VALUE ... (a list of strings)
+            values["samurai"] = parse_samurai(values["samurai"])
         return cls(**values)
 
     def __post_init__(self) -> None:
         """A fine-tuned checkpoint names its base model and input size in its sidecar
         (:func:`dl_utils.models.resolve_finetuned`, the one reader): they fill what was not given, so
         every command, the widget and the auto-annotation function load ``tuned.pt`` alone, and a
-        contradicting ``model`` is refused here, before anything is opened."""
+        contradicting ``model`` is refused here, before anything is opened. The tracker mode and the
+        SAMURAI parameters are checked here too (one-line errors before any model loads)."""
         from ..models import resolve_finetuned
 
+        self.tracker = check_tracker(self.tracker)
+        if isinstance(self.samurai, dict):
+            self.samurai = SamuraiConfig.from_dict(self.samurai)
+        if self.samurai is not None and not isinstance(self.samurai, SamuraiConfig):
+            raise InputError(f"samurai={self.samurai!r}: give a SamuraiConfig, a dict of its fields, or "
+                             "--samurai KEY=VALUE")
+        if self.samurai is not None and self.tracker != "samurai":
+            raise InputError("--samurai parameters apply with --tracker samurai; add --tracker samurai or drop them")
+        self.force = bool(self.force)
         self.model, self.image_size = resolve_finetuned(self.model, self.checkpoint, self.image_size)
+
+    def check_backend(self, backend: str) -> None:
+        """Refuse ``--tracker samurai`` with ``--backend sam3``: SAM 3 detects, segments and tracks
+        with its own tracker (and its clicks refine SAM 3's objects), so no SAM2 propagation would
+        run in SAMURAI mode and the flag would silently do nothing."""
+        if self.tracker == "samurai" and backend == "sam3":
+            raise InputError("--tracker samurai is a SAM2 propagation mode; --backend sam3 tracks with SAM 3's "
+                             "own tracker: drop --tracker samurai or use --backend groundingdino/transformers")
+
+    def session_kwargs(self) -> dict[str, Any]:
+        """The tracker keywords of :class:`~dl_utils.sam2al.VideoSession` (``tracker``, ``samurai``,
+        ``force``): every session the drivers open takes them from here."""
+        return {"tracker": self.tracker, "samurai": self.samurai, "force": self.force}
 
     @property
     def model_name(self) -> str:
@@ -542,4 +616,5 @@ __all__ = [
     "TrackOptions",
     "add_device_argument",
     "check_counts",
+    "parse_samurai",
 ]

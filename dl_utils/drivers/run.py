@@ -186,13 +186,44 @@ def record_backend(store: AnnotationStore, options: DetectorOptions) -> None:
 # ----------------------------------------------------------------------------- models
 def open_session(src: FrameSource, store: AnnotationStore, sam: SamOptions,
                  sam_video_model: Any = None) -> VideoSession:
-    """A SAM2 video session on ``src`` writing into ``store`` (``sam_video_model``: a pre-built model)."""
+    """A SAM2 video session on ``src`` writing into ``store`` (``sam_video_model``: a pre-built model),
+    in ``sam``'s tracker mode (``--tracker``/``--samurai``/``--force``: a store whose results the
+    other tracker made is refused by the session, naming ``--out`` and ``--force``)."""
     from ..sam2al import VideoSession
 
     if sam_video_model is not None:
-        return VideoSession(src, store, sam_model=sam_video_model)
+        return VideoSession(src, store, sam_model=sam_video_model, **sam.session_kwargs())
     return VideoSession(src, store, model=sam.model_name, checkpoint=sam.checkpoint, image_size=sam.image_size,
-                        device=sam.device)
+                        device=sam.device, **sam.session_kwargs())
+
+
+def stored_tracker(store: AnnotationStore) -> str | None:
+    """The tracker whose propagated results ``store`` holds (``"sam2"``/``"samurai"``), None when it
+    holds none: the rule :class:`~dl_utils.sam2al.VideoSession` refuses a switch by (its meta
+    ``sam2al.tracker``; a store with a propagation run and no record was made by SAM2)."""
+    from ..sam2al.session import TRACKER_META
+
+    rec = store.get_meta(TRACKER_META)
+    if isinstance(rec, dict) and rec.get("tracker") in ("sam2", "samurai"):
+        return str(rec["tracker"])
+    if any(r["kind"] == "propagate" for r in store.runs()):
+        return "sam2"
+    return None
+
+
+def check_store_tracker(path: str | os.PathLike[str], sam: SamOptions) -> None:
+    """Refuse, read-only and before any model loads, a run whose tracker differs from the one that
+    made the propagated results of the store at ``path`` (unless ``sam.force``); the session refuses
+    the same later, this only saves the detector's and SAM2's loading time."""
+    from ..store import AnnotationStore
+
+    if sam.force or not os.path.isfile(path):
+        return
+    with AnnotationStore.open(path, readonly=True) as st:
+        have = stored_tracker(st)
+        if have is not None and have != sam.tracker:
+            raise InputError(f"{st.path} holds results tracked with --tracker {have}, not {sam.tracker}; write to "
+                             "a new store (--out) or pass --force to recompute them")
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -253,6 +284,7 @@ def run_into_store(
     detector_options = detector_options or DetectorOptions()
     sam = sam or SamOptions()
     track = track or TrackOptions()
+    sam.check_backend(detector_options.backend)
     # a session given by the caller (the widget on a frame folder) means the video path too
     tracked = span is not None or (bool(track.track) and (src.kind == "video" or session is not None))
     out: dict[str, Any] = {"tracked": tracked, "every": track.every_for(tracked)}
@@ -299,6 +331,14 @@ def _video(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clic
                 mark(store, "points", status="done", objects=out["points"]["objects"])
             return out
     own = session is None and not sam3 and (bool(clicks) or span is not None or (prompt is not None and segment))
+    if own and prompt is not None and segment and sam.force and ledger \
+            and (steps(store).get("text") or {}).get("status") == "done":
+        prior = stored_tracker(store)
+        if prior is not None and prior != sam.tracker:  # --force drops the text step's tracked masks too,
+            # and a finished text run is not run again: the store would keep holes
+            raise InputError(f"{store.path} holds text-step results tracked with --tracker {prior}; --force "
+                             f"recomputes click propagation only: write the --text run with --tracker "
+                             f"{sam.tracker} to a new store (--out)")
     if own:
         session = open_session(src, store, sam, sam_video_model)
     try:
@@ -753,6 +793,8 @@ __all__ = [
     "from_ranges",
     "mark",
     "open_session",
+    "check_store_tracker",
+    "stored_tracker",
     "run_into_store",
     "steps",
     "text_into_images",

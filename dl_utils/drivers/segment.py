@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import FrameIndexError
 from ..models import DEFAULT_MODEL
+from ..sam2al.samurai import SamuraiConfig
 from ..sam2al.segment import check_entry, frame_ranges, load_prompts, same_prompt
 from ..sam2al.session import VideoSession
 from ..store import AnnotationStore
@@ -145,6 +146,9 @@ def run_segment(
     sam_model: Any = None,
     report: Callable[[str], None] | None = None,
     numbering: SourceOptions | None = None,
+    tracker: str = "sam2",
+    samurai: SamuraiConfig | dict[str, Any] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """``dl-utils segment``: prompts from PROMPTS.json, propagation into the store, a summary dict.
 
@@ -154,20 +158,25 @@ def run_segment(
     the summary's ``dropped`` lists them per object. ``numbering`` (``--frame-numbers names`` or
     ``--first-frame N``) numbers a source path's frames: ``start``/``stop`` and the prompts' frames
     are in those numbers, and the store records it (a store made with another numbering is refused).
+    ``tracker``/``samurai``/``force`` (``--tracker``, ``--samurai``, ``--force``): the propagation
+    mode (:class:`~dl_utils.drivers.options.SamOptions`); a store whose results the other tracker
+    made is refused unless ``force`` (then they are dropped and recomputed).
     """
     from .run import run_into_store
 
     t0 = time.perf_counter()
+    sam = SamOptions(direction=direction, tracker=tracker, samurai=samurai, force=force)  # checked before any file
     prompts, src = _checked_prompts(source, prompts_path, direction, numbering)
     store = AnnotationStore.open_or_create(store_path, src.media_info())
     try:
         session = VideoSession(src, store, model=model, checkpoint=checkpoint, image_size=image_size,
-                               device=device, sam_model=sam_model)
+                               device=device, sam_model=sam_model, **sam.session_kwargs())
         out = run_into_store(src, store, clicks=prompts, clicks_file=prompts_path,
-                             sam=SamOptions(direction=direction), session=session, progress=progress,
+                             sam=sam, session=session, progress=progress,
                              span=ClickSpan(start=start, stop=stop, report=report))
         points = out["points"]
         summary = dict(points["propagation"])
+        summary["tracker"] = session.tracker  # which mode made these masks (the store records it too)
         summary.update(prompts_applied=points["applied"], resumed=out["resumed"], store=str(store.path),
                        dropped={str(o): frame_ranges(fs) for o, fs in points["dropped"].items()},
                        seconds_total=round(time.perf_counter() - t0, 3))
@@ -208,6 +217,9 @@ def _run_segment_cli(args: argparse.Namespace) -> int:
     sam = SamOptions.from_args(args, command="segment")
     numbering = SourceOptions.from_args(args)
     if getattr(args, "dry_run", False):
+        from .run import check_store_tracker
+
+        check_store_tracker(args.out, sam)  # the run would refuse another tracker's store: so does its plan
         s = plan_segment(args.source, args.out, args.prompts, direction=sam.direction, start=args.start,
                          stop=args.stop, numbering=numbering)
         print(json.dumps(s, indent=2))
@@ -218,7 +230,8 @@ def _run_segment_cli(args: argparse.Namespace) -> int:
 
     s = run_segment(args.source, args.out, args.prompts, direction=sam.direction, start=args.start,
                     stop=args.stop, model=sam.model_name, checkpoint=sam.checkpoint,
-                    image_size=sam.image_size, device=sam.device, report=report, numbering=numbering)
+                    image_size=sam.image_size, device=sam.device, report=report, numbering=numbering,
+                    tracker=sam.tracker, samurai=sam.samurai, force=sam.force)
     print(json.dumps(s, indent=2))
     return 0
 

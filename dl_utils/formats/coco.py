@@ -8,12 +8,20 @@ gives), polygons are lists of rings, boxes have ``segmentation: []`` and only a 
 detectron2 read an RLE segmentation whatever ``iscrowd`` says, while ``iscrowd: 1`` would make
 training and evaluation code ignore the object. ``attributes.track_id`` keeps the object id, and
 ``info.dl_utils.media`` the media description, so an import rebuilds the same store.
+
+Shot frame numbers (``--frame-numbers names`` / ``--first-frame N``): ``"frame"`` and
+``info.dl_utils.media`` (with its ``numbering``/``first_frame``) keep the store's numbers, so our
+import restores them. CVAT matches COCO images to task frames by ``file_name``: an image set's are
+its file names already; a video's are ``frame_%06d`` of the *task* frame
+(``MediaInfo.task_frames()``, what CVAT names the frames of a task made from the store), not of the
+shot number, so the file imports into that task.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import dataclasses
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -68,6 +76,12 @@ def export_coco(
     out = Path(out)
     sel = select_export(store, objects, start, stop)
     frames, media, objs, labels = sel.frames, sel.media, sel.objects, sel.labels
+    full = sel.media_full
+    if not full.plain_numbering:  # the slice keeps the numbering, so an import restores it
+        media = dataclasses.replace(media, numbering=full.numbering, first_frame=full.first_frame)
+    # a shot-numbered video's frames are named by CVAT's task frame number (see the module doc)
+    task_names = full.frame_names is None and not full.plain_numbering
+    task_of = dict(zip(full.frames, full.task_frames()))
     cat = _category_ids(labels)
     label_of = {o.id: o.label for o in objs}
 
@@ -79,8 +93,8 @@ def export_coco(
         if not geoms and not include_empty:
             continue
         image_id = len(images) + 1
-        images.append({"id": image_id, "file_name": media.frame_name(f), "width": w, "height": h,
-                       "frame": f})
+        fname = f"frame_{task_of[f]:06d}" if task_names else media.frame_name(f)
+        images.append({"id": image_id, "file_name": fname, "width": w, "height": h, "frame": f})
         for inst, g in geoms:
             box: Box | None
             if g.kind is ShapeType.MASK:

@@ -14,6 +14,15 @@ The layout follows what the CVAT server writes (``cvat/apps/dataset_manager/form
 * every shape we write has ``keyframe="1"``: CVAT drops non-key shapes of a track on import and
   interpolates, which would replace per-frame model output by interpolation.
 
+Shot frame numbers (a store made with ``--frame-numbers names`` or ``--first-frame N``, see
+``MediaInfo.numbering``): the file is written in the numbering of the task
+:func:`dl_utils.cvat.create_task` makes from the store (``MediaInfo.task_frames()``: the numbers less
+N, or 0..n-1 for a names-numbered set, whose task holds just the kept files), so it imports into that
+task. CVAT's XML has no field for the shot numbers, so we record them in an XML comment
+(``<!-- dl_utils frame numbering: {...} -->``, JSON: numbering, first_frame and, for names, the
+frames) that CVAT skips and :func:`import_cvat` reads to restore the store's numbering. A file
+without it (a CVAT server export of such a task) imports with the task's plain numbering.
+
 Object identity survives through ``group_id`` = object id (CVAT keeps groups on import; tracks and
 shapes of one object share it). Files are read with the standard library's expat parser, streamed,
 so big exports parse in bounded memory and every error can name its line; Python's bundled expat
@@ -23,9 +32,11 @@ refuses entity-expansion attacks and never fetches external entities.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import time
+import warnings
 import xml.parsers.expat
 from collections import OrderedDict
 from pathlib import Path
@@ -98,6 +109,12 @@ class _Writer:
         self.gen.characters(text)
         self.gen.endElement(tag)
 
+    def comment(self, text: str) -> None:
+        """An XML comment (XMLGenerator has none; ``ignorableWhitespace`` writes its text raw, after
+        closing any pending start tag). ``text`` must not contain ``--``."""
+        self._nl()
+        self.gen.ignorableWhitespace(f"<!-- {text} -->")
+
     def empty(self, tag: str, attrs: dict[str, str]) -> None:
         self._nl()
         self.gen.startElement(tag, _attrs(attrs))
@@ -142,9 +159,13 @@ def _geometry_attrs(g: Geometry) -> tuple[str, "OrderedDict[str, str]"]:
     )
 
 
-def _meta(media: MediaInfo, labels: list[Label], mode: str) -> "OrderedDict[str, Any]":
+def _meta(media: MediaInfo, labels: list[Label], mode: str,
+          task_of: Mapping[int, int]) -> "OrderedDict[str, Any]":
+    """The ``<meta>`` block; frame range and step in task numbering (``task_of``)."""
     now = time.strftime("%Y-%m-%d %H:%M:%S%z")
-    stop = media.frames[-1]
+    tframes = [task_of[f] for f in media.frames]
+    diffs = {b - a for a, b in zip(tframes, tframes[1:])}
+    step = diffs.pop() if len(diffs) == 1 else media.step
     task: OrderedDict[str, Any] = OrderedDict()
     task["name"] = media.name
     task["size"] = str(len(media.frames))
@@ -154,9 +175,9 @@ def _meta(media: MediaInfo, labels: list[Label], mode: str) -> "OrderedDict[str,
     task["created"] = now
     task["updated"] = now
     task["subset"] = "default"
-    task["start_frame"] = str(media.frames[0])
-    task["stop_frame"] = str(stop)
-    task["frame_filter"] = f"step={media.step}" if media.step > 1 else ""
+    task["start_frame"] = str(tframes[0])
+    task["stop_frame"] = str(tframes[-1])
+    task["frame_filter"] = f"step={step}" if step > 1 else ""
     task["segments"] = [("segment", OrderedDict(id="0", start="0", stop=str(len(media.frames) - 1), url=""))]
     task["owner"] = ""
     task["assignee"] = ""
@@ -189,6 +210,27 @@ def group_ids(objects: list[ObjectInfo]) -> dict[int, int]:
     return {o.id: (o.id if o.id > 0 else top + 1) for o in objects}
 
 
+#: the comment that carries a shot-numbered store's numbering (see the module doc)
+_NUMBERING_TAG = "dl_utils frame numbering:"
+
+
+def task_frame_map(media: MediaInfo) -> dict[int, int]:
+    """Source frame number -> the frame number CVAT gives it in a task made from ``media`` by
+    :func:`dl_utils.cvat.create_task` (``MediaInfo.task_frames()``; the identity for plain
+    numbering). Exporters write these numbers so the file imports into that task."""
+    return dict(zip(media.frames, media.task_frames()))
+
+
+def _numbering_note(media_full: MediaInfo, frames: list[int]) -> str | None:
+    """The comment text recording a shot numbering, or None for plain numbering."""
+    if media_full.plain_numbering:
+        return None
+    note: dict[str, Any] = {"numbering": media_full.numbering, "first_frame": media_full.first_frame}
+    if media_full.numbering == "names":  # task frames are positions: the numbers must be listed
+        note["frames"] = list(frames)
+    return f"{_NUMBERING_TAG} {json.dumps(note, separators=(',', ':'))}"
+
+
 def export_cvat(
     store: StoreReader,
     out: str | os.PathLike[str],
@@ -216,6 +258,8 @@ def export_cvat(
     groups = group_ids(objs)
     h, w = media.height, media.width
     mode = "interpolation" if media_full.frame_names is None else "annotation"
+    task_of = task_frame_map(media_full)
+    note = _numbering_note(media_full, frames)
 
     with atomic_file(out, "w") as stream:  # renamed over out when complete: no half file
         wr = _Writer(stream)
@@ -223,12 +267,14 @@ def export_cvat(
         wr.gen.startElement("annotations", _attrs({}))
         wr.level = 1
         wr.leaf("version", "1.1")
-        wr.tree("meta", _meta(media, labels, mode))
+        if note is not None:
+            wr.comment(note)
+        wr.tree("meta", _meta(media, labels, mode, task_of))
         if video:
-            _write_tracks(wr, store, media, frames, objs, label_of, groups, shape, h, w)
+            _write_tracks(wr, store, media, frames, objs, label_of, groups, shape, h, w, task_of)
         else:
             _write_images(wr, store, media, frames, objs, label_of, groups, shape, h, w,
-                          include_empty)
+                          include_empty, task_of)
         wr.level = 0
         wr._nl()
         wr.gen.endElement("annotations")
@@ -240,7 +286,7 @@ def export_cvat(
 def _write_images(
     wr: _Writer, store: StoreReader, media: MediaInfo, frames: list[int], objs: Sequence[ObjectInfo],
     label_of: dict[int, str], groups: dict[int, int], shape: "ShapeType | str | None", h: int, w: int,
-    include_empty: bool,
+    include_empty: bool, task_of: Mapping[int, int],
 ) -> None:
     for f, insts in iter_store_frames(store, frames, objs, desc="cvat-images"):
         w, h = media.size_of(f)  # CVAT image tasks keep each image's own size
@@ -251,7 +297,9 @@ def _write_images(
                 shapes.append((inst, g))
         if not shapes and not include_empty:
             continue
-        wr.open("image", OrderedDict(id=str(f), name=media.frame_name(f), width=str(w), height=str(h)))
+        # a video's frames are named by the task frame, as CVAT names them (frame_%06d)
+        name = media.frame_name(f) if media.frame_names is not None else f"frame_{task_of[f]:06d}"
+        wr.open("image", OrderedDict(id=str(task_of[f]), name=name, width=str(w), height=str(h)))
         for inst, g in shapes:
             parts = [g] if g.kind is not ShapeType.POLYGON else [
                 Geometry(ShapeType.POLYGON, rings=[r])  # one <polygon> per ring
@@ -271,6 +319,7 @@ def _write_images(
 def _write_tracks(
     wr: _Writer, store: StoreReader, media: MediaInfo, frames: list[int], objs: Sequence[ObjectInfo],
     label_of: dict[int, str], groups: dict[int, int], shape: "ShapeType | str | None", h: int, w: int,
+    task_of: Mapping[int, int],
 ) -> None:
     index = {f: i for i, f in enumerate(frames)}
     n = len(frames)
@@ -307,10 +356,10 @@ def _write_tracks(
             idx = sorted(shapes)
             for pos, i in enumerate(idx):
                 (tag, geo), _ = shapes[i]
-                _track_shape(wr, tag, geo, frames[i], outside=False)
+                _track_shape(wr, tag, geo, task_of[frames[i]], outside=False)
                 last_of_run = pos + 1 == len(idx) or idx[pos + 1] != i + 1
                 if last_of_run and i + 1 < n:  # gone on the next frame: CVAT's outside marker
-                    _track_shape(wr, tag, geo, frames[i + 1], outside=True)
+                    _track_shape(wr, tag, geo, task_of[frames[i + 1]], outside=True)
             wr.close("track")
 
 
@@ -332,6 +381,8 @@ class _Parser:
         self.p.StartElementHandler = self._start
         self.p.EndElementHandler = self._end
         self.p.CharacterDataHandler = self._data
+        self.p.CommentHandler = self._comment
+        self.numbering: tuple[str, int] | None = None  # (our numbering comment's text, its line)
         self.stack: list[str] = []
         self.text: list[str] = []
         self.meta: dict[str, str] = {}
@@ -488,6 +539,11 @@ class _Parser:
             shape = ParsedShape("mask", points, source, keyframe, where=where)
         self.shapes.append((frame, key, label, shape, self.line))
 
+    def _comment(self, text: str) -> None:
+        text = text.strip()
+        if text.startswith(_NUMBERING_TAG) and self.numbering is None:
+            self.numbering = (text[len(_NUMBERING_TAG):].strip(), self.line)
+
     def _data(self, text: str) -> None:
         self.text.append(text)
 
@@ -605,12 +661,65 @@ def _media(p: _Parser, fallback_name: str) -> MediaInfo:
     return media_from_frames(name, width, height, frames, names, own if len(sizes) > 1 else None)
 
 
+def _restore_numbering(p: _Parser, media: MediaInfo) -> MediaInfo:
+    """The store's shot numbering from our numbering comment: the media renumbered and every parsed
+    image and shape moved from its task frame to its source frame. Without the comment ``media`` is
+    returned as it is (task numbering); with a comment that does not fit the file (edited since) a
+    warning says so and the numbering stays the task's, as CVAT's own export of the task would give.
+    """
+    if p.numbering is None:
+        return media
+    text, line = p.numbering
+
+    def plain(why: str) -> MediaInfo:
+        warnings.warn(f"{p.name} line {line}: the dl_utils frame numbering comment {why}; the"
+                      " frames keep the task's numbering (0..n-1 / less the first frame)",
+                      stacklevel=3)
+        return media
+
+    try:
+        note = json.loads(text)
+    except ValueError:
+        return plain("is not JSON")
+    if not isinstance(note, dict):
+        return plain("is not a JSON object")
+    numbering, first = note.get("numbering"), note.get("first_frame", 0)
+    if isinstance(first, bool) or not isinstance(first, int) or first < 0:
+        return plain(f"has first_frame {first!r}, not an integer >= 0")
+    if numbering == "index":
+        src = [t + first for t in media.frames]
+    elif numbering == "names":
+        listed = note.get("frames")
+        if (not isinstance(listed, list) or len(listed) != len(media.frames)
+                or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 0 for f in listed)
+                or any(b <= a for a, b in zip(listed, listed[1:]))):
+            return plain(f"does not list {len(media.frames)} increasing frame numbers (one per task frame)")
+        src, first = list(listed), 0
+    else:
+        return plain(f"has numbering {numbering!r}, not 'index' or 'names'")
+    to_src = dict(zip(media.frames, src))
+    bad = sorted({fr for fr, *_ in p.shapes if fr not in to_src} | (set(p.images) - set(to_src)))
+    if bad:  # reported by the import's own frame check, in task numbering
+        return media
+    p.images = {to_src[f]: v for f, v in p.images.items()}
+    p.shapes = [(to_src[fr], key, label, shape, ln) for fr, key, label, shape, ln in p.shapes]
+    diffs = {b - a for a, b in zip(src, src[1:])}
+    step = diffs.pop() if len(diffs) == 1 else 1
+    return MediaInfo(name=media.name, width=media.width, height=media.height, frames=src,
+                     fps=media.fps, start=src[0], stop=src[-1], step=step,
+                     frame_names=media.frame_names, path=media.path, frame_sizes=media.frame_sizes,
+                     numbering=numbering, first_frame=first)
+
+
 def import_cvat(path: str | os.PathLike[str], store: StoreReaderWriter) -> dict[str, Any]:
-    """Read CVAT for video / for images 1.1 XML into ``store`` (see the module doc for the mapping)."""
+    """Read CVAT for video / for images 1.1 XML into ``store`` (see the module doc for the mapping).
+
+    A file this package wrote from a shot-numbered store gets that numbering back (its comment);
+    any other file keeps the numbers it has (task numbering for a CVAT export)."""
     path = Path(path)
     p = _Parser(path)
     p.parse()
-    media = _media(p, path.stem)
+    media = _restore_numbering(p, _media(p, path.stem))
 
     file_labels: list[Label] = []
     for lb in p.labels:

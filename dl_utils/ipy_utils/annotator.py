@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..drivers.options import DetectorOptions
     from ..interactive import InteractiveEngine
     from ..sam2al import VideoSession
+    from ..sam2al.samurai import SamuraiConfig
     from ..sam3al.image import Exemplar
     from ..store import AnnotationStore
     from ..video_utils import FrameSource
@@ -52,6 +53,11 @@ class Annotator:
     built SAM 3 video model: Detect on a video runs SAM 3's session over it); ``detector_options``
     (backend ``"sam3"``): the video session's score threshold (``box_threshold``) and model label.
     Detect then needs no SAM2 model.
+
+    ``tracker`` (``"sam2"``, default, or ``"samurai"``), ``samurai`` (a
+    :class:`~dl_utils.sam2al.SamuraiConfig` or a dict of its fields) and ``force``: the propagation
+    mode of the video session :meth:`load_model` builds, as ``--tracker``/``--samurai``/``--force``
+    set it for the commands (a store the other tracker made is refused unless ``force``).
     """
 
     def __init__(
@@ -74,10 +80,15 @@ class Annotator:
         alpha: float = 0.45,
         default_label: str | None = None,
         widgets: bool = True,
+        tracker: str = "sam2",
+        samurai: SamuraiConfig | dict[str, object] | None = None,
+        force: bool = False,
     ):
         self.controller = c = AnnotatorController(detector=detector, cvat=cvat, classes=_load_classes(classes),
                                                   default_label=default_label, sam3_video_model=sam3_video_model,
                                                   detector_options=detector_options)
+        #: the propagation mode :meth:`load_model` gives the video session unless it is given one
+        self.tracker, self.samurai, self.force = tracker, samurai, bool(force)
         self.ui = AnnotatorView(c, max_size=max_size, scale=scale, alpha=alpha, widgets=widgets)
         self.input = InputHandler(c, self.ui)
         c.listener = self.ui
@@ -274,11 +285,23 @@ class Annotator:
                                           source_or_session, store))
 
     def load_model(self, model: str | None = None, *, sam_model: object = None, image_size: int | None = None,
-                   device: object = None, checkpoint: str | Path | None = None) -> bool:
+                   device: object = None, checkpoint: str | Path | None = None, tracker: str | None = None,
+                   samurai: SamuraiConfig | dict[str, object] | None = None, force: bool | None = None) -> bool:
         """Build the SAM2 session for the open media (``model``: a registry name; ``checkpoint``: a weights
-        file, a fine-tuned one bringing its base model and size; or a built ``sam_model``)."""
+        file, a fine-tuned one bringing its base model and size; or a built ``sam_model``).
+        ``tracker``/``samurai``/``force``: the propagation mode (default: the constructor's); given
+        here, they also become the default of later loads."""
+        if tracker is not None:
+            self.tracker = tracker
+            if samurai is None and tracker != "samurai":
+                self.samurai = None  # SAMURAI parameters go with the samurai mode only
+        if samurai is not None:
+            self.samurai = samurai
+        if force is not None:
+            self.force = bool(force)
         return bool(self.controller.guard("loading the SAM2 model", self.controller.load_model, model, sam_model,
-                                          image_size, device, checkpoint))
+                                          image_size, device, checkpoint, tracker=self.tracker,
+                                          samurai=self.samurai, force=self.force))
 
     # ------------------------------------------------------------------ objects
     def objects(self) -> list[ObjectInfo]:

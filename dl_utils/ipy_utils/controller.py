@@ -217,11 +217,20 @@ class AnnotatorController:
                     self.clicks.set(obj.id, f, Clicks(points=c.points, box=c.box))
 
     def load_model(self, model: str | None, sam_model: object, image_size: int | None, device: object,
-                   checkpoint: str | Path | None = None) -> bool:
+                   checkpoint: str | Path | None = None, *, tracker: str = "sam2",
+                   samurai: object = None, force: bool = False) -> bool:
+        """Build the SAM2 engine for the open media. On a video the session propagates in ``tracker``
+        mode (``"sam2"`` or ``"samurai"`` with ``samurai``: a :class:`~dl_utils.sam2al.SamuraiConfig`
+        or a dict of its fields; ``force``: continue a store the other tracker made), the
+        ``--tracker``/``--samurai``/``--force`` of the commands, checked by the same
+        :class:`~dl_utils.drivers.options.SamOptions`."""
+        from ..drivers.options import SamOptions
         from ..models import DEFAULT_MODEL, resolve_finetuned
 
         if self.source is None or self.store is None:
             raise InputError("open a video or an image folder first (annotator.open(path))")
+        # the commands' checks (tracker name, SAMURAI parameters) before any model loads
+        modes = SamOptions(tracker=tracker, samurai=cast("dict[str, object] | None", samurai), force=force)
         if sam_model is None:  # a fine-tuned checkpoint names its base model and size (one reader)
             model, image_size = resolve_finetuned(model, checkpoint, image_size)
         if self.source.kind == "video":
@@ -229,9 +238,13 @@ class AnnotatorController:
 
             self.session = VideoSession(self.source, self.store, model=model or DEFAULT_MODEL,
                                         checkpoint=checkpoint if sam_model is None else None,
-                                        sam_model=sam_model, image_size=image_size, device=device)
+                                        sam_model=sam_model, image_size=image_size, device=device,
+                                        **modes.session_kwargs())
             self.engine = VideoClickEngine(self.session)
         else:
+            if modes.tracker != "sam2":  # a silently ignored mode would look like it had an effect
+                raise InputError(f"tracker={modes.tracker!r} is a video propagation mode; {self.source.name} is "
+                                 "an image set, segmented image by image: leave tracker out")
             from ..samal import ImageSegmenter
 
             seg = ImageSegmenter(sam_model if sam_model is not None else (model or DEFAULT_MODEL),
