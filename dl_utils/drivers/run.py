@@ -201,14 +201,9 @@ def stored_tracker(store: AnnotationStore) -> str | None:
     """The tracker whose propagated results ``store`` holds (``"sam2"``/``"samurai"``), None when it
     holds none: the rule :class:`~dl_utils.sam2al.VideoSession` refuses a switch by (its meta
     ``sam2al.tracker``; a store with a propagation run and no record was made by SAM2)."""
-    from ..sam2al.session import TRACKER_META
+    from ..sam2al.session import stored_tracker as rule
 
-    rec = store.get_meta(TRACKER_META)
-    if isinstance(rec, dict) and rec.get("tracker") in ("sam2", "samurai"):
-        return str(rec["tracker"])
-    if any(r["kind"] == "propagate" for r in store.runs()):
-        return "sam2"
-    return None
+    return rule(store)
 
 
 def check_store_tracker(path: str | os.PathLike[str], sam: SamOptions) -> None:

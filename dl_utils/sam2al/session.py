@@ -52,6 +52,19 @@ class _Motion:
     admitted: dict[int, bool] = field(default_factory=dict)
 
 
+def stored_tracker(store: Any) -> str | None:
+    """The tracker (``"sam2"``/``"samurai"``) whose propagated results ``store`` holds, None when it
+    holds none: the one rule a session refuses a switch by and the drivers check before loading
+    models (its meta ``sam2al.tracker``; a store from before tracker modes existed, with a
+    propagation run, was made by SAM2)."""
+    rec = store.get_meta(TRACKER_META)
+    if isinstance(rec, dict) and rec.get("tracker") in ("sam2", "samurai"):
+        return str(rec["tracker"])
+    if any(r["kind"] == "propagate" for r in store.runs()):
+        return "sam2"
+    return None
+
+
 def _as_oid(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 0:
         raise InputError(f"object id {value!r} is not an integer >= 0; use the id of the object to segment")
@@ -176,14 +189,7 @@ class VideoSession:
         return rec
 
     def _stored_tracker(self) -> str | None:
-        """The tracker the store's propagated results were made with (stores from before tracker
-        modes existed, with a propagation run, were made by SAM2)."""
-        rec = self.store.get_meta(TRACKER_META)
-        if isinstance(rec, dict) and rec.get("tracker") in ("sam2", "samurai"):
-            return str(rec["tracker"])
-        if any(r["kind"] == "propagate" for r in self.store.runs()):
-            return "sam2"
-        return None
+        return stored_tracker(self.store)
 
     def _check_tracker(self, force: bool) -> None:
         have = self._stored_tracker()
