@@ -485,3 +485,30 @@ def test_cvat_first_frame_video_maps_by_position(video, tmp_path, cvat_server): 
                 push(st2, conn, task.id)
     finally:
         conn.close()
+
+
+# ============================================================================= the widget
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_the_widget_speaks_shot_numbers(shot, tmp_path):
+    """The annotator on a names-numbered shot: it shows, steps over the gaps by kept frame, writes
+    clicks and propagation under the shot's numbers, and a number in a gap is a message, not a crash."""
+    from dl_utils.ipy_utils import Annotator
+    from dl_utils.sam2al import VideoSession
+    from tests.sam2_fixtures import build_tiny
+
+    session = VideoSession(open_frames(shot, frame_numbers="names"), tmp_path / "w.sqlite",
+                           sam_model=build_tiny(video=True))
+    a = Annotator(session)
+    assert a.controller.frame == 1001
+    a.step(1)
+    assert a.controller.frame == 1002
+    a.step(1)
+    assert a.controller.frame == 1004  # 1003 is a gap in the shot
+    a.show(1003)
+    assert a.controller.frame == 1004 and a.messages[-1][0] == "error" and "frame 1003" in a.messages[-1][1]
+    inst = a.click(20, 20, True)
+    assert inst is not None and a.store.frames() == [1004]
+    assert a.store.read_frame(1004)[0].keyframe
+    assert a.propagate("forward") and a.wait(180), a.messages[-3:]
+    assert a.store.frames() == [1004, 1005, 1006, 1009]
+    assert a.store.media.numbering == "names"
