@@ -343,6 +343,22 @@ def _is_export_folder(folder: Path, own: set[str], own_dir: "re.Pattern[str]") -
     return True
 
 
+def folder_target(out: str | os.PathLike[str], writes: str) -> Path:
+    """The absolute folder a folder export writes into: a symlink to a folder is written through
+    (the user's link stays), anything else that is not a folder is refused in one line (``writes``
+    says what the export writes, for the message), never replaced."""
+    p = Path(out)
+    if p.is_symlink():
+        target = Path(os.path.realpath(p))
+        if not target.is_dir():
+            raise OutputError(f"{p} is a symlink to {target}, which is not a folder; give a folder for --out")
+        p = target
+    p = Path(os.path.abspath(p))
+    if p.exists() and not p.is_dir():
+        raise OutputError(f"{p} is {_what_is(p)}; {writes}, give a folder for --out")
+    return p
+
+
 @contextmanager
 def atomic_folder(
     out: str | os.PathLike[str], *, marker: str, own: set[str], own_dir: "re.Pattern[str]"
@@ -357,15 +373,7 @@ def atomic_folder(
     hold only what such an export writes (``marker`` plus ``own``/``own_dir`` entries): any other
     folder is refused, never replaced. A symlink to a folder is written through.
     """
-    out = Path(out)
-    if out.is_symlink():
-        target = Path(os.path.realpath(out))
-        if not target.is_dir():
-            raise OutputError(f"{out} is a symlink to {target}, which is not a folder; give a folder path")
-        out = target
-    out = Path(os.path.abspath(out))
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} is {_what_is(out)}; this export writes a folder, give a folder path for --out")
+    out = folder_target(out, "this export writes a folder")
     parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

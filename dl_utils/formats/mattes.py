@@ -36,6 +36,7 @@ from ._common import (
     _pid_alive,
     _umask,
     _what_is,
+    folder_target,
     instance_mask,
     iter_store_frames,
     output_error,
@@ -454,15 +455,7 @@ class _Manifest:
 
 def _resolve_out(out: str | os.PathLike[str]) -> Path:
     """The folder to write into: created if missing; a symlink to a folder is written through."""
-    p = Path(out)
-    if p.is_symlink():
-        target = Path(os.path.realpath(p))
-        if not target.is_dir():
-            raise OutputError(f"{p} is a symlink to {target}, which is not a folder; give a folder for --out")
-        p = target
-    p = Path(os.path.abspath(p))
-    if p.exists() and not p.is_dir():
-        raise OutputError(f"{p} is {_what_is(p)}; mattes are written into a folder, give a folder for --out")
+    p = folder_target(out, "mattes are written into a folder")
     try:
         p.mkdir(parents=True, exist_ok=True)
     except FileExistsError:

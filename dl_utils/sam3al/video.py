@@ -278,8 +278,6 @@ class Sam3VideoSession:
                  on_unknown: str = "warn", superclass: bool = False,
                  options: Sam3VideoOptions | None = None, exemplars: Sequence[Exemplar] = (),
                  model_name: str | None = None):
-        import os
-
         from ..dinoal.caption import LabelMapper, parse_caption
         from ..video_utils import FrameSource, open_frames
 
@@ -402,7 +400,7 @@ class Sam3VideoSession:
                 entry["exemplars"] = self._exemplars_json()
             got[self.caption.text] = entry
         else:
-            k, n = self._prompt_idx, len(self._numbers)
+            k = self._prompt_idx
             old = got.get(self.caption.text) if isinstance(got.get(self.caption.text), dict) else None
             fwd = int(old.get("forward_done_through", k - 1)) if old and old.get("start") == k else k - 1
             bwd = int(old.get("backward_done_through", k)) if old and old.get("start") == k else k
