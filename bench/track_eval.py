@@ -27,6 +27,7 @@ precision AUC. Errors are one line (``track_eval: error: ...``) with exit status
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import re
@@ -40,6 +41,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # dl_utils from
 import track_metrics as tm  # noqa: E402
 
 from dl_utils.errors import DlUtilsError, InputError  # noqa: E402
+from dl_utils.formats._common import write_atomic  # noqa: E402
 from dl_utils.store import AnnotationStore  # noqa: E402
 
 GroundTruth = dict[int, "tm.XYWH | None"]
@@ -237,12 +239,15 @@ def plot(rows: Sequence[dict[str, Any]], out: str | Path) -> Path:
     ax.legend(loc="lower left")
     fig.tight_layout()
     out = Path(out)
+    buf = io.BytesIO()
     try:
-        fig.savefig(out, dpi=100)
-    except OSError as e:
-        raise InputError(f"cannot write --plot {out}: {e.strerror or e}") from None
+        fig.savefig(buf, format="png", dpi=100)
     finally:
         plt.close(fig)
+    try:  # written then renamed: a kill or a full disk leaves an earlier plot as it was
+        write_atomic(out, buf.getvalue())
+    except DlUtilsError as e:
+        raise InputError(f"cannot write --plot {out}: {e}") from None
     return out
 
 
