@@ -278,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cvat_arguments(sub)
     _add_classes_commands(sub)
+
+    from .drivers.dataset import add_dataset_arguments
+
+    add_dataset_arguments(sub)
     return p
 
 

@@ -54,6 +54,7 @@ LAYERS = {
     "finetune": "engines",
     "formats": "sinks",
     "cvat": "sinks",
+    "datasets": "sinks",
     "annotate": "drivers",
     "auto_annotation": "drivers",
     "drivers": "drivers",

@@ -265,6 +265,12 @@ def add_cvat_arguments(subparsers: argparse._SubParsersAction[argparse.ArgumentP
                     help="also rewrite instances this store pushed and nobody changed")
     _common(pl)
     pl.set_defaults(func=_scrubbed(cmd_cvat_pull))
+
+    from .cvat_projects import add_project_commands
+    from .cvat_transfer import add_transfer_commands
+
+    add_project_commands(sub)
+    add_transfer_commands(sub)
     return cvat
 
 

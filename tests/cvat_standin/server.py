@@ -1332,6 +1332,9 @@ def _routes() -> list[tuple[str, re.Pattern, Callable, bool]]:
         out += [r("GET", base, ann(annotations_get, kind)), r("PUT", base, ann(annotations_write, kind)),
                 r("PATCH", base, ann(annotations_write, kind)),
                 r("DELETE", base, ann(annotations_delete, kind))]
+    from .transfer import routes as transfer_routes  # dataset export, task backup/restore
+
+    out += transfer_routes(r)
     return out
 
 
