@@ -23,68 +23,99 @@ from typing import Iterable, Mapping
 from .errors import InputError, OutputError
 
 BY = ("group", "item")
+#: The sides of a split, in the order of ``--ratios``.
+SIDES = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
 class Split:
-    """Which groups train and which validate; ``by`` records what a group is ("group" = a video or
-    another unit of several frames, "item" = each image on its own)."""
+    """Which groups train, which validate and which test; ``by`` records what a group is ("group" = a
+    video or another unit of several frames, "item" = each image on its own).
+
+    ``test`` is empty for a two-sided split (every split written before test sides existed loads as
+    one). ``ratios`` are the target shares the split was made for (train, val[, test]); empty for a
+    split made by :func:`split_groups` before ratios were recorded."""
 
     train: tuple[str, ...]
     val: tuple[str, ...]
     seed: int
     val_fraction: float
     by: str  # "group" | "item"
+    test: tuple[str, ...] = ()
+    ratios: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train", tuple(str(g) for g in self.train))
         object.__setattr__(self, "val", tuple(str(g) for g in self.val))
+        object.__setattr__(self, "test", tuple(str(g) for g in self.test))
+        object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))
         if self.by not in BY:
             raise InputError(f"split: by={self.by!r}; use 'group' (whole videos) or 'item' (each image)")
-        both = sorted(set(self.train) & set(self.val))
-        if both:
-            raise InputError(
-                f"split: {len(both)} group(s) on both sides, first {both[0]!r}; a group belongs to train"
-                " or to val, never both: split again with split_groups()"
-            )
+        sides: dict[str, str] = {}
+        for name in SIDES:
+            for g in getattr(self, name):
+                other = sides.setdefault(g, name)
+                if other != name:
+                    raise InputError(
+                        f"split: group {g!r} is on both sides ({other} and {name}); a group belongs to"
+                        " one side only: split again (dl-utils dataset split, or split_groups())"
+                    )
+        # frozen: a plain attribute outside the fields (not compared, not serialised) for O(1) side()
+        object.__setattr__(self, "_sides", sides)
 
     def side(self, group: str) -> str | None:
-        """``"train"``, ``"val"`` or ``None`` for a group the split does not know."""
-        if group in self.val:
-            return "val"
-        if group in self.train:
-            return "train"
-        return None
+        """``"train"``, ``"val"``, ``"test"`` or ``None`` for a group the split does not know."""
+        return self._sides.get(group)  # type: ignore[attr-defined, no-any-return]
+
+    def groups(self, side: str) -> tuple[str, ...]:
+        """The groups of one side by name (``"train"``, ``"val"`` or ``"test"``)."""
+        if side not in SIDES:
+            raise InputError(f"split: side {side!r} is not known; use one of {', '.join(SIDES)}")
+        return getattr(self, side)  # type: ignore[no-any-return]
 
     def to_json(self) -> dict[str, object]:
-        return {
+        d: dict[str, object] = {
             "train": list(self.train),
             "val": list(self.val),
             "seed": self.seed,
             "val_fraction": self.val_fraction,
             "by": self.by,
         }
+        # written only when set, so a two-sided split's record (and a fine-tune run's identity, which
+        # holds it) stays what it was before test sides existed
+        if self.test:
+            d["test"] = list(self.test)
+        if self.ratios:
+            d["ratios"] = list(self.ratios)
+        return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, object]) -> "Split":
         try:
-            train, val = d["train"], d["val"]
-            if not isinstance(train, (list, tuple)) or not isinstance(val, (list, tuple)):
-                raise TypeError("train and val must be lists of group names")
-            seed, frac = d.get("seed", 0), d.get("val_fraction", 0.0)
+            train, val, test = d["train"], d["val"], d.get("test", [])
+            if not all(isinstance(x, (list, tuple)) for x in (train, val, test)):
+                raise TypeError("train, val and test must be lists of group names")
+            seed, frac, ratios = d.get("seed", 0), d.get("val_fraction", 0.0), d.get("ratios", [])
             if not isinstance(seed, int) or not isinstance(frac, (int, float)):
                 raise TypeError("seed must be an integer and val_fraction a number")
+            if not isinstance(ratios, (list, tuple)) or not all(
+                isinstance(r, (int, float)) and not isinstance(r, bool) for r in ratios
+            ):
+                raise TypeError("ratios must be a list of numbers")
             return cls(
-                train=tuple(str(g) for g in train),
-                val=tuple(str(g) for g in val),
+                train=tuple(str(g) for g in train),  # type: ignore[union-attr]
+                val=tuple(str(g) for g in val),  # type: ignore[union-attr]
                 seed=seed,
                 val_fraction=float(frac),
                 by=str(d.get("by", "group")),
+                test=tuple(str(g) for g in test),  # type: ignore[union-attr]
+                ratios=tuple(float(r) for r in ratios),
             )
         except (KeyError, TypeError) as e:
             raise InputError(
                 f"split: not a split record ({type(e).__name__}: {e}); a split is"
-                " {'train': [...], 'val': [...], 'seed': int, 'val_fraction': float, 'by': 'group'|'item'}"
+                " {'train': [...], 'val': [...], 'test': [...] (optional), 'seed': int, 'val_fraction':"
+                " float, 'by': 'group'|'item'}"
             ) from None
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -120,6 +151,16 @@ class Split:
             return cls.from_json(d)
         except InputError as e:
             raise InputError(f"{path}: {e}") from None
+
+
+def group_key(media_path: str | os.PathLike[str], frame_name: str | None = None) -> str:
+    """THE split group of a frame: a video's frames all share its media path (they look alike, so
+    they must stay on one side); an image of an image folder is its own group,
+    ``str(Path(media_path) / frame_name)``. Fine-tuning's samples and the dataset tools both key by
+    this, so a split file made by ``dl-utils dataset split`` selects the same frames in ``finetune``."""
+    if frame_name is None:
+        return str(media_path)
+    return str(Path(media_path) / frame_name)
 
 
 def _rank(group: str, seed: int) -> str:
@@ -166,4 +207,4 @@ def split_groups(
     )
 
 
-__all__ = ["BY", "Split", "split_groups"]
+__all__ = ["BY", "SIDES", "Split", "group_key", "split_groups"]

@@ -65,3 +65,45 @@ def test_json_round_trip_and_atomic_save(tmp_path):
         Split.load(tmp_path / "bad2.json")
     with pytest.raises(InputError, match="missing.json"):
         Split.load(tmp_path / "missing.json")
+
+
+# ------------------------------------------------------------------ test side, group keys (issue 19)
+def test_three_sides_and_old_records_load():
+    s = Split(train=("a", "b"), val=("c",), seed=1, val_fraction=0.1, by="group", test=("d",),
+              ratios=(0.8, 0.1, 0.1))
+    assert [s.side(g) for g in "abcde"] == ["train", "train", "val", "test", None]
+    assert s.groups("test") == ("d",)
+    assert Split.from_json(json.loads(json.dumps(s.to_json()))) == s
+    with pytest.raises(InputError, match="'c' is on both sides \\(val and test\\)"):
+        Split(train=("a",), val=("c",), seed=0, val_fraction=0.5, by="group", test=("c",))
+    # a record written before test sides existed: no "test"/"ratios" keys, and a two-sided split
+    # writes none, so a fine-tune run's identity (which holds the record) is unchanged
+    old = {"train": ["a"], "val": ["b"], "seed": 0, "val_fraction": 0.5, "by": "group"}
+    two = Split.from_json(old)
+    assert two.test == () and two.ratios == () and two.to_json() == old
+
+
+def test_group_key_is_the_frame_group_rule(tmp_path):
+    from pathlib import Path
+
+    from dl_utils.annotations import MediaInfo
+    from dl_utils.datasets.groups import frame_groups
+    from dl_utils.splits import group_key
+    from dl_utils.store import AnnotationStore
+
+    assert group_key("v/clip.mp4") == "v/clip.mp4"
+    assert group_key("shots", "a.png") == str(Path("shots") / "a.png")
+    (tmp_path / "shots").mkdir()
+    video = MediaInfo(name="clip.mp4", width=8, height=6, frames=[0, 1, 2], path="clip.mp4")
+    images = MediaInfo(name="shots", width=8, height=6, frames=[0, 1], frame_names=["a.png", "b.png"],
+                       path=str(tmp_path / "shots"))
+    with AnnotationStore.create(tmp_path / "v.sqlite", video) as st:
+        # the video is not beside the store: the recorded path names the group
+        assert frame_groups(st) == {0: "clip.mp4", 1: "clip.mp4", 2: "clip.mp4"}
+        (tmp_path / "clip.mp4").write_bytes(b"")  # now beside the store: finetune's path
+        assert set(frame_groups(st).values()) == {str(tmp_path / "clip.mp4")}
+        with pytest.raises(InputError, match="is a video; by='item'.*--by group"):
+            frame_groups(st, by="item")
+    with AnnotationStore.create(tmp_path / "i.sqlite", images) as st:
+        want = {0: group_key(tmp_path / "shots", "a.png"), 1: group_key(tmp_path / "shots", "b.png")}
+        assert frame_groups(st) == frame_groups(st, by="item") == want

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..annotations import Instance, Instances, MediaInfo, Source
 from ..errors import DlUtilsError, InputError, MaskError, MediaError
+from ..splits import group_key
 from ..store import AnnotationStore
 from ..video_utils import IMAGE_EXTENSIONS, FrameSource, open_frames
 
@@ -191,10 +192,10 @@ def _frame_ref(media: MediaInfo, path: str, frame: int) -> FrameRef:
             fname = media.frame_names[media.task_index(frame)]
         except InputError:
             fname = f"frame {frame}"
-        group = str(Path(path) / fname) if Path(path).is_dir() else path
+        group = group_key(path, fname if Path(path).is_dir() else None)
         return FrameRef(media=path, frame=frame, group=group, name=fname, numbering=media.numbering,
                         first_frame=media.first_frame)
-    return FrameRef(media=path, frame=frame, group=path, name=f"{Path(path).name} frame {frame}",
+    return FrameRef(media=path, frame=frame, group=group_key(path), name=f"{Path(path).name} frame {frame}",
                     numbering=media.numbering, first_frame=media.first_frame)
 
 
@@ -315,7 +316,7 @@ def from_folder_pair(root: str | os.PathLike[str], *, label: str | None = None) 
         from ..video_utils.sources import image_size
 
         w, h = image_size(img_path)
-        ref = FrameRef(media=str(img_path), frame=0, group=str(img_path), name=img_path.name)
+        ref = FrameRef(media=str(img_path), frame=0, group=group_key(img_path), name=img_path.name)
         for k, mp in sorted(owned[stem]):
             mask = _read_mask(mp)
             if mask.shape != (h, w):

@@ -457,20 +457,23 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- the entry point
 def _split_for(dataset: MaskDataset, split: Split | None, options: TrainOptions) -> tuple[Split, MaskDataset, MaskDataset]:
-    """The split (made here, seeded, unless given) and its two sides, each refused when empty."""
+    """The split (made here, seeded, unless given) and its train and val sides, each refused when
+    empty. A given split's test side is held out: its groups are known (not refused as strangers)
+    but neither train nor validate, so the test score made later stays unseen."""
     if split is None:
         split = split_groups(dataset.groups(), val_fraction=options.val_fraction, seed=options.seed, by=dataset.by)
-    unknown = sorted(set(dataset.groups()) - set(split.train) - set(split.val))
+    unknown = sorted(g for g in dataset.groups() if split.side(g) is None)
     if unknown:
-        raise InputError(f"finetune: {len(unknown)} group(s) of the data are in neither side of the given split,"
-                         f" first {unknown[0]!r}; split the data again (leave split out) or add them to it")
+        raise InputError(f"finetune: {len(unknown)} group(s) of the data are in neither side of the given split"
+                         f" (train, val or test), first {unknown[0]!r}; split the data again (leave split out)"
+                         " or add them to it")
     train, val = dataset.subset(split.train), dataset.subset(split.val)
     for side, part, what in (("train", train, "training"), ("val", val, "validation")):
         if len(part) == 0:
             raise InputError(
                 f"finetune: the {side} side of the split holds no mask ({len(split.train)} train /"
-                f" {len(split.val)} val groups); {what} needs masks: annotate more videos or images, or"
-                " change val_fraction (--val-fraction)")
+                f" {len(split.val)} val / {len(split.test)} test groups); {what} needs masks: annotate"
+                " more videos or images, or change val_fraction (--val-fraction) or the split's ratios")
     return split, train, val
 
 
