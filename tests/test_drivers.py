@@ -45,13 +45,14 @@ BEFORE = {
         'source': ('source', None, 'None', None, True, '_StoreAction'),
         '--frame-numbers': ('frame_numbers', 'index', 'None', ('index', 'names'), False, '_StoreAction'),
         '--first-frame': ('first_frame', 0, 'int', None, False, '_StoreAction'),
-        '--text': ('text', None, 'None', None, True, '_StoreAction'),
+        '--text': ('text', None, 'None', None, False, '_StoreAction'),  # optional with --backend onnx (issue 19)
         '--out': ('out', None, 'None', None, True, '_StoreAction'),
         '--every': ('every', None, 'int', None, False, '_StoreAction'),
-        '--backend': ('backend', 'groundingdino', 'None', ('groundingdino', 'transformers', 'sam3'), False,
-                      '_StoreAction'),  # sam3: issue 17
+        '--backend': ('backend', 'groundingdino', 'None', ('groundingdino', 'transformers', 'sam3', 'onnx'), False,
+                      '_StoreAction'),  # sam3: issue 17; onnx: issue 19
         '--model': ('model', None, 'None', None, False, '_StoreAction'),
         '--box-threshold': ('box_threshold', 0.35, 'float', None, False, '_StoreAction'),
+        '--nms-iou': ('nms_iou', 0.7, 'float', None, False, '_StoreAction'),  # issue 19
         '--text-threshold': ('text_threshold', 0.25, 'float', None, False, '_StoreAction'),
         '--segment': ('segment', False, 'None', None, False, '_StoreTrueAction'),
         '--classes': ('classes', None, 'None', None, False, '_StoreAction'),
@@ -80,10 +81,11 @@ BEFORE = {
         '--cvat-shape': ('cvat_shape', 'mask', 'None', ('mask', 'polygon', 'box'), False, '_StoreAction'),
         '--direction': ('direction', 'both', 'None', ('forward', 'backward', 'both'), False, '_StoreAction'),
         '--every': ('every', None, 'int', None, False, '_StoreAction'),
-        '--backend': ('backend', 'groundingdino', 'None', ('groundingdino', 'transformers', 'sam3'), False,
-                      '_StoreAction'),  # sam3: issue 17
+        '--backend': ('backend', 'groundingdino', 'None', ('groundingdino', 'transformers', 'sam3', 'onnx'), False,
+                      '_StoreAction'),  # sam3: issue 17; onnx: issue 19
         '--model': ('model', None, 'None', None, False, '_StoreAction'),
         '--box-threshold': ('box_threshold', 0.35, 'float', None, False, '_StoreAction'),
+        '--nms-iou': ('nms_iou', 0.7, 'float', None, False, '_StoreAction'),  # issue 19
         '--text-threshold': ('text_threshold', 0.25, 'float', None, False, '_StoreAction'),
         '--classes': ('classes', None, 'None', None, False, '_StoreAction'),
         '--text-encoder': ('text_encoder', None, 'None', None, False, '_StoreAction'),

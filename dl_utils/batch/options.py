@@ -38,6 +38,7 @@ class BatchOptions:
         # the threshold's type too: an untyped default means SAM 3's own threshold, the same value typed does not
         return repr((d.backend, str(d.model), str(d.text_encoder), d.device, d.box_threshold,
                      type(d.box_threshold).__name__, d.text_threshold, d.detector_size, str(d.classes), str(d.bpe),
+                     d.nms_iou,
                      s.model_name, str(s.checkpoint), s.image_size, s.device))
 
 

@@ -1,7 +1,9 @@
-"""GroundingDINO captions (text) → labelled boxes (two backends) → SAM2 masks → annotation store.
+"""GroundingDINO captions (text) → labelled boxes (two backends, or your own ONNX YOLO detector) →
+SAM2 masks → annotation store.
 
-Import what you need from here; torch, groundingdino and transformers are imported only when a
-backend is built or boxes are suppressed, so this package imports without the model extras.
+Import what you need from here; torch, groundingdino, transformers and onnxruntime are imported only
+when a backend is built or boxes are suppressed, so this package imports without the model extras
+(the ONNX detector needs onnxruntime alone, not torch).
 See docs/dinoal.md; the ``dl-utils detect`` driver is :mod:`dl_utils.drivers.detect`.
 """
 
@@ -36,6 +38,7 @@ from .detections import (
     tile_grid,
 )
 from .detector import BACKENDS, Detector, GroundedDetector, load_detector
+from .onnx_yolo import OnnxDetections, OnnxYoloDetector
 from .pipeline import (
     add_detection_objects,
     detect_frames,
@@ -56,6 +59,8 @@ __all__ = [
     "GroundedDetector",
     "GroundingDinoBackend",
     "LabelMapper",
+    "OnnxDetections",
+    "OnnxYoloDetector",
     "PhraseLabel",
     "Prompt",
     "TransformersBackend",

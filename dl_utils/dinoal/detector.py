@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -36,10 +36,15 @@ from .detections import (
 )
 from .caption import Caption, LabelMapper, parse_caption
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .onnx_yolo import OnnxYoloDetector
+
 #: the text engines of the drivers' ``--backend``: the first two give boxes (SAM2 makes masks and tracks);
 #: ``sam3`` is SAM 3, which detects, segments and tracks alone (built by
-#: :meth:`dl_utils.drivers.options.DetectorOptions.build`, not by :func:`load_detector`)
-BACKENDS = ("groundingdino", "transformers", "sam3")
+#: :meth:`dl_utils.drivers.options.DetectorOptions.build`, not by :func:`load_detector`); ``onnx`` is
+#: your own closed-set detector, an Ultralytics YOLO ONNX export
+#: (:class:`~dl_utils.dinoal.onnx_yolo.OnnxYoloDetector`; boxes, SAM2 masks as with GroundingDINO)
+BACKENDS = ("groundingdino", "transformers", "sam3", "onnx")
 
 
 @runtime_checkable
@@ -219,14 +224,27 @@ def load_detector(
     download: bool = False,
     image_size: int | None = None,
     **options: Any,
-) -> GroundedDetector:
-    """Build a :class:`GroundedDetector` on the named backend.
+) -> GroundedDetector | OnnxYoloDetector:
+    """Build a :class:`GroundedDetector` on the named backend (``onnx``: an
+    :class:`~dl_utils.dinoal.onnx_yolo.OnnxYoloDetector`).
 
     ``model``: for ``groundingdino`` a ``.pth`` file, registry name or URL; for ``transformers`` a
-    ``save_pretrained`` folder, registry name or Hugging Face id. ``image_size`` (groundingdino
-    only) is the shorter side the image is resized to (upstream: 800). ``options`` go to
-    :class:`GroundedDetector` (classes, thresholds, NMS, tiling...).
+    ``save_pretrained`` folder, registry name or Hugging Face id; for ``onnx`` the ``.onnx`` file.
+    ``image_size`` (groundingdino only) is the shorter side the image is resized to (upstream: 800).
+    ``options`` go to :class:`GroundedDetector` (classes, thresholds, NMS, tiling...) or, for
+    ``onnx``, to :class:`~dl_utils.dinoal.onnx_yolo.OnnxYoloDetector` (classes, box_threshold,
+    nms_iou, max_detections, threads, batch_size).
     """
+    if backend == "onnx":
+        from .onnx_yolo import OnnxYoloDetector
+
+        for name, v in (("text_encoder", text_encoder), ("image_size", image_size)):
+            if v is not None:
+                raise InputError(f"{name} applies to the groundingdino backend; an ONNX export runs at its own "
+                                 "input size, with no text encoder")
+        if model is None:
+            raise InputError("--backend onnx needs --model FILE.onnx (an Ultralytics YOLO detection export)")
+        return OnnxYoloDetector(model, device=device, **options)
     if backend == "groundingdino":
         kw: dict[str, Any] = {} if image_size is None else {"image_size": int(image_size),
                                                              "max_size": max(1333, int(image_size))}

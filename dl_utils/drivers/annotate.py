@@ -52,7 +52,8 @@ def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``dl-utils annotate`` options (torch-free: only the option lists)."""
     parser.add_argument("source", help="video file, image folder, glob or pattern")
     parser.add_argument("--out", required=True, help="annotation store (.sqlite); resumed when it exists")
-    parser.add_argument("--text", default=None, help='objects to find, e.g. "car. person. traffic light"')
+    parser.add_argument("--text", default=None, help='objects to find, e.g. "car. person. traffic light" '
+                                                     "(--backend onnx: the model's classes to keep; default all)")
     parser.add_argument("--points", default=None, help="PROMPTS.json with clicks/boxes (see dl-utils segment)")
     parser.add_argument("--cvat-task", type=int, default=None, dest="cvat_task",
                         help="push the result to this CVAT task (credentials from CVAT_* variables)")
@@ -99,6 +100,7 @@ def run_annotate(
     tracker: str = _S.tracker,
     samurai: SamuraiConfig | dict[str, Any] | None = _S.samurai,
     force: bool = _S.force,
+    nms_iou: float = _D.nms_iou,
 ) -> dict[str, Any]:
     """Run the steps of the module doc; return a summary (:func:`annotate`, loose arguments).
     Pre-built models (SAM 3's too: ``sam3_model``, ``sam3_video_model``) and a CVAT connection may
@@ -108,7 +110,7 @@ def run_annotate(
         source, out, text=text, points=points, cvat_task=cvat_task, cvat_shape=cvat_shape,
         detector_options=DetectorOptions(backend=backend, model=model, box_threshold=box_threshold,
                                          text_threshold=text_threshold, text_encoder=text_encoder,
-                                         device=device, classes=classes, bpe=bpe),
+                                         device=device, classes=classes, bpe=bpe, nms_iou=nms_iou),
         sam=SamOptions(model=sam_model, checkpoint=sam_checkpoint, image_size=image_size, device=device,
                        direction=direction, tracker=tracker, samurai=samurai, force=force),
         track=TrackOptions(every=every, max_gap=max_gap, max_objects=max_objects),
@@ -152,7 +154,8 @@ def annotate(
     track = track or TrackOptions()
     numbering = numbering or SourceOptions()
     numbering.check()
-    if text is None and points is None:
+    onnx = opts.backend == "onnx"
+    if text is None and points is None and not onnx:
         raise InputError('nothing to annotate: give --text "car. person" and/or --points PROMPTS.json')
     sam.check_direction()
     # everything that can be checked without models is checked before any is loaded
@@ -162,6 +165,10 @@ def annotate(
     caption = parse_caption(text) if text is not None else None
     entries = load_prompts(points) if points is not None else []
     table = opts.class_table()
+    if onnx:  # your own detector: no --text is every class; names are checked before the store is touched
+        if detector is None:
+            detector = opts.build(table)
+        caption = detector.resolve_caption(caption)  # type: ignore[attr-defined]
     if caption is not None:
         check_store_backend(out, opts)
     check_store_tracker(out, sam)  # another tracker's results: refused before any model loads

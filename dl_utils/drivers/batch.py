@@ -77,9 +77,21 @@ def plan(args: argparse.Namespace) -> list[BatchSource]:
         return plan_from_manifest(args.manifest)
     if not args.inputs:
         raise InputError("nothing to annotate: give INPUT (videos, folders, globs) or --manifest FILE")
-    if args.text is None and args.points_dir is None:
+    if args.text is None and args.points_dir is None and getattr(args, "backend", None) != "onnx":
         raise InputError('nothing to annotate: give --text "car. person" and/or --points-dir FOLDER')
     return plan_from_inputs(args.inputs, text=args.text, points_dir=args.points_dir)
+
+
+def with_onnx_text(sources: list[BatchSource], options: DetectorOptions) -> list[BatchSource]:
+    """``--backend onnx`` without ``--text`` (or a manifest row without text): every class of the model.
+
+    Why here, in the parent: the caption is read once from the model's metadata and written into each
+    source, so every worker runs the same caption and a store's ledger (which compares captions)
+    says "done" on a re-run."""
+    if options.backend != "onnx" or all(s.text is not None for s in sources):
+        return sources
+    text = options.all_classes_caption(options.class_table())
+    return [s if s.text is not None else dataclasses.replace(s, text=text) for s in sources]
 
 
 def make_executor(args: argparse.Namespace) -> Executor:
@@ -181,6 +193,7 @@ def _run_batch_cli(args: argparse.Namespace) -> int:
     options.sam.check_direction()
     options.detector.check_sam3()  # --text-encoder etc. with --backend sam3: refused before any worker starts
     options.sam.check_backend(options.detector.backend)  # --tracker samurai with sam3: before any worker starts
+    sources = with_onnx_text(sources, options.detector)  # onnx without --text: all its classes, read once here
     executor = make_executor(args)
     if args.verbose:
         print(f"{len(sources)} source(s) -> {args.out} ({args.executor} executor)", file=sys.stderr)

@@ -30,7 +30,9 @@ _D, _S, _T, _N = DetectorOptions(), SamOptions(), TrackOptions(), SourceOptions(
 def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``dl-utils detect`` options (for the CLI to wire with :func:`run_detect_cli`)."""
     parser.add_argument("source", help="image, image folder, glob, pattern or video")
-    parser.add_argument("--text", required=True, help='what to find, e.g. "car. person. traffic light"')
+    parser.add_argument("--text", default=None,
+                        help='what to find, e.g. "car. person. traffic light" (--backend onnx: optional, the '
+                             "model's classes to keep; default all)")
     parser.add_argument("--out", required=True, help="annotation store (.sqlite); added to when it exists")
     parser.add_argument("--segment", action="store_true",
                         help="turn boxes into SAM2 masks (--backend sam3: always masks, SAM 3's own)")
@@ -43,7 +45,7 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
 def run_detect(
     source: SourceSpec,
     out: str | os.PathLike[str],
-    text: str,
+    text: str | None = None,
     *,
     every: int | None = _T.every,
     backend: str = _D.backend,
@@ -73,6 +75,7 @@ def run_detect(
     tracker: str = _S.tracker,
     samurai: SamuraiConfig | dict[str, Any] | None = _S.samurai,
     force: bool = _S.force,
+    nms_iou: float = _D.nms_iou,
 ) -> dict[str, Any]:
     """Detect (and optionally segment) into a store; return a summary (:func:`detect`, loose arguments).
 
@@ -89,7 +92,8 @@ def run_detect(
         source, out, text, segment=segment,
         detector_options=DetectorOptions(backend=backend, model=model, box_threshold=box_threshold,
                                          text_threshold=text_threshold, text_encoder=text_encoder,
-                                         device=device, detector_size=detector_size, classes=classes, bpe=bpe),
+                                         device=device, detector_size=detector_size, classes=classes, bpe=bpe,
+                                         nms_iou=nms_iou),
         sam=SamOptions(model=sam_model, checkpoint=sam_checkpoint, image_size=image_size, device=device,
                        tracker=tracker, samurai=samurai, force=force),
         track=TrackOptions(every=every, max_gap=max_gap, max_objects=max_objects, track=track),
@@ -102,7 +106,7 @@ def run_detect(
 def detect(
     source: SourceSpec,
     out: str | os.PathLike[str],
-    text: str,
+    text: str | None,
     *,
     segment: bool = False,
     detector_options: DetectorOptions | None = None,
@@ -118,7 +122,8 @@ def detect(
 ) -> dict[str, Any]:
     """:func:`run_detect` with the options objects (``numbering``: ``--frame-numbers``/``--first-frame``). Everything that can fail without the store (counts,
     the caption, the class table, the models, another backend recorded in an existing store) fails
-    before the store is created or changed."""
+    before the store is created or changed. ``text=None`` with ``backend="onnx"``: every class of the
+    model (its caption is what the store records)."""
     from ..dinoal.pipeline import ensure_labels
     from ..dinoal.caption import parse_caption
     from ..store import AnnotationStore
@@ -134,7 +139,9 @@ def detect(
     sam.check_backend(opts.backend)  # --tracker samurai is SAM2's: refused with SAM 3
     sam3 = opts.backend == "sam3"
     segment = segment or sam3  # SAM 3 segments as it detects
-    caption = parse_caption(text)  # an empty caption fails before any model is loaded
+    onnx = opts.backend == "onnx"
+    # an empty caption fails before any model is loaded (onnx: no text is every class of the model)
+    caption = parse_caption(text) if text is not None or not onnx else None
     table = opts.class_table()
     check_store_backend(out, opts)
     if segment and not sam3:  # a SAM2 session will track: another tracker's store is refused before loading
@@ -153,6 +160,10 @@ def detect(
         elif detector is None:
             detector = opts.build(table) if not (sam3 and sam3_model is not None) else \
                 opts.sam3_detector(sam3_model, table)
+        if onnx:  # the names of --text checked against the model's classes (or all of them) before the store
+            assert detector is not None
+            caption = detector.resolve_caption(caption)  # type: ignore[attr-defined]
+        assert caption is not None
         if segment and segmenter is None and not tracked and not sam3:
             segmenter = sam.image_segmenter()
         t0 = time.perf_counter()

@@ -86,7 +86,9 @@ def _values(cls: type, args: argparse.Namespace, names: dict[str, str] | None = 
 # ----------------------------------------------------------------------------- detector
 @dataclass
 class DetectorOptions:
-    """GroundingDINO: which weights, where they run, and what counts as a detection."""
+    """The text step's detector: which engine and weights, where they run, and what counts as a
+    detection. ``backend="onnx"``: your own YOLO export (``model`` the ``.onnx`` file; ``nms_iou`` its
+    NMS; an untyped ``box_threshold`` means Ultralytics' 0.25)."""
 
     backend: str = "groundingdino"
     model: PathLike | None = None
@@ -97,12 +99,15 @@ class DetectorOptions:
     detector_size: int | None = None
     classes: PathLike | ClassTable | None = None
     bpe: PathLike | None = None
+    nms_iou: float = _detector_default("nms_iou")
 
     _HELP = {
         "model": {
             "detect": "groundingdino: .pth file, registry name or URL; transformers: save_pretrained folder, "
-                      "registry name or Hugging Face id; sam3: sam3.pt file or registry name (default sam3)",
-            "annotate": "detector weights: file, folder, registry name or hub id (sam3: sam3.pt or sam3)",
+                      "registry name or Hugging Face id; sam3: sam3.pt file or registry name (default sam3); "
+                      "onnx: the .onnx file of an Ultralytics YOLO detection export",
+            "annotate": "detector weights: file, folder, registry name or hub id (sam3: sam3.pt or sam3; "
+                        "onnx: FILE.onnx)",
         },
         "text_encoder": {
             "detect": "groundingdino backend: local BERT folder (default: bert-base-uncased in the models folder)",
@@ -121,16 +126,22 @@ class DetectorOptions:
         d = cls()
         parser.add_argument("--backend", choices=BACKENDS, default=d.backend,
                             help="groundingdino or transformers: boxes (SAM2 makes masks and tracks); sam3: "
-                                 "SAM 3 alone detects, segments and tracks (default groundingdino)")
+                                 "SAM 3 alone detects, segments and tracks; onnx: your own YOLO export "
+                                 "(--model FILE.onnx; --text optional) (default groundingdino)")
         parser.add_argument("--model", default=d.model, help=cls._HELP["model"][command])
         parser.add_argument("--box-threshold", type=float, default=d.box_threshold, dest="box_threshold",
                             help=f"lowest box score kept (default {float(d.box_threshold)}); sam3: SAM 3's "
-                                 "score threshold (default: SAM 3's own, 0.5)")
+                                 "score threshold (default: SAM 3's own, 0.5); onnx: the class score "
+                                 "(default Ultralytics' 0.25)")
+        parser.add_argument("--nms-iou", type=float, default=d.nms_iou, dest="nms_iou",
+                            help=f"IoU above which a lower-scoring box of the same class is dropped (default "
+                                 f"{d.nms_iou}); not used by sam3")
         parser.add_argument("--text-threshold", type=float, default=d.text_threshold, dest="text_threshold",
                             help=f"GroundingDINO token threshold of a box's phrase (default {d.text_threshold}); "
                                  "not used by sam3")
         parser.add_argument("--classes", default=d.classes,
-                            help="class table (.csv/.xlsx) the labels must come from")
+                            help="class table (.csv/.xlsx) the labels must come from (onnx: the model's classes "
+                                 "in order when its metadata has no names)")
         parser.add_argument("--text-encoder", default=d.text_encoder, dest="text_encoder",
                             help=cls._HELP["text_encoder"][command])
         parser.add_argument("--bpe", default=d.bpe, metavar="FILE",
@@ -165,9 +176,50 @@ class DetectorOptions:
 
         if self.backend == "sam3":
             return self.sam3_detector(self.build_sam3("image"), table)
+        if self.backend == "onnx":
+            self.check_onnx()
+            return load_detector("onnx", self.model, device=self.device, classes=table,
+                                 box_threshold=self.onnx_score_threshold(), nms_iou=self.nms_iou,
+                                 name=self.model_label)
         return load_detector(self.backend, self.model, text_encoder=self.text_encoder, device=self.device,
                              classes=table, box_threshold=self.box_threshold,
-                             text_threshold=self.text_threshold, image_size=self.detector_size)
+                             text_threshold=self.text_threshold, image_size=self.detector_size,
+                             nms_iou=self.nms_iou)
+
+    # ------------------------------------------------------------------ ONNX
+    def onnx_score_threshold(self) -> float:
+        """``box_threshold`` for the onnx backend: Ultralytics' 0.25 unless the user set it."""
+        from ..dinoal.onnx_yolo import DEFAULT_SCORE
+
+        return DEFAULT_SCORE if isinstance(self.box_threshold, EngineDefault) else float(self.box_threshold)
+
+    def check_onnx(self) -> None:
+        """Refuse, before anything is opened, what ``--backend onnx`` cannot use: no ``--model``, the
+        GroundingDINO/SAM 3-only options (silently ignored they would look like they had an effect)."""
+        if self.backend != "onnx":
+            return
+        if self.model is None:
+            raise InputError("--backend onnx needs --model FILE.onnx (an Ultralytics YOLO detection export: "
+                             "yolo export model=best.pt format=onnx)")
+        for flag, v in (("--text-encoder", self.text_encoder), ("--detector-size", self.detector_size),
+                        ("--bpe", self.bpe)):
+            if v is not None:
+                raise InputError(f"{flag} does not apply to --backend onnx (the export has its own input size and "
+                                 "no text encoder); drop it")
+        t = self.onnx_score_threshold()
+        if not 0.0 <= t < 1.0:
+            raise InputError(f"--box-threshold {t}: use a score in [0, 1)")
+        if not 0.0 < float(self.nms_iou) <= 1.0:
+            raise InputError(f"--nms-iou {self.nms_iou}: use an IoU in (0, 1]")
+
+    def all_classes_caption(self, table: ClassTable | None = None) -> str:
+        """The caption of every class of the ``--model`` export (onnx backend, ``--text`` left out):
+        read from its metadata (or ``table``) on the CPU. ``batch`` gives it to every source, so the
+        workers' ledgers and the stores record one caption."""
+        from ..dinoal.onnx_yolo import OnnxYoloDetector
+
+        self.check_onnx()
+        return OnnxYoloDetector(os.fspath(self.model), classes=table, device="cpu", threads=1).resolve_caption(None).text
 
     # ------------------------------------------------------------------ SAM 3
     @property
@@ -184,7 +236,11 @@ class DetectorOptions:
 
     def check_sam3(self) -> None:
         """Refuse the GroundingDINO-only options with ``--backend sam3`` (before any file is read):
-        a silently ignored ``--text-encoder`` or ``--detector-size`` would look like it had an effect."""
+        a silently ignored ``--text-encoder`` or ``--detector-size`` would look like it had an effect.
+        With ``--backend onnx`` it runs :meth:`check_onnx` (every driver calls this one check)."""
+        if self.backend == "onnx":
+            self.check_onnx()
+            return
         if self.backend != "sam3":
             if self.bpe is not None:
                 raise InputError(f"--bpe is the sam3 backend's tokenizer vocabulary; the {self.backend} backend "
@@ -199,6 +255,9 @@ class DetectorOptions:
         t = self.sam3_score_threshold()
         if t is not None and not 0.0 <= t < 1.0:
             raise InputError(f"--box-threshold {t}: SAM 3's score threshold is a probability in [0, 1)")
+        if float(self.nms_iou) != float(_detector_default("nms_iou")):
+            raise InputError(f"--nms-iou {self.nms_iou} does not apply to --backend sam3 (SAM 3 keeps or drops its "
+                             "own masks); drop it")
 
     def build_sam3(self, kind: str = "image") -> Any:
         """The released SAM 3 ``"image"`` (single images) or ``"video"`` (tracking) model on ``device``.
