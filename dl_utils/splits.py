@@ -15,10 +15,13 @@ import hashlib
 import json
 import math
 import os
+import stat
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
 
 from .errors import InputError, OutputError
 
@@ -126,6 +129,7 @@ class Split:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             try:
+                os.fchmod(fd, _file_mode(path))  # mkstemp makes 0600: a split is shared like any file
                 with os.fdopen(fd, "w", encoding="utf-8") as f:
                     f.write(text)
                 os.replace(tmp, path)
@@ -153,6 +157,16 @@ class Split:
             raise InputError(f"{path}: {e}") from None
 
 
+def _file_mode(path: Path) -> int:
+    """The mode a rewritten file keeps (the old file's), or a new file's (0666 less the umask)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 def group_key(media_path: str | os.PathLike[str], frame_name: str | None = None) -> str:
     """THE split group of a frame: a video's frames all share its media path (they look alike, so
     they must stay on one side); an image of an image folder is its own group,
@@ -169,13 +183,106 @@ def _rank(group: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}\0{group}".encode("utf-8")).hexdigest()
 
 
+def parse_ratios(text: str | Sequence[float]) -> tuple[float, ...]:
+    """``"0.8,0.1,0.1"`` (train, val, test) or ``"0.8,0.2"`` (train, val) as checked shares: two or
+    three numbers >= 0 summing to 1 (within 1e-6), train and at least one other side above 0."""
+    if isinstance(text, str):
+        parts = [p.strip() for p in text.split(",")]
+        try:
+            ratios = tuple(float(p) for p in parts)
+        except ValueError:
+            raise InputError(
+                f"--ratios {text!r}: not numbers; give train,val[,test] shares such as 0.8,0.1,0.1"
+            ) from None
+        shown = text
+    else:
+        ratios = tuple(float(r) for r in text)
+        shown = ",".join(f"{r:g}" for r in ratios)
+    if len(ratios) not in (2, 3):
+        raise InputError(
+            f"--ratios {shown}: {len(ratios)} value(s); give train,val (0.8,0.2) or train,val,test"
+            " (0.8,0.1,0.1)"
+        )
+    if any(not math.isfinite(r) or r < 0 for r in ratios):
+        raise InputError(f"--ratios {shown}: a share is negative or not finite; each share is >= 0")
+    total = math.fsum(ratios)
+    if abs(total - 1.0) > 1e-6:
+        raise InputError(
+            f"--ratios {shown}: the shares sum to {total:.6g}, not 1; e.g. 0.8,0.1,0.1 or 0.8,0.2"
+        )
+    if ratios[0] <= 0 or sum(1 for r in ratios if r > 0) < 2:
+        raise InputError(
+            f"--ratios {shown}: a split needs a train share above 0 and at least one other side"
+            " (val or test) above 0"
+        )
+    return ratios
+
+
+def _check_count(n: int, ratios: Sequence[float], by: str) -> None:
+    """Refuse when there are fewer distinct groups than sides to fill: whole groups cannot be cut."""
+    sides = sum(1 for r in ratios if r > 0)
+    if n >= sides:
+        return
+    if by == "group":
+        what = "video (group)" if n == 1 else "videos (groups)"
+        hint = "whole videos stay on one side: add more videos, or give fewer sides (e.g. --ratios 0.8,0.2)"
+    else:
+        what = "image" if n == 1 else "images"
+        hint = "add more annotated images"
+    names = [SIDES[i] for i, r in enumerate(ratios) if r > 0]
+    shown = " and ".join(names) if len(names) < 3 else f"{names[0]}, {names[1]} and {names[2]}"
+    raise InputError(f"split: {n} {what} cannot fill {sides} sides ({shown}); {hint}")
+
+
+def _side_counts(n: int, ratios: Sequence[float]) -> list[int]:
+    """Groups per side for ``n`` equal groups: each share rounded (half up), every non-zero side at
+    least one group, train the rest (and at least one)."""
+    counts = [0] * len(ratios)
+    for i in range(1, len(ratios)):
+        if ratios[i] > 0:
+            counts[i] = max(1, int(math.floor(n * ratios[i] + 0.5)))
+    while sum(counts[1:]) > n - 1:  # train keeps one: take from the largest other side
+        i = max(range(1, len(counts)), key=lambda k: (counts[k], -k))
+        counts[i] -= 1
+    counts[0] = n - sum(counts[1:])
+    return counts
+
+
+def _make_split(sides: Sequence[Iterable[str]], ratios: Sequence[float], seed: int, by: str) -> Split:
+    parts = [tuple(sorted(g)) for g in sides]
+    return Split(
+        train=parts[0],
+        val=parts[1],
+        seed=int(seed),
+        val_fraction=float(ratios[1]),
+        by=by,
+        test=parts[2] if len(parts) > 2 else (),
+        ratios=tuple(float(r) for r in ratios) if len(ratios) > 2 else (),
+    )
+
+
+def _by_rank(unique: Sequence[str], ratios: Sequence[float], seed: int, by: str) -> Split:
+    """Equal groups: the first groups of the seeded hash order fill val, the next test, the rest
+    train. Adding a group moves at most the boundary groups, and input order never matters."""
+    counts = _side_counts(len(unique), ratios)
+    ordered = sorted(unique, key=lambda g: _rank(g, seed))
+    val = ordered[: counts[1]]
+    test = ordered[counts[1] : counts[1] + (counts[2] if len(counts) > 2 else 0)]
+    taken = set(val) | set(test)
+    sides: list[list[str]] = [[g for g in unique if g not in taken], val]
+    if len(ratios) > 2:
+        sides.append(test)
+    return _make_split(sides, ratios, seed, by)
+
+
 def split_groups(
     groups: Iterable[str], *, val_fraction: float = 0.2, seed: int = 0, by: str = "group"
 ) -> Split:
     """Split the distinct ``groups`` into train and val, whole groups on one side.
 
     ``round(n * val_fraction)`` groups (at least one, at most ``n - 1``) go to val: those first in
-    the seeded hash order. Refuses (``InputError``) when either side would be empty.
+    the seeded hash order. Refuses (``InputError``) when either side would be empty. This is
+    :func:`stratified_split` for groups that carry no class counts (every group weighs the same).
     """
     if by not in BY:
         raise InputError(f"split: by={by!r}; use 'group' (whole videos) or 'item' (each image)")
@@ -183,28 +290,302 @@ def split_groups(
         raise InputError(
             f"split: val_fraction={val_fraction!r}; give a fraction between 0 and 1 (e.g. 0.2)"
         )
-    unique = sorted({str(g) for g in groups})
-    what = "videos (groups)" if by == "group" else "images"
-    if len(unique) < 2:
-        hint = (
-            "split by image instead (by='item'), or add more videos"
-            if by == "group"
-            else "add more annotated images"
-        )
-        raise InputError(
-            f"split: {len(unique)} {what} cannot give both a training and a validation side (whole"
-            f" {what} stay on one side); {hint}"
-        )
-    n_val = min(max(1, int(math.floor(len(unique) * float(val_fraction) + 0.5))), len(unique) - 1)
-    ordered = sorted(unique, key=lambda g: _rank(g, seed))
-    val = set(ordered[:n_val])
-    return Split(
-        train=tuple(g for g in unique if g not in val),
-        val=tuple(g for g in unique if g in val),
-        seed=int(seed),
-        val_fraction=float(val_fraction),
-        by=by,
-    )
+    f = float(val_fraction)
+    return stratified_split({str(g): GroupCounts() for g in groups}, SplitOptions((1.0 - f, f), seed, by)).split
 
 
-__all__ = ["BY", "SIDES", "Split", "group_key", "split_groups"]
+# ----------------------------------------------------------------------------- stratified splits
+@dataclass(frozen=True)
+class GroupCounts:
+    """What one group holds: its frames (images) and its instances per class."""
+
+    frames: int = 1
+    instances: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    """How to split: target shares (train, val[, test]; :func:`parse_ratios`), the seed, what a
+    group is, and how far (absolute share) a class's share on a side may be from its target."""
+
+    ratios: tuple[float, ...] = (0.8, 0.2)
+    seed: int = 0
+    by: str = "group"
+    tolerance: float = 0.05
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ratios", parse_ratios(tuple(self.ratios)))
+        if self.by not in BY:
+            raise InputError(f"split: by={self.by!r}; use 'group' (whole videos) or 'item' (each image)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise InputError(f"split: seed={self.seed!r}; give a whole number")
+        if not (isinstance(self.tolerance, (int, float)) and 0.0 <= float(self.tolerance) < 1.0):
+            raise InputError(f"--tolerance {self.tolerance!r}: give a share between 0 and 1, e.g. 0.05")
+
+
+@dataclass(frozen=True)
+class ClassShare:
+    """One class's instances on each side of a split, against the target."""
+
+    name: str
+    instances: int
+    groups: int  # how many groups hold the class
+    counts: tuple[int, ...]  # instances per side
+    shares: tuple[float, ...]  # counts / instances per side
+    within: bool  # every side within tolerance of its target
+    why: str | None = None  # why it misses (None when within)
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "instances": self.instances, "groups": self.groups,
+                "counts": list(self.counts), "shares": [round(s, 6) for s in self.shares],
+                "within": self.within, "why": self.why}
+
+
+@dataclass(frozen=True)
+class SplitReport:
+    """The split and how well it met its targets: per-class shares, frames and groups per side."""
+
+    split: Split
+    ratios: tuple[float, ...]
+    tolerance: float
+    classes: tuple[ClassShare, ...]
+    frames: tuple[int, ...]  # frames (images) per side
+    groups: tuple[int, ...]  # groups per side
+
+    @property
+    def sides(self) -> tuple[str, ...]:
+        return SIDES[: len(self.ratios)]
+
+    def misses(self) -> list[ClassShare]:
+        """The classes with a side outside the tolerance (each with its reason)."""
+        return [c for c in self.classes if not c.within]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "sides": list(self.sides),
+            "ratios": list(self.ratios),
+            "tolerance": self.tolerance,
+            "seed": self.split.seed,
+            "by": self.split.by,
+            "groups": list(self.groups),
+            "frames": list(self.frames),
+            "classes": [c.to_json() for c in self.classes],
+            "missed": [c.name for c in self.misses()],
+        }
+
+    def table(self) -> str:
+        """Per-class achieved shares, one row per class, then the frames and groups rows."""
+        sides = self.sides
+        width = max([len("frames")] + [len(c.name) for c in self.classes])
+        head = f"{'class':<{width}}  {'instances':>9}  {'groups':>6}  " + "  ".join(
+            f"{s + ' ' + format(r, '.0%'):>12}" for s, r in zip(sides, self.ratios)
+        )
+        rows = [head, "-" * len(head)]
+        for c in self.classes:
+            cells = "  ".join(f"{format(sh, '.1%') + ('' if c.within else ' !'):>12}" for sh in c.shares)
+            rows.append(f"{c.name:<{width}}  {c.instances:>9}  {c.groups:>6}  {cells}")
+        nf = sum(self.frames) or 1
+        rows.append(f"{'frames':<{width}}  {'':>9}  {'':>6}  " + "  ".join(
+            f"{format(f / nf, '.1%') + f' ({f})':>12}" for f in self.frames))
+        rows.append(f"{'groups':<{width}}  {'':>9}  {sum(self.groups):>6}  " + "  ".join(
+            f"{g:>12}" for g in self.groups))
+        misses = self.misses()
+        if misses:
+            rows.append(f"{len(misses)} class(es) miss the tolerance of {self.tolerance:.0%} (marked !):")
+            rows += [f"  {c.name}: {c.why}" for c in misses]
+        elif self.classes:
+            rows.append(f"every class is within {self.tolerance:.0%} of its target share on every side")
+        return "\n".join(rows)
+
+
+#: Weight of a share outside the tolerance against one inside it (squared distances): the search
+#: first brings classes within tolerance, then centres them.
+_OUTSIDE = 20.0
+
+
+def stratified_split(groups: Mapping[str, GroupCounts], options: SplitOptions) -> SplitReport:
+    """Whole groups to sides so each class's share of instances on each side is near its target.
+
+    Groups that carry no instances at all (or no group carrying any) are placed by the seeded hash
+    order, as :func:`split_groups` does. Otherwise: the groups in seeded hash order, those holding
+    the rarest classes first, each go to the side furthest below its target for the group's rarest
+    class (iterative stratification); then single moves and pairwise swaps that lower the summed
+    squared distance of every class's (and the frames') share to the target, outside-tolerance
+    distances weighing ``_OUTSIDE`` times more, until none does. Deterministic for a seed and
+    independent of input order. Refuses fewer groups than non-zero sides.
+    """
+    ratios, by, seed = options.ratios, options.by, options.seed
+    names = sorted({str(g) for g in groups})
+    counts = {str(g): c for g, c in groups.items()}
+    _check_count(len(names), ratios, by)
+    classes = sorted({c for g in names for c, n in counts[g].instances.items() if n > 0})
+    if not classes:
+        split = _by_rank(names, ratios, seed, by)
+        return _report(split, counts, classes, options)
+    order = sorted(names, key=lambda g: _rank(g, seed))
+    col = {c: j for j, c in enumerate(classes)}
+    n = np.zeros((len(order), len(classes) + 1), dtype=np.float64)  # last column: frames
+    for i, g in enumerate(order):
+        for c, k in counts[g].instances.items():
+            if k > 0:
+                n[i, col[c]] = k
+        n[i, -1] = max(0, int(counts[g].frames))
+    side = _greedy(n, ratios)
+    side = _improve(n, side, ratios, options.tolerance)
+    parts: list[list[str]] = [[] for _ in ratios]
+    for g, s in zip(order, side):
+        parts[int(s)].append(g)
+    return _report(_make_split(parts, ratios, seed, by), counts, classes, options)
+
+
+def _totals(n: np.ndarray) -> np.ndarray:
+    k = n.sum(axis=0)
+    k[k == 0] = 1.0  # a column without weight (no frames counted) never divides by zero
+    return k
+
+
+def _greedy(n: np.ndarray, ratios: Sequence[float]) -> np.ndarray:
+    """Iterative stratification: rarest-class groups first, each to the side most short of it."""
+    r = np.asarray(ratios)
+    k = _totals(n)
+    total = n[:, :-1].sum(axis=0)
+    held = n[:, :-1] > 0
+    # a group's rarest class: the one with the fewest instances in all; groups without classes last
+    rarest = np.where(held, total[None, :], np.inf).argmin(axis=1)
+    rarity = np.where(held.any(axis=1), total[rarest], np.inf)
+    order = sorted(range(len(n)), key=lambda i: (rarity[i], -n[i, rarest[i]] if held[i].any() else 0, i))
+    t = np.zeros((len(r), n.shape[1]))
+    side = np.zeros(len(n), dtype=np.int64)
+    open_sides = r > 0
+    for i in order:
+        j = rarest[i] if held[i].any() else n.shape[1] - 1
+        want = r * k[j] - t[:, j]  # how far each side is below its target for this column
+        frames = r * k[-1] - t[:, -1]
+        cand = [s for s in range(len(r)) if open_sides[s]]
+        s = max(cand, key=lambda s: (round(want[s] / k[j], 12), round(frames[s] / k[-1], 12), -s))
+        side[i] = s
+        t[s] += n[i]
+    return side
+
+
+def _cost_rows(t: np.ndarray, k: np.ndarray, r: float, tol: float) -> np.ndarray:
+    """Cost of side totals ``t`` (rows x columns) against target share ``r``, one value per row."""
+    dev = np.abs(t / k - r)
+    out = np.maximum(dev - tol, 0.0)
+    return (dev * dev + _OUTSIDE * out * out).sum(axis=-1)
+
+
+def _improve(n: np.ndarray, side: np.ndarray, ratios: Sequence[float], tol: float) -> np.ndarray:
+    """Best-improvement local search: the best single move while one lowers the cost, else the best
+    pairwise swap (bounded: at most ``_SWAP_PAIRS`` pairs per pair of sides), until neither does.
+    Non-zero sides keep at least one group; zero sides stay empty."""
+    side = side.copy()
+    r = list(ratios)
+    k = _totals(n)
+    live = [s for s in range(len(r)) if r[s] > 0]
+    t = np.stack([n[side == s].sum(axis=0) for s in range(len(r))])
+    for _ in range(4 * len(n) + 100):
+        base = {s: float(_cost_rows(t[s][None, :], k, r[s], tol)[0]) for s in live}
+        act = _best_move(n, side, t, k, r, tol, live, base) or _best_swap(n, side, t, k, r, tol, live, base)
+        if act is None:
+            break
+        if act[0] == "move":
+            g, b = act[1], act[2]
+            t[side[g]] -= n[g]
+            t[b] += n[g]
+            side[g] = b
+        else:
+            g, h = act[1], act[2]
+            a, b = side[g], side[h]
+            t[a] += n[h] - n[g]
+            t[b] += n[g] - n[h]
+            side[g], side[h] = b, a
+    return side
+
+
+#: An action must lower the cost (squared share distances) by more than this to be taken: smaller
+#: gains are share changes far below a tenth of a percent and would only cost time.
+_GAIN = 1e-9
+#: Candidate swaps evaluated per pair of sides and step (numpy blocks), so a 10,000-image split stays
+#: in seconds; swaps only run once no single move helps.
+_SWAP_PAIRS = 400_000
+
+
+def _best_move(n: np.ndarray, side: np.ndarray, t: np.ndarray, k: np.ndarray, r: list[float], tol: float,
+               live: list[int], base: dict[int, float]) -> tuple[str, int, int] | None:
+    best, act = -_GAIN, None
+    for a in live:
+        on_a = np.flatnonzero(side == a)
+        if len(on_a) <= 1:  # a move keeps every non-zero side non-empty
+            continue
+        ca = _cost_rows(t[a] - n[on_a], k, r[a], tol) - base[a]
+        for b in live:
+            if a == b:
+                continue
+            delta = ca + _cost_rows(t[b] + n[on_a], k, r[b], tol) - base[b]
+            i = int(delta.argmin())
+            if delta[i] < best:
+                best, act = float(delta[i]), ("move", int(on_a[i]), b)
+    return act
+
+
+def _best_swap(n: np.ndarray, side: np.ndarray, t: np.ndarray, k: np.ndarray, r: list[float], tol: float,
+               live: list[int], base: dict[int, float]) -> tuple[str, int, int] | None:
+    best, act = -_GAIN, None
+    for a in live:
+        for b in live:
+            if b <= a:
+                continue
+            on_a, on_b = np.flatnonzero(side == a), np.flatnonzero(side == b)
+            if len(on_a) == 0 or len(on_b) == 0:
+                continue
+            # groups with the same counts swap to no effect: keep one of each distinct row per side
+            on_a = on_a[np.unique(n[on_a], axis=0, return_index=True)[1]]
+            on_b = on_b[np.unique(n[on_b], axis=0, return_index=True)[1]]
+            rows = max(1, _SWAP_PAIRS // len(on_b))
+            for lo in range(0, min(len(on_a), rows), 256):
+                ga = on_a[lo : min(lo + 256, rows)]
+                diff = n[ga][:, None, :] - n[on_b][None, :, :]  # what a gives b
+                delta = (_cost_rows(t[a] - diff, k, r[a], tol) - base[a]
+                         + _cost_rows(t[b] + diff, k, r[b], tol) - base[b])
+                i, j = np.unravel_index(int(delta.argmin()), delta.shape)
+                if delta[i, j] < best:
+                    best, act = float(delta[i, j]), ("swap", int(ga[i]), int(on_b[j]))
+    return act
+
+
+def _report(split: Split, counts: Mapping[str, GroupCounts], classes: Sequence[str],
+            options: SplitOptions) -> SplitReport:
+    ratios, tol = options.ratios, options.tolerance
+    sides = SIDES[: len(ratios)]
+    frames = tuple(sum(max(0, int(counts[g].frames)) for g in split.groups(s)) for s in sides)
+    ngroups = tuple(len(split.groups(s)) for s in sides)
+    live = sum(1 for r in ratios if r > 0)
+    rows = []
+    for c in classes:
+        per = [sum(int(counts[g].instances.get(c, 0)) for g in split.groups(s)) for s in sides]
+        total = sum(per)
+        holders = [int(counts[g].instances.get(c, 0)) for g in counts if counts[g].instances.get(c, 0) > 0]
+        shares = tuple(p / total if total else 0.0 for p in per)
+        within = all(abs(sh - r) <= tol + 1e-9 for sh, r in zip(shares, ratios))
+        why = None
+        if not within:
+            largest = max(holders) / total
+            if len(holders) < live:
+                why = (f"too few groups: {len(holders)} group(s) hold its {total} instance(s), fewer"
+                       f" than the {live} sides; annotate it in more videos/images")
+            elif largest > tol:
+                why = (f"too few groups: {len(holders)} group(s) hold its {total} instance(s) and the"
+                       f" largest holds {largest:.0%}; whole groups move together, so its shares come in"
+                       " steps that large")
+            else:
+                why = (f"{len(holders)} group(s) hold it, but they also hold the other classes and no"
+                       " assignment found keeps every class within tolerance (the closest found)")
+        rows.append(ClassShare(c, total, len(holders), tuple(per), shares, within, why))
+    return SplitReport(split, tuple(ratios), float(tol), tuple(rows), frames, ngroups)
+
+
+__all__ = [
+    "BY", "SIDES", "ClassShare", "GroupCounts", "Split", "SplitOptions", "SplitReport", "group_key",
+    "parse_ratios", "split_groups", "stratified_split",
+]

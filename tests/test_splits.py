@@ -39,7 +39,7 @@ def test_small_sets_keep_both_sides():
 
 
 def test_refusals_say_what_to_do():
-    with pytest.raises(InputError, match="by='item'.*or add more videos"):
+    with pytest.raises(InputError, match="1 video \\(group\\) cannot fill 2 sides.*add more videos"):
         split_groups(["only.mp4"])
     with pytest.raises(InputError, match="add more annotated images"):
         split_groups(["a.png"], by="item")

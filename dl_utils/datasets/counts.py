@@ -1,0 +1,90 @@
+"""Class counts per split group, read from stores, and the stratified split made from them.
+
+A split is decided on counts alone (how many frames each video or image has, how many instances of
+each class it holds), so the stores are read without decoding a single mask (``decode=False``): an
+instance counts when it is not empty, its class is its object's label (what every export writes).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+from tqdm.auto import tqdm
+
+from ..errors import InputError
+from ..splits import GroupCounts, SplitOptions, SplitReport, stratified_split
+from ..store import AnnotationStore
+from .groups import frame_groups
+
+if TYPE_CHECKING:
+    from ..annotations import Instance
+    from ..store import StoreReader
+
+
+def instance_class(labels: dict[int, str], inst: "Instance") -> str:
+    """The class an instance counts under: its object's label (what exports and fine-tuning use),
+    else the label a detector proposed, else ``"object"``."""
+    return labels.get(inst.object_id) or inst.label or "object"
+
+
+def open_stores(paths: Sequence[str | os.PathLike[str]]) -> Iterator["AnnotationStore"]:
+    """Each store read-only, one open at a time (a list of thousands of stores never holds more
+    than one connection). Refuses an empty list and a path that is not a file up front."""
+    if not paths:
+        raise InputError("no annotation stores given: pass one or more .sqlite stores")
+    for p in paths:
+        if not Path(p).is_file():
+            raise InputError(f"annotation store {p} does not exist (or is not a file); check the path")
+    for p in paths:
+        with AnnotationStore.open(p, readonly=True) as store:
+            yield store
+
+
+@dataclass
+class _Group:
+    frames: set[int]
+    instances: Counter[str]
+
+
+def group_counts(
+    paths: Sequence[str | os.PathLike[str]], *, by: str = "group", progress: bool = True
+) -> dict[str, GroupCounts]:
+    """Group -> its distinct frames and instances per class, over all ``paths``. Two stores of the
+    same video (e.g. two teams' classes) add up into one group; its frames count once."""
+    found: dict[str, _Group] = {}
+    for store in open_stores(paths):
+        _count_store(store, by, found, progress)
+    return {g: GroupCounts(len(v.frames), dict(v.instances)) for g, v in found.items()}
+
+
+def _count_store(store: "StoreReader", by: str, found: dict[str, _Group], progress: bool) -> None:
+    groups = frame_groups(store, by)
+    for frame, key in groups.items():
+        found.setdefault(key, _Group(set(), Counter())).frames.add(frame)
+    labels = {o.id: o.label for o in store.objects()}
+    frames = tqdm(store.iter_frames(decode=False), desc=f"count {store.path.name}", disable=None if progress else True,
+                  leave=False)
+    for frame, insts in frames:
+        key = groups.get(frame)
+        if key is None:
+            continue  # an instance on a frame outside the media record: no export writes it either
+        counter = found[key].instances
+        for inst in insts:
+            if not inst.is_empty:
+                counter[instance_class(labels, inst)] += 1
+
+
+def split_stores(
+    paths: Sequence[str | os.PathLike[str]], options: SplitOptions, *, progress: bool = True
+) -> SplitReport:
+    """``dl-utils dataset split``: the stratified split of the stores' groups (see
+    :func:`dl_utils.splits.stratified_split`), with its per-class report."""
+    counts = group_counts(paths, by=options.by, progress=progress)
+    return stratified_split(counts, options)
+
+
+__all__ = ["group_counts", "instance_class", "open_stores", "split_stores"]
