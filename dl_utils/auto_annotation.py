@@ -15,8 +15,11 @@ or from Python with cvat-sdk's own driver::
 Parameters of :func:`create` (``-p name=type:value``): ``text`` (the prompt; its phrases are the
 labels, matched by name to the task's labels), ``classes`` (a class table: labels and synonyms
 from it instead), ``shape`` (``mask``, default, or ``rectangle`` to skip SAM2), ``backend``
-(``groundingdino``, ``transformers``, or ``sam3``: SAM 3 finds the masks itself, no SAM2 is loaded),
-``model`` (detector weights: file, folder, registry name or hub id), ``text_encoder`` (groundingdino
+(``groundingdino``, ``transformers``, ``sam3``: SAM 3 finds the masks itself, no SAM2 is loaded, or
+``onnx``: your own Ultralytics YOLO export, ``model`` its ``.onnx`` file; ``text`` optional, all its
+classes without it, and the labels are its class names or the class table's),
+``model`` (detector weights: file, folder, registry name or hub id), ``nms_iou`` (NMS IoU of the
+groundingdino, transformers and onnx backends), ``text_encoder`` (groundingdino
 backend: a local BERT folder), ``bpe`` (sam3 backend: its tokenizer vocabulary file), ``sam2`` (SAM2 model name), ``sam2_checkpoint`` (a checkpoint file for
 it), ``image_size`` (SAM2 input size override), ``device``, ``box_threshold``, ``text_threshold``,
 ``tracker`` (``sam2``, the default and the only mode here: cvat-sdk hands the function one frame at a
@@ -152,6 +155,7 @@ def create(
     text_threshold: float | None = None,
     bpe: str | None = None,
     tracker: str = "sam2",
+    nms_iou: float | None = None,
 ) -> GroundedSamFunction:
     """Build the function for cvat-cli's ``--function-module`` (see the module doc)."""
     from .drivers.options import DetectorOptions, SamOptions
@@ -161,7 +165,7 @@ def create(
         raise InputError(f"tracker={tracker}: CVAT's auto-annotation gives the function one frame at a time, so "
                          "nothing propagates; use dl-utils annotate --tracker samurai on the video and push "
                          "the store (--cvat-task)")
-    if text is None and classes is None:
+    if text is None and classes is None and backend != "onnx":
         raise InputError('give the objects to find: -p text=str:"car. person" (or -p classes=str:TABLE.xlsx)')
     opts = DetectorOptions(backend=backend, model=model, text_encoder=text_encoder, device=device, classes=classes,
                            bpe=bpe)
@@ -170,10 +174,14 @@ def create(
         opts.box_threshold = float(box_threshold)
     if text_threshold is not None:
         opts.text_threshold = float(text_threshold)
+    if nms_iou is not None:
+        opts.nms_iou = float(nms_iou)
+        opts.check_sam3()
     table = opts.class_table()
     detector = opts.build(table)
     prompt = detector.resolve_prompt(text)
-    labels = _label_names(table, text, prompt.phrases)
+    # onnx: the labels its boxes carry (model or table names), not the phrases as typed
+    labels = detector.labels_for(prompt) if backend == "onnx" else _label_names(table, text, prompt.phrases)
     segmenter: ImageSegmenter | None = None
     sam3 = backend == "sam3"
     if shape == "mask" and not sam3:

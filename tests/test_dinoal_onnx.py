@@ -432,3 +432,50 @@ def test_batch_carries_the_backend_to_the_workers(tmp_path, sam_ckpt, capsys):
     capsys.readouterr()
     assert json.loads((out2 / "summary.jsonl").read_text().splitlines()[0])["status"] == "done"
     assert set(_store_boxes(out2 / "imgs.sqlite")[1].values()) == {"car", "person"}
+
+
+def test_widget_detect_button_with_empty_text_runs_every_class(tmp_path):
+    """The widget's Detect with our detector: empty text is every class; the store records onnx."""
+    pytest.importorskip("ipywidgets")
+    from PIL import Image
+
+    from dl_utils.dinoal import OnnxYoloDetector
+    from dl_utils.ipy_utils import Annotator
+    from tests.sam2_fixtures import build_tiny
+
+    rows = np.array([[[40, 100, 140, 180, 0.875, 1], [180, 120, 260, 220, 0.75, 0]]], np.float32)
+    path = export(tmp_path / "m.onnx", rows, meta=ultra_meta())
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(image(80, 160)).save(folder / "a.png")
+    det = OnnxYoloDetector(path, device="cpu")
+    a = Annotator(folder, tmp_path / "w.sqlite", sam_model=build_tiny(), detector=det)
+    assert a.text_backend == "onnx"
+    a.w_text.value = ""
+    a.w_detect.click()
+    assert a.wait(60) and "detect finished" in a.status, a.status
+    assert sorted(o.label for o in a.objects()) == ["car", "person"]
+    assert a.store.get_meta("text.backend") == {"backend": "onnx", "model": str(path)}
+    a.w_text.value = "bus"
+    a.w_detect.click()
+    assert "'bus'" in a.status and "'traffic light'" in a.status
+
+
+def test_cvat_auto_annotation_function(tmp_path):
+    """dl_utils.auto_annotation.create(backend="onnx"): the model's classes are the labels it declares,
+    and its rectangles are our boxes."""
+    pytest.importorskip("cvat_sdk")
+    from PIL import Image
+
+    from dl_utils.auto_annotation import create
+
+    path, out = export(tmp_path / "y.onnx", yolo_output(), meta=ultra_meta()), yolo_output()
+    fn = create(backend="onnx", model=str(path), shape="rectangle", device="cpu")
+    assert [s.name for s in fn.spec.labels] == NAMES
+    shapes = fn.detect(None, Image.fromarray(image(80, 160)))
+    boxes, _, classes = expected_yolo(out, (80, 160))
+    ids = {s.id: s.name for s in fn.spec.labels}
+    assert sorted((ids[s.label_id], tuple(s.points)) for s in shapes) == \
+        sorted((NAMES[c], tuple(float(v) for v in b)) for b, c in zip(boxes, classes))
+    assert [s.name for s in create(text="car", backend="onnx", model=str(path), shape="rectangle",
+                                   device="cpu").spec.labels] == ["car"]

@@ -43,7 +43,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("dl_utils.ipy_utils")
 
 #: the Detect button's tooltip per text backend: which engine a press runs
-DETECT_TIPS = {"groundingdino": "GroundingDINO boxes -> SAM2 masks", "sam3": "SAM 3: find, segment, track"}
+DETECT_TIPS = {"groundingdino": "GroundingDINO boxes -> SAM2 masks", "sam3": "SAM 3: find, segment, track",
+               "onnx": "your ONNX detector's boxes -> SAM2 masks (empty text: all its classes)"}
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -259,11 +260,14 @@ class AnnotatorController:
     @property
     def text_backend(self) -> str:
         """``"sam3"`` when Detect runs SAM 3 (a SAM 3 detector, a SAM 3 video model, or SAM 3 options),
+        ``"onnx"`` for your own ONNX detector (:class:`~dl_utils.dinoal.onnx_yolo.OnnxYoloDetector`),
         else ``"groundingdino"`` (GroundingDINO boxes, SAM2 masks)."""
         opts = self.detector_options
         if (getattr(self.detector, "engine_name", None) == "sam3" or self.sam3_video_model is not None
                 or (opts is not None and opts.backend == "sam3")):
             return "sam3"
+        if getattr(self.detector, "engine_name", None) == "onnx":
+            return "onnx"
         return opts.backend if opts is not None else "groundingdino"
 
     def detect_tip(self) -> str:

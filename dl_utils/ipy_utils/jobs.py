@@ -179,9 +179,10 @@ class JobRunner:
         With SAM 3 (:meth:`~.controller.AnnotatorController.text_backend`) SAM 3 alone finds, segments
         and tracks: see :meth:`_detect_sam3`."""
         sam3 = self.c.text_backend == "sam3"
+        onnx = self.c.text_backend == "onnx"  # your own detector: empty text is every class it has
         engine = None if sam3 else self.c.need_engine()
         store, source = self.c.need_store(), self.c.source
-        if not text or not str(text).strip():
+        if (not text or not str(text).strip()) and not onnx:
             raise InputError("type what to find (e.g. 'car. person') before pressing detect")
         if sam3:
             assert source is not None  # a store is open, so is its source
@@ -198,10 +199,18 @@ class JobRunner:
             raise InputError("no detector: pass detector= (dl_utils.dinoal.load_detector(...)) to Annotator")
         assert source is not None  # a store is open, so is its source
         from ..dinoal.caption import parse_caption
-        from ..drivers.options import TrackOptions
+        from ..drivers.options import DetectorOptions, TrackOptions
         from ..drivers.run import run_into_store
 
-        caption, detector, table, session = parse_caption(text), self.c.detector, self.c.classes, self.c.session
+        detector, table, session = self.c.detector, self.c.classes, self.c.session
+        options = None
+        if onnx:  # the store records this backend and model (not GroundingDINO's defaults)
+            given = self.c.detector_options
+            options = given if given is not None and given.backend == "onnx" else \
+                DetectorOptions(backend="onnx", model=getattr(detector, "name", None))
+            caption = detector.resolve_caption(str(text).strip() or None)  # type: ignore[attr-defined]
+        else:
+            caption = parse_caption(text)
         video = engine.can_propagate and session is not None
         frame, image = self.c.frame, self.c.image
         if not video and (frame is None or image is None):
@@ -213,6 +222,7 @@ class JobRunner:
 
         def job(emit: Emit, cancelled: threading.Event) -> Any:
             res = run_into_store(source, store, prompt=caption, detector=detector, table=table,
+                                 detector_options=options,
                                  track=TrackOptions(track=video), progress=False, session=session,
                                  callback=lambda f, insts: emit("frame", f), frames=list(shown),
                                  images=shown, segmenter=seg, segment=video or seg is not None)
