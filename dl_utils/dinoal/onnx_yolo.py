@@ -234,7 +234,13 @@ def open_session(path: str | os.PathLike[str], *, device: Any = None, threads: i
     if not p.is_file():
         raise ModelError(f"ONNX model {p} does not exist; give the .onnx file an Ultralytics export wrote "
                          "(yolo export model=best.pt format=onnx)")
-    providers, _ = _providers(device)
+    providers, chosen = _providers(device)
+    if chosen.startswith("cuda") and hasattr(ort, "preload_dlls"):
+        # CUDA/cuDNN from the nvidia-* wheels torch installs (not on the loader's path in a pip setup)
+        try:
+            ort.preload_dlls()
+        except Exception:  # noqa: BLE001  the system's libraries may still serve; the session says if not
+            pass
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = _threads(threads)
