@@ -484,6 +484,25 @@ def _improve(n: np.ndarray, side: np.ndarray, ratios: Sequence[float], tol: floa
     k = _totals(n)
     live = [s for s in range(len(r)) if r[s] > 0]
     t = np.stack([n[side == s].sum(axis=0) for s in range(len(r))])
+    for b in live:  # a non-zero side the greedy pass left empty gets the group that costs least there
+        if (side == b).any():
+            continue
+        base = {s: float(_cost_rows(t[s][None, :], k, r[s], tol)[0]) for s in live}
+        best: tuple[float, int] | None = None
+        for a in live:
+            on_a = np.flatnonzero(side == a)
+            if len(on_a) <= 1:
+                continue
+            delta = (_cost_rows(t[a] - n[on_a], k, r[a], tol) - base[a]
+                     + _cost_rows(t[b] + n[on_a], k, r[b], tol) - base[b])
+            i = int(delta.argmin())
+            if best is None or delta[i] < best[0]:
+                best = (float(delta[i]), int(on_a[i]))
+        assert best is not None  # _check_count: at least as many groups as non-zero sides
+        g = best[1]
+        t[side[g]] -= n[g]
+        t[b] += n[g]
+        side[g] = b
     for _ in range(4 * len(n) + 100):
         base = {s: float(_cost_rows(t[s][None, :], k, r[s], tol)[0]) for s in live}
         act = _best_move(n, side, t, k, r, tol, live, base) or _best_swap(n, side, t, k, r, tol, live, base)
