@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 from . import __version__
 from .errors import DlUtilsError, InputError
 
-EXPORT_FORMATS = ("cvat-video", "cvat-images", "coco", "png-masks", "mattes")
+EXPORT_FORMATS = ("cvat-video", "cvat-images", "coco", "png-masks", "mattes", "yolo-detect", "yolo-seg")
 #: export options that only the mattes format reads (argparse dest -> the option as typed)
 _MATTE_OPTIONS = {"pattern": "--pattern", "combine": "--combine", "bit_depth": "--bit-depth",
                   "dilate": "--dilate", "feather": "--feather", "exr": "--exr",
@@ -58,7 +58,7 @@ def cmd_frames_split(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- import / export / store
 def cmd_import(args: argparse.Namespace) -> int:
-    from .formats import import_file
+    from .formats import import_file, import_yolo
     from .store import staged_store
 
     out = Path(args.out)
@@ -66,20 +66,46 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise InputError(
             f"{out} already exists; pass --append to add to it or --overwrite to replace it"
         )
+    yolo = args.format == "yolo" or (args.format == "auto" and Path(args.file).is_dir())
+    if args.split and not yolo:
+        raise InputError("--split picks a side of a YOLO dataset; it applies to --format yolo only")
+    if yolo and args.append:
+        raise InputError("a YOLO dataset is imported into a new store (its images become the store's"
+                         " media); drop --append")
     # built beside --out and renamed over it when complete: a failed import (bad file, full disk,
     # Ctrl-C) leaves an existing store exactly as it was and creates nothing
     with staged_store(out, keep_existing=bool(args.append and out.exists())) as store:
-        import_file(args.file, store, format=args.format)
+        if yolo:
+            import_yolo(args.file, store, split=args.split)
+        else:
+            import_file(args.file, store, format=args.format)
         s = store.summary()
     print(f"imported {args.file} -> {out}: {s['objects']} objects, {s['instances']} instances"
           f" on {s['frames']} frames")
     return 0
 
 
+#: options of the dataset exports (yolo-detect, yolo-seg, coco with --split): dest -> flag
+_DATASET_OPTIONS = {"split": "--split", "classes": "--classes", "image_format": "--image-format",
+                    "jpeg_quality": "--jpeg-quality", "include_empty": "--include-empty",
+                    "strict": "--strict", "link": "--link"}
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .formats import export_mattes, export_store
     from .store import AnnotationStore
 
+    dataset = args.format in ("yolo-detect", "yolo-seg") or (args.format == "coco" and args.split)
+    if dataset:
+        return _export_dataset(args)
+    given = [flag for dest, flag in _DATASET_OPTIONS.items() if getattr(args, dest) not in (None, False)]
+    if given:
+        raise InputError(f"{', '.join(given)} apply to --format yolo-detect, yolo-seg (and coco with"
+                         f" --split), not {args.format}")
+    if len(args.store) > 1:
+        raise InputError(f"--format {args.format} writes one store ({len(args.store)} given); export them"
+                         " one by one, or use yolo-detect, yolo-seg or coco --split for one dataset")
+    args.store = args.store[0]
     objects: list[int] | None = None
     if args.objects:
         try:
@@ -118,6 +144,56 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"exported {args.store} as mattes -> {s['pattern']} ({s['file_count']} files,"
               f" frames {s['first_frame']}..{s['last_frame']})")
     return 0
+
+
+def _export_dataset(args: argparse.Namespace) -> int:
+    """yolo-detect / yolo-seg (and coco per split): several stores into one training dataset."""
+    from contextlib import ExitStack
+
+    from .classes import ClassTable
+    from .formats import YoloOptions, export_coco_splits, export_yolo
+    from .splits import Split
+    from .store import AnnotationStore
+
+    not_here = {"shape": "--shape", "objects": "--objects", "start": "--start", "stop": "--stop"}
+    not_here.update({k: v for k, v in _MATTE_OPTIONS.items() if k != "json"})
+    given = [flag for dest, flag in not_here.items() if getattr(args, dest) not in (None, False, 0)]
+    if given:
+        raise InputError(f"{', '.join(given)} do not apply to --format {args.format}"
+                         f"{' --split' if args.format == 'coco' else ''}")
+    split = Split.load(args.split) if args.split else None
+    table = ClassTable.load(args.classes) if args.classes else None
+    with ExitStack() as stack:
+        stores = [stack.enter_context(AnnotationStore.open(p, readonly=True)) for p in args.store]
+        if args.format == "coco":
+            if args.image_format or args.strict:
+                raise InputError("--image-format and --strict apply to YOLO exports; COCO --split"
+                                 " copies JPEG images as they are and encodes the rest as jpg")
+            summary = export_coco_splits(stores, args.out, split=split, split_name=args.split,
+                                         classes=table, include_empty=args.include_empty, link=args.link,
+                                         jpeg_quality=95 if args.jpeg_quality is None else args.jpeg_quality,
+                                         ).summary()
+        else:
+            opts = YoloOptions(
+                task="detect" if args.format == "yolo-detect" else "segment", split=split,
+                split_name=args.split or "", classes=table, image_format=args.image_format or "jpg",
+                jpeg_quality=95 if args.jpeg_quality is None else args.jpeg_quality,
+                include_empty=args.include_empty, strict=args.strict, link=args.link,
+            )
+            from .models import cli_warnings
+
+            with cli_warnings(args.debug):
+                summary = export_yolo(stores, args.out, opts).summary()
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    sides = ", ".join(f"{side} {n}" for side, n in summary["images"].items() if n)
+    print(f"exported {len(args.store)} store(s) as {args.format} -> {summary['out']}"
+          f" ({sides or 'no'} images, {sum(summary['instances'].values())} instances,"
+          f" {len(summary['names'])} classes)")
+    for note in summary.get("notes", []):
+        print(f"note: {note}")
+    return 0  # skipped degenerate polygons were a warning line on stderr (export_yolo warns)
 
 
 def cmd_store_info(args: argparse.Namespace) -> int:
@@ -301,10 +377,14 @@ def _add_frames_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def _add_import_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    imp = sub.add_parser("import", help="read CVAT XML (video or images) or COCO JSON into a store")
-    imp.add_argument("file")
+    imp = sub.add_parser("import", help="read CVAT XML (video or images), COCO JSON or a YOLO dataset"
+                         " into a store")
+    imp.add_argument("file", help="CVAT XML or COCO JSON file, or a YOLO dataset folder (with data.yaml)")
     imp.add_argument("--out", required=True, help="annotation store (.sqlite) to write")
-    imp.add_argument("--format", default="auto", choices=("auto", "cvat", "coco"))
+    imp.add_argument("--format", default="auto", choices=("auto", "cvat", "coco", "yolo"),
+                     help="auto: a folder is a YOLO dataset, a file CVAT or COCO by its content")
+    imp.add_argument("--split", choices=("train", "val", "test"),
+                     help="YOLO: import only this side (default: every side data.yaml names)")
     g = imp.add_mutually_exclusive_group()
     g.add_argument("--overwrite", action="store_true", help="replace an existing store")
     g.add_argument("--append", action="store_true", help="add to an existing store")
@@ -312,15 +392,33 @@ def _add_import_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _add_export_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    exp = sub.add_parser("export", help="write a store as CVAT XML, COCO JSON, PNG masks or matte sequences")
-    exp.add_argument("store")
+    exp = sub.add_parser("export", help="write stores as CVAT XML, COCO JSON, PNG masks, matte sequences"
+                         " or YOLO datasets")
+    exp.add_argument("store", nargs="+", help="annotation store(s); several only for yolo-detect,"
+                     " yolo-seg and coco --split (one dataset)")
     exp.add_argument("--format", required=True, choices=EXPORT_FORMATS)
-    exp.add_argument("--out", required=True, help="output file (XML/JSON) or folder (png-masks, mattes)")
+    exp.add_argument("--out", required=True, help="output file (XML/JSON) or folder (png-masks, mattes,"
+                     " YOLO, coco --split)")
     exp.add_argument("--shape", choices=("mask", "polygon", "box"),
                      help="geometry to write (default: each instance's own)")
     exp.add_argument("--objects", help="only these object ids, e.g. 1,2,5")
     exp.add_argument("--start", type=int, help="first source frame (inclusive)")
     exp.add_argument("--stop", type=int, help="last source frame (inclusive)")
+    d = exp.add_argument_group("datasets", "options of --format yolo-detect, yolo-seg and coco --split"
+                               " (docs/formats_yolo.md)")
+    d.add_argument("--split", metavar="SPLIT.json", help="train/val/test sides by video or image group"
+                   " (dl-utils dataset split); without it every frame is under train")
+    d.add_argument("--classes", metavar="TABLE", help="class table (.csv/.xlsx): class ids are its row"
+                   " order; without it the sorted label names of the stores")
+    d.add_argument("--image-format", choices=("jpg", "png"), help="picture files (default jpg; an image"
+                   " set's files already in this format are copied as they are)")
+    d.add_argument("--jpeg-quality", type=int, metavar="Q", help="JPEG quality 1..100 (default 95)")
+    d.add_argument("--include-empty", action="store_true",
+                   help="also frames without instances (background images, empty label files)")
+    d.add_argument("--strict", action="store_true",
+                   help="a polygon of < 3 points is an error (default: skipped and counted)")
+    d.add_argument("--link", action="store_true",
+                   help="hard-link image set files instead of copying them (same file system)")
     m = exp.add_argument_group("mattes", "options of --format mattes (docs/formats_mattes.md)")
     m.add_argument("--pattern", help="file name in --out with a frame field %%04d, %%d or ####, and"
                    " {object} / {label} for one sequence per object / label (default mask_%%04d.png)")
@@ -332,7 +430,7 @@ def _add_export_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     m.add_argument("--exr", action="store_true", help="single-channel (A) half-float OpenEXR instead of PNG")
     m.add_argument("--skip-empty", action="store_true",
                    help="no file for frames without a mask (default: a black file, an unbroken sequence)")
-    m.add_argument("--json", action="store_true", help="print a JSON summary (pattern, frames, files)")
+    m.add_argument("--json", action="store_true", help="print a JSON summary (mattes, YOLO, coco --split)")
     m.add_argument("--force", action="store_true",
                    help="replace files in --out that no matte export wrote (never symlinks or devices)")
     exp.set_defaults(func=cmd_export)

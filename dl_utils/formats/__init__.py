@@ -1,4 +1,5 @@
-"""Offline exports and imports: CVAT XML (video, images 1.1), COCO instances JSON, PNG masks, mattes.
+"""Offline exports and imports: CVAT XML (video, images 1.1), COCO instances JSON, PNG masks, mattes,
+and training datasets (Ultralytics YOLO detect/segment, COCO per split) of several stores.
 
 Formats are sinks: they read and write the annotation store only (never an engine), so they work on
 a machine without torch or a GPU. Entry points (used by ``dl-utils export`` / ``dl-utils import``):
@@ -7,6 +8,9 @@ a machine without torch or a GPU. Entry points (used by ``dl-utils export`` / ``
 * :func:`export_mattes` ``(store, out, pattern=..., **opts) -> MatteExport`` (``--json`` needs its summary)
 * :func:`import_file` ``(path, store, format="auto") -> dict``
 * :func:`detect_format` ``(path) -> "cvat" | "coco"``
+* :func:`export_yolo` ``(stores, out, YoloOptions(...)) -> YoloExport`` and :func:`import_yolo`
+  ``(folder, store, split=None) -> dict`` (docs/formats_yolo.md)
+* :func:`export_coco_splits` ``(stores, out, split=..., classes=...) -> CocoSplitExport``
 """
 
 from __future__ import annotations
@@ -34,10 +38,11 @@ from ._common import (
     source_of,
     to_geometry,
 )
-from .coco import export_coco, import_coco
+from .coco import CocoSplitExport, export_coco, export_coco_splits, import_coco
 from .cvat_xml import export_cvat, group_ids, import_cvat
 from .mattes import MatteExport, MattePattern, export_mattes
 from .png_masks import export_png_masks
+from .yolo import DegeneratePolygonWarning, YoloExport, YoloOptions, export_yolo, import_yolo
 
 if TYPE_CHECKING:
     from ..store import StoreReader, StoreReaderWriter
@@ -169,6 +174,13 @@ __all__ = [
     "import_coco",
     "export_png_masks",
     "export_mattes",
+    "export_yolo",
+    "import_yolo",
+    "YoloOptions",
+    "YoloExport",
+    "DegeneratePolygonWarning",
+    "export_coco_splits",
+    "CocoSplitExport",
     "MatteExport",
     "MattePattern",
     # shared with the CVAT sink (dl_utils.cvat), which exports to and imports from a server the

@@ -1,4 +1,9 @@
-"""COCO instances JSON: export from and import into an annotation store.
+"""COCO instances JSON: export from and import into an annotation store, and COCO per split.
+
+Per split (:func:`export_coco_splits`, ``dl-utils export STORE... --format coco --split SPLIT.json
+--out DIR``): one ``annotations/instances_{train,val,test}.json`` per side and the frames as
+pictures in ``images/{side}/`` (the layout of COCO 2017 and of detectron2/mmdetection configs),
+several stores in one dataset; sides, picture names and class order as in the YOLO export.
 
 Export: one ``image`` per media frame (``id`` from 1, ``file_name`` = the frame's name, plus
 ``"frame"``: its source frame number), one ``category`` per label, one ``annotation`` per visible
@@ -21,19 +26,25 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import dataclasses
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, cast
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, cast
 
 import numpy as np
 
-from ..annotations import Box, Label, MediaInfo, ShapeType, box_from_mask
+from ..annotations import Box, Instance, Label, MediaInfo, ShapeType, box_from_mask
 from ..cv_utils import coco_rle_area, decode_coco_rle, encode_coco_rle, polygons_to_mask
 from ..errors import FormatError, InputError, MaskError
 from ._common import (
+    Geometry,
+    atomic_folder,
+    folder_target,
+    require_media,
+    select_objects,
     select_export,
     Decoder,
     ObjectKey,
@@ -48,8 +59,11 @@ from ._common import (
     write_atomic,
     write_objects,
 )
+from ._dataset import SIDES, Pictures, class_ids, class_names, picture_stem, sides_of, unique_stem
 
 if TYPE_CHECKING:
+    from ..classes import ClassTable
+    from ..splits import Split
     from ..store import StoreReader, StoreReaderWriter
 
 
@@ -96,40 +110,8 @@ def export_coco(
         fname = f"frame_{task_of[f]:06d}" if task_names else media.frame_name(f)
         images.append({"id": image_id, "file_name": fname, "width": w, "height": h, "frame": f})
         for inst, g in geoms:
-            box: Box | None
-            if g.kind is ShapeType.MASK:
-                gmask = cast(np.ndarray, g.mask)  # the geometry's kind says which field is set
-                seg: Any = encode_coco_rle(gmask)
-                area: float = int(np.count_nonzero(gmask))
-                box = box_from_mask(gmask)
-            elif g.kind is ShapeType.POLYGON:
-                rings = cast("list[list[float]]", g.rings)
-                seg = [[round(float(v), 2) for v in r] for r in rings]
-                own = inst.polygon and inst.mask is not None and shape in (None, ShapeType.POLYGON, "polygon")
-                m = cast(np.ndarray, inst.mask) if own else polygons_to_mask(rings, h, w)
-                area = int(np.count_nonzero(m))
-                xs = [v for r in seg for v in r[0::2]]
-                ys = [v for r in seg for v in r[1::2]]
-                box = (min(xs), min(ys), max(xs), max(ys))
-            else:
-                seg = []
-                box = cast(Box, g.box)
-                area = float(max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1]))
-            x1, y1, x2, y2 = (float(v) for v in cast(Box, box))  # a non-empty geometry has a box
-            ann: dict[str, Any] = {
-                "id": len(anns) + 1,
-                "image_id": image_id,
-                "category_id": cat[label_of[inst.object_id]],
-                "segmentation": seg,
-                "area": area,
-                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                "iscrowd": 0,
-                "attributes": {"track_id": inst.object_id, "source": inst.source.value,
-                               "occluded": False, "keyframe": bool(inst.keyframe)},
-            }
-            if inst.score is not None:
-                ann["score"] = float(inst.score)
-            anns.append(ann)
+            anns.append(_annotation(inst, g, h, w, shape, cat[label_of[inst.object_id]],
+                                    len(anns) + 1, image_id))
 
     doc = OrderedDict(
         info={
@@ -147,6 +129,162 @@ def export_coco(
     )
     write_atomic(out, json.dumps(doc, separators=(",", ":")))
     return out
+
+
+def _annotation(
+    inst: Instance, g: Geometry, h: int, w: int, shape: "ShapeType | str | None", category_id: int,
+    ann_id: int, image_id: int,
+) -> dict[str, Any]:
+    """One COCO annotation of an instance's geometry (the one rule for both COCO exports)."""
+    box: Box | None
+    if g.kind is ShapeType.MASK:
+        gmask = cast(np.ndarray, g.mask)  # the geometry's kind says which field is set
+        seg: Any = encode_coco_rle(gmask)
+        area: float = int(np.count_nonzero(gmask))
+        box = box_from_mask(gmask)
+    elif g.kind is ShapeType.POLYGON:
+        rings = cast("list[list[float]]", g.rings)
+        seg = [[round(float(v), 2) for v in r] for r in rings]
+        own = inst.polygon and inst.mask is not None and shape in (None, ShapeType.POLYGON, "polygon")
+        m = cast(np.ndarray, inst.mask) if own else polygons_to_mask(rings, h, w)
+        area = int(np.count_nonzero(m))
+        xs = [v for r in seg for v in r[0::2]]
+        ys = [v for r in seg for v in r[1::2]]
+        box = (min(xs), min(ys), max(xs), max(ys))
+    else:
+        seg = []
+        box = cast(Box, g.box)
+        area = float(max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1]))
+    x1, y1, x2, y2 = (float(v) for v in cast(Box, box))  # a non-empty geometry has a box
+    ann: dict[str, Any] = {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "segmentation": seg,
+        "area": area,
+        "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+        "iscrowd": 0,
+        "attributes": {"track_id": inst.object_id, "source": inst.source.value,
+                       "occluded": False, "keyframe": bool(inst.keyframe)},
+    }
+    if inst.score is not None:
+        ann["score"] = float(inst.score)
+    return ann
+
+
+# ================================================================================ per split
+_SPLIT_OWN_DIRS = re.compile(r"^(images|annotations)$")
+SPLIT_MARKER = "dl_utils_export.json"
+
+
+@dataclass
+class CocoSplitExport:
+    """The summary of a per-split COCO dataset (also written to its ``dl_utils_export.json``)."""
+
+    out: Path
+    names: list[str]
+    images: dict[str, int] = field(default_factory=lambda: {s: 0 for s in SIDES})
+    instances: dict[str, int] = field(default_factory=lambda: {s: 0 for s in SIDES})
+    files: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {"out": str(self.out), "format": "coco", "names": list(self.names),
+                "images": dict(self.images), "instances": dict(self.instances),
+                "files": dict(self.files), "notes": list(self.notes)}
+
+
+def export_coco_splits(
+    stores: Sequence[StoreReader],
+    out: str | os.PathLike[str],
+    *,
+    split: "Split | None",
+    split_name: str = "",
+    classes: "ClassTable | None" = None,
+    include_empty: bool = False,
+    link: bool = False,
+    jpeg_quality: int = 95,
+) -> CocoSplitExport:
+    """Write ``stores`` as one COCO dataset per split side in folder ``out``:
+    ``annotations/instances_{side}.json`` and ``images/{side}/`` (``file_name`` relative to it).
+
+    Sides, picture names and classes follow the same rules as the YOLO export
+    (:mod:`dl_utils.formats._dataset`); category ids are the class order from 1 (COCO tools treat
+    0 as background). Each instance keeps its own geometry (mask: RLE, polygon, box), written by
+    the same code as :func:`export_coco`. The folder appears complete or not at all."""
+    if not stores:
+        raise InputError("give at least one store to export")
+    final = folder_target(out, "a per-split COCO export writes a dataset folder")
+    names = class_names(stores, classes)
+    ids = [class_ids(s, names, classes) for s in stores]
+    sides = [sides_of(s, split, split_name) for s in stores]
+    result = CocoSplitExport(final, names)
+    if split is None:
+        result.notes.append("no --split: every frame is under train")
+    docs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        side: {"images": [], "annotations": []} for side in SIDES}
+    used: set[str] = set()
+    with atomic_folder(final, marker=SPLIT_MARKER, own=set(), own_dir=_SPLIT_OWN_DIRS) as tmp:
+        for side in SIDES:
+            (tmp / "images" / side).mkdir(parents=True)
+        (tmp / "annotations").mkdir()
+        for store, label_ids, side_of in zip(stores, ids, sides):
+            media = require_media(store)
+            objs = select_objects(store, None)
+            cat_of = {o.id: label_ids[o.label] + 1 for o in objs}
+            frames = list(media.frames) if include_empty else sorted(set(store.frames()) & set(media.frames))
+            if not frames:
+                result.notes.append(f"{store.path}: no annotated frame, nothing exported")
+                continue
+            pics = Pictures(store, frames)
+            try:
+                for f, insts in iter_store_frames(store, frames, objs, desc=f"coco {media.name}"):
+                    w, h = media.size_of(f)
+                    geoms = [(i, g) for i in insts if (g := to_geometry(i, h, w, None)) is not None]
+                    if not geoms and not include_empty:
+                        continue
+                    side = side_of[f]
+                    doc = docs[side]
+                    name = media.frame_name(f) if media.frame_names is not None else None
+                    stem = unique_stem(picture_stem(media.name, f, name), used)
+                    fname, _ = pics.write(f, tmp / "images" / side, stem, "jpg", jpeg_quality, link)
+                    image_id = len(doc["images"]) + 1
+                    doc["images"].append({"id": image_id, "file_name": fname, "width": w, "height": h,
+                                          "frame": f, "store": str(store.path)})
+                    for inst, g in geoms:
+                        doc["annotations"].append(_annotation(
+                            inst, g, h, w, None, cat_of[inst.object_id], len(doc["annotations"]) + 1,
+                            image_id))
+            finally:
+                pics.close()
+        categories = [{"id": k + 1, "name": n, "supercategory": _superclass(classes, n)}
+                      for k, n in enumerate(names)]
+        for side in SIDES:
+            doc = docs[side]
+            if not doc["images"]:
+                (tmp / "images" / side).rmdir()
+                continue
+            result.images[side] = len(doc["images"])
+            result.instances[side] = len(doc["annotations"])
+            rel = f"annotations/instances_{side}.json"
+            result.files[side] = rel
+            full = OrderedDict(
+                info={"description": f"{side} split (dl_utils export)", "version": "1.0",
+                      "date_created": time.strftime("%Y-%m-%dT%H:%M:%S")},
+                licenses=[], categories=categories, images=doc["images"], annotations=doc["annotations"])
+            (tmp / rel).write_text(json.dumps(full, separators=(",", ":")), encoding="utf-8")
+            docs[side] = {"images": [], "annotations": []}  # freed before the next side is dumped
+        (tmp / SPLIT_MARKER).write_text(json.dumps(dict(
+            result.summary(), stores=[str(s.path) for s in stores], split=split_name or None,
+            classes=classes.source if classes is not None else None), indent=1) + "\n", encoding="utf-8")
+    return result
+
+
+def _superclass(classes: "ClassTable | None", name: str) -> str:
+    if classes is None:
+        return ""
+    info = classes.get(name)
+    return (info.superclass or "") if info is not None else ""
 
 
 # ================================================================================ import
