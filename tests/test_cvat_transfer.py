@@ -328,6 +328,24 @@ def test_backup_of_a_task_without_data_is_refused_by_the_server(server, conn):
         backup_task(conn, tid, Path("/nonexistent-never-written.zip"), options=FAST)
 
 
+def test_restore_survives_failed_upload_chunks(server, conn, tmp_path, monkeypatch):
+    from dl_utils.cvat import transfer as tr
+
+    tid = _task(conn, tmp_path)
+    path = backup_task(conn, tid, tmp_path, options=FAST)
+    before = content(conn, tid)
+    monkeypatch.setattr(tr, "UPLOAD_CHUNK", 1000)
+    # the second chunk is stored but its answer is lost; the fourth is refused by a 503
+    server.faults.fail_matching("PATCH", r"/api/tasks/backup/.*", skip=1, status=500, applied=True)
+    server.faults.fail_matching("PATCH", r"/api/tasks/backup/.*", skip=3, status=503)
+    new = restore_task(conn, path, options=FAST)
+    assert content(conn, new) == before
+    log = [e for e in server.log if e.path.startswith("/api/tasks/backup/")]
+    assert any(e.method == "HEAD" for e in log)  # the offset was asked after the lost answer
+    stored = sum(e.bytes_in for e in log if e.method == "PATCH" and e.status == 204) + 1000
+    assert stored == path.stat().st_size  # every byte stored once (the lost answer's 1000 too)
+
+
 def test_restore_checks_the_file_first(server, conn, tmp_path):
     n = len(server.log)
     bad = tmp_path / "notzip.zip"

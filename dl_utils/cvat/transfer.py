@@ -128,10 +128,12 @@ class _Answer:
 
 def _send(conn: CvatConnection, method: str, path: str, *, what: str, query: Mapping[str, Any] | None = None,
           body: bytes | None = None, headers: Mapping[str, str] | None = None,
-          ok: Sequence[int] = (200, 201, 202, 204), retry_unknown: bool = True) -> _Answer:
+          ok: Sequence[int] = (200, 201, 202, 204), retry_unknown: bool = True,
+          once: bool = False) -> _Answer:
     """One request with the connection's retry policy; statuses in ``ok`` (and 409) are answers,
     other 4xx a :class:`CvatError`. ``retry_unknown=False``: a failure after which the server may
-    have applied the request is not repeated (an upload's finish would restore a second task)."""
+    have applied the request is not repeated (an upload's finish would restore a second task).
+    ``once``: no retries here, a retryable failure is raised (the caller's loop retries)."""
     import urllib3
 
     url = _url(conn, path, query)
@@ -169,7 +171,7 @@ def _send(conn: CvatConnection, method: str, path: str, *, what: str, query: Map
             raise _status_error(what, r.status, r.reason, data)
         return _Answer(r.status, r.headers, data)
 
-    return conn._retrying(attempt, what)
+    return attempt(False) if once else conn._retrying(attempt, what)
 
 
 def _server_message(ans: _Answer) -> str:
@@ -653,14 +655,14 @@ def _patch_chunk(conn: CvatConnection, location: str, offset: int, chunk: bytes,
         start = offset
         if after_unknown:
             head = _send(conn, "HEAD", location, headers={"Tus-Resumable": "1.0.0"},
-                         what=f"{what}: asking the upload's offset")
+                         what=f"{what}: asking the upload's offset", once=True)
             start = int(head.headers.get("Upload-Offset") or offset)
         body = chunk[start - offset:]
         if not body:
             return start
         ans = _send(conn, "PATCH", location, body=body, what=f"{what}: uploading",
                     headers={"Tus-Resumable": "1.0.0", "Upload-Offset": str(start),
-                             "Content-Type": "application/offset+octet-stream"}, ok=(204, 200))
+                             "Content-Type": "application/offset+octet-stream"}, ok=(204, 200), once=True)
         if ans.status == 409:  # the server has another offset: ask it, then send from there
             raise _Transient(f"{what}: the upload offset differs from the server's", unknown=True)
         new = int(ans.headers.get("Upload-Offset") or -1)

@@ -489,11 +489,14 @@ def backup_import(srv: "StandinServer", req: "Request") -> "Response":
     with ``task_file``; both end in ``202 {"rq_id"}``."""
     h = req.headers
     ts = transfer_state(srv)
-    if h.get("Tus-Resumable") is not None and h.get("Upload-Length") is not None:
-        return _tus_create(srv, req)
-    if h.get("Upload-Start") is not None:
+    # mixins.py UploadMixin.upload_data: Upload-Finish (alone or with Upload-Start) finishes,
+    # Upload-Start alone starts, Upload-Length is TUS, no header is the old one-request upload
+    finish = h.get("Upload-Finish") is not None
+    if not finish and h.get("Upload-Start") is not None:
         return _json_response(202, None)
-    if h.get("Upload-Finish") is not None:
+    if not finish and h.get("Upload-Length") is not None:
+        return _tus_create(srv, req)
+    if finish:
         # BackupImporter.validate_request: a TUS file id the server knows (TusFile.validate)
         fid = req.query.get("filename")
         if not fid or fid not in ts.file_ids:
@@ -526,8 +529,9 @@ def _multipart_file(req: "Request", field_name: str) -> bytes | None:
 
 
 def _tus_create(srv: "StandinServer", req: "Request") -> "Response":
-    """mixins.py ``UploadMixin.init_tus_upload``: ``filename`` metadata required; ``Location`` of
-    the new upload and ``Upload-Filename``."""
+    """mixins.py ``UploadMixin.init_tus_upload``: ``filename`` metadata required; 201 with the
+    ``Location`` of the new upload and, for a backup, ``Upload-Filename`` = the upload's file id
+    (what ``Upload-Finish`` names in ``?filename=``)."""
     length = int(req.headers.get("Upload-Length") or 0)
     meta: dict[str, str] = {}
     for item in (req.headers.get("Upload-Metadata") or "").split(","):
@@ -535,7 +539,7 @@ def _tus_create(srv: "StandinServer", req: "Request") -> "Response":
         if k:
             meta[k] = base64.b64decode(v).decode() if v else ""
     if not meta.get("filename"):
-        raise bad_request(["Metadata 'filename' is required"])
+        return _text(400, "Metadata is expected to contain 'filename' key")
     fid = str(uuid.uuid4())
     transfer_state(srv).uploads[fid] = {"name": Path(meta["filename"]).name, "length": length,
                                         "data": bytearray()}
@@ -553,10 +557,11 @@ def _tus_file(srv: "StandinServer", fid: str) -> dict:
 def tus_patch(srv: "StandinServer", req: "Request", fid: str) -> "Response":
     f = _tus_file(srv, fid)
     off = int(req.headers.get("Upload-Offset") or 0)
+    # mixins.py UploadMixin.append_tus_chunk: another offset is a bare 409 (the client asks HEAD)
     if off != len(f["data"]):
-        return _server().Response(409, headers={"Upload-Offset": str(len(f["data"]))})
+        return _server().Response(409, headers={"Tus-Resumable": "1.0.0"})
     if len(f["data"]) + len(req.body) > f["length"]:
-        raise ApiError(413, {"detail": "File size exceeds the declared Upload-Length"})
+        return _server().Response(413, headers={"Tus-Resumable": "1.0.0"})
     f["data"] += req.body
     if len(f["data"]) == f["length"]:
         transfer_state(srv).file_ids[fid] = bytes(f["data"])
