@@ -462,16 +462,32 @@ def test_coco_per_split(tmp_path, stores):
 
 
 # ------------------------------------------------------------------ Ultralytics' own reader
-def test_ultralytics_reads_the_export(tmp_path, stores):
+@pytest.mark.parametrize("fmt,task", [("yolo-seg", "segment"), ("yolo-detect", "detect")])
+def test_ultralytics_reads_the_export(tmp_path, stores, monkeypatch, fmt, task):
+    """Ultralytics' own dataset checker and loader accept the export, every row, offline.
+
+    Installed without its dependencies (``pip install --no-deps ultralytics``: with them it would
+    replace opencv-python-headless by opencv-python); skipped where it is absent."""
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "ultralytics-settings"))
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
     pytest.importorskip("ultralytics")
     from ultralytics.data.dataset import YOLODataset
     from ultralytics.data.utils import check_det_dataset
 
     split = split_for(stores, ["train", "val", "test"], tmp_path / "split.json")
     out = tmp_path / "ds"
-    main(["export", *map(str, stores), "--format", "yolo-seg", "--out", str(out), "--split", str(split)])
+    main(["export", *map(str, stores), "--format", fmt, "--out", str(out), "--split", str(split)])
     data = check_det_dataset(str(out / "data.yaml"), autodownload=False)
-    assert data["names"] == {0: "bright", 1: "dark", 2: "ring"}
-    ds = YOLODataset(img_path=data["val"], data=data, task="segment", augment=False, imgsz=224)
-    labels = ds.get_labels()
-    assert len(labels) == 3 and all(len(lb["segments"]) == len(lb["cls"]) > 0 for lb in labels)
+    assert data["names"] == {0: "bright", 1: "dark", 2: "ring"} and data["nc"] == 3
+    _, sides = read_dataset(out)
+    for side in ("train", "val", "test"):
+        ds = YOLODataset(img_path=data[side], data=data, task=task, augment=False, imgsz=224)
+        labels = ds.get_labels()
+        assert len(labels) == 3  # no image dropped as corrupt
+        for lb in labels:
+            rows = sides[side][Path(lb["im_file"]).stem]
+            assert lb["cls"].reshape(-1).astype(int).tolist() == [c for c, _ in rows]
+            if task == "segment":
+                assert [len(sg) for sg in lb["segments"]] == [len(v) // 2 for _, v in rows]
+            else:
+                assert np.allclose(lb["bboxes"], [v for _, v in rows], atol=1e-6)
