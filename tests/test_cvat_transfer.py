@@ -191,6 +191,26 @@ def test_unknown_task_and_project(server, conn, tmp_path):
     assert not (tmp_path / "x.zip").exists()
 
 
+def test_a_running_export_is_joined_not_started_twice(server, conn, tmp_path):
+    from dl_utils.cvat.transfer import _start_request
+
+    tid = _task(conn, tmp_path)
+    q = {"format": "COCO 1.0", "save_images": "false"}
+    first = _start_request(conn, f"/api/tasks/{tid}/dataset/export", q, "export")
+    again = _start_request(conn, f"/api/tasks/{tid}/dataset/export", q, "export")  # CVAT: 409 + rq_id
+    assert again == first
+    assert [e.status for e in server.log if e.path.endswith("/dataset/export")] == [202, 409]
+    out = export_dataset(conn, task=tid, format="COCO 1.0", out=tmp_path / "x.zip", options=FAST)
+    assert out.read_bytes() == server.state.requests[first]["result"]
+
+
+def test_a_server_without_the_export_api_is_named(server, conn, tmp_path, monkeypatch):
+    tid = _task(conn, tmp_path)
+    server.faults.fail_matching("POST", r"/api/tasks/\d+/dataset/export", status=404)
+    with pytest.raises(CvatError, match="has no POST /api/tasks/.*/dataset/export endpoint.*2.32"):
+        export_dataset(conn, task=tid, format="COCO 1.0", out=tmp_path / "x.zip", options=FAST)
+
+
 def test_failed_request_is_one_line_naming_the_task_and_the_server_s_message(server, conn, tmp_path):
     tid = _task(conn, tmp_path)
     out = tmp_path / "x.zip"
@@ -199,7 +219,8 @@ def test_failed_request_is_one_line_naming_the_task_and_the_server_s_message(ser
     with pytest.raises(CvatError) as e:
         export_dataset(conn, task=tid, format="COCO 1.0", out=out, options=FAST)
     msg = str(e.value)
-    assert "\n" not in msg and f"task {tid}" in msg and "disk full on worker" in msg and "failed" in msg
+    assert "\n" not in msg and f"task {tid}" in msg and "failed on the server: OSError: disk full on worker" in msg
+    assert "Traceback" not in msg
     assert out.read_bytes() == b"an earlier export"  # the user's file is untouched
     transfer_state(server).fail_next = "Backup of the task failed: no space"
     with pytest.raises(CvatError, match=f"backup of task {tid} .*failed on the server: Backup of the task"):

@@ -190,7 +190,14 @@ def _server_message(ans: _Answer) -> str:
 def _start_request(conn: CvatConnection, path: str, query: Mapping[str, Any], what: str) -> str:
     """POST a background request; its ``rq_id``. A 409 carrying an ``rq_id`` is the same request
     still running (CVAT's ``handle_existing_job``): that one is waited for instead."""
-    ans = _send(conn, "POST", path, query=query, what=what)
+    try:
+        ans = _send(conn, "POST", path, query=query, what=what)
+    except CvatError as e:
+        if re.search(r"answered (404|405)\b", str(e)):  # the object exists (read just before)
+            raise cvat_error(f"{what}: {conn.host} has no POST {path.split('?')[0]} endpoint; dl_utils"
+                             " needs a CVAT server with the export/requests API (2.2x or later, the"
+                             " only export API since 2.32)") from None
+        raise
     body = ans.json()
     rq_id = body.get("rq_id") if isinstance(body, dict) else None
     if ans.status == 409 and not rq_id:
@@ -223,9 +230,12 @@ def wait_for_request(conn: CvatConnection, rq_id: str, *, what: str,
         if status == "finished":
             return rq
         if status == "failed":
-            msg = " ".join(str(rq.get("message") or "no reason given").split())
-            if len(msg) > 300:  # a worker's traceback: its last line says what went wrong
-                msg = msg.rsplit("\n", 1)[-1][-300:]
+            raw = str(rq.get("message") or "no reason given")
+            lines = [ln for ln in raw.splitlines() if ln.strip()]
+            if len(lines) > 1 and (raw.lstrip().startswith("Traceback") or len(raw) > 300):
+                raw = lines[-1]  # a worker's traceback: its last line says what went wrong
+            msg = " ".join(raw.split())
+            msg = msg if len(msg) <= 300 else msg[:300] + "..."
             raise cvat_error(f"{what} failed on the server: {msg}")
         if status not in ("queued", "started", "deferred", "scheduled"):
             raise cvat_error(f"{what}: the server reports request status {status!r}; expected queued,"
