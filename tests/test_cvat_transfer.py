@@ -442,3 +442,18 @@ def test_cli_export_backup_restore(server, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("dl-utils: error: unknown export format 'coco' (did you mean 'COCO 1.0'?)")
     assert "\n" not in err
+
+
+def test_cvat_sdk_s_own_client_speaks_the_stand_in_s_protocol(server, conn, tmp_path):
+    """cvat-sdk's export, backup and create_from_backup (its models validate every answer) work
+    against the stand-in, and give the same bytes and task as ours: the shapes are CVAT's."""
+    tid = _task(conn, tmp_path)
+    task = conn.client.tasks.retrieve(tid)
+    sdk_zip = task.export_dataset("COCO 1.0", tmp_path / "sdk.zip", include_images=True,
+                                  status_check_period=0)
+    ours = export_dataset(conn, task=tid, format="COCO 1.0", out=tmp_path / "ours.zip", with_images=True,
+                          options=FAST)
+    assert Path(sdk_zip).read_bytes() == ours.read_bytes()
+    bk = task.download_backup(tmp_path / "sdk_backup.zip", status_check_period=0)
+    restored = conn.client.tasks.create_from_backup(bk, status_check_period=0)
+    assert content(conn, restored.id) == content(conn, tid)
