@@ -68,13 +68,15 @@ class Split:
 
     def side(self, group: str) -> str | None:
         """``"train"``, ``"val"``, ``"test"`` or ``None`` for a group the split does not know."""
-        return self._sides.get(group)  # type: ignore[attr-defined, no-any-return]
+        sides: dict[str, str] = self.__dict__["_sides"]
+        return sides.get(group)
 
     def groups(self, side: str) -> tuple[str, ...]:
         """The groups of one side by name (``"train"``, ``"val"`` or ``"test"``)."""
         if side not in SIDES:
             raise InputError(f"split: side {side!r} is not known; use one of {', '.join(SIDES)}")
-        return getattr(self, side)  # type: ignore[no-any-return]
+        groups: tuple[str, ...] = getattr(self, side)
+        return groups
 
     def to_json(self) -> dict[str, object]:
         d: dict[str, object] = {
@@ -96,7 +98,8 @@ class Split:
     def from_json(cls, d: Mapping[str, object]) -> "Split":
         try:
             train, val, test = d["train"], d["val"], d.get("test", [])
-            if not all(isinstance(x, (list, tuple)) for x in (train, val, test)):
+            if not (isinstance(train, (list, tuple)) and isinstance(val, (list, tuple))
+                    and isinstance(test, (list, tuple))):
                 raise TypeError("train, val and test must be lists of group names")
             seed, frac, ratios = d.get("seed", 0), d.get("val_fraction", 0.0), d.get("ratios", [])
             if not isinstance(seed, int) or not isinstance(frac, (int, float)):
@@ -106,12 +109,12 @@ class Split:
             ):
                 raise TypeError("ratios must be a list of numbers")
             return cls(
-                train=tuple(str(g) for g in train),  # type: ignore[union-attr]
-                val=tuple(str(g) for g in val),  # type: ignore[union-attr]
+                train=tuple(str(g) for g in train),
+                val=tuple(str(g) for g in val),
                 seed=seed,
                 val_fraction=float(frac),
                 by=str(d.get("by", "group")),
-                test=tuple(str(g) for g in test),  # type: ignore[union-attr]
+                test=tuple(str(g) for g in test),
                 ratios=tuple(float(r) for r in ratios),
             )
         except (KeyError, TypeError) as e:

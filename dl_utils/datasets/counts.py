@@ -69,10 +69,10 @@ def _count_store(store: "StoreReader", by: str, found: dict[str, _Group], progre
     frames = tqdm(store.iter_frames(decode=False), desc=f"count {store.path.name}", disable=None if progress else True,
                   leave=False)
     for frame, insts in frames:
-        key = groups.get(frame)
-        if key is None:
+        group = groups.get(frame)
+        if group is None:
             continue  # an instance on a frame outside the media record: no export writes it either
-        counter = found[key].instances
+        counter = found[group].instances
         for inst in insts:
             if not inst.is_empty:
                 counter[instance_class(labels, inst)] += 1

@@ -28,6 +28,7 @@ from .groups import frame_groups
 
 if TYPE_CHECKING:
     from ..annotations import Instance, MediaInfo
+    from ..store import StoreReader
 
 #: Log-spaced bin edges of the area histogram (area / frame area): half a decade per bin from 1e-7
 #: (a pixel of a 4K frame is 1.2e-7) to 1 (the whole frame). A smaller area counts in the first bin.
@@ -166,10 +167,10 @@ def dataset_stats(
         bar = tqdm(store.iter_frames(), desc=f"stats {store.path.name}", disable=None if progress else True,
                    leave=False)
         for frame, insts in bar:
-            key = by_frame.get(frame)
-            if key is None:
+            found = by_frame.get(frame)
+            if found is None:
                 continue  # outside the media record: no export writes it
-            s = side_of(key)
+            s = side_of(found)
             w, h = media.size_of(frame)
             any_shown = False
             for inst in insts:
@@ -182,7 +183,7 @@ def dataset_stats(
                 s.instances[instance_class(labels, inst)] += 1
                 s.area_hist[area_bin(area / float(w * h))] += 1
             if any_shown:
-                annotated.setdefault(s.name, set()).add((key, frame))
+                annotated.setdefault(s.name, set()).add((found, frame))
     for name, s in sides.items():
         s.images = len(seen_frames.get(name, ()))
         s.annotated_images = len(annotated.get(name, ()))
@@ -191,11 +192,11 @@ def dataset_stats(
     return DatasetStats(tuple(str(p) for p in paths), None, ordered)
 
 
-def _media_of(store: object) -> "MediaInfo":
-    media = getattr(store, "media")
+def _media_of(store: "StoreReader") -> "MediaInfo":
+    media = store.media
     if media is None:
-        raise InputError(f"{getattr(store, 'path')}: the store has no media record; it was not written by dl-utils")
-    return media  # type: ignore[no-any-return]
+        raise InputError(f"{store.path}: the store has no media record; it was not written by dl-utils")
+    return media
 
 
 def have_matplotlib() -> bool:
