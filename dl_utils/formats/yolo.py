@@ -141,8 +141,9 @@ def box_row(cls: int, box: Sequence[float], w: int, h: int) -> str:
 
 
 def ring_row(cls: int, ring: np.ndarray, w: int, h: int) -> str:
-    xy = np.asarray(ring, dtype=np.float64).reshape(-1, 2) / (w, h)
-    return f"{cls} " + " ".join(_fmt(float(v)) for v in xy.reshape(-1))
+    """``class x1 y1 x2 y2 ...``, each clipped to 0..1 (a vertex may lie on the frame's edge)."""
+    xy = np.clip(np.asarray(ring, dtype=np.float64).reshape(-1, 2) / (w, h), 0.0, 1.0) + 0.0  # no -0.0
+    return f"{cls} " + " ".join(map("{:.6f}".format, xy.reshape(-1).tolist()))
 
 
 def instance_box(inst: Instance, h: int, w: int) -> tuple[float, float, float, float] | None:
