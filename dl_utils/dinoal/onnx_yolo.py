@@ -118,12 +118,15 @@ def to_input(images: Sequence[np.ndarray], dtype: Any = np.float32) -> np.ndarra
     return x if dtype == np.float32 else x.astype(dtype)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
+def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float,
+        max_keep: int | None = None) -> np.ndarray:
     """Greedy per-class NMS: indices kept, by descending score (stable for ties).
 
     A box is suppressed by a higher-scoring kept box of its class whose IoU with it is above
     ``iou`` (torchvision's rule, which Ultralytics uses). Classes are kept apart by offsetting each
-    class's boxes beyond the others (the batched-NMS trick), in float64."""
+    class's boxes beyond the others (the batched-NMS trick), in float64. ``max_keep``: stop after that
+    many; greedy NMS decides boxes in score order, so this is exactly the full result's first
+    ``max_keep`` (Ultralytics' ``[:max_det]``), without the work on the rest."""
     n = len(boxes)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
@@ -131,19 +134,19 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) 
     off = (float(np.abs(b).max()) + 1.0) * 2.0 * np.asarray(classes, dtype=np.float64)
     b = b + off[:, None]
     x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
-    areas = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    areas = np.maximum(x2 - x1, 0.0) * np.maximum(y2 - y1, 0.0)
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    limit = n if max_keep is None else int(max_keep)
     keep: list[int] = []
-    while order.size:
+    while order.size and len(keep) < limit:
         i = int(order[0])
         keep.append(i)
         rest = order[1:]
-        iw = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
-        ih = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
+        iw = np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0.0)
+        ih = np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0.0)
         inter = iw * ih
-        union = areas[i] + areas[rest] - inter
-        ious = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-        order = rest[ious <= iou]
+        # two empty boxes have union 0 and IoU 0 (kept apart), not 0/0
+        order = rest[inter / np.maximum(areas[i] + areas[rest] - inter, 1e-300) <= iou]
     return np.asarray(keep, dtype=np.int64)
 
 
@@ -498,7 +501,7 @@ class OnnxYoloDetector:
             cx, cy, w, h = pred[0, keep], pred[1, keep], pred[2, keep], pred[3, keep]
             boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
             conf, cls = conf[keep], cls[keep]
-            k = nms(boxes, conf, cls, self.nms_iou)[: self.max_detections]
+            k = nms(boxes, conf, cls, self.nms_iou, max_keep=self.max_detections)
             boxes, conf, cls = boxes[k], conf[k], cls[k]
         else:
             pred = raw[0]  # (N, 6)
