@@ -151,6 +151,35 @@ def test_thresholds_and_class_subset(yolo_model):
     assert det.labels_for("car") == ["car"] and det.labels_for(None) == NAMES
 
 
+def test_nms_against_the_reference_and_its_early_stop():
+    """numpy NMS = the greedy reference written here; stopping at max_keep = the full result's head."""
+    from dl_utils.dinoal.onnx_yolo import nms
+
+    rng = np.random.default_rng(3)
+    xy = rng.integers(0, 200, size=(400, 2)).astype(np.float32)
+    wh = rng.integers(4, 80, size=(400, 2)).astype(np.float32)
+    boxes = np.concatenate([xy, xy + wh], 1)
+    scores = rng.integers(1, 64, size=400).astype(np.float32) / 64
+    classes = rng.integers(0, 3, size=400)
+    order = sorted(range(400), key=lambda i: (-scores[i], i))
+    want: list[int] = []
+    for i in order:
+        if all(not (classes[j] == classes[i] and iou(boxes[i], boxes[j]) > 0.5) for j in want):
+            want.append(i)
+    assert nms(boxes, scores, classes, 0.5).tolist() == want
+    assert nms(boxes, scores, classes, 0.5, max_keep=7).tolist() == want[:7]
+    assert nms(np.zeros((2, 4)), np.array([0.9, 0.8]), np.zeros(2, int), 0.5).tolist() == [0, 1]  # empty boxes
+
+
+def test_max_detections_keeps_the_best(yolo_model):
+    from dl_utils.dinoal import OnnxYoloDetector
+
+    path, out = yolo_model
+    dets = OnnxYoloDetector(path, device="cpu", max_detections=4).detect(image(80, 160))
+    boxes, scores, _ = expected_yolo(out, (80, 160))
+    assert np.array_equal(dets.boxes, boxes[:4]) and np.array_equal(dets.scores, scores[:4])
+
+
 def test_end_to_end_layout(tmp_path):
     from dl_utils.dinoal import OnnxYoloDetector
 
