@@ -379,6 +379,21 @@ def test_degenerate_polygon_skipped_and_counted_or_strict(tmp_path, clips, capsy
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
+def test_nothing_to_export_is_one_line_and_leaves_the_earlier_export(tmp_path, clips, stores, capsys):
+    empty = tmp_path / "empty.sqlite"
+    AnnotationStore.create(empty, open_frames(clips[0]).media_info()).close()
+    out = tmp_path / "ds"
+    assert main(["export", str(stores[0]), "--format", "yolo-detect", "--out", str(out)]) == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert "nothing to export: no frame of" in fails(
+        ["export", str(empty), "--format", "yolo-seg", "--out", str(out)], capsys)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    split = split_for([empty], ["train"], tmp_path / "split.json")
+    assert "nothing to export: no frame of" in fails(
+        ["export", str(empty), "--format", "coco", "--split", str(split), "--out", str(tmp_path / "c")], capsys)
+    assert not (tmp_path / "c").exists()
+
+
 def test_several_stores_refused_by_single_store_formats(tmp_path, stores, capsys):
     assert "--format coco writes one store (2 given)" in fails(
         ["export", str(stores[0]), str(stores[1]), "--format", "coco", "--out", str(tmp_path / "x.json")], capsys)

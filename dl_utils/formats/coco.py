@@ -257,6 +257,11 @@ def export_coco_splits(
                             image_id))
             finally:
                 pics.close()
+        if not any(doc["images"] for doc in docs.values()):
+            raise InputError(
+                f"nothing to export: no frame of {', '.join(str(s.path) for s in stores)} has an instance"
+                " (--include-empty writes every frame as an image without annotations)"
+            )
         categories = [{"id": k + 1, "name": n, "supercategory": _superclass(classes, n)}
                       for k, n in enumerate(names)]
         for side in SIDES:

@@ -197,7 +197,12 @@ def export_yolo(
                 (tmp / kind / side).mkdir(parents=True, exist_ok=True)
         for store, label_ids, side_of in zip(stores, ids, sides):
             _export_store(store, tmp, label_ids, side_of, opts, used, result)
-        for side in SIDES:  # Ultralytics lists empty folders as "no images": leave out unused sides
+        if not any(result.images.values()):
+            raise InputError(
+                f"nothing to export: no frame of {', '.join(str(s.path) for s in stores)} has an instance"
+                " (--include-empty writes every frame as a background image)"
+            )
+        for side in ("val", "test"):  # Ultralytics lists empty folders as "no images": leave them out
             if not result.images[side]:
                 for kind in ("images", "labels"):
                     (tmp / kind / side).rmdir()
