@@ -530,7 +530,7 @@ def _improve(n: np.ndarray, side: np.ndarray, ratios: Sequence[float], tol: floa
 _GAIN = 1e-9
 #: Candidate swaps evaluated per pair of sides and step (numpy blocks), so a 10,000-image split stays
 #: in seconds; swaps only run once no single move helps.
-_SWAP_PAIRS = 400_000
+_SWAP_PAIRS = 100_000
 
 
 def _best_move(n: np.ndarray, side: np.ndarray, t: np.ndarray, k: np.ndarray, r: list[float], tol: float,

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import InputError
@@ -44,10 +44,20 @@ def open_stores(paths: Sequence[str | os.PathLike[str]]) -> Iterator["Annotation
             yield store
 
 
-@dataclass
-class _Group:
-    frames: set[int]
-    instances: Counter[str]
+def add_frames(into: dict[str, np.ndarray], group: str, frames: Sequence[int]) -> None:
+    """Add distinct ``frames`` to ``into[group]`` (a sorted int64 array: 8 bytes a frame, where a set
+    of Python ints costs ten times that); a group seen in several stores keeps their union."""
+    a = np.asarray(frames, dtype=np.int64)
+    have = into.get(group)
+    into[group] = np.unique(a) if have is None else np.union1d(have, a)
+
+
+def frames_by_group(groups: dict[int, str]) -> dict[str, list[int]]:
+    """Invert :func:`~dl_utils.datasets.groups.frame_groups`: group -> its frames."""
+    out: dict[str, list[int]] = {}
+    for frame, key in groups.items():
+        out.setdefault(key, []).append(frame)
+    return out
 
 
 def group_counts(
@@ -55,16 +65,19 @@ def group_counts(
 ) -> dict[str, GroupCounts]:
     """Group -> its distinct frames and instances per class, over all ``paths``. Two stores of the
     same video (e.g. two teams' classes) add up into one group; its frames count once."""
-    found: dict[str, _Group] = {}
+    frames: dict[str, np.ndarray] = {}
+    instances: dict[str, Counter[str]] = {}
     for store in open_stores(paths):
-        _count_store(store, by, found, progress)
-    return {g: GroupCounts(len(v.frames), dict(v.instances)) for g, v in found.items()}
+        groups = frame_groups(store, by)
+        for key, fs in frames_by_group(groups).items():
+            add_frames(frames, key, fs)
+            instances.setdefault(key, Counter())
+        _count_store(store, groups, instances, progress)
+    return {g: GroupCounts(int(len(frames[g])), dict(instances[g])) for g in sorted(frames)}
 
 
-def _count_store(store: "StoreReader", by: str, found: dict[str, _Group], progress: bool) -> None:
-    groups = frame_groups(store, by)
-    for frame, key in groups.items():
-        found.setdefault(key, _Group(set(), Counter())).frames.add(frame)
+def _count_store(store: "StoreReader", groups: dict[int, str], found: dict[str, Counter[str]],
+                 progress: bool) -> None:
     labels = {o.id: o.label for o in store.objects()}
     frames = tqdm(store.iter_frames(decode=False), desc=f"count {store.path.name}", disable=None if progress else True,
                   leave=False)
@@ -72,7 +85,7 @@ def _count_store(store: "StoreReader", by: str, found: dict[str, _Group], progre
         group = groups.get(frame)
         if group is None:
             continue  # an instance on a frame outside the media record: no export writes it either
-        counter = found[group].instances
+        counter = found[group]
         for inst in insts:
             if not inst.is_empty:
                 counter[instance_class(labels, inst)] += 1
@@ -87,4 +100,4 @@ def split_stores(
     return stratified_split(counts, options)
 
 
-__all__ = ["group_counts", "instance_class", "open_stores", "split_stores"]
+__all__ = ["add_frames", "frames_by_group", "group_counts", "instance_class", "open_stores", "split_stores"]

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..cv_utils import polygons_to_mask
 from ..errors import InputError
 from ..splits import SIDES, Split
-from .counts import instance_class, open_stores
+from .counts import add_frames, frames_by_group, instance_class, open_stores
 from .groups import frame_groups
 
 if TYPE_CHECKING:
@@ -146,9 +146,8 @@ def dataset_stats(
     side). Frames of a media that several stores annotate count once as images."""
     order = list(SIDES[: 3 if split is not None and split.test else 2]) if split is not None else [ALL]
     sides = {n: SideStats(n) for n in order}
-    seen_frames: dict[str, set[tuple[str, int]]] = {}
-    annotated: dict[str, set[tuple[str, int]]] = {}
-    groups: dict[str, set[str]] = {}
+    frames: dict[str, np.ndarray] = {}  # group -> its distinct frames (several stores: the union)
+    annotated: dict[str, np.ndarray] = {}
 
     def side_of(key: str) -> SideStats:
         name = ALL if split is None else (split.side(key) or UNASSIGNED)
@@ -159,10 +158,9 @@ def dataset_stats(
     for store in open_stores(paths):
         media = _media_of(store)
         by_frame = frame_groups(store, "group")
-        for frame, key in by_frame.items():
-            s = side_of(key)
-            seen_frames.setdefault(s.name, set()).add((key, frame))
-            groups.setdefault(s.name, set()).add(key)
+        for key, fs in frames_by_group(by_frame).items():
+            add_frames(frames, key, fs)
+        shown: dict[str, list[int]] = {}
         labels = {o.id: o.label for o in store.objects()}
         bar = tqdm(store.iter_frames(), desc=f"stats {store.path.name}", disable=None if progress else True,
                    leave=False)
@@ -183,11 +181,14 @@ def dataset_stats(
                 s.instances[instance_class(labels, inst)] += 1
                 s.area_hist[area_bin(area / float(w * h))] += 1
             if any_shown:
-                annotated.setdefault(s.name, set()).add((found, frame))
-    for name, s in sides.items():
-        s.images = len(seen_frames.get(name, ()))
-        s.annotated_images = len(annotated.get(name, ()))
-        s.groups = len(groups.get(name, ()))
+                shown.setdefault(found, []).append(frame)
+        for key, fs in shown.items():
+            add_frames(annotated, key, fs)
+    for key, fs in frames.items():
+        s = side_of(key)
+        s.groups += 1
+        s.images += int(len(fs))
+        s.annotated_images += int(len(annotated.get(key, ())))
     ordered = [sides[n] for n in order] + [sides[n] for n in sides if n not in order]
     return DatasetStats(tuple(str(p) for p in paths), None, ordered)
 
