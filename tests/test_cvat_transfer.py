@@ -256,6 +256,34 @@ def test_interrupted_download_leaves_nothing_at_out_and_the_next_run_resumes(ser
     assert not part.exists() and not (tmp_path / ".ds.zip.part.json").exists()
 
 
+def test_a_connection_broken_mid_download_resumes_in_the_same_run(server, conn, tmp_path, monkeypatch):
+    import urllib3
+
+    from dl_utils.cvat import transfer as tr
+
+    tid = _task(conn, tmp_path)
+    monkeypatch.setattr(tr, "DOWNLOAD_CHUNK", 2048)
+    real_stream = urllib3.response.HTTPResponse.stream
+    broken = []
+
+    def stream(self, amt=None, decode_content=None):
+        for i, chunk in enumerate(real_stream(self, amt, decode_content)):
+            if i == 2 and not broken:  # the connection dies after 4 KiB of the first answer
+                broken.append(True)
+                raise urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead")
+            yield chunk
+
+    monkeypatch.setattr(urllib3.response.HTTPResponse, "stream", stream)
+    out = tmp_path / "ds.zip"
+    n = len(server.log)
+    export_dataset(conn, task=tid, format="COCO 1.0", out=out, with_images=True, options=FAST)
+    rq = next(r for r in server.state.requests.values() if r.get("transfer"))
+    assert broken and out.read_bytes() == rq["result"]
+    dl = [e for e in server.log[n:] if e.path.endswith("/dataset/download")]
+    assert [e.status for e in dl] == [200, 206]
+    assert dl[1].bytes_out == len(rq["result"]) - 4096 and conn.stats.retries >= 1
+
+
 def test_resume_restarts_cleanly_when_the_server_sends_the_whole_file(server, conn, tmp_path):
     tid = _task(conn, tmp_path)
     out = tmp_path / "ds.zip"
