@@ -381,7 +381,7 @@ class SplitReport:
         sides = self.sides
         width = max([len("frames")] + [len(c.name) for c in self.classes])
         head = f"{'class':<{width}}  {'instances':>9}  {'groups':>6}  " + "  ".join(
-            f"{s + ' ' + format(r, '.0%'):>12}" for s, r in zip(sides, self.ratios)
+            f"{s + ' ' + _pct(r):>12}" for s, r in zip(sides, self.ratios)
         )
         rows = [head, "-" * len(head)]
         for c in self.classes:
@@ -394,11 +394,16 @@ class SplitReport:
             f"{g:>12}" for g in self.groups))
         misses = self.misses()
         if misses:
-            rows.append(f"{len(misses)} class(es) miss the tolerance of {self.tolerance:.0%} (marked !):")
+            rows.append(f"{len(misses)} class(es) miss the tolerance of {_pct(self.tolerance)} (marked !):")
             rows += [f"  {c.name}: {c.why}" for c in misses]
         elif self.classes:
-            rows.append(f"every class is within {self.tolerance:.0%} of its target share on every side")
+            rows.append(f"every class is within {_pct(self.tolerance)} of its target share on every side")
         return "\n".join(rows)
+
+
+def _pct(x: float) -> str:
+    """0.125 -> "12.5%", 0.1 -> "10%": a ratio or tolerance as the user gave it."""
+    return f"{round(x * 100, 4):g}%"
 
 
 #: Weight of a share outside the tolerance against one inside it (squared distances): the search

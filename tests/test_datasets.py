@@ -369,3 +369,16 @@ def test_remap_unknown_labels_refused_or_dropped(tmp_path):
         remap_store(tmp_path / "missing.sqlite", table)
     with pytest.raises(InputError, match="--to"):
         RemapOptions(to="parent")
+
+
+def test_remap_in_place_refused_while_a_run_writes(tmp_path):
+    table = ClassTable.from_records(TABLE)
+    src = _remap_store(tmp_path / "road.sqlite")
+    with AnnotationStore.open(src) as st:
+        run = st.begin_run("propagate", {})  # this process is alive: the run is still going
+    before = _dump(src)
+    with pytest.raises(InputError, match=f"a propagate run \\(id {run}, pid {os.getpid()}\\) is still writing"):
+        remap_store(src, table)
+    assert _dump(src) == before
+    assert remap_store(src, table, out=tmp_path / "copy.sqlite").out == tmp_path / "copy.sqlite"  # a copy is fine
+    assert remap_store(src, table, dry_run=True).out is None

@@ -200,6 +200,13 @@ def remap_store(
         raise InputError(f"annotation store {src} does not exist (or is not a file); check the path")
     with AnnotationStore.open(src, readonly=True) as store:
         plan = plan_remap(store, table, options)
+        busy = store.runs(status="running")  # a live process writing: its later writes would be lost
+    if busy and not dry_run and (out is None or _same_file(src, Path(out))):
+        r = busy[-1]
+        raise InputError(
+            f"{src}: a {r['kind']} run (id {r['id']}, pid {(r.get('writer') or {}).get('pid', '?')}) is still"
+            " writing into it; let it finish or stop it before rewriting the store, or write a new one with --out"
+        )
     if dry_run:
         return RemapResult(plan, None)
     if out is None or _same_file(src, Path(out)):
