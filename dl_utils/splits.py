@@ -1,12 +1,20 @@
-"""Train/validation splits by group: one implementation for fine-tuning and the dataset tools.
+"""Train/val/test splits by group: one implementation for fine-tuning and the dataset tools.
 
-Frames of one video look alike, so a video split across both sides leaks the training set into the
-validation score. :func:`split_groups` therefore puts whole *groups* on one side: a group is a video
-(the store's media path) or, for an image set, each image (``by="item"``). The split is decided by a
-seeded hash of each group name, not by input order, so the same groups and seed give the same split
-whatever order they arrive in, and adding a group moves no other group. A :class:`Split` is saved
-next to what it produced (a fine-tuned checkpoint's sidecar, a dataset export) so a later evaluation
-uses exactly the same validation set.
+Frames of one video look alike, so a video split across two sides leaks the training set into the
+validation score. Splits here therefore put whole *groups* on one side: a group is a video (the
+store's media path) or, for an image set, each image (:func:`group_key` is the rule). Groups are
+ordered by a seeded hash of their names, not by input order, so the same groups and seed give the
+same split whatever order they arrive in.
+
+* :func:`split_groups` (fine-tuning): train/val of equal groups, the first of the hash order to val;
+  adding a group moves at most the boundary group.
+* :func:`stratified_split` (``dl-utils dataset split``): train/val[/test] from per-group class counts,
+  each class's share of instances on each side brought within a tolerance of the target where the
+  groups allow (greedy by rarest class, then improving moves and swaps), with a report naming every
+  class that misses and why. Without class counts it is exactly the hash-order rule above.
+
+A :class:`Split` is saved next to what it produced (a fine-tuned checkpoint's sidecar, a split file
+for the exports) so a later evaluation uses exactly the same sides.
 """
 
 from __future__ import annotations
@@ -414,12 +422,13 @@ _OUTSIDE = 20.0
 def stratified_split(groups: Mapping[str, GroupCounts], options: SplitOptions) -> SplitReport:
     """Whole groups to sides so each class's share of instances on each side is near its target.
 
-    Groups that carry no instances at all (or no group carrying any) are placed by the seeded hash
-    order, as :func:`split_groups` does. Otherwise: the groups in seeded hash order, those holding
-    the rarest classes first, each go to the side furthest below its target for the group's rarest
-    class (iterative stratification); then single moves and pairwise swaps that lower the summed
-    squared distance of every class's (and the frames') share to the target, outside-tolerance
-    distances weighing ``_OUTSIDE`` times more, until none does. Deterministic for a seed and
+    When no group holds an instance, the groups are placed by the seeded hash order, exactly as
+    :func:`split_groups` does. Otherwise: the groups in seeded hash order, those holding the rarest
+    classes first (groups without instances last, placed by their frames), each go to the side
+    furthest below its target for the group's rarest class (iterative stratification); a non-zero
+    side left empty gets its cheapest group; then single moves and pairwise swaps that lower the
+    summed squared distance of every class's (and the frames') share to the target, distances beyond
+    the tolerance weighing ``_OUTSIDE`` times more, until none does. Deterministic for a seed and
     independent of input order. Refuses fewer groups than non-zero sides.
     """
     ratios, by, seed = options.ratios, options.by, options.seed
