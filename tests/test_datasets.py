@@ -240,6 +240,10 @@ def test_stats_equal_a_direct_count(tmp_path):
     assert all_.annotated_images == sum(longest) + 2  # image c.png has none, b.png's dog is empty
     assert all_.instances["cat"] == sum(3 + i for i in range(5)) + 2  # the polygon and the image mask
     assert all_.instances["dog"] == sum(10 - i for i in range(5)) and all_.groups == 5 + 3
+    # the split's counts (masks not decoded) agree: empty instances are left out there too
+    counts = group_counts(paths, progress=False)
+    assert {c: sum(g.instances.get(c, 0) for g in counts.values()) for c in ("cat", "dog")} == dict(all_.instances)
+    assert sum(g.frames for g in counts.values()) == all_.images
     text = dataset_stats(paths, split=split, progress=False).table()
     assert "annotated images" in text and "cat" in text and "train" in text.splitlines()[0]
 
