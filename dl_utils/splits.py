@@ -133,8 +133,18 @@ class Split:
             ) from None
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the split as JSON, atomically (a temporary file beside ``path``, then renamed)."""
-        path = Path(path)
+        """Write the split as JSON, atomically (a temporary file beside ``path``, then renamed).
+
+        As the exports do (``formats._common.output_file``): a symlink is written through (the link
+        stays, its target gets the split), a dangling one, a folder or a device is refused."""
+        given = path = Path(path)
+        if path.is_symlink():
+            path = Path(os.path.realpath(path))
+            if not path.exists():
+                raise OutputError(f"{given} is a symlink to {path}, which does not exist; give a file path for the split")
+        if path.exists() and not path.is_file():
+            what = "a folder" if path.is_dir() else "not a regular file (a device, pipe or socket)"
+            raise OutputError(f"{given} is {what}; give a file path for the split, e.g. split.json")
         text = json.dumps(self.to_json(), indent=1) + "\n"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,8 +158,8 @@ class Split:
                 Path(tmp).unlink(missing_ok=True)
                 raise
         except OSError as e:
-            raise OutputError(f"cannot write split {path} ({e.strerror or e}); check the folder") from None
-        return path
+            raise OutputError(f"cannot write split {given} ({e.strerror or e}); check the folder") from None
+        return given
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "Split":

@@ -107,3 +107,22 @@ def test_group_key_is_the_frame_group_rule(tmp_path):
     with AnnotationStore.create(tmp_path / "i.sqlite", images) as st:
         want = {0: group_key(tmp_path / "shots", "a.png"), 1: group_key(tmp_path / "shots", "b.png")}
         assert frame_groups(st) == frame_groups(st, by="item") == want
+
+
+def test_save_writes_through_a_symlink_and_refuses_a_folder(tmp_path):
+    from dl_utils.errors import OutputError
+
+    s = Split(train=("a",), val=("b",), seed=0, val_fraction=0.5, by="group")
+    real = tmp_path / "real.json"
+    real.write_text("{}")
+    os.chmod(real, 0o640)
+    link = tmp_path / "link.json"
+    link.symlink_to(real.name)
+    assert s.save(link) == link
+    assert link.is_symlink() and Split.load(real) == s and oct(real.stat().st_mode & 0o777) == oct(0o640)
+    (tmp_path / "dir.json").mkdir()
+    with pytest.raises(OutputError, match="dir.json is a folder"):
+        s.save(tmp_path / "dir.json")
+    (tmp_path / "dangling.json").symlink_to("nowhere.json")
+    with pytest.raises(OutputError, match="which does not exist"):
+        s.save(tmp_path / "dangling.json")
