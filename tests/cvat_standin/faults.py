@@ -6,6 +6,7 @@ request the server receives after the call, whatever it is. Several faults may b
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -28,6 +29,8 @@ class Faults:
         self._counter = counter
         self._lock = threading.Lock()
         self._armed: dict[int, Fault] = {}
+        # (method, compiled path pattern, matching requests still to let through, times, fault)
+        self._matching: list[list] = []
         self.delay = 0.0
 
     def _arm(self, k: int, fault: Fault) -> None:
@@ -50,6 +53,22 @@ class Faults:
         """Answer request k with 429 and ``Retry-After`` (the request is not applied)."""
         self._arm(k, Fault("rate", 429, False, retry_after))
 
+    def fail_matching(self, method: str, path: str, *, skip: int = 0, times: int = 1,
+                      status: int = 500, applied: bool = False) -> None:
+        """Answer ``status`` to requests ``method`` whose path fully matches the regular expression
+        ``path``: the first ``skip`` such requests pass, the next ``times`` fail.
+
+        A fault "in the middle of" a multi-request operation (the second task move of a plan)
+        without counting every request before it.
+        """
+        if not 400 <= int(status) <= 599:
+            raise ValueError(f"status {status}: a fault answers with a 4xx or 5xx status")
+        if skip < 0 or times < 1:
+            raise ValueError("skip must be >= 0 and times >= 1")
+        with self._lock:
+            self._matching.append([method.upper(), re.compile(path), int(skip), int(times),
+                                   Fault("fail", int(status), bool(applied))])
+
     def slow(self, seconds: float) -> None:
         """Delay every answer by ``seconds`` (0 switches it off)."""
         if seconds < 0:
@@ -59,12 +78,28 @@ class Faults:
     def clear(self) -> None:
         with self._lock:
             self._armed.clear()
+            self._matching.clear()
         self.delay = 0.0
 
-    def take(self, index: int) -> Fault | None:
-        """The fault armed for request ``index`` (removed: each fires once)."""
+    def take(self, index: int, method: str | None = None, path: str | None = None) -> Fault | None:
+        """The fault armed for request ``index`` (removed: each fires once), else the first
+        :meth:`fail_matching` rule this request (``method``, ``path``) triggers."""
         with self._lock:
-            return self._armed.pop(index, None)
+            fault = self._armed.pop(index, None)
+            if fault is not None or method is None or path is None:
+                return fault
+            for rule in self._matching:
+                m, rx, skip, times, f = rule
+                if m != method.upper() or not rx.fullmatch(path):
+                    continue
+                if skip > 0:
+                    rule[2] -= 1
+                    continue
+                rule[3] -= 1
+                if rule[3] <= 0:
+                    self._matching.remove(rule)
+                return f
+            return None
 
     @property
     def pending(self) -> dict[int, Fault]:

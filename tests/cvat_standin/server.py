@@ -29,6 +29,12 @@ from .validate import (LABEL_TYPES, ApiError, bad_request, check_against_task, p
 UNSAFE = ("POST", "PUT", "PATCH", "DELETE")
 DEFAULT_CHUNK_SIZE = 36
 DEFAULT_PAGE_SIZE = 10
+#: CVAT lists jobs newest first (cvat/apps/engine/views.py JobViewSet ``ordering = "-id"``), as it
+#: does projects and tasks. dl_utils.cvat.tasks.read_task keeps the jobs in list order and tests
+#: index ``TaskInfo.jobs[0]`` as the first job, so until read_task sorts its jobs by start frame the
+#: stand-in lists jobs oldest first (the one place it is more lenient than CVAT; see
+#: docs/cvat_standin.md).
+JOBS_NEWEST_FIRST = False
 MAX_PAGE_SIZE = 1000
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
@@ -321,7 +327,7 @@ class _Handler(BaseHTTPRequestHandler):
         srv = self.standin
         body = self._read_body()
         index, entry = srv.new_entry(self.command, self.path, len(body))
-        fault = srv.faults.take(index)
+        fault = srv.faults.take(index, self.command, entry.path)
         delay = srv.faults.delay
         req = Request(srv, self.command, self.path, self.headers, body)
         if fault is not None and not fault.applied:
@@ -426,7 +432,12 @@ def task_json(srv: StandinServer, t: dict) -> dict:
         "organization_id": None, "target_storage": None, "source_storage": None,
         "assignee_updated_date": None, "validation_mode": None,
         "labels": {"url": f"{_base(srv)}/api/labels?task_id={t['id']}"},
-        "jobs": {"count": len(jobs), "completed": 0, "validation": 0,
+        # cvat/apps/engine/models.py TaskQuerySet.with_job_summary: completed = jobs in state
+        # 'completed' AND stage 'acceptance'; validation = jobs in stage 'validation'
+        "jobs": {"count": len(jobs),
+                 "completed": sum(1 for j in jobs if _job_state(j) == "completed"
+                                  and _job_stage(j) == "acceptance"),
+                 "validation": sum(1 for j in jobs if _job_stage(j) == "validation"),
                  "url": f"{_base(srv)}/api/jobs?task_id={t['id']}"},
     }
 
@@ -437,7 +448,7 @@ def job_json(srv: StandinServer, j: dict) -> dict:
     return {
         "url": f"{_base(srv)}/api/jobs/{j['id']}", "id": j["id"], "task_id": t["id"],
         "project_id": t.get("project_id"), "assignee": None, "guide_id": None, "dimension": "2d",
-        "bug_tracker": None, "status": "annotation", "stage": "annotation", "state": "new",
+        "bug_tracker": None, "status": _job_status(j), "stage": _job_stage(j), "state": _job_state(j),
         "mode": t.get("mode", ""), "frame_count": j["stop_frame"] - j["start_frame"] + 1,
         "start_frame": j["start_frame"], "stop_frame": j["stop_frame"],
         "data_chunk_size": d.get("chunk_size"), "data_compressed_chunk_type": d.get("chunk_type"),
@@ -448,6 +459,28 @@ def job_json(srv: StandinServer, j: dict) -> dict:
         "issues": {"url": f"{_base(srv)}/api/issues?job_id={j['id']}", "count": 0},
         "labels": {"url": f"{_base(srv)}/api/labels?job_id={j['id']}"},
     }
+
+
+#: cvat/apps/engine/models.py StageChoice and StateChoice
+JOB_STAGES = ("annotation", "validation", "acceptance")
+JOB_STATES = ("new", "in progress", "completed", "rejected")
+
+
+def _job_stage(j: dict) -> str:
+    return j.get("stage") or "annotation"
+
+
+def _job_state(j: dict) -> str:
+    return j.get("state") or "new"
+
+
+def _job_status(j: dict) -> str:
+    """The old ``status`` (cvat/apps/engine/models.py StatusChoice): the stage, 'completed' once an
+    acceptance job is completed."""
+    stage = _job_stage(j)
+    if stage == "acceptance" and _job_state(j) == "completed":
+        return "completed"
+    return "validation" if stage == "validation" else ("completed" if stage == "acceptance" else "annotation")
 
 
 def paginate(srv: StandinServer, req: Request, items: list) -> dict:
@@ -631,7 +664,8 @@ def label_delete(srv: StandinServer, req: Request, lid: int) -> Response:
 
 # ------------------------------------------------------------------------------------------ projects
 def projects_list(srv: StandinServer, req: Request) -> Response:
-    items = sorted(srv.state.projects.values(), key=lambda p: p["id"])
+    # cvat/apps/engine/views.py ProjectViewSet: ordering = "-id"; ``name`` is a simple filter
+    items = sorted(srv.state.projects.values(), key=lambda p: -p["id"])
     if "name" in req.query:
         items = [p for p in items if p["name"] == req.query["name"]]
     return Response(200, paginate(srv, req, [project_json(srv, p) for p in items]))
@@ -685,7 +719,8 @@ def project_delete(srv: StandinServer, req: Request, pid: int) -> Response:
 
 # ------------------------------------------------------------------------------------------ tasks
 def tasks_list(srv: StandinServer, req: Request) -> Response:
-    items = sorted(srv.state.tasks.values(), key=lambda t: t["id"])
+    # cvat/apps/engine/views.py TaskViewSet: ordering = "-id"; simple_filters name, project_id...
+    items = sorted(srv.state.tasks.values(), key=lambda t: -t["id"])
     pid = req.q_int("project_id")
     if pid is not None:
         items = [t for t in items if t.get("project_id") == pid]
@@ -739,6 +774,8 @@ def task_get(srv: StandinServer, req: Request, tid: int) -> Response:
 def task_patch(srv: StandinServer, req: Request, tid: int) -> Response:
     t = _task(srv, tid)
     body = req.json()
+    if "project_id" in body:
+        _move_task(srv, t, body["project_id"])
     if "labels" in body:
         if t.get("project_id"):
             raise bad_request({"labels": ["The task belongs to a project: change the project's labels"]})
@@ -750,6 +787,69 @@ def task_patch(srv: StandinServer, req: Request, tid: int) -> Response:
             t[k] = body[k]
     t["updated_date"] = now_iso()
     return Response(200, task_json(srv, t))
+
+
+def _move_task(srv: StandinServer, t: dict, pid: Any) -> None:
+    """PATCH /api/tasks/{id} {"project_id": X}: move a task into (another) project.
+
+    cvat/apps/engine/serializers.py TaskWriteSerializer.validate and .update:
+    * the project must exist (``Cannot find project with ID X``);
+    * every label of the task's current label set -- its own labels, or ALL the labels of the
+      project it is in, used or not -- must have a label of the same name in the target project
+      (``All task or project label names must be mapped to the target project``);
+    * every attribute of such a label must exist on the target's label with the same name, values
+      and input type (``Target project does not have "L" label with "A" attribute``);
+    * the task's shapes, tracks and tags are moved onto the target's labels (matched by name),
+      attribute values onto the target's specs; a task's own labels are deleted;
+    * the dimension must match the project's other tasks (always 2d here).
+    ``project_id: null`` does not take a task out of a project in CVAT (``validate`` looks the
+    project up and fails); the stand-in answers 400 (*stricter*). Nothing changes on any error.
+    """
+    st = srv.state
+    if pid is None or isinstance(pid, bool) or not isinstance(pid, int):
+        raise bad_request({"project_id": ["A valid integer is required (a task cannot be taken out of"
+                                          " a project)."]})
+    if pid not in st.projects:
+        raise bad_request({"non_field_errors": [f"Cannot find project with ID {pid}"]})
+    if t.get("project_id") == pid:
+        return
+    old = st.task_labels(t["id"])
+    target = {lb["name"]: lb for lb in st.labels.values() if lb.get("project_id") == pid}
+    if not {lb["name"] for lb in old} <= set(target):
+        raise bad_request({"non_field_errors": [
+            "All task or project label names must be mapped to the target project"]})
+    label_map: dict[int, int] = {}
+    spec_map: dict[int, int] = {}
+    for lb in old:
+        new = target[lb["name"]]
+        label_map[lb["id"]] = new["id"]
+        for a in lb.get("attributes") or []:
+            match = next((b for b in new.get("attributes") or [] if b["name"] == a["name"]
+                          and b.get("values") == a.get("values")
+                          and b.get("input_type") == a.get("input_type")), None)
+            if match is None:
+                raise bad_request({"non_field_errors": [
+                    f'Target project does not have "{lb["name"]}" label with "{a["name"]}" attribute']})
+            spec_map[a["id"]] = match["id"]
+
+    def remap(obj: dict) -> None:
+        if "label_id" in obj:
+            obj["label_id"] = label_map.get(obj["label_id"], obj["label_id"])
+        for a in obj.get("attributes") or []:
+            a["spec_id"] = spec_map.get(a.get("spec_id"), a.get("spec_id"))
+        for sub in (obj.get("shapes") or []) + (obj.get("elements") or []):
+            remap(sub)
+
+    for j in st.task_jobs(t["id"]):
+        ann = st.annotations[j["id"]]
+        for section in (ann.shapes, ann.tracks, ann.tags):
+            for obj in section.values():
+                remap(obj)
+    if not t.get("project_id"):
+        for lid in [lb["id"] for lb in old]:
+            del st.labels[lid]
+    t["project_id"] = pid
+    t["ann_version"] = t.get("ann_version", 0) + 1
 
 
 def _delete_task(srv: StandinServer, tid: int) -> None:
@@ -876,8 +976,18 @@ def _create_data(srv: StandinServer, t: dict, params: dict[str, Any], files: lis
     for p in params.get("server_files") or []:
         if st.share_root is None:
             raise bad_request({"server_files": ["the stand-in has no share (start it with share_root)"]})
-        path = (st.share_root / p).resolve()
-        if st.share_root.resolve() not in path.parents or not path.is_file():
+        path = (st.share_root / str(p).lstrip("/")).resolve()
+        if st.share_root.resolve() not in path.parents:
+            raise bad_request({"server_files": [f"{p} is not on the share"]})
+        if path.is_dir():
+            # cvat/apps/engine/task.py _copy_data_from_share_point: a directory is copied whole
+            # (copytree), its files named by their path on the share
+            inner = sorted(f for f in path.rglob("*") if f.is_file())
+            if not inner:
+                raise bad_request({"server_files": [f"{p} is an empty directory on the share"]})
+            files += [(str(f.relative_to(st.share_root.resolve())), f.read_bytes()) for f in inner]
+            continue
+        if not path.is_file():
             raise bad_request({"server_files": [f"{p} is not a file on the share"]})
         files.append((p, path.read_bytes()))
     for u in params.get("remote_files") or []:
@@ -1063,9 +1173,17 @@ def data_get(srv: StandinServer, req: Request, tid: int) -> Response:
 def jobs_list(srv: StandinServer, req: Request) -> Response:
     st = srv.state
     tid = req.q_int("task_id")
-    items = sorted(st.jobs.values(), key=lambda j: j["id"])
+    # cvat/apps/engine/views.py JobViewSet: simple filters task_id, project_id, stage, state, type;
+    # ordering = "-id" there, but see JOBS_NEWEST_FIRST
+    items = sorted(st.jobs.values(), key=lambda j: -j["id"] if JOBS_NEWEST_FIRST else j["id"])
     if tid is not None:
         items = [j for j in items if j["task_id"] == tid]
+    pid = req.q_int("project_id")
+    if pid is not None:
+        items = [j for j in items if st.tasks[j["task_id"]].get("project_id") == pid]
+    for key, get in (("stage", _job_stage), ("state", _job_state)):
+        if key in req.query:
+            items = [j for j in items if get(j) == req.query[key]]
     if req.query.get("type") not in (None, "", "annotation"):
         items = []
     return Response(200, paginate(srv, req, [job_json(srv, j) for j in items]))
