@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import cv2
@@ -314,6 +315,32 @@ def test_include_empty_writes_background_images(tmp_path, stores):
     assert len(sides["train"]) == 6  # frames 0..5, odd ones empty
     assert all(sides["train"][f"clip0_{f:06d}"] == [] for f in (1, 3, 5))
     assert len(list((out / "images/train").iterdir())) == 6
+    # exported again into the same folder: replaced whole, the background images do not linger
+    assert main(["export", str(stores[0]), "--format", "yolo-detect", "--out", str(out)]) == 0
+    assert sorted(p.stem for p in (out / "images/train").iterdir()) == [f"clip0_{f:06d}" for f in (0, 2, 4)]
+    assert sorted(read_dataset(out)[1]["train"]) == [f"clip0_{f:06d}" for f in (0, 2, 4)]
+
+
+def test_picture_names_unique_across_stores_and_link(tmp_path, clips, pictures):
+    """Two videos with the same name (in two folders) and two image sets with the same file names:
+    later ones get _2, in the order the stores are given; --link hard-links the photos."""
+    stores = []
+    for k in range(2):
+        d = tmp_path / f"cam{k}"
+        d.mkdir()
+        shutil.copy(clips[k], d / "clip.mp4")
+        shutil.copytree(pictures, d / "photos")
+        stores += [make_store(d / "v.sqlite", d / "clip.mp4"), make_store(d / "p.sqlite", d / "photos")]
+    out = tmp_path / "ds"
+    assert main(["export", *map(str, stores), "--format", "yolo-detect", "--out", str(out), "--link"]) == 0
+    names = sorted(p.name for p in (out / "images/train").iterdir())
+    assert names == sorted([f"clip_{f:06d}{s}.jpg" for f in (0, 2, 4) for s in ("", "_2")]
+                           + [f"{n}{s}.jpg" for n in ("cars", "groceries", "truck") for s in ("", "_2")])
+    # the second camera's frames are its own pictures, not the first one's
+    first, second = (cv2.imread(str(out / "images/train" / n)) for n in ("clip_000000.jpg", "clip_000000_2.jpg"))
+    assert np.abs(first.astype(int) - second.astype(int)).mean() > 5
+    assert (out / "images/train/truck_2.jpg").stat().st_ino == (tmp_path / "cam1/photos/truck.jpg").stat().st_ino
+    assert len(list((out / "labels/train").iterdir())) == 12
 
 
 def test_video_is_decoded_once_front_to_back(tmp_path, stores, monkeypatch):
