@@ -77,7 +77,9 @@ def sides_of(store: "StoreReader", split: "Split | None", split_name: str = "") 
     from ..datasets.groups import frame_groups
 
     out: dict[int, str] = {}
-    for f, g in frame_groups(store, by=split.by).items():
+    # by="group" whatever the split's ``by``: an image's group is the same either way, and a video
+    # has only whole-video groups (by="item" is refused for it)
+    for f, g in frame_groups(store).items():
         side = split.side(g)
         if side is None:
             raise InputError(
