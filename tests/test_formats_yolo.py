@@ -262,6 +262,22 @@ def stores_dir(store: Path) -> Path:
         return Path(s.media.path)
 
 
+def test_split_made_by_dataset_split_drives_the_sides(tmp_path, stores):
+    """The split file `dl-utils dataset split` writes puts each video wholly on one side."""
+    split = tmp_path / "split.json"
+    assert main(["dataset", "split", *map(str, stores), "--ratios", "0.5,0.5", "--out", str(split)]) == 0
+    out = tmp_path / "ds"
+    assert main(["export", *map(str, stores), "--format", "yolo-detect", "--out", str(out),
+                 "--split", str(split)]) == 0
+    _, sides = read_dataset(out)
+    s = Split.load(split)
+    for k, clip in enumerate(("clip0", "clip1")):
+        on = {side for side, stems in sides.items() if any(st.startswith(clip + "_") for st in stems)}
+        with AnnotationStore.open(stores[k], readonly=True) as st:
+            assert on == {s.side(next(iter(frame_groups(st).values())))}  # one side, the split's
+    assert sum(len(v) for v in sides.values()) == 9
+
+
 def test_yolo_detect_boxes_equal_and_class_table_order(tmp_path, stores):
     table = tmp_path / "classes.csv"
     table.write_text("name,synonyms\nring,\ndark,shadow\nlight,bright\n")  # 'bright' by synonym
