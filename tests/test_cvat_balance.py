@@ -183,6 +183,28 @@ def test_interrupted_apply_resumes(cvat_server, tmp_path):
     assert balance(conn, opts, progress=False, apply=True).moves == []
 
 
+def test_a_saved_plan_the_server_no_longer_fits_is_planned_anew(cvat_server, tmp_path):
+    conn = conn_for(cvat_server, retries=0)
+    pids, ids = seed(conn, cvat_server, tmp_path, COUNTS)
+    opts = BalanceOptions(pids, (0.6, 0.2, 0.2), cache_dir=tmp_path / "cache")
+    cvat_server.faults.fail_matching("PATCH", r"/api/tasks/\d+", skip=1, status=500)
+    with pytest.raises(CvatError):
+        balance(conn, opts, progress=False, apply=True)
+    planned = balance(conn, opts, progress=False).moves  # what is left to do
+    # someone moves a task the saved plan still has to move into a fourth project
+    extra = make_project(conn, "elsewhere")
+    conn.request("PATCH", f"/api/tasks/{planned[-1].task_id}", body={"project_id": extra})
+    res = balance(conn, opts, progress=False, apply=True)
+    assert not res.resumed and planned[-1].task_id not in {m.task_id for m in res.moves}
+    assert balance(conn, opts, progress=False, apply=True).moves == []
+    # a plan step that finds its task elsewhere stops, names it, and drops the saved plan
+    from dl_utils.cvat.balance import Move, StalePlanError, _move_one
+
+    with pytest.raises(StalePlanError, match=rf"task {planned[-1].task_id} .* is now in project {extra}"):
+        _move_one(conn, Move(planned[-1].task_id, planned[-1].name, pids[0], pids[1]))
+    assert not [e for e in cvat_server.log if e.method == "DELETE"]
+
+
 def test_missing_labels_stop_before_anything_moves(cvat_server, tmp_path):
     conn = conn_for(cvat_server)
     pids = (make_project(conn, "train"), make_project(conn, "val", labels=("car",)))

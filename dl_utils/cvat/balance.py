@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import InputError
+from ..errors import CvatError, InputError
 from .connection import CvatConnection, cvat_error
 from .projects import get_project, project_labels, project_tasks
 
@@ -452,15 +452,20 @@ def check_labels(conn: CvatConnection, moves: Sequence[Move], names: dict[int, s
     return created
 
 
+class StalePlanError(CvatError):
+    """A planned task is no longer where the plan expects it (moved by someone else)."""
+
+
 def _move_one(conn: CvatConnection, m: Move) -> str:
     task = conn.request("GET", f"/api/tasks/{m.task_id}", what=f"reading task {m.task_id}") or {}
     now = task.get("project_id")
     if now == m.target:
         return "already in the target project"
     if now != m.source:
-        raise cvat_error(f"task {m.task_id} ({m.name!r}) is now in project {now}, not {m.source} as"
-                         " planned (changed by someone else); run the command again without --apply"
-                         " to see a new plan")
+        raise StalePlanError(cvat_error(
+            f"task {m.task_id} ({m.name!r}) is now in project {now}, not {m.source} as planned"
+            " (moved by someone else); the saved plan was dropped: run the command again without"
+            " --apply to see a new plan").args[0])
     conn.request("PATCH", f"/api/tasks/{m.task_id}", body={"project_id": m.target},
                  what=f"moving task {m.task_id} to project {m.target}")
     return "moved"
@@ -499,10 +504,16 @@ def balance(conn: CvatConnection, options: BalanceOptions, *, apply: bool = Fals
     done: set[int] = set()
     if saved is not None:
         moves, tasks, done = saved
-        ids = {t.id for t in plan.tasks}
-        if all(m.task_id in ids for m in moves):
+        # resume only a plan the server still fits: every planned task where the plan left it
+        # (a move: its source or target; a copy: its source), else plan anew from what is there
+        now = {t.id: t.project_id for t in plan.tasks}
+        fits = all(now.get(m.task_id) in ((m.source, m.target) if options.mode == "move" else (m.source,))
+                   for m in moves)
+        if fits:
             plan.moves, plan.tasks, plan.resumed = moves, tasks, True
             plan.classes = sorted({c for t in tasks for c, n in t.counts.items() if n})
+        else:
+            done = set()
     created = check_labels(conn, [m for m in plan.moves if m.task_id not in done], plan.project_names,
                            create=options.create_labels)
     plan.applied += [{"task": None, "result": f"created {c}"} for c in created]
@@ -513,7 +524,11 @@ def balance(conn: CvatConnection, options: BalanceOptions, *, apply: bool = Fals
         for m in tqdm(plan.moves, desc=f"{options.mode} tasks", unit="task",
                       disable=not progress or not plan.moves):
             if options.mode == "move":
-                result = _move_one(conn, m)
+                try:
+                    result = _move_one(conn, m)
+                except StalePlanError:
+                    path.unlink(missing_ok=True)  # our own plan file: the next run plans anew
+                    raise
             else:
                 result = "already done" if m.task_id in done else _copy_one(conn, m, Path(tmp))
             done.add(m.task_id)
@@ -525,6 +540,6 @@ def balance(conn: CvatConnection, options: BalanceOptions, *, apply: bool = Fals
     return plan
 
 
-__all__ = ["BalanceOptions", "BalancePlan", "MODES", "Move", "TaskCounts", "balance", "check_labels",
-           "count_annotations", "default_cache_dir", "make_plan", "parse_ids", "parse_ratios",
-           "plan_moves", "project_totals", "read_counts"]
+__all__ = ["BalanceOptions", "BalancePlan", "MODES", "Move", "StalePlanError", "TaskCounts", "balance",
+           "check_labels", "count_annotations", "default_cache_dir", "make_plan", "parse_ids",
+           "parse_ratios", "plan_moves", "project_totals", "read_counts"]
