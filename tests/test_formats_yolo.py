@@ -461,7 +461,9 @@ def test_export_refuses_a_folder_of_other_files(tmp_path, stores, capsys):
 @pytest.mark.parametrize("fmt", ["yolo-seg", "yolo-detect"])
 def test_round_trip_export_import_export(tmp_path, stores, fmt):
     first, second = tmp_path / "one", tmp_path / "two"
-    assert main(["export", str(stores[0]), str(stores[2]), "--format", fmt, "--out", str(first)]) == 0
+    assert main(["export", str(stores[0]), str(stores[2]), "--format", fmt, "--out", str(tmp_path / "orig")]) == 0
+    # moved since (data.yaml's absolute path is gone) into a folder whose name holds glob characters
+    shutil.move(tmp_path / "orig", first := tmp_path / "moved [1]")
     back = tmp_path / "back.sqlite"
     assert main(["import", str(first), "--format", "yolo", "--out", str(back), "--split", "train"]) == 0
     with AnnotationStore.open(back, readonly=True) as s:
@@ -485,14 +487,19 @@ def test_import_all_sides_and_bad_rows(tmp_path, stores, capsys):
     with AnnotationStore.open(back, readonly=True) as s:
         assert len(s.media.frames) == 9
         assert s.media.frame_names[0].split("/")[0] in ("test", "train", "val")
+    (ds / "images/extra").mkdir()
+    shutil.copy(next((ds / "images/train").iterdir()), ds / "images/extra/stray.jpg")
+    assert "images/extra holds images but is no side data.yaml names" in fails(
+        ["import", str(ds), "--out", str(tmp_path / "bad.sqlite")], capsys)
+    assert main(["import", str(ds), "--out", str(tmp_path / "val.sqlite"), "--split", "val"]) == 0
     (ds / "labels/train/clip0_000000.txt").write_text("0 0.5 0.5 0.2\n")
     assert "clip0_000000.txt line 1: 3 values after the class" in fails(
-        ["import", str(ds), "--out", str(tmp_path / "bad.sqlite")], capsys)
+        ["import", str(ds), "--out", str(tmp_path / "bad.sqlite"), "--split", "train"], capsys)
     (ds / "labels/train/clip0_000000.txt").write_text("7 0.5 0.5 0.2 0.2\n")
     assert "line 1: class 7 is not in data.yaml's names" in fails(
-        ["import", str(ds), "--out", str(tmp_path / "bad.sqlite")], capsys)
+        ["import", str(ds), "--out", str(tmp_path / "bad.sqlite"), "--split", "train"], capsys)
     with pytest.raises(FormatError, match="class 7"):
-        import_yolo(ds, AnnotationStore.create(tmp_path / "direct.sqlite"))
+        import_yolo(ds, AnnotationStore.create(tmp_path / "direct.sqlite"), split="train")
     assert not (tmp_path / "bad.sqlite").exists()
 
 

@@ -23,6 +23,7 @@ previous one as it was.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -30,7 +31,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -48,7 +49,16 @@ from ._common import (
     select_objects,
     write_objects,
 )
-from ._dataset import IMAGE_FORMATS, SIDES, Pictures, class_ids, class_names, picture_stem, sides_of, unique_stem
+from ._dataset import (
+    IMAGE_FORMATS,
+    SIDES,
+    Pictures,
+    class_ids,
+    class_names,
+    picture_stem,
+    sides_of,
+    unique_stem,
+)
 from .polygons import Ring, mask_ring, polygon_ring
 
 if TYPE_CHECKING:
@@ -186,7 +196,8 @@ def export_yolo(
     final = folder_target(out, "a YOLO export writes a dataset folder")
     names = class_names(stores, opts.classes)
     ids = [class_ids(s, names, opts.classes) for s in stores]
-    sides = [sides_of(s, opts.split, opts.split_name) for s in stores]  # every unknown group refused before any work
+    # every unknown label and split group is refused here, before any picture is decoded
+    sides = [sides_of(s, opts.split, opts.split_name) for s in stores]
     result = YoloExport(final, opts.task, names)
     if opts.split is None:
         result.notes.append("no --split: every frame is under train (data.yaml's val is train too)")
@@ -346,10 +357,10 @@ def _images_dir(folder: Path, doc: dict[str, Any], side: str) -> Path | None:
     return None
 
 
-def parse_label_file(path: Path, names: list[str], width: int, height: int) -> list[ParsedShape]:
-    """The rows of one label file as shapes in pixels; a row's kind is told by its length
-    (5 values: a box, an odd count >= 7: a polygon)."""
-    shapes: list[ParsedShape] = []
+def parse_label_file(path: Path, names: list[str], width: int, height: int) -> list[tuple[str, ParsedShape]]:
+    """The rows of one label file as ``(class name, shape in pixels)``; a row's kind is told by its
+    length (5 values: a box, an odd count >= 7: a polygon), so detect and segment rows may mix."""
+    shapes: list[tuple[str, ParsedShape]] = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -369,10 +380,10 @@ def parse_label_file(path: Path, names: list[str], width: int, height: int) -> l
         if len(vals) == 4:
             cx, cy, bw, bh = vals
             box = ((cx - bw / 2) * width, (cy - bh / 2) * height, (cx + bw / 2) * width, (cy + bh / 2) * height)
-            shapes.append(ParsedShape("box", box, where=f"{where}|{names[cls]}"))
+            shapes.append((names[cls], ParsedShape("box", box, where=where)))
         elif len(vals) >= 6 and len(vals) % 2 == 0:
             ring = [v * (width if k % 2 == 0 else height) for k, v in enumerate(vals)]
-            shapes.append(ParsedShape("polygon", [ring], where=f"{where}|{names[cls]}"))
+            shapes.append((names[cls], ParsedShape("polygon", [ring], where=where)))
         else:
             raise FormatError(
                 f"{where}: {len(vals)} values after the class; a box row has 4, a polygon row an even"
@@ -391,6 +402,8 @@ def import_yolo(
     root = Path(folder)
     if not root.is_dir():
         raise FormatError(f"{root} is not a folder; give the dataset folder (the one with data.yaml)")
+    if store.media is not None:
+        raise InputError(f"{store.path} already has media; import a YOLO dataset into a new store (--out)")
     doc, names = read_data_yaml(root)
     if split is not None and split not in SIDES:
         raise InputError(f"--split {split!r}: use train, val or test")
@@ -402,20 +415,24 @@ def import_yolo(
     if not dirs:
         raise FormatError(f"{root}: data.yaml names no image folder that exists"
                           f" ({'side ' + split if split else 'train/val/test'}); check its path and sides")
+    # the media path is a glob the store reopens its images by (escaped: a folder may hold [ or *)
     if len(dirs) == 1:
-        pattern = str(next(iter(dirs.values())) / "*")
+        pattern = os.path.join(glob.escape(str(next(iter(dirs.values())).resolve())), "*")
     else:
         parents = {d.parent.resolve() for d in dirs.values()}
         if len(parents) != 1:
             raise FormatError(f"{root}: the sides' image folders have different parents; import one"
                               " side at a time with --split")
-        pattern = str(parents.pop() / "*" / "*")
+        pattern = os.path.join(glob.escape(str(parents.pop())), "*", "*")
     src = open_frames(pattern)
     media = src.media_info()
     files = {f: Path(src.file_of(f)) for f in media.frames}  # type: ignore[attr-defined]
     src.close()
-    if store.media is not None:
-        raise InputError(f"{store.path} already has media; import a YOLO dataset into a new store (--out)")
+    wanted = {d.resolve() for d in dirs.values()}
+    other = sorted({str(p.parent) for p in files.values() if p.parent.resolve() not in wanted})
+    if other:
+        raise FormatError(f"{root}: {other[0]} holds images but is no side data.yaml names; import one"
+                          " side at a time with --split")
     store.set_media(media)
     keys: list[ObjectKey] = []
     by_frame: dict[int, dict[tuple[Any, ...], list[ParsedShape]]] = {}
@@ -427,9 +444,7 @@ def import_yolo(
             missing += 1
             continue
         w, h = media.size_of(f)
-        for k, shape in enumerate(parse_label_file(lbl, names, w, h)):
-            label = shape.where.rsplit("|", 1)[1]
-            shape.where = shape.where.rsplit("|", 1)[0]
+        for k, (label, shape) in enumerate(parse_label_file(lbl, names, w, h)):
             key = ObjectKey((f, k), label)
             keys.append(key)
             used[label] += 1
