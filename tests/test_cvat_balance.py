@@ -297,3 +297,30 @@ def test_copy_mode_backs_up_and_restores_into_the_target(cvat_server, tmp_path):
     again = balance(conn, opts, progress=False, apply=True)
     assert again.moves == [] and not [e for e in cvat_server.log[mark:] if e.method != "GET"]
     assert not [e for e in cvat_server.log if e.method == "DELETE"]
+
+
+def test_standin_task_move_follows_cvat_rules(cvat_server):
+    """TaskWriteSerializer.validate / update (cvat/apps/engine/serializers.py), as the stand-in has it."""
+    conn = conn_for(cvat_server)
+    a = int(conn.request("POST", "/api/projects", body={"name": "a", "labels": [
+        {"name": "car", "attributes": [{"name": "color", "input_type": "select", "mutable": False,
+                                        "default_value": "red", "values": ["red", "blue"]}]}]})["id"])
+    b = int(conn.request("POST", "/api/projects", body={"name": "b", "labels": [
+        {"name": "car", "attributes": [{"name": "color", "input_type": "text", "mutable": False,
+                                        "default_value": "", "values": []}]}]})["id"])
+    task = conn.request("POST", "/api/tasks", body={"name": "t", "project_id": a})
+    with pytest.raises(CvatError, match=r'does not have .{1,2}car.{1,2} label with .{1,2}color.{1,2} attribute'):
+        conn.request("PATCH", f"/api/tasks/{task['id']}", body={"project_id": b})
+    with pytest.raises(CvatError, match="Cannot find project with ID 999"):
+        conn.request("PATCH", f"/api/tasks/{task['id']}", body={"project_id": 999})
+    with pytest.raises(CvatError, match="cannot be taken out"):
+        conn.request("PATCH", f"/api/tasks/{task['id']}", body={"project_id": None})
+    assert conn.request("GET", f"/api/tasks/{task['id']}")["project_id"] == a
+    # a task with its own labels moves into a project holding those names; its labels go
+    own = conn.request("POST", "/api/tasks", body={"name": "own", "labels": [{"name": "car"}]})
+    c = int(conn.request("POST", "/api/projects", body={"name": "c", "labels": [{"name": "car"},
+                                                                                   {"name": "bus"}]})["id"])
+    assert conn.request("PATCH", f"/api/tasks/{own['id']}", body={"project_id": c})["project_id"] == c
+    names = sorted(lb["name"] for lb in conn.get_paginated("/api/labels", {"task_id": own["id"]}, what="l"))
+    assert names == ["bus", "car"]
+    assert not [lb for lb in cvat_server.state.labels.values() if lb.get("task_id") == own["id"]]

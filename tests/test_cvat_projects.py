@@ -193,3 +193,19 @@ def test_cli_projects_tasks_create_tasks(env, tmp_path, capsys):
     assert main(["cvat", "projects", "--json", *base]) == 0
     assert json.loads(capsys.readouterr().out)[0]["tasks"] == 2
     assert env.token not in out
+
+
+def test_one_task_per_video_and_per_folder(cvat_server, tmp_path):
+    from dl_utils.video_utils import write_video
+
+    clip = tmp_path / "clip01.mp4"
+    write_video(clip, (np.full((16, 24, 3), 10 * i, np.uint8) for i in range(6)), fps=25, crf=30,
+                preset="ultrafast")
+    conn = conn_for(cvat_server)
+    pid = make_project(conn)
+    rep = create_tasks(conn, pid, [clip, image_folder(tmp_path, "stills", 2)],
+                       CreateTasksOptions(**FAST), progress=False)
+    got = {c["name"]: c for c in rep.created}
+    assert sorted(got) == ["clip01", "stills"] and got["clip01"]["frames"] == 6
+    assert cvat_server.state.tasks[got["clip01"]["task"]]["mode"] == "interpolation"
+    assert cvat_server.state.tasks[got["stills"]["task"]]["mode"] == "annotation"
