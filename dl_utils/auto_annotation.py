@@ -181,7 +181,10 @@ def create(
     detector = opts.build(table)
     prompt = detector.resolve_prompt(text)
     # onnx: the labels its boxes carry (model or table names), not the phrases as typed
-    labels = detector.labels_for(prompt) if backend == "onnx" else _label_names(table, text, prompt.phrases)
+    from .dinoal.onnx_yolo import OnnxYoloDetector
+
+    labels = (detector.labels_for(prompt) if isinstance(detector, OnnxYoloDetector)
+              else _label_names(table, text, prompt.phrases))
     segmenter: ImageSegmenter | None = None
     sam3 = backend == "sam3"
     if shape == "mask" and not sam3:

@@ -444,23 +444,28 @@ def test_batch_carries_the_backend_to_the_workers(tmp_path, sam_ckpt, capsys):
     rows = np.array([[[40, 100, 140, 180, 0.875, 1], [180, 120, 260, 220, 0.75, 0]]], np.float32)
     path = export(tmp_path / "m.onnx", rows, meta=ultra_meta())
     out = tmp_path / "out"
-    argv = ["batch", str(clip), "--backend", "onnx", "--model", str(path), "--text", "car", "--out", str(out),
-            "--sam-checkpoint", str(sam_ckpt), "--image-size", "256", "--device", "cpu", "--threads", "1",
-            ]
-    assert main(argv) == 0
+    argv = ["batch", str(clip), "--backend", "onnx", "--model", str(path), "--out", str(out),
+            "--sam-checkpoint", str(sam_ckpt), "--image-size", "256", "--device", "cpu", "--threads", "1"]
+    assert main(argv) == 0  # no --text: every class, read once from the metadata in the parent
     capsys.readouterr()
     line = json.loads((out / "summary.jsonl").read_text().splitlines()[0])
     assert line["status"] == "done", line
     frames, labels, rec = _store_boxes(out / "imgs.sqlite")
-    assert rec["backend"] == "onnx" and set(labels.values()) == {"car"}
-    # without --text: every class, read once from the metadata in the parent
-    out2 = tmp_path / "out2"
-    argv2 = [a for a in argv if a not in ("--text", "car")]
-    argv2[argv2.index(str(out))] = str(out2)
-    assert main(argv2) == 0
-    capsys.readouterr()
-    assert json.loads((out2 / "summary.jsonl").read_text().splitlines()[0])["status"] == "done"
-    assert set(_store_boxes(out2 / "imgs.sqlite")[1].values()) == {"car", "person"}
+    assert rec["backend"] == "onnx" and set(labels.values()) == {"car", "person"} and len(frames) == 2
+    assert all(i.mask is not None for insts in frames.values() for i in insts)  # the worker's SAM2 masks
+
+
+def test_batch_fills_the_all_classes_caption_in_the_parent(tmp_path):
+    from dl_utils.batch.plan import BatchSource
+    from dl_utils.drivers.batch import with_onnx_text
+    from dl_utils.drivers.options import DetectorOptions
+
+    path = export(tmp_path / "m.onnx", yolo_output(), meta=ultra_meta())
+    srcs = [BatchSource(source=tmp_path / "a", name="a", store_name="a.sqlite"),
+            BatchSource(source=tmp_path / "b", name="b", store_name="b.sqlite", text="car")]
+    got = with_onnx_text(srcs, DetectorOptions(backend="onnx", model=path))
+    assert [s.text for s in got] == ["person. car. traffic light.", "car"]
+    assert with_onnx_text(srcs, DetectorOptions()) == srcs  # other backends: as planned
 
 
 def test_widget_detect_button_with_empty_text_runs_every_class(tmp_path):

@@ -193,7 +193,7 @@ def _key(name: str) -> str:
 # ----------------------------------------------------------------------------- the session
 def _providers(device: Any) -> tuple[list[Any], str]:
     """onnxruntime providers for ``device`` (None: CUDA when onnxruntime has it, else CPU)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # type: ignore[import-untyped]
 
     available = ort.get_available_providers()
     dev = str(device if device is not None else os.environ.get("DL_UTILS_DEVICE") or "").strip().lower()

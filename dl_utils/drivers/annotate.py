@@ -168,7 +168,7 @@ def annotate(
     if onnx:  # your own detector: no --text is every class; names are checked before the store is touched
         if detector is None:
             detector = opts.build(table)
-        caption = detector.resolve_caption(caption)  # type: ignore[attr-defined]
+        caption = detector.resolve_caption(caption)  # type: ignore[union-attr]
     if caption is not None:
         check_store_backend(out, opts)
     check_store_tracker(out, sam)  # another tracker's results: refused before any model loads

@@ -31,6 +31,7 @@ from ..sam2al.session import DIRECTIONS  # torch-free (the engine imports torch 
 if TYPE_CHECKING:  # pragma: no cover
     from ..classes import ClassTable
     from ..dinoal.detector import GroundedDetector
+    from ..dinoal.onnx_yolo import OnnxYoloDetector
     from ..samal import ImageSegmenter
     from ..tracking import TrackerConfig
     from ..video_utils import FrameSource
@@ -167,7 +168,7 @@ class DetectorOptions:
             return ClassTable.load(c if isinstance(c, str) else Path(os.fsdecode(c)))
         return c
 
-    def build(self, table: ClassTable | None = None) -> GroundedDetector | Sam3Detector:
+    def build(self, table: ClassTable | None = None) -> GroundedDetector | Sam3Detector | OnnxYoloDetector:
         """The detector these options describe (``table``: the loaded class table, if any).
 
         ``sam3``: the released SAM 3 image model (:meth:`build_sam3` ``"image"``) behind
@@ -219,7 +220,9 @@ class DetectorOptions:
         from ..dinoal.onnx_yolo import OnnxYoloDetector
 
         self.check_onnx()
-        return OnnxYoloDetector(os.fspath(self.model), classes=table, device="cpu", threads=1).resolve_caption(None).text
+        assert self.model is not None  # check_onnx refused None
+        detector = OnnxYoloDetector(os.fspath(self.model), classes=table, device="cpu", threads=1)
+        return detector.resolve_caption(None).text
 
     # ------------------------------------------------------------------ SAM 3
     @property

@@ -208,7 +208,8 @@ class JobRunner:
             given = self.c.detector_options
             options = given if given is not None and given.backend == "onnx" else \
                 DetectorOptions(backend="onnx", model=getattr(detector, "name", None))
-            caption = detector.resolve_caption((str(text).strip() if text else "") or None)  # type: ignore[attr-defined]
+            typed = (str(text).strip() if text else "") or None
+            caption = detector.resolve_caption(typed)  # type: ignore[attr-defined]
         else:
             caption = parse_caption(text)
         video = engine.can_propagate and session is not None
