@@ -448,6 +448,14 @@ def test_several_stores_refused_by_single_store_formats(tmp_path, stores, capsys
         capsys)
 
 
+def test_export_store_points_to_export_yolo(tmp_path, stores):
+    from dl_utils.formats import export_store
+
+    with AnnotationStore.open(stores[0], readonly=True) as s:
+        with pytest.raises(InputError, match=r"yolo-seg is a dataset of one or more stores: use export_yolo"):
+            export_store(s, "yolo-seg", tmp_path / "x")
+
+
 def test_export_refuses_a_folder_of_other_files(tmp_path, stores, capsys):
     out = tmp_path / "mine"
     out.mkdir()

@@ -62,6 +62,9 @@ def export_store(store: StoreReader, fmt: str, out: str | os.PathLike[str], **op
     :func:`~dl_utils.formats.mattes.export_mattes` (``pattern``, ``combine``, ``bit_depth``, ``dilate``,
     ``feather``, ``exr``, ``skip_empty``, ``force``). Parent folders are created.
     """
+    if fmt in ("yolo-detect", "yolo-seg"):
+        raise InputError(f"{fmt} is a dataset of one or more stores: use export_yolo(stores, out,"
+                         " YoloOptions(task='detect'|'segment', ...))")
     if fmt not in EXPORT_FORMATS:
         raise InputError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
     shape = opts.get("shape")
