@@ -448,6 +448,20 @@ def test_several_stores_refused_by_single_store_formats(tmp_path, stores, capsys
         capsys)
 
 
+def test_store_without_media_path_or_media_file(tmp_path, clips, capsys):
+    import dataclasses
+
+    media = open_frames(clips[0]).media_info()
+    for name, path in (("nopath", None), ("gone", str(tmp_path / "gone.mp4"))):
+        store = tmp_path / f"{name}.sqlite"
+        with AnnotationStore.create(store, dataclasses.replace(media, path=path)) as s:
+            s.add_object("thing", id=1)
+            s.write_frame(0, [Instance(1, box=(1.0, 2.0, 30.0, 40.0))])
+        err = fails(["export", str(store), "--format", "yolo-detect", "--out", str(tmp_path / name)], capsys)
+        assert ("its media record has no path" if path is None else "gone.mp4") in err
+        assert not (tmp_path / name).exists()
+
+
 def test_export_store_points_to_export_yolo(tmp_path, stores):
     from dl_utils.formats import export_store
 
