@@ -246,7 +246,8 @@ def _check_count(n: int, ratios: Sequence[float], by: str) -> None:
         return
     if by == "group":
         what = "video (group)" if n == 1 else "videos (groups)"
-        hint = "whole videos stay on one side: add more videos, or give fewer sides (e.g. --ratios 0.8,0.2)"
+        hint = ("whole videos stay on one side (by='item' splits image sets only): add more videos, or give"
+                " fewer sides (e.g. --ratios 0.8,0.2)")
     else:
         what = "image" if n == 1 else "images"
         hint = "add more annotated images"
