@@ -158,8 +158,8 @@ def dataset_stats(
     for store in open_stores(paths):
         media = _media_of(store)
         by_frame = frame_groups(store, "group")
-        for key, fs in frames_by_group(by_frame).items():
-            add_frames(frames, key, fs)
+        for key, media_frames in frames_by_group(by_frame).items():
+            add_frames(frames, key, media_frames)
         shown: dict[str, list[int]] = {}
         labels = {o.id: o.label for o in store.objects()}
         bar = tqdm(store.iter_frames(), desc=f"stats {store.path.name}", disable=None if progress else True,
@@ -182,12 +182,12 @@ def dataset_stats(
                 s.area_hist[area_bin(area / float(w * h))] += 1
             if any_shown:
                 shown.setdefault(found, []).append(frame)
-        for key, fs in shown.items():
-            add_frames(annotated, key, fs)
-    for key, fs in frames.items():
+        for key, shown_frames in shown.items():
+            add_frames(annotated, key, shown_frames)
+    for key, distinct in frames.items():
         s = side_of(key)
         s.groups += 1
-        s.images += int(len(fs))
+        s.images += int(len(distinct))
         s.annotated_images += int(len(annotated.get(key, ())))
     ordered = [sides[n] for n in order] + [sides[n] for n in sides if n not in order]
     return DatasetStats(tuple(str(p) for p in paths), None, ordered)
