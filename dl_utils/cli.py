@@ -88,7 +88,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 #: options of the dataset exports (yolo-detect, yolo-seg, coco with --split): dest -> flag
 _DATASET_OPTIONS = {"split": "--split", "classes": "--classes", "image_format": "--image-format",
                     "jpeg_quality": "--jpeg-quality", "include_empty": "--include-empty",
-                    "strict": "--strict", "link": "--link"}
+                    "strict": "--strict", "link": "--link", "dry_run": "--dry-run"}
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -151,7 +151,7 @@ def _export_dataset(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
     from .classes import ClassTable
-    from .formats import YoloOptions, export_coco_splits, export_yolo
+    from .formats import YoloOptions, export_coco_splits, export_yolo, plan_yolo
     from .splits import Split
     from .store import AnnotationStore
 
@@ -165,6 +165,8 @@ def _export_dataset(args: argparse.Namespace) -> int:
     table = ClassTable.load(args.classes) if args.classes else None
     with ExitStack() as stack:
         stores = [stack.enter_context(AnnotationStore.open(p, readonly=True)) for p in args.store]
+        if args.dry_run and args.format == "coco":
+            raise InputError("--dry-run applies to yolo-detect and yolo-seg; coco --split has none yet")
         if args.format == "coco":
             if args.image_format or args.strict:
                 raise InputError("--image-format and --strict apply to YOLO exports; COCO --split"
@@ -182,13 +184,18 @@ def _export_dataset(args: argparse.Namespace) -> int:
             )
             from .models import cli_warnings
 
-            with cli_warnings(args.debug):
-                summary = export_yolo(stores, args.out, opts).summary()
+            if args.dry_run:
+                summary = dict(plan_yolo(stores, opts).summary(), out=str(Path(args.out).absolute()),
+                               dry_run=True)
+            else:
+                with cli_warnings(args.debug):
+                    summary = export_yolo(stores, args.out, opts).summary()
     if args.json:
         print(json.dumps(summary))
         return 0
     sides = ", ".join(f"{side} {n}" for side, n in summary["images"].items() if n)
-    print(f"exported {len(args.store)} store(s) as {args.format} -> {summary['out']}"
+    print(f"{'would export' if summary.get('dry_run') else 'exported'} {len(args.store)} store(s) as"
+          f" {args.format} -> {summary['out']}"
           f" ({sides or 'no'} images, {sum(summary['instances'].values())} instances,"
           f" {len(summary['names'])} classes)")
     for note in summary.get("notes", []):
@@ -419,6 +426,8 @@ def _add_export_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
                    help="a polygon of < 3 points is an error (default: skipped and counted)")
     d.add_argument("--link", action="store_true",
                    help="hard-link image set files instead of copying them (same file system)")
+    d.add_argument("--dry-run", action="store_true", help="YOLO: check classes, split and media and print"
+                   " the pictures and instances per side; decode and write nothing")
     m = exp.add_argument_group("mattes", "options of --format mattes (docs/formats_mattes.md)")
     m.add_argument("--pattern", help="file name in --out with a frame field %%04d, %%d or ####, and"
                    " {object} / {label} for one sequence per object / label (default mask_%%04d.png)")

@@ -323,6 +323,22 @@ def test_stored_polygons_and_boxes_are_written_as_they_are(tmp_path, clips):
                                                  x1 / W, y2 / H], atol=1e-6)
 
 
+def test_dry_run_counts_and_writes_nothing(tmp_path, stores, capsys):
+    split = split_for(stores, ["train", "val", "test"], tmp_path / "split.json")
+    out = tmp_path / "ds"
+    args = ["export", *map(str, stores), "--format", "yolo-seg", "--out", str(out), "--split", str(split)]
+    capsys.readouterr()
+    assert main([*args, "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert not out.exists() and plan["dry_run"] is True
+    assert main([*args, "--json"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert plan["images"] == done["images"] == {"train": 3, "val": 3, "test": 3}
+    assert plan["instances"] == done["instances"] and plan["names"] == done["names"]
+    assert main([*args[:-2], "--dry-run", "--include-empty"]) == 0
+    assert "would export 3 store(s) as yolo-seg" in capsys.readouterr().out
+
+
 def test_include_empty_writes_background_images(tmp_path, stores):
     out = tmp_path / "ds"
     assert main(["export", str(stores[0]), "--format", "yolo-detect", "--out", str(out),
@@ -460,6 +476,9 @@ def test_store_without_media_path_or_media_file(tmp_path, clips, capsys):
         err = fails(["export", str(store), "--format", "yolo-detect", "--out", str(tmp_path / name)], capsys)
         assert ("its media record has no path" if path is None else "gone.mp4") in err
         assert not (tmp_path / name).exists()
+        assert main(["export", str(store), "--format", "yolo-detect", "--out", str(tmp_path / name),
+                     "--dry-run", "--json"]) == 0  # the plan says so instead of stopping
+        assert "is not there; the export would stop at it" in " ".join(json.loads(capsys.readouterr().out)["notes"])
 
 
 def test_export_store_points_to_export_yolo(tmp_path, stores):

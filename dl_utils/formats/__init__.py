@@ -42,7 +42,7 @@ from .coco import CocoSplitExport, export_coco, export_coco_splits, import_coco
 from .cvat_xml import export_cvat, group_ids, import_cvat
 from .mattes import MatteExport, MattePattern, export_mattes
 from .png_masks import export_png_masks
-from .yolo import DegeneratePolygonWarning, YoloExport, YoloOptions, export_yolo, import_yolo
+from .yolo import DegeneratePolygonWarning, YoloExport, YoloOptions, export_yolo, import_yolo, plan_yolo
 
 if TYPE_CHECKING:
     from ..store import StoreReader, StoreReaderWriter
@@ -178,6 +178,7 @@ __all__ = [
     "export_png_masks",
     "export_mattes",
     "export_yolo",
+    "plan_yolo",
     "import_yolo",
     "YoloOptions",
     "YoloExport",

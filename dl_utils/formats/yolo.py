@@ -229,6 +229,42 @@ def export_yolo(
     return result
 
 
+def plan_yolo(stores: Sequence["StoreReader"], options: YoloOptions | None = None) -> YoloExport:
+    """What :func:`export_yolo` would write (``--dry-run``): classes, and pictures and instances per
+    side, with every check that needs no picture (class table, split groups, media present); reads
+    the stores without decoding a mask or a frame and writes nothing. Degenerate polygons show only
+    when masks are traced, so ``degenerate`` stays 0 here."""
+    opts = options or YoloOptions()
+    if not stores:
+        raise InputError("give at least one store to export")
+    from ..datasets.groups import media_key
+
+    names = class_names(stores, opts.classes)
+    for s in stores:
+        class_ids(s, names, opts.classes)
+    sides = [sides_of(s, opts.split, opts.split_name) for s in stores]
+    result = YoloExport(Path(), opts.task, names)
+    if opts.split is None:
+        result.notes.append("no --split: every frame is under train (data.yaml's val is train too)")
+    for store, side_of in zip(stores, sides):
+        media = require_media(store)
+        key = media_key(store) if media.path else ""
+        present = bool(key) and (Path(key).exists() or (glob.has_magic(key) and bool(glob.glob(key))))
+        if not present:
+            result.notes.append(f"{store.path}: its media {media.path or '(no path)'} is not there; the"
+                                " export would stop at it")
+        counts = {f: sum(not i.is_empty for i in insts) for f, insts in store.iter_frames(decode=False)}
+        frames = media.frames if opts.include_empty else sorted(f for f, n in counts.items() if n)
+        for f in frames:
+            if f not in side_of:
+                continue  # a stored frame outside the media: not exportable
+            n = counts.get(f, 0)
+            result.images[side_of[f]] += 1
+            result.instances[side_of[f]] += n
+            result.empty_images += not n
+    return result
+
+
 def _export_store(
     store: "StoreReader", tmp: Path, label_ids: dict[str, int], side_of: dict[int, str],
     opts: YoloOptions, used: set[str], result: YoloExport,
