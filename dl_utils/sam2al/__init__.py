@@ -19,13 +19,15 @@ adds what an annotation tool needs around it:
   every frame of a range reads back as ``Instances`` (no KeyError, sam2 #418).
 
 See docs/sam2al.md for the session model and the parity method. Modules: ``frames`` (LazyFrames),
-``engine`` (the network view), ``session`` (VideoSession), ``samurai`` (the SAMURAI tracker mode:
+``engine`` (the network view), ``session`` (VideoSession), ``pipeline`` (the writer thread of a
+pipelined pass, :class:`Pipeline`), ``samurai`` (the SAMURAI tracker mode:
 ``VideoSession(tracker="samurai")``, docs/sam2al_samurai.md), ``review``, ``segment`` (PROMPTS.json: validation and applying it to a session); the
 ``dl-utils segment`` driver is :mod:`dl_utils.drivers.segment`.
 """
 
 from .engine import make_engine
 from .frames import IMG_MEAN, IMG_STD, LazyFrames
+from .pipeline import Pipeline
 from .review import ReviewItem, review_frames
 from .segment import apply_prompts, load_prompts
 from .samurai import TRACKERS, BoxKalmanFilter, MotionTrack, SamuraiConfig
@@ -40,6 +42,7 @@ __all__ = [
     "IMG_MEAN",
     "IMG_STD",
     "LazyFrames",
+    "Pipeline",
     "ReviewItem",
     "VideoSession",
     "apply_prompts",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -53,6 +54,8 @@ class LazyFrames:
         self._pool: Any = None
         self._pending: dict[int, Any] = {}
         self.decoded = 0  # frames decoded so far (tests and benchmarks read it)
+        self._ahead: _Ahead | None = None
+        self._ahead_tensors = True
 
     def __len__(self) -> int:
         return len(self.source)
@@ -86,7 +89,7 @@ class LazyFrames:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="dl_utils-frames")
         self._pending[j] = self._pool.submit(self._decode, j)
 
-    def resized(self, i: int) -> np.ndarray:
+    def resized(self, i: int, *, prefetch: bool = True) -> np.ndarray:
         """Kept frame ``i`` resized to ``S x S`` RGB ``uint8`` (cached)."""
         i = int(i)
         with self._lock:
@@ -101,12 +104,13 @@ class LazyFrames:
             self._cache.move_to_end(i)
             self._last = i
             arr = self._cache[i]
-            if self.prefetch and not backward:
+            if prefetch and self.prefetch and not backward:
                 self._schedule(i + 1)
             return arr
 
     def close(self) -> None:
-        """Stop the prefetch thread (frames decode again on demand)."""
+        """Stop the prefetch threads (frames decode again on demand)."""
+        self.stop_ahead()
         with self._lock:
             for fut in self._pending.values():
                 fut.cancel()
@@ -115,18 +119,137 @@ class LazyFrames:
                 self._pool.shutdown(wait=True)
                 self._pool = None
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def _tensor(self, i: int, prefetch: bool = True) -> torch.Tensor:
         import torch
 
-        n = len(self)
-        i = int(i)
-        if not 0 <= i < n:
-            raise FrameIndexError(f"{self.source.name}: frame index {i} is outside 0..{n - 1}")
-        arr = self.resized(i) / 255.0  # float64, as upstream
+        arr = self.resized(i, prefetch=prefetch) / 255.0  # float64, as upstream
         img = torch.from_numpy(arr).permute(2, 0, 1).to(torch.float32).contiguous()
         img -= self._mean
         img /= self._std
         return img.to(self.device)
 
+    def __getitem__(self, i: int) -> torch.Tensor:
+        n = len(self)
+        i = int(i)
+        if not 0 <= i < n:
+            raise FrameIndexError(f"{self.source.name}: frame index {i} is outside 0..{n - 1}")
+        ahead = self._ahead
+        if ahead is not None and self._ahead_tensors:
+            got = ahead.take(i)
+            if got is not None:
+                return got
+        return self._tensor(i)
+
+    # ------------------------------------------------------------------ pipelined passes
+    def start_ahead(self, order: Sequence[int], depth: int = 4,
+                    prepare: Callable[[int], Any] | None = None) -> None:
+        """Prepare the frames of ``order`` (a pass's frame indices, in pass order) on a background
+        thread, at most ``depth`` prepared frames ahead of the consumer.
+
+        A propagation pass knows its frames in advance: decoding, resizing, normalising and the
+        copy to the device then run while the network works on the current frame, and the main
+        thread finds each frame ready. Memory stays flat (``depth`` prepared frames). A frame asked
+        for out of plan decodes on demand as before; frames of the plan the consumer skips are
+        dropped when a later one is asked for. An error while preparing a frame is raised, with its
+        own type, where that frame is asked for.
+
+        ``prepare(i)`` replaces the default preparation (the tensor ``frames[i]`` returns); what it
+        returns is collected with :meth:`take_ahead` (the session prepares the image encoder's
+        features there, see :meth:`VideoSession._features`).
+        """
+        self.stop_ahead()
+        self._ahead_tensors = prepare is None
+        self._ahead = _Ahead(prepare or (lambda i: self._tensor(i, prefetch=False)),
+                             [int(i) for i in order], max(1, int(depth)))
+
+    def take_ahead(self, i: int) -> Any:
+        """What :meth:`start_ahead`'s ``prepare`` made for frame ``i`` (waits for it); None when
+        ``i`` is not ahead in the plan (then prepare it in the caller)."""
+        ahead = self._ahead
+        return None if ahead is None else ahead.take(int(i))
+
+    def stop_ahead(self) -> None:
+        """Stop the background preparation (waits for the thread; nothing is left running)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead.stop()
+
     def cache_info(self) -> dict[str, int]:
         return {"cached": len(self._cache), "max": self.cache_frames, "decoded": self.decoded}
+
+
+class _Ahead:
+    """The background thread of :meth:`LazyFrames.start_ahead`: a bounded window of ready frames.
+
+    ``ready`` maps a plan position to its tensor (or the exception preparing it raised); the
+    producer waits while ``depth`` frames are ready and unconsumed, so it never runs further ahead.
+    """
+
+    def __init__(self, prepare: Callable[[int], Any], order: list[int], depth: int):
+        self.prepare = prepare
+        self.order = order
+        self.pos = {i: k for k, i in enumerate(order)}  # an index appears once in a pass
+        self.depth = depth
+        self.cond = threading.Condition()
+        self.ready: dict[int, Any] = {}
+        self.next_in = 0  # plan position the producer prepares next
+        self.cursor = 0  # plan position the consumer may still ask for
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name="dl_utils-sam2al-decode", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.stopped and self.next_in - self.cursor >= self.depth:
+                    self.cond.wait()
+                if self.stopped or self.next_in >= len(self.order):
+                    return
+                k = self.next_in = max(self.next_in, self.cursor)
+            i = self.order[k]
+            try:
+                item: Any = self.prepare(i)
+            except BaseException as e:  # handed to the consumer, raised there with its type
+                item = _Failed(e)
+            with self.cond:
+                if k >= self.cursor:
+                    self.ready[k] = item
+                self.next_in = k + 1
+                self.cond.notify_all()
+                if isinstance(item, _Failed):
+                    return
+
+    def take(self, i: int) -> Any:
+        """The prepared tensor of frame ``i``, or None when ``i`` is not ahead in the plan."""
+        k = self.pos.get(i)
+        with self.cond:
+            if k is None or k < self.cursor:
+                return None
+            for old in [p for p in self.ready if p < k]:
+                del self.ready[old]  # skipped frames
+            self.cursor = k
+            self.cond.notify_all()
+            while k not in self.ready and not self.stopped:
+                if self.next_in > k:  # the producer passed k (it started past the cursor): not ready
+                    break
+                if not self.thread.is_alive():
+                    break
+                self.cond.wait(0.5)
+            item = self.ready.pop(k, None)
+            self.cursor = k + 1
+            self.cond.notify_all()
+        if isinstance(item, _Failed):
+            raise item.error
+        return item
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.ready.clear()
+            self.cond.notify_all()
+        self.thread.join()
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error

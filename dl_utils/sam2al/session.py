@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -26,6 +27,7 @@ from ..samal import MASK_LOGIT_BIAS, MASK_LOGIT_SCALE, parse_box, parse_points
 from ..store import AnnotationStore
 from .engine import make_engine
 from .frames import LazyFrames
+from .pipeline import FrameWriter, Pipeline, as_pipeline
 from .review import ReviewItem, review_frames
 from .samurai import MotionTrack, SamuraiCall, SamuraiConfig, admits, check_tracker, memory_frames
 
@@ -114,6 +116,12 @@ class VideoSession:
     docs/sam2al_samurai.md). The store records the tracker its results were made with; a session
     with the other tracker is refused unless ``force=True``, which deletes the propagated results of
     the other tracker (prompts and keyframes stay) so the next ``propagate`` recomputes them.
+
+    ``pipeline`` (default on): ``propagate`` prepares the next frames on a background thread while
+    the network runs on the current one, and a writer thread upscales, encodes and commits each
+    computed frame (queue sizes in a :class:`Pipeline`; ``False``: everything on the caller's
+    thread). The store's rows are the same either way; see :mod:`dl_utils.sam2al.pipeline` for what
+    a kill loses and where the callback runs.
     """
 
     def __init__(
@@ -135,6 +143,7 @@ class VideoSession:
         tracker: str = "sam2",
         samurai: SamuraiConfig | None = None,
         force: bool = False,
+        pipeline: bool | Pipeline = True,
     ):
         require_sam2()
         import torch
@@ -168,6 +177,7 @@ class VideoSession:
         self.device = self.engine.device
         self.dtype = resolve_dtype(self.device, dtype)
         self.trim_memory = bool(trim_memory)
+        self.pipeline: Pipeline | None = as_pipeline(pipeline)
         self.resume_warmup = None if resume_warmup is None else int(resume_warmup)
         self.width, self.height = media.width, media.height  # the first frame's (all, in a video)
         self.media = media  # per-frame sizes of an image set of mixed sizes: media.size_of(frame)
@@ -779,12 +789,26 @@ class VideoSession:
         name = "backward" if reverse else "forward"
         motions = {oid: self._rebuild_motion(oid, p, reverse) for oid, p in plans.items()} if self.samurai else {}
         bar = tqdm(order, desc=f"propagate {name}", unit="frame", disable=None if progress else True)
+        pipe = self.pipeline
+        writer = FrameWriter(self._cancel, pipe.write_queue if pipe is not None else None)
+        if pipe is not None:  # the frames the network will run on (every object locked there: none)
+            need = [f for f in order if any(
+                (p.end <= f <= p.begin if reverse else p.begin <= f <= p.end)
+                and f not in st["output_dict_per_obj"][st["obj_id_to_idx"][oid]]["cond_frame_outputs"]
+                for oid, p in plans.items())]
+            self.frames.start_ahead(need, pipe.decode_ahead, prepare=self._features)
+        finished = False
         try:
             for f in bar:
                 if self._cancel.is_set():
                     break
+                writer.check()
                 active = [oid for oid, p in plans.items()
                           if (p.end <= f <= p.begin if reverse else p.begin <= f <= p.end)]
+                if pipe is not None:
+                    feats = self.frames.take_ahead(f)
+                    if feats is not None:  # the image encoder already ran on f: SAM2 finds it cached
+                        st["cached_features"] = {f: feats}
                 written_ids, outs, ious = [], [], []
                 made: dict[int, tuple[np.ndarray | None, dict[str, Any]]] = {}  # SAMURAI: mask, provenance extra
                 for oid in active:
@@ -826,32 +850,61 @@ class VideoSession:
                 self.peak_memory_frames = max(self.peak_memory_frames, held)
                 if not written_ids:
                     continue
-                if made:
-                    masks = np.stack([cast(np.ndarray, made[oid][0]) for oid in written_ids])
-                else:
-                    masks = self._video_masks([o["pred_masks"] for o in outs], self.frame_hw(self._numbers[f]))
-                insts = []
-                for oid, out, iou, m in zip(written_ids, outs, ious, masks):
-                    area = int(m.sum())
-                    fields_: dict[str, Any] = {"direction": name, "object_score": _score(out), "area": area}
-                    if oid in made:
-                        origin = self._origins.get(oid)
-                        fields_["extra"] = {**(dict(origin.extra) if origin is not None else {}), **made[oid][1]}
-                    insts.append(Instance(
-                        oid, mask=m, score=iou if area else None, source=Source.AUTO,
-                        provenance=self._provenance(oid, **fields_),
-                    ))
-                frame = self._numbers[f]
-                self.store.write_frame(frame, insts, run_id=run_id)
-                stats["frames_written"] += 1
-                stats["instances_written"] += len(insts)
-                if callback is not None:
-                    callback(frame, Instances(insts, frame=frame))
+                writer.put(functools.partial(
+                    self._commit, self._numbers[f], name, written_ids,
+                    [(o["pred_masks"], o["object_score_logits"]) for o in outs], ious,
+                    {oid: made[oid] for oid in written_ids if oid in made}, run_id, stats, callback))
+            finished = True
         finally:
+            if pipe is not None:
+                self.frames.stop_ahead()
+            writer.close(raise_error=finished)  # commits what is queued (a cancel drops it)
             bar.close()
             if self.trim_memory:  # the next pass starts from the locked frames: nothing here is read again
                 for d in st["output_dict_per_obj"].values():
                     d["non_cond_frame_outputs"].clear()
+
+    def _features(self, idx: int) -> tuple[Any, dict[str, Any]]:
+        """The image and image-encoder output of kept frame ``idx``, as SAM2's
+        ``_get_image_feature`` computes them on a cache miss (same ops, same context): run on the
+        decode thread of a pipelined pass, so the encoder of the next frames runs while the memory
+        attention, mask decoder and memory encoder of the current frame run on the pass's thread.
+        The encoder does not read the memory, so this changes no result."""
+        with self._ctx():
+            image = self.frames._tensor(idx, prefetch=False).to(self.device).float().unsqueeze(0)
+            return image, self.engine.forward_image(image)
+
+    def _commit(self, frame: int, name: str, oids: list[int], outs: list[tuple[Any, Any]], ious: list[float],
+                made: dict[int, tuple[np.ndarray | None, dict[str, Any]]], run_id: int,
+                stats: dict[str, int], callback: Callable[[int, Instances], Any] | None) -> None:
+        """One computed frame into the store (one transaction), then the callback: the writer's job.
+
+        ``outs``: each object's ``(pred_masks, object_score_logits)``, upscaled and read back here
+        (on the writer thread when pipelined: on a GPU the host copy waits for the device there, not
+        on the thread that drives the network); ``made``: SAMURAI's masks and provenance extras,
+        already at source size (its filter needed them on the pass's thread)."""
+        with self._ctx():
+            if made:
+                masks = np.stack([cast(np.ndarray, made[oid][0]) for oid in oids])
+            else:
+                masks = self._video_masks([pm for pm, _ in outs], self.frame_hw(frame))
+            insts = []
+            for oid, (_, logit), iou, m in zip(oids, outs, ious, masks):
+                area = int(m.sum())
+                fields_: dict[str, Any] = {"direction": name, "object_score": float(logit.float().reshape(-1)[0]),
+                                           "area": area}
+                if oid in made:
+                    origin = self._origins.get(oid)
+                    fields_["extra"] = {**(dict(origin.extra) if origin is not None else {}), **made[oid][1]}
+                insts.append(Instance(
+                    oid, mask=m, score=iou if area else None, source=Source.AUTO,
+                    provenance=self._provenance(oid, **fields_),
+                ))
+        self.store.write_frame(frame, insts, run_id=run_id)
+        stats["frames_written"] += 1
+        stats["instances_written"] += len(insts)
+        if callback is not None:
+            callback(frame, Instances(insts, frame=frame))
 
     # ------------------------------------------------------------------ SAMURAI
     def _stored_box(self, oid: int, idx: int, out: dict[str, Any] | None = None):
