@@ -126,3 +126,23 @@ def test_save_writes_through_a_symlink_and_refuses_a_folder(tmp_path):
     (tmp_path / "dangling.json").symlink_to("nowhere.json")
     with pytest.raises(OutputError, match="which does not exist"):
         s.save(tmp_path / "dangling.json")
+
+
+def test_frame_groups_without_a_media_path_or_with_one_image_file(tmp_path):
+    from dl_utils.annotations import MediaInfo
+    from dl_utils.datasets.groups import frame_groups, media_key
+    from dl_utils.store import AnnotationStore
+
+    bare = MediaInfo(name="coco", width=8, height=6, frames=[0, 1], frame_names=["a.jpg", "b.jpg"])
+    with AnnotationStore.create(tmp_path / "bare.sqlite", bare) as st:
+        # no media path: the store stands for its media, its images named inside it
+        assert media_key(st) == str(tmp_path / "bare.sqlite")
+        assert frame_groups(st) == {0: str(tmp_path / "bare.sqlite" / "a.jpg"), 1: str(tmp_path / "bare.sqlite" / "b.jpg")}
+    (tmp_path / "one.png").write_bytes(b"")
+    single = MediaInfo(name="one.png", width=8, height=6, frames=[0], frame_names=["one.png"],
+                       path=str(tmp_path / "one.png"))
+    with AnnotationStore.create(tmp_path / "one.sqlite", single) as st:
+        assert frame_groups(st) == {0: str(tmp_path / "one.png")}  # an image file: its own path
+    with AnnotationStore.create(tmp_path / "none.sqlite") as st:
+        with pytest.raises(InputError, match="none.sqlite: the store has no media record"):
+            frame_groups(st)

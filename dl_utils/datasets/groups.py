@@ -56,7 +56,7 @@ def frame_groups(store: "StoreReader", by: str = "group") -> dict[int, str]:
         key = group_key(path)
         return {f: key for f in media.frames}
     # an image set whose recorded path is one file (not a folder) has nothing to join a name to
-    single = Path(path).is_file()
+    single = bool(media.path) and Path(path).is_file()
     return {
         f: group_key(path, None if single else name) for f, name in zip(media.frames, media.frame_names)
     }
