@@ -59,6 +59,7 @@ ensure_env() {
   ensure_dino
   say "installing dl-utils[$extras] into $VENV"
   "$VENV/bin/python" -m pip install -q -e ".[$extras]"
+  if [ "$extras" = test ]; then ensure_ultralytics; fi
   echo "$want" >"$stamp"
 }
 
@@ -111,6 +112,17 @@ ensure_dino() {
   if ! "$py" -c 'import groundingdino, supervision' >/dev/null 2>&1; then
     say "installing groundingdino-py 0.4.0 and supervision 0.6.0 (--no-deps, keeps opencv headless)"
     "$py" -m pip install -q --no-deps "groundingdino-py==0.4.0" "supervision==0.6.0"
+  fi
+}
+
+# The YOLO export tests read our datasets back with Ultralytics' own checker and loader. Its declared
+# dependencies include opencv-python (the GUI build, which would overwrite opencv-python-headless's cv2);
+# everything the checker imports is already in the test environment, so it goes in without them.
+ensure_ultralytics() {
+  local py="$VENV/bin/python"
+  if ! "$py" -c 'import ultralytics' >/dev/null 2>&1; then
+    say "installing ultralytics 8.4.190 (--no-deps, keeps opencv headless; the YOLO export tests use its checker)"
+    "$py" -m pip install -q --no-deps "ultralytics==8.4.190"
   fi
 }
 
