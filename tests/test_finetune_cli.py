@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from dl_utils.cli import build_parser, main
-from dl_utils.errors import ModelError
+from dl_utils.errors import InputError, ModelError
 from dl_utils.models import (
     FINETUNE_FORMAT,
     finetuned_info,
@@ -447,3 +447,37 @@ def test_finetune_then_segment_models_list_and_evaluate(tmp_path, _models_dir):
     assert ev.returncode == 0, ev.stderr
     assert TINY in ev.stdout and "tuned" in ev.stdout and "mean IoU" in ev.stdout
     assert json.loads((tmp_path / "ev.json").read_text())
+
+
+def test_finetune_split_file_reaches_the_trainer(tmp_path, monkeypatch):
+    """``finetune --split FILE`` trains with the saved split (a ``dataset split`` file with a test side);
+    without it the trainer makes its own (``split=None``)."""
+    if not HAVE_FINETUNE:
+        pytest.skip("dl_utils.finetune.train has not landed yet")
+    import dl_utils.drivers.finetune as drv
+    import dl_utils.finetune.train as train
+    from dl_utils.splits import Split
+
+    split_file = Split(train=("a.mp4",), val=("b.mp4",), test=("c.mp4",), seed=3, val_fraction=0.25,
+                       by="group").save(tmp_path / "split.json")
+    seen: list[object] = []
+
+    class _Stop(Exception):
+        pass
+
+    def fake_finetune(dataset, **kw):
+        seen.append(kw["split"])
+        raise _Stop
+
+    monkeypatch.setattr(train, "finetune", fake_finetune)
+    monkeypatch.setattr(drv, "load_dataset", lambda *a, **k: object())
+    for extra, want in ((["--split", str(split_file)], Split.load(split_file)), ([], None)):
+        args = build_parser().parse_args(["finetune", "x.sqlite", "--out", str(tmp_path / "t.pt"), *extra])
+        with pytest.raises(_Stop):
+            drv._run_finetune_cli(args)
+        assert seen[-1] == want
+    assert seen[0].test == ("c.mp4",)  # type: ignore[attr-defined]
+    args = build_parser().parse_args(["finetune", "x.sqlite", "--out", str(tmp_path / "t.pt"),
+                                      "--split", str(tmp_path / "missing.json")])
+    with pytest.raises(InputError, match="missing.json"):
+        drv._run_finetune_cli(args)

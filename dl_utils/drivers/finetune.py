@@ -150,6 +150,10 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     _add_data_arguments(parser)
     parser.add_argument("--out", required=True, metavar="FILE",
                         help="the tuned checkpoint {'model': state_dict}; FILE.json beside it says what it is")
+    parser.add_argument("--split", default=None, metavar="FILE",
+                        help="train on the train side and score on the val side of a saved split (dl-utils "
+                             "dataset split, or a tuned checkpoint / its .json); its test side is held out. "
+                             "Default: a seeded split by video (--val-fraction, --seed)")
     SamOptions.add_arguments(parser, command="segment", direction=False)
     _add_train_options(parser)
 
@@ -287,8 +291,9 @@ def _run_finetune_cli(args: argparse.Namespace) -> int:
     options = train_options(args, sam)
     dataset = load_dataset(args.stores, args.folder, args.select)
     extra = _restart_keyword(finetune, out) if getattr(args, "restart", False) else {}
+    split = load_split(args.split) if getattr(args, "split", None) is not None else None
     result = finetune(dataset, model=sam.model_name, checkpoint=sam.checkpoint, out=out, options=options,
-                      device=sam.device, progress=True, **extra)
+                      split=split, device=sam.device, progress=True, **extra)
     info = register_checkpoint(out)
     print(f"fine-tuned checkpoint: {out} (what it is: {info.sidecar})")
     resumed = getattr(result, "resumed_from", None)
