@@ -139,7 +139,7 @@ class DetectorOptions:
                                  f"{d.nms_iou}); not used by sam3")
         parser.add_argument("--text-threshold", type=float, default=d.text_threshold, dest="text_threshold",
                             help=f"GroundingDINO token threshold of a box's phrase (default {d.text_threshold}); "
-                                 "not used by sam3")
+                                 "not used by sam3 or onnx")
         parser.add_argument("--classes", default=d.classes,
                             help="class table (.csv/.xlsx) the labels must come from (onnx: the model's classes "
                                  "in order when its metadata has no names)")
