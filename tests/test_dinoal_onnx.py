@@ -513,3 +513,36 @@ def test_cvat_auto_annotation_function(tmp_path):
         sorted((NAMES[c], tuple(float(v) for v in b)) for b, c in zip(boxes, classes))
     assert [s.name for s in create(text="car", backend="onnx", model=str(path), shape="rectangle",
                                    device="cpu").spec.labels] == ["car"]
+
+
+def test_annotate_cvat_preflight_checks_the_model_labels(tmp_path, monkeypatch):
+    """annotate --cvat-task with onnx: the task must have the labels the boxes will carry (the model's
+    names as written, "Traffic Light"), not the caption's lower-cased phrases."""
+    from PIL import Image
+
+    import dl_utils.cvat as cvat
+    from dl_utils.drivers.annotate import annotate
+    from dl_utils.drivers.options import DetectorOptions
+
+    path = export(tmp_path / "m.onnx", yolo_output(), meta=ultra_meta(["Person", "Car", "Traffic Light"]))
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(image(80, 160)).save(folder / "a.png")
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def preflight(task, *, labels, **kw):
+        seen["labels"] = labels
+        raise Stop
+
+    monkeypatch.setattr(cvat, "preflight", preflight)
+    with pytest.raises(Stop):
+        annotate(folder, tmp_path / "s.sqlite", cvat_task=3, connection=object(), progress=False,
+                 detector_options=DetectorOptions(backend="onnx", model=path, device="cpu"))
+    assert seen["labels"] == ["Person", "Car", "Traffic Light"]
+    with pytest.raises(Stop):
+        annotate(folder, tmp_path / "s.sqlite", text="traffic light", cvat_task=3, connection=object(),
+                 progress=False, detector_options=DetectorOptions(backend="onnx", model=path, device="cpu"))
+    assert seen["labels"] == ["Traffic Light"]

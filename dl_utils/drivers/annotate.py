@@ -165,10 +165,13 @@ def annotate(
     caption = parse_caption(text) if text is not None else None
     entries = load_prompts(points) if points is not None else []
     table = opts.class_table()
+    text_labels: list[str] | None = None
     if onnx:  # your own detector: no --text is every class; names are checked before the store is touched
         if detector is None:
             detector = opts.build(table)
         caption = detector.resolve_caption(caption)  # type: ignore[union-attr]
+        # the labels its boxes will carry (model or table names as written), not the lower-cased phrases
+        text_labels = detector.labels_for(caption)  # type: ignore[union-attr]
     if caption is not None:
         check_store_backend(out, opts)
     check_store_tracker(out, sam)  # another tracker's results: refused before any model loads
@@ -178,7 +181,7 @@ def annotate(
     try:
         if cvat_task is not None:  # server, credentials, task, frames, labels: before any model or store
             summary["cvat_preflight"] = _cvat_preflight(src, out, caption, entries, cvat_task, cvat_shape,
-                                                        connection)
+                                                        connection, text_labels=text_labels)
         store = AnnotationStore.open_or_create(out, src.media_info())
         with store:
             if table is not None:
@@ -223,15 +226,16 @@ def _step_summaries(res: dict[str, Any]) -> dict[str, Any]:
 
 def _cvat_preflight(src: FrameSource, out: str | os.PathLike[str], caption: Caption | None,
                     entries: list[dict[str, Any]], task: int, shape: str,
-                    connection: CvatConnection | None) -> dict[str, Any]:
-    """Everything the final push would refuse, checked first (dl_utils.cvat.preflight)."""
+                    connection: CvatConnection | None, *, text_labels: list[str] | None = None) -> dict[str, Any]:
+    """Everything the final push would refuse, checked first (dl_utils.cvat.preflight). ``text_labels``:
+    the labels the text step gives its objects when they are not the caption's phrases (onnx)."""
     from pathlib import Path
 
     from ..cvat import preflight
     from ..store import AnnotationStore
 
     media, labels = src.media_info(), [e["label"] for e in entries if e["label"]]
-    labels += list(caption.phrases) if caption is not None else []
+    labels += text_labels if text_labels is not None else list(caption.phrases) if caption is not None else []
     if Path(out).exists():  # a resumed run: its store's numbering and objects are what gets pushed
         with AnnotationStore.open(out) as st:
             media, labels = st.media or media, labels + [o.label for o in st.objects()]
