@@ -24,7 +24,8 @@ onnx = pytest.importorskip("onnx")
 torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*TorchScript-based ONNX export:DeprecationWarning",
-                                        "ignore:The feature will be removed:DeprecationWarning")
+                                        "ignore:The feature will be removed:DeprecationWarning",
+                                        "ignore:Converting a tensor to a Python boolean")  # ultralytics' export
 
 NAMES = ["person", "car", "traffic light"]
 SIZE = 320  # model input (square)
@@ -87,8 +88,10 @@ def expected_yolo(out, image_hw, *, thr=0.25, iou_thr=0.7, allowed=None):
     """Ultralytics' post-processing written out: (boxes in source pixels, scores, classes)."""
     h, w = image_hw
     gain = min(SIZE / h, SIZE / w)
-    left = round((SIZE - round(w * gain)) / 2 - 0.1)
-    top = round((SIZE - round(h * gain)) / 2 - 0.1)
+    nw, nh = max(round(w * gain), 1), max(round(h * gain), 1)  # the resized image, whole pixels
+    gx, gy = nw / w, nh / h  # Ultralytics 8.4 scales each axis back by its own ratio
+    left = round((SIZE - nw) / 2 - 0.1)
+    top = round((SIZE - nh) / 2 - 0.1)
     cands = []
     for a in range(out.shape[2]):
         col = [float(v) for v in out[0, :, a]]
@@ -102,8 +105,8 @@ def expected_yolo(out, image_hw, *, thr=0.25, iou_thr=0.7, allowed=None):
     for box, s, c, a in cands:
         if all(not (kc == c and iou(box, kb) > iou_thr) for kb, _, kc, _ in kept):
             kept.append((box, s, c, a))
-    boxes = [[min(max((b[0] - left) / gain, 0), w), min(max((b[1] - top) / gain, 0), h),
-              min(max((b[2] - left) / gain, 0), w), min(max((b[3] - top) / gain, 0), h)] for b, *_ in kept]
+    boxes = [[min(max((b[0] - left) / gx, 0), w), min(max((b[1] - top) / gy, 0), h),
+              min(max((b[2] - left) / gx, 0), w), min(max((b[3] - top) / gy, 0), h)] for b, *_ in kept]
     return (np.array(boxes, np.float32).reshape(-1, 4), np.array([k[1] for k in kept], np.float32),
             [k[2] for k in kept])
 
@@ -546,3 +549,31 @@ def test_annotate_cvat_preflight_checks_the_model_labels(tmp_path, monkeypatch):
         annotate(folder, tmp_path / "s.sqlite", text="traffic light", cvat_task=3, connection=object(),
                  progress=False, detector_options=DetectorOptions(backend="onnx", model=path, device="cpu"))
     assert seen["labels"] == ["Traffic Light"]
+
+
+def test_parity_with_ultralytics_own_predict_on_a_real_export(tmp_path, monkeypatch):
+    """Where ultralytics is importable: a real YOLOv8n (built from its yaml, random weights, nothing
+    downloaded) exported by Ultralytics to ONNX; our boxes, scores and labels equal those of
+    Ultralytics' own ``YOLO(file.onnx).predict`` on the same images (its BGR input, a threshold low
+    enough that 300 boxes per image come out of NMS)."""
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "cfg"))
+    ultralytics = pytest.importorskip("ultralytics")
+    import cv2
+
+    from dl_utils.dinoal import OnnxYoloDetector
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    path = Path(ultralytics.YOLO("yolov8n.yaml").export(format="onnx", imgsz=320, simplify=False, opset=17))
+    det = OnnxYoloDetector(path, device="cpu", box_threshold=1e-7)
+    ul = ultralytics.YOLO(str(path), task="detect")
+    rng = np.random.default_rng(0)
+    for h, w in [(480, 640), (333, 517), (640, 360)]:
+        rgb = np.ascontiguousarray(cv2.resize(rng.integers(0, 256, size=(h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8),
+                                              (w, h), interpolation=cv2.INTER_CUBIC))
+        ours = det.detect(rgb)
+        r = ul.predict(rgb[..., ::-1].copy(), conf=1e-7, iou=0.7, imgsz=320, verbose=False)[0]
+        assert len(ours) == len(r.boxes) == 300
+        assert np.array_equal(ours.boxes, r.boxes.xyxy.numpy()) and np.array_equal(ours.scores, r.boxes.conf.numpy())
+        assert ours.labels == [det.names[int(c)] for c in r.boxes.cls.numpy()]

@@ -73,21 +73,27 @@ class OnnxDetections(Detections):
 @dataclass(frozen=True)
 class Letterbox:
     """How one image was placed in the model input: scale ``gain``, padding ``left``/``top``
-    (pixels), the input ``size`` (h, w) and the source ``shape`` (h, w); :meth:`to_source` undoes it."""
+    (pixels), the input ``size`` (h, w), the source ``shape`` (h, w) and the scaled image's ``resized``
+    (h, w); :meth:`to_source` undoes it."""
 
     gain: float
     left: int
     top: int
     size: tuple[int, int]
     shape: tuple[int, int]
+    resized: tuple[int, int] = (0, 0)
 
     def to_source(self, boxes: np.ndarray) -> np.ndarray:
-        """Input-pixel ``xyxy`` boxes → source pixels, clipped to the image (Ultralytics' scale_boxes)."""
+        """Input-pixel ``xyxy`` boxes → source pixels, clipped to the image (Ultralytics' scale_boxes:
+        each axis divided by its own scale, the resized side over the source side, since the resize
+        rounded each side to whole pixels)."""
         b = np.asarray(boxes, dtype=np.float32).copy()
+        h, w = self.shape
+        rh, rw = self.resized if self.resized != (0, 0) else (round(h * self.gain), round(w * self.gain))
         b[:, [0, 2]] -= self.left
         b[:, [1, 3]] -= self.top
-        b /= self.gain
-        h, w = self.shape
+        b[:, [0, 2]] /= rw / w
+        b[:, [1, 3]] /= rh / h
         b[:, [0, 2]] = b[:, [0, 2]].clip(0, w)
         b[:, [1, 3]] = b[:, [1, 3]].clip(0, h)
         return b
@@ -101,14 +107,14 @@ def letterbox(image: np.ndarray, size: tuple[int, int], *, pad: int = PAD_VALUE)
     h, w = image.shape[:2]
     new_h, new_w = int(size[0]), int(size[1])
     r = min(new_h / h, new_w / w)
-    unpad_w, unpad_h = int(round(w * r)), int(round(h * r))
+    unpad_w, unpad_h = max(int(round(w * r)), 1), max(int(round(h * r)), 1)  # a thin image keeps 1 pixel
     dw, dh = (new_w - unpad_w) / 2, (new_h - unpad_h) / 2
     if (w, h) != (unpad_w, unpad_h):
         image = cv2.resize(image, (unpad_w, unpad_h), interpolation=cv2.INTER_LINEAR)
     top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
     left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
     out = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(pad, pad, pad))
-    return out, Letterbox(gain=r, left=left, top=top, size=(new_h, new_w), shape=(h, w))
+    return out, Letterbox(gain=r, left=left, top=top, size=(new_h, new_w), shape=(h, w), resized=(unpad_h, unpad_w))
 
 
 def to_input(images: Sequence[np.ndarray], dtype: Any = np.float32) -> np.ndarray:
