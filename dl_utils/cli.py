@@ -62,16 +62,20 @@ def cmd_import(args: argparse.Namespace) -> int:
     from .store import staged_store
 
     out = Path(args.out)
-    if out.exists() and not (args.overwrite or args.append):
-        raise InputError(
-            f"{out} already exists; pass --append to add to it or --overwrite to replace it"
-        )
-    yolo = args.format == "yolo" or (args.format == "auto" and Path(args.file).is_dir())
+    given = Path(args.file)
+    # a folder, or its data.yaml (what Ultralytics' own commands are given: data=ds/data.yaml)
+    yolo = args.format == "yolo" or (args.format == "auto" and (
+        given.is_dir() or given.suffix.lower() in (".yaml", ".yml")))
     if args.split and not yolo:
         raise InputError("--split picks a side of a YOLO dataset; it applies to --format yolo only")
     if yolo and args.append:
         raise InputError("a YOLO dataset is imported into a new store (its images become the store's"
                          " media); drop --append")
+    if out.exists() and not (args.overwrite or args.append):
+        raise InputError(
+            f"{out} already exists; pass --overwrite to replace it" if yolo else
+            f"{out} already exists; pass --append to add to it or --overwrite to replace it"
+        )
     # built beside --out and renamed over it when complete: a failed import (bad file, full disk,
     # Ctrl-C) leaves an existing store exactly as it was and creates nothing
     with staged_store(out, keep_existing=bool(args.append and out.exists())) as store:
@@ -159,7 +163,7 @@ def _export_dataset(args: argparse.Namespace) -> int:
     not_here.update({k: v for k, v in _MATTE_OPTIONS.items() if k != "json"})
     given = [flag for dest, flag in not_here.items() if getattr(args, dest) not in (None, False, 0)]
     if given:
-        raise InputError(f"{', '.join(given)} do not apply to --format {args.format}"
+        raise InputError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to --format {args.format}"
                          f"{' --split' if args.format == 'coco' else ''}")
     split = Split.load(args.split) if args.split else None
     table = ClassTable.load(args.classes) if args.classes else None
@@ -386,10 +390,10 @@ def _add_frames_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 def _add_import_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     imp = sub.add_parser("import", help="read CVAT XML (video or images), COCO JSON or a YOLO dataset"
                          " into a store")
-    imp.add_argument("file", help="CVAT XML or COCO JSON file, or a YOLO dataset folder (with data.yaml)")
+    imp.add_argument("file", help="CVAT XML or COCO JSON file, or a YOLO dataset (its folder or data.yaml)")
     imp.add_argument("--out", required=True, help="annotation store (.sqlite) to write")
     imp.add_argument("--format", default="auto", choices=("auto", "cvat", "coco", "yolo"),
-                     help="auto: a folder is a YOLO dataset, a file CVAT or COCO by its content")
+                     help="auto: a folder or a .yaml file is a YOLO dataset, another file CVAT or COCO by its content")
     imp.add_argument("--split", choices=("train", "val", "test"),
                      help="YOLO: import only this side (default: every side data.yaml names)")
     g = imp.add_mutually_exclusive_group()

@@ -19,6 +19,7 @@ for the exports) so a later evaluation uses exactly the same sides.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
@@ -75,9 +76,20 @@ class Split:
         object.__setattr__(self, "_sides", sides)
 
     def side(self, group: str) -> str | None:
-        """``"train"``, ``"val"``, ``"test"`` or ``None`` for a group the split does not know."""
+        """``"train"``, ``"val"``, ``"test"`` or ``None`` for a group the split does not know.
+
+        A group the split does not name as given is looked up as the rule before
+        :func:`media_group` named it: a group of a store whose media lies beside it was then named by
+        the path as found from the working folder (``stores/videos/a.mp4``), now by its absolute path.
+        So a relative name in the split also answers for its absolute path from the current folder,
+        and a split file or fine-tuned checkpoint written by the old rule, used from the folder it
+        was made in (which the old rule needed anyway), still finds every group."""
         sides: dict[str, str] = self.__dict__["_sides"]
-        return sides.get(group)
+        found = sides.get(group)
+        if found is not None:
+            return found
+        norm = os.path.normpath(group)
+        return sides.get(norm) or _aliases(self.__dict__, sides).get(norm)
 
     def groups(self, side: str) -> tuple[str, ...]:
         """The groups of one side by name (``"train"``, ``"val"`` or ``"test"``)."""
@@ -186,6 +198,69 @@ def _file_mode(path: Path) -> int:
         mask = os.umask(0)
         os.umask(mask)
         return 0o666 & ~mask
+
+
+def _aliases(cache: dict[str, object], named: Mapping[str, str]) -> dict[str, str]:
+    """Other spellings of the names in ``named`` (name -> value): each name normalised, and each
+    relative name made absolute from the current working folder (the folder an old-rule name was
+    relative to). A spelling that is itself a name stays that name's; one two names share with
+    different values is left out (ambiguous). Cached per working folder in ``cache``."""
+    cwd = os.getcwd()
+    held = cache.get("_aliases")
+    if isinstance(held, tuple) and held[0] == cwd:
+        return held[1]  # type: ignore[no-any-return]
+    out: dict[str, str] = {}
+    clash: set[str] = set()
+    for name, value in named.items():
+        spellings = {os.path.normpath(name)}
+        if not os.path.isabs(name):
+            spellings.add(os.path.abspath(name))
+        for sp in spellings - named.keys():
+            if out.setdefault(sp, value) != value:
+                clash.add(sp)
+    for sp in clash:
+        del out[sp]
+    cache["_aliases"] = (cwd, out)
+    return out
+
+
+class GroupSet:
+    """Group names that also answer for the other spellings :meth:`Split.side` accepts (an old-rule
+    relative name for its absolute path from the current folder): fine-tuning's ``subset`` of a
+    split's side matches its samples' groups through this."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = {str(n): str(n) for n in names}
+        self._cache: dict[str, object] = {}
+
+    def __contains__(self, group: object) -> bool:
+        if not isinstance(group, str):
+            return False
+        norm = os.path.normpath(group)
+        return group in self.names or norm in self.names or norm in _aliases(self._cache, self.names)
+
+
+def media_group(recorded: str | None, store_path: str | os.PathLike[str]) -> str:
+    """The name a store's media gives its split groups, the same from every working folder.
+
+    * an absolute media path: itself (normalised);
+    * a relative one that lies beside the store (media copied or moved with the store): its
+      absolute path there, so ``stores/a.sqlite`` typed from one folder and ``a.sqlite`` from
+      another name one group, and two stores each beside their own ``clip.mp4`` name two;
+    * a relative one that does not (found from the working folder, or gone): as recorded,
+      normalised; the same string from every folder;
+    * no media path (a COCO import of bare file names): the store's absolute path stands for it.
+
+    Only the store's location and the recorded path decide, never the working folder. Groups named
+    by the rule before this one still match through :meth:`Split.side` (see there)."""
+    if not recorded:
+        return os.path.abspath(store_path)
+    if os.path.isabs(recorded):
+        return os.path.normpath(recorded)
+    beside = os.path.join(os.path.dirname(os.path.abspath(store_path)), recorded)
+    if os.path.exists(beside) or (glob.has_magic(recorded) and bool(glob.glob(beside))):
+        return os.path.normpath(beside)
+    return os.path.normpath(recorded)
 
 
 def group_key(media_path: str | os.PathLike[str], frame_name: str | None = None) -> str:
@@ -633,6 +708,6 @@ def _report(split: Split, counts: Mapping[str, GroupCounts], classes: Sequence[s
 
 
 __all__ = [
-    "BY", "SIDES", "ClassShare", "GroupCounts", "Split", "SplitOptions", "SplitReport", "group_key",
-    "parse_ratios", "split_groups", "stratified_split",
+    "BY", "SIDES", "ClassShare", "GroupCounts", "GroupSet", "Split", "SplitOptions", "SplitReport",
+    "group_key", "media_group", "parse_ratios", "split_groups", "stratified_split",
 ]

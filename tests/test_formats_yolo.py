@@ -459,7 +459,7 @@ def test_several_stores_refused_by_single_store_formats(tmp_path, stores, capsys
     assert "--classes apply to --format yolo-detect" in fails(
         ["export", str(stores[0]), "--format", "cvat-video", "--out", str(tmp_path / "x.xml"),
          "--classes", "t.csv"], capsys)
-    assert "--shape do not apply to --format yolo-seg" in fails(
+    assert "--shape does not apply to --format yolo-seg" in fails(
         ["export", str(stores[0]), "--format", "yolo-seg", "--out", str(tmp_path / "y"), "--shape", "box"],
         capsys)
 

@@ -1,10 +1,10 @@
 """Which split group each frame of a store belongs to (the rule is :func:`dl_utils.splits.group_key`).
 
 A split file names groups, not frames, so every tool that reads one (``dl-utils dataset split`` and
-``stats``, the YOLO/COCO exports, ``finetune --split``) must derive the same group for the same frame.
-The media path is the one fine-tuning decodes from (as recorded, else beside the store); when the media
-is gone (a store copied without its video) the recorded path is used as is, because splitting and
-counting need labels, not pixels.
+``stats``, the YOLO/COCO exports, ``finetune --split``) must derive the same group for the same frame,
+from whatever folder it runs in. Groups are therefore named by :func:`dl_utils.splits.media_group`
+(the recorded media path; its absolute path when the media lies beside the store), while the pixels
+are read from where :func:`media_path` finds the media (as recorded, else beside the store).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
-from ..splits import BY, group_key
+from ..splits import BY, group_key, media_group
 
 if TYPE_CHECKING:
     from ..annotations import MediaInfo
@@ -21,12 +21,17 @@ if TYPE_CHECKING:
 
 
 def media_key(store: "StoreReader") -> str:
-    """The media path a store's groups are named by: as recorded when it exists there, else beside
-    the store (where ``finetune`` finds it too), else as recorded."""
+    """The media path a store's groups are named by (:func:`dl_utils.splits.media_group`): the same
+    from every working folder, so a split made in one folder selects the same frames in another."""
+    return media_group(_media(store).path, store.path)
+
+
+def media_path(store: "StoreReader") -> str:
+    """Where the store's media is read from: as recorded when it exists there, else beside the store
+    (where ``finetune`` finds it too), else as recorded (the caller reports it missing). A store
+    without a media path gives its own path (it has no pictures to read)."""
     media = _media(store)
     if not media.path:
-        # a store without a media path (a COCO import of bare file names): the store stands for its
-        # media, so its frames still group together and never mix with another store's
         return str(store.path)
     given = Path(media.path)
     for p in (given, store.path.parent / given):
@@ -46,6 +51,7 @@ def frame_groups(store: "StoreReader", by: str = "group") -> dict[int, str]:
         raise InputError(f"{store.path}: by={by!r}; use 'group' (whole videos) or 'item' (each image)")
     media = _media(store)
     path = media_key(store)
+    found = media_path(store)
     if media.frame_names is None:
         if by == "item":
             raise InputError(
@@ -56,7 +62,7 @@ def frame_groups(store: "StoreReader", by: str = "group") -> dict[int, str]:
         key = group_key(path)
         return {f: key for f in media.frames}
     # an image set whose recorded path is one file (not a folder) has nothing to join a name to
-    single = bool(media.path) and Path(path).is_file()
+    single = bool(media.path) and Path(found).is_file()
     return {
         f: group_key(path, None if single else name) for f, name in zip(media.frames, media.frame_names)
     }
@@ -72,4 +78,4 @@ def _media(store: "StoreReader") -> "MediaInfo":
     return media
 
 
-__all__ = ["frame_groups", "media_key"]
+__all__ = ["frame_groups", "media_key", "media_path"]

@@ -22,6 +22,7 @@ split unit: the video file for a video, the image file for an image set.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
@@ -33,7 +34,7 @@ import numpy as np
 
 from ..annotations import Instance, Instances, MediaInfo, Source
 from ..errors import DlUtilsError, InputError, MaskError, MediaError
-from ..splits import group_key
+from ..splits import GroupSet, group_key, media_group
 from ..store import AnnotationStore
 from ..video_utils import IMAGE_EXTENSIONS, FrameSource, open_frames
 
@@ -100,7 +101,7 @@ class MaskDataset:
 
     def subset(self, groups: Iterable[str]) -> "MaskDataset":
         """The samples of ``groups`` (e.g. one side of a :class:`~dl_utils.splits.Split`)."""
-        keep = set(groups)
+        keep = GroupSet(groups)  # a split by the old group rule matches too (Split.side)
         return MaskDataset(
             [s for s in self.samples if s.ref.group in keep], self.sources, self.select, self.by, self._open
         )
@@ -178,7 +179,8 @@ def _media_path(store: AnnotationStore, media: MediaInfo) -> str:
         )
     given = Path(media.path)
     for p in (given, store.path.parent / given):
-        if p.exists():
+        # a glob pattern (an imported YOLO dataset's images/*/*) is there when it matches a file
+        if p.exists() or (glob.has_magic(str(p)) and glob.glob(str(p))):
             return str(p)
     raise MediaError(
         f"{store.path}: its media {media.path} does not exist (looked as given and beside the store);"
@@ -186,16 +188,21 @@ def _media_path(store: AnnotationStore, media: MediaInfo) -> str:
     )
 
 
-def _frame_ref(media: MediaInfo, path: str, frame: int) -> FrameRef:
+def _frame_ref(media: MediaInfo, path: str, frame: int, named: str) -> FrameRef:
+    """``path``: where the media is read from; ``named``: what its groups are named by
+    (:func:`dl_utils.splits.media_group`, the same from every working folder, as the dataset tools
+    name them: :func:`dl_utils.datasets.groups.frame_groups`)."""
     if media.frame_names is not None:  # image set: each image is its own split unit
         try:
             fname = media.frame_names[media.task_index(frame)]
         except InputError:
             fname = f"frame {frame}"
-        group = group_key(path, fname if Path(path).is_dir() else None)
+        # an image set recorded as one file has nothing to join a name to; a folder or a glob pattern
+        # (an imported YOLO dataset's images/*/*) has: each image its own group, as frame_groups says
+        group = group_key(named, None if Path(path).is_file() else fname)
         return FrameRef(media=path, frame=frame, group=group, name=fname, numbering=media.numbering,
                         first_frame=media.first_frame)
-    return FrameRef(media=path, frame=frame, group=group_key(path), name=f"{Path(path).name} frame {frame}",
+    return FrameRef(media=path, frame=frame, group=group_key(named), name=f"{Path(path).name} frame {frame}",
                     numbering=media.numbering, first_frame=media.first_frame)
 
 
@@ -206,6 +213,7 @@ def _store_samples(path: Path, select: str) -> tuple[list[MaskSample], bool]:
         if media is None:
             raise InputError(f"{path}: the store has no media record; it was not written by dl-utils")
         mpath = _media_path(store, media)
+        named = media_group(media.path, store.path)
         names = {o.id: o.label for o in store.objects()}
         out: list[MaskSample] = []
         for frame, insts in store.iter_frames():
@@ -226,7 +234,7 @@ def _store_samples(path: Path, select: str) -> tuple[list[MaskSample], bool]:
                 if not mask.any():
                     continue
                 label = names.get(inst.object_id) or inst.label or "object"
-                out.append(MaskSample(_frame_ref(media, mpath, frame), inst.object_id, label, mask,
+                out.append(MaskSample(_frame_ref(media, mpath, frame, named), inst.object_id, label, mask,
                                       origin_of(inst)))
         return out, media.frame_names is None
 

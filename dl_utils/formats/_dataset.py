@@ -114,11 +114,11 @@ class Pictures:
 
     A video is decoded once, front to back (frames asked for are returned, the rest passed over:
     one decoder, no seeking, nothing kept); an image of an image set is read, or copied as it is,
-    on its own. The media is found where :func:`dl_utils.datasets.groups.media_key` finds it (as
+    on its own. The media is found where :func:`dl_utils.datasets.groups.media_path` finds it (as
     recorded, else beside the store)."""
 
     def __init__(self, store: "StoreReader", frames: list[int]) -> None:
-        from ..datasets.groups import media_key
+        from ..datasets.groups import media_path
         from ..video_utils import open_media
 
         media = require_media(store)
@@ -128,7 +128,7 @@ class Pictures:
                 f"{store.path}: its media record has no path, so the pictures cannot be read; export"
                 " from a store made from the video or image folder (annotate, or import with the media)"
             )
-        self.src = open_media(media, media_key(store))
+        self.src = open_media(media, media_path(store))
         self.is_images = hasattr(self.src, "file_of")
         self._it: Iterator[tuple[int, np.ndarray]] | None = None
         if not self.is_images and frames:

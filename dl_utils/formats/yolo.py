@@ -237,7 +237,7 @@ def plan_yolo(stores: Sequence["StoreReader"], options: YoloOptions | None = Non
     opts = options or YoloOptions()
     if not stores:
         raise InputError("give at least one store to export")
-    from ..datasets.groups import media_key
+    from ..datasets.groups import media_path
 
     names = class_names(stores, opts.classes)
     for s in stores:
@@ -248,7 +248,7 @@ def plan_yolo(stores: Sequence["StoreReader"], options: YoloOptions | None = Non
         result.notes.append("no --split: every frame is under train (data.yaml's val is train too)")
     for store, side_of in zip(stores, sides):
         media = require_media(store)
-        key = media_key(store) if media.path else ""
+        key = media_path(store) if media.path else ""
         present = bool(key) and (Path(key).exists() or (glob.has_magic(key) and bool(glob.glob(key))))
         if not present:
             result.notes.append(f"{store.path}: its media {media.path or '(no path)'} is not there; the"
@@ -342,11 +342,12 @@ def _write_yaml(tmp: Path, final: Path, names: list[str], result: YoloExport) ->
 
 
 # ================================================================================ import
-def read_data_yaml(folder: Path) -> tuple[dict[str, Any], list[str]]:
-    """The dataset's ``data.yaml`` and its class names in id order (``names`` a list or a dict)."""
+def read_data_yaml(folder: Path, path: Path | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The dataset's ``data.yaml`` (or the YAML file ``path`` given) and its class names in id order
+    (``names`` a list or a dict)."""
     import yaml  # type: ignore[import-untyped, unused-ignore]  # PyYAML: no stubs in the env
 
-    path = folder / "data.yaml"
+    path = path or folder / "data.yaml"
     if not path.is_file():
         found = sorted(folder.glob("*.yaml"))
         if len(found) != 1:
@@ -430,17 +431,23 @@ def parse_label_file(path: Path, names: list[str], width: int, height: int) -> l
 def import_yolo(
     folder: str | os.PathLike[str], store: "StoreReaderWriter", *, split: str | None = None,
 ) -> dict[str, Any]:
-    """Read an Ultralytics dataset into a new store: its images become the store's image set
-    (``images/<side>/*``, all sides, or only ``split``), each label row an object of the class
-    data.yaml names, boxes as boxes and polygons as polygons."""
+    """Read an Ultralytics dataset (its folder, or its data.yaml) into a new store: its images
+    become the store's image set (``images/<side>/*``, all sides, or only ``split``), each label row
+    an object of the class data.yaml names, boxes as boxes and polygons as polygons."""
     from ..video_utils import open_frames
 
     root = Path(folder)
-    if not root.is_dir():
-        raise FormatError(f"{root} is not a folder; give the dataset folder (the one with data.yaml)")
+    yaml_file = None
+    if root.is_file() and root.suffix.lower() in (".yaml", ".yml"):
+        # the dataset's YAML itself (what Ultralytics is given: data=ds/data.yaml): its folder is the
+        # dataset's, its sides are resolved as data.yaml's are
+        yaml_file, root = root, root.parent
+    elif not root.is_dir():
+        raise FormatError(f"{root} is not a folder or a .yaml file; give the dataset folder (the one"
+                          " with data.yaml) or its data.yaml")
     if store.media is not None:
         raise InputError(f"{store.path} already has media; import a YOLO dataset into a new store (--out)")
-    doc, names = read_data_yaml(root)
+    doc, names = read_data_yaml(root, yaml_file)
     if split is not None and split not in SIDES:
         raise InputError(f"--split {split!r}: use train, val or test")
     dirs: dict[str, Path] = {}

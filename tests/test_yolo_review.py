@@ -1,0 +1,221 @@
+"""A user's review of the training-data tools (issue 19 parts 1-2): each test here is a sharp edge
+found by walking split -> stats -> remap -> export -> import -> export as a CV engineer would, and
+fails on the code before its fix.
+
+Stores are made in the test; media files are made only where pixels are read (tiny synthetic clips).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dl_utils.annotations import Instance, MediaInfo
+from dl_utils.datasets.groups import frame_groups
+from dl_utils.datasets.stats import dataset_stats
+from dl_utils.finetune.data import from_stores
+from dl_utils.formats._dataset import sides_of
+from dl_utils.splits import GroupSet, Split, media_group
+from dl_utils.store import AnnotationStore
+
+W, H = 32, 24
+
+
+def _store(path: Path, media_path: str, *, images: tuple[str, ...] = (), frames: int = 3) -> Path:
+    """A store whose media path is recorded as ``media_path`` (a video, or an image set of
+    ``images``), one mask instance on every frame."""
+    n = len(images) or frames
+    media = MediaInfo(name=Path(media_path).name or "media", width=W, height=H, frames=list(range(n)),
+                      path=media_path, frame_names=list(images) if images else None)
+    m = np.zeros((H, W), bool)
+    m[4:12, 5:20] = True
+    with AnnotationStore.create(path, media) as st:
+        o = st.add_object("car")
+        st.write_frames([(f, [Instance(o.id, mask=m)]) for f in range(n)])
+    return path
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> Path:
+    """proj/stores/a.sqlite beside its video clip.mp4 (media moved with the store), proj/stores/b.sqlite
+    beside its image folder photos/, proj/stores/c.sqlite whose video videos/far.mp4 is nowhere."""
+    stores = tmp_path / "proj" / "stores"
+    (stores / "photos").mkdir(parents=True)
+    (stores / "clip.mp4").write_bytes(b"")  # groups need the file to exist, not its pixels
+    for name in ("x.jpg", "y.jpg"):
+        (stores / "photos" / name).write_bytes(b"")
+    _store(stores / "a.sqlite", "clip.mp4")
+    _store(stores / "b.sqlite", "photos", images=("x.jpg", "y.jpg"))
+    _store(stores / "c.sqlite", "videos/far.mp4")
+    return tmp_path
+
+
+def _groups_from(cwd: Path, store: Path, monkeypatch: pytest.MonkeyPatch) -> dict[int, str]:
+    monkeypatch.chdir(cwd)
+    with AnnotationStore.open(os.path.relpath(store, cwd), readonly=True) as st:
+        return frame_groups(st)
+
+
+def test_group_names_do_not_depend_on_the_working_folder(project: Path, monkeypatch):
+    """The same store typed from three folders names the same groups (before: 'stores/clip.mp4'
+    from proj, 'clip.mp4' from proj/stores: two groups for one video, a split made in one folder
+    refused by an export run in another)."""
+    stores = project / "proj" / "stores"
+    for name in ("a", "b", "c"):
+        seen = [_groups_from(cwd, stores / f"{name}.sqlite", monkeypatch)
+                for cwd in (project, project / "proj", stores)]
+        assert seen[0] == seen[1] == seen[2], name
+    assert set(_groups_from(project, stores / "a.sqlite", monkeypatch).values()) == {str(stores / "clip.mp4")}
+    assert sorted(_groups_from(project, stores / "b.sqlite", monkeypatch).values()) == [
+        str(stores / "photos" / "x.jpg"), str(stores / "photos" / "y.jpg")]
+    # a relative path found nowhere names its group as recorded: the same string from every folder
+    assert set(_groups_from(project, stores / "c.sqlite", monkeypatch).values()) == {"videos/far.mp4"}
+    # fine-tuning names its samples' groups by the same rule, from any folder
+    for cwd in (project, stores):
+        monkeypatch.chdir(cwd)
+        data = from_stores([os.path.relpath(stores / n, cwd) for n in ("a.sqlite", "b.sqlite")], select="all")
+        assert data.groups() == sorted([str(stores / "clip.mp4"), str(stores / "photos" / "x.jpg"),
+                                        str(stores / "photos" / "y.jpg")])
+
+
+def test_media_group_rule():
+    """Absolute: itself; beside the store: absolute there; else as recorded; no path: the store."""
+    assert media_group("/data/v/../a.mp4", "s.sqlite") == "/data/a.mp4"
+    assert media_group("./videos//a.mp4", "/nowhere/s.sqlite") == "videos/a.mp4"
+    assert media_group("", "stores/s.sqlite") == os.path.abspath("stores/s.sqlite")
+    assert media_group(None, "/x/s.sqlite") == "/x/s.sqlite"
+
+
+def test_a_split_made_by_the_old_rule_still_selects_its_groups(project: Path, monkeypatch):
+    """A split file (or a fine-tuned checkpoint's sidecar) written before group names were absolute
+    holds them relative to the folder it was made in; used from that folder it still selects
+    every frame: Split.side, the exports' sides, stats and fine-tuning's subset all find them."""
+    proj, stores = project / "proj", project / "proj" / "stores"
+    old = Split(train=("stores/clip.mp4", "stores/photos/x.jpg"), val=("./stores/photos/y.jpg",),
+                seed=0, val_fraction=0.5, by="group")
+    monkeypatch.chdir(proj)
+    assert old.side(str(stores / "clip.mp4")) == "train"
+    assert old.side(str(stores / "photos" / "y.jpg")) == "val"
+    assert old.side(str(stores / "photos" / "z.jpg")) is None
+    with AnnotationStore.open("stores/a.sqlite", readonly=True) as st:
+        assert set(sides_of(st, old).values()) == {"train"}
+    with AnnotationStore.open("stores/b.sqlite", readonly=True) as st:
+        assert sides_of(st, old) == {0: "train", 1: "val"}
+    stats = dataset_stats(["stores/a.sqlite", "stores/b.sqlite"], split=old, progress=False)
+    assert {sd.name: sd.images for sd in stats.sides} == {"train": 4, "val": 1}  # nothing 'unassigned'
+    data = from_stores(["stores/a.sqlite", "stores/b.sqlite"], select="all")
+    assert len(data.subset(old.train)) == 4 and len(data.subset(old.val)) == 1
+    # the same through a checkpoint's sidecar, as finetune --split / evaluate --split read it
+    from dl_utils.drivers.finetune import load_split
+    from dl_utils.models import FINETUNE_FORMAT
+
+    sidecar = proj / "tuned.pt.json"
+    sidecar.write_text(json.dumps({"format": FINETUNE_FORMAT, "split": old.to_json()}))
+    assert load_split(sidecar).side(str(stores / "clip.mp4")) == "train"
+    # the old rule was relative to a folder: from another one the old names are other paths
+    monkeypatch.chdir(project)
+    assert old.side(str(stores / "clip.mp4")) is None
+
+
+def test_group_set_matches_old_and_new_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    names = GroupSet(["v/a.mp4", str(tmp_path / "b.mp4")])
+    assert "v/a.mp4" in names and str(tmp_path / "v" / "a.mp4") in names and "v/./a.mp4" in names
+    assert str(tmp_path / "b.mp4") in names and "b.mp4" not in names and 3 not in names
+
+
+def test_exact_names_win_and_an_ambiguous_spelling_answers_for_neither(tmp_path, monkeypatch):
+    """A split edited by hand may hold one video twice ('v/a.mp4' on train, its absolute spelling on
+    val): each exact name keeps its side; a spelling two relative names share is no one's."""
+    monkeypatch.chdir(tmp_path)
+    a = str(tmp_path / "v" / "a.mp4")
+    sp = Split(train=("v/a.mp4",), val=(a,), seed=0, val_fraction=0.5, by="group")
+    assert sp.side("v/a.mp4") == "train" and sp.side(a) == "val"
+    assert sp.side("v/./a.mp4") == "train" and sp.side(str(tmp_path / "v" / "." / "a.mp4")) == "val"
+    two = Split(train=("v/a.mp4",), val=("w/../v/a.mp4",), seed=0, val_fraction=0.5, by="group")
+    assert two.side("v/a.mp4") == "train" and two.side("w/../v/a.mp4") == "val"
+    assert two.side(a) is None
+
+
+# ------------------------------------------------------------------ the YOLO loop on real pictures
+from .test_formats_yolo import clips, fails, make_store, pictures  # noqa: E402,F401  (fixtures)
+
+
+@pytest.fixture()
+def dataset(tmp_path: Path, clips, pictures) -> Path:
+    """A yolo-seg export of a clip's store and the photos' store, all under train."""
+    from dl_utils.cli import main
+
+    stores = [make_store(tmp_path / "a.sqlite", clips[0]), make_store(tmp_path / "p.sqlite", pictures)]
+    assert main(["export", *map(str, stores), "--format", "yolo-seg", "--out", str(tmp_path / "ds")]) == 0
+    return tmp_path / "ds"
+
+
+def test_import_takes_the_data_yaml_ultralytics_is_given(dataset: Path, tmp_path: Path, capsys):
+    """`dl-utils import ds/data.yaml` (what `yolo train data=` names) imports the dataset (before:
+    'cannot tell the format of data.yaml'); importing again over the store names the one option a
+    YOLO import takes (before: it also offered --append, which the import then refused)."""
+    from dl_utils.cli import main
+
+    assert main(["import", str(dataset / "data.yaml"), "--out", str(tmp_path / "y.sqlite")]) == 0
+    assert main(["import", str(dataset), "--out", str(tmp_path / "f.sqlite")]) == 0
+    with AnnotationStore.open(tmp_path / "y.sqlite", readonly=True) as y, \
+            AnnotationStore.open(tmp_path / "f.sqlite", readonly=True) as f:
+        assert {**y.summary(), "path": ""} == {**f.summary(), "path": ""} and y.media == f.media
+    err = fails(["import", str(dataset / "data.yaml"), "--out", str(tmp_path / "y.sqlite")], capsys)
+    assert "pass --overwrite to replace it" in err and "--append" not in err
+    assert main(["import", str(dataset / "data.yaml"), "--out", str(tmp_path / "y.sqlite"), "--overwrite"]) == 0
+
+
+def test_options_that_do_not_apply_are_named_in_good_grammar(dataset: Path, tmp_path: Path, capsys):
+    from dl_utils.cli import main
+
+    store = str(tmp_path / "a.sqlite")
+    err = fails(["export", store, "--format", "yolo-seg", "--out", str(tmp_path / "o"), "--shape", "box"], capsys)
+    assert err.endswith("--shape does not apply to --format yolo-seg")
+    err = fails(["export", store, "--format", "yolo-detect", "--out", str(tmp_path / "o"), "--shape", "box",
+                 "--start", "1"], capsys)
+    assert err.endswith("--shape, --start do not apply to --format yolo-detect")
+    assert main(["export", store, "--format", "yolo-seg", "--out", str(tmp_path / "o2")]) == 0
+
+
+def test_fine_tuning_groups_an_imported_dataset_as_the_dataset_tools_do(dataset: Path, tmp_path: Path):
+    """An imported YOLO dataset's media is a glob (images/*/*): each picture is its own group for
+    `dataset split` (frame_groups), and now for fine-tuning too (before: all its pictures were one
+    group there, so a split file from `dataset split` matched none of fine-tuning's groups)."""
+    from dl_utils.formats import import_yolo
+
+    with AnnotationStore.create(tmp_path / "imp.sqlite") as st:
+        import_yolo(dataset, st)
+    with AnnotationStore.open(tmp_path / "imp.sqlite", readonly=True) as st:
+        groups = set(frame_groups(st).values())
+        n = len(st.media.frames)
+    assert len(groups) == n > 3
+    assert set(from_stores([tmp_path / "imp.sqlite"], select="all").groups()) == groups
+
+
+def test_an_interrupted_export_keeps_the_earlier_dataset(dataset: Path, tmp_path: Path, monkeypatch):
+    """Ctrl-C in the middle of a re-export (after the first store's pictures are written): the
+    dataset at --out is the earlier one, byte for byte, and nothing is left beside it."""
+    import dl_utils.formats.yolo as yolo
+    from dl_utils.cli import main
+
+    before = {p.relative_to(dataset): p.read_bytes() for p in dataset.rglob("*") if p.is_file()}
+    real, calls = yolo._export_store, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(yolo, "_export_store", interrupted)
+    assert main(["export", str(tmp_path / "a.sqlite"), str(tmp_path / "p.sqlite"), "--format", "yolo-detect",
+                 "--out", str(dataset)]) == 130  # the CLI's exit status for Ctrl-C
+    assert len(calls) == 2
+    assert {p.relative_to(dataset): p.read_bytes() for p in dataset.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".ds")) == []
