@@ -208,7 +208,7 @@ def _aliases(cache: dict[str, object], named: Mapping[str, str]) -> dict[str, st
     cwd = os.getcwd()
     held = cache.get("_aliases")
     if isinstance(held, tuple) and held[0] == cwd:
-        return held[1]  # type: ignore[no-any-return]
+        return held[1]
     out: dict[str, str] = {}
     clash: set[str] = set()
     for name, value in named.items():
@@ -321,8 +321,9 @@ def _check_count(n: int, ratios: Sequence[float], by: str) -> None:
         return
     if by == "group":
         what = "video (group)" if n == 1 else "videos (groups)"
-        hint = ("whole videos stay on one side (by='item' splits image sets only): add more videos, or give"
-                " fewer sides (e.g. --ratios 0.8,0.2)")
+        # fewer sides is a way out only from three: two (train and val) is the least a split has
+        fewer = ", or give fewer sides (e.g. --ratios 0.8,0.2)" if sides > 2 else ""
+        hint = f"whole videos stay on one side (by='item' splits image sets only): add more videos{fewer}"
     else:
         what = "image" if n == 1 else "images"
         hint = "add more annotated images"

@@ -219,3 +219,45 @@ def test_an_interrupted_export_keeps_the_earlier_dataset(dataset: Path, tmp_path
     assert len(calls) == 2
     assert {p.relative_to(dataset): p.read_bytes() for p in dataset.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".ds")) == []
+
+
+# ------------------------------------------------------------------ messages
+def test_too_few_videos_for_two_sides_does_not_suggest_two_sides(tmp_path: Path, capsys):
+    """One video and --ratios 0.8,0.2: the hint was 'or give fewer sides (e.g. --ratios 0.8,0.2)',
+    the ratios just given; two sides is the least, so only 'add more videos' is said. With three
+    sides, fewer sides is still offered."""
+    one = _store(tmp_path / "one.sqlite", "videos/one.mp4")
+    two = _store(tmp_path / "two.sqlite", "videos/two.mp4")
+    err = fails(["dataset", "split", str(one), "--ratios", "0.8,0.2", "--dry-run"], capsys)
+    assert "1 video (group) cannot fill 2 sides (train and val)" in err
+    assert err.endswith("add more videos") and "fewer sides" not in err
+    err = fails(["dataset", "split", str(one), str(two), "--ratios", "0.8,0.1,0.1", "--dry-run"], capsys)
+    assert err.endswith("add more videos, or give fewer sides (e.g. --ratios 0.8,0.2)")
+
+
+def test_a_chart_path_that_is_a_folder_is_refused_before_counting(tmp_path: Path, capsys, monkeypatch):
+    """--png FOLDER: was refused only after every store was read, as 'give a file path for --out
+    (e.g. .../annotations.xml)' (another option, another kind of file); now at once, naming --png."""
+    pytest.importorskip("matplotlib")
+    import dl_utils.datasets.stats as stats
+
+    store = _store(tmp_path / "one.sqlite", "videos/one.mp4")
+
+    def not_now(*a, **k):
+        raise AssertionError("the stores were read before the chart path was checked")
+
+    monkeypatch.setattr(stats, "dataset_stats", not_now)
+    err = fails(["dataset", "stats", str(store), "--png", str(tmp_path)], capsys)
+    assert err == (f"dl-utils: error: --png {tmp_path} is a folder; give a file path for the chart, e.g."
+                   f" {tmp_path / 'stats.png'}")
+
+
+def test_a_store_without_a_media_record_is_refused_in_words_for_the_command_line(tmp_path: Path, capsys):
+    """Before: 'has no media info (size, frame numbers); set it with store.set_media(...)' (advice
+    for a Python caller) from `dl-utils export --format yolo-*`."""
+    AnnotationStore.create(tmp_path / "bare.sqlite").close()
+    for fmt in ("yolo-seg", "yolo-detect"):
+        err = fails(["export", str(tmp_path / "bare.sqlite"), "--format", fmt, "--out", str(tmp_path / "o")], capsys)
+        assert "bare.sqlite: the store has no media record" in err and "set_media" not in err
+        assert "annotate, import or pull into it first" in err
+    assert not (tmp_path / "o").exists()

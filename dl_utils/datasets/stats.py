@@ -21,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..cv_utils import polygons_to_mask
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from ..splits import SIDES, Split
 from .counts import add_frames, frames_by_group, instance_class, open_stores
 from .groups import frame_groups
@@ -208,6 +208,19 @@ def have_matplotlib() -> bool:
     return True
 
 
+def check_chart_path(out: str | os.PathLike[str]) -> Path:
+    """Refuse a ``--png`` that cannot be a chart file (a folder, a device) before the stores are read:
+    counting them can take minutes, and the chart is written last."""
+    path = Path(out)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    if target.is_dir():
+        raise OutputError(f"--png {out} is a folder; give a file path for the chart, e.g. {path / 'stats.png'}")
+    if target.exists() and not target.is_file():
+        raise OutputError(f"--png {out} is not a regular file (a device, pipe or socket); give a file path"
+                          " for the chart, e.g. stats.png")
+    return path
+
+
 def write_chart(stats: DatasetStats, out: str | os.PathLike[str]) -> Path:
     """A PNG of instances per class per side (grouped bars) beside the area histogram (one line per
     side, as a share of the side's instances so sides of different sizes compare), written to a
@@ -252,10 +265,10 @@ def write_chart(stats: DatasetStats, out: str | os.PathLike[str]) -> Path:
         fig.savefig(buf, format="png", dpi=100)
     finally:
         plt.close(fig)
-    path = Path(out)
+    path = check_chart_path(out)
     write_atomic(path, buf.getvalue())  # OutputError naming the file (full disk, a folder, ...)
     return path
 
 
-__all__ = ["ALL", "AREA_EDGES", "DatasetStats", "SideStats", "UNASSIGNED", "area_bin", "dataset_stats",
-           "have_matplotlib", "instance_area", "write_chart"]
+__all__ = ["ALL", "AREA_EDGES", "DatasetStats", "SideStats", "UNASSIGNED", "area_bin", "check_chart_path",
+           "dataset_stats", "have_matplotlib", "instance_area", "write_chart"]

@@ -46,12 +46,14 @@ def cmd_dataset_split(args: argparse.Namespace) -> int:
 
 def cmd_dataset_stats(args: argparse.Namespace) -> int:
     """Per-split images, annotated images, instances per class, groups and mask areas."""
-    from ..datasets.stats import dataset_stats, have_matplotlib, write_chart
+    from ..datasets.stats import check_chart_path, dataset_stats, have_matplotlib, write_chart
     from .finetune import load_split
 
     if args.png and not have_matplotlib():  # before counting: refuse at once, not after a long read
         raise InputError("--png needs matplotlib, which this environment lacks; install it (pip install"
                          " matplotlib) or leave --png out")
+    if args.png:
+        check_chart_path(args.png)
     split = load_split(args.split) if args.split else None
     stats = dataset_stats(args.stores, split=split, progress=not args.json)
     stats.split = str(args.split) if args.split else None

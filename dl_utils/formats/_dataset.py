@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from ..errors import FormatError, InputError, OutputError
-from ._common import export_labels, output_error, require_media, safe_name
+from ._common import export_labels, output_error, safe_name
 
 if TYPE_CHECKING:
     from ..annotations import MediaInfo
@@ -67,11 +67,23 @@ def class_ids(store: "StoreReader", names: list[str], table: "ClassTable | None"
 
 
 # ================================================================================ sides
+def dataset_media(store: "StoreReader") -> "MediaInfo":
+    """The store's media record, or a one-line error a command-line user can act on (the shared
+    ``require_media`` speaks to a Python caller: ``store.set_media(...)``)."""
+    media = store.media
+    if media is None:
+        raise InputError(
+            f"{store.path}: the store has no media record (frame sizes and numbers), so it has no frames"
+            " to export; it was not written by dl-utils (annotate, import or pull into it first)"
+        )
+    return media
+
+
 def sides_of(store: "StoreReader", split: "Split | None", split_name: str = "") -> dict[int, str]:
     """Frame -> ``"train"|"val"|"test"`` for the store's media frames (all ``"train"`` without a
     split). The groups are :func:`dl_utils.datasets.groups.frame_groups`' (the rule ``dataset
     split`` made the file by); a group the split does not know is refused in one line."""
-    media = require_media(store)
+    media = dataset_media(store)
     if split is None:
         return {f: "train" for f in media.frames}
     from ..datasets.groups import frame_groups
@@ -121,7 +133,7 @@ class Pictures:
         from ..datasets.groups import media_path
         from ..video_utils import open_media
 
-        media = require_media(store)
+        media = dataset_media(store)
         self.media: MediaInfo = media
         if not media.path:
             raise InputError(
