@@ -261,3 +261,33 @@ def test_a_store_without_a_media_record_is_refused_in_words_for_the_command_line
         assert "bare.sqlite: the store has no media record" in err and "set_media" not in err
         assert "annotate, import or pull into it first" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_coco_split_side_of_several_stores_imports_back(tmp_path: Path, clips, capsys):
+    """Two videos' frames on one side: their images carry 'frame' 0, 2, 4 each (where they came
+    from, with 'store'), which the COCO import took as this file's frame numbers and refused ('two
+    images have the same frame number'); it now numbers such a file by position, as any COCO file."""
+    from dl_utils.cli import main
+
+    stores = [make_store(tmp_path / "a.sqlite", clips[0]), make_store(tmp_path / "b.sqlite", clips[1])]
+    assert main(["export", *map(str, stores), "--format", "coco", "--split", str(_all_train(stores, tmp_path)),
+                 "--out", str(tmp_path / "coco")]) == 0
+    doc = json.loads((tmp_path / "coco/annotations/instances_train.json").read_text())
+    assert len({im["frame"] for im in doc["images"]}) < len(doc["images"])  # the case: frames repeat
+    assert main(["import", str(tmp_path / "coco/annotations/instances_train.json"),
+                 "--out", str(tmp_path / "back.sqlite")]) == 0
+    with AnnotationStore.open(tmp_path / "back.sqlite", readonly=True) as st:
+        by_id = sorted(doc["images"], key=lambda im: im["id"])
+        assert st.media.frames == list(range(len(by_id)))
+        assert st.media.frame_names == [im["file_name"] for im in by_id]
+        assert sum(1 for _, insts in st.iter_frames(decode=False) for i in insts if not i.is_empty) == len(
+            doc["annotations"])
+
+
+def _all_train(stores: list[Path], tmp_path: Path) -> Path:
+    groups: list[str] = []
+    for p in stores:
+        with AnnotationStore.open(p, readonly=True) as s:
+            groups += sorted(set(frame_groups(s).values()))
+    Split(train=tuple(groups), val=(), seed=0, val_fraction=0.0, by="group").save(tmp_path / "split.json")
+    return tmp_path / "split.json"

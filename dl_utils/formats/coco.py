@@ -400,10 +400,14 @@ def _read_categories(categories: list[Any], name: str) -> tuple[dict[Any, str], 
 
 
 def _read_images(images: list[Any], name: str) -> dict[Any, _Image]:
-    """Image id -> frame. Frames are the images' ``frame`` fields when every image has one (a file
-    this package wrote), else positions in image-id order, so an import is stable across tools."""
+    """Image id -> frame. Frames are the images' ``frame`` fields when every image has one and no two
+    share one (a file this package wrote of one store), else positions in image-id order, so an
+    import is stable across tools. A side of ``export --format coco --split`` holds frames of several
+    stores (two videos' frame 0): its ``frame`` fields name where each picture came from (with
+    ``store``), not a numbering of this file, so it is numbered by position too."""
     imgs: dict[Any, _Image] = {}
     has_frame = all(isinstance(im, dict) and isinstance(im.get("frame"), int) for im in images)
+    has_frame = has_frame and len({im["frame"] for im in images}) == len(images)
     ordered = sorted(
         enumerate(images),
         key=lambda t: (t[1].get("id") if isinstance(t[1], dict) and isinstance(t[1].get("id"), int) else 0, t[0]),
@@ -421,8 +425,6 @@ def _read_images(images: list[Any], name: str) -> dict[Any, _Image]:
         frame = im["frame"] if has_frame else pos
         imgs[im["id"]] = _Image(frame, im["width"], im["height"],
                                 str(im.get("file_name") or f"frame_{frame:06d}"))
-    if len({im.frame for im in imgs.values()}) != len(imgs):
-        raise FormatError(f"{name}: two images have the same 'frame' number; frames must be unique")
     return imgs
 
 
