@@ -291,3 +291,50 @@ def _all_train(stores: list[Path], tmp_path: Path) -> Path:
             groups += sorted(set(frame_groups(s).values()))
     Split(train=tuple(groups), val=(), seed=0, val_fraction=0.0, by="group").save(tmp_path / "split.json")
     return tmp_path / "split.json"
+
+
+# ------------------------------------------------------------------ re-running dataset split
+def _videos(tmp_path: Path, n: int = 8) -> list[str]:
+    return [str(_store(tmp_path / f"v{i}.sqlite", f"videos/v{i}.mp4", frames=2 + i)) for i in range(n)]
+
+
+def test_split_out_that_is_not_a_split_is_never_replaced(tmp_path: Path, capsys):
+    """`--out classes.csv` (a slip of the tab key) replaced the class table with a split; now any
+    existing file that is not a split is refused, untouched."""
+    table = tmp_path / "classes.csv"
+    table.write_text("name\ncar\n")
+    err = fails(["dataset", "split", *_videos(tmp_path), "--ratios", "0.8,0.2", "--out", str(table)], capsys)
+    assert err == f"dl-utils: error: --out {table} exists and is not a split file; give a new path (or the" \
+                  " split file to replace), e.g. split.json"
+    assert table.read_text() == "name\ncar\n"
+
+
+def test_a_split_rewritten_with_other_sides_says_which_groups_left_train(tmp_path: Path, capsys):
+    """Re-splitting onto the same file (another seed, more stores) silently moved groups between
+    sides: a model trained on the old split then scores frames it trained on. The same split
+    rewritten says nothing; a changed one says how many groups moved and how many left train."""
+    from dl_utils.cli import main
+
+    stores, out = _videos(tmp_path), str(tmp_path / "split.json")
+    assert main(["dataset", "split", *stores, "--ratios", "0.6,0.2,0.2", "--out", out]) == 0
+    first = Split.load(out)
+    capsys.readouterr()
+    assert main(["dataset", "split", *stores, "--ratios", "0.6,0.2,0.2", "--out", out]) == 0
+    assert "note:" not in capsys.readouterr().err and Split.load(out) == first
+    # the file as an earlier split made it (before more stores, or with another seed): two of
+    # today's train groups were on val and test, and today's val and test groups were train
+    earlier = Split(train=first.val + first.test + first.train[2:], val=first.train[:1], test=first.train[1:2],
+                    seed=0, val_fraction=0.2, by="group", ratios=(0.6, 0.2, 0.2))
+    earlier.save(out)
+    assert main(["dataset", "split", *stores, "--ratios", "0.6,0.2,0.2", "--dry-run"]) == 0
+    assert main(["dataset", "split", *stores, "--ratios", "0.6,0.2,0.2", "--out", out, "--dry-run"]) == 0
+    assert f"note: {out} would change: " in capsys.readouterr().err and Split.load(out) == earlier
+    assert main(["dataset", "split", *stores, "--ratios", "0.6,0.2,0.2", "--out", out]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    new = Split.load(out)
+    assert new == first
+    moved = [g for g in new.train + new.val + new.test if earlier.side(g) != new.side(g)]
+    left = [g for g in earlier.train if new.side(g) != "train"]
+    assert len(moved) == len(first.val + first.test) + 2 and len(left) == len(first.val + first.test)
+    assert err[-1].startswith(f"note: {out} changed: {len(moved)} group(s) on another side than before (e.g. ")
+    assert f"; {len(left)} left train: a model trained on the earlier split has seen their frames" in err[-1]

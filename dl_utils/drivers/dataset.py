@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 
@@ -28,8 +30,11 @@ def cmd_dataset_split(args: argparse.Namespace) -> int:
         raise InputError("dataset split: give --out SPLIT.json (where the split is saved), or --dry-run to"
                          " only print it")
     opts = SplitOptions(parse_ratios(args.ratios), args.seed, args.by, args.tolerance)
+    earlier = _earlier_split(args.out) if args.out else None  # before the stores are read
     report = split_stores(args.stores, opts, progress=not args.json)
     saved = None
+    if earlier is not None:
+        _note_moves(earlier, report.split, args.out, args.dry_run)
     if not args.dry_run:
         saved = report.split.save(args.out)
     if args.json:
@@ -42,6 +47,37 @@ def cmd_dataset_split(args: argparse.Namespace) -> int:
     else:
         print("dry run: nothing written")
     return 0
+
+
+def _earlier_split(out: str) -> Any:
+    """The split an existing ``--out`` holds (it is about to be replaced), or None when there is none.
+    A file that is not a split (a typo naming the class table, a chart) is refused, never replaced."""
+    from ..splits import Split
+
+    path = Path(out)
+    if not path.is_file():
+        return None  # a new file; a folder or a device is refused by Split.save with its own message
+    try:
+        return Split.load(path)
+    except InputError:
+        raise InputError(f"--out {out} exists and is not a split file; give a new path (or the split file"
+                         " to replace), e.g. split.json") from None
+
+
+def _note_moves(earlier: Any, split: Any, out: str, dry_run: bool) -> None:
+    """Say on stderr which groups the new split puts on another side than the file at ``out`` did: a
+    model trained on the earlier split has seen the frames of a group that moved to val or test, so
+    its scores there are no longer unseen data."""
+    moved = [(g, earlier.side(g), split.side(g)) for side in ("train", "val", "test") for g in split.groups(side)
+             if earlier.side(g) not in (None, split.side(g))]
+    if not moved:
+        return
+    seen = [m for m in moved if m[1] == "train"]
+    g, a, b = (seen or moved)[0]
+    risk = (f"; {len(seen)} left train: a model trained on the earlier split has seen their frames, so"
+            " its val/test scores on them are not unseen data" if seen else "")
+    print(f"note: {out} {'would change' if dry_run else 'changed'}: {len(moved)} group(s) on another side"
+          f" than before (e.g. {g} {a} -> {b}){risk}", file=sys.stderr)
 
 
 def cmd_dataset_stats(args: argparse.Namespace) -> int:
