@@ -338,3 +338,27 @@ def test_a_split_rewritten_with_other_sides_says_which_groups_left_train(tmp_pat
     assert len(moved) == len(first.val + first.test) + 2 and len(left) == len(first.val + first.test)
     assert err[-1].startswith(f"note: {out} changed: {len(moved)} group(s) on another side than before (e.g. ")
     assert f"; {len(left)} left train: a model trained on the earlier split has seen their frames" in err[-1]
+
+
+def test_a_dataset_moved_elsewhere_still_loads_in_ultralytics(dataset: Path, tmp_path: Path, monkeypatch):
+    """data.yaml held `path: <absolute out>`; copied to a training machine (another folder) the
+    dataset failed Ultralytics' check ('images not found, missing path .../ds/images/...'). Without
+    `path` Ultralytics resolves the sides against data.yaml's folder, wherever it is."""
+    import shutil
+
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "ultralytics-settings"))
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    pytest.importorskip("ultralytics")
+    from ultralytics.data.utils import check_det_dataset
+
+    moved = tmp_path / "elsewhere" / "ds"
+    shutil.copytree(dataset, moved)
+    shutil.rmtree(dataset)
+    data = check_det_dataset(str(moved / "data.yaml"), autodownload=False)
+    assert Path(data["train"]) == (moved / "images" / "train").resolve()
+    assert len(list(Path(data["train"]).iterdir())) == 6
+    # and dl-utils reads it back from there too
+    from dl_utils.formats import import_yolo
+
+    with AnnotationStore.create(tmp_path / "back.sqlite") as st:
+        assert import_yolo(moved, st)["images"] == 6

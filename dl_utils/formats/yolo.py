@@ -2,7 +2,7 @@
 
 Layout (what ``ultralytics`` trains from)::
 
-    OUT/data.yaml                     path, train/val/test folders, names {id: name}
+    OUT/data.yaml                     train/val/test folders (relative to it), names {id: name}
     OUT/images/{train,val,test}/S.jpg one picture per exported frame
     OUT/labels/{train,val,test}/S.txt one row per instance, same stem S
     OUT/dl_utils_export.json          what was exported from where (stores, split, counts)
@@ -217,7 +217,7 @@ def export_yolo(
             if not result.images[side]:
                 for kind in ("images", "labels"):
                     (tmp / kind / side).rmdir()
-        _write_yaml(tmp, final, names, result)
+        _write_yaml(tmp, names, result)
         (tmp / SUMMARY).write_text(json.dumps(dict(
             result.summary(), stores=[str(s.path) for s in stores], split=opts.split_name or None,
             classes=opts.classes.source if opts.classes is not None else None,
@@ -329,10 +329,13 @@ def _rows(store: "StoreReader", frame: int, insts: Any, cls_of: dict[int, int], 
     return rows
 
 
-def _write_yaml(tmp: Path, final: Path, names: list[str], result: YoloExport) -> None:
+def _write_yaml(tmp: Path, names: list[str], result: YoloExport) -> None:
     import yaml  # type: ignore[import-untyped, unused-ignore]  # PyYAML: no stubs in the env
 
-    doc: dict[str, Any] = {"path": str(final), "train": "images/train"}
+    # no ``path``: Ultralytics then resolves the sides against data.yaml's own folder, so the dataset
+    # still trains after it is copied or moved (rsync to a GPU machine); an absolute path went stale
+    # there ("images not found"). The folder written to is recorded in dl_utils_export.json instead.
+    doc: dict[str, Any] = {"train": "images/train"}
     doc["val"] = "images/val" if result.images["val"] else "images/train"
     if result.images["test"]:
         doc["test"] = "images/test"
