@@ -459,7 +459,7 @@ class CvatConnection:
             pass
 
     # ------------------------------------------------------------------ low level
-    def _headers(self, method: str, path: str, body: Any) -> dict[str, str]:
+    def request_headers(self, method: str, path: str, body: Any) -> dict[str, str]:
         api = self.client.api_client
         headers = dict(api.get_common_headers())
         # CVAT renders only its own media type (and the browsable HTML view): DRF answers 406 to
@@ -476,7 +476,7 @@ class CvatConnection:
         import urllib3
 
         url = self.host + path + (("?" + urlencode(query, doseq=True)) if query else "")
-        headers = self._headers(method, path, body)
+        headers = self.request_headers(method, path, body)
         self.stats.requests += 1
         self.stats.bytes_sent += len(body or b"")
         try:
@@ -513,7 +513,7 @@ class CvatConnection:
             raise _status_error(what, r.status, r.reason, data)
         return r.status, data
 
-    def _retrying(self, attempt_fn: Callable[[bool], Any], what: str) -> Any:
+    def retrying(self, attempt_fn: Callable[[bool], Any], what: str) -> Any:
         """Run ``attempt_fn(after_unknown)`` until it succeeds or the retries are spent."""
         after_unknown = False
         for attempt in range(self.retry.retries + 1):
@@ -584,7 +584,7 @@ class CvatConnection:
                 raise cvat_error(f"{what}: the server's answer is not JSON; is {self.host} a CVAT"
                                  " server?") from None
 
-        return self._retrying(attempt, what)
+        return self.retrying(attempt, what)
 
     def call(self, fn: Callable[..., Any], *args: Any, what: str, idempotent: bool = True,
              **kwargs: Any) -> Any:
@@ -627,7 +627,7 @@ class CvatConnection:
                     raise
                 raise cvat_error(f"{what}: {type(e).__name__}: {e}") from None
 
-        return self._retrying(attempt, what)
+        return self.retrying(attempt, what)
 
     def get_paginated(self, path: str, query: Mapping[str, Any] | None = None, *, what: str) -> list[dict]:
         """All results of a paginated list endpoint (``/api/labels``, ``/api/jobs``...)."""

@@ -134,6 +134,7 @@ def read_task(conn: CvatConnection, task_id: int) -> TaskInfo:
             continue
         jobs.append(JobInfo(int(j["id"]), int(j.get("start_frame", 0)),
                             int(j.get("stop_frame", size - 1)), j.get("type")))
+    jobs.sort(key=lambda j: (j.start, j.id))  # CVAT lists jobs newest first; we want frame order
     if not jobs:
         raise cvat_error(f"{where} has no annotation job; check the task in CVAT")
     return TaskInfo(id=task_id, name=media.name, media=media, jobs=jobs,

@@ -143,7 +143,7 @@ def _send(conn: CvatConnection, method: str, path: str, *, what: str, query: Map
             raise cvat_error(f"{what}: the connection failed in a way that may have left the request"
                              " applied on the server; check in CVAT (Requests page) before running"
                              " the command again")
-        h = conn._headers(method, urlsplit(url).path, None)
+        h = conn.request_headers(method, urlsplit(url).path, None)
         h.pop("Content-Type", None)
         h.update(headers or {})
         conn.stats.requests += 1
@@ -171,7 +171,7 @@ def _send(conn: CvatConnection, method: str, path: str, *, what: str, query: Map
             raise _status_error(what, r.status, r.reason, data)
         return _Answer(r.status, r.headers, data)
 
-    return attempt(False) if once else conn._retrying(attempt, what)
+    return attempt(False) if once else conn.retrying(attempt, what)
 
 
 def _server_message(ans: _Answer) -> str:
@@ -274,7 +274,7 @@ def download_file(conn: CvatConnection, url: str, out: Path, *, what: str,
         part.unlink(missing_ok=True)
     state: dict[str, Any] = {"meta": meta or {}, "bar": None}
     try:
-        conn._retrying(lambda _u: _download_once(conn, url, part, meta_path, state, what, options), what)
+        conn.retrying(lambda _u: _download_once(conn, url, part, meta_path, state, what, options), what)
         total = state["meta"].get("length")
         size = part.stat().st_size
         if total is not None and size != total:
@@ -308,7 +308,7 @@ def _download_once(conn: CvatConnection, url: str, part: Path, meta_path: Path, 
     meta = state["meta"]
     have = part.stat().st_size if part.exists() else 0
     validator = meta.get("etag") or meta.get("last_modified")
-    h = conn._headers("GET", urlsplit(url).path, None)
+    h = conn.request_headers("GET", urlsplit(url).path, None)
     if have and validator:
         h["Range"] = f"bytes={have}-"
         h["If-Range"] = validator
@@ -422,10 +422,10 @@ def _write_meta(meta_path: Path, meta: dict) -> None:
 
 def _finish_file(part: Path, target: Path) -> None:
     """Rename the complete part over ``target`` (keeping the mode of a file it replaces)."""
-    from ..formats._common import _umask, output_error
+    from ..formats._common import current_umask, output_error
 
     try:
-        mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_umask()
+        mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~current_umask()
         os.chmod(part, mode)
         os.replace(part, target)
     except OSError as e:
@@ -681,7 +681,7 @@ def _patch_chunk(conn: CvatConnection, location: str, offset: int, chunk: bytes,
                              f" {start + len(body)}")
         return new
 
-    return conn._retrying(attempt, f"{what}: uploading")
+    return conn.retrying(attempt, f"{what}: uploading")
 
 
 def restore_task(conn: CvatConnection, backup: Path, *, project_id: int | None = None,

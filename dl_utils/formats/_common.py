@@ -295,7 +295,7 @@ def atomic_file(out: str | os.PathLike[str], mode: str = "w") -> Iterator[Any]:
     try:
         try:
             # the new file keeps the mode of the one it replaces (mkstemp makes 0600)
-            os.fchmod(fd, stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_umask())
+            os.fchmod(fd, stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~current_umask())
             kw: dict[str, Any] = {} if "b" in mode else {"encoding": "utf-8"}
             with os.fdopen(fd, mode, **kw) as f:
                 yield f
@@ -315,7 +315,9 @@ def write_atomic(out: Path, data: bytes | str) -> None:
         f.write(data)
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it): the mode a new file gets where a
+    temporary file (always 0600) replaces one that did not exist."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -389,7 +391,7 @@ def atomic_folder(
         )
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.part-{os.getpid()}-", dir=parent))
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~current_umask())
     except OSError as e:
         raise output_error(out, e) from None
     try:

@@ -34,7 +34,7 @@ from ..annotations import Instances, MediaInfo, ObjectInfo
 from ..errors import InputError, OutputError
 from ._common import (
     _pid_alive,
-    _umask,
+    current_umask,
     _what_is,
     folder_target,
     instance_mask,
@@ -528,7 +528,7 @@ class _Writer:
 
     def __init__(self, opts: MatteOptions) -> None:
         self.opts = opts
-        self.mode = 0o666 & ~_umask()
+        self.mode = 0o666 & ~current_umask()
         self.exr = _import_openexr() if opts.exr else None
         self.blacks: dict[tuple[int, int], bytes] = {}
 

@@ -34,7 +34,7 @@ DEFAULT_PAGE_SIZE = 10
 #: index ``TaskInfo.jobs[0]`` as the first job, so until read_task sorts its jobs by start frame the
 #: stand-in lists jobs oldest first (the one place it is more lenient than CVAT; see
 #: docs/cvat_standin.md).
-JOBS_NEWEST_FIRST = False
+JOBS_NEWEST_FIRST = True
 MAX_PAGE_SIZE = 1000
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
@@ -1093,6 +1093,10 @@ def request_get(srv: StandinServer, req: Request, rq_id: str) -> Response:
 
 
 def _request_json(srv: StandinServer, rq: dict) -> dict:
+    if rq.get("transfer"):  # dataset export, backup export/import: tests/cvat_standin/transfer.py
+        from .transfer import request_json
+
+        return request_json(srv, rq)
     if rq["status"] == "started":
         rq["polls"] += 1
         if rq["polls"] > srv.state.rq_polls_before_finish:

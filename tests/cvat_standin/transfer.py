@@ -207,27 +207,6 @@ def request_json(srv: "StandinServer", rq: dict) -> dict:
             "result_id": rq["result_id"] if rq["status"] == "finished" else None}
 
 
-def _install_request_renderer() -> None:
-    """Make the server's ``GET /api/requests[/{id}]`` render this module's requests too.
-
-    server.py's ``request_get`` / ``requests_list`` render every request with its own
-    ``_request_json`` (task creation requests). Until server.py dispatches on ``rq["transfer"]``
-    itself (asked of its owner), the module-level function is wrapped here, once.
-    """
-    server = _server()
-    orig = getattr(server, "_request_json", None)
-    if orig is None or getattr(orig, "_transfer_aware", False):
-        return
-
-    def _request_json(srv: "StandinServer", rq: dict) -> dict:
-        if rq.get("transfer"):
-            return request_json(srv, rq)
-        return orig(srv, rq)
-
-    _request_json._transfer_aware = True  # type: ignore[attr-defined]
-    server._request_json = _request_json
-
-
 def _start(srv: "StandinServer", rq_id: str, **kw: Any) -> "Response":
     """``AbstractRequestManager.enqueue_job``: 409 with the id while the same request is queued or
     started; a finished or failed one is replaced."""
@@ -683,7 +662,6 @@ def _with_ids(item: dict, labels: dict[str, dict]) -> dict:
 # ================================================================================== routes
 def routes(r: Callable[..., tuple[str, re.Pattern, Callable, bool]]) -> list[tuple[str, re.Pattern, Callable, bool]]:
     """Routes this module serves, built with the server's ``r(method, pattern, fn, public=False)``."""
-    _install_request_renderer()
     return [
         r("GET", r"/api/server/annotation/formats", formats_view),
         r("POST", r"/api/tasks/(\d+)/dataset/export", lambda s, q, i: dataset_export(s, q, "task", i)),
