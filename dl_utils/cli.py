@@ -156,7 +156,7 @@ def _export_dataset(args: argparse.Namespace) -> int:
 
     from .classes import ClassTable
     from .formats import YoloOptions, export_coco_splits, export_yolo, plan_yolo
-    from .splits import Split
+    from .splits import Split, check_distinct_stores
     from .store import AnnotationStore
 
     not_here = {"shape": "--shape", "objects": "--objects", "start": "--start", "stop": "--stop"}
@@ -165,6 +165,7 @@ def _export_dataset(args: argparse.Namespace) -> int:
     if given:
         raise InputError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to --format {args.format}"
                          f"{' --split' if args.format == 'coco' else ''}")
+    check_distinct_stores(args.store)  # as typed: the message shows the user's spelling
     split = Split.load(args.split) if args.split else None
     table = ClassTable.load(args.classes) if args.classes else None
     with ExitStack() as stack:

@@ -263,6 +263,20 @@ def media_group(recorded: str | None, store_path: str | os.PathLike[str]) -> str
     return os.path.normpath(recorded)
 
 
+def check_distinct_stores(paths: Iterable[str | os.PathLike[str]]) -> None:
+    """Refuse one store file given twice (overlapping shell globs, two spellings of one path): the
+    dataset tools would count, split and export its frames twice (duplicate training pictures, doubled
+    class counts). Two *different* stores of one video are fine (their instances add up)."""
+    seen: dict[str, str] = {}
+    for p in paths:
+        key = os.path.normcase(os.path.realpath(p))
+        if key in seen:
+            also = "" if seen[key] == str(p) else f" (also as {seen[key]})"
+            raise InputError(f"store {p} is given twice{also}; give each store once, else its frames"
+                             " are counted and exported twice")
+        seen[key] = str(p)
+
+
 def group_key(media_path: str | os.PathLike[str], frame_name: str | None = None) -> str:
     """THE split group of a frame: a video's frames all share its media path (they look alike, so
     they must stay on one side); an image of an image folder is its own group,
@@ -710,5 +724,5 @@ def _report(split: Split, counts: Mapping[str, GroupCounts], classes: Sequence[s
 
 __all__ = [
     "BY", "SIDES", "ClassShare", "GroupCounts", "GroupSet", "Split", "SplitOptions", "SplitReport",
-    "group_key", "media_group", "parse_ratios", "split_groups", "stratified_split",
+    "check_distinct_stores", "group_key", "media_group", "parse_ratios", "split_groups", "stratified_split",
 ]

@@ -362,3 +362,32 @@ def test_a_dataset_moved_elsewhere_still_loads_in_ultralytics(dataset: Path, tmp
 
     with AnnotationStore.create(tmp_path / "back.sqlite") as st:
         assert import_yolo(moved, st)["images"] == 6
+
+
+def test_one_store_given_twice_is_refused_everywhere(dataset: Path, tmp_path: Path, capsys, monkeypatch):
+    """`stores/*.sqlite stores/a.sqlite` (overlapping globs) exported every picture twice (a_..., and
+    a_..._2) and doubled every count of split and stats; now each tool names the store given twice."""
+    monkeypatch.chdir(tmp_path)
+    a, also = "a.sqlite", "./x/../a.sqlite"
+    (tmp_path / "x").mkdir()
+    Split(train=tuple(sorted(set(_groups_from(tmp_path, tmp_path / a, monkeypatch).values()))), val=(),
+          seed=0, val_fraction=0.0, by="group").save(tmp_path / "split.json")
+    for args in (["export", a, also, "--format", "yolo-seg", "--out", "o"],
+                 ["export", a, also, "--format", "yolo-detect", "--out", "o", "--dry-run"],
+                 ["export", a, also, "--format", "coco", "--split", "split.json", "--out", "o"],
+                 ["dataset", "split", a, "p.sqlite", also, "--ratios", "0.5,0.5", "--dry-run"],
+                 ["dataset", "stats", a, also]):
+        err = fails(args, capsys)
+        assert err == ("dl-utils: error: store ./x/../a.sqlite is given twice (also as a.sqlite); give each store"
+                       " once, else its frames are counted and exported twice"), args
+    assert not (tmp_path / "o").exists()
+    # the library refuses it too (an API caller's list)
+    from dl_utils.errors import InputError
+    from dl_utils.formats import YoloOptions, export_coco_splits, export_yolo, plan_yolo
+
+    with AnnotationStore.open(a, readonly=True) as s1, AnnotationStore.open(also, readonly=True) as s2:
+        for call in (lambda: export_yolo([s1, s2], "o"), lambda: plan_yolo([s1, s2], YoloOptions()),
+                     lambda: export_coco_splits([s1, s2], "o", split=Split.load("split.json"))):
+            with pytest.raises(InputError, match="is given twice"):
+                call()
+    assert not (tmp_path / "o").exists()

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..splits import GroupCounts, SplitOptions, SplitReport, stratified_split
+from ..splits import GroupCounts, SplitOptions, SplitReport, check_distinct_stores, stratified_split
 from ..store import AnnotationStore
 from .groups import frame_groups
 
@@ -39,6 +39,7 @@ def open_stores(paths: Sequence[str | os.PathLike[str]]) -> Iterator["Annotation
     for p in paths:
         if not Path(p).is_file():
             raise InputError(f"annotation store {p} does not exist (or is not a file); check the path")
+    check_distinct_stores(paths)
     for p in paths:
         with AnnotationStore.open(p, readonly=True) as store:
             yield store

@@ -39,6 +39,7 @@ import numpy as np
 from ..annotations import Box, Instance, Label, MediaInfo, ShapeType, box_from_mask
 from ..cv_utils import coco_rle_area, decode_coco_rle, encode_coco_rle, polygons_to_mask
 from ..errors import FormatError, InputError, MaskError
+from ..splits import check_distinct_stores
 from ._common import (
     Geometry,
     atomic_folder,
@@ -214,6 +215,7 @@ def export_coco_splits(
     the same code as :func:`export_coco`. The folder appears complete or not at all."""
     if not stores:
         raise InputError("give at least one store to export")
+    check_distinct_stores([s.path for s in stores])
     final = folder_target(out, "a per-split COCO export writes a dataset folder")
     names = class_names(stores, classes)
     ids = [class_ids(s, names, classes) for s in stores]

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..annotations import Instance, Label, ShapeType, box_from_mask
 from ..errors import FormatError, InputError
+from ..splits import check_distinct_stores
 from ._common import (
     ObjectKey,
     ParsedShape,
@@ -193,6 +194,7 @@ def export_yolo(
     opts = options or YoloOptions()
     if not stores:
         raise InputError("give at least one store to export")
+    check_distinct_stores([s.path for s in stores])
     final = folder_target(out, "a YOLO export writes a dataset folder")
     names = class_names(stores, opts.classes)
     ids = [class_ids(s, names, opts.classes) for s in stores]
@@ -237,6 +239,7 @@ def plan_yolo(stores: Sequence["StoreReader"], options: YoloOptions | None = Non
     opts = options or YoloOptions()
     if not stores:
         raise InputError("give at least one store to export")
+    check_distinct_stores([s.path for s in stores])
     from ..datasets.groups import media_path
 
     names = class_names(stores, opts.classes)
