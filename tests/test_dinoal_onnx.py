@@ -577,3 +577,19 @@ def test_parity_with_ultralytics_own_predict_on_a_real_export(tmp_path, monkeypa
         assert len(ours) == len(r.boxes) == 300
         assert np.array_equal(ours.boxes, r.boxes.xyxy.numpy()) and np.array_equal(ours.scores, r.boxes.conf.numpy())
         assert ours.labels == [det.names[int(c)] for c in r.boxes.cls.numpy()]
+
+
+def test_cli_detect_video_box_tracking_names_the_onnx_engine(yolo_model, bedroom_mp4, tmp_path, capsys):
+    """Video ``detect`` without ``--segment`` tracks boxes (dinoal.video.track_boxes): its rows name the
+    engine that found the boxes (``onnx``), not GroundingDINO."""
+    from dl_utils.cli import main
+    from dl_utils.store import AnnotationStore
+
+    path, _ = yolo_model
+    store = tmp_path / "v.sqlite"
+    assert main(["detect", str(bedroom_mp4), "--backend", "onnx", "--model", str(path), "--out", str(store),
+                 "--every", "50", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    with AnnotationStore.open(store, readonly=True) as st:
+        engines = {i.provenance.engine for f in st.frames() for i in st.read_frame(f) if i.provenance}
+    assert engines == {"onnx"}

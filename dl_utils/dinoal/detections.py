@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -53,6 +53,9 @@ class Detections:
     caption: str = ""
     image_size: tuple[int, int] | None = None  # (height, width)
     masks: np.ndarray | None = None
+    #: the engine the store's provenance names for these boxes; a detector of another kind returns a
+    #: subclass that sets it (``OnnxDetections``), so every copy and subset keeps it
+    engine: ClassVar[str] = "groundingdino"
 
     # written out (dataclass(init=False)) only to take ``prompt=``, the field's pre-rename name that
     # backends and tests outside this package still pass; everything else is the dataclass's own
@@ -203,7 +206,7 @@ class Detections:
         """Where detection ``k`` came from: GroundingDINO (``model``: which weights), the caption,
         the decoded phrase and the detector's score; the same fields whether the box is stored as it
         is or turned into a SAM2 mask (:func:`dl_utils.dinoal.pipeline.with_detection`)."""
-        return Provenance(engine="groundingdino", detector=model or None, caption=self.caption,
+        return Provenance(engine=self.engine, detector=model or None, caption=self.caption,
                           phrase=self.phrases[k], detector_score=float(self.scores[k]))
 
 

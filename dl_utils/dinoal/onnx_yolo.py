@@ -58,15 +58,11 @@ INSTALL = "pip install 'dl-utils[onnx]' (onnxruntime; onnxruntime-gpu for CUDA)"
 class OnnxDetections(Detections):
     """:class:`Detections` whose provenance names this engine (``onnx``), not GroundingDINO.
 
-    Why a subclass: the store's provenance is written by ``Detections.provenance``, which names
-    GroundingDINO; every subset/copy (``dets[keep]``, ``dataclasses.replace``) keeps the class."""
+    Why a subclass: ``Detections.engine`` is a class attribute, so every subset/copy (``dets[keep]``,
+    ``dataclasses.replace``) keeps it, and the store's provenance (``Detections.provenance``, box
+    tracking in ``dinoal.video``) names the engine that found the box."""
 
     engine = "onnx"
-
-    def provenance(self, k: int, *, model: str | None = None) -> Any:
-        from dataclasses import replace
-
-        return replace(super().provenance(k, model=model), engine=self.engine)
 
 
 # ----------------------------------------------------------------------------- geometry

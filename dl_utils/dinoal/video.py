@@ -370,8 +370,8 @@ def track_boxes(
             insts.append((nobj.object_id, nobj.det))
         for e in dec.ended:
             last.pop(e.object_id, None)
-        # the caption and the tracker mode: why the box exists (engine "groundingdino": boxes only)
-        linked = Provenance(engine="groundingdino", caption=dets.caption, tracker=TRACKER_BOXES)
+        # the caption and the tracker mode: why the box exists (the detector's engine: boxes only)
+        linked = Provenance(engine=dets.engine, caption=dets.caption, tracker=TRACKER_BOXES)
         rows = [
             Instance(oid, box=cast(Box, tuple(float(v) for v in dets.boxes[j])), score=float(dets.scores[j]),
                      source=Source.AUTO, keyframe=True, label=dets.labels[j], provenance=linked)
