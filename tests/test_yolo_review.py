@@ -391,3 +391,50 @@ def test_one_store_given_twice_is_refused_everywhere(dataset: Path, tmp_path: Pa
             with pytest.raises(InputError, match="is given twice"):
                 call()
     assert not (tmp_path / "o").exists()
+
+
+def test_a_roboflow_layout_imports_as_ultralytics_reads_it(dataset: Path, tmp_path: Path, monkeypatch):
+    """Roboflow's YOLO export: train/images, valid/images, test/images beside a data.yaml whose sides
+    are '../train/images' ... Ultralytics reads them (it drops a '../' that leads nowhere); the import
+    said 'data.yaml names no image folder that exists'. Now every side imports, rows equal."""
+    import shutil
+
+    import yaml
+
+    rf = tmp_path / "rf"
+    pictures = sorted((dataset / "images" / "train").iterdir())
+    for side, pics in (("train", pictures[:3]), ("valid", pictures[3:5]), ("test", pictures[5:])):
+        for kind in ("images", "labels"):
+            (rf / side / kind).mkdir(parents=True)
+        for pic in pics:
+            shutil.copy(pic, rf / side / "images" / pic.name)
+            shutil.copy(dataset / "labels" / "train" / f"{pic.stem}.txt", rf / side / "labels" / f"{pic.stem}.txt")
+    names = yaml.safe_load((dataset / "data.yaml").read_text())["names"]
+    (rf / "data.yaml").write_text(yaml.safe_dump({"train": "../train/images", "val": "../valid/images",
+                                                  "test": "../test/images", "nc": len(names),
+                                                  "names": [names[i] for i in range(len(names))]}))
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "ultralytics-settings"))
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    try:  # the cross-check with Ultralytics' own reader, where it is installed
+        from ultralytics.data.utils import check_det_dataset
+    except ImportError:
+        pass
+    else:
+        assert Path(check_det_dataset(str(rf / "data.yaml"), autodownload=False)["val"]) == (rf / "valid/images").resolve()
+    from dl_utils.formats import import_yolo
+
+    with AnnotationStore.create(tmp_path / "all.sqlite") as st:
+        summary = import_yolo(rf, st)
+        assert summary["images"] == len(pictures) and summary["sides"] == ["test", "train", "val"]
+        files = sorted(st.media.frame_names or [])
+    assert files == sorted(f"{side}/images/{p.name}" for side, ps in (("train", pictures[:3]), ("valid", pictures[3:5]),
+                                                                       ("test", pictures[5:])) for p in ps)
+    with AnnotationStore.create(tmp_path / "val.sqlite") as st:
+        assert import_yolo(rf / "data.yaml", st, split="val")["images"] == 2
+    out = tmp_path / "again"
+    with AnnotationStore.open(tmp_path / "all.sqlite", readonly=True) as st:
+        from dl_utils.formats import YoloOptions, export_yolo
+
+        export_yolo([st], out, YoloOptions(task="segment"))
+    rows = sorted(line for f in (rf).rglob("labels/*.txt") for line in f.read_text().splitlines())
+    assert sorted(line for f in out.rglob("labels/*/*.txt") for line in f.read_text().splitlines()) == rows

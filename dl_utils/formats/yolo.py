@@ -394,10 +394,33 @@ def _images_dir(folder: Path, doc: dict[str, Any], side: str) -> Path | None:
     if isinstance(doc.get("path"), str) and Path(doc["path"]).is_dir():
         bases.insert(0, Path(doc["path"]))
     for base in bases:
-        p = base / rel
-        if p.is_dir():
-            return p
+        # Ultralytics' rule: a side written "../train/images" (Roboflow's data.yaml, which sits beside
+        # train/, valid/, test/) that is not there is read without its "../"
+        tries = [base / rel] + ([base / rel[3:]] if rel.startswith("../") else [])
+        for p in tries:
+            if p.is_dir():
+                return p
     return None
+
+
+def _side_pattern(dirs: list[Path], root: Path) -> str:
+    """One glob that reopens the images of every side: ``PARENT/*/*`` when the sides are folders of one
+    parent (``images/train``, ``images/val``: Ultralytics' layout), ``BASE/*/REST/*`` when they differ
+    in one folder name (``train/images``, ``valid/images``: Roboflow's). The fixed parts are escaped
+    (a folder may hold ``[`` or ``*``)."""
+    resolved = [d.resolve() for d in dirs]
+    if len(resolved) == 1:
+        return os.path.join(glob.escape(str(resolved[0])), "*")
+    parts = [d.parts for d in resolved]
+    if len({len(p) for p in parts}) == 1:
+        differ = [k for k in range(len(parts[0])) if len({p[k] for p in parts}) > 1]
+        if len(differ) == 1:
+            k = differ[0]
+            fixed = [glob.escape(x) for x in parts[0]]
+            fixed[k] = "*"
+            return os.path.join(*fixed, "*")
+    raise FormatError(f"{root}: the sides' image folders ({', '.join(str(d) for d in dirs)}) differ in more"
+                      " than one folder name; import one side at a time with --split")
 
 
 def parse_label_file(path: Path, names: list[str], width: int, height: int) -> list[tuple[str, ParsedShape]]:
@@ -465,14 +488,7 @@ def import_yolo(
         raise FormatError(f"{root}: data.yaml names no image folder that exists"
                           f" ({'side ' + split if split else 'train/val/test'}); check its path and sides")
     # the media path is a glob the store reopens its images by (escaped: a folder may hold [ or *)
-    if len(dirs) == 1:
-        pattern = os.path.join(glob.escape(str(next(iter(dirs.values())).resolve())), "*")
-    else:
-        parents = {d.parent.resolve() for d in dirs.values()}
-        if len(parents) != 1:
-            raise FormatError(f"{root}: the sides' image folders have different parents; import one"
-                              " side at a time with --split")
-        pattern = os.path.join(glob.escape(str(parents.pop())), "*", "*")
+    pattern = _side_pattern(list(dirs.values()), root)
     src = open_frames(pattern)
     media = src.media_info()
     files = {f: Path(src.file_of(f)) for f in media.frames}  # type: ignore[attr-defined]
