@@ -420,7 +420,8 @@ def test_a_roboflow_layout_imports_as_ultralytics_reads_it(dataset: Path, tmp_pa
     except ImportError:
         pass
     else:
-        assert Path(check_det_dataset(str(rf / "data.yaml"), autodownload=False)["val"]) == (rf / "valid/images").resolve()
+        found = check_det_dataset(str(rf / "data.yaml"), autodownload=False)
+        assert Path(found["val"]) == (rf / "valid/images").resolve()
     from dl_utils.formats import import_yolo
 
     with AnnotationStore.create(tmp_path / "all.sqlite") as st:
@@ -438,3 +439,22 @@ def test_a_roboflow_layout_imports_as_ultralytics_reads_it(dataset: Path, tmp_pa
         export_yolo([st], out, YoloOptions(task="segment"))
     rows = sorted(line for f in (rf).rglob("labels/*.txt") for line in f.read_text().splitlines())
     assert sorted(line for f in out.rglob("labels/*/*.txt") for line in f.read_text().splitlines()) == rows
+
+
+def test_a_side_given_as_an_image_list_is_named(dataset: Path, tmp_path: Path):
+    """`train: train.txt` (Ultralytics' image-list form) was 'names no image folder that exists'
+    (which looks like a wrong path); now the message says it is a list and what to do."""
+    import yaml
+
+    from dl_utils.errors import FormatError
+    from dl_utils.formats import import_yolo
+
+    doc = yaml.safe_load((dataset / "data.yaml").read_text())
+    listed = "".join(f"./images/train/{p.name}\n" for p in (dataset / "images/train").iterdir())
+    (dataset / "train.txt").write_text(listed)
+    (dataset / "data.yaml").write_text(yaml.safe_dump({**doc, "train": "train.txt", "val": "train.txt"}))
+    with AnnotationStore.create(tmp_path / "x.sqlite") as st, pytest.raises(FormatError) as e:
+        import_yolo(dataset, st)
+    assert str(e.value) == (f"{dataset}: side train is the image list train.txt, not a folder; the import reads"
+                            " image folders: move that side's images into a folder (images/<side>/) or import"
+                            " the other sides with --split")

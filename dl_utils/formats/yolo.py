@@ -484,6 +484,13 @@ def import_yolo(
         d = _images_dir(root, doc, side)
         if d is not None and d.resolve() not in {p.resolve() for p in dirs.values()}:
             dirs[side] = d
+        entry = doc.get(side)
+        if d is None and isinstance(entry, str) and (root / entry).is_file():
+            # Ultralytics also takes a text file listing images (train: train.txt); a store's image set
+            # is one folder pattern, so such a side cannot be imported as it stands
+            raise FormatError(f"{root}: side {side} is the image list {entry}, not a folder; the import reads"
+                              " image folders: move that side's images into a folder (images/<side>/) or"
+                              " import the other sides with --split")
     if not dirs:
         raise FormatError(f"{root}: data.yaml names no image folder that exists"
                           f" ({'side ' + split if split else 'train/val/test'}); check its path and sides")
