@@ -213,8 +213,9 @@ def _scrubbed(fn: Handler) -> Handler:
 
 # ------------------------------------------------------------------------------------ parser
 def add_cvat_arguments(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    """Add ``cvat`` with ``labels | create-task | push | pull`` to the main parser's subparsers."""
-    cvat = subparsers.add_parser("cvat", help="CVAT server: labels, tasks, push and pull annotations")
+    """Add ``cvat`` with ``labels | create-task | push | pull`` (and the project and transfer commands of
+    ``drivers.cvat_projects`` / ``drivers.cvat_transfer``) to the main parser's subparsers."""
+    cvat = subparsers.add_parser("cvat", help="CVAT server: labels, tasks, push and pull annotations, projects, balance, exports and backups")
     sub = cvat.add_subparsers(dest="cvat_command", metavar="SUBCOMMAND", required=True)
 
     lb = sub.add_parser("labels", help="create missing labels in a task/project; report conflicts")
