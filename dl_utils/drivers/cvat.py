@@ -215,7 +215,8 @@ def _scrubbed(fn: Handler) -> Handler:
 def add_cvat_arguments(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add ``cvat`` with ``labels | create-task | push | pull`` (and the project and transfer commands of
     ``drivers.cvat_projects`` / ``drivers.cvat_transfer``) to the main parser's subparsers."""
-    cvat = subparsers.add_parser("cvat", help="CVAT server: labels, tasks, push and pull annotations, projects, balance, exports and backups")
+    cvat = subparsers.add_parser(
+        "cvat", help="CVAT server: labels, tasks, push and pull annotations, projects, balance, exports and backups")
     sub = cvat.add_subparsers(dest="cvat_command", metavar="SUBCOMMAND", required=True)
 
     lb = sub.add_parser("labels", help="create missing labels in a task/project; report conflicts")
