@@ -20,7 +20,7 @@ from that frame with SAM2's usual warm-up).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 
 from ..annotations import Box, Instance, Instances, Provenance, Source
