@@ -98,10 +98,16 @@ class Split:
         groups: tuple[str, ...] = getattr(self, side)
         return groups
 
-    def to_json(self) -> dict[str, object]:
+    def to_json(self, base: str | os.PathLike[str] | None = None) -> dict[str, object]:
+        """The split as a JSON-able record. With ``base`` (a split file's folder), absolute group
+        names inside it are written ``./relative/to/base``, so the file keeps working when the
+        project folder is copied to another place or machine (:meth:`from_json` resolves them)."""
+        def names(groups: tuple[str, ...]) -> list[str]:
+            return [_relative_to(g, base) for g in groups] if base is not None else list(groups)
+
         d: dict[str, object] = {
-            "train": list(self.train),
-            "val": list(self.val),
+            "train": names(self.train),
+            "val": names(self.val),
             "seed": self.seed,
             "val_fraction": self.val_fraction,
             "by": self.by,
@@ -109,13 +115,18 @@ class Split:
         # written only when set, so a two-sided split's record (and a fine-tune run's identity, which
         # holds it) stays what it was before test sides existed
         if self.test:
-            d["test"] = list(self.test)
+            d["test"] = names(self.test)
         if self.ratios:
             d["ratios"] = list(self.ratios)
         return d
 
     @classmethod
-    def from_json(cls, d: Mapping[str, object]) -> "Split":
+    def from_json(cls, d: Mapping[str, object], base: str | os.PathLike[str] | None = None) -> "Split":
+        """The split of a record; with ``base`` (the split file's folder) a name written
+        ``./path`` (:meth:`to_json` with a base) is that path under ``base``, made absolute."""
+        def names(groups: object) -> tuple[str, ...]:
+            return tuple(_under(str(g), base) for g in groups)  # type: ignore[attr-defined]
+
         try:
             train, val, test = d["train"], d["val"], d.get("test", [])
             if not (isinstance(train, (list, tuple)) and isinstance(val, (list, tuple))
@@ -129,12 +140,12 @@ class Split:
             ):
                 raise TypeError("ratios must be a list of numbers")
             return cls(
-                train=tuple(str(g) for g in train),
-                val=tuple(str(g) for g in val),
+                train=names(train),
+                val=names(val),
                 seed=seed,
                 val_fraction=float(frac),
                 by=str(d.get("by", "group")),
-                test=tuple(str(g) for g in test),
+                test=names(test),
                 ratios=tuple(float(r) for r in ratios),
             )
         except (KeyError, TypeError) as e:
@@ -157,7 +168,7 @@ class Split:
         if path.exists() and not path.is_file():
             what = "a folder" if path.is_dir() else "not a regular file (a device, pipe or socket)"
             raise OutputError(f"{given} is {what}; give a file path for the split, e.g. split.json")
-        text = json.dumps(self.to_json(), indent=1) + "\n"
+        text = json.dumps(self.to_json(base=os.path.abspath(path.parent)), indent=1) + "\n"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -185,9 +196,25 @@ class Split:
         if not isinstance(d, dict):
             raise InputError(f"split {path} holds a {type(d).__name__}, not a split record")
         try:
-            return cls.from_json(d)
+            return cls.from_json(d, base=os.path.abspath(path.parent))
         except InputError as e:
             raise InputError(f"{path}: {e}") from None
+
+
+def _relative_to(name: str, base: str | os.PathLike[str]) -> str:
+    """``./rel`` for an absolute ``name`` inside ``base``; any other name as it is. The ``./`` marks
+    it: a group name never starts so (group names are normalised paths), so :func:`_under` knows
+    which names to resolve and leaves old-rule relative names alone."""
+    b = os.path.abspath(base)
+    if os.path.isabs(name) and os.path.commonpath([name, b]) == b and name != b:
+        return "./" + Path(os.path.relpath(name, b)).as_posix()
+    return name
+
+
+def _under(name: str, base: str | os.PathLike[str] | None) -> str:
+    if base is not None and name.startswith("./"):
+        return os.path.normpath(os.path.join(os.path.abspath(base), name))
+    return name
 
 
 def _file_mode(path: Path) -> int:

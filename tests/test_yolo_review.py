@@ -458,3 +458,31 @@ def test_a_side_given_as_an_image_list_is_named(dataset: Path, tmp_path: Path):
     assert str(e.value) == (f"{dataset}: side train is the image list train.txt, not a folder; the import reads"
                             " image folders: move that side's images into a folder (images/<side>/) or import"
                             " the other sides with --split")
+
+
+def test_a_split_file_travels_with_its_project(project: Path, tmp_path: Path, monkeypatch):
+    """Group names of media beside their stores are absolute (the same from every folder); written
+    as they are, a split.json committed with the project would match nothing in a clone at another
+    path. Saved, names inside the split file's folder are written './relative' and resolved against
+    the file's folder when loaded: the copy's split selects the copy's groups."""
+    import shutil
+
+    proj = project / "proj"
+    monkeypatch.chdir(proj)
+    with AnnotationStore.open("stores/a.sqlite", readonly=True) as st:
+        group = set(frame_groups(st).values()).pop()
+    with AnnotationStore.open("stores/c.sqlite", readonly=True) as st:
+        far = set(frame_groups(st).values()).pop()  # a relative name: written and read as it is
+    split = Split(train=(group, "/elsewhere/v.mp4"), val=(far,), seed=0, val_fraction=0.5, by="group")
+    split.save(proj / "split.json")
+    doc = json.loads((proj / "split.json").read_text())
+    assert doc["train"] == ["./stores/clip.mp4", "/elsewhere/v.mp4"] and doc["val"] == ["videos/far.mp4"]
+    assert Split.load(proj / "split.json") == split  # the same split where it was made
+    clone = tmp_path / "clone"
+    shutil.copytree(proj, clone)
+    monkeypatch.chdir(tmp_path)
+    moved = Split.load(clone / "split.json")
+    with AnnotationStore.open(clone / "stores" / "a.sqlite", readonly=True) as st:
+        assert {moved.side(g) for g in frame_groups(st).values()} == {"train"}
+        assert set(frame_groups(st).values()) == {str(clone / "stores" / "clip.mp4")}
+    assert moved.side("videos/far.mp4") == "val"
