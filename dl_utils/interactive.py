@@ -13,6 +13,7 @@ a keyframe, propagation tracks through the video) and :class:`ImageClickEngine` 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .annotations import Clicks, Instance, Instances
@@ -50,6 +51,30 @@ class InteractiveEngine(Protocol):
 
     def remove_object(self, object_id: int) -> None:
         """Stop tracking the object; the store's copy is the caller's to delete (an undo may restore it)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PendingClick:
+    """A click's result before it is stored: show ``instance``, then call ``commit()`` (once).
+
+    Why two steps: a person waits for the mask on screen, not for the store row, so the widget draws
+    first and writes right after, on the same thread, before it takes the next click. ``commit``
+    raises what the write raises (the caller reports it and shows what the store holds); until it
+    runs, the engine's state may already hold the click (the next click refines from it) but the
+    store does not.
+    """
+
+    instance: Instance
+    commit: Callable[[], None]
+
+
+@runtime_checkable
+class TwoStepEngine(InteractiveEngine, Protocol):
+    """An engine whose click can be shown before it is written (both shipped adapters are)."""
+
+    def predict_clicks(self, frame: int, object_id: int, clicks: Clicks) -> PendingClick:
+        """What :meth:`InteractiveEngine.add_clicks` does, the store write left to ``commit()``."""
         ...
 
 
@@ -94,6 +119,30 @@ class VideoClickEngine:
             return self.session.add_box(frame, object_id, box)
         return self.session.add_points(frame, object_id, pts, box=box)
 
+    def predict_clicks(self, frame: int, object_id: int, clicks: Clicks) -> PendingClick:
+        """``add_points``/``add_box`` split at the store write: the same prompt tensors, the same
+        refinement from the frame's previous mask, the same :class:`Instance`; ``commit`` locks the
+        frame, writes the row and drops the results the new keyframe made stale, as ``add_points``
+        does (``VideoSession._after_prompt``). A failed write leaves the frame unlocked again."""
+        s, oid = self.session, int(object_id)
+        pts, box = _points(clicks), _box(clicks)
+        if pts is None and box is None:
+            raise InputError(f"object {oid}, frame {frame}: no clicks and no box to segment from")
+        s._ensure_object(oid, None)  # an unknown id fails here, before SAM2 runs (as add_points)
+        inst = s._add_prompt(frame, oid, points=pts, box=box, label=None, write=False)
+        idx = s.source.index_of(frame)
+
+        def commit() -> None:
+            was_locked = idx in s._locked.get(oid, set())
+            try:
+                s._after_prompt(idx, oid, inst)
+            except BaseException:
+                if not was_locked:
+                    s._locked.get(oid, set()).discard(idx)
+                raise
+
+        return PendingClick(inst, commit)
+
     def clear_clicks(self, frame: int, object_id: int) -> None:
         s = self.session
         if object_id in s.object_ids and frame in s.locked_frames(object_id):
@@ -126,12 +175,16 @@ class ImageClickEngine:
         self.segmenter, self.source, self.store = segmenter, source, store
 
     def add_clicks(self, frame: int, object_id: int, clicks: Clicks) -> Instance:
+        pending = self.predict_clicks(frame, object_id, clicks)
+        pending.commit()
+        return pending.instance
+
+    def predict_clicks(self, frame: int, object_id: int, clicks: Clicks) -> PendingClick:
         # the key names the image, so revisiting it reuses the cached embedding
         self.segmenter.set_image(self.source.get_frame(frame), key=(str(self.source.path), frame), frame=frame)
         inst = self.segmenter.predict(_points(clicks), _box(clicks), object_id=object_id, refine=False)
         inst = inst.replace(keyframe=True)
-        self.store.write_frame(frame, [inst])
-        return inst
+        return PendingClick(inst, lambda: self.store.write_frame(frame, [inst]))
 
     def clear_clicks(self, frame: int, object_id: int) -> None:
         self.store.delete_instances(object_id=object_id, frames=[frame])
@@ -140,4 +193,5 @@ class ImageClickEngine:
         """Nothing to forget: an image segmenter keeps no per-object state across images."""
 
 
-__all__ = ["FrameCallback", "ImageClickEngine", "InteractiveEngine", "PropagatingEngine", "VideoClickEngine"]
+__all__ = ["FrameCallback", "ImageClickEngine", "InteractiveEngine", "PendingClick", "PropagatingEngine",
+           "TwoStepEngine", "VideoClickEngine"]

@@ -220,6 +220,12 @@ class Annotator:
         return self.controller.last_click_seconds
 
     @property
+    def last_click_timings(self) -> dict[str, float]:
+        """Where the last click's time went, seconds per stage (``controller.CLICK_STAGES``: predict,
+        overlay, encode, send, markers, shown, store_write, total); the benchmarks print it."""
+        return dict(self.controller.last_click_timings)
+
+    @property
     def worker(self) -> Worker:
         return self.controller.jobs.worker
 

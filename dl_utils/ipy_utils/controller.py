@@ -25,7 +25,7 @@ import numpy as np
 from ..annotations import Clicks, Instance, Instances, ObjectInfo
 from ..cv_utils import color_for_index, palette
 from ..errors import DlUtilsError, InputError, MediaError
-from ..interactive import ImageClickEngine, InteractiveEngine, VideoClickEngine
+from ..interactive import ImageClickEngine, InteractiveEngine, TwoStepEngine, VideoClickEngine
 from .history import CLICKS, OBJECT, SAM3_REFINE, Action, ClickBook, History, Sam3Refine
 from .jobs import JobRunner
 
@@ -58,6 +58,8 @@ class Listener(Protocol):
     def frame_shown(self) -> None: ...  # a new frame image is current
     def objects_changed(self) -> None: ...  # the object list, the selection or an object's fields
     def masks_changed(self) -> None: ...  # masks or clicks of the shown frame
+    # a click's new mask of the shown frame, not stored yet: draw it now (the stages it took go in timings)
+    def mask_predicted(self, object_id: int, instance: Instance, timings: dict[str, float]) -> None: ...
     def chosen_label(self) -> str | None: ...  # the label list's value (a new object takes it)
     def job_started(self, total: int) -> None: ...
     def job_progress(self, done: int) -> None: ...
@@ -73,6 +75,7 @@ class NullListener:
     def frame_shown(self) -> None: ...
     def objects_changed(self) -> None: ...
     def masks_changed(self) -> None: ...
+    def mask_predicted(self, object_id: int, instance: Instance, timings: dict[str, float]) -> None: ...
     def chosen_label(self) -> str | None: return None
     def job_started(self, total: int) -> None: ...
     def job_progress(self, done: int) -> None: ...
@@ -100,6 +103,16 @@ class DeletedObject:
     object: ObjectState
     instances: dict[int, Instance]
     clicks: dict[int, Clicks]
+
+
+#: the stages of :attr:`AnnotatorController.last_click_timings`, in the order a click runs them
+#: (seconds each; a stage that did not run, e.g. drawing for a frame not shown, is 0.0):
+#: ``predict`` SAM2 (prompt tensors, network, mask to frame size), ``overlay`` the palette overlay of
+#: the shown frame, ``encode`` its PNG, ``send`` handing it to the canvas comm, ``markers`` the click
+#: rings (layer 2), ``shown`` from the click's start to the overlay handed to the comm (what the
+#: person waits for, less the browser), ``store_write`` the store row (RLE + SQLite commit, stale
+#: results dropped), ``total`` the whole click
+CLICK_STAGES = ("predict", "overlay", "encode", "send", "markers", "shown", "store_write", "total")
 
 
 def object_title(o: ObjectInfo) -> str:
@@ -142,6 +155,8 @@ class AnnotatorController:
         self.image: np.ndarray | None = None  # the shown frame, RGB
         self.messages: list[tuple[str, str]] = []  # (level, text), newest last
         self.last_click_seconds: float | None = None
+        #: the last click's time per stage (:data:`CLICK_STAGES`), seconds
+        self.last_click_timings: dict[str, float] = {}
         self.jobs = JobRunner(self)
 
     # ------------------------------------------------------------------ messages
@@ -556,15 +571,48 @@ class AnnotatorController:
         return inst
 
     def _apply_clicks(self, oid: int, frame: int, clicks: Clicks) -> Instance | None:
+        """Run the engine, show the mask, then store it (an engine of two steps, see
+        :class:`~dl_utils.interactive.PendingClick`): the overlay goes to the canvas before the row is
+        written, the write happens right after on this thread, so the store holds the click's mask
+        before the next click (or any other call) is taken. A failed write puts the clicks back,
+        redraws what the store holds and raises (the guard reports it); a crash between the two loses
+        this click's row only."""
         engine = self.need_engine()
+        timings = dict.fromkeys(CLICK_STAGES, 0.0)
+        self.last_click_timings = timings
+        t0 = time.perf_counter()
         inst = None
         if clicks.is_empty:
             engine.clear_clicks(frame, oid)
-        else:
+        elif isinstance(engine, TwoStepEngine):
+            before = self.clicks.get(oid, frame)
+            pending = engine.predict_clicks(frame, oid, clicks)
+            inst = pending.instance
+            timings["predict"] = time.perf_counter() - t0
+            self.clicks.set(oid, frame, clicks)
+            if frame == self.frame:
+                self.listener.mask_predicted(oid, inst, timings)
+                timings["shown"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            try:
+                pending.commit()
+            except BaseException:
+                self.clicks.set(oid, frame, before)
+                if frame == self.frame:
+                    self.listener.masks_changed()  # back to what the store holds
+                raise
+            finally:
+                timings["store_write"] = time.perf_counter() - t1
+                timings["total"] = time.perf_counter() - t0
+            return inst
+        else:  # an engine that writes as it predicts: one step, drawn after
             inst = engine.add_clicks(frame, oid, clicks)
+            timings["predict"] = time.perf_counter() - t0
         self.clicks.set(oid, frame, clicks)
         if frame == self.frame:
             self.listener.masks_changed()
+            timings["shown"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t0
         return inst
 
     # ------------------------------------------------------------------ undo / redo
@@ -627,5 +675,5 @@ class AnnotatorController:
         return self.store.read_frame(f) if self.store is not None and f is not None else Instances([])
 
 
-__all__ = ["DETECT_TIPS", "AnnotatorController", "DeletedObject", "Listener", "NullListener", "ObjectState",
+__all__ = ["CLICK_STAGES", "DETECT_TIPS", "AnnotatorController", "DeletedObject", "Listener", "NullListener", "ObjectState",
            "object_title"]

@@ -163,24 +163,43 @@ def overlay_indexed(
     byte per pixel makes filling, contouring and PNG-encoding about four times cheaper than RGBA,
     which is most of what a click costs besides SAM2 (docs/benchmarks.md).
     """
-    cw, ch = view.canvas_size
+    masks = [(i.object_id, display_mask(i.mask, view)) for i in instances
+             if not i.is_empty and i.mask is not None]
+    return overlay_indexed_masks(masks, view.canvas_size, colors=colors, alpha=alpha, contour_only=contour_only,
+                                 selected=selected)
+
+
+def overlay_indexed_masks(
+    masks: Iterable[tuple[int, np.ndarray]],
+    canvas_size: tuple[int, int],
+    *,
+    colors: Mapping[int, str] | None = None,
+    alpha: float = 0.45,
+    contour_only: bool = False,
+    selected: int | None = None,
+) -> tuple[np.ndarray, list[tuple[int, int, int, int]], tuple[int, int]]:
+    """:func:`overlay_indexed` from masks already at display size: ``(object id, bool (canvas_h,
+    canvas_w))`` pairs, e.g. :func:`display_mask` of each instance.
+
+    Why apart: a click changes one object, so the widget keeps the other objects' display masks of the
+    shown frame and maps only the clicked object's new mask (no store read, no RLE decode, no gather of
+    the unchanged ones); the result is the same as :func:`overlay_indexed` on the same instances.
+    """
+    cw, ch = canvas_size
     colors = colors or {}
     a = round(float(alpha) * 255)
-    items = [i for i in instances if not i.is_empty and i.mask is not None]
-    items.sort(key=lambda i: i.object_id == selected)
+    items = sorted(masks, key=lambda om: om[0] == selected)  # stable: selected last, on top
     shown = []
     x1, y1, x2, y2 = cw, ch, 0, 0
-    for inst in items:
-        assert inst.mask is not None  # filtered above
-        m = display_mask(inst.mask, view)
+    for oid, m in items:
         rows = np.flatnonzero(m.any(axis=1))
         if rows.size == 0:
             continue
         cols = np.flatnonzero(m.any(axis=0))
-        pad = 3 if inst.object_id == selected else 1  # contours are drawn centred on the edge
+        pad = 3 if oid == selected else 1  # contours are drawn centred on the edge
         x1, y1 = min(x1, max(0, int(cols[0]) - pad)), min(y1, max(0, int(rows[0]) - pad))
         x2, y2 = max(x2, min(cw, int(cols[-1]) + 1 + pad)), max(y2, min(ch, int(rows[-1]) + 1 + pad))
-        shown.append((inst.object_id, m))
+        shown.append((oid, m))
     palette: list[tuple[int, int, int, int]] = [(0, 0, 0, 0)]
     if not shown:
         return np.zeros((1, 1), np.uint8), palette, (0, 0)
@@ -226,4 +245,4 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
 
 
 __all__ += ["MAX_INDEXED_OBJECTS", "encode_indexed_png", "encode_jpeg", "encode_png", "is_identity",
-            "overlay_indexed", "overlay_region", "overlay_rgba"]
+            "overlay_indexed", "overlay_indexed_masks", "overlay_region", "overlay_rgba"]

@@ -12,6 +12,7 @@ only when the widgets are built, so ``widgets=False`` (scripts, tests) keeps the
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from html import escape
 from typing import TYPE_CHECKING, Any
@@ -21,9 +22,10 @@ import numpy as np
 from ..errors import InputError
 from . import geometry as geo
 from .controller import AnnotatorController, object_title
-from .render import display_frame, encode_indexed_png, encode_jpeg, overlay_indexed, render
+from .render import display_frame, display_mask, encode_indexed_png, encode_jpeg, overlay_indexed_masks, render
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..annotations import Instance
     from .annotator import Annotator
 
 log = logging.getLogger("dl_utils.ipy_utils")
@@ -78,6 +80,10 @@ class AnnotatorView:
         self.drag_kind = "box"  # what the drag draws: "box" (SAM2 prompt), "positive" / "negative" exemplar
         self.has_widgets = bool(widgets)
         self._base: np.ndarray | None = None
+        #: display-size masks of the shown frame per object, and the (frame, view) they were made for:
+        #: a click maps only its object's new mask, the others come from here (no store read)
+        self._masks: dict[int, np.ndarray] = {}
+        self._masks_key: tuple[object, ...] | None = None
         self._syncing = False
 
     # ------------------------------------------------------------------ building
@@ -391,15 +397,55 @@ class AnnotatorView:
         base = self.base_frame()
         self.put(0, encode_jpeg(base), base)
 
+    def _key(self) -> tuple[object, ...]:
+        return (self.c.store, self.c.frame, self.view)
+
     def masks_changed(self) -> None:
-        """Redraw the overlay layer, then the clicks: only where something is drawn, as a palette PNG
-        (a quarter of the bytes to fill and encode of an RGBA layer)."""
+        """Redraw the overlay layer from the store, then the clicks: only where something is drawn, as
+        a palette PNG (a quarter of the bytes to fill and encode of an RGBA layer)."""
         if not self.has_widgets or self.c.image is None or self.view is None:
             return
-        idx, pal, at = overlay_indexed(self.c.instances(), self.view, colors=self.c.colors(), alpha=self.alpha,
-                                       contour_only=self.contour_only, selected=self.c.selected)
-        self.put(1, encode_indexed_png(idx, pal), lambda: np.asarray(pal, np.uint8)[idx], at)
+        view = self.view
+        self._masks = {i.object_id: display_mask(i.mask, view) for i in self.c.instances()
+                       if not i.is_empty and i.mask is not None}
+        self._masks_key = self._key()
+        self._draw_overlay({})
         self.draw_clicks()
+
+    def mask_predicted(self, object_id: int, instance: Instance, timings: dict[str, float]) -> None:
+        """A click's mask before the store has it: map just this object's mask to the display, draw
+        the overlay from it and the other objects' kept display masks, then the click rings."""
+        if not self.has_widgets or self.c.image is None or self.view is None:
+            return
+        t = time.perf_counter()
+        if self._masks_key != self._key():  # another frame, view or store since the last draw
+            self._masks = {i.object_id: display_mask(i.mask, self.view) for i in self.c.instances()
+                           if not i.is_empty and i.mask is not None}
+            self._masks_key = self._key()
+        if instance.is_empty or instance.mask is None:
+            self._masks.pop(int(object_id), None)
+        else:
+            self._masks[int(object_id)] = display_mask(instance.mask, self.view)
+        timings["overlay"] = time.perf_counter() - t
+        self._draw_overlay(timings)
+        t = time.perf_counter()
+        self.draw_clicks()
+        timings["markers"] = time.perf_counter() - t
+
+    def _draw_overlay(self, timings: dict[str, float]) -> None:
+        """Layer 1 from :attr:`_masks` (in object id order, as the store reads a frame)."""
+        assert self.view is not None
+        t = time.perf_counter()
+        idx, pal, at = overlay_indexed_masks(sorted(self._masks.items()), self.view.canvas_size,
+                                             colors=self.c.colors(), alpha=self.alpha,
+                                             contour_only=self.contour_only, selected=self.c.selected)
+        t1 = time.perf_counter()
+        data = encode_indexed_png(idx, pal)
+        t2 = time.perf_counter()
+        self.put(1, data, lambda: np.asarray(pal, np.uint8)[idx], at)
+        t3 = time.perf_counter()
+        timings["overlay"] = timings.get("overlay", 0.0) + t1 - t
+        timings["encode"], timings["send"] = t2 - t1, t3 - t2
 
     def draw_clicks(self) -> None:
         """Clicks as rings (the clicked pixel itself stays visible), boxes, the SAM 3 exemplars of the shown
