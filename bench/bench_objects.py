@@ -8,10 +8,12 @@ then the memory attention, mask decoder and memory encoder run once per object
 same clicks, ``propagate("forward")`` into an SQLite store (pipelined, the default), which calls the
 same per-object inference: the image features are computed once per frame for all objects there too.
 
-Per count: ``--rounds`` interleaved rounds (raw and ours alternate who goes first), per round the
-ratio raw seconds / our seconds (> 1: we are cheaper per frame), the figure is the median of the
-per-round ratios; the cost per frame (propagation seconds / propagated frames) and per object-frame
-are printed beside it. Tiny SAM 2.1 at 256 px, random weights (cost does not depend on the weights).
+Per count: ``--rounds`` interleaved rounds (raw, ours, ours with ``pipeline=False``, in a rotating
+order), per round the ratio raw seconds / our seconds (> 1: we are cheaper per frame); the figure is
+the median of the per-round ratios. The cost per frame (propagation seconds / propagated frames) and
+per object-frame are printed beside it, with the load average: on a shared machine a process with
+more busy threads gets a larger share of the cores, so judge the pipelined arm on a quiet machine.
+Tiny SAM 2.1 at 256 px, random weights (cost does not depend on the weights).
 
     .venv/bin/python bench/bench_objects.py [--rounds 7] [--frames 12] [--counts 1,5,20] [--image-size 256]
 
@@ -25,7 +27,6 @@ import json
 import os
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 warnings.filterwarnings("ignore")
+os.environ.setdefault("TQDM_DISABLE", "1")  # upstream's per-call progress bars would bury the figures
 
 import bench_sam2al as b  # noqa: E402  (the clip, the tiny model, run_raw/run_ours)
 
@@ -80,32 +82,40 @@ def main() -> None:
     table = []
     for n in counts:
         prompts = object_prompts(n, w, h)
-        raw_t, our_t = [], []
+        raw_t, our_t, nop_t = [], [], []
         for r in range(args.rounds):
-            order = ("raw", "ours") if r % 2 == 0 else ("ours", "raw")
+            order = ["raw", "ours", "nopipe"]
+            order = order[r % 3:] + order[:r % 3]  # nobody always runs first
             for arm in order:
                 if arm == "raw":
                     raw_t.append(b.run_raw(model, folder, prompts))
                 else:
-                    our_t.append(b.run_ours(model, folder, b.OUT / "objects.sqlite", prompts))
+                    (our_t if arm == "ours" else nop_t).append(
+                        b.run_ours(model, folder, b.OUT / "objects.sqlite", prompts, pipeline=arm == "ours"))
             print(f"  {n:>2} objects, round {r + 1}: raw {raw_t[-1] / steps * 1000:.1f} ms/frame, ours "
-                  f"{our_t[-1] / steps * 1000:.1f} ms/frame, ratio raw/ours {raw_t[-1] / our_t[-1]:.3f}", flush=True)
+                  f"{our_t[-1] / steps * 1000:.1f} ms/frame (pipeline=False {nop_t[-1] / steps * 1000:.1f}), "
+                  f"ratio raw/ours {raw_t[-1] / our_t[-1]:.3f} (pipeline=False {raw_t[-1] / nop_t[-1]:.3f}); "
+                  f"load {os.getloadavg()[0]:.2f}", flush=True)
         ratios = [a / c for a, c in zip(raw_t, our_t)]
-        med = statistics.median(ratios)
+        nratios = [a / c for a, c in zip(raw_t, nop_t)]
+        med, nmed = statistics.median(ratios), statistics.median(nratios)
         rm, om = statistics.median(raw_t) / steps, statistics.median(our_t) / steps
-        results["counts"][n] = {"raw_s": raw_t, "ours_s": our_t, "ratio_per_round": ratios, "ratio": med,
+        results["counts"][n] = {"raw_s": raw_t, "ours_s": our_t, "ours_nopipe_s": nop_t,
+                                "ratio_per_round": ratios, "ratio": med,
+                                "nopipe_ratio_per_round": nratios, "nopipe_ratio": nmed,
                                 "raw_ms_per_frame": rm * 1000, "ours_ms_per_frame": om * 1000}
         print(f"  {n:>2} objects: per-round ratios " + " ".join(f"{x:.3f}" for x in ratios)
-              + f" -> median {med:.3f}", flush=True)
-        table.append((n, rm * 1000, om * 1000, rm * 1000 / n, om * 1000 / n, med))
+              + f" -> median {med:.3f}; pipeline=False " + " ".join(f"{x:.3f}" for x in nratios)
+              + f" -> median {nmed:.3f}", flush=True)
+        table.append((n, rm * 1000, om * 1000, rm * 1000 / n, om * 1000 / n, med, nmed))
     load = os.getloadavg()
     results["load_average_end"] = load
     print(f"\nload average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print("| objects | raw ms/frame | ours ms/frame | raw ms/object-frame | ours ms/object-frame "
-          "| raw time / our time, median of per-round ratios (goal >= 1.0) |")
-    print("|---|---|---|---|---|---|")
-    for n, rm, om, ro, oo, med in table:
-        print(f"| {n} | {rm:.1f} | {om:.1f} | {ro:.1f} | {oo:.1f} | {med:.3f}x |")
+          "| raw time / our time, median of per-round ratios (goal >= 1.0) | same, pipeline=False |")
+    print("|---|---|---|---|---|---|---|")
+    for n, rm, om, ro, oo, med, nmed in table:
+        print(f"| {n} | {rm:.1f} | {om:.1f} | {ro:.1f} | {oo:.1f} | {med:.3f}x | {nmed:.3f}x |")
     (b.OUT / "objects.json").write_text(json.dumps(results, indent=2))
 
 

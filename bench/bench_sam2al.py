@@ -47,6 +47,7 @@ OUT = ROOT / "bench" / "out"
 SHARED = Path(os.environ.get("DL_UTILS_SHARED_DATA", ROOT.parent / "shared" / "data"))
 sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
+os.environ.setdefault("TQDM_DISABLE", "1")  # upstream's per-call progress bars would bury the figures
 
 PAPER_A100_FPS = {"sam2.1_hiera_tiny": 91.2, "sam2.1_hiera_small": 84.8, "sam2.1_hiera_base_plus": 64.1,
                   "sam2.1_hiera_large": 39.5}
@@ -218,8 +219,11 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     import torch
 
+    load = os.getloadavg()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, image_size {args.image_size}, "
-          f"{'quick' if quick else 'full'} run")
+          f"{'quick' if quick else 'full'} run; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+          f"on {os.cpu_count()} CPUs (a process with more busy threads gets a larger share of a loaded "
+          "machine: judge the pipelined arm on a quiet one)")
     rows: list[tuple[str, str, str, str]] = []
     results: dict = {}
 
@@ -248,7 +252,7 @@ def main() -> None:
                   f"ours {arms['ours'][-1]:.2f} s ({ends['ours'][-1]:.2f}), ours without pipeline "
                   f"{arms['ours_nopipe'][-1]:.2f} s ({ends['ours_nopipe'][-1]:.2f}); throughput ratio "
                   f"ours/raw {arms['raw'][-1] / arms['ours'][-1]:.3f}, end to end "
-                  f"{ends['raw'][-1] / ends['ours'][-1]:.3f}", flush=True)
+                  f"{ends['raw'][-1] / ends['ours'][-1]:.3f}; load average {os.getloadavg()[0]:.2f}", flush=True)
         tput = [a / b for a, b in zip(arms["raw"], arms["ours"])]
         e2e = [a / b for a, b in zip(ends["raw"], ends["ours"])]
         nop = [a / b for a, b in zip(arms["raw"], arms["ours_nopipe"])]
