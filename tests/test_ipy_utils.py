@@ -133,7 +133,11 @@ def test_overlay_region_is_the_drawn_part_of_the_layer(rng):
             col = (255, 0, 0) if oid == 1 else (0, 255, 0)
             ref[m] = (*col, round(0.45 * 255))
             cs, _ = cv2.findContours(m.view(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-            cv2.drawContours(ref, cs, -1, (*col, 255), 3 if oid == 2 else 1, cv2.LINE_8)
+            line = np.zeros((*m.shape, 4), np.uint8)
+            cv2.drawContours(line, cs, -1, (*col, 255), 1, cv2.LINE_8)
+            if oid == 2:  # the selected one: the 1 px contour widened by a 3x3 square
+                line = cv2.dilate(line, np.ones((3, 3), np.uint8))
+            ref[line[..., 3] > 0] = line[line[..., 3] > 0]
         assert np.array_equal(full, ref)
     region, at = overlay_region([Instance(1, mask=np.zeros((h, w), bool))], View(w, h))
     assert region.shape == (1, 1, 4) and not region.any() and at == (0, 0)

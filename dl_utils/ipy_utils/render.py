@@ -12,6 +12,8 @@ the masks, so every displayed pixel is a source pixel.
 
 from __future__ import annotations
 
+import struct
+import zlib
 from collections.abc import Iterable, Mapping
 
 import cv2
@@ -143,6 +145,9 @@ def overlay_region(
     return np.asarray(palette, np.uint8).reshape(-1, 4)[idx], at
 
 
+#: the selected object's contour: its 1 px contour dilated by this (3 px wide)
+SELECTED_KERNEL = np.ones((3, 3), np.uint8)
+
 #: most objects :func:`overlay_indexed` draws on one frame (two palette entries each, 0 = clear)
 MAX_INDEXED_OBJECTS = 127
 
@@ -213,22 +218,47 @@ def overlay_indexed_masks(
         if not contour_only and a > 0:
             out[sub] = 2 * k + 1
         cs, _ = cv2.findContours(sub.view(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(out, cs, -1, 2 * k + 2, 3 if oid == selected else 1, cv2.LINE_8)
+        if oid == selected:  # the 1 px contour widened by a 3x3 square: a 3 px band centred on it
+            # (drawContours' own thickness 3 draws a round-capped line per segment: 20x slower on the
+            # hundreds of contours of a ragged mask, most of a click's overlay time)
+            line = np.zeros_like(out)
+            cv2.drawContours(line, cs, -1, 1, 1, cv2.LINE_8)
+            np.copyto(out, np.uint8(2 * k + 2), where=cv2.dilate(line, SELECTED_KERNEL).view(bool))
+        else:
+            cv2.drawContours(out, cs, -1, 2 * k + 2, 1, cv2.LINE_8)
     return out, palette, (x1, y1)
 
 
 def encode_indexed_png(indices: np.ndarray, palette: Iterable[tuple[int, int, int, int]], level: int = 1) -> bytes:
-    """A palette PNG with per-entry alpha (tRNS), through Pillow (OpenCV writes no palette PNGs)."""
-    import io
+    """A palette PNG with per-entry alpha (tRNS): 8-bit indices, no row filter, zlib's run-length
+    strategy (``Z_RLE``) at ``level``.
 
-    from PIL import Image
-
+    Written with :mod:`zlib` rather than Pillow: a mask layer is long runs of few values, which
+    ``Z_RLE`` compresses about as small as the default strategy at a fraction of the time (on a
+    ragged 1280x720 mask, ~3 ms against Pillow's ~20 ms for the same bytes within 5%; Pillow reads
+    these files back exactly, tests/test_ipy_utils.py), and the encode sits between SAM2 and the mask
+    on screen.
+    """
+    idx = np.ascontiguousarray(indices, np.uint8)
+    if idx.ndim != 2:
+        raise InputError(f"overlay indices have shape {idx.shape}; give a 2-D uint8 array")
     pal = [tuple(int(v) for v in c) for c in palette]
-    im = Image.fromarray(np.ascontiguousarray(indices, np.uint8), "P")
-    im.putpalette([v for c in pal for v in c[:3]])
-    f = io.BytesIO()
-    im.save(f, "PNG", compress_level=level, transparency=bytes(c[3] for c in pal))
-    return f.getvalue()
+    if not 1 <= len(pal) <= 256:
+        raise InputError(f"a palette PNG holds 1 to 256 colours, not {len(pal)}")
+    h, w = idx.shape
+    rows = np.zeros((h, w + 1), np.uint8)  # each row starts with its filter type: 0 (none)
+    rows[:, 1:] = idx
+    z = zlib.compressobj(int(level), zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    data = z.compress(rows.data) + z.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return b"".join((b"\x89PNG\r\n\x1a\n",
+                     chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0)),  # 8-bit, palette
+                     chunk(b"PLTE", bytes(v for c in pal for v in c[:3])),
+                     chunk(b"tRNS", bytes(c[3] for c in pal)),
+                     chunk(b"IDAT", data), chunk(b"IEND", b"")))
 
 
 def encode_png(rgba: np.ndarray, level: int = 1) -> bytes:
@@ -244,5 +274,5 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
     return buf.tobytes()
 
 
-__all__ += ["MAX_INDEXED_OBJECTS", "encode_indexed_png", "encode_jpeg", "encode_png", "is_identity",
+__all__ += ["MAX_INDEXED_OBJECTS", "SELECTED_KERNEL", "encode_indexed_png", "encode_jpeg", "encode_png", "is_identity",
             "overlay_indexed", "overlay_indexed_masks", "overlay_region", "overlay_rgba"]
