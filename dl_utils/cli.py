@@ -568,7 +568,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dl-utils: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("dl-utils: interrupted; what was written so far is kept", file=sys.stderr)
+        print("dl-utils: interrupted; what was written so far is kept (stores, uploads, checkpoints); files"
+              " written atomically (exports, splits, remaps) are as they were before this run", file=sys.stderr)
         return 130
     except Exception as e:  # a bug, not bad input: still one line unless --debug
         return _internal_error(e, args)

@@ -717,3 +717,14 @@ def test_a_shot_numbered_store_reads_the_pictures_it_names(tmp_path):
             n = (1001, 1003, 1007)[frames.index(s.ref.frame)]
             assert np.array_equal(data.image(s.ref), pictures[n]), (numbering, s.ref.frame)
         data.close()
+
+
+def test_a_store_given_twice_is_refused(tmp_path):
+    """``finetune a.sqlite ./a.sqlite`` would train and validate on one store's masks twice."""
+    from dl_utils.finetune.data import from_stores
+    from dl_utils.store import AnnotationStore
+
+    p = tmp_path / "a.sqlite"
+    AnnotationStore.create(p).close()
+    with pytest.raises(InputError, match="given twice"):
+        from_stores([p, tmp_path / "." / "a.sqlite"])

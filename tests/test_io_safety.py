@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -616,3 +617,20 @@ def test_store_with_a_garbled_mask_blob_names_frame_and_object(tmp_path):
         c.execute("UPDATE instances SET rle = X'00112233' WHERE frame = 5 AND object_id = 1")
     assert_one_line_error(run_cli("export", str(p), "--format", "coco", "--out", str(tmp_path / "c.json")),
                           "job.sqlite: frame 5, object 1: stored mask is damaged")
+
+
+def test_folder_export_refusal_names_the_first_foreign_entry(tmp_path):
+    """A folder that holds an earlier export plus a file the export never wrote is refused, and the
+    message names that file (so the user knows what is in the way)."""
+    from dl_utils.errors import OutputError
+    from dl_utils.formats._common import atomic_folder
+
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / ".marker").write_text("")
+    (out / "labels").mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match=r"first: .*notes\.txt"):
+        with atomic_folder(out, marker=".marker", own={"labels"}, own_dir=re.compile(r"^x$")):
+            pass
+    assert (out / "notes.txt").read_text() == "mine"

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..annotations import Instance, Instances, MediaInfo, Source
 from ..errors import DlUtilsError, InputError, MaskError, MediaError
-from ..splits import GroupSet, group_key, media_group
+from ..splits import GroupSet, check_distinct_stores, group_key, media_group
 from ..store import AnnotationStore
 from ..video_utils import IMAGE_EXTENSIONS, FrameSource, open_frames
 
@@ -246,6 +246,7 @@ def from_stores(paths: Sequence[str | os.PathLike[str]], *, select: str = "revie
         raise InputError(f"select={select!r}: use 'reviewed' (people's masks, the default) or 'all'")
     if not paths:
         raise InputError("no annotation stores given: pass one or more .sqlite stores")
+    check_distinct_stores(paths)  # one store twice would train (and validate) on its masks twice
     samples: list[MaskSample] = []
     video = False
     for p in paths:

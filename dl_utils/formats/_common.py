@@ -110,8 +110,9 @@ def require_media(store: StoreReader) -> MediaInfo:
     media = store.media
     if media is None:
         raise InputError(
-            f"{store.path} has no media info (size, frame numbers); set it with"
-            " store.set_media(source.media_info()) before exporting"
+            f"{store.path} has no media record (video or images, size, frame numbers): it was made"
+            " without its media; annotate or import it again with its video or image folder (from Python:"
+            " store.set_media(source.media_info()))"
         )
     return media
 
@@ -336,13 +337,18 @@ def _pid_alive(pid: int) -> bool:
 _SWAP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>part|old)-(?P<pid>\d+)(?:-\w+)?$")
 
 
-def _is_export_folder(folder: Path, own: set[str], own_dir: "re.Pattern[str]") -> bool:
-    """True when every entry of ``folder`` is something an earlier export of this kind wrote."""
-    for e in folder.iterdir():
+def _foreign_entry(folder: Path, own: set[str], own_dir: "re.Pattern[str]") -> Path | None:
+    """The first entry (sorted) of ``folder`` that no earlier export of this kind wrote, else None."""
+    for e in sorted(folder.iterdir()):
         if e.name in own or (e.is_dir() and not e.is_symlink() and own_dir.match(e.name)):
             continue
-        return False
-    return True
+        return e
+    return None
+
+
+def _is_export_folder(folder: Path, own: set[str], own_dir: "re.Pattern[str]") -> bool:
+    """True when every entry of ``folder`` is something an earlier export of this kind wrote."""
+    return _foreign_entry(folder, own, own_dir) is None
 
 
 def folder_target(out: str | os.PathLike[str], writes: str) -> Path:
@@ -385,9 +391,11 @@ def atomic_folder(
     if out.is_dir() and any(out.iterdir()) and not (
         (out / marker).is_file() and _is_export_folder(out, own | {marker}, own_dir)
     ):
+        first = _foreign_entry(out, own | {marker}, own_dir) if (out / marker).is_file() else None
+        why = f"files the export did not write, first: {first}" if first else f"no {marker}"
         raise OutputError(
-            f"{out} is a folder holding other files (it is not an earlier export: no {marker}, or"
-            " files the export did not write); give a new or empty folder for --out"
+            f"{out} is a folder holding other files (it is not an earlier export: {why});"
+            " give a new or empty folder for --out"
         )
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.part-{os.getpid()}-", dir=parent))
