@@ -210,3 +210,23 @@ def test_palette_png_reads_back_exactly():
         assert np.array_equal(got, np.asarray(pal, np.uint8)[idx])
     with pytest.raises(InputError, match="2-D"):
         encode_indexed_png(np.zeros((2, 2, 2), np.uint8), pal)
+
+
+def test_contour_pixels_are_what_opencv_traces():
+    """contour_pixels (one erosion) draws exactly what findContours + drawContours(thickness 1) drew."""
+    import cv2
+
+    from dl_utils.ipy_utils.render import contour_pixels
+
+    g = np.random.default_rng(2)
+    masks = [np.zeros((5, 7), bool), np.ones((6, 9), bool)]
+    for _ in range(12):
+        masks.append(g.random((40, 60)) < g.uniform(0.1, 0.9))  # noise: diagonal-only neighbours, holes
+        small = (g.random((12, 12)) < 0.5).astype(np.uint8)
+        masks.append(cv2.resize(small, (150, 90), interpolation=cv2.INTER_LINEAR).astype(bool))
+    masks.append(masks[-1][7:70, 11:140])  # a strided view, as the overlay's region crop passes
+    for m in masks:
+        ref = np.zeros(m.shape, np.uint8)
+        cs, _ = cv2.findContours(np.ascontiguousarray(m).view(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(ref, cs, -1, 1, 1, cv2.LINE_8)
+        assert np.array_equal(contour_pixels(m), ref)

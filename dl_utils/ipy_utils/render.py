@@ -145,8 +145,23 @@ def overlay_region(
     return np.asarray(palette, np.uint8).reshape(-1, 4)[idx], at
 
 
-#: the selected object's contour: its 1 px contour dilated by this (3 px wide)
+#: the selected object's contour: its 1 px contour dilated by this (3 px wide; drawContours' own
+#: thickness 3 draws a round-capped line per segment, 20x slower on the thousands of contours of a
+#: ragged mask)
 SELECTED_KERNEL = np.ones((3, 3), np.uint8)
+_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+
+
+def contour_pixels(mask: np.ndarray) -> np.ndarray:
+    """The mask's 1 px outline as uint8 0/1: mask pixels with a 4-neighbour outside the mask (the
+    array's edge counts as outside).
+
+    These are exactly the pixels ``cv2.drawContours(cv2.findContours(mask, RETR_LIST,
+    CHAIN_APPROX_SIMPLE), thickness=1, LINE_8)`` draws (tests/test_click_path.py checks it on ragged
+    and noise masks), at a tenth of the time: one erosion instead of tracing thousands of borders.
+    """
+    u = mask.view(np.uint8)
+    return u & ~cv2.erode(u, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0)
 
 #: most objects :func:`overlay_indexed` draws on one frame (two palette entries each, 0 = clear)
 MAX_INDEXED_OBJECTS = 127
@@ -217,15 +232,10 @@ def overlay_indexed_masks(
         palette += [(r, g, b, a), (r, g, b, 255)]
         if not contour_only and a > 0:
             out[sub] = 2 * k + 1
-        cs, _ = cv2.findContours(sub.view(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+        line = contour_pixels(sub)
         if oid == selected:  # the 1 px contour widened by a 3x3 square: a 3 px band centred on it
-            # (drawContours' own thickness 3 draws a round-capped line per segment: 20x slower on the
-            # hundreds of contours of a ragged mask, most of a click's overlay time)
-            line = np.zeros_like(out)
-            cv2.drawContours(line, cs, -1, 1, 1, cv2.LINE_8)
-            np.copyto(out, np.uint8(2 * k + 2), where=cv2.dilate(line, SELECTED_KERNEL).view(bool))
-        else:
-            cv2.drawContours(out, cs, -1, 2 * k + 2, 1, cv2.LINE_8)
+            line = cv2.dilate(line, SELECTED_KERNEL)
+        np.copyto(out, np.uint8(2 * k + 2), where=line.view(bool))
     return out, palette, (x1, y1)
 
 
@@ -274,5 +284,5 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
     return buf.tobytes()
 
 
-__all__ += ["MAX_INDEXED_OBJECTS", "SELECTED_KERNEL", "encode_indexed_png", "encode_jpeg", "encode_png", "is_identity",
+__all__ += ["MAX_INDEXED_OBJECTS", "SELECTED_KERNEL", "contour_pixels", "encode_indexed_png", "encode_jpeg", "encode_png", "is_identity",
             "overlay_indexed", "overlay_indexed_masks", "overlay_region", "overlay_rgba"]
