@@ -161,7 +161,8 @@ def contour_pixels(mask: np.ndarray) -> np.ndarray:
     and noise masks), at a tenth of the time: one erosion instead of tracing thousands of borders.
     """
     u = mask.view(np.uint8)
-    return u & ~cv2.erode(u, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    inner = np.asarray(cv2.erode(u, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0), np.uint8)
+    return np.asarray(u & ~inner, np.uint8)
 
 #: most objects :func:`overlay_indexed` draws on one frame (two palette entries each, 0 = clear)
 MAX_INDEXED_OBJECTS = 127
