@@ -4,7 +4,7 @@ Everything runs here: JupyterLab on 127.0.0.1, Debian's chromium driven by Playw
 a notebook generated into a temporary folder. Both figures are printed beside a baseline measured in
 the same run, with the difference and the ratio.
 
-1. **click-to-pixels latency at 1280x720** (target: browser latency - raw predict <= 50 ms).
+1. **click-to-pixels latency at 1280x720** (target: browser latency - raw predict <= 30 ms, issue 20.2).
    A 1280x720 clip (8 frames of bedroom.mp4 resized, ``write_video``); the widget with the tiny
    SAM 2.1 config at ``--image-size`` (default 1024, the real size) and random weights (timing does
    not depend on the weight values), CPU. One warm-up click (computes frame 0's image features),
@@ -19,7 +19,9 @@ the same run, with the difference and the ratio.
    the same model, frame 0's features already cached (``init_state`` on the clip as a JPEG folder,
    ``reset_state`` before every call, untimed), plus ``(mask_logits[0, 0] > 0).cpu().numpy()``.
    Also printed: the kernel's own time for the click (``Annotator.last_prompt_seconds``: SAM2 +
-   store write + overlay encode and send) and the SAM2 network call (``_run_single_frame_inference``)
+   overlay encode and send + store write), its stages (``Annotator.last_click_timings``: predict,
+   overlay, encode, send, markers, shown, store_write, total; the overlay goes out before the store
+   write) and browser - ``shown`` (comm, decode, composite) and the SAM2 network call (``_run_single_frame_inference``)
    timed inside both the widget's click and the raw call. The machine is shared, so the network call
    swings with the load; (browser - its network) - (raw - its network) is the load-robust estimate.
 2. **opening a 10-minute video to the first frame on screen**. The clip: bedroom.mp4 (960x540 H.264,
@@ -369,6 +371,7 @@ def browser_part(clip: Path, jpg: Path, long: Path, image_size: int, n_clicks: i
             page.keyboard.press("z")
             base: list[int] | None = None
             lat, kern, raw, net, raw_net = [], [], [], [], []
+            stages: list[dict[str, float]] = []  # Annotator.last_click_timings per click
             kernel_eval(kc, f"raw_predict({str(jpg)!r}, {CLICK[0]}, {CLICK[1]})")  # init_state: frame 0's features
             for k in range(n_clicks):
                 def plain(base: list[int] | None = base) -> bool:
@@ -390,8 +393,9 @@ def browser_part(clip: Path, jpg: Path, long: Path, image_size: int, n_clicks: i
                 lat.append((r["t1"] - r["t0"]) / 1000.0)
                 kern.append(kernel_eval(kc, "ann.last_prompt_seconds"))
                 net.append(kernel_eval(kc, "NET_TIMES[-1]"))
+                stages.append(kernel_eval(kc, "ann.last_click_timings"))
                 page.keyboard.press("z")
-            res.update(browser=lat, kernel=kern, raw=raw, net=net, raw_net=raw_net)
+            res.update(browser=lat, kernel=kern, raw=raw, net=net, raw_net=raw_net, stages=stages)
 
             # opening the 10-minute video
             opens = []
@@ -457,7 +461,12 @@ def main() -> None:
           f"{1000 * pairs:.1f} ms (median of per-click pairs)")
     print(f"   load-robust estimate, network time taken out of each call:"
           f" (browser - its network) - (raw - its network) = {1000 * (added - raw_post):.1f} ms"
-          f"   [{'OK' if added - raw_post <= 0.050 else 'OVER'}: target <= 50 ms]")
+          f"   [{'OK' if added - raw_post <= 0.030 else 'OVER'}: target <= 30 ms]")
+    st = res["stages"]
+    print("   kernel stages (median ms, Annotator.last_click_timings): "
+          + ", ".join(f"{k} {1000 * med(t[k] for t in st):.1f}" for k in st[0]))
+    print(f"   browser - kernel 'shown' (comm, decode, composite, rAF): "
+          f"{1000 * med(b - t['shown'] for b, t in zip(res['browser'], st)):.1f} ms (median of per-click pairs)")
     for name, v in (("browser", res["browser"]), ("kernel", res["kernel"]), ("network", res["net"]),
                     ("raw", raw), ("raw net", res["raw_net"])):
         print(f"   {name:8s} (ms): {[round(1000 * x) for x in v]}")
