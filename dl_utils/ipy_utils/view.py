@@ -409,8 +409,7 @@ class AnnotatorView:
         self._masks = {i.object_id: display_mask(i.mask, view) for i in self.c.instances()
                        if not i.is_empty and i.mask is not None}
         self._masks_key = self._key()
-        self._draw_overlay({})
-        self.draw_clicks()
+        self._draw_layers({})
 
     def mask_predicted(self, object_id: int, instance: Instance, timings: dict[str, float]) -> None:
         """A click's mask before the store has it: map just this object's mask to the display, draw
@@ -427,13 +426,15 @@ class AnnotatorView:
         else:
             self._masks[int(object_id)] = display_mask(instance.mask, self.view)
         timings["overlay"] = time.perf_counter() - t
-        self._draw_overlay(timings)
-        t = time.perf_counter()
-        self.draw_clicks()
-        timings["markers"] = time.perf_counter() - t
+        self._draw_layers(timings)
 
-    def _draw_overlay(self, timings: dict[str, float]) -> None:
-        """Layer 1 from :attr:`_masks` (in object id order, as the store reads a frame)."""
+    def _draw_layers(self, timings: dict[str, float]) -> None:
+        """Layer 1 from :attr:`_masks` (in object id order, as the store reads a frame) and layer 2
+        (the clicks), sent as ONE comm message (``hold_canvas``): unheld, ipycanvas sends the layer
+        switch, the clear, the image and the rings as four messages, each serialised and written to
+        the kernel's socket on its own."""
+        from ipycanvas import hold_canvas
+
         assert self.view is not None
         t = time.perf_counter()
         idx, pal, at = overlay_indexed_masks(sorted(self._masks.items()), self.view.canvas_size,
@@ -442,10 +443,15 @@ class AnnotatorView:
         t1 = time.perf_counter()
         data = encode_indexed_png(idx, pal)
         t2 = time.perf_counter()
-        self.put(1, data, lambda: np.asarray(pal, np.uint8)[idx], at)
-        t3 = time.perf_counter()
+        with hold_canvas():
+            self.put(1, data, lambda: np.asarray(pal, np.uint8)[idx], at)
+            t3 = time.perf_counter()
+            self._click_commands()
+            t4 = time.perf_counter()
+        t5 = time.perf_counter()
         timings["overlay"] = timings.get("overlay", 0.0) + t1 - t
-        timings["encode"], timings["send"] = t2 - t1, t3 - t2
+        timings["encode"], timings["markers"] = t2 - t1, t4 - t3
+        timings["send"] = (t3 - t2) + (t5 - t4)
 
     def draw_clicks(self) -> None:
         """Clicks as rings (the clicked pixel itself stays visible), boxes, the SAM 3 exemplars of the shown
@@ -454,35 +460,41 @@ class AnnotatorView:
             return
         from ipycanvas import hold_canvas
 
-        c, view, book = self.canvas[2], self.view, self.c.clicks
         with hold_canvas():
-            c.clear()
-            for oid in book.objects():
-                k = book.get(oid, self.c.frame)
-                c.line_width = 2 if oid == self.c.selected else 1
-                for x, y, lab in k.points:
-                    dx, dy = geo.to_display(view, x + 0.5, y + 0.5)
-                    c.stroke_style = "#00e000" if lab else "#ff2020"
-                    c.stroke_circle(dx, dy, 6)
-                if k.box is not None:
-                    x1, y1 = geo.to_display(view, k.box[0], k.box[1])
-                    x2, y2 = geo.to_display(view, k.box[2], k.box[3])
-                    c.stroke_style = "#ffffff"
-                    c.stroke_rect(x1, y1, x2 - x1, y2 - y1)
-            c.line_width = 2
-            c.set_line_dash([6, 4])
-            for ex in self.c.exemplars.get(self.c.frame, []):
-                x1, y1 = geo.to_display(view, ex.box_xyxy[0], ex.box_xyxy[1])
-                x2, y2 = geo.to_display(view, ex.box_xyxy[2], ex.box_xyxy[3])
-                c.stroke_style = EXEMPLAR_COLORS[ex.positive]
+            self._click_commands()
+
+    def _click_commands(self) -> None:
+        """:meth:`draw_clicks`' canvas commands, for a caller that holds the canvas (one message)."""
+        if self.view is None or self.c.frame is None:
+            return
+        c, view, book = self.canvas[2], self.view, self.c.clicks
+        c.clear()
+        for oid in book.objects():
+            k = book.get(oid, self.c.frame)
+            c.line_width = 2 if oid == self.c.selected else 1
+            for x, y, lab in k.points:
+                dx, dy = geo.to_display(view, x + 0.5, y + 0.5)
+                c.stroke_style = "#00e000" if lab else "#ff2020"
+                c.stroke_circle(dx, dy, 6)
+            if k.box is not None:
+                x1, y1 = geo.to_display(view, k.box[0], k.box[1])
+                x2, y2 = geo.to_display(view, k.box[2], k.box[3])
+                c.stroke_style = "#ffffff"
                 c.stroke_rect(x1, y1, x2 - x1, y2 - y1)
-            if self.drag_box is not None:
-                x1, y1, x2, y2 = self.drag_box
-                c.stroke_style = {"positive": EXEMPLAR_COLORS[True],
-                                  "negative": EXEMPLAR_COLORS[False]}.get(self.drag_kind, "#ffff00")
-                c.set_line_dash([4, 3])
-                c.stroke_rect(x1, y1, x2 - x1, y2 - y1)
-            c.set_line_dash([])
+        c.line_width = 2
+        c.set_line_dash([6, 4])
+        for ex in self.c.exemplars.get(self.c.frame, []):
+            x1, y1 = geo.to_display(view, ex.box_xyxy[0], ex.box_xyxy[1])
+            x2, y2 = geo.to_display(view, ex.box_xyxy[2], ex.box_xyxy[3])
+            c.stroke_style = EXEMPLAR_COLORS[ex.positive]
+            c.stroke_rect(x1, y1, x2 - x1, y2 - y1)
+        if self.drag_box is not None:
+            x1, y1, x2, y2 = self.drag_box
+            c.stroke_style = {"positive": EXEMPLAR_COLORS[True],
+                              "negative": EXEMPLAR_COLORS[False]}.get(self.drag_kind, "#ffff00")
+            c.set_line_dash([4, 3])
+            c.stroke_rect(x1, y1, x2 - x1, y2 - y1)
+        c.set_line_dash([])
 
     # ------------------------------------------------------------------ view-only keys
     def toggle_contour(self) -> None:
