@@ -506,3 +506,35 @@ def test_image_size_from_header_matches_the_decoded_image(tmp_path, fmt, ext):
     Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(path, fmt, exif=exif)
     img = read_image(path)
     assert image_size(path) == (img.shape[1], img.shape[0])
+
+
+def test_video_source_reads_from_two_threads_are_the_sequential_frames(bedroom_mp4):
+    """A propagation's decode-ahead thread and the caller (the text tracker's detector reading a
+    keyframe) share one VideoSource: concurrent random reads give exactly the frames a lone reader
+    gets (before the lock, PyAV's generator failed with "generator already executing")."""
+    import threading
+
+    from dl_utils.video_utils import open_frames
+
+    src = open_frames(bedroom_mp4)
+    want = {i: src[i].copy() for i in (0, 3, 40, 41, 90, 150)}
+    shared = open_frames(bedroom_mp4)
+    errors: list[BaseException] = []
+    got: dict[tuple[int, int], np.ndarray] = {}
+
+    def reader(k: int, order: list[int]) -> None:
+        try:
+            for _ in range(3):
+                for i in order:
+                    got[(k, i)] = shared[i]
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader, args=(0, [0, 3, 40, 41, 90, 150])),
+               threading.Thread(target=reader, args=(1, [150, 90, 41, 40, 3, 0]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert all(np.array_equal(got[(k, i)], want[i]) for k in (0, 1) for i in want)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -289,6 +290,9 @@ class VideoSource(FrameSource):
                  step: int = 1, resize: object = None, first_frame: int = 0) -> None:
         path = Path(path)
         self._ra: _Decoder | None = None
+        # one random-access decoder per source: a propagation's decode-ahead thread and a caller
+        # reading a keyframe (the text tracker's detector) take turns, never interleave on it
+        self._ra_lock = threading.Lock()
         self._index = idx = build_index(path)
         self._codec = idx.codec
         rate = idx.rate
@@ -458,6 +462,10 @@ class VideoSource(FrameSource):
         return key <= dec.last + 1 or n - dec.last <= n - key
 
     def _read(self, n: int) -> np.ndarray:
+        with self._ra_lock:
+            return self._read_locked(n)
+
+    def _read_locked(self, n: int) -> np.ndarray:
         if self._ra is None:
             self._ra = _Decoder(Path(self.path))
         dec = self._ra
