@@ -850,10 +850,15 @@ class VideoSession:
                 self.peak_memory_frames = max(self.peak_memory_frames, held)
                 if not written_ids:
                     continue
+                upscaled = None
+                if not made and (pipe is None or self.device.type == "cpu"):
+                    # on a CPU the upscale stays here: torch's threads on the writer would fight
+                    # this thread's for the same cores (on a GPU it is a device sync: the writer's)
+                    upscaled = self._video_masks([o["pred_masks"] for o in outs], self.frame_hw(self._numbers[f]))
                 writer.put(functools.partial(
                     self._commit, self._numbers[f], name, written_ids,
                     [(o["pred_masks"], o["object_score_logits"]) for o in outs], ious,
-                    {oid: made[oid] for oid in written_ids if oid in made}, run_id, stats, callback))
+                    {oid: made[oid] for oid in written_ids if oid in made}, run_id, stats, callback, upscaled))
             finished = True
         finally:
             if pipe is not None:
@@ -876,16 +881,20 @@ class VideoSession:
 
     def _commit(self, frame: int, name: str, oids: list[int], outs: list[tuple[Any, Any]], ious: list[float],
                 made: dict[int, tuple[np.ndarray | None, dict[str, Any]]], run_id: int,
-                stats: dict[str, int], callback: Callable[[int, Instances], Any] | None) -> None:
+                stats: dict[str, int], callback: Callable[[int, Instances], Any] | None,
+                upscaled: np.ndarray | None = None) -> None:
         """One computed frame into the store (one transaction), then the callback: the writer's job.
 
         ``outs``: each object's ``(pred_masks, object_score_logits)``, upscaled and read back here
         (on the writer thread when pipelined: on a GPU the host copy waits for the device there, not
-        on the thread that drives the network); ``made``: SAMURAI's masks and provenance extras,
-        already at source size (its filter needed them on the pass's thread)."""
+        on the thread that drives the network); ``upscaled``: the masks already at source size (on
+        a CPU, where the upscale stays on the pass's thread); ``made``: SAMURAI's masks and
+        provenance extras, already at source size (its filter needed them on the pass's thread)."""
         with self._ctx():
             if made:
                 masks = np.stack([cast(np.ndarray, made[oid][0]) for oid in oids])
+            elif upscaled is not None:
+                masks = upscaled
             else:
                 masks = self._video_masks([pm for pm, _ in outs], self.frame_hw(frame))
             insts = []
