@@ -55,6 +55,7 @@ def _session(clip, path, model, **kw):
     from dl_utils.sam2al import VideoSession
 
     store = AnnotationStore.open(path) if Path(path).exists() else AnnotationStore.create(path)
+    kw.setdefault("pipeline", True)  # these tests are about the pipelined pass (off on a CPU by default)
     return VideoSession(clip, store, sam_model=model, **kw)
 
 
@@ -98,8 +99,8 @@ def reference(tiny_sam2_video, clip, tmp_path_factory):
 def test_pipelined_pass_writes_the_same_rows_in_propagation_order(tiny_sam2_video, clip, reference, tmp_path):
     ref_path, ref_order = reference
     path = tmp_path / "p.sqlite"
-    ses = _prompted(clip, path, tiny_sam2_video, frame=5)
-    assert ses.pipeline is not None  # on by default
+    ses = _prompted(clip, path, tiny_sam2_video, frame=5, pipeline=True)
+    assert ses.pipeline is not None
     order: list[int] = []
     threads: set[str] = set()
 
@@ -127,6 +128,11 @@ def test_pipeline_option_is_checked():
     from dl_utils.sam2al.pipeline import as_pipeline
 
     assert as_pipeline(True) == Pipeline() and as_pipeline(False) is None
+    # "auto", the session's default: on for CUDA only (on a CPU the threads compete with the network's)
+    import torch
+
+    assert as_pipeline("auto", torch.device("cuda", 0)) == Pipeline()
+    assert as_pipeline("auto", torch.device("cpu")) is None and as_pipeline("auto") is None
     assert as_pipeline(Pipeline(decode_ahead=1, write_queue=2)).write_queue == 2
     with pytest.raises(InputError, match="write_queue=0"):
         Pipeline(write_queue=0)
@@ -286,7 +292,7 @@ from tests.sam2_fixtures import build_tiny
 from dl_utils.sam2al import VideoSession
 from dl_utils.store import AnnotationStore
 
-ses = VideoSession({clip!r}, AnnotationStore.create({path!r}), sam_model=build_tiny(video=True))
+ses = VideoSession({clip!r}, AnnotationStore.create({path!r}), sam_model=build_tiny(video=True), pipeline=True)
 ses.add_points(5, 1, {p1!r}, label="red")
 ses.add_points(5, 2, {p2!r}, label="green")
 print("ready", flush=True)

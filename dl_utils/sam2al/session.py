@@ -117,7 +117,8 @@ class VideoSession:
     with the other tracker is refused unless ``force=True``, which deletes the propagated results of
     the other tracker (prompts and keyframes stay) so the next ``propagate`` recomputes them.
 
-    ``pipeline`` (default on): ``propagate`` prepares the next frames on a background thread while
+    ``pipeline`` (default ``"auto"``: on for CUDA, off on a CPU, where it only competes with the
+    network's own threads): ``propagate`` prepares the next frames on a background thread while
     the network runs on the current one, and a writer thread upscales, encodes and commits each
     computed frame (queue sizes in a :class:`Pipeline`; ``False``: everything on the caller's
     thread). The store's rows are the same either way; see :mod:`dl_utils.sam2al.pipeline` for what
@@ -143,7 +144,7 @@ class VideoSession:
         tracker: str = "sam2",
         samurai: SamuraiConfig | None = None,
         force: bool = False,
-        pipeline: bool | Pipeline = True,
+        pipeline: bool | Pipeline | str = "auto",
     ):
         require_sam2()
         import torch
@@ -177,7 +178,7 @@ class VideoSession:
         self.device = self.engine.device
         self.dtype = resolve_dtype(self.device, dtype)
         self.trim_memory = bool(trim_memory)
-        self.pipeline: Pipeline | None = as_pipeline(pipeline)
+        self.pipeline: Pipeline | None = as_pipeline(pipeline, self.device)
         self.resume_warmup = None if resume_warmup is None else int(resume_warmup)
         self.width, self.height = media.width, media.height  # the first frame's (all, in a video)
         self.media = media  # per-frame sizes of an image set of mixed sizes: media.size_of(frame)
