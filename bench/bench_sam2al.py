@@ -6,7 +6,8 @@ depend on the weight values):
 1. **propagation throughput**: the same JPEG frames (a clip of bedroom.mp4, or a synthetic clip),
    the same two prompted objects, forward over the whole clip. Raw = ``propagate_in_video`` plus the
    ``logits > 0`` -> numpy step every caller does; ours = ``VideoSession.propagate`` (frames decoded on
-   demand, masks written to an SQLite store), pipelined (the default) and with ``pipeline=False``.
+   demand, masks written to an SQLite store), pipelined (``pipeline=True``; the default on CUDA, off
+   on a CPU) and with ``pipeline=False``.
    Rounds interleaved (the three arms in a rotating order), each round's ratio raw time / our time,
    the figure is the median of the per-round ratios (issue 20: >= 1.05x; end to end, where raw's
    ``init_state`` preloads every frame first, >= 1.1x).
