@@ -5,7 +5,7 @@ Raw = ``SAM2VideoPredictor.init_state`` (JPEG folder) + one click per object on 
 objects in one inference state: the image encoder runs once per frame and its features are shared,
 then the memory attention, mask decoder and memory encoder run once per object
 (``_run_single_frame_inference(batch_size=1)`` per object slice). Ours = ``VideoSession`` with the
-same clicks, ``propagate("forward")`` into an SQLite store (pipelined, the default), which calls the
+same clicks, ``propagate("forward")`` into an SQLite store (pipelined: ``pipeline=True``), which calls the
 same per-object inference: the image features are computed once per frame for all objects there too.
 
 Per count: ``--rounds`` interleaved rounds (raw, ours, ours with ``pipeline=False``, in a rotating
