@@ -103,6 +103,14 @@ def sides_of(store: "StoreReader", split: "Split | None", split_name: str = "") 
 
 
 # ================================================================================ pictures
+def frames_to_write(store: "StoreReader", media: "MediaInfo", include_empty: bool) -> list[int]:
+    """The frames a dataset export writes a picture for: every frame of the media with
+    ``include_empty`` (background pictures), else the annotated ones, in media order."""
+    if include_empty:
+        return list(media.frames)
+    return sorted(set(store.frames()) & set(media.frames))
+
+
 def picture_stem(media_name: str, frame: int, frame_name: str | None) -> str:
     """A picture's file stem: an image keeps its own, a video frame is ``<video stem>_<frame:06d>``."""
     if frame_name is not None:

@@ -60,7 +60,8 @@ from ._common import (
     write_atomic,
     write_objects,
 )
-from ._dataset import SIDES, Pictures, class_ids, class_names, picture_stem, sides_of, unique_stem
+from ._dataset import (SIDES, Pictures, class_ids, class_names, frames_to_write, picture_stem, sides_of,
+                       unique_stem)
 
 if TYPE_CHECKING:
     from ..classes import ClassTable
@@ -234,7 +235,7 @@ def export_coco_splits(
             media = require_media(store)
             objs = select_objects(store, None)
             cat_of = {o.id: label_ids[o.label] + 1 for o in objs}
-            frames = list(media.frames) if include_empty else sorted(set(store.frames()) & set(media.frames))
+            frames = frames_to_write(store, media, include_empty)
             if not frames:
                 result.notes.append(f"{store.path}: no annotated frame, nothing exported")
                 continue

@@ -56,6 +56,7 @@ from ._dataset import (
     Pictures,
     class_ids,
     class_names,
+    frames_to_write,
     picture_stem,
     sides_of,
     unique_stem,
@@ -275,11 +276,7 @@ def _export_store(
     media = require_media(store)
     objs = select_objects(store, None)
     cls_of = {o.id: label_ids[o.label] for o in objs}
-    media_frames = set(media.frames)
-    if opts.include_empty:
-        frames = list(media.frames)
-    else:
-        frames = sorted(set(store.frames()) & media_frames)
+    frames = frames_to_write(store, media, opts.include_empty)
     if not frames:
         result.notes.append(f"{store.path}: no annotated frame, nothing exported")
         return
