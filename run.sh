@@ -14,6 +14,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
 VENV="${DL_UTILS_VENV:-$ROOT/.venv}"
+CONSTRAINTS="$ROOT/dockerPreAnnotation/constraints.txt"
 PORT="${DL_UTILS_PORT:-8888}"
 HOST="${DL_UTILS_HOST:-127.0.0.1}"
 RUN_DIR="${DL_UTILS_RUN_DIR:-$ROOT/.run}"
@@ -50,15 +51,20 @@ ensure_env() {
     "$py" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
   fi
-  want="$( (cat setup.cfg pyproject.toml; torch_spec) | sha256sum | cut -c1-16)-$extras"
+  want="$( (cat setup.cfg pyproject.toml "$CONSTRAINTS"; torch_spec) | sha256sum | cut -c1-16)-$extras"
   stamp="$VENV/.dl_utils-$extras.stamp"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return 0
   fi
   ensure_sam2
   ensure_dino
-  say "installing dl-utils[$extras] into $VENV"
-  "$VENV/bin/python" -m pip install -q -e ".[$extras]"
+  say "installing dl-utils[$extras] into $VENV (versions held at $CONSTRAINTS)"
+  # The tested versions, as the Dockerfiles install them, so a fresh clone tests what was tested and
+  # a new release on PyPI cannot change a run. torch and torchvision are left out: torch_spec chose
+  # them above (another pair on aarch64 or with DL_UTILS_TORCH).
+  local held="$VENV/.dl_utils-constraints.txt"
+  grep -v -E '^(torch|torchvision)==' "$CONSTRAINTS" >"$held.tmp" && mv "$held.tmp" "$held"
+  "$VENV/bin/python" -m pip install -q -c "$held" -e ".[$extras]"
   if [ "$extras" = test ]; then ensure_ultralytics; fi
   echo "$want" >"$stamp"
 }

@@ -136,6 +136,14 @@ def autocast_context(device: "str | torch.device", dtype: "str | torch.dtype | N
     return torch.autocast(device_type=dev.type, dtype=dt)
 
 
+def is_compiled(model: Any) -> bool:
+    """Whether ``model`` runs upstream's compiled path: the ``vos_optimized`` video predictor, or an
+    image encoder built with ``compile_image_encoder`` (what ``build_sam2_model(compile=True)`` makes)."""
+    if any(c.__name__ == "SAM2VideoPredictorVOS" for c in type(model).__mro__):
+        return True
+    return bool(getattr(model, "dl_utils_compiled", False))
+
+
 # ----------------------------------------------------------------------------- config
 def _compose(config: str, overrides: list[str]):
     """Compose a config of the installed sam2 package (hydra, exactly as upstream does)."""
@@ -283,6 +291,7 @@ def build_sam2_model(
     mode: str = "eval",
     video: bool = False,
     vos_optimized: bool = False,
+    compile: bool = False,
     apply_postprocessing: bool = True,
     hydra_overrides: Iterable[str] = (),
     download: bool = False,
@@ -295,6 +304,11 @@ def build_sam2_model(
     weights and seeds the initialisation with ``seed`` (tests, benchmarks) without touching the global
     RNG. The returned module carries ``dl_utils_name``, ``dl_utils_checkpoint`` and ``dl_utils_sha256``
     (used e.g. in embedding-cache keys).
+
+    ``compile=True`` is upstream's compiled path: for ``video=True`` the ``vos_optimized`` predictor
+    (``SAM2VideoPredictorVOS``: image encoder, memory attention, memory encoder, prompt encoder and
+    mask decoder under ``torch.compile``), for the image model ``compile_image_encoder``. The first
+    forward passes compile (minutes); ``vos_optimized=True`` is the same as ``compile=True`` on video.
     """
     require_sam2()
     import torch
@@ -304,7 +318,7 @@ def build_sam2_model(
     name = spec.name if spec else str(model)
     if video:
         overrides = ["++model._target_=sam2.sam2_video_predictor.SAM2VideoPredictor"]
-        if vos_optimized:
+        if vos_optimized or compile:
             overrides = [
                 "++model._target_=sam2.sam2_video_predictor.SAM2VideoPredictorVOS",
                 "++model.compile_image_encoder=True",
@@ -313,6 +327,8 @@ def build_sam2_model(
             overrides += list(VIDEO_POSTPROCESSING_OVERRIDES)
     else:
         overrides = list(POSTPROCESSING_OVERRIDES) if apply_postprocessing else []
+        if compile:
+            overrides.append("++model.compile_image_encoder=True")
     if image_size is not None:
         overrides += size_overrides(image_size)
     overrides += list(hydra_overrides)
@@ -350,6 +366,7 @@ def build_sam2_model(
     net.dl_utils_name = name
     net.dl_utils_checkpoint = str(ckpt_path) if ckpt_path else None
     net.dl_utils_sha256 = digest or (f"random-{seed}" if random_weights else None)
+    net.dl_utils_compiled = bool(compile or (video and vos_optimized))
     return net
 
 
@@ -380,6 +397,7 @@ def make_image_predictor(sam_model: Any, *, predictor_cls: Any = None, **kwargs:
 
 __all__ = [
     "autocast_context",
+    "is_compiled",
     "bb_feat_sizes",
     "build_sam2_model",
     "guess_model",

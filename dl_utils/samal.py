@@ -36,6 +36,7 @@ from .models import DEFAULT_MODEL
 from .sam2_loader import (
     autocast_context,
     build_sam2_model,
+    is_compiled,
     make_image_predictor,
     require_sam2,
     resolve_dtype,
@@ -330,11 +331,13 @@ class ImageSegmenter:
         max_hole_area: float = 0.0,
         max_sprinkle_area: float = 0.0,
         download: bool = False,
+        compile: bool = False,
     ):
         require_sam2()
         if isinstance(model, str):
             model = build_sam2_model(
-                model, checkpoint, image_size=image_size, device=device, download=download
+                model, checkpoint, image_size=image_size, device=device, download=download,
+                compile=bool(compile),
             )
         else:
             if not hasattr(model, "sam_mask_decoder"):
@@ -346,6 +349,11 @@ class ImageSegmenter:
                 raise InputError(
                     "checkpoint= and device= only apply when the model is given by name; load the "
                     "weights into the module (and move it) before passing it"
+                )
+            if compile and not is_compiled(model):
+                raise InputError(
+                    "compile=True only applies when the model is given by name; build the module "
+                    "compiled (dl_utils.sam2_loader.build_sam2_model(..., compile=True)) or leave compile out"
                 )
             if image_size is not None and image_size != model.image_size:
                 raise InputError(

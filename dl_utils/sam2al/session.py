@@ -20,6 +20,7 @@ from ..models import DEFAULT_MODEL
 from ..sam2_loader import (
     autocast_context,
     build_sam2_model,
+    is_compiled,
     require_sam2,
     resolve_dtype,
 )
@@ -145,6 +146,7 @@ class VideoSession:
         samurai: SamuraiConfig | None = None,
         force: bool = False,
         pipeline: bool | Pipeline | str = "auto",
+        compile: bool = False,
     ):
         require_sam2()
         import torch
@@ -164,12 +166,18 @@ class VideoSession:
         self._check_tracker(bool(force))
         if sam_model is None:
             sam_model = build_sam2_model(
-                model, checkpoint, image_size=image_size, device=device, video=True, download=download
+                model, checkpoint, image_size=image_size, device=device, video=True, download=download,
+                compile=bool(compile),
             )
         elif checkpoint is not None or device is not None or (image_size is not None and image_size != sam_model.image_size):
             raise InputError(
                 "checkpoint=, device= and image_size= only apply when the network is built here; "
                 "build sam_model with them (dl_utils.sam2_loader.build_sam2_model(..., video=True))"
+            )
+        elif compile and not is_compiled(sam_model):
+            raise InputError(
+                "compile=True only applies when the network is built here; build sam_model compiled "
+                "(dl_utils.sam2_loader.build_sam2_model(..., video=True, compile=True)) or leave compile out"
             )
         if resume_warmup is not None and int(resume_warmup) < 0:
             raise InputError(f"resume_warmup={resume_warmup!r}: use a number of frames >= 0 or None")
