@@ -25,7 +25,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from ..errors import CvatError, InputError
@@ -471,17 +471,26 @@ class CvatConnection:
                                    request_host=api.configuration.host)
         return headers
 
-    def _once(self, method: str, path: str, query: Mapping[str, Any] | None, body: bytes | None,
-              what: str) -> tuple[int, bytes]:
+    def send(self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None = None,
+             what: str, preload: bool = True, ok: Sequence[int] | None = None) -> Any:
+        """Put one request on the wire (no retries here) and return urllib3's response.
+
+        The one place every raw request of the package goes through, so each failure means the same
+        everywhere: a connection that was never made is retryable and was not applied; one that
+        broke after sending is retryable but the server may have applied it (``unknown``, except for
+        GET and HEAD, which change nothing); 429 and 5xx are retryable (``Retry-After`` honoured);
+        a status outside ``ok`` (default: any 4xx is refused) is a :class:`CvatError` with the
+        server's words. ``preload=False`` streams the body (downloads): the caller reads it and
+        calls ``release_conn()``. The count of requests and bytes goes into :attr:`stats`.
+        """
         import urllib3
 
-        url = self.host + path + (("?" + urlencode(query, doseq=True)) if query else "")
-        headers = self.request_headers(method, path, body)
+        safe = method.upper() in ("GET", "HEAD")
         self.stats.requests += 1
         self.stats.bytes_sent += len(body or b"")
         try:
             r = self.client.api_client.rest_client.pool_manager.request(
-                method, url, body=body, headers=headers, retries=False, preload_content=True,
+                method, url, body=body, headers=dict(headers), retries=False, preload_content=preload,
                 timeout=urllib3.Timeout(connect=30.0, read=self.timeout),
             )
         except urllib3.exceptions.NameResolutionError:
@@ -496,22 +505,32 @@ class CvatConnection:
         except urllib3.exceptions.HTTPError as e:
             # sent, but the answer was lost: the server may or may not have applied it
             raise _Transient(f"{what}: the connection to {self.host} broke ({type(e).__name__})",
-                             unknown=True) from None
+                             unknown=not safe) from None
         except (ValueError, TypeError, UnicodeError) as e:  # e.g. a header value http.client refuses
             raise cvat_error(f"{what}: the request could not be sent ({type(e).__name__}: {e}); check"
                              f" the host address and {ENV_TOKEN}") from None
-        data = r.data or b""
         self._reached = True
-        self.stats.bytes_received += len(data)
-        if r.status == 429:
-            raise _Transient(f"{what}: the server is rate limiting (429)", unknown=False,
-                             retry_after=_parse_retry_after(r.headers.get("Retry-After")))
-        if r.status >= 500:
-            ra = _parse_retry_after(r.headers.get("Retry-After")) if r.status == 503 else None
-            raise _Transient(f"{what}: server error {r.status}", unknown=True, retry_after=ra)
-        if r.status >= 400:
+        if preload:
+            self.stats.bytes_received += len(r.data or b"")
+        if r.status == 429 or r.status >= 500:
+            ra = _parse_retry_after(r.headers.get("Retry-After")) if r.status in (429, 503) else None
+            if not preload:
+                r.release_conn()
+            if r.status == 429:
+                raise _Transient(f"{what}: the server is rate limiting (429)", unknown=False, retry_after=ra)
+            raise _Transient(f"{what}: server error {r.status}", unknown=not safe, retry_after=ra)
+        if r.status >= 400 if ok is None else r.status not in ok:
+            data = r.data if preload else r.read()
+            if not preload:
+                r.release_conn()
             raise _status_error(what, r.status, r.reason, data)
-        return r.status, data
+        return r
+
+    def _once(self, method: str, path: str, query: Mapping[str, Any] | None, body: bytes | None,
+              what: str) -> tuple[int, bytes]:
+        url = self.host + path + (("?" + urlencode(query, doseq=True)) if query else "")
+        r = self.send(method, url, headers=self.request_headers(method, path, body), body=body, what=what)
+        return r.status, r.data or b""
 
     def retrying(self, attempt_fn: Callable[[bool], Any], what: str) -> Any:
         """Run ``attempt_fn(after_unknown)`` until it succeeds or the retries are spent."""

@@ -134,8 +134,6 @@ def _send(conn: CvatConnection, method: str, path: str, *, what: str, query: Map
     other 4xx a :class:`CvatError`. ``retry_unknown=False``: a failure after which the server may
     have applied the request is not repeated (an upload's finish would restore a second task).
     ``once``: no retries here, a retryable failure is raised (the caller's loop retries)."""
-    import urllib3
-
     url = _url(conn, path, query)
 
     def attempt(after_unknown: bool) -> _Answer:
@@ -146,30 +144,8 @@ def _send(conn: CvatConnection, method: str, path: str, *, what: str, query: Map
         h = conn.request_headers(method, urlsplit(url).path, None)
         h.pop("Content-Type", None)
         h.update(headers or {})
-        conn.stats.requests += 1
-        conn.stats.bytes_sent += len(body or b"")
-        try:
-            r = conn.client.api_client.rest_client.pool_manager.request(
-                method, url, body=body, headers=h, retries=False, preload_content=True,
-                timeout=urllib3.Timeout(connect=30.0, read=conn.timeout))
-        except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError) as e:
-            raise _Transient(f"{what}: cannot connect to {conn.host} ({type(e).__name__})",
-                             unknown=False) from None
-        except urllib3.exceptions.HTTPError as e:
-            raise _Transient(f"{what}: the connection to {conn.host} broke ({type(e).__name__})",
-                             unknown=True) from None
-        data = r.data or b""
-        conn.stats.bytes_received += len(data)
-        if r.status == 429 or r.status >= 500:
-            from .connection import _parse_retry_after
-
-            ra = _parse_retry_after(r.headers.get("Retry-After")) if r.status in (429, 503) else None
-            raise _Transient(f"{what}: server error {r.status}" if r.status >= 500 else
-                             f"{what}: the server is rate limiting (429)", unknown=r.status >= 500,
-                             retry_after=ra)
-        if r.status not in ok and r.status != 409:
-            raise _status_error(what, r.status, r.reason, data)
-        return _Answer(r.status, r.headers, data)
+        r = conn.send(method, url, headers=h, body=body, what=what, ok=tuple(ok) + (409,))
+        return _Answer(r.status, r.headers, r.data or b"")
 
     return attempt(False) if once else conn.retrying(attempt, what)
 
@@ -315,17 +291,8 @@ def _download_once(conn: CvatConnection, url: str, part: Path, meta_path: Path, 
     elif have:
         part.unlink()
         have = 0
-    full = _url(conn, url)
-    conn.stats.requests += 1
-    try:
-        r = conn.client.api_client.rest_client.pool_manager.request(
-            "GET", full, headers=h, retries=False, preload_content=False,
-            timeout=urllib3.Timeout(connect=30.0, read=conn.timeout))
-    except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError) as e:
-        raise _Transient(f"{what}: cannot connect to {conn.host} ({type(e).__name__})", unknown=False) from None
-    except urllib3.exceptions.HTTPError as e:
-        raise _Transient(f"{what}: the connection to {conn.host} broke ({type(e).__name__})",
-                         unknown=False) from None
+    # 416: the part may already be complete; 429/5xx are retried by the caller's loop
+    r = conn.send("GET", _url(conn, url), headers=h, what=what, preload=False, ok=(200, 206, 416))
     try:
         if r.status == 416 and have:  # the part is already complete (or longer than the file)
             total = _total_of(r.headers.get("Content-Range"))
@@ -334,11 +301,8 @@ def _download_once(conn: CvatConnection, url: str, part: Path, meta_path: Path, 
                 return
             part.unlink()
             raise _Transient(f"{what}: the server's file changed; downloading it again", unknown=False)
-        if r.status == 429 or r.status >= 500:
-            raise _Transient(f"{what}: server error {r.status}", unknown=False)
-        if r.status not in (200, 206):
-            data = r.read()
-            raise _status_error(what, r.status, r.reason, data)
+        if r.status == 416:
+            raise _status_error(what, r.status, r.reason, r.read())
         if r.status == 206:
             start = _start_of(r.headers.get("Content-Range"))
             if start != have:
