@@ -18,7 +18,8 @@ class BatchOptions:
     points come from its :class:`~dl_utils.batch.plan.BatchSource`).
 
     ``detector``, ``sam``, ``track`` and ``numbering`` are the options objects ``dl-utils annotate``
-    builds from the same command-line flags (``sam`` carries ``--tracker``/``--samurai``/``--force``); ``progress`` turns the per-source tqdm bars of the engines on (off in
+    builds from the same command-line flags (``sam`` carries ``--tracker``/``--samurai``/``--force``,
+    ``--precision`` and ``--compile``); ``progress`` turns the per-source tqdm bars of the engines on (off in
     workers: the batch shows one bar for sources and one for frames)."""
 
     detector: DetectorOptions = field(default_factory=DetectorOptions)
@@ -33,13 +34,15 @@ class BatchOptions:
         """Which loaded models a worker may reuse: equal keys, equal models (the per-process cache
         of :mod:`dl_utils.batch.worker`). The tracker mode (``sam.tracker``/``samurai``/``force``) is
         not in it: it is a setting of each source's session, opened per source over the same
-        network (SAMURAI keeps SAM2's weights), and reaches the session through ``sam`` itself."""
+        network (SAMURAI keeps SAM2's weights), and reaches the session through ``sam`` itself.
+        ``sam.precision`` and ``sam.compile`` are: a compiled network is another network (upstream's
+        ``vos_optimized`` class), and an image segmenter computes in its precision for its life."""
         d, s = self.detector, self.sam
         # the threshold's type too: an untyped default means SAM 3's own threshold, the same value typed does not
         return repr((d.backend, str(d.model), str(d.text_encoder), d.device, d.box_threshold,
                      type(d.box_threshold).__name__, d.text_threshold, d.detector_size, str(d.classes), str(d.bpe),
                      d.nms_iou,
-                     s.model_name, str(s.checkpoint), s.image_size, s.device))
+                     s.model_name, str(s.checkpoint), s.image_size, s.device, s.precision, s.compile))
 
 
 __all__ = ["BatchOptions"]

@@ -12,7 +12,9 @@ itself :func:`~dl_utils.drivers.run.run_into_store` with the store ledger) on on
   store is published the same way, so the next attempt resumes from it;
 * **models once per process**: the SAM2 network, the detector and the image segmenter (with
   ``--backend sam3``: SAM 3's image and video models, and SAM2 only for clicks) are kept in a
-  per-process cache keyed by :meth:`~dl_utils.batch.options.BatchOptions.cache_key`.
+  per-process cache keyed by :meth:`~dl_utils.batch.options.BatchOptions.cache_key`. With
+  ``--compile`` the cached SAM2 video network is built compiled here (upstream's ``vos_optimized``),
+  so it compiles once per worker and each source's session runs it with ``--precision``.
 """
 
 from __future__ import annotations
@@ -150,11 +152,8 @@ def models_for(options: BatchOptions, *, video: bool, text: bool, points: bool =
     if options.detector.backend == "sam3":
         return _sam3_models_for(options, cache, video=video, text=text, points=points)
     s = options.sam
-    if video and "sam_video" not in cache:
-        from ..sam2_loader import build_sam2_model
-
-        cache["sam_video"] = build_sam2_model(s.model_name, s.checkpoint, image_size=s.image_size,
-                                              device=s.device, video=True)
+    if video and "sam_video" not in cache:  # built compiled with --compile: every session reuses it
+        cache["sam_video"] = s.build_video_model()
     if not video and "segmenter" not in cache:
         cache["segmenter"] = s.image_segmenter()
     if text and "detector" not in cache:

@@ -25,9 +25,11 @@ Image folders are not tracked: clicks and detections are segmented image by imag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +63,7 @@ def add_annotate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="shape type pushed to CVAT (default mask: exact)")
     SourceOptions.add_arguments(parser, command="annotate")
     SamOptions.add_arguments(parser, command="annotate")
+    SamOptions.add_gpu_arguments(parser, command="annotate")
     TrackOptions.add_arguments(parser, command="annotate")
     DetectorOptions.add_arguments(parser, command="annotate")
 
@@ -101,18 +104,23 @@ def run_annotate(
     samurai: SamuraiConfig | dict[str, Any] | None = _S.samurai,
     force: bool = _S.force,
     nms_iou: float = _D.nms_iou,
+    precision: str | None = _S.precision,
+    compile: bool = _S.compile,
 ) -> dict[str, Any]:
     """Run the steps of the module doc; return a summary (:func:`annotate`, loose arguments).
     Pre-built models (SAM 3's too: ``sam3_model``, ``sam3_video_model``) and a CVAT connection may
     be passed in (notebooks, tests). ``tracker``/``samurai``/``force``: SAM2's propagation mode
-    (``--tracker``, ``--samurai``, ``--force``; see :class:`~dl_utils.drivers.options.SamOptions`)."""
+    (``--tracker``, ``--samurai``, ``--force``; see :class:`~dl_utils.drivers.options.SamOptions`).
+    ``precision``/``compile``: SAM2's compute precision and compiled mode (``--precision``,
+    ``--compile``; a pre-built ``sam_video_model`` must then be compiled)."""
     return annotate(
         source, out, text=text, points=points, cvat_task=cvat_task, cvat_shape=cvat_shape,
         detector_options=DetectorOptions(backend=backend, model=model, box_threshold=box_threshold,
                                          text_threshold=text_threshold, text_encoder=text_encoder,
                                          device=device, classes=classes, bpe=bpe, nms_iou=nms_iou),
         sam=SamOptions(model=sam_model, checkpoint=sam_checkpoint, image_size=image_size, device=device,
-                       direction=direction, tracker=tracker, samurai=samurai, force=force),
+                       direction=direction, tracker=tracker, samurai=samurai, force=force, precision=precision,
+                       compile=compile),
         track=TrackOptions(every=every, max_gap=max_gap, max_objects=max_objects),
         progress=progress, detector=detector, sam_video_model=sam_video_model, segmenter=segmenter,
         connection=connection, sam3_model=sam3_model, sam3_video_model=sam3_video_model,
@@ -208,6 +216,8 @@ def _step_summaries(res: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "resumed" in res:
         out["resumed"] = res["resumed"]
+    if "sam2" in res:  # the SAM2 engine that ran: model, precision, compile
+        out["sam2"] = res["sam2"]
     if "points" in res:
         out["points"] = res["points"]
     text = res.get("text")
@@ -264,10 +274,15 @@ def run_annotate_cli(args: argparse.Namespace) -> int:
 
 
 def _run_annotate_cli(args: argparse.Namespace) -> int:
-    s = annotate(args.source, args.out, text=args.text, points=args.points, cvat_task=args.cvat_task,
-                 cvat_shape=args.cvat_shape, detector_options=DetectorOptions.from_args(args),
-                 sam=SamOptions.from_args(args, command="annotate"), track=TrackOptions.from_args(args),
-                 numbering=SourceOptions.from_args(args))
+    sam, options = SamOptions.from_args(args, command="annotate"), DetectorOptions.from_args(args)
+    note = sam.compile_note() if options.backend != "sam3" or args.points is not None else None
+    if note:  # --compile on a CPU: it works, slowly; said once before the models load
+        print(f"dl-utils annotate: {note}", file=sys.stderr, flush=True)
+    # stdout is the JSON summary: what the engines print there (upstream's compile notices) goes to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        s = annotate(args.source, args.out, text=args.text, points=args.points, cvat_task=args.cvat_task,
+                     cvat_shape=args.cvat_shape, detector_options=options, sam=sam,
+                     track=TrackOptions.from_args(args), numbering=SourceOptions.from_args(args))
     print(json.dumps(s, indent=2, default=str))
     return 0
 

@@ -10,8 +10,10 @@ and, on video, tracks them on every frame. The engine pieces (``detect_frames``,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +42,7 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
     DetectorOptions.add_arguments(parser, command="detect")
     TrackOptions.add_arguments(parser, command="detect")
     SamOptions.add_arguments(parser, command="detect")
+    SamOptions.add_gpu_arguments(parser, command="detect")
 
 
 def run_detect(
@@ -76,6 +79,8 @@ def run_detect(
     samurai: SamuraiConfig | dict[str, Any] | None = _S.samurai,
     force: bool = _S.force,
     nms_iou: float = _D.nms_iou,
+    precision: str | None = _S.precision,
+    compile: bool = _S.compile,
 ) -> dict[str, Any]:
     """Detect (and optionally segment) into a store; return a summary (:func:`detect`, loose arguments).
 
@@ -87,6 +92,8 @@ def run_detect(
     with ``backend="sam3"`` ``sam3_model`` / ``sam3_video_model`` (SAM 3 image / video models).
     ``tracker``/``samurai``/``force``: the mode of the SAM2 session that tracks masks between
     keyframes (``--tracker``, ``--samurai``, ``--force``; ``segment`` on tracked video only).
+    ``precision``/``compile`` (``--precision``, ``--compile``): SAM2's compute precision and
+    compiled mode with ``segment`` (a pre-built ``sam_video_model`` must then be compiled).
     """
     return detect(
         source, out, text, segment=segment,
@@ -95,7 +102,7 @@ def run_detect(
                                          device=device, detector_size=detector_size, classes=classes, bpe=bpe,
                                          nms_iou=nms_iou),
         sam=SamOptions(model=sam_model, checkpoint=sam_checkpoint, image_size=image_size, device=device,
-                       tracker=tracker, samurai=samurai, force=force),
+                       tracker=tracker, samurai=samurai, force=force, precision=precision, compile=compile),
         track=TrackOptions(every=every, max_gap=max_gap, max_objects=max_objects, track=track),
         detector=detector, segmenter=segmenter, sam_video_model=sam_video_model, progress=progress,
         sam3_model=sam3_model, sam3_video_model=sam3_video_model,
@@ -198,6 +205,8 @@ def detect(
                 "every": every,
                 "seconds": round(time.perf_counter() - t0, 2),
             }
+            if "sam2" in res:  # the SAM2 engine that made the masks: model, precision, compile
+                summary["sam2"] = res["sam2"]
             if tracked:
                 summary["keyframes"] = found.get("keyframes", [])
                 summary["ended"] = found.get("ended", [])
@@ -217,9 +226,14 @@ def run_detect_cli(args: argparse.Namespace) -> int:
 
 
 def _run_detect_cli(args: argparse.Namespace) -> int:
-    s = detect(args.source, args.out, args.text, segment=args.segment,
-               detector_options=DetectorOptions.from_args(args), sam=SamOptions.from_args(args, command="detect"),
-               track=TrackOptions.from_args(args), numbering=SourceOptions.from_args(args))
+    options, sam = DetectorOptions.from_args(args), SamOptions.from_args(args, command="detect")
+    note = sam.compile_note() if args.segment and options.backend != "sam3" else None
+    if note:  # --compile on a CPU: it works, slowly; said once before the models load
+        print(f"dl-utils detect: {note}", file=sys.stderr, flush=True)
+    # stdout is the JSON summary: what the engines print there (upstream's compile notices) goes to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        s = detect(args.source, args.out, args.text, segment=args.segment, detector_options=options, sam=sam,
+                   track=TrackOptions.from_args(args), numbering=SourceOptions.from_args(args))
     print(json.dumps(s, indent=2))
     return 0
 

@@ -46,6 +46,10 @@ COMMANDS = ("detect", "annotate", "segment")
 DEFAULT_EVERY_TRACKED = 20
 #: frames an object may stay unseen and keep its id
 DEFAULT_MAX_GAP = 30
+#: ``--precision``: SAM2's compute precision (autocast dtype); None picks bf16 on CUDA, fp32 elsewhere
+PRECISIONS = ("fp32", "bf16", "fp16")
+#: torch dtype names as the engines and the store's provenance spell them -> the ``--precision`` name
+_PRECISION_OF_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 def _detector_default(name: str) -> Any:
@@ -524,6 +528,12 @@ class SamOptions:
     of its fields; ``--samurai KEY=VALUE``, only with ``tracker="samurai"``) and ``force``
     (``--force``: continue a store whose propagated results another tracker made, dropping them).
     A bad name or parameter is refused when the options are built, before anything is opened.
+
+    The GPU modes travel with them, to every SAM2 engine built from these options (video sessions,
+    image segmenters, the batch workers' cached networks, the widget): ``precision``
+    (``--precision``, one of :data:`PRECISIONS`; None: bf16 on CUDA, fp32 elsewhere, the autocast
+    upstream's demos use) and ``compile`` (``--compile``: upstream's ``vos_optimized`` video
+    predictor, or ``compile_image_encoder`` for the image model, all under ``torch.compile``).
     """
 
     model: str | None = None
@@ -535,6 +545,10 @@ class SamOptions:
     #: a :class:`SamuraiConfig` once built (a dict of its fields is converted by ``__post_init__``)
     samurai: SamuraiConfig | dict[str, Any] | None = None
     force: bool = False
+    #: ``--precision``: ``"fp32"``, ``"bf16"``, ``"fp16"``, or None (bf16 on CUDA, fp32 elsewhere)
+    precision: str | None = None
+    #: ``--compile``: build the SAM2 network compiled (``torch.compile``; the first pass compiles)
+    compile: bool = False
 
     _HELP = {
         "sam_model": {
@@ -604,6 +618,22 @@ class SamOptions:
                                  "dropped and recomputed (prompts and keyframes stay)")
 
     @classmethod
+    def add_gpu_arguments(cls, parser: argparse.ArgumentParser, *, command: str = "segment") -> None:
+        """``--precision --compile``: the same on every command that builds a SAM2 engine (``segment``,
+        ``annotate``, ``detect --segment``, ``batch``). A method of its own, not part of
+        :meth:`add_arguments`, because ``finetune`` shares the SAM2 model options but has its own
+        ``--compile`` (the training step's) and trains in its own precision (``--amp``)."""
+        _check(command)
+        where = "--segment: " if command == "detect" else ""
+        parser.add_argument("--precision", choices=PRECISIONS, default=cls.precision,
+                            help=f"{where}SAM2 compute precision (autocast, as upstream's demos use it): fp32, bf16 "
+                                 "or fp16 (default bf16 on CUDA, fp32 on CPU); the store's provenance records it")
+        parser.add_argument("--compile", action="store_true", default=cls.compile,
+                            help=f"{where}run SAM2 under torch.compile (upstream's vos_optimized video predictor; "
+                                 "compile_image_encoder on images): the first pass compiles (minutes), so it pays "
+                                 "off on long videos on a GPU")
+
+    @classmethod
     def from_args(cls, args: argparse.Namespace, *, command: str = "segment") -> SamOptions:
         _check(command)
         values = _values(cls, args, cls._DEST[command])
@@ -630,6 +660,9 @@ class SamOptions:
         if self.samurai is not None and self.tracker != "samurai":
             raise InputError("--samurai parameters apply with --tracker samurai; add --tracker samurai or drop them")
         self.force = bool(self.force)
+        self.precision = check_precision(self.precision)
+        if not isinstance(self.compile, bool):
+            raise InputError(f"compile={self.compile!r}: use True (--compile) or False")
         self.model, self.image_size = resolve_finetuned(self.model, self.checkpoint, self.image_size)
 
     def check_backend(self, backend: str) -> None:
@@ -641,9 +674,41 @@ class SamOptions:
                              "own tracker: drop --tracker samurai or use --backend groundingdino/transformers")
 
     def session_kwargs(self) -> dict[str, Any]:
-        """The tracker keywords of :class:`~dl_utils.sam2al.VideoSession` (``tracker``, ``samurai``,
-        ``force``): every session the drivers open takes them from here."""
-        return {"tracker": self.tracker, "samurai": self.samurai, "force": self.force}
+        """The mode keywords of :class:`~dl_utils.sam2al.VideoSession` (``tracker``, ``samurai``,
+        ``force``, ``dtype``, ``compile``): every session the drivers, the batch workers and the
+        widget open takes them from here. With a pre-built ``sam_model`` that is not compiled the
+        session refuses ``compile=True``: build it with :meth:`build_video_model` instead."""
+        return {"tracker": self.tracker, "samurai": self.samurai, "force": self.force,
+                "dtype": self.precision, "compile": self.compile}
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """``dtype`` and ``compile`` of an :class:`~dl_utils.samal.ImageSegmenter` (the image path's
+        SAM2 engine; the tracker keywords are the video session's only)."""
+        return {"dtype": self.precision, "compile": self.compile}
+
+    def build_video_model(self) -> Any:
+        """The SAM2 video network these options describe (compiled with ``compile``), for a caller
+        that keeps one network for many sessions (the batch workers): each session then gets it as
+        ``sam_model`` with :meth:`session_kwargs`."""
+        from ..sam2_loader import build_sam2_model
+
+        return build_sam2_model(self.model_name, self.checkpoint, image_size=self.image_size, device=self.device,
+                                video=True, compile=self.compile)
+
+    def compile_note(self) -> str | None:
+        """The one line the commands print on stderr when ``--compile`` runs on a CPU (or MPS): it
+        works, but the first pass compiles for a minute or more (tiny) and the gain is a GPU's. None
+        without ``compile`` or on CUDA. Resolves the device (imports torch), so call it when a model
+        is about to be built anyway."""
+        if not self.compile:
+            return None
+        from ..sam2_loader import pick_device
+
+        dev = pick_device(self.device)
+        if dev.type == "cuda":
+            return None
+        return (f"--compile on {dev.type}: allowed but slow to start (the first pass compiles, about a minute for "
+                "tiny, more for larger models) and it pays off on long videos on a GPU")
 
     @property
     def model_name(self) -> str:
@@ -658,12 +723,47 @@ class SamOptions:
         """A :class:`~dl_utils.samal.ImageSegmenter` (image folders, untracked ``--segment``)."""
         from ..samal import ImageSegmenter
 
-        return ImageSegmenter(self.model_name, self.checkpoint, image_size=self.image_size, device=self.device)
+        return ImageSegmenter(self.model_name, self.checkpoint, image_size=self.image_size, device=self.device,
+                              **self.engine_kwargs())
+
+
+def check_precision(precision: Any) -> str | None:
+    """``precision`` as one of :data:`PRECISIONS` (None stays None: the device's default); anything
+    else is a one-line :class:`InputError` naming the allowed values."""
+    if precision is None:
+        return None
+    if not isinstance(precision, str) or precision.strip().lower() not in PRECISIONS:
+        raise InputError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)} (default: bf16 on CUDA, "
+                         "fp32 on CPU)")
+    return precision.strip().lower()
+
+
+def precision_label(dtype: Any) -> str | None:
+    """The ``--precision`` name (``"bf16"``) of an engine's compute dtype (``torch.bfloat16``, or the
+    provenance's ``"bfloat16"``): what the commands' JSON summaries report. None for None."""
+    if dtype is None:
+        return None
+    name = str(dtype).replace("torch.", "")
+    return _PRECISION_OF_DTYPE.get(name, name)
+
+
+def sam2_summary(engine: Any) -> dict[str, Any]:
+    """What the commands' JSON summaries say about the SAM2 engine that ran: ``model``, the resolved
+    ``precision`` (``--precision``'s name) and whether it ran ``compile``d. ``engine``: a
+    :class:`~dl_utils.sam2al.VideoSession` or :class:`~dl_utils.samal.ImageSegmenter`."""
+    from ..sam2_loader import is_compiled
+
+    network = getattr(engine, "engine", None)  # a session's view of its network (same class, same weights)
+    if network is None:
+        network = getattr(engine, "model", None)  # an image segmenter's network
+    return {"model": getattr(engine, "model_name", None), "precision": precision_label(getattr(engine, "dtype", None)),
+            "compile": bool(network is not None and is_compiled(network))}
 
 
 __all__ = [
     "COMMANDS",
     "EngineDefault",
+    "PRECISIONS",
     "SAM3_DEFAULT_MODEL",
     "Sam3Detector",
     "DEFAULT_EVERY_TRACKED",
@@ -678,5 +778,8 @@ __all__ = [
     "TrackOptions",
     "add_device_argument",
     "check_counts",
+    "check_precision",
     "parse_samurai",
+    "precision_label",
+    "sam2_summary",
 ]

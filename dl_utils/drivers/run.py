@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
-from .options import DetectorOptions, SamOptions, TrackOptions
+from .options import DetectorOptions, SamOptions, TrackOptions, sam2_summary
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..annotations import Instances
@@ -188,10 +188,11 @@ def open_session(src: FrameSource, store: AnnotationStore, sam: SamOptions,
                  sam_video_model: Any = None) -> VideoSession:
     """A SAM2 video session on ``src`` writing into ``store`` (``sam_video_model``: a pre-built model),
     in ``sam``'s tracker mode (``--tracker``/``--samurai``/``--force``: a store whose results the
-    other tracker made is refused by the session, naming ``--out`` and ``--force``)."""
+    other tracker made is refused by the session, naming ``--out`` and ``--force``), precision
+    (``--precision``) and ``--compile`` (a pre-built model must then be compiled already)."""
     from ..sam2al import VideoSession
 
-    if sam_video_model is not None:
+    if sam_video_model is not None:  # with sam.compile it must be built compiled (the session refuses otherwise)
         return VideoSession(src, store, sam_model=sam_video_model, **sam.session_kwargs())
     return VideoSession(src, store, model=sam.model_name, checkpoint=sam.checkpoint, image_size=sam.image_size,
                         device=sam.device, **sam.session_kwargs())
@@ -275,6 +276,8 @@ def run_into_store(
     With ``span``, ``points`` also has ``dropped`` ({object: [frames]}) and ``propagation`` (the
     session's propagation summary). With ``backend="sam3"`` on video the clicks refine SAM 3's
     objects after the text step (:func:`clicks_into_video_sam3`), the same ``points`` keys.
+    ``sam2`` (when a SAM2 engine ran): its ``model``, resolved ``precision`` and ``compile``
+    (:func:`~dl_utils.drivers.options.sam2_summary`), so a summary says how its masks were computed.
     """
     detector_options = detector_options or DetectorOptions()
     sam = sam or SamOptions()
@@ -339,6 +342,7 @@ def _video(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, clic
     try:
         if session is not None:
             out["resumed"] = bool(session.object_ids)
+            out["sam2"] = sam2_summary(session)  # model, precision, compile: the summaries name them
         if (clicks or span is not None) and not sam3:
             assert session is not None
             out["points"] = clicks_into_video(session, clicks, where, direction=sam.direction, progress=progress,
@@ -619,6 +623,8 @@ def _images(src: FrameSource, store: AnnotationStore, prompt: Prompt | None, cli
         options.check_sam3()
     if segmenter is None and (clicks or (prompt is not None and segment and not sam3)):
         segmenter = sam.image_segmenter()
+    if segmenter is not None and (clicks or (prompt is not None and not sam3)):
+        out["sam2"] = sam2_summary(segmenter)  # model, precision, compile: the summaries name them
     if clicks:
         assert segmenter is not None
         out["points"] = clicks_into_images(src, store, segmenter, clicks, where, progress=progress)

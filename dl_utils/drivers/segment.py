@@ -15,6 +15,7 @@ checks done before anything opens (:func:`_checked_prompts`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -149,6 +150,8 @@ def run_segment(
     tracker: str = "sam2",
     samurai: SamuraiConfig | dict[str, Any] | None = None,
     force: bool = False,
+    precision: str | None = None,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """``dl-utils segment``: prompts from PROMPTS.json, propagation into the store, a summary dict.
 
@@ -160,12 +163,18 @@ def run_segment(
     are in those numbers, and the store records it (a store made with another numbering is refused).
     ``tracker``/``samurai``/``force`` (``--tracker``, ``--samurai``, ``--force``): the propagation
     mode (:class:`~dl_utils.drivers.options.SamOptions`); a store whose results the other tracker
-    made is refused unless ``force`` (then they are dropped and recomputed).
+    made is refused unless ``force`` (then they are dropped and recomputed). ``precision``
+    (``--precision``: ``"fp32"``, ``"bf16"``, ``"fp16"``; None: bf16 on CUDA, fp32 elsewhere) and
+    ``compile`` (``--compile``: upstream's ``vos_optimized`` predictor) are the session's; with a
+    pre-built ``sam_model``, ``compile`` needs it built compiled. The summary's ``sam2`` names the
+    model, the precision and whether it ran compiled.
     """
+    from .options import sam2_summary
     from .run import run_into_store
 
     t0 = time.perf_counter()
-    sam = SamOptions(direction=direction, tracker=tracker, samurai=samurai, force=force)  # checked before any file
+    sam = SamOptions(direction=direction, tracker=tracker, samurai=samurai, force=force,  # checked before any file
+                     precision=precision, compile=compile)
     prompts, src = _checked_prompts(source, prompts_path, direction, numbering)
     store = AnnotationStore.open_or_create(store_path, src.media_info())
     try:
@@ -177,6 +186,7 @@ def run_segment(
         points = out["points"]
         summary = dict(points["propagation"])
         summary["tracker"] = session.tracker  # which mode made these masks (the store records it too)
+        summary["sam2"] = sam2_summary(session)
         summary.update(prompts_applied=points["applied"], resumed=out["resumed"], store=str(store.path),
                        dropped={str(o): frame_ranges(fs) for o, fs in points["dropped"].items()},
                        seconds_total=round(time.perf_counter() - t0, 3))
@@ -196,6 +206,7 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
                         help="last source frame (inclusive; in --frame-numbers/--first-frame numbers)")
     SourceOptions.add_arguments(parser, command="segment")
     SamOptions.add_arguments(parser, command="segment")
+    SamOptions.add_gpu_arguments(parser, command="segment")
     parser.add_argument("--dry-run", action="store_true", dest="dry_run",
                         help="list the prompts that would be applied, the stored masks they would drop and "
                              "the frames that would be computed; change nothing, load no model")
@@ -228,10 +239,16 @@ def _run_segment_cli(args: argparse.Namespace) -> int:
     def report(msg: str) -> None:
         print(f"dl-utils segment: {msg}", file=sys.stderr, flush=True)
 
-    s = run_segment(args.source, args.out, args.prompts, direction=sam.direction, start=args.start,
-                    stop=args.stop, model=sam.model_name, checkpoint=sam.checkpoint,
-                    image_size=sam.image_size, device=sam.device, report=report, numbering=numbering,
-                    tracker=sam.tracker, samurai=sam.samurai, force=sam.force)
+    note = sam.compile_note()  # --compile on a CPU: it works, slowly; said once before the model loads
+    if note:
+        report(note)
+    # stdout is the JSON summary: what the engines print there (upstream's compile notices) goes to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        s = run_segment(args.source, args.out, args.prompts, direction=sam.direction, start=args.start,
+                        stop=args.stop, model=sam.model_name, checkpoint=sam.checkpoint,
+                        image_size=sam.image_size, device=sam.device, report=report, numbering=numbering,
+                        tracker=sam.tracker, samurai=sam.samurai, force=sam.force, precision=sam.precision,
+                        compile=sam.compile)
     print(json.dumps(s, indent=2))
     return 0
 

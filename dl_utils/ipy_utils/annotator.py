@@ -58,6 +58,12 @@ class Annotator:
     :class:`~dl_utils.sam2al.SamuraiConfig` or a dict of its fields) and ``force``: the propagation
     mode of the video session :meth:`load_model` builds, as ``--tracker``/``--samurai``/``--force``
     set it for the commands (a store the other tracker made is refused unless ``force``).
+
+    ``precision`` (``"fp32"``, ``"bf16"``, ``"fp16"``; None: bf16 on CUDA, fp32 on CPU) and
+    ``compile`` (upstream's ``vos_optimized`` predictor under ``torch.compile``; the first click
+    compiles, minutes) are ``--precision`` and ``--compile`` of the commands, for the SAM2 engine
+    :meth:`load_model` builds (video session or image segmenter); the status line names the
+    precision. A given ``sam_model`` with ``compile=True`` must be built compiled.
     """
 
     def __init__(
@@ -83,12 +89,16 @@ class Annotator:
         tracker: str = "sam2",
         samurai: SamuraiConfig | dict[str, object] | None = None,
         force: bool = False,
+        precision: str | None = None,
+        compile: bool = False,
     ):
         self.controller = c = AnnotatorController(detector=detector, cvat=cvat, classes=_load_classes(classes),
                                                   default_label=default_label, sam3_video_model=sam3_video_model,
                                                   detector_options=detector_options)
         #: the propagation mode :meth:`load_model` gives the video session unless it is given one
         self.tracker, self.samurai, self.force = tracker, samurai, bool(force)
+        #: ``--precision``/``--compile`` of the SAM2 engine :meth:`load_model` builds unless it is given them
+        self.precision, self.compile = precision, bool(compile)
         self.ui = AnnotatorView(c, max_size=max_size, scale=scale, alpha=alpha, widgets=widgets)
         self.input = InputHandler(c, self.ui)
         c.listener = self.ui
@@ -292,11 +302,13 @@ class Annotator:
 
     def load_model(self, model: str | None = None, *, sam_model: object = None, image_size: int | None = None,
                    device: object = None, checkpoint: str | Path | None = None, tracker: str | None = None,
-                   samurai: SamuraiConfig | dict[str, object] | None = None, force: bool | None = None) -> bool:
+                   samurai: SamuraiConfig | dict[str, object] | None = None, force: bool | None = None,
+                   precision: str | None = None, compile: bool | None = None) -> bool:
         """Build the SAM2 session for the open media (``model``: a registry name; ``checkpoint``: a weights
         file, a fine-tuned one bringing its base model and size; or a built ``sam_model``).
-        ``tracker``/``samurai``/``force``: the propagation mode (default: the constructor's); given
-        here, they also become the default of later loads."""
+        ``tracker``/``samurai``/``force``: the propagation mode, ``precision``/``compile`` the engine's
+        (``--precision``, ``--compile``); default: the constructor's; given here, they also become
+        the default of later loads."""
         if tracker is not None:
             self.tracker = tracker
             if samurai is None and tracker != "samurai":
@@ -305,9 +317,14 @@ class Annotator:
             self.samurai = samurai
         if force is not None:
             self.force = bool(force)
+        if precision is not None:
+            self.precision = precision
+        if compile is not None:
+            self.compile = bool(compile)
         return bool(self.controller.guard("loading the SAM2 model", self.controller.load_model, model, sam_model,
                                           image_size, device, checkpoint, tracker=self.tracker,
-                                          samurai=self.samurai, force=self.force))
+                                          samurai=self.samurai, force=self.force, precision=self.precision,
+                                          compile=self.compile))
 
     # ------------------------------------------------------------------ objects
     def objects(self) -> list[ObjectInfo]:

@@ -234,19 +234,24 @@ class AnnotatorController:
 
     def load_model(self, model: str | None, sam_model: object, image_size: int | None, device: object,
                    checkpoint: str | Path | None = None, *, tracker: str = "sam2",
-                   samurai: object = None, force: bool = False) -> bool:
+                   samurai: object = None, force: bool = False, precision: str | None = None,
+                   compile: bool = False) -> bool:
         """Build the SAM2 engine for the open media. On a video the session propagates in ``tracker``
         mode (``"sam2"`` or ``"samurai"`` with ``samurai``: a :class:`~dl_utils.sam2al.SamuraiConfig`
         or a dict of its fields; ``force``: continue a store the other tracker made), the
         ``--tracker``/``--samurai``/``--force`` of the commands, checked by the same
-        :class:`~dl_utils.drivers.options.SamOptions`."""
-        from ..drivers.options import SamOptions
+        :class:`~dl_utils.drivers.options.SamOptions`. ``precision`` (``"fp32"``, ``"bf16"``,
+        ``"fp16"``; None: bf16 on CUDA, fp32 elsewhere) and ``compile`` are ``--precision`` and
+        ``--compile``, for the video session and the image segmenter alike; a given ``sam_model``
+        with ``compile`` must be built compiled (the engines refuse it otherwise)."""
+        from ..drivers.options import SamOptions, sam2_summary
         from ..models import DEFAULT_MODEL, resolve_finetuned
 
         if self.source is None or self.store is None:
             raise InputError("open a video or an image folder first (annotator.open(path))")
         # the commands' checks (tracker name, SAMURAI parameters) before any model loads
-        modes = SamOptions(tracker=tracker, samurai=cast("dict[str, object] | None", samurai), force=force)
+        modes = SamOptions(tracker=tracker, samurai=cast("dict[str, object] | None", samurai), force=force,
+                           precision=precision, compile=compile)
         if sam_model is None:  # a fine-tuned checkpoint names its base model and size (one reader)
             model, image_size = resolve_finetuned(model, checkpoint, image_size)
         if self.source.kind == "video":
@@ -257,6 +262,7 @@ class AnnotatorController:
                                         sam_model=sam_model, image_size=image_size, device=device,
                                         **modes.session_kwargs())
             self.engine = VideoClickEngine(self.session)
+            built: object = self.session
         else:
             if modes.tracker != "sam2":  # a silently ignored mode would look like it had an effect
                 raise InputError(f"tracker={modes.tracker!r} is a video propagation mode; {self.source.name} is "
@@ -266,9 +272,12 @@ class AnnotatorController:
             seg = ImageSegmenter(sam_model if sam_model is not None else (model or DEFAULT_MODEL),
                                  checkpoint if sam_model is None else None,
                                  image_size=image_size if sam_model is None else None,
-                                 device=device if sam_model is None else None)
+                                 device=device if sam_model is None else None, **modes.engine_kwargs())
             self.engine = ImageClickEngine(seg, self.source, self.store)
-        self.say(f"SAM2 ready ({getattr(self.session, 'model_name', None) or 'image model'})")
+            built = seg
+        info = sam2_summary(built)  # the precision it resolved (and compile) said where the user sees it
+        self.say(f"SAM2 ready ({getattr(self.session, 'model_name', None) or 'image model'}, {info['precision']}"
+                 + (", compiled: the first pass compiles" if info["compile"] else "") + ")")
         return True
 
     # ------------------------------------------------------------------ the text backend, exemplars
