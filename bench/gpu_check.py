@@ -3,11 +3,19 @@
 Sections (``--sections``, default all three):
 
 * **sam2**: SAM 2.1 video propagation, frames per second per model size (tiny, small, base+, large) at
-  the trained 1024 px, bf16 autocast on CUDA, one clicked object (as upstream's ``sam2/benchmark.py``).
-  Baseline in the same run: raw upstream ``SAM2VideoPredictor`` (``init_state`` on a JPEG folder +
-  ``propagate_in_video``, masks to CPU numpy); ours: ``dl_utils.sam2al.VideoSession.propagate`` on the
-  same frames (decoded on demand, every mask written to an SQLite store). Rounds interleaved, medians;
-  ratio = ours / raw (issue 4 target >= 0.95). Beside them the SAM 2.1 README's A100 figures (below).
+  the trained 1024 px and per precision mode (``--modes``: ``fp32``, ``bf16`` and ``fp16`` autocast on the
+  eager predictor, ``compile`` = bf16 + upstream's ``vos_optimized`` predictor, every component under
+  ``torch.compile``; compile last per size, its warm-up (which compiles) outside the timed rounds), one
+  clicked object (as upstream's ``sam2/benchmark.py``). Baseline in the same run and the same mode: raw
+  upstream ``SAM2VideoPredictor`` (``SAM2VideoPredictorVOS`` for compile; ``init_state`` on a JPEG folder +
+  ``propagate_in_video`` under the mode's autocast, masks to CPU numpy); ours:
+  ``dl_utils.sam2al.VideoSession(dtype=mode).propagate`` on the same network and frames (decoded on
+  demand, every mask written to an SQLite store). Rounds interleaved, medians; ratio = ours / raw (issue 4
+  target >= 0.95). Per mode the mask IoU against raw fp32's masks of the same size (real weights when
+  ``--models`` has them, random otherwise: the JSON says which). Raw upstream crashes under fp16 autocast
+  (its bf16 memories meet fp16 features in ``torch.cat``): recorded with the error's first line, ours still
+  measured. Beside them the SAM 2.1 README's A100 figures (below): compiled for ``compile``, eager for
+  the others.
 * **detector**: GroundingDINO throughput through ``GroundedDetector.detect`` vs each backend called
   directly (``bench_dinoal.py``: groundingdino-py SwinT-OGC with a 1-layer BERT; transformers with the
   grounding-dino-tiny architecture), ratio = direct time / our time (target >= 0.95).
@@ -17,12 +25,13 @@ Sections (``--sections``, default all three):
 Weights are random unless real ones are found (SAM 2.1 checkpoints in ``$DL_UTILS_MODELS``, or
 ``--models DIR``): speed does not depend on the weight values, only on the architecture and input size.
 TF32 is allowed for matrix products on CUDA (as upstream's benchmark does) for baseline and ours alike.
-``--budget`` seconds: the remaining model sizes / backends / intervals are skipped (and listed) once it is
-spent, so the whole check ends in time; the JSON is rewritten after every figure, so a run cut short keeps
-what it measured.
+``--budget`` seconds: the remaining model sizes / modes / backends / intervals are skipped (and listed) once
+it is spent (a compile mode also when less than ``COMPILE_RESERVE_S`` of it is left), so the whole check
+ends in time; the JSON is rewritten after every figure, so a run cut short keeps what it measured.
 
     python bench/gpu_check.py [--sections sam2,detector,grounded] [--quick] [--device auto|cuda|cpu]
-                              [--out FILE] [--budget S] [--sam2-sizes tiny,small,base+,large] ...
+                              [--out FILE] [--budget S] [--sam2-sizes tiny,small,base+,large]
+                              [--modes fp32,bf16,fp16,compile] ...
 
 bench/gpu_check.sh installs the offline bundle (bench/gpu_bundle.sh) and runs this.
 """
@@ -53,6 +62,12 @@ SECTIONS = ("sam2", "detector", "grounded")
 SIZES = {"tiny": "sam2.1_hiera_tiny", "small": "sam2.1_hiera_small", "base+": "sam2.1_hiera_base_plus",
          "large": "sam2.1_hiera_large"}
 BACKENDS = ("groundingdino", "transformers")
+# precision modes of the sam2 section (bench_precision.MODES): run in this order per model size, compile last
+# (its build and first passes take minutes)
+MODES = ("fp32", "bf16", "fp16", "compile")
+MODE_NOTES = {"fp32": "fp32 (no autocast)", "bf16": "bf16 autocast", "fp16": "fp16 autocast",
+              "compile": "bf16 autocast + vos_optimized (SAM2VideoPredictorVOS, every component torch.compile'd)"}
+COMPILE_RESERVE_S = 150  # budget a compile mode needs left to start (build + compiling first passes)
 # facebookresearch/sam2 README.md, "SAM 2.1 checkpoints" table, Speed (FPS).
 PAPER = {
     "source": "facebookresearch/sam2 README.md, table 'SAM 2.1 checkpoints', column Speed (FPS): "
@@ -91,9 +106,14 @@ class Check:
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
-    def in_budget(self, what: str) -> bool:
+    def in_budget(self, what: str, need: float = 0) -> bool:
+        """Whether ``what`` may start: the budget is not spent, and ``need`` seconds of it are left."""
         if self.args.budget and self.elapsed() > self.args.budget:
             self.skip(what, f"time budget {self.args.budget:.0f} s spent ({self.elapsed():.0f} s)")
+            return False
+        if self.args.budget and need and self.elapsed() + need > self.args.budget:
+            self.skip(what, f"needs about {need:.0f} s (building and compiling), "
+                            f"{self.args.budget - self.elapsed():.0f} s of the {self.args.budget:.0f} s budget left")
             return False
         return True
 
@@ -149,7 +169,7 @@ def meta(args, device) -> dict:
         "python": platform.python_version(), "executable": sys.executable, "host": platform.node(),
         "torch": torch.__version__, "torch_cuda": torch.version.cuda, "device": str(device),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "quick": args.quick, "sections": args.sections, "weights": WEIGHTS_NOTE,
+        "quick": args.quick, "sections": args.sections, "modes": args.modes, "weights": WEIGHTS_NOTE,
         "packages": {d: version(d) for d in ("sam2", "transformers", "tokenizers", "huggingface_hub",
                                              "groundingdino-py", "timm", "av", "numpy", "opencv-python-headless")},
     }
@@ -176,8 +196,9 @@ def sam2_checkpoint(name: str) -> Path | None:
 def section_sam2(chk: Check, device) -> None:
     import torch
 
+    import bench_precision as bp
     import bench_sam2al as b
-    from dl_utils.sam2_loader import build_sam2_model
+    from dl_utils.sam2_loader import is_compiled
 
     args = chk.args
     cuda = device.type == "cuda"
@@ -195,63 +216,111 @@ def section_sam2(chk: Check, device) -> None:
         video, clip = b.make_video(OUT / f"gpu_synth_{n}.mp4", n, 960, 540), "synthetic 960x540 (two moving discs)"
     folder = b.jpeg_folder(video, n, OUT / f"gpu_clip{n}")
     warm = b.jpeg_folder(video, min(n, 8), OUT / f"gpu_clip{min(n, 8)}")
+    warm_db, ours_db = OUT / f"gpu_warm_{os.getpid()}.sqlite", OUT / f"gpu_ours_{os.getpid()}.sqlite"  # per run:
+    #                                                     another check running beside this one has its own
     res = chk.results["sam2"] = {
-        "frames": n, "rounds": rounds, "image_size": size, "objects": 1, "clip": clip,
-        "dtype": "bf16 autocast" if cuda else "fp32", "paper": PAPER, "models": {},
-        "method": "raw = SAM2VideoPredictor.init_state(JPEG folder) + propagate_in_video, masks to CPU numpy "
-                  "(bench_sam2al.run_raw); ours = VideoSession(open_frames(folder), store).propagate('forward') "
-                  "(bench_sam2al.run_ours); fps = frames / propagation seconds (every frame the propagation yields, "
-                  "as sam2/benchmark.py counts), median of rounds",
+        "frames": n, "rounds": rounds, "image_size": size, "objects": 1, "clip": clip, "modes": args.modes,
+        "mode_dtypes": {m: MODE_NOTES[m] for m in args.modes}, "paper": PAPER, "models": {},
+        "method": "per model size and mode: raw = SAM2VideoPredictor (compile: upstream's SAM2VideoPredictorVOS, "
+                  "compiled) init_state(JPEG folder) + one click + propagate_in_video under the mode's autocast, "
+                  "masks to CPU numpy (bench_precision.raw_pass); ours = VideoSession(open_frames(folder), store, "
+                  "sam_model=the same network, dtype=mode).propagate('forward') (bench_precision.ours_pass; "
+                  "pipeline='auto': on for CUDA); fps = frames / propagation seconds (every frame the propagation "
+                  "yields, as sam2/benchmark.py counts), median of rounds (raw and ours interleaved); warm-up "
+                  "passes (which compile the compile mode) outside the timed rounds; IoU: per-frame mean and "
+                  "minimum against raw fp32's masks of the same size (first timed round), a frame empty in both "
+                  "counting 1",
     }
-    print(f"\n== sam2: {n} frames of {clip}, 1 object, {size} px, {res['dtype']}, {rounds} round(s)", flush=True)
-    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    print(f"\n== sam2: {n} frames of {clip}, 1 object, {size} px, modes {','.join(args.modes)}, {rounds} round(s)",
+          flush=True)
     for short in args.sam2_sizes:
         name = SIZES[short]
-        if not chk.in_budget(f"sam2 {short}"):
-            continue
-        try:
-            ckpt = sam2_checkpoint(name)
-            t = time.perf_counter()
-            model = build_sam2_model(name, ckpt, image_size=size, device=device, random_weights=ckpt is None,
-                                     video=True)
-            build_s = time.perf_counter() - t
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(device)
-            with amp():  # warm-up: kernels, allocator, cuDNN
-                b.run_raw(model, warm, None, 1)
-            b.run_ours(model, warm, OUT / "gpu_warm.sqlite", None, 1)
-            raw_t, our_t, raw_all, our_all = [], [], [], []
-            for _ in range(rounds):
-                with amp():
-                    sync(device)
-                    raw_t.append(b.run_raw(model, folder, None, 1, total=raw_all))
-                    sync(device)
-                our_t.append(b.run_ours(model, folder, OUT / "gpu_ours.sqlite", None, 1, total=our_all))
-                sync(device)
-            fr, fo = n / statistics.median(raw_t), n / statistics.median(our_t)
-            row = {"model": name, "weights": str(ckpt) if ckpt else "random", "build_s": round(build_s, 2),
-                   "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
-                   "raw_fps": round(fr, 2), "ours_fps": round(fo, 2), "ratio": round(fo / fr, 3),
-                   "raw_s": raw_t, "ours_s": our_t,
-                   "raw_end_to_end_s": statistics.median(raw_all), "ours_end_to_end_s": statistics.median(our_all),
-                   "paper_a100_compiled_fps": PAPER["a100_compiled_fps"][short],
-                   "paper_a100_eager_fps": PAPER["a100_eager_fps"][short],
-                   "raw_vs_paper_compiled": round(fr / PAPER["a100_compiled_fps"][short], 3),
-                   "raw_vs_paper_eager": round(fr / PAPER["a100_eager_fps"][short], 3)}
-            if cuda:
-                row["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-            res["models"][short] = row
-            print(f"  {short:6s} raw {fr:7.2f} fps | ours {fo:7.2f} fps | ours/raw {fo / fr:5.3f}x (target >= 0.95) | "
-                  f"paper A100: {PAPER['a100_compiled_fps'][short]} compiled, {PAPER['a100_eager_fps'][short]} eager "
-                  f"(raw/paper {fr / PAPER['a100_compiled_fps'][short]:.2f}x, {fr / PAPER['a100_eager_fps'][short]:.2f}x)"
-                  f" | {row['weights']} weights", flush=True)
-        except Exception as e:  # noqa: BLE001  one size failing (out of memory, say) must not lose the others
-            chk.error(f"sam2 {short}", e)
-        finally:
-            model = None
-            if cuda:
-                torch.cuda.empty_cache()
+        ckpt = sam2_checkpoint(name)
+        entry = {"model": name, "weights": str(ckpt) if ckpt else "random",
+                 "iou_weights": (f"real ({ckpt.name}): the precision floor of SAM 2.1 itself" if ckpt else
+                                 "random: the precision floor of an untrained network, not SAM 2.1's "
+                                 "(bench/gpu_check.sh --models DIR measures it on real checkpoints)"),
+                 "modes": {}}
+        res["models"][short] = entry
+        ref: dict | None = None  # raw fp32 masks of this size
+        model = None
+        for mode in args.modes:
+            need = COMPILE_RESERVE_S if mode == "compile" else 0
+            if not chk.in_budget(f"sam2 {short} {mode}", need):
+                continue
+            row = {"model": name, "mode": mode, "dtype": MODE_NOTES[mode], "compiled": mode == "compile"}
+            try:
+                if model is None or is_compiled(model) != (mode == "compile"):
+                    model = None
+                    if cuda:
+                        torch.cuda.empty_cache()
+                    t = time.perf_counter()
+                    model = bp.build(name, size, device, mode, ckpt)
+                    row["build_s"] = round(time.perf_counter() - t, 2)
+                    entry.setdefault("params_m", round(sum(p.numel() for p in model.parameters()) / 1e6, 1))
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(device)
+                # warm-up: kernels, allocator, cuDNN; for compile the whole clip (the first passes compile,
+                # and memory attention meets each number of memories and object pointers once)
+                wfolder = folder if mode == "compile" else warm
+                t = time.perf_counter()
+                raw_error = None
+                try:
+                    bp.raw_pass(model, wfolder, mode)
+                except Exception as e:  # noqa: BLE001  upstream's own crash (fp16): recorded, ours still measured
+                    raw_error = row["raw_error"] = bp.first_line(e)
+                    print(f"  {short} {mode}: raw upstream CRASHED ({raw_error}); ours is still measured", flush=True)
+                bp.ours_pass(model, wfolder, warm_db, mode)
+                row["warmup_s"] = round(time.perf_counter() - t, 2)
+                raw_t, our_t, raw_all, our_all, raw_m, our_m = [], [], [], [], {}, {}
+                for r in range(rounds):
+                    first = r == 0
+                    arms = ["raw", "ours"] if r % 2 == 0 else ["ours", "raw"]
+                    for arm in arms:
+                        if arm == "raw" and raw_error is None:
+                            raw_t.append(bp.raw_pass(model, folder, mode, raw_m if first else None, total=raw_all))
+                        elif arm == "ours":
+                            our_t.append(bp.ours_pass(model, folder, ours_db, mode,
+                                                      our_m if first else None, total=our_all))
+                fo = n / statistics.median(our_t)
+                paper = PAPER["a100_compiled_fps" if mode == "compile" else "a100_eager_fps"][short]
+                row.update({"ours_fps": round(fo, 2), "ours_s": our_t, "ours_end_to_end_s": statistics.median(our_all),
+                            "paper_a100_fps": paper,
+                            "paper_kind": "compiled" if mode == "compile" else "eager",
+                            "ours_vs_paper": round(fo / paper, 3)})
+                if raw_error is None:
+                    fr = n / statistics.median(raw_t)
+                    row.update({"raw_fps": round(fr, 2), "raw_s": raw_t, "ratio": round(fo / fr, 3),
+                                "raw_end_to_end_s": statistics.median(raw_all), "raw_vs_paper": round(fr / paper, 3),
+                                "ours_iou_vs_raw": bp.mask_iou(our_m, raw_m)})
+                    if mode == "fp32":
+                        ref = raw_m
+                        row["fp32_foreground"] = bp.foreground(raw_m)
+                if ref is not None:
+                    row["ours_iou_vs_fp32"] = bp.mask_iou(our_m, ref)
+                    if raw_error is None:
+                        row["raw_iou_vs_fp32"] = bp.mask_iou(raw_m, ref)
+                if cuda:
+                    row["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+                entry["modes"][mode] = row
+                raw_txt = f"raw {row['raw_fps']:7.2f} fps" if raw_error is None else "raw CRASHED    "
+                ratio_txt = f"ours/raw {row['ratio']:5.3f}x" if raw_error is None else "ours/raw   -   "
+                iou = row.get("ours_iou_vs_fp32")
+                print(f"  {short:6s} {mode:7s} {raw_txt} | ours {fo:7.2f} fps | {ratio_txt} | paper A100 "
+                      f"{row['paper_kind']} {paper} | IoU ours vs fp32 {iou['mean'] if iou else '-'} | "
+                      f"{entry['weights']} weights", flush=True)
+            except Exception as e:  # noqa: BLE001  one size/mode failing (out of memory, say) must not lose the others
+                row["error"] = bp.first_line(e)
+                entry["modes"][mode] = row
+                chk.error(f"sam2 {short} {mode}", e)
+            chk.save()
+        model = None
+        if cuda:
+            torch.cuda.empty_cache()
         chk.save()
+    for db in (warm_db, ours_db):
+        for f in db.parent.glob(db.name + "*"):  # the store and any -wal / -shm beside it
+            f.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------ detector
@@ -396,14 +465,26 @@ def summary(chk: Check) -> None:
     print(f"    ({WEIGHTS_NOTE})")
     if "sam2" in r:
         s = r["sam2"]
-        print(f"\nSAM 2.1 propagation, {s['frames']} frames, 1 object, {s['image_size']} px, {s['dtype']}")
-        print("| model | raw SAM2VideoPredictor fps | ours (sam2al) fps | ours/raw | paper A100 fps (compiled / eager) "
-              "| raw/paper (compiled / eager) |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print(f"\nSAM 2.1 propagation, {s['frames']} frames, 1 object, {s['image_size']} px, per precision mode "
+              "(compile = bf16 + vos_optimized); paper: compiled figure for compile, eager for the others")
+        print("| model | mode | raw SAM2VideoPredictor fps | ours (sam2al) fps | ours/raw | paper A100 fps "
+              "| raw/paper | IoU ours vs fp32 (mean / min) | IoU ours vs raw | weights |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+
+        def iou(x):
+            return f"{x['mean']:.4f} / {x['min']:.4f}" if x else "-"
+
         for k, v in s["models"].items():
-            print(f"| {k} | {v['raw_fps']:.1f} | {v['ours_fps']:.1f} | **{v['ratio']:.2f}x** | "
-                  f"{v['paper_a100_compiled_fps']} / {v['paper_a100_eager_fps']} | "
-                  f"{v['raw_vs_paper_compiled']:.2f}x / {v['raw_vs_paper_eager']:.2f}x |")
+            for mode, row in v["modes"].items():
+                if "error" in row:
+                    print(f"| {k} | {mode} | error: {row['error']} | | | | | | | |")
+                    continue
+                raw = f"{row['raw_fps']:.1f}" if "raw_fps" in row else f"crashed ({row['raw_error']})"
+                ratio = f"**{row['ratio']:.2f}x**" if "ratio" in row else "-"
+                rp = f"{row['raw_vs_paper']:.2f}x" if "raw_vs_paper" in row else "-"
+                print(f"| {k} | {mode} | {raw} | {row['ours_fps']:.1f} | {ratio} | {row['paper_a100_fps']} "
+                      f"({row['paper_kind']}) | {rp} | {iou(row.get('ours_iou_vs_fp32'))} | "
+                      f"{iou(row.get('ours_iou_vs_raw'))} | {v['weights'] if v['weights'] == 'random' else 'real'} |")
     if "detector" in r:
         d = r["detector"]
         print(f"\nDetection, {d['images']} image(s) {d['image_size'][0]}x{d['image_size'][1]}")
@@ -455,6 +536,9 @@ def parse_args(argv=None):
     ap.add_argument("--budget", type=float, default=0, help="seconds; skip what is left once spent (0: none)")
     ap.add_argument("--sam2-sizes", type=csv("sizes", tuple(SIZES)), default=None,
                     help="comma list of tiny, small, base+, large (default all on CUDA, tiny on CPU)")
+    ap.add_argument("--modes", type=csv("modes", MODES), default=list(MODES),
+                    help="sam2 precision modes, comma list of fp32, bf16, fp16, compile (= bf16 + vos_optimized) "
+                         "(default all four; run in that order per size, compile last)")
     ap.add_argument("--backends", type=csv("backends", BACKENDS), default=list(BACKENDS),
                     help="detector backends (default both)")
     ap.add_argument("--frames", type=int, default=None, help="sam2 clip length (default 120, --quick 16)")
@@ -468,6 +552,7 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args(argv)
     args.sections = [s for s in SECTIONS if s in args.sections]  # run in the documented order
+    args.modes = [m for m in MODES if m in args.modes]  # fp32 first (the IoU reference), compile last
     return args
 
 

@@ -7,8 +7,11 @@
 #                      [--total S] [--dry-run] [gpu_check.py options]
 #
 # gpu_check.py options: --sections sam2,detector,grounded  --quick  --device auto|cuda|cpu  --out FILE
-#   --budget S  --sam2-sizes tiny,small,base+,large  --backends groundingdino,transformers  --models DIR ...
-#   (python bench/gpu_check.py --help lists them all)
+#   --budget S  --sam2-sizes tiny,small,base+,large  --modes fp32,bf16,fp16,compile
+#   --backends groundingdino,transformers  --models DIR ...  (python bench/gpu_check.py --help lists them all)
+#   --modes: the sam2 section's precision modes (default all four; compile = bf16 + upstream's vos_optimized
+#   predictor, built and compiled last per size: minutes). All four modes of all four sizes need more than
+#   the default --total: give it more (--total 1200), or fewer modes/sizes; what did not fit is listed.
 #
 # --bundle DIR   the folder bench/gpu_bundle.sh made (default .gpu_bundle if it is there): its wheels are
 #                installed offline (pip --no-index) into a virtual environment that sees the machine's

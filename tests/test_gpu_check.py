@@ -12,17 +12,20 @@ import importlib.metadata
 import json
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
-import gpu_check  # noqa: E402  (bench/ is not a package)
+import bench_precision  # noqa: E402  (bench/ is not a package)
+import gpu_check  # noqa: E402
 
 CHECK = ROOT / "bench" / "gpu_check.sh"
 BUNDLE = ROOT / "bench" / "gpu_bundle.sh"
@@ -40,6 +43,7 @@ def test_defaults_run_every_section():
     assert a.sections == ["sam2", "detector", "grounded"]
     assert a.backends == ["groundingdino", "transformers"]
     assert a.device == "auto" and a.sam2_sizes is None and not a.quick and a.budget == 0
+    assert a.modes == ["fp32", "bf16", "fp16", "compile"]
 
 
 def test_sections_and_sizes_are_checked_and_kept_in_order():
@@ -52,6 +56,39 @@ def test_sections_and_sizes_are_checked_and_kept_in_order():
                 ["--backends", "yolo"]):
         with pytest.raises(SystemExit):
             gpu_check.parse_args(bad)
+
+
+def test_modes_are_checked_and_run_fp32_first_compile_last(capsys):
+    assert gpu_check.parse_args(["--modes", "compile, bf16,fp32"]).modes == ["fp32", "bf16", "compile"]
+    for bad in ("fp8", "fp32,int8", ","):
+        with pytest.raises(SystemExit) as e:
+            gpu_check.main(["--modes", bad, "--device", "cpu"])
+        assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --modes: int8: choose from fp32, bf16, fp16, compile" in err and "empty modes list" in err
+
+
+def test_bench_precision_arguments():
+    a = bench_precision.parse_args(["--modes", "fp16"])
+    assert a.modes == ["fp32", "fp16"]  # fp32 always runs: the reference of the ratios and IoUs
+    assert bench_precision.parse_args([]).modes == ["fp32", "bf16", "fp16"]
+    assert bench_precision.parse_args(["--compile", "--modes", "bf16"]).modes == ["fp32", "bf16", "compile"]
+    for bad in (["--modes", "compile"], ["--modes", "fp8"], ["--rounds", "0"], ["--frames", "1"]):
+        with pytest.raises(SystemExit):
+            bench_precision.parse_args(bad)
+
+
+def test_mask_iou_counts_frames_empty_in_both_as_agreeing():
+    z, a = np.zeros((4, 4), bool), np.zeros((4, 4), bool)
+    a[:2] = True  # 8 pixels
+    b = a.copy()
+    b[:, :2] = False  # 4 of them
+    got = bench_precision.mask_iou({0: a, 1: z, 2: a, 7: a}, {0: b, 1: z, 2: a})
+    assert got == {"mean": round((0.5 + 1 + 1) / 3, 4), "min": 0.5, "frames": 3}
+    assert bench_precision.mask_iou({1: a}, {2: a}) is None
+    assert bench_precision.foreground({0: a, 1: z}) == 0.25
+    assert bench_precision.first_line(RuntimeError("Unexpected floating ScalarType\n  at frame 3")) == (
+        "RuntimeError: Unexpected floating ScalarType")
 
 
 def test_paper_figures_are_the_sam2_readme_ones():
@@ -94,6 +131,17 @@ def test_check_dry_run_without_install_and_explicit_budget(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"{sys.executable} {ROOT}/bench/gpu_check.py --budget 12 --device cpu"
     assert "pip" not in r.stdout
+
+
+def test_check_passes_modes_through_and_lists_them():
+    r = sh(CHECK, "--dry-run", "--no-install", "--python", sys.executable, "--sections", "sam2", "--modes",
+           "bf16,compile", "--total", "1200")
+    assert r.returncode == 0, r.stderr
+    cmd = shlex.split(r.stdout)  # printf %q quotes the comma
+    assert cmd[:6] == [sys.executable, f"{ROOT}/bench/gpu_check.py", "--sections", "sam2", "--modes", "bf16,compile"]
+    assert cmd[6] == "--budget" and 1100 <= int(cmd[7]) <= 1155  # --total 1200, less the step in flight
+    usage = sh(CHECK, "--help").stdout
+    assert "--modes fp32,bf16,fp16,compile" in usage and "vos_optimized" in usage
 
 
 @pytest.mark.parametrize("args,message", [
@@ -197,16 +245,30 @@ def check_json(path: Path, sections: list[str]) -> dict:
 def test_quick_cpu_run_writes_every_figure(tmp_path):
     out = tmp_path / "gpu.json"
     r = sh(CHECK, "--no-install", "--python", sys.executable, "--device", "cpu", "--quick",
-           "--sections", "sam2,detector,grounded", "--frames", "4", "--grounded-frames", "4", "--every", "2",
-           "--backends", "groundingdino", "--threads", "2", "--out", out, timeout=900)
+           "--sections", "sam2,detector,grounded", "--modes", "fp32,bf16", "--frames", "4", "--grounded-frames", "4",
+           "--every", "2", "--backends", "groundingdino", "--threads", "2", "--budget", "0", "--out", out,
+           timeout=900)  # no budget: on a loaded machine the default one skipped the last section
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = check_json(out, ["sam2", "detector", "grounded"])
+    assert res["meta"]["modes"] == ["fp32", "bf16"]
     s = res["sam2"]
     assert s["frames"] == 4 and s["image_size"] == 256 and s["objects"] == 1 and s["paper"] == gpu_check.PAPER
-    t = s["models"]["tiny"]
-    assert t["model"] == "sam2.1_hiera_tiny" and t["raw_fps"] > 0 and t["ours_fps"] > 0
-    assert t["ratio"] == pytest.approx(statistics.median(t["raw_s"]) / statistics.median(t["ours_s"]), abs=1e-3)
-    assert t["paper_a100_compiled_fps"] == 91.2 and t["paper_a100_eager_fps"] == 47.2
+    assert s["modes"] == ["fp32", "bf16"]
+    assert s["mode_dtypes"] == {"fp32": "fp32 (no autocast)", "bf16": "bf16 autocast"}
+    tiny = s["models"]["tiny"]
+    assert tiny["model"] == "sam2.1_hiera_tiny" and tiny["weights"] == "random" and "random" in tiny["iou_weights"]
+    assert list(tiny["modes"]) == ["fp32", "bf16"]  # the per-mode rows
+    for mode, t in tiny["modes"].items():
+        assert t["mode"] == mode and t["model"] == "sam2.1_hiera_tiny" and not t["compiled"]
+        assert t["raw_fps"] > 0 and t["ours_fps"] > 0 and len(t["raw_s"]) == len(t["ours_s"]) == 1
+        assert t["ratio"] == pytest.approx(statistics.median(t["raw_s"]) / statistics.median(t["ours_s"]), abs=1e-3)
+        assert t["paper_a100_fps"] == 47.2 and t["paper_kind"] == "eager"
+        assert 0 < t["ours_iou_vs_fp32"]["mean"] <= 1 and t["ours_iou_vs_fp32"]["frames"] == 4
+        assert 0 < t["ours_iou_vs_raw"]["min"] <= 1
+    fp32 = tiny["modes"]["fp32"]
+    assert fp32["raw_iou_vs_fp32"]["min"] == 1.0  # the reference itself
+    assert fp32["ours_iou_vs_raw"]["min"] == 1.0  # fp32: ours is upstream's computation, mask for mask
+    assert 0 < fp32["fp32_foreground"] < 1  # the IoUs compare shapes, not empty frames
     d = res["detector"]["backends"]["groundingdino"]
     assert d["reference_ms"] > 0 and d["ours_ms"] > 0 and d["ratio"] > 0 and d["ours_batch_ms"] > 0
     g = res["grounded"]
@@ -215,8 +277,8 @@ def test_quick_cpu_run_writes_every_figure(tmp_path):
     assert run["total_s"] > 0 and set(run["stages_s"]) >= {"decode", "detect", "segment", "propagate", "store"}
     assert 0 <= run["detect_share"] <= 1 and g["raw_sam2"]["fps"] > 0 and g["detector_direct_ms_per_frame"] > 0
     text = r.stdout
-    for needle in ("SAM 2.1 propagation", "ours/raw", "91.2 / 47.2", "| groundingdino |", "detect share",
-                   "speed does not depend on the weight values"):
+    for needle in ("SAM 2.1 propagation", "ours/raw", "| tiny | fp32 |", "| tiny | bf16 |", "47.2 (eager)",
+                   "| groundingdino |", "detect share", "speed does not depend on the weight values"):
         assert needle in text, needle
 
 
@@ -290,3 +352,130 @@ def test_offline_install_from_the_bundle(tmp_path):
     assert res["sam2"]["models"]["tiny"]["ours_fps"] > 0
     assert res["detector"]["backends"]["groundingdino"]["ours_ms"] > 0
     assert sorted(p.name for p in newer.rglob("*")) == before
+
+
+# ---- the per-mode bookkeeping, with stand-in networks (the real passes run in the end-to-end test) ----
+
+TIMES = {("raw", "fp32"): 2.0, ("ours", "fp32"): 2.5, ("raw", "bf16"): 1.0, ("ours", "bf16"): 0.8,
+         ("ours", "fp16"): 4.0, ("raw", "compile"): 0.5, ("ours", "compile"): 0.4}
+FP16_CRASH = "Unexpected floating ScalarType in at::autocast::prioritize"
+
+
+class StandIn:
+    """What the sections ask of a network: its parameters, and whether it is the compiled predictor."""
+
+    def __init__(self, compiled: bool):
+        self.dl_utils_compiled = compiled
+
+    def parameters(self):
+        import torch
+
+        return [torch.zeros(2_000_000)]
+
+
+def stand_in_passes(monkeypatch, calls: list) -> list:
+    """bench_precision's build/raw_pass/ours_pass replaced: fixed seconds per (arm, mode), raw crashing in
+    fp16 as upstream does, bf16 masks one column off the fp32 ones."""
+    built = []
+
+    def masks_for(mode):
+        m = np.zeros((6, 6), bool)
+        m[1:5, 1:5] = True
+        if mode != "fp32":
+            m[1:5, 4] = False  # 12 of 16 pixels: IoU 0.75 against fp32
+        return {0: m, 1: m.copy()}
+
+    def run(arm, mode, masks, total):
+        calls.append((mode, arm))
+        if (arm, mode) == ("raw", "fp16"):
+            raise RuntimeError(FP16_CRASH + "\nat frame 1")
+        if masks is not None:
+            masks.update(masks_for(mode))
+        if total is not None:
+            total.append(TIMES[(arm, mode)] + 1)
+        return TIMES[(arm, mode)]
+
+    def build(name, size, device, mode, ckpt=None):
+        built.append(mode)
+        return StandIn(mode == "compile")
+
+    monkeypatch.setattr(bench_precision, "build", build)
+    monkeypatch.setattr(bench_precision, "raw_pass",
+                        lambda model, folder, mode, masks=None, total=None: run("raw", mode, masks, total))
+    monkeypatch.setattr(bench_precision, "ours_pass",
+                        lambda model, folder, db, mode, masks=None, total=None: run("ours", mode, masks, total))
+    return built
+
+
+@pytest.mark.parametrize("budget", [0, 100])
+def test_sam2_modes_record_a_raw_crash_and_measure_ours(monkeypatch, tmp_path, capsys, budget):
+    import torch
+
+    calls: list = []
+    built = stand_in_passes(monkeypatch, calls)
+    monkeypatch.setattr(gpu_check, "sam2_checkpoint", lambda name: None)
+    args = gpu_check.parse_args(["--device", "cpu", "--quick", "--frames", "2", "--rounds", "2", "--sam2-sizes",
+                                 "tiny", "--out", str(tmp_path / "gpu.json"), "--budget", str(budget)])
+    args.sam2_sizes = ["tiny"]
+    chk = gpu_check.Check(args)
+    gpu_check.section_sam2(chk, torch.device("cpu"))
+    res = json.loads((tmp_path / "gpu.json").read_text())  # saved after each figure
+    assert chk.results["errors"] == []
+    s = res["sam2"]
+    assert s["modes"] == ["fp32", "bf16", "fp16", "compile"] and s["mode_dtypes"]["compile"].startswith("bf16")
+    tiny = s["models"]["tiny"]
+    assert tiny["weights"] == "random" and tiny["iou_weights"].startswith("random") and tiny["params_m"] == 2.0
+    rows = tiny["modes"]
+    fp32, bf16, fp16 = rows["fp32"], rows["bf16"], rows["fp16"]
+    assert fp32["raw_fps"] == 1.0 and fp32["ours_fps"] == 0.8 and fp32["ratio"] == 0.8
+    assert fp32["raw_s"] == [2.0, 2.0] and fp32["ours_end_to_end_s"] == 3.5
+    assert fp32["paper_a100_fps"] == 47.2 and fp32["paper_kind"] == "eager"
+    assert fp32["raw_vs_paper"] == round(1 / 47.2, 3)
+    assert fp32["ours_iou_vs_fp32"] == fp32["raw_iou_vs_fp32"] == {"mean": 1.0, "min": 1.0, "frames": 2}
+    assert bf16["ratio"] == 1.25 and bf16["ours_iou_vs_fp32"]["mean"] == 0.75 and bf16["ours_iou_vs_raw"]["mean"] == 1
+    assert fp16["raw_error"] == "RuntimeError: " + FP16_CRASH  # the first line only
+    assert "raw_fps" not in fp16 and "ratio" not in fp16 and fp16["ours_fps"] == 0.5
+    assert fp16["ours_iou_vs_fp32"]["mean"] == 0.75 and "raw_iou_vs_fp32" not in fp16
+    assert ("fp16", "raw") not in calls[calls.index(("fp16", "ours")):]  # the crash is not timed again
+    out = capsys.readouterr().out
+    assert "tiny   fp16    raw CRASHED" in out
+    if budget:  # the compile mode needs COMPILE_RESERVE_S of the budget left to start
+        assert "compile" not in rows and built == ["fp32"]
+        assert res["skipped"] == [{"what": "sam2 tiny compile", "why": res["skipped"][0]["why"]}]
+        assert "needs about 150 s" in res["skipped"][0]["why"]
+    else:  # the eager network serves the three eager modes; the compiled one is built for compile
+        assert built == ["fp32", "compile"] and res["skipped"] == []
+        c = rows["compile"]
+        assert c["compiled"] and c["paper_kind"] == "compiled" and c["paper_a100_fps"] == 91.2 and c["ratio"] == 1.25
+        assert c["ours_iou_vs_fp32"]["mean"] == 0.75 and c["warmup_s"] >= 0
+    chk.results["meta"] = {"gpu": {}, "torch": "x", "python": "y", "quick": True}
+    gpu_check.summary(chk)
+    table = capsys.readouterr().out
+    assert "| tiny | fp16 | crashed (RuntimeError: Unexpected floating" in table
+    assert ("| tiny | bf16 | 2.0 | 2.5 | **1.25x** | 47.2 (eager) | 0.04x | 0.7500 / 0.7500 | 1.0000 / 1.0000 "
+            "| random |") in table
+
+
+def test_bench_precision_interleaves_and_records_a_crash(monkeypatch, tmp_path, capsys):
+    calls: list = []
+    stand_in_passes(monkeypatch, calls)
+    out = tmp_path / "precision.json"
+    assert bench_precision.main(["--device", "cpu", "--frames", "2", "--rounds", "3", "--compile",
+                                 "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["modes"] == ["fp32", "bf16", "fp16", "compile"] and res["rounds"] == 3 and res["weights"] == "random"
+    pairs = [("fp32", "raw"), ("fp32", "ours"), ("bf16", "raw"), ("bf16", "ours"), ("fp16", "ours"),
+             ("compile", "raw"), ("compile", "ours")]
+    timed = calls[8:]  # after one warm-up per mode and arm (fp16 raw crashing there)
+    assert calls[:8] == [("fp32", "raw"), ("fp32", "ours"), ("bf16", "raw"), ("bf16", "ours"), ("fp16", "raw"),
+                         ("fp16", "ours"), ("compile", "raw"), ("compile", "ours")]
+    assert timed == pairs + pairs[1:] + pairs[:1] + pairs[2:] + pairs[:2]  # every round each once, rotated
+    r = res["rows"]
+    assert r["fp32"]["ratio"] == 0.8 and r["fp32"]["ratio_per_round"] == [0.8] * 3 and r["fp32"]["raw_vs_fp32_raw"] == 1
+    assert r["bf16"]["ratio"] == 1.25 and r["bf16"]["raw_vs_fp32_raw"] == 2 and r["bf16"]["ours_vs_fp32_raw"] == 2.5
+    assert r["fp16"]["raw_error"] == "RuntimeError: " + FP16_CRASH and "ratio" not in r["fp16"]
+    assert r["fp16"]["ours_vs_fp32_raw"] == 0.5 and r["fp16"]["ours_iou_vs_fp32"]["mean"] == 0.75
+    assert r["compile"]["compiled"] and r["compile"]["dtype"] == "bf16" and r["compile"]["ours_vs_fp32_raw"] == 5
+    text = capsys.readouterr().out
+    assert "| bf16 | 2.00 | 2.50 | **1.250x** | 2.000x | 2.500x | 0.7500 (min 0.7500) |" in text
+    assert "| fp16 | crashed | 0.50 | - | - | 0.500x |" in text and "fp16 raw crashed: RuntimeError" in text
