@@ -109,16 +109,22 @@ _DTYPES = {
 
 
 def resolve_dtype(device: "torch.device", dtype: "str | torch.dtype | None" = None) -> "torch.dtype":
-    """Compute precision: bf16 on CUDA, fp32 elsewhere, unless ``dtype`` says otherwise."""
+    """Compute precision: bf16 on CUDA, fp32 elsewhere, unless ``dtype`` says otherwise.
+
+    ``dtype`` is a name (``fp32``/``bf16``/``fp16`` and their long forms, as ``--precision`` takes
+    them) or one of the three torch dtypes; anything else (``int8``, ``float64``...) is refused
+    here rather than deep inside autocast.
+    """
     import torch
 
     if dtype is None:
         return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
     key = _DTYPES.get(str(dtype).lower().replace("torch.", ""))
     if key is None:
-        raise InputError(f"dtype {dtype!r}: use 'bf16', 'fp16' or 'fp32'")
+        raise InputError(
+            f"precision {dtype!r} is not one of fp32, bf16, fp16 (dtype= / --precision); use bf16 "
+            "(the CUDA default), fp16 or fp32 (the CPU default)"
+        )
     return getattr(torch, key)
 
 

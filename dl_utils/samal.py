@@ -313,6 +313,12 @@ class ImageSegmenter:
     ``checkpoint``/``image_size``/``device`` must be left out). ``multimask``: ``"auto"`` (three
     candidates and the best by predicted IoU for a single point without box or mask, one output
     otherwise), ``True`` or ``False``. ``refine``: feed an object's last logits back on its next call.
+
+    ``dtype``: ``"bf16"``, ``"fp16"`` or ``"fp32"`` (default bf16 on CUDA, fp32 elsewhere), run as
+    autocast around upstream's predictor the way its demos do, recorded in each result's provenance
+    (``precision``) and part of the embedding-cache key. ``compile=True`` builds the image encoder
+    under ``torch.compile`` (upstream's ``compile_image_encoder``; the first image compiles); a given
+    module must have been built that way. See docs/samal.md, "Precision and the compiled path".
     """
 
     def __init__(
@@ -371,7 +377,8 @@ class ImageSegmenter:
         self.refine = bool(refine)
         self.cache = EmbeddingCache(cache_size, cache_bytes)
         weights = getattr(model, "dl_utils_sha256", None) or f"id{id(model)}"
-        self._model_key = f"{self.model_name}:{weights}:{self.image_size}"
+        # features computed in another precision are other numbers: never served across modes
+        self._model_key = f"{self.model_name}:{weights}:{self.image_size}:{precision_name(self.dtype)}"
         self._pred_kwargs = dict(
             mask_threshold=mask_threshold, max_hole_area=max_hole_area, max_sprinkle_area=max_sprinkle_area
         )

@@ -51,6 +51,38 @@ class _EngineMixin:
 
     dl_last_iou: Any = None
     dl_samurai: Any = None  # samurai.SamuraiCall | None
+    dl_memory_dtype: Any = None  # torch.float16 when the session computes in fp16 (see _store_memory)
+
+    def _store_memory(self, maskmem_features: Any) -> Any:
+        """Upstream's stored memory, in the dtype fp16 autocast can read back (fp16 sessions only).
+
+        Upstream always stores spatial memories as bfloat16 (``_run_single_frame_inference``,
+        ``_run_memory_encoder``), while the object pointers come out of fp16 autocast as float16:
+        ``_prepare_memory_conditioned_features`` then ``torch.cat``s bfloat16 with float16, which
+        autocast refuses ("Unexpected floating ScalarType in at::autocast::prioritize"), so raw
+        upstream cannot track a second frame under fp16 autocast, on CUDA or CPU. An fp16 session
+        stores the memory as float16 instead: the values are upstream's bfloat16 ones (8 significant
+        bits fit in float16's 11: exact for magnitudes in float16's normal range, 6e-5 to 65504),
+        clamped to that range's ends first so an outlier cannot become inf; the size is bfloat16's. bf16 and fp32 sessions leave ``dl_memory_dtype`` None and store exactly what
+        upstream stores.
+        """
+        want = self.dl_memory_dtype
+        if maskmem_features is None or want is None or maskmem_features.dtype == want:
+            return maskmem_features
+        import torch
+
+        top = torch.finfo(want).max
+        return maskmem_features.clamp(-top, top).to(want)
+
+    def _run_single_frame_inference(self, *args, **kwargs):
+        out, pred_masks_gpu = super()._run_single_frame_inference(*args, **kwargs)
+        if self.dl_memory_dtype is not None and out.get("maskmem_features") is not None:
+            out["maskmem_features"] = self._store_memory(out["maskmem_features"])
+        return out, pred_masks_gpu
+
+    def _run_memory_encoder(self, *args, **kwargs):
+        maskmem_features, maskmem_pos_enc = super()._run_memory_encoder(*args, **kwargs)
+        return self._store_memory(maskmem_features), maskmem_pos_enc
 
     def _track_step(self, *args, **kwargs):
         current_out, sam_outputs, high_res, pix_feat = super()._track_step(*args, **kwargs)
@@ -95,8 +127,12 @@ def _engine_cls(base: type) -> type:
     return type(f"DlUtils{base.__name__}", (_EngineMixin, base), {})
 
 
-def make_engine(sam_model: Any) -> Any:
+def make_engine(sam_model: Any, *, dtype: Any = None) -> Any:
     """A view of a ``SAM2VideoPredictor`` sharing its weights, with the dtype guard and IoU capture.
+
+    ``dtype``: the session's compute dtype (a ``torch.dtype``); ``torch.float16`` makes the engine
+    store memories as float16 (see ``_EngineMixin._store_memory``), any other leaves upstream's
+    bfloat16 storage as it is.
 
     Built as a new instance of a subclass whose ``__dict__`` is a copy of the model's: parameters,
     buffers and submodules are the same objects (no copy), but swapping ``memory_attention`` for the
@@ -118,4 +154,7 @@ def make_engine(sam_model: Any) -> Any:
     eng._modules = dict(sam_model._modules)
     inner = sam_model._modules["memory_attention"]
     eng._modules["memory_attention"] = _guard_cls()(inner)
+    import torch
+
+    eng.dl_memory_dtype = torch.float16 if dtype == torch.float16 else None
     return eng

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import FrameIndexError
+from ..errors import FrameIndexError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -19,6 +19,22 @@ if TYPE_CHECKING:  # pragma: no cover
 # SAM2's own normalisation (sam2.utils.misc.load_video_frames defaults)
 IMG_MEAN = (0.485, 0.456, 0.406)
 IMG_STD = (0.229, 0.224, 0.225)
+
+
+def pin_transfers(device: Any, pin_memory: bool | None = None) -> bool:
+    """Whether host-to-device frame copies go through pinned memory: ``pin_memory`` when given,
+    else on exactly for CUDA devices (the only ones with page-locked DMA transfers)."""
+    import torch
+
+    dev = torch.device(device)
+    if pin_memory is None:
+        return dev.type == "cuda"
+    if pin_memory and dev.type != "cuda":
+        raise InputError(
+            f"pin_memory=True needs a CUDA device, the frames go to {dev}; leave pin_memory out "
+            "(it is on for CUDA) or set it False"
+        )
+    return bool(pin_memory)
 
 
 class LazyFrames:
@@ -33,15 +49,24 @@ class LazyFrames:
     next frame is decoded in a background thread while SAM2 works on the current one (``prefetch``);
     walking backwards (``i`` right after ``i + 1``) reads the ``chunk`` frames ending at ``i`` in
     ascending order, so a backward pass costs one seek per chunk instead of one per frame.
+
+    ``pin_memory`` (default: on when ``device`` is CUDA, off otherwise): each normalised frame is
+    copied into page-locked host memory and sent with ``non_blocking=True``, so the host-to-device
+    copy is a DMA queued on the current CUDA stream rather than a blocking staged copy; the kernels
+    that read the frame are queued after it on the same stream, so they see the whole frame, and
+    torch's caching host allocator keeps the pinned buffer until the copy has run. Pinning means
+    nothing without CUDA: ``pin_memory=True`` on another device is an :class:`InputError`.
     """
 
     def __init__(self, source: FrameSource, image_size: int, device: Any = "cpu", *,
-                 cache_frames: int = 16, chunk: int = 16, prefetch: bool = True):
+                 cache_frames: int = 16, chunk: int = 16, prefetch: bool = True,
+                 pin_memory: bool | None = None):
         import torch
 
         self.source = source
         self.image_size = int(image_size)
         self.device = torch.device(device)
+        self.pin_memory = pin_transfers(self.device, pin_memory)
         self.cache_frames = max(1, int(cache_frames))
         self.chunk = max(1, min(int(chunk), self.cache_frames))
         self.prefetch = bool(prefetch)
@@ -126,6 +151,8 @@ class LazyFrames:
         img = torch.from_numpy(arr).permute(2, 0, 1).to(torch.float32).contiguous()
         img -= self._mean
         img /= self._std
+        if self.pin_memory:
+            return img.pin_memory().to(self.device, non_blocking=True)
         return img.to(self.device)
 
     def __getitem__(self, i: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ from ..sam2_loader import (
     require_sam2,
     resolve_dtype,
 )
-from ..samal import MASK_LOGIT_BIAS, MASK_LOGIT_SCALE, parse_box, parse_points
+from ..samal import MASK_LOGIT_BIAS, MASK_LOGIT_SCALE, parse_box, parse_points, precision_name
 from ..store import AnnotationStore
 from .engine import make_engine
 from .frames import LazyFrames
@@ -124,6 +124,14 @@ class VideoSession:
     computed frame (queue sizes in a :class:`Pipeline`; ``False``: everything on the caller's
     thread). The store's rows are the same either way; see :mod:`dl_utils.sam2al.pipeline` for what
     a kill loses and where the callback runs.
+
+    ``dtype``: the compute precision, ``"bf16"``, ``"fp16"`` or ``"fp32"`` (default: bf16 on CUDA,
+    fp32 elsewhere), run as autocast the way upstream's demos do; every instance's provenance
+    records it (``precision``). bf16 and fp32 give upstream's masks exactly; fp16 stores SAM2's
+    memories as float16 (upstream crashes under fp16 autocast, see the engine's ``_store_memory``).
+    ``compile=True`` builds upstream's ``vos_optimized`` predictor (``torch.compile``: the first
+    frames compile, minutes); a given ``sam_model`` must have been built compiled. On CUDA, frames
+    reach the device from pinned memory without blocking (:class:`LazyFrames` ``pin_memory``).
     """
 
     def __init__(
@@ -181,10 +189,10 @@ class VideoSession:
             )
         if resume_warmup is not None and int(resume_warmup) < 0:
             raise InputError(f"resume_warmup={resume_warmup!r}: use a number of frames >= 0 or None")
-        self.engine = make_engine(sam_model)
+        self.dtype = resolve_dtype(sam_model.device, dtype)
+        self.engine = make_engine(sam_model, dtype=self.dtype)  # fp16: memories stored as fp16
         self.model_name: str = getattr(sam_model, "dl_utils_name", type(sam_model).__name__)
         self.device = self.engine.device
-        self.dtype = resolve_dtype(self.device, dtype)
         self.trim_memory = bool(trim_memory)
         self.pipeline: Pipeline | None = as_pipeline(pipeline, self.device)
         self.resume_warmup = None if resume_warmup is None else int(resume_warmup)
@@ -305,9 +313,10 @@ class VideoSession:
         """What this session's instances were made by (the model), with the object's origin (see
         :meth:`set_origin`) and per-instance ``fields``."""
         origin = self._origins.get(oid)
+        mine = {"engine": "sam2-video", "model": self.model_name, "precision": precision_name(self.dtype)}
         if origin is None:
-            return Provenance(engine="sam2-video", model=self.model_name, **fields)
-        return replace(origin, engine="sam2-video", model=self.model_name, **fields)
+            return Provenance(**mine, **fields)
+        return replace(origin, **mine, **fields)
 
     def set_origin(self, object_id: int, origin: Provenance) -> None:
         """Object-level facts (``detector``, ``caption``, ``tracker`` mode...) that every instance this
