@@ -40,6 +40,8 @@ BEFORE = {
         '--tracker': ('tracker', 'sam2', 'None', ('sam2', 'samurai'), False, '_StoreAction'),  # issue 18
         '--samurai': ('samurai', None, 'None', None, False, '_AppendAction'),  # issue 18: SAMURAI parameters
         '--force': ('force', False, 'None', None, False, '_StoreTrueAction'),  # issue 18: switch tracker
+        '--precision': ('precision', None, 'None', ('fp32', 'bf16', 'fp16'), False, '_StoreAction'),  # issue 20
+        '--compile': ('compile', False, 'None', None, False, '_StoreTrueAction'),  # issue 20: vos_optimized
     },
     'detect': {
         'source': ('source', None, 'None', None, True, '_StoreAction'),
@@ -69,6 +71,8 @@ BEFORE = {
         '--tracker': ('tracker', 'sam2', 'None', ('sam2', 'samurai'), False, '_StoreAction'),  # issue 18
         '--samurai': ('samurai', None, 'None', None, False, '_AppendAction'),  # issue 18: SAMURAI parameters
         '--force': ('force', False, 'None', None, False, '_StoreTrueAction'),  # issue 18: switch tracker
+        '--precision': ('precision', None, 'None', ('fp32', 'bf16', 'fp16'), False, '_StoreAction'),  # issue 20
+        '--compile': ('compile', False, 'None', None, False, '_StoreTrueAction'),  # issue 20: vos_optimized
     },
     'annotate': {
         'source': ('source', None, 'None', None, True, '_StoreAction'),
@@ -99,6 +103,8 @@ BEFORE = {
         '--tracker': ('tracker', 'sam2', 'None', ('sam2', 'samurai'), False, '_StoreAction'),  # issue 18
         '--samurai': ('samurai', None, 'None', None, False, '_AppendAction'),  # issue 18: SAMURAI parameters
         '--force': ('force', False, 'None', None, False, '_StoreTrueAction'),  # issue 18: switch tracker
+        '--precision': ('precision', None, 'None', ('fp32', 'bf16', 'fp16'), False, '_StoreAction'),  # issue 20
+        '--compile': ('compile', False, 'None', None, False, '_StoreTrueAction'),  # issue 20: vos_optimized
     },
 }
 

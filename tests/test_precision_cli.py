@@ -225,6 +225,24 @@ def test_a_given_network_that_is_not_compiled_is_refused_with_compile(data, tmp_
 
 
 @requires_sam2
+def test_annotate_and_detect_refuse_compile_with_networks_built_eagerly(data, tmp_path, tiny_sam2_video):  # noqa: F811
+    from dl_utils.drivers.annotate import run_annotate
+    from dl_utils.drivers.detect import run_detect
+    from dl_utils.samal import ImageSegmenter
+    from tests.sam2_fixtures import build_tiny
+
+    with pytest.raises(InputError, match="sam_video_model= built eagerly") as e:
+        run_annotate(data["clip"], tmp_path / "a.sqlite", points=data["points"], sam_video_model=tiny_sam2_video,
+                     compile=True, progress=False)
+    assert "\n" not in str(e.value)
+    seg = ImageSegmenter(build_tiny())
+    with pytest.raises(InputError, match="segmenter= built eagerly"):
+        run_detect(data["images"], tmp_path / "d.sqlite", "square", segment=True, detector=_BoxDetector(),
+                   segmenter=seg, compile=True, progress=False)
+    assert not (tmp_path / "a.sqlite").exists() and not (tmp_path / "d.sqlite").exists()  # before any store
+
+
+@requires_sam2
 def test_annotate_video_and_images_take_the_precision(data, tmp_path, capsys, monkeypatch):
     """Video: the session gets ``--precision`` (fp32 given explicitly: bf16 on video is the segment
     test's, and slow on a CPU); images: fp16 reaches the segmenter and the store."""

@@ -65,7 +65,8 @@ def test_parsed_options_reach_sam_options():
     assert s.tracker == "samurai" and s.force is True
     assert s.samurai == SamuraiConfig(kf_score_weight=0.15, stable_frames_threshold=3,
                                       memory_bank_obj_score_threshold=-np.inf)
-    assert s.session_kwargs() == {"tracker": "samurai", "samurai": s.samurai, "force": True}
+    assert s.session_kwargs() == {"tracker": "samurai", "samurai": s.samurai, "force": True,
+                                  "dtype": None, "compile": False}  # issue 20: --precision, --compile
     d = SamOptions.from_args(p.parse_args(["segment", "x.mp4", "--out", "o", "--prompts", "p.json"]))
     assert (d.tracker, d.samurai, d.force) == ("sam2", None, False)  # the default stays SAM2's
     assert SamOptions(tracker="samurai", samurai={"kf_score_weight": 0.1}).samurai == SamuraiConfig(kf_score_weight=0.1)

@@ -170,6 +170,7 @@ def annotate(
     track.check()
     opts.check_sam3()
     sam.check_backend(opts.backend)  # --tracker samurai is SAM2's: refused with SAM 3
+    sam.check_prebuilt(sam_video_model=sam_video_model, segmenter=segmenter)  # --compile: before the store
     caption = parse_caption(text) if text is not None else None
     entries = load_prompts(points) if points is not None else []
     table = opts.class_table()

@@ -144,6 +144,7 @@ def detect(
     track.check()
     opts.check_sam3()
     sam.check_backend(opts.backend)  # --tracker samurai is SAM2's: refused with SAM 3
+    sam.check_prebuilt(sam_video_model=sam_video_model, segmenter=segmenter)  # --compile: before the store
     sam3 = opts.backend == "sam3"
     segment = segment or sam3  # SAM 3 segments as it detects
     onnx = opts.backend == "onnx"

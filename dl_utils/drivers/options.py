@@ -695,6 +695,24 @@ class SamOptions:
         return build_sam2_model(self.model_name, self.checkpoint, image_size=self.image_size, device=self.device,
                                 video=True, compile=self.compile)
 
+    def check_prebuilt(self, *, sam_video_model: Any = None, segmenter: Any = None) -> None:
+        """Refuse ``compile`` with a network the caller built eagerly (``sam_video_model=``, a
+        ``segmenter=``'s model), naming the keyword, before a store is touched: the run would
+        otherwise not compile what the user asked compiled. A compiled one passes (the batch workers
+        build theirs with :meth:`build_video_model`)."""
+        if not self.compile or (sam_video_model is None and segmenter is None):
+            return
+        from ..sam2_loader import is_compiled
+
+        if sam_video_model is not None and not is_compiled(sam_video_model):
+            raise InputError("--compile (compile=True) with sam_video_model= built eagerly: build it compiled "
+                             "(SamOptions(..., compile=True).build_video_model(), or build_sam2_model(..., video=True, "
+                             "compile=True)) or leave compile out")
+        if segmenter is not None and not is_compiled(getattr(segmenter, "model", None)):
+            raise InputError("--compile (compile=True) with a segmenter= built eagerly: build it with "
+                             "ImageSegmenter(..., compile=True) (or SamOptions(..., compile=True).image_segmenter()) "
+                             "or leave compile out")
+
     def compile_note(self) -> str | None:
         """The one line the commands print on stderr when ``--compile`` runs on a CPU (or MPS): it
         works, but the first pass compiles for a minute or more (tiny) and the gain is a GPU's. None

@@ -283,6 +283,7 @@ def run_into_store(
     sam = sam or SamOptions()
     track = track or TrackOptions()
     sam.check_backend(detector_options.backend)
+    sam.check_prebuilt(sam_video_model=sam_video_model, segmenter=segmenter)  # --compile with eager networks
     # a session given by the caller (the widget on a frame folder) means the video path too
     tracked = span is not None or (bool(track.track) and (src.kind == "video" or session is not None))
     out: dict[str, Any] = {"tracked": tracked, "every": track.every_for(tracked)}
