@@ -41,7 +41,7 @@ BEFORE = {
         '--samurai': ('samurai', None, 'None', None, False, '_AppendAction'),  # issue 18: SAMURAI parameters
         '--force': ('force', False, 'None', None, False, '_StoreTrueAction'),  # issue 18: switch tracker
         '--precision': ('precision', None, 'None', ('fp32', 'bf16', 'fp16'), False, '_StoreAction'),  # issue 20
-        '--compile': ('compile', False, 'None', None, False, '_StoreTrueAction'),  # issue 20: vos_optimized
+        '--compile': ('sam_compile', False, 'None', None, False, '_StoreTrueAction'),  # issue 20: vos_optimized
     },
     'detect': {
         'source': ('source', None, 'None', None, True, '_StoreAction'),
@@ -72,7 +72,7 @@ BEFORE = {
         '--samurai': ('samurai', None, 'None', None, False, '_AppendAction'),  # issue 18: SAMURAI parameters
         '--force': ('force', False, 'None', None, False, '_StoreTrueAction'),  # issue 18: switch tracker
         '--precision': ('precision', None, 'None', ('fp32', 'bf16', 'fp16'), False, '_StoreAction'),  # issue 20
-        '--compile': ('compile', False, 'None', None, False, '_StoreTrueAction'),  # issue 20: vos_optimized
+        '--compile': ('sam_compile', False, 'None', None, False, '_StoreTrueAction'),  # issue 20: vos_optimized
     },
     'annotate': {
         'source': ('source', None, 'None', None, True, '_StoreAction'),
@@ -104,7 +104,7 @@ BEFORE = {
         '--samurai': ('samurai', None, 'None', None, False, '_AppendAction'),  # issue 18: SAMURAI parameters
         '--force': ('force', False, 'None', None, False, '_StoreTrueAction'),  # issue 18: switch tracker
         '--precision': ('precision', None, 'None', ('fp32', 'bf16', 'fp16'), False, '_StoreAction'),  # issue 20
-        '--compile': ('compile', False, 'None', None, False, '_StoreTrueAction'),  # issue 20: vos_optimized
+        '--compile': ('sam_compile', False, 'None', None, False, '_StoreTrueAction'),  # issue 20: vos_optimized
     },
 }
 

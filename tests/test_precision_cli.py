@@ -83,6 +83,10 @@ def test_help_says_the_default_and_what_compile_costs():
     # finetune shares the SAM2 model options but keeps its own --compile (the training step's) and --amp
     finetune = sub.choices["finetune"].format_help()
     assert "--precision" not in finetune and "torch.compile the decoder" in finetune
+    from dl_utils.drivers.options import SamOptions
+
+    tuned = _parse(["finetune", "s.sqlite", "--out", "t.pt", "--compile"])  # the training step's --compile
+    assert tuned.compile is True and SamOptions.from_args(tuned, command="segment").compile is False
 
 
 def test_sam_options_refuse_a_bad_precision_in_one_line():

@@ -574,8 +574,10 @@ class SamOptions:
     #: ``--direction``'s default per command (the library default, ``direction``, is annotate's)
     _DIRECTION = {"annotate": "both", "segment": "forward"}
     #: argparse attribute of each field, per command (the SAM2 options of detect/annotate are prefixed)
-    _DEST = {"segment": {}, "detect": {"model": "sam_model", "checkpoint": "sam_checkpoint"},
-             "annotate": {"model": "sam_model", "checkpoint": "sam_checkpoint"}}
+    #: (``--compile`` is ``sam_compile``: ``finetune`` parses its own ``--compile`` into ``compile``)
+    _DEST = {"segment": {"compile": "sam_compile"},
+             "detect": {"model": "sam_model", "checkpoint": "sam_checkpoint", "compile": "sam_compile"},
+             "annotate": {"model": "sam_model", "checkpoint": "sam_checkpoint", "compile": "sam_compile"}}
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser, *, command: str = "segment",
@@ -628,7 +630,7 @@ class SamOptions:
         parser.add_argument("--precision", choices=PRECISIONS, default=cls.precision,
                             help=f"{where}SAM2 compute precision (autocast, as upstream's demos use it): fp32, bf16 "
                                  "or fp16 (default bf16 on CUDA, fp32 on CPU); the store's provenance records it")
-        parser.add_argument("--compile", action="store_true", default=cls.compile,
+        parser.add_argument("--compile", action="store_true", default=cls.compile, dest="sam_compile",
                             help=f"{where}run SAM2 under torch.compile (upstream's vos_optimized video predictor; "
                                  "compile_image_encoder on images): the first pass compiles (minutes), so it pays "
                                  "off on long videos on a GPU")
