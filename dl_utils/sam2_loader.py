@@ -122,8 +122,8 @@ def resolve_dtype(device: "torch.device", dtype: "str | torch.dtype | None" = No
     key = _DTYPES.get(str(dtype).lower().replace("torch.", ""))
     if key is None:
         raise InputError(
-            f"precision {dtype!r} is not one of fp32, bf16, fp16 (dtype= / --precision); use bf16 "
-            "(the CUDA default), fp16 or fp32 (the CPU default)"
+            f"dtype {dtype!r} is not a precision SAM2 runs in: use fp32, bf16 or fp16 (--precision; "
+            "bf16 is the CUDA default, fp32 the CPU default)"
         )
     return getattr(torch, key)
 

@@ -189,7 +189,9 @@ class VideoSession:
             )
         if resume_warmup is not None and int(resume_warmup) < 0:
             raise InputError(f"resume_warmup={resume_warmup!r}: use a number of frames >= 0 or None")
-        self.dtype = resolve_dtype(sam_model.device, dtype)
+        # the dtype before the engine: an fp16 engine stores its memories as fp16 (make_engine says
+        # why); a sam_model without a device is refused by make_engine with its own message
+        self.dtype = resolve_dtype(getattr(sam_model, "device", "cpu"), dtype)
         self.engine = make_engine(sam_model, dtype=self.dtype)  # fp16: memories stored as fp16
         self.model_name: str = getattr(sam_model, "dl_utils_name", type(sam_model).__name__)
         self.device = self.engine.device
