@@ -358,6 +358,36 @@ def test_compiled_video_session_equals_upstream_vos(identity_compile, clip, tmp_
     assert not is_compiled(build_tiny(video=True))
 
 
+def test_pipelined_compiled_session_keeps_the_encoder_on_the_pass_thread(identity_compile, monkeypatch, clip,
+                                                                         tmp_path):
+    """A compiled network's CUDA graphs are recorded per thread: a pipelined pass of a compiled
+    session decodes ahead but runs the image encoder on the pass's own thread, and writes the rows
+    of the unpipelined pass."""
+    import threading
+
+    from dl_utils.sam2_loader import build_sam2_model
+
+    vos = build_sam2_model("sam2.1_hiera_tiny", image_size=256, device="cpu", random_weights=True,
+                           video=True, compile=True)
+    ours_video(clip, tmp_path / "plain.sqlite", vos, "fp32", stop=2, compile=True).close()
+
+    ses = session(clip, tmp_path / "piped.sqlite", vos, dtype="fp32", compile=True, pipeline=True)
+    threads: set[str] = set()
+    inner = type(ses.engine).forward_image
+
+    def spy(self, img_batch):
+        threads.add(threading.current_thread().name)
+        return inner(self, img_batch)
+
+    monkeypatch.setattr(type(ses.engine), "forward_image", spy)
+    for oid in (1, 2):
+        ses.add_points(0, oid, P[oid], label=LABELS[oid])
+    ses.propagate("forward", stop=2, progress=False)
+    ses.close()
+    assert threads == {threading.current_thread().name}
+    assert rows(tmp_path / "piped.sqlite", run_id=False) == rows(tmp_path / "plain.sqlite", run_id=False)
+
+
 def test_compiled_image_segmenter_equals_upstream(identity_compile):
     import torch
 

@@ -811,12 +811,15 @@ class VideoSession:
         bar = tqdm(order, desc=f"propagate {name}", unit="frame", disable=None if progress else True)
         pipe = self.pipeline
         writer = FrameWriter(self._cancel, pipe.write_queue if pipe is not None else None)
+        # the image encoder runs ahead on the decode thread, except in a compiled network (its CUDA
+        # graphs are recorded per thread): that one's decode thread prepares the frame tensors only
+        encoder_ahead = pipe is not None and not is_compiled(self.engine)
         if pipe is not None:  # the frames the network will run on (every object locked there: none)
             need = [f for f in order if any(
                 (p.end <= f <= p.begin if reverse else p.begin <= f <= p.end)
                 and f not in st["output_dict_per_obj"][st["obj_id_to_idx"][oid]]["cond_frame_outputs"]
                 for oid, p in plans.items())]
-            self.frames.start_ahead(need, pipe.decode_ahead, prepare=self._features)
+            self.frames.start_ahead(need, pipe.decode_ahead, prepare=self._features if encoder_ahead else None)
         finished = False
         try:
             for f in bar:
@@ -825,7 +828,7 @@ class VideoSession:
                 writer.check()
                 active = [oid for oid, p in plans.items()
                           if (p.end <= f <= p.begin if reverse else p.begin <= f <= p.end)]
-                if pipe is not None:
+                if encoder_ahead:
                     feats = self.frames.take_ahead(f)
                     if feats is not None:  # the image encoder already ran on f: SAM2 finds it cached
                         st["cached_features"] = {f: feats}
