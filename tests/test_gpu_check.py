@@ -477,5 +477,6 @@ def test_bench_precision_interleaves_and_records_a_crash(monkeypatch, tmp_path, 
     assert r["fp16"]["ours_vs_fp32_raw"] == 0.5 and r["fp16"]["ours_iou_vs_fp32"]["mean"] == 0.75
     assert r["compile"]["compiled"] and r["compile"]["dtype"] == "bf16" and r["compile"]["ours_vs_fp32_raw"] == 5
     text = capsys.readouterr().out
-    assert "| bf16 | 2.00 | 2.50 | **1.250x** | 2.000x | 2.500x | 0.7500 (min 0.7500) |" in text
-    assert "| fp16 | crashed | 0.50 | - | - | 0.500x |" in text and "fp16 raw crashed: RuntimeError" in text
+    assert r["bf16"]["end_to_end_ratio"] == 1.111 and r["bf16"]["raw_end_to_end_s"] == [2.0] * 3
+    assert "| bf16 | 2.00 | 2.50 | **1.250x** | 1.111x | 2.000x | 2.500x | 0.7500 (min 0.7500) |" in text
+    assert "| fp16 | crashed | 0.50 | - | - | - | 0.500x |" in text and "fp16 raw crashed: RuntimeError" in text
