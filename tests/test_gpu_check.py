@@ -129,7 +129,8 @@ def test_check_dry_run_installs_the_bundle_offline_then_runs(tmp_path):
 def test_check_dry_run_without_install_and_explicit_budget(tmp_path):
     r = sh(CHECK, "--dry-run", "--no-install", "--python", sys.executable, "--budget", "12", "--device", "cpu")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == f"{sys.executable} {ROOT}/bench/gpu_check.py --budget 12 --device cpu"
+    # --modes bf16 unless told: the one-command check keeps its 6 minutes (the modes' run names them)
+    assert r.stdout.strip() == f"{sys.executable} {ROOT}/bench/gpu_check.py --budget 12 --device cpu --modes bf16"
     assert "pip" not in r.stdout
 
 

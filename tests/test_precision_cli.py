@@ -108,6 +108,19 @@ def test_sam_options_refuse_a_bad_precision_in_one_line():
     assert precision_label(None) is None
 
 
+@requires_sam2
+def test_the_cpu_note_names_each_slow_gpu_mode():
+    """Off CUDA, --compile and --precision fp16 work but are slow: one stderr line names each asked for."""
+    from dl_utils.drivers.options import SamOptions
+
+    assert SamOptions(device="cpu").compile_note() is None
+    assert SamOptions(device="cpu", precision="bf16").compile_note() is None
+    fp16 = SamOptions(device="cpu", precision="fp16").compile_note()
+    assert fp16 is not None and "--precision fp16 on cpu" in fp16 and "--compile" not in fp16
+    both = SamOptions(device="cpu", precision="fp16", compile=True).compile_note()
+    assert both is not None and "--compile on cpu" in both and "fp16" in both and "\n" not in both
+
+
 def test_the_batch_cache_key_tells_precisions_and_compiled_networks_apart():
     from dl_utils.batch.options import BatchOptions
     from dl_utils.drivers.options import SamOptions

@@ -716,19 +716,26 @@ class SamOptions:
                              "or leave compile out")
 
     def compile_note(self) -> str | None:
-        """The one line the commands print on stderr when ``--compile`` runs on a CPU (or MPS): it
-        works, but the first pass compiles for a minute or more (tiny) and the gain is a GPU's. None
-        without ``compile`` or on CUDA. Resolves the device (imports torch), so call it when a model
-        is about to be built anyway."""
-        if not self.compile:
+        """The line the commands print on stderr when a GPU mode is asked for off CUDA: ``--compile``
+        works on a CPU (or MPS) but its first pass compiles for a minute or more (tiny) and the gain
+        is a GPU's; ``--precision fp16`` works on a CPU but has no fast kernels there (about 8x
+        slower than fp32, bench/bench_precision.py). None when neither applies. Resolves the device
+        (imports torch), so call it when a model is about to be built anyway."""
+        if not self.compile and self.precision != "fp16":
             return None
         from ..sam2_loader import pick_device
 
         dev = pick_device(self.device)
         if dev.type == "cuda":
             return None
-        return (f"--compile on {dev.type}: allowed but slow to start (the first pass compiles, about a minute for "
-                "tiny, more for larger models) and it pays off on long videos on a GPU")
+        notes = []
+        if self.compile:
+            notes.append(f"--compile on {dev.type}: allowed but slow to start (the first pass compiles, about a "
+                         "minute for tiny, more for larger models) and it pays off on long videos on a GPU")
+        if self.precision == "fp16":
+            notes.append(f"--precision fp16 on {dev.type}: allowed but slow (no fast fp16 kernels there, about 8x "
+                         "fp32's time); use fp32 or bf16 off a GPU")
+        return "; ".join(notes)
 
     @property
     def model_name(self) -> str:
