@@ -207,18 +207,11 @@ def main(argv=None) -> int:
 
     import bench_sam2al as b
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print(f"error: --device cuda but torch {torch.__version__} sees no CUDA device", file=sys.stderr)
+    device = b.bench_device(args.device, args.threads)
+    if device is None:
         return 2
-    device = torch.device(args.device)
+    args.device = device.type
     cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     rounds = args.rounds or (1 if args.quick else 5)
     n = args.frames or (3 if args.quick else 60 if cuda else 8)
     OUT.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,26 @@ PAPER_A100_FPS = {"sam2.1_hiera_tiny": 91.2, "sam2.1_hiera_small": 84.8, "sam2.1
 PROMPTS = [(1, [[0.40, 0.55, 1]]), (2, [[0.72, 0.35, 1], [0.1, 0.1, 0]])]  # relative coordinates
 
 
+def bench_device(name: str, threads: int = 0):
+    """The torch device of a benchmark's ``--device auto|cpu|cuda`` (None, said on stderr, when CUDA is
+    asked for and absent), with ``threads`` CPU threads (0: torch's default) and TF32 allowed for
+    matrix products on CUDA, as upstream's ``sam2/benchmark.py`` runs (baseline and ours alike)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        print(f"error: --device cuda but torch {torch.__version__} sees no CUDA device", file=sys.stderr)
+        return None
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
 def synthetic(i: int, w: int, h: int) -> np.ndarray:
     """A gradient with two moving discs: structured enough for masks that are not trivial."""
     y, x = np.mgrid[0:h, 0:w]

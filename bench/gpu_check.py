@@ -39,7 +39,6 @@ bench/gpu_check.sh installs the offline bundle (bench/gpu_bundle.sh) and runs th
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import importlib.metadata
 import json
@@ -563,21 +562,14 @@ def main(argv=None) -> int:
     #                                             the device tool's output tail
     if args.models:
         os.environ["DL_UTILS_MODELS"] = str(Path(args.models).resolve())
-    import torch
+    from bench_sam2al import bench_device
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print(f"error: --device cuda but torch {torch.__version__} sees no CUDA device", file=sys.stderr)
+    device = bench_device(args.device, args.threads)
+    if device is None:
         return 2
-    device = torch.device(args.device)
+    args.device = device.type
     if args.sam2_sizes is None:
         args.sam2_sizes = list(SIZES) if device.type == "cuda" else ["tiny"]
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     chk = Check(args)
     chk.results["meta"] = meta(args, device)
     m = chk.results["meta"]

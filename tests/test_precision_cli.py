@@ -174,6 +174,18 @@ def _precisions(store_path: Path) -> set[str | None]:
                 for obj in st.objects() for inst in st.read_object(obj.id, decode=False).values()}
 
 
+def _run_cli(argv: list[str], capsys, spy: "_Spy", out: Path, precision: str, stored: str) -> None:
+    """Run one command; the engine got ``precision`` (not compiled), the JSON summary names it and
+    every stored instance records ``stored``."""
+    from dl_utils.cli import main
+
+    assert main([*argv, "--out", str(out), *SAM, "--precision", precision]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert spy.calls[-1]["dtype"] == precision and spy.calls[-1]["compile"] is False
+    assert summary["sam2"] == {"model": "sam2.1_hiera_tiny", "precision": precision, "compile": False}
+    assert _precisions(out) == {stored}
+
+
 class _Spy:
     """Records the keywords a SAM2 engine class is built with, then builds the real one."""
 
@@ -191,16 +203,10 @@ class _Spy:
 @requires_sam2
 def test_segment_cli_bf16_reaches_the_session_the_store_and_the_summary(data, tmp_path, capsys, monkeypatch):
     import dl_utils.drivers.segment as seg
-    from dl_utils.cli import main
 
     spy = _Spy(monkeypatch, seg, "VideoSession")
-    out = tmp_path / "s.sqlite"
-    assert main(["segment", str(data["clip"]), "--out", str(out), "--prompts", str(data["points"]),
-                 "--checkpoint", str(data["ckpt"]), *SAM, "--precision", "bf16"]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert spy.calls[0]["dtype"] == "bf16" and spy.calls[0]["compile"] is False
-    assert summary["sam2"] == {"model": "sam2.1_hiera_tiny", "precision": "bf16", "compile": False}
-    assert _precisions(out) == {"bfloat16"}
+    _run_cli(["segment", str(data["clip"]), "--prompts", str(data["points"]), "--checkpoint", str(data["ckpt"])],
+             capsys, spy, tmp_path / "s.sqlite", "bf16", "bfloat16")
 
 
 @requires_sam2
@@ -265,24 +271,13 @@ def test_annotate_video_and_images_take_the_precision(data, tmp_path, capsys, mo
     test's, and slow on a CPU); images: fp16 reaches the segmenter and the store."""
     import dl_utils.samal as samal
     import dl_utils.sam2al as sam2al
-    from dl_utils.cli import main
 
     video = _Spy(monkeypatch, sam2al, "VideoSession")  # run.open_session imports it from dl_utils.sam2al
     image = _Spy(monkeypatch, samal, "ImageSegmenter")  # SamOptions.image_segmenter imports it from dl_utils.samal
-    out = tmp_path / "v.sqlite"
-    assert main(["annotate", str(data["clip"]), "--out", str(out), "--points", str(data["points"]),
-                 "--sam-checkpoint", str(data["ckpt"]), *SAM, "--precision", "fp32", "--direction", "forward"]) == 0
-    s = json.loads(capsys.readouterr().out)
-    assert video.calls[0]["dtype"] == "fp32" and video.calls[0]["compile"] is False
-    assert s["sam2"] == {"model": "sam2.1_hiera_tiny", "precision": "fp32", "compile": False}
-    assert _precisions(out) == {"float32"}
-    out = tmp_path / "i.sqlite"
-    assert main(["annotate", str(data["images"]), "--out", str(out), "--points", str(data["points"]),
-                 "--sam-checkpoint", str(data["ckpt"]), *SAM, "--precision", "fp16"]) == 0
-    s = json.loads(capsys.readouterr().out)
-    assert image.calls[0]["dtype"] == "fp16" and image.calls[0]["compile"] is False
-    assert s["sam2"] == {"model": "sam2.1_hiera_tiny", "precision": "fp16", "compile": False}
-    assert _precisions(out) == {"float16"}
+    _run_cli(["annotate", str(data["clip"]), "--points", str(data["points"]), "--sam-checkpoint", str(data["ckpt"]),
+              "--direction", "forward"], capsys, video, tmp_path / "v.sqlite", "fp32", "float32")
+    _run_cli(["annotate", str(data["images"]), "--points", str(data["points"]), "--sam-checkpoint", str(data["ckpt"])],
+             capsys, image, tmp_path / "i.sqlite", "fp16", "float16")
 
 
 class _BoxDetector:
