@@ -22,7 +22,7 @@ import contextlib
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .errors import InputError, ModelError
 from .models import (
@@ -128,18 +128,35 @@ def resolve_dtype(device: "torch.device", dtype: "str | torch.dtype | None" = No
     return getattr(torch, key)
 
 
-def autocast_context(device: "str | torch.device", dtype: "str | torch.dtype | None" = None):
-    """The autocast context SAM2 runs under: bf16 on CUDA, none (plain fp32) on CPU/MPS by default.
+@contextlib.contextmanager
+def autocast_context(device: "str | torch.device", dtype: "str | torch.dtype | None" = None) -> Iterator[None]:
+    """The autocast context SAM2 runs under: bf16 on CUDA, plain fp32 on CPU/MPS by default.
 
-    An explicit low-precision ``dtype`` turns autocast on for any device; ``fp32`` turns it off.
+    An explicit low-precision ``dtype`` turns autocast on for any device; ``fp32`` turns it off on
+    ``device`` (also inside an enclosing autocast: the mode asked for is the mode that runs, and the
+    provenance says so).
+
+    Autocast's cache of cast weights is cleared on entry and exit. torch clears it only when the
+    outermost autocast exits, and looks cast weights up by tensor alone, whatever dtype they were
+    cast to: while some other code holds an autocast open for good (SAM 3's tracker enters one at
+    construction and never leaves it), a bf16 call's cached weights were served to the next fp16
+    call of the same network ("Input type (c10::Half) and bias type (c10::BFloat16) should be the
+    same"). The cache is per thread; clearing it costs one re-cast of the weights per call.
     """
     import torch
 
     dev = torch.device(device)
     dt = resolve_dtype(dev, dtype)
-    if dt == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=dev.type, dtype=dt)
+    low = dt != torch.float32
+    if not low and dev.type not in ("cuda", "cpu"):
+        yield  # no autocast to turn off on MPS and the like
+        return
+    torch.clear_autocast_cache()
+    try:
+        with torch.autocast(device_type=dev.type, dtype=dt if low else None, enabled=low):
+            yield
+    finally:
+        torch.clear_autocast_cache()
 
 
 def is_compiled(model: Any) -> bool:

@@ -311,9 +311,13 @@ def test_pick_device_and_precision(monkeypatch):
     assert resolve_dtype(torch.device("cuda")) == torch.bfloat16
     assert resolve_dtype(torch.device("cpu")) == torch.float32
     assert resolve_dtype(torch.device("cuda"), "fp32") == torch.float32
-    assert isinstance(autocast_context("cpu"), contextlib.nullcontext)
+    with autocast_context("cpu"):
+        assert not torch.is_autocast_enabled("cpu")
     with autocast_context("cpu", "bf16"):
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+        with autocast_context("cpu", "fp32"):  # fp32 is fp32 inside an enclosing autocast too
+            assert not torch.is_autocast_enabled("cpu")
+        assert torch.is_autocast_enabled("cpu")
     with pytest.raises(InputError, match="dtype 'int8'"):
         resolve_dtype(torch.device("cpu"), "int8")
 

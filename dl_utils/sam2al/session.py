@@ -191,7 +191,7 @@ class VideoSession:
             raise InputError(f"resume_warmup={resume_warmup!r}: use a number of frames >= 0 or None")
         # the dtype before the engine: an fp16 engine stores its memories as fp16 (make_engine says
         # why); a sam_model without a device is refused by make_engine with its own message
-        self.dtype = resolve_dtype(getattr(sam_model, "device", "cpu"), dtype)
+        self.dtype = resolve_dtype(getattr(sam_model, "device", None) or torch.device("cpu"), dtype)
         self.engine = make_engine(sam_model, dtype=self.dtype)  # fp16: memories stored as fp16
         self.model_name: str = getattr(sam_model, "dl_utils_name", type(sam_model).__name__)
         self.device = self.engine.device
@@ -315,10 +315,10 @@ class VideoSession:
         """What this session's instances were made by (the model), with the object's origin (see
         :meth:`set_origin`) and per-instance ``fields``."""
         origin = self._origins.get(oid)
-        mine = {"engine": "sam2-video", "model": self.model_name, "precision": precision_name(self.dtype)}
+        precision = precision_name(self.dtype)
         if origin is None:
-            return Provenance(**mine, **fields)
-        return replace(origin, **mine, **fields)
+            return Provenance(engine="sam2-video", model=self.model_name, precision=precision, **fields)
+        return replace(origin, engine="sam2-video", model=self.model_name, precision=precision, **fields)
 
     def set_origin(self, object_id: int, origin: Provenance) -> None:
         """Object-level facts (``detector``, ``caption``, ``tracker`` mode...) that every instance this
