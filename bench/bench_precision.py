@@ -50,6 +50,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 warnings.filterwarnings("ignore")
 os.environ.setdefault("TQDM_DISABLE", "1")  # upstream's per-call progress bars would bury the figures
 
+from bench_sam2al import sync  # noqa: E402  (needs bench/ on the path, above)
+
 MODES = ("fp32", "bf16", "fp16", "compile")
 # the autocast dtype each mode runs under (compile: upstream's benchmark.py runs the compiled model in bf16)
 DTYPE = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "compile": "bf16"}
@@ -61,13 +63,6 @@ def first_line(exc: BaseException) -> str:
     """``Type: first line of the message`` (torch's errors run to dozens of lines)."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
-
-
-def sync(device) -> None:
-    import torch
-
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 # ------------------------------------------------------------------------------------ runners

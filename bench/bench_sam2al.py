@@ -75,6 +75,14 @@ def bench_device(name: str, threads: int = 0):
     return device
 
 
+def sync(device) -> None:
+    """Wait for the device's queued work (CUDA), so a timer around it measures the work."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def synthetic(i: int, w: int, h: int) -> np.ndarray:
     """A gradient with two moving discs: structured enough for masks that are not trivial."""
     y, x = np.mgrid[0:h, 0:w]

@@ -146,13 +146,6 @@ def missing_modules(sections: list[str]) -> dict[str, str]:
     return out
 
 
-def sync(device) -> None:
-    import torch
-
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
@@ -325,6 +318,7 @@ def section_sam2(chk: Check, device) -> None:
 # ------------------------------------------------------------------------------------ detector
 def section_detector(chk: Check, device) -> None:
     import bench_dinoal as bd
+    from bench_sam2al import sync
     from tests.dino_fixtures import scene
 
     args = chk.args

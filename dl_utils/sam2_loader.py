@@ -106,6 +106,20 @@ _DTYPES = {
     "fp16": "float16", "float16": "float16", "half": "float16",
     "fp32": "float32", "float32": "float32", "float": "float32",
 }
+#: the precisions SAM2 runs in, as ``--precision`` spells them
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def precision_name(dtype: Any) -> str | None:
+    """``"bfloat16"`` for ``torch.bfloat16``: the compute precision as Provenance keeps it."""
+    return None if dtype is None else str(dtype).replace("torch.", "")
+
+
+def precision_label(dtype: Any) -> str | None:
+    """The ``--precision`` name (``"bf16"``) of a compute dtype (``torch.bfloat16``, or the
+    provenance's ``"bfloat16"``): what the commands' JSON summaries report. None for None."""
+    name = precision_name(dtype)
+    return None if name is None else {_DTYPES[p]: p for p in PRECISIONS}.get(name, name)
 
 
 def resolve_dtype(device: "torch.device", dtype: "str | torch.dtype | None" = None) -> "torch.dtype":
@@ -419,7 +433,10 @@ def make_image_predictor(sam_model: Any, *, predictor_cls: Any = None, **kwargs:
 
 
 __all__ = [
+    "PRECISIONS",
     "autocast_context",
+    "precision_label",
+    "precision_name",
     "is_compiled",
     "bb_feat_sizes",
     "build_sam2_model",

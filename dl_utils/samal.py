@@ -38,6 +38,7 @@ from .sam2_loader import (
     build_sam2_model,
     is_compiled,
     make_image_predictor,
+    precision_name,
     require_sam2,
     resolve_dtype,
 )
@@ -213,11 +214,6 @@ def weights_sha256(model: Any) -> str | None:
     built elsewhere, or random weights (the loader then records ``random-<seed>``, not a digest)."""
     digest = getattr(model, "dl_utils_sha256", None)
     return digest if isinstance(digest, str) and _SHA256.fullmatch(digest) else None
-
-
-def precision_name(dtype: Any) -> str | None:
-    """``"bfloat16"`` for ``torch.bfloat16``: the compute precision as Provenance keeps it."""
-    return None if dtype is None else str(dtype).replace("torch.", "")
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")

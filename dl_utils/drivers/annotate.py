@@ -276,9 +276,8 @@ def run_annotate_cli(args: argparse.Namespace) -> int:
 
 def _run_annotate_cli(args: argparse.Namespace) -> int:
     sam, options = SamOptions.from_args(args, command="annotate"), DetectorOptions.from_args(args)
-    note = sam.compile_note() if options.backend != "sam3" or args.points is not None else None
-    if note:  # --compile on a CPU: it works, slowly; said once before the models load
-        print(f"dl-utils annotate: {note}", file=sys.stderr, flush=True)
+    if options.backend != "sam3" or args.points is not None:  # a SAM2 engine will run
+        sam.say_slow_modes("annotate")  # --compile / fp16 on a CPU: they work, slowly
     # stdout is the JSON summary: what the engines print there (upstream's compile notices) goes to stderr
     with contextlib.redirect_stdout(sys.stderr):
         s = annotate(args.source, args.out, text=args.text, points=args.points, cvat_task=args.cvat_task,

@@ -194,9 +194,8 @@ def _run_batch_cli(args: argparse.Namespace) -> int:
     options.sam.check_direction()
     options.detector.check_sam3()  # --text-encoder etc. with --backend sam3: refused before any worker starts
     options.sam.check_backend(options.detector.backend)  # --tracker samurai with sam3: before any worker starts
-    note = options.sam.compile_note() if options.detector.backend != "sam3" else None
-    if note:  # --compile on a CPU: said once here, not by every worker
-        print(f"dl-utils batch: {note}", file=sys.stderr, flush=True)
+    if options.detector.backend != "sam3":  # --compile / fp16 on a CPU: said once here, not by every worker
+        options.sam.say_slow_modes("batch")
     sources = with_onnx_text(sources, options.detector)  # onnx without --text: all its classes, read once here
     executor = make_executor(args)
     if args.verbose:

@@ -228,9 +228,8 @@ def run_detect_cli(args: argparse.Namespace) -> int:
 
 def _run_detect_cli(args: argparse.Namespace) -> int:
     options, sam = DetectorOptions.from_args(args), SamOptions.from_args(args, command="detect")
-    note = sam.compile_note() if args.segment and options.backend != "sam3" else None
-    if note:  # --compile on a CPU: it works, slowly; said once before the models load
-        print(f"dl-utils detect: {note}", file=sys.stderr, flush=True)
+    if args.segment and options.backend != "sam3":  # a SAM2 engine will run
+        sam.say_slow_modes("detect")  # --compile / fp16 on a CPU: they work, slowly
     # stdout is the JSON summary: what the engines print there (upstream's compile notices) goes to stderr
     with contextlib.redirect_stdout(sys.stderr):
         s = detect(args.source, args.out, args.text, segment=args.segment, detector_options=options, sam=sam,

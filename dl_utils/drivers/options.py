@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from ..errors import InputError
 from ..models import DEFAULT_MODEL as DEFAULT_SAM2
+from ..sam2_loader import PRECISIONS, precision_label  # torch-free, like the names below
 from ..sam2al.samurai import TRACKERS, SamuraiConfig, check_tracker  # torch-free, like DIRECTIONS
 from ..sam2al.session import DIRECTIONS  # torch-free (the engine imports torch when a model is built)
 
@@ -46,10 +48,6 @@ COMMANDS = ("detect", "annotate", "segment")
 DEFAULT_EVERY_TRACKED = 20
 #: frames an object may stay unseen and keep its id
 DEFAULT_MAX_GAP = 30
-#: ``--precision``: SAM2's compute precision (autocast dtype); None picks bf16 on CUDA, fp32 elsewhere
-PRECISIONS = ("fp32", "bf16", "fp16")
-#: torch dtype names as the engines and the store's provenance spell them -> the ``--precision`` name
-_PRECISION_OF_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 def _detector_default(name: str) -> Any:
@@ -737,6 +735,13 @@ class SamOptions:
                          "fp32's time); use fp32 or bf16 off a GPU")
         return "; ".join(notes)
 
+    def say_slow_modes(self, command: str) -> None:
+        """Print :meth:`compile_note` (when there is one) on stderr as ``dl-utils COMMAND: ...``,
+        once, before the models load: what every command that builds a SAM2 engine says."""
+        note = self.compile_note()
+        if note:
+            print(f"dl-utils {command}: {note}", file=sys.stderr, flush=True)
+
     @property
     def model_name(self) -> str:
         """The SAM2 model to load (``model`` or the default)."""
@@ -763,15 +768,6 @@ def check_precision(precision: Any) -> str | None:
         raise InputError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)} (default: bf16 on CUDA, "
                          "fp32 on CPU)")
     return precision.strip().lower()
-
-
-def precision_label(dtype: Any) -> str | None:
-    """The ``--precision`` name (``"bf16"``) of an engine's compute dtype (``torch.bfloat16``, or the
-    provenance's ``"bfloat16"``): what the commands' JSON summaries report. None for None."""
-    if dtype is None:
-        return None
-    name = str(dtype).replace("torch.", "")
-    return _PRECISION_OF_DTYPE.get(name, name)
 
 
 def sam2_summary(engine: Any) -> dict[str, Any]:

@@ -239,9 +239,7 @@ def _run_segment_cli(args: argparse.Namespace) -> int:
     def report(msg: str) -> None:
         print(f"dl-utils segment: {msg}", file=sys.stderr, flush=True)
 
-    note = sam.compile_note()  # --compile on a CPU: it works, slowly; said once before the model loads
-    if note:
-        report(note)
+    sam.say_slow_modes("segment")  # --compile / fp16 on a CPU: they work, slowly
     # stdout is the JSON summary: what the engines print there (upstream's compile notices) goes to stderr
     with contextlib.redirect_stdout(sys.stderr):
         s = run_segment(args.source, args.out, args.prompts, direction=sam.direction, start=args.start,

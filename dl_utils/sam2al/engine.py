@@ -63,8 +63,8 @@ class _EngineMixin:
         upstream cannot track a second frame under fp16 autocast, on CUDA or CPU. An fp16 session
         stores the memory as float16 instead: the values are upstream's bfloat16 ones (8 significant
         bits fit in float16's 11: exact for magnitudes in float16's normal range, 6e-5 to 65504),
-        clamped to that range's ends first so an outlier cannot become inf; the size is bfloat16's. bf16 and fp32 sessions leave ``dl_memory_dtype`` None and store exactly what
-        upstream stores.
+        clamped to that range's ends first so an outlier cannot become inf; the size is bfloat16's.
+        bf16 and fp32 sessions leave ``dl_memory_dtype`` None and store exactly what upstream stores.
         """
         want = self.dl_memory_dtype
         if maskmem_features is None or want is None or maskmem_features.dtype == want:
@@ -76,8 +76,7 @@ class _EngineMixin:
 
     def _run_single_frame_inference(self, *args, **kwargs):
         out, pred_masks_gpu = super()._run_single_frame_inference(*args, **kwargs)
-        if self.dl_memory_dtype is not None and out.get("maskmem_features") is not None:
-            out["maskmem_features"] = self._store_memory(out["maskmem_features"])
+        out["maskmem_features"] = self._store_memory(out["maskmem_features"])
         return out, pred_masks_gpu
 
     def _run_memory_encoder(self, *args, **kwargs):

@@ -21,10 +21,11 @@ from ..sam2_loader import (
     autocast_context,
     build_sam2_model,
     is_compiled,
+    precision_name,
     require_sam2,
     resolve_dtype,
 )
-from ..samal import MASK_LOGIT_BIAS, MASK_LOGIT_SCALE, parse_box, parse_points, precision_name
+from ..samal import MASK_LOGIT_BIAS, MASK_LOGIT_SCALE, parse_box, parse_points
 from ..store import AnnotationStore
 from .engine import make_engine
 from .frames import LazyFrames
